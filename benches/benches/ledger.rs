@@ -1,0 +1,115 @@
+//! Ledger throughput: durable fare charges through the group-commit writer with many
+//! concurrent callers, the same with syncing off (the cost of durability), and the cost
+//! of a replayed id against a new charge.
+//!
+//! Run: `cargo bench -p fareway-benches --bench ledger`. Goals (issue 3): at least 50,000
+//! durable charges per second on 2 cores; a replay costs under a tenth of a new charge.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use fareway::ledger::{Command, Ledger, LedgerConfig, Request, TxId};
+use fareway::money::Amount;
+use fareway_benches::NOW;
+
+const RIDERS: u64 = 10_000;
+const CALLERS: u64 = 64;
+
+fn ledger(sync_writes: bool) -> (tempfile::TempDir, Ledger) {
+    let dir = tempfile::tempdir().unwrap_or_else(|err| unreachable!("{err}"));
+    let ledger = Ledger::open(
+        dir.path(),
+        LedgerConfig {
+            sync_writes,
+            ..LedgerConfig::default()
+        },
+    )
+    .unwrap_or_else(|err| unreachable!("{err}"));
+    for account_id in 0..RIDERS {
+        let open = Command::OpenAccount {
+            account_id,
+            provider_id: 1,
+            credit_limit: Amount(i64::MAX / 2),
+        };
+        ledger
+            .submit(Request {
+                id: TxId(u128::from(account_id) << 64),
+                time: NOW,
+                command: open,
+            })
+            .unwrap_or_else(|err| unreachable!("{err}"));
+    }
+    (dir, ledger)
+}
+
+fn charge(id: u64) -> Request {
+    let command = Command::Charge {
+        account_id: id % RIDERS,
+        operator_id: 1,
+        amount: Amount(300),
+    };
+    Request {
+        id: TxId(u128::from(id) + 1),
+        time: NOW,
+        command,
+    }
+}
+
+/// `iterations` charges from `CALLERS` threads at once; returns the wall time.
+fn concurrent_charges(ledger: &Ledger, next_id: &AtomicU64, iterations: u64) -> Duration {
+    let per_caller = iterations.div_ceil(CALLERS);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..CALLERS {
+            scope.spawn(|| {
+                for _ in 0..per_caller {
+                    let id = next_id.fetch_add(1, Ordering::Relaxed);
+                    ledger
+                        .submit(charge(id))
+                        .unwrap_or_else(|err| unreachable!("{err}"));
+                }
+            });
+        }
+    });
+    started.elapsed()
+}
+
+fn charges(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ledger");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(15))
+        .throughput(Throughput::Elements(1));
+    for (name, sync) in [
+        ("durable_charges_64_callers", true),
+        ("unsynced_charges_64_callers", false),
+    ] {
+        let (_dir, ledger) = ledger(sync);
+        let next_id = AtomicU64::new(1);
+        group.bench_function(name, |b| {
+            b.iter_custom(|iterations| concurrent_charges(&ledger, &next_id, iterations))
+        });
+    }
+
+    let (_dir, ledger) = ledger(true);
+    let next_id = AtomicU64::new(1);
+    group.bench_function("durable_charge_1_caller", |b| {
+        b.iter(|| ledger.submit(charge(next_id.fetch_add(1, Ordering::Relaxed))))
+    });
+    let recorded = next_id.load(Ordering::Relaxed) - 1;
+    let replayed = AtomicU64::new(0);
+    group.bench_function("replayed_id", |b| {
+        b.iter(|| {
+            let id = 1 + replayed.fetch_add(1, Ordering::Relaxed) % recorded;
+            let receipt = ledger
+                .submit(charge(id))
+                .unwrap_or_else(|err| unreachable!("{err}"));
+            assert!(receipt.replay);
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, charges);
+criterion_main!(benches);

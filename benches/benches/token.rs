@@ -1,0 +1,77 @@
+//! Rider code verification against the bare cost of one Ed25519 verify.
+//!
+//! Run: `cargo bench -p fareway-benches --bench token`. Goal (issue 2): a code whose
+//! credential is cached costs at most 1.15x a bare verify; one whose credential is not
+//! cached, at most 2.2x.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use fareway::token::{Decision, Verifier, VerifierConfig};
+use fareway_benches::{NOW, device, registry_and_issuer};
+use ring::signature::{ED25519, Ed25519KeyPair, UnparsedPublicKey};
+
+fn verification(c: &mut Criterion) {
+    let mut group = c.benchmark_group("token");
+
+    let key =
+        Ed25519KeyPair::from_seed_unchecked(&[7; 32]).unwrap_or_else(|err| unreachable!("{err}"));
+    let message = [0x5a_u8; 64];
+    let signature = key.sign(&message);
+    let public_key = ring::signature::KeyPair::public_key(&key).as_ref().to_vec();
+    group.bench_function("bare_ed25519_verify_64_bytes", |b| {
+        b.iter(|| {
+            UnparsedPublicKey::new(&ED25519, black_box(&public_key))
+                .verify(black_box(&message), black_box(signature.as_ref()))
+                .is_ok()
+        })
+    });
+
+    let (registry, issuer) = registry_and_issuer();
+    let mut rider = device(&issuer, 42);
+    let code = rider.code_bytes(NOW);
+
+    let cached = Verifier::new(VerifierConfig::default(), registry.clone());
+    assert!(matches!(
+        cached.verify_bytes(&code, NOW),
+        Decision::Accepted(_)
+    ));
+    group.bench_function("verify_code_credential_cached", |b| {
+        b.iter(|| {
+            matches!(
+                cached.verify_bytes(black_box(&code), NOW),
+                Decision::Accepted(_)
+            )
+        })
+    });
+
+    let uncached = Verifier::new(
+        VerifierConfig {
+            credential_cache_entries_max: 0,
+            ..VerifierConfig::default()
+        },
+        registry,
+    );
+    group.bench_function("verify_code_credential_not_cached", |b| {
+        b.iter(|| {
+            matches!(
+                uncached.verify_bytes(black_box(&code), NOW),
+                Decision::Accepted(_)
+            )
+        })
+    });
+
+    let text = fareway::token::format::encode_text(&code);
+    group.bench_function("verify_text_credential_cached", |b| {
+        b.iter(|| {
+            matches!(
+                cached.verify_text(black_box(&text), NOW),
+                Decision::Accepted(_)
+            )
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, verification);
+criterion_main!(benches);

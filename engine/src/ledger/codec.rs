@@ -1,0 +1,479 @@
+//! Byte layouts of the ledger's keys and values, all big-endian with fixed widths, as
+//! documented in `docs/storage.md`. Keys sort in the order that scans need: an account's
+//! postings by sequence, a provider's entries by sequence.
+//!
+//! Decoding never trusts a stored length beyond its bound: a value that does not parse is
+//! reported as corruption, never a panic.
+
+use crate::clock::UnixMillis;
+use crate::money::Amount;
+
+use super::LedgerError;
+use super::model::{
+    Account, AccountRef, AccountStatus, Command, Outcome, POSTINGS_PER_TRANSACTION_MAX, Posting,
+    Record, Refusal, Request, TxId,
+};
+
+/// Bytes of an account key.
+pub const ACCOUNT_KEY_LEN: usize = 9;
+/// The version byte at the start of every value, so a later layout can be told apart.
+const VALUE_VERSION: u8 = 1;
+
+/// The key of an account: a kind byte, then the id.
+pub fn account_key(account: AccountRef) -> [u8; ACCOUNT_KEY_LEN] {
+    let (kind, id) = match account {
+        AccountRef::Rider(id) => (1u8, id),
+        AccountRef::OperatorRevenue(id) => (2u8, u64::from(id)),
+        AccountRef::ProviderClearing(id) => (3u8, u64::from(id)),
+    };
+    let mut key = [0u8; ACCOUNT_KEY_LEN];
+    key[0] = kind;
+    key[1..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// The account a key names.
+pub fn decode_account_key(key: &[u8]) -> Result<AccountRef, LedgerError> {
+    let mut reader = Reader::new(key, "account key");
+    let kind = reader.u8()?;
+    let id = reader.u64()?;
+    reader.end()?;
+    let small = |id: u64| u16::try_from(id).map_err(|_| corrupt("account key", "id out of range"));
+    match kind {
+        1 => Ok(AccountRef::Rider(id)),
+        2 => Ok(AccountRef::OperatorRevenue(small(id)?)),
+        3 => Ok(AccountRef::ProviderClearing(small(id)?)),
+        _ => Err(corrupt("account key", "unknown kind")),
+    }
+}
+
+/// An account's value.
+pub fn encode_account(account: &Account) -> Vec<u8> {
+    let mut writer = Writer::default();
+    writer.u8(VALUE_VERSION);
+    writer.u8(status_code(account.status));
+    writer.u16(account.provider_id);
+    writer.i64(account.credit_limit.0);
+    writer.i64(account.balance.0);
+    writer.0
+}
+
+/// Reads an account's value.
+pub fn decode_account(bytes: &[u8]) -> Result<Account, LedgerError> {
+    let mut reader = Reader::new(bytes, "account");
+    reader.version()?;
+    let status = status_from(reader.u8()?).ok_or_else(|| corrupt("account", "unknown status"))?;
+    let account = Account {
+        status,
+        provider_id: reader.u16()?,
+        credit_limit: Amount(reader.i64()?),
+        balance: Amount(reader.i64()?),
+    };
+    reader.end()?;
+    Ok(account)
+}
+
+/// The key of a posting: the account's key, then the sequence.
+pub fn posting_key(account: AccountRef, sequence: u64) -> [u8; ACCOUNT_KEY_LEN + 8] {
+    let mut key = [0u8; ACCOUNT_KEY_LEN + 8];
+    key[..ACCOUNT_KEY_LEN].copy_from_slice(&account_key(account));
+    key[ACCOUNT_KEY_LEN..].copy_from_slice(&sequence.to_be_bytes());
+    key
+}
+
+/// A posting's value: the amount and the balance after it.
+pub fn encode_posting(amount: Amount, balance_after: Amount) -> [u8; 16] {
+    let mut value = [0u8; 16];
+    value[..8].copy_from_slice(&amount.0.to_be_bytes());
+    value[8..].copy_from_slice(&balance_after.0.to_be_bytes());
+    value
+}
+
+/// Reads a posting's key and value: (account, sequence, amount, balance after).
+pub fn decode_posting(
+    key: &[u8],
+    value: &[u8],
+) -> Result<(AccountRef, u64, Amount, Amount), LedgerError> {
+    if key.len() != ACCOUNT_KEY_LEN + 8 {
+        return Err(corrupt("posting key", "wrong length"));
+    }
+    let account = decode_account_key(&key[..ACCOUNT_KEY_LEN])?;
+    let sequence = Reader::new(&key[ACCOUNT_KEY_LEN..], "posting key").u64()?;
+    let mut reader = Reader::new(value, "posting");
+    let amount = Amount(reader.i64()?);
+    let balance_after = Amount(reader.i64()?);
+    reader.end()?;
+    Ok((account, sequence, amount, balance_after))
+}
+
+/// The value of an idempotency entry: the transaction's sequence.
+pub fn encode_sequence(sequence: u64) -> [u8; 8] {
+    sequence.to_be_bytes()
+}
+
+/// Reads a sequence value.
+pub fn decode_sequence(bytes: &[u8], what: &'static str) -> Result<u64, LedgerError> {
+    let mut reader = Reader::new(bytes, what);
+    let sequence = reader.u64()?;
+    reader.end()?;
+    Ok(sequence)
+}
+
+/// The key of a provider's settlement entry: provider, then sequence.
+pub fn provider_entry_key(provider_id: u16, sequence: u64) -> [u8; 10] {
+    let mut key = [0u8; 10];
+    key[..2].copy_from_slice(&provider_id.to_be_bytes());
+    key[2..].copy_from_slice(&sequence.to_be_bytes());
+    key
+}
+
+/// A transaction record (the value in the log, keyed by sequence).
+pub fn encode_record(record: &Record) -> Vec<u8> {
+    let mut writer = Writer::default();
+    writer.u8(VALUE_VERSION);
+    writer.u128(record.request.id.0);
+    writer.u64(record.request.time.0);
+    match record.request.command {
+        Command::OpenAccount {
+            account_id,
+            provider_id,
+            credit_limit,
+        } => {
+            writer.u8(1);
+            writer.u64(account_id);
+            writer.u16(provider_id);
+            writer.i64(credit_limit.0);
+        }
+        Command::SetStatus { account_id, status } => {
+            writer.u8(2);
+            writer.u64(account_id);
+            writer.u8(status_code(status));
+        }
+        Command::TopUp { account_id, amount } => {
+            writer.u8(3);
+            writer.u64(account_id);
+            writer.i64(amount.0);
+        }
+        Command::Charge {
+            account_id,
+            operator_id,
+            amount,
+        } => {
+            writer.u8(4);
+            writer.u64(account_id);
+            writer.u16(operator_id);
+            writer.i64(amount.0);
+        }
+        Command::Refund { original } => {
+            writer.u8(5);
+            writer.u128(original.0);
+        }
+        Command::Adjust {
+            account_id,
+            operator_id,
+            amount,
+        } => {
+            writer.u8(6);
+            writer.u64(account_id);
+            writer.u16(operator_id);
+            writer.i64(amount.0);
+        }
+    }
+    match record.outcome {
+        Outcome::Accepted => writer.u8(0),
+        Outcome::Refused(refusal) => writer.u8(refusal_code(refusal)),
+    }
+    match record.rider_balance_after {
+        Some(balance) => {
+            writer.u8(1);
+            writer.i64(balance.0);
+        }
+        None => writer.u8(0),
+    }
+    debug_assert!(record.postings.len() <= POSTINGS_PER_TRANSACTION_MAX);
+    writer.u8(record.postings.len() as u8);
+    for posting in &record.postings {
+        writer.bytes(&account_key(posting.account));
+        writer.i64(posting.amount.0);
+    }
+    writer.0
+}
+
+/// Reads a transaction record.
+pub fn decode_record(bytes: &[u8]) -> Result<Record, LedgerError> {
+    let what = "transaction record";
+    let mut reader = Reader::new(bytes, what);
+    reader.version()?;
+    let id = TxId(reader.u128()?);
+    let time = UnixMillis(reader.u64()?);
+    let command = match reader.u8()? {
+        1 => Command::OpenAccount {
+            account_id: reader.u64()?,
+            provider_id: reader.u16()?,
+            credit_limit: Amount(reader.i64()?),
+        },
+        2 => Command::SetStatus {
+            account_id: reader.u64()?,
+            status: status_from(reader.u8()?).ok_or_else(|| corrupt(what, "unknown status"))?,
+        },
+        3 => Command::TopUp {
+            account_id: reader.u64()?,
+            amount: Amount(reader.i64()?),
+        },
+        4 => Command::Charge {
+            account_id: reader.u64()?,
+            operator_id: reader.u16()?,
+            amount: Amount(reader.i64()?),
+        },
+        5 => Command::Refund {
+            original: TxId(reader.u128()?),
+        },
+        6 => Command::Adjust {
+            account_id: reader.u64()?,
+            operator_id: reader.u16()?,
+            amount: Amount(reader.i64()?),
+        },
+        _ => return Err(corrupt(what, "unknown command")),
+    };
+    let outcome = match reader.u8()? {
+        0 => Outcome::Accepted,
+        code => {
+            Outcome::Refused(refusal_from(code).ok_or_else(|| corrupt(what, "unknown refusal"))?)
+        }
+    };
+    let rider_balance_after = match reader.u8()? {
+        0 => None,
+        1 => Some(Amount(reader.i64()?)),
+        _ => return Err(corrupt(what, "bad balance flag")),
+    };
+    let count = usize::from(reader.u8()?);
+    if count > POSTINGS_PER_TRANSACTION_MAX {
+        return Err(corrupt(what, "too many postings"));
+    }
+    let mut postings = Vec::with_capacity(count);
+    for _ in 0..count {
+        let account = decode_account_key(reader.take(ACCOUNT_KEY_LEN)?)?;
+        postings.push(Posting {
+            account,
+            amount: Amount(reader.i64()?),
+        });
+    }
+    reader.end()?;
+    Ok(Record {
+        request: Request { id, time, command },
+        outcome,
+        postings,
+        rider_balance_after,
+    })
+}
+
+fn status_code(status: AccountStatus) -> u8 {
+    match status {
+        AccountStatus::Active => 0,
+        AccountStatus::Denied => 1,
+        AccountStatus::Closed => 2,
+    }
+}
+
+fn status_from(code: u8) -> Option<AccountStatus> {
+    match code {
+        0 => Some(AccountStatus::Active),
+        1 => Some(AccountStatus::Denied),
+        2 => Some(AccountStatus::Closed),
+        _ => None,
+    }
+}
+
+fn refusal_code(refusal: Refusal) -> u8 {
+    // Codes start at 1: 0 means accepted. Position in `Refusal::ALL` is the stored code,
+    // so new refusals are only ever appended there.
+    Refusal::ALL
+        .iter()
+        .position(|r| *r == refusal)
+        .map(|index| index as u8 + 1)
+        .unwrap_or(u8::MAX)
+}
+
+fn refusal_from(code: u8) -> Option<Refusal> {
+    Refusal::ALL.get(usize::from(code).checked_sub(1)?).copied()
+}
+
+/// A corruption error for a value that does not parse.
+pub fn corrupt(what: &'static str, problem: &'static str) -> LedgerError {
+    LedgerError::Corrupt { what, problem }
+}
+
+#[derive(Default)]
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
+    }
+    fn u8(&mut self, value: u8) {
+        self.0.push(value);
+    }
+    fn u16(&mut self, value: u16) {
+        self.bytes(&value.to_be_bytes());
+    }
+    fn u64(&mut self, value: u64) {
+        self.bytes(&value.to_be_bytes());
+    }
+    fn i64(&mut self, value: i64) {
+        self.bytes(&value.to_be_bytes());
+    }
+    fn u128(&mut self, value: u128) {
+        self.bytes(&value.to_be_bytes());
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8], what: &'static str) -> Self {
+        Reader { bytes, what }
+    }
+    fn take(&mut self, count: usize) -> Result<&'a [u8], LedgerError> {
+        if self.bytes.len() < count {
+            return Err(corrupt(self.what, "truncated"));
+        }
+        let (head, rest) = self.bytes.split_at(count);
+        self.bytes = rest;
+        Ok(head)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], LedgerError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+    fn version(&mut self) -> Result<(), LedgerError> {
+        if self.u8()? != VALUE_VERSION {
+            return Err(corrupt(self.what, "unknown value version"));
+        }
+        Ok(())
+    }
+    fn u8(&mut self) -> Result<u8, LedgerError> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn u16(&mut self) -> Result<u16, LedgerError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, LedgerError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+    fn i64(&mut self) -> Result<i64, LedgerError> {
+        Ok(i64::from_be_bytes(self.array()?))
+    }
+    fn u128(&mut self) -> Result<u128, LedgerError> {
+        Ok(u128::from_be_bytes(self.array()?))
+    }
+    fn end(&self) -> Result<(), LedgerError> {
+        if self.bytes.is_empty() {
+            Ok(())
+        } else {
+            Err(corrupt(self.what, "trailing bytes"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_command_round_trips() {
+        let commands = [
+            Command::OpenAccount {
+                account_id: 7,
+                provider_id: 2,
+                credit_limit: Amount(500),
+            },
+            Command::SetStatus {
+                account_id: 7,
+                status: AccountStatus::Denied,
+            },
+            Command::TopUp {
+                account_id: 7,
+                amount: Amount(1_000),
+            },
+            Command::Charge {
+                account_id: 7,
+                operator_id: 3,
+                amount: Amount(250),
+            },
+            Command::Refund {
+                original: TxId(u128::MAX - 5),
+            },
+            Command::Adjust {
+                account_id: 7,
+                operator_id: 3,
+                amount: Amount(-40),
+            },
+        ];
+        for (index, command) in commands.into_iter().enumerate() {
+            let record = Record {
+                request: Request {
+                    id: TxId(index as u128),
+                    time: UnixMillis(99),
+                    command,
+                },
+                outcome: if index % 2 == 0 {
+                    Outcome::Accepted
+                } else {
+                    Outcome::Refused(Refusal::BalanceNotZero)
+                },
+                postings: vec![
+                    Posting {
+                        account: AccountRef::Rider(7),
+                        amount: Amount(-250),
+                    },
+                    Posting {
+                        account: AccountRef::OperatorRevenue(3),
+                        amount: Amount(250),
+                    },
+                ],
+                rider_balance_after: Some(Amount(-250)),
+            };
+            assert_eq!(decode_record(&encode_record(&record)).unwrap(), record);
+        }
+    }
+
+    #[test]
+    fn refusal_codes_are_stable() {
+        // Stored codes: changing these breaks existing data directories.
+        assert_eq!(refusal_code(Refusal::UnknownAccount), 1);
+        assert_eq!(refusal_code(Refusal::BalanceNotZero), 11);
+        for refusal in Refusal::ALL {
+            assert_eq!(refusal_from(refusal_code(refusal)), Some(refusal));
+        }
+        assert_eq!(refusal_from(0), None);
+        assert_eq!(refusal_from(12), None);
+    }
+
+    #[test]
+    fn truncated_and_padded_values_are_corruption_not_panics() {
+        let account = Account {
+            status: AccountStatus::Active,
+            provider_id: 1,
+            credit_limit: Amount(0),
+            balance: Amount(5),
+        };
+        let bytes = encode_account(&account);
+        for len in 0..bytes.len() {
+            assert!(matches!(
+                decode_account(&bytes[..len]),
+                Err(LedgerError::Corrupt { .. })
+            ));
+        }
+        let mut padded = bytes.clone();
+        padded.push(0);
+        assert!(matches!(
+            decode_account(&padded),
+            Err(LedgerError::Corrupt { .. })
+        ));
+        assert_eq!(decode_account(&bytes).unwrap(), account);
+    }
+}

@@ -1,0 +1,323 @@
+//! The ledger: double-entry accounts in an embedded RocksDB, with caller-chosen
+//! transaction ids that make every request idempotent, and group commit that makes every
+//! answer durable without costing throughput.
+//!
+//! **Money is conserved:** every transaction's postings sum to zero, so the sum over all
+//! accounts is always zero; [`audit`] proves it for a data directory. Corrections are new
+//! transactions (refunds, adjustments), never edits.
+//!
+//! This module never sees protobuf types and never reads the wall clock.
+
+pub mod apply;
+pub mod audit;
+pub mod codec;
+pub mod model;
+pub mod store;
+pub mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::thread::JoinHandle;
+
+use rocksdb::{DB, Direction, IteratorMode};
+use tokio::sync::oneshot;
+
+use crate::money::Amount;
+
+pub use model::{
+    Account, AccountRef, AccountStatus, Command, Outcome, Posting, Receipt, Record, Refusal,
+    Request, TxId,
+};
+pub use store::StoreConfig;
+pub use writer::WriterStats;
+
+/// Errors of the ledger: faults, not refusals (a refused charge is a [`Receipt`]).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LedgerError {
+    /// The writer's queue is full: the caller should back off and retry with the same id.
+    #[error("the ledger is overloaded: its queue of {0} requests is full")]
+    Overloaded(usize),
+    /// The id was used before for a request with other content.
+    #[error("transaction {id} was already used with a different {field}")]
+    Conflict {
+        /// The id.
+        id: TxId,
+        /// The first field that differs.
+        field: &'static str,
+    },
+    /// The ledger is shutting down.
+    #[error("the ledger is closed")]
+    Closed,
+    /// The data directory could not be opened.
+    #[error("cannot open ledger data directory {path}: {source}")]
+    Open {
+        /// The directory.
+        path: String,
+        /// What RocksDB said.
+        source: rocksdb::Error,
+    },
+    /// The directory holds something this build cannot read.
+    #[error("data directory {path} is not in a format this build reads: {detail}")]
+    UnknownFormat {
+        /// The directory.
+        path: String,
+        /// What was found.
+        detail: String,
+    },
+    /// The directory was written in another on-disk format version.
+    #[error(
+        "data directory {path} has format version {found}; this build reads only version {supported}"
+    )]
+    FormatVersion {
+        /// The directory.
+        path: String,
+        /// The version found.
+        found: String,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// A column family the open step should have made is missing.
+    #[error("column family {0} is missing")]
+    MissingColumnFamily(&'static str),
+    /// A read or write failed (disk full, read-only, I/O error).
+    #[error("ledger storage failed: {0}")]
+    Storage(#[from] rocksdb::Error),
+    /// A stored value does not parse.
+    #[error("ledger data is corrupt: {what}: {problem}")]
+    Corrupt {
+        /// Which kind of value.
+        what: &'static str,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// A money invariant would be broken: a bug, refused before anything is written.
+    #[error("ledger invariant broken: {0}")]
+    Invariant(String),
+}
+
+impl LedgerError {
+    /// The stable code string of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            LedgerError::Overloaded(_) => "overloaded",
+            LedgerError::Conflict { .. } => "id_conflict",
+            LedgerError::Closed => "closed",
+            LedgerError::Open { .. } => "open_failed",
+            LedgerError::UnknownFormat { .. } => "unknown_format",
+            LedgerError::FormatVersion { .. } => "format_version",
+            LedgerError::MissingColumnFamily(_) => "missing_column_family",
+            LedgerError::Storage(_) => "storage",
+            LedgerError::Corrupt { .. } => "corrupt",
+            LedgerError::Invariant(_) => "invariant",
+        }
+    }
+}
+
+/// How the ledger runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerConfig {
+    /// RocksDB memory budget.
+    pub store: StoreConfig,
+    /// Sync the write-ahead log before answering. Only benchmarks turn this off, to
+    /// measure what durability costs.
+    pub sync_writes: bool,
+    /// Requests that may wait for the writer; past this, callers get `Overloaded` at once.
+    pub queue_depth_max: usize,
+    /// Most requests in one group commit.
+    pub batch_size_max: usize,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            store: StoreConfig::default(),
+            sync_writes: true,
+            queue_depth_max: 16_384,
+            batch_size_max: 2_048,
+        }
+    }
+}
+
+/// One line of an account's statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementLine {
+    /// The transaction's log sequence.
+    pub sequence: u64,
+    /// The transaction.
+    pub record: Record,
+    /// This account's posting in it.
+    pub amount: Amount,
+    /// This account's balance after it.
+    pub balance_after: Amount,
+}
+
+/// Most lines one statement page returns.
+pub const STATEMENT_PAGE_LINES_MAX: usize = 1_000;
+
+/// An open ledger: the database and its writer thread.
+#[derive(Debug)]
+pub struct Ledger {
+    db: Arc<DB>,
+    queue: Option<SyncSender<writer::Submission>>,
+    writer: Option<JoinHandle<()>>,
+    stats: Arc<WriterStats>,
+    queue_depth_max: usize,
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger in `dir` and starts its writer.
+    pub fn open(dir: &Path, config: LedgerConfig) -> Result<Ledger, LedgerError> {
+        assert!(
+            config.queue_depth_max > 0 && config.batch_size_max > 0,
+            "ledger limits must be positive"
+        );
+        let db = Arc::new(store::open(dir, &config.store)?);
+        let (queue, receiver) = std::sync::mpsc::sync_channel(config.queue_depth_max);
+        let stats = Arc::new(WriterStats::default());
+        let writer = {
+            let db = Arc::clone(&db);
+            let stats = Arc::clone(&stats);
+            std::thread::Builder::new()
+                .name("ledger-writer".into())
+                .spawn(move || {
+                    writer::run(
+                        db,
+                        receiver,
+                        config.sync_writes,
+                        config.batch_size_max,
+                        stats,
+                    )
+                })
+                .map_err(|err| {
+                    LedgerError::Invariant(format!("cannot start the writer thread: {err}"))
+                })?
+        };
+        Ok(Ledger {
+            db,
+            queue: Some(queue),
+            writer: Some(writer),
+            stats,
+            queue_depth_max: config.queue_depth_max,
+        })
+    }
+
+    /// Submits a request and waits for its durable answer. Blocks the calling thread:
+    /// async code uses [`Ledger::submit_async`].
+    pub fn submit(&self, request: Request) -> Result<Receipt, LedgerError> {
+        match self.enqueue(request)? {
+            Queued::Answered(receipt) => Ok(receipt),
+            Queued::Waiting(answer) => answer.blocking_recv().map_err(|_| LedgerError::Closed)?,
+        }
+    }
+
+    /// Submits a request and awaits its durable answer.
+    pub async fn submit_async(&self, request: Request) -> Result<Receipt, LedgerError> {
+        match self.enqueue(request)? {
+            Queued::Answered(receipt) => Ok(receipt),
+            Queued::Waiting(answer) => answer.await.map_err(|_| LedgerError::Closed)?,
+        }
+    }
+
+    /// A replay is answered from the database at once (it needs no write); anything else
+    /// joins the writer's queue, or is refused when the queue is full.
+    fn enqueue(&self, request: Request) -> Result<Queued, LedgerError> {
+        if let Some((sequence, record)) = apply::find_record(&self.db, request.id)? {
+            return apply::replay(&request, sequence, record).map(Queued::Answered);
+        }
+        let queue = self.queue.as_ref().ok_or(LedgerError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
+        match queue.try_send(writer::Submission { request, reply }) {
+            Ok(()) => Ok(Queued::Waiting(answer)),
+            Err(err) => {
+                self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                match err {
+                    TrySendError::Full(_) => Err(LedgerError::Overloaded(self.queue_depth_max)),
+                    TrySendError::Disconnected(_) => Err(LedgerError::Closed),
+                }
+            }
+        }
+    }
+
+    /// The recorded transaction with this id.
+    pub fn transaction(&self, id: TxId) -> Result<Option<(u64, Record)>, LedgerError> {
+        apply::find_record(&self.db, id)
+    }
+
+    /// An account's state.
+    pub fn account(&self, account: AccountRef) -> Result<Option<Account>, LedgerError> {
+        apply::read_account(&self.db, account)
+    }
+
+    /// A page of an account's statement: up to `limit` lines (at most
+    /// [`STATEMENT_PAGE_LINES_MAX`]) with sequence greater than `after_sequence`, oldest first.
+    pub fn statement(
+        &self,
+        account: AccountRef,
+        after_sequence: u64,
+        limit: usize,
+    ) -> Result<Vec<StatementLine>, LedgerError> {
+        let limit = limit.min(STATEMENT_PAGE_LINES_MAX);
+        let start = codec::posting_key(account, after_sequence.saturating_add(1));
+        let prefix = codec::account_key(account);
+        let postings = apply::cf(&self.db, store::CF_POSTINGS)?;
+        let mut lines = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(postings, IteratorMode::From(&start, Direction::Forward))
+        {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) || lines.len() >= limit {
+                break;
+            }
+            let (_, sequence, amount, balance_after) = codec::decode_posting(&key, &value)?;
+            let record = apply::read_record(&self.db, sequence)?.ok_or(LedgerError::Corrupt {
+                what: "posting",
+                problem: "points at a missing record",
+            })?;
+            lines.push(StatementLine {
+                sequence,
+                record,
+                amount,
+                balance_after,
+            });
+        }
+        Ok(lines)
+    }
+
+    /// The writer's counters.
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
+    }
+
+    /// The database, for modules that read it directly (settlement, audit).
+    pub fn db(&self) -> &DB {
+        &self.db
+    }
+
+    /// Stops taking requests, lets the writer finish what is queued, and waits for it.
+    pub fn shutdown(&mut self) {
+        self.queue = None;
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::error!("the ledger writer thread panicked");
+        }
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+enum Queued {
+    Answered(Receipt),
+    Waiting(oneshot::Receiver<Result<Receipt, LedgerError>>),
+}
+
+#[cfg(test)]
+mod tests;

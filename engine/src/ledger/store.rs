@@ -1,0 +1,172 @@
+//! The ledger's RocksDB: column family names, every option in one place, and the on-disk
+//! format version check. `docs/storage.md` documents each column family's layout.
+
+use std::path::Path;
+
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, Options};
+
+use super::LedgerError;
+
+/// Accounts: account key (9 bytes) → account value.
+pub const CF_ACCOUNTS: &str = "accounts";
+/// The transaction log: sequence (8 bytes) → transaction record. Every recorded
+/// transaction, accepted or refused, in the order the ledger applied it.
+pub const CF_LOG: &str = "log";
+/// Idempotency: transaction id (16 bytes) → sequence of its record in the log.
+pub const CF_IDS: &str = "ids";
+/// Postings: account key (9) + sequence (8) → amount (8) + balance after (8).
+pub const CF_POSTINGS: &str = "postings";
+/// Refunds: the refunded charge's id (16) → the refund's sequence (8). A charge is
+/// refunded at most once.
+pub const CF_REFUNDS: &str = "refunds";
+/// Settlement entries: provider id (2) + sequence (8) → empty. Every accepted charge and
+/// refund, by the provider that owes (or is owed) it, in ledger order.
+pub const CF_PROVIDER_ENTRIES: &str = "provider_entries";
+/// Metadata: named keys (see the `META_*` constants).
+pub const CF_META: &str = "meta";
+
+/// Every column family this build knows.
+pub const COLUMN_FAMILIES: [&str; 7] = [
+    CF_ACCOUNTS,
+    CF_LOG,
+    CF_IDS,
+    CF_POSTINGS,
+    CF_REFUNDS,
+    CF_PROVIDER_ENTRIES,
+    CF_META,
+];
+
+/// Meta key: the on-disk format version (u32, big-endian).
+pub const META_FORMAT_VERSION: &[u8] = b"format_version";
+/// Meta key: the next log sequence (u64, big-endian).
+pub const META_NEXT_SEQUENCE: &[u8] = b"next_sequence";
+
+/// The on-disk format this build reads and writes. Bump it on any incompatible change.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Memory the ledger's RocksDB may use for caching, and how it is split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// The block cache (data, index and filter blocks), in bytes.
+    pub block_cache_bytes: usize,
+    /// All memtables together, in bytes.
+    pub write_buffers_bytes: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            block_cache_bytes: 64 << 20,
+            write_buffers_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Every RocksDB option the ledger sets, in one place.
+fn options(config: &StoreConfig) -> (Options, BlockBasedOptions) {
+    let mut options = Options::default();
+    options.create_if_missing(true);
+    options.create_missing_column_families(true);
+    // Two cores: one flush and one compaction at a time.
+    options.set_max_background_jobs(2);
+    options.set_db_write_buffer_size(config.write_buffers_bytes);
+    options.set_write_buffer_size(config.write_buffers_bytes / 4);
+    options.set_compression_type(DBCompressionType::Lz4);
+    options.set_level_compaction_dynamic_level_bytes(true);
+    options.set_paranoid_checks(true);
+    // Recovery after a crash stops at the first torn record: the torn tail was never
+    // acknowledged (we sync before answering), so nothing acknowledged is lost.
+    options.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
+    options.set_max_total_wal_size(256 << 20);
+    options.set_max_open_files(1024);
+
+    let cache = Cache::new_lru_cache(config.block_cache_bytes);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(&cache);
+    // Index and filter blocks live in the block cache, so the cache budget bounds them too.
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_bloom_filter(10.0, false);
+    table.set_block_size(16 << 10);
+    table.set_format_version(6);
+    options.set_block_based_table_factory(&table);
+    (options, table)
+}
+
+/// Opens (or creates) the ledger's database in `dir`, refusing a directory written in
+/// another format.
+pub fn open(dir: &Path, config: &StoreConfig) -> Result<DB, LedgerError> {
+    let (options, _table) = options(config);
+    let shown = dir.display().to_string();
+    if dir.join("CURRENT").exists() {
+        let existing = DB::list_cf(&options, dir).map_err(|source| LedgerError::Open {
+            path: shown.clone(),
+            source,
+        })?;
+        if let Some(unknown) = existing
+            .iter()
+            .find(|name| name.as_str() != "default" && !COLUMN_FAMILIES.contains(&name.as_str()))
+        {
+            return Err(LedgerError::UnknownFormat {
+                path: shown,
+                detail: format!("it has column family {unknown:?}, unknown to this build"),
+            });
+        }
+        if !existing.iter().any(|name| name == CF_META) {
+            return Err(LedgerError::UnknownFormat {
+                path: shown,
+                detail: "it is a RocksDB database but not a Fareway ledger".into(),
+            });
+        }
+    }
+    let descriptors = COLUMN_FAMILIES
+        .iter()
+        .map(|name| ColumnFamilyDescriptor::new(*name, options.clone()));
+    let db = DB::open_cf_descriptors(&options, dir, descriptors).map_err(|source| {
+        LedgerError::Open {
+            path: shown.clone(),
+            source,
+        }
+    })?;
+    let meta = db
+        .cf_handle(CF_META)
+        .ok_or(LedgerError::MissingColumnFamily(CF_META))?;
+    match db.get_cf(meta, META_FORMAT_VERSION)? {
+        None => {
+            // Only a brand-new ledger lacks a format version. Anything with records but no
+            // version is refused: initialising it would restart the sequence and overwrite
+            // the log.
+            let log = db
+                .cf_handle(CF_LOG)
+                .ok_or(LedgerError::MissingColumnFamily(CF_LOG))?;
+            if db
+                .iterator_cf(log, rocksdb::IteratorMode::Start)
+                .next()
+                .is_some()
+            {
+                return Err(LedgerError::UnknownFormat {
+                    path: shown,
+                    detail: "it holds transactions but no format version".into(),
+                });
+            }
+            let mut write = rocksdb::WriteOptions::default();
+            write.set_sync(true);
+            let mut batch = rocksdb::WriteBatch::default();
+            batch.put_cf(meta, META_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
+            batch.put_cf(meta, META_NEXT_SEQUENCE, 1u64.to_be_bytes());
+            db.write_opt(batch, &write)?;
+        }
+        Some(bytes) => {
+            let found = <[u8; 4]>::try_from(bytes.as_slice())
+                .map(u32::from_be_bytes)
+                .ok();
+            if found != Some(FORMAT_VERSION) {
+                return Err(LedgerError::FormatVersion {
+                    path: shown,
+                    found: found.map_or_else(|| format!("{bytes:?}"), |v| v.to_string()),
+                    supported: FORMAT_VERSION,
+                });
+            }
+        }
+    }
+    Ok(db)
+}

@@ -1,0 +1,382 @@
+//! The verifier: scanned text in, [`Decision`] out, at gate speed.
+//!
+//! Checks run in the order documented in `docs/qr-token.md` and stop at the first failure.
+//! A credential whose issuer signature has verified is remembered in a bounded cache
+//! keyed by the SHA-256 of its issuer key and its bytes, so a repeat rider costs one signature check (the
+//! device's) instead of two. The cache only skips the signature: revocation, expiry and
+//! the deny list are checked on every scan.
+//!
+//! This module never panics on input and never holds a private key.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+
+use ring::signature::{ED25519, UnparsedPublicKey};
+
+use crate::clock::UnixMillis;
+
+use super::Reason;
+use super::format::{self, ParsedCode};
+use super::keys::{IssuerRegistry, KeyError};
+
+/// How the verifier judges time, and how much it remembers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifierConfig {
+    /// A code is refused once it is older than this. Phones refresh codes every 30 to 60
+    /// seconds; the window covers a slow queue at the gate.
+    pub code_validity_ms: u64,
+    /// How far in the future a code's time may be, for a phone whose clock runs fast.
+    pub clock_skew_ms: u64,
+    /// Most credentials remembered as verified; 0 turns the cache off.
+    pub credential_cache_entries_max: usize,
+}
+
+impl Default for VerifierConfig {
+    fn default() -> Self {
+        VerifierConfig {
+            code_validity_ms: 120_000,
+            clock_skew_ms: 30_000,
+            credential_cache_entries_max: 200_000,
+        }
+    }
+}
+
+/// What a code that passed every check says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifiedCode {
+    /// The rider's account.
+    pub account_id: u64,
+    /// The provider that pays for the rider.
+    pub provider_id: u16,
+    /// The issuer key that signed the credential.
+    pub issuer_key_id: u32,
+    /// When the credential expires.
+    pub credential_expires_at: UnixMillis,
+    /// The device's sequence number of this code.
+    pub sequence: u32,
+    /// When the phone made the code.
+    pub generated_at: UnixMillis,
+    /// The credential's flags.
+    pub flags: u8,
+    /// A fingerprint of the code's exact bytes (the first 16 bytes of their SHA-256): the
+    /// gate service uses it to tell a gate retrying from a code replayed elsewhere.
+    pub code_fingerprint: [u8; 16],
+}
+
+/// The verifier's answer. A rejection is a result, not an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Every check passed.
+    Accepted(VerifiedCode),
+    /// The first check that failed.
+    Rejected(Reason),
+}
+
+/// Verifies rider codes. Shared by every request handler; all methods take `&self`.
+#[derive(Debug)]
+pub struct Verifier {
+    config: VerifierConfig,
+    registry: RwLock<Arc<IssuerRegistry>>,
+    deny_list: RwLock<HashSet<u64>>,
+    verified_credentials: Option<quick_cache::sync::Cache<[u8; 32], ()>>,
+}
+
+impl Verifier {
+    /// A verifier over `registry` with an empty deny list.
+    pub fn new(config: VerifierConfig, registry: IssuerRegistry) -> Verifier {
+        Verifier {
+            config,
+            registry: RwLock::new(Arc::new(registry)),
+            deny_list: RwLock::new(HashSet::new()),
+            verified_credentials: (config.credential_cache_entries_max > 0)
+                .then(|| quick_cache::sync::Cache::new(config.credential_cache_entries_max)),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> VerifierConfig {
+        self.config
+    }
+
+    /// The registry in force now.
+    pub fn registry(&self) -> Arc<IssuerRegistry> {
+        Arc::clone(
+            &self
+                .registry
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    /// Replaces the registry. The credential cache is emptied so that it never grows
+    /// with entries of keys that are gone.
+    pub fn set_registry(&self, registry: IssuerRegistry) {
+        self.update_registry(|current| {
+            *current = registry;
+            Ok(())
+        })
+        .unwrap_or_else(|err: KeyError| unreachable!("a plain replacement cannot fail: {err}"));
+    }
+
+    /// Changes the registry (add a key, revoke one) while holding its lock, so that two
+    /// changes at once cannot overwrite each other. Nothing changes if `change` fails.
+    pub fn update_registry<T>(
+        &self,
+        change: impl FnOnce(&mut IssuerRegistry) -> Result<T, KeyError>,
+    ) -> Result<T, KeyError> {
+        let mut current = self
+            .registry
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut next = IssuerRegistry::clone(&current);
+        let result = change(&mut next)?;
+        *current = Arc::new(next);
+        if let Some(cache) = &self.verified_credentials {
+            cache.clear();
+        }
+        Ok(result)
+    }
+
+    /// Puts an account on the deny list, or takes it off.
+    pub fn set_denied(&self, account_id: u64, denied: bool) {
+        let mut deny_list = self
+            .deny_list
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if denied {
+            deny_list.insert(account_id);
+        } else {
+            deny_list.remove(&account_id);
+        }
+    }
+
+    /// Whether an account is deny-listed.
+    pub fn is_denied(&self, account_id: u64) -> bool {
+        self.deny_list
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(&account_id)
+    }
+
+    /// Verifies a code as scanned (its Base45 text) at time `now`.
+    pub fn verify_text(&self, text: &str, now: UnixMillis) -> Decision {
+        match format::decode_text(text) {
+            Ok(bytes) => self.verify_bytes(&bytes, now),
+            Err(reason) => Decision::Rejected(reason),
+        }
+    }
+
+    /// Verifies a code's bytes at time `now`.
+    pub fn verify_bytes(&self, bytes: &[u8], now: UnixMillis) -> Decision {
+        match self.check(bytes, now) {
+            Ok(verified) => Decision::Accepted(verified),
+            Err(reason) => Decision::Rejected(reason),
+        }
+    }
+
+    fn check(&self, bytes: &[u8], now: UnixMillis) -> Result<VerifiedCode, Reason> {
+        let code = format::parse(bytes)?;
+        let credential = code.credential;
+        let issuer_public_key = {
+            let registry = self
+                .registry
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let key = registry
+                .key(credential.provider_id, credential.issuer_key_id)
+                .ok_or(Reason::UnknownIssuerKey)?;
+            if key.revoked {
+                return Err(Reason::RevokedIssuerKey);
+            }
+            key.public_key
+        };
+        self.check_credential_signature(&code, &issuer_public_key)?;
+        if now >= credential.expires_at {
+            return Err(Reason::CredentialExpired);
+        }
+        UnparsedPublicKey::new(&ED25519, &credential.device_public_key)
+            .verify(code.code_body, code.device_signature)
+            .map_err(|_| Reason::BadCodeSignature)?;
+        let generated_at = code.code.generated_at;
+        if generated_at.saturating_add(self.config.code_validity_ms) < now {
+            return Err(Reason::CodeExpired);
+        }
+        if generated_at > now.saturating_add(self.config.clock_skew_ms) {
+            return Err(Reason::CodeFromFuture);
+        }
+        if self.is_denied(credential.account_id) {
+            return Err(Reason::AccountDenied);
+        }
+        Ok(VerifiedCode {
+            account_id: credential.account_id,
+            provider_id: credential.provider_id,
+            issuer_key_id: credential.issuer_key_id,
+            credential_expires_at: credential.expires_at,
+            sequence: code.code.sequence,
+            generated_at,
+            flags: credential.flags,
+            code_fingerprint: format::fingerprint(bytes),
+        })
+    }
+
+    fn check_credential_signature(
+        &self,
+        code: &ParsedCode<'_>,
+        issuer_public_key: &[u8; format::PUBLIC_KEY_LEN],
+    ) -> Result<(), Reason> {
+        let verify = || {
+            UnparsedPublicKey::new(&ED25519, issuer_public_key)
+                .verify(code.credential_body, code.issuer_signature)
+                .map_err(|_| Reason::BadCredentialSignature)
+        };
+        let Some(cache) = &self.verified_credentials else {
+            return verify();
+        };
+        // The key covers the issuer public key too: an entry says "these bytes verified
+        // under this key", which stays true whatever happens to the registry.
+        let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+        hasher.update(issuer_public_key);
+        hasher.update(code.credential_bytes);
+        let digest = hasher.finish();
+        let mut cache_key = [0u8; 32];
+        cache_key.copy_from_slice(digest.as_ref());
+        if cache.get(&cache_key).is_some() {
+            return Ok(());
+        }
+        verify()?;
+        cache.insert(cache_key, ());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::format::CODE_LEN;
+    use crate::token::keys::Provider;
+    use crate::token::mint::{Device, Issuer};
+
+    const NOW: UnixMillis = UnixMillis(1_800_000_000_000);
+
+    fn setup() -> (Verifier, Issuer, Device) {
+        let issuer = Issuer::from_seed(1, [9; 32]);
+        let mut registry = IssuerRegistry::default();
+        registry
+            .add_provider(Provider {
+                id: 1,
+                name: "metro-pay".into(),
+            })
+            .unwrap();
+        registry.add_key(issuer.issuer_key()).unwrap();
+        let key = Device::key_from_seed(&[3; 32]);
+        let credential = issuer.issue(
+            77,
+            NOW.saturating_add(3_600_000),
+            0,
+            Device::public_key_of(&key),
+        );
+        let verifier = Verifier::new(VerifierConfig::default(), registry);
+        (verifier, issuer, Device::new(key, credential, 10))
+    }
+
+    #[test]
+    fn a_repeat_rider_is_accepted_from_the_cache_with_its_fields() {
+        let (verifier, issuer, mut device) = setup();
+        for sequence in 10..13 {
+            let Decision::Accepted(code) = verifier.verify_bytes(&device.code_bytes(NOW), NOW)
+            else {
+                panic!("a fresh code must verify");
+            };
+            assert_eq!(code.account_id, 77);
+            assert_eq!(code.provider_id, 1);
+            assert_eq!(code.issuer_key_id, issuer.key_id());
+            assert_eq!(code.sequence, sequence);
+        }
+        assert_eq!(verifier.verified_credentials.as_ref().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn revocation_is_honoured_for_a_cached_credential() {
+        let (verifier, issuer, mut device) = setup();
+        assert!(matches!(
+            verifier.verify_bytes(&device.code_bytes(NOW), NOW),
+            Decision::Accepted(_)
+        ));
+        verifier
+            .update_registry(|registry| registry.revoke(1, issuer.key_id()))
+            .unwrap();
+        assert_eq!(
+            verifier.verify_bytes(&device.code_bytes(NOW), NOW),
+            Decision::Rejected(Reason::RevokedIssuerKey)
+        );
+    }
+
+    #[test]
+    fn expiry_and_the_deny_list_are_honoured_for_a_cached_credential() {
+        let (verifier, _issuer, mut device) = setup();
+        assert!(matches!(
+            verifier.verify_bytes(&device.code_bytes(NOW), NOW),
+            Decision::Accepted(_)
+        ));
+        let later = NOW.saturating_add(3_600_000);
+        assert_eq!(
+            verifier.verify_bytes(&device.code_bytes(later), later),
+            Decision::Rejected(Reason::CredentialExpired)
+        );
+        verifier.set_denied(77, true);
+        assert_eq!(
+            verifier.verify_bytes(&device.code_bytes(NOW), NOW),
+            Decision::Rejected(Reason::AccountDenied)
+        );
+        verifier.set_denied(77, false);
+        assert!(matches!(
+            verifier.verify_bytes(&device.code_bytes(NOW), NOW),
+            Decision::Accepted(_)
+        ));
+    }
+
+    #[test]
+    fn a_forged_code_is_rejected_even_after_its_credential_was_cached() {
+        let (verifier, _issuer, mut device) = setup();
+        let mut code = device.code_bytes(NOW);
+        assert!(matches!(
+            verifier.verify_bytes(&code, NOW),
+            Decision::Accepted(_)
+        ));
+        code[CODE_LEN - 10] ^= 1;
+        assert_eq!(
+            verifier.verify_bytes(&code, NOW),
+            Decision::Rejected(Reason::BadCodeSignature)
+        );
+    }
+
+    #[test]
+    fn the_same_code_always_has_the_same_fingerprint() {
+        let (verifier, _issuer, mut device) = setup();
+        let code = device.code_bytes(NOW);
+        let other = device.code_bytes(NOW);
+        let fingerprint = |bytes: &[u8]| match verifier.verify_bytes(bytes, NOW) {
+            Decision::Accepted(code) => code.code_fingerprint,
+            Decision::Rejected(reason) => panic!("rejected: {reason}"),
+        };
+        assert_eq!(fingerprint(&code), fingerprint(&code));
+        assert_ne!(fingerprint(&code), fingerprint(&other));
+    }
+
+    #[test]
+    fn arbitrary_bytes_and_text_never_panic() {
+        let (verifier, _issuer, mut device) = setup();
+        let code = device.code_bytes(NOW);
+        for len in 0..=code.len() + 2 {
+            let mut bytes = code.clone();
+            bytes.resize(len, 0xAB);
+            let _ = verifier.verify_bytes(&bytes, NOW);
+        }
+        for text in ["", " ", "::::", "ÀÀÀ", "\u{0}\u{0}\u{0}", "ZZ", "ZZZZZZ"] {
+            assert!(matches!(
+                verifier.verify_text(text, NOW),
+                Decision::Rejected(_)
+            ));
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! Compiles `fareway/v1/*.proto` with protox, a pure-Rust protobuf compiler, so that
+//! building needs no system `protoc`.
+
+use std::path::PathBuf;
+
+use prost::Message as _;
+
+const PROTO_FILES: &[&str] = &["fareway/v1/token.proto"];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    for file in PROTO_FILES {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let descriptors = protox::compile(PROTO_FILES, ["."])?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    // Server reflection serves this set; compile_fds does not write it, so write it here.
+    std::fs::write(
+        out_dir.join("fareway_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
+    tonic_prost_build::configure().compile_fds(descriptors)?;
+    Ok(())
+}
