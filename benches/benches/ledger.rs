@@ -5,6 +5,7 @@
 //! Run: `cargo bench -p fareway-benches --bench ledger`. Goals (issue 3): at least 50,000
 //! durable charges per second on 2 cores; a replay costs under a tenth of a new charge.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -14,10 +15,16 @@ use fareway::money::Amount;
 use fareway_benches::NOW;
 
 const RIDERS: u64 = 10_000;
-const CALLERS: u64 = 64;
+/// Requests in flight at once, as a gRPC server has them: async tasks, not threads.
+const CALLERS: u64 = 512;
 
 fn ledger(sync_writes: bool) -> (tempfile::TempDir, Ledger) {
-    let dir = tempfile::tempdir().unwrap_or_else(|err| unreachable!("{err}"));
+    // BENCH_KEEP_DIR=1 keeps the data directories: their RocksDB LOG shows flushes and stalls.
+    let dir = tempfile::Builder::new()
+        .disable_cleanup(std::env::var_os("BENCH_KEEP_DIR").is_some())
+        .tempdir()
+        .unwrap_or_else(|err| unreachable!("{err}"));
+    eprintln!("ledger bench data directory: {}", dir.path().display());
     let ledger = Ledger::open(
         dir.path(),
         LedgerConfig {
@@ -56,20 +63,36 @@ fn charge(id: u64) -> Request {
     }
 }
 
-/// `iterations` charges from `CALLERS` threads at once; returns the wall time.
-fn concurrent_charges(ledger: &Ledger, next_id: &AtomicU64, iterations: u64) -> Duration {
-    let per_caller = iterations.div_ceil(CALLERS);
+/// `iterations` charges from `CALLERS` async tasks at once on a two-worker runtime (the
+/// server's shape); returns the wall time.
+fn concurrent_charges(
+    runtime: &tokio::runtime::Runtime,
+    ledger: &Arc<Ledger>,
+    next_id: &Arc<AtomicU64>,
+    iterations: u64,
+) -> Duration {
+    // Exactly `iterations` charges in all, shared out, so that the time per charge is right
+    // even when criterion asks for fewer iterations than there are callers.
+    let share = |caller: u64| iterations / CALLERS + u64::from(caller < iterations % CALLERS);
     let started = Instant::now();
-    std::thread::scope(|scope| {
-        for _ in 0..CALLERS {
-            scope.spawn(|| {
-                for _ in 0..per_caller {
-                    let id = next_id.fetch_add(1, Ordering::Relaxed);
-                    ledger
-                        .submit(charge(id))
-                        .unwrap_or_else(|err| unreachable!("{err}"));
-                }
-            });
+    runtime.block_on(async {
+        let tasks: Vec<_> = (0..CALLERS)
+            .map(|caller| {
+                let (ledger, next_id) = (Arc::clone(ledger), Arc::clone(next_id));
+                let count = share(caller);
+                tokio::spawn(async move {
+                    for _ in 0..count {
+                        let id = next_id.fetch_add(1, Ordering::Relaxed);
+                        ledger
+                            .submit_async(charge(id))
+                            .await
+                            .unwrap_or_else(|err| unreachable!("{err}"));
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap_or_else(|err| unreachable!("{err}"));
         }
     });
     started.elapsed()
@@ -81,14 +104,19 @@ fn charges(c: &mut Criterion) {
         .sample_size(10)
         .measurement_time(Duration::from_secs(15))
         .throughput(Throughput::Elements(1));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap_or_else(|err| unreachable!("{err}"));
     for (name, sync) in [
-        ("durable_charges_64_callers", true),
-        ("unsynced_charges_64_callers", false),
+        ("durable_charges_512_callers", true),
+        ("unsynced_charges_512_callers", false),
     ] {
         let (_dir, ledger) = ledger(sync);
-        let next_id = AtomicU64::new(1);
+        let ledger = Arc::new(ledger);
+        let next_id = Arc::new(AtomicU64::new(1));
         group.bench_function(name, |b| {
-            b.iter_custom(|iterations| concurrent_charges(&ledger, &next_id, iterations))
+            b.iter_custom(|iterations| concurrent_charges(&runtime, &ledger, &next_id, iterations))
         });
     }
 

@@ -7,7 +7,7 @@
 //! the database plus this batch's own earlier changes (an overlay), so two requests in
 //! one batch behave exactly as if they had been written one after the other.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use rocksdb::{ColumnFamily, DB, WriteBatch};
 
@@ -40,6 +40,7 @@ pub struct Batch<'a> {
     db: &'a DB,
     cfs: Handles<'a>,
     accounts: HashMap<AccountRef, Account>,
+    dirty_accounts: HashSet<AccountRef>,
     ids: HashMap<TxId, u64>,
     records: HashMap<u64, Record>,
     refunded: HashMap<TxId, u64>,
@@ -74,6 +75,7 @@ impl<'a> Batch<'a> {
             db,
             cfs,
             accounts: HashMap::new(),
+            dirty_accounts: HashSet::new(),
             ids: HashMap::new(),
             records: HashMap::new(),
             refunded: HashMap::new(),
@@ -96,6 +98,15 @@ impl<'a> Batch<'a> {
 
     /// The atomic write that records the batch, ending with the new next sequence.
     pub fn into_write(mut self) -> WriteBatch {
+        for account_ref in &self.dirty_accounts {
+            if let Some(account) = self.accounts.get(account_ref) {
+                self.write.put_cf(
+                    self.cfs.accounts,
+                    codec::account_key(*account_ref),
+                    codec::encode_account(account),
+                );
+            }
+        }
         self.write.put_cf(
             self.cfs.meta,
             META_NEXT_SEQUENCE,
@@ -179,12 +190,10 @@ impl<'a> Batch<'a> {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
         for (account_ref, account) in changed {
-            self.write.put_cf(
-                self.cfs.accounts,
-                codec::account_key(account_ref),
-                codec::encode_account(&account),
-            );
+            // Written once per batch in `into_write`: a busy account (an operator's revenue)
+            // changes with nearly every request, and one put of its final state suffices.
             self.accounts.insert(account_ref, account);
+            self.dirty_accounts.insert(account_ref);
         }
         for (posting, balance_after) in postings.iter().zip(balances_after) {
             self.write.put_cf(

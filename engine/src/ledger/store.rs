@@ -79,6 +79,15 @@ fn options(config: &StoreConfig) -> (Options, BlockBasedOptions) {
     options.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
     options.set_max_total_wal_size(256 << 20);
     options.set_max_open_files(1024);
+    // Flushes and compactions write their files out as they go (1 MiB at a time) rather
+    // than leaving hundreds of dirty megabytes in the page cache: on ext4 an fsync of the
+    // write-ahead log can otherwise wait for all of them, and a gate's answer with it.
+    options.set_bytes_per_sync(1 << 20);
+    options.set_wal_bytes_per_sync(1 << 20);
+    // Most reads in the writer look for ids that are not there yet: a whole-key Bloom
+    // filter on the memtables answers those without walking the skip lists.
+    options.set_memtable_whole_key_filtering(true);
+    options.set_memtable_prefix_bloom_ratio(0.05);
 
     let cache = Cache::new_lru_cache(config.block_cache_bytes);
     let mut table = BlockBasedOptions::default();
