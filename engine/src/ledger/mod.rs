@@ -12,6 +12,7 @@ pub mod apply;
 pub mod audit;
 pub mod codec;
 pub mod model;
+pub mod prune;
 pub mod store;
 pub mod writer;
 
@@ -24,6 +25,7 @@ use std::thread::JoinHandle;
 use rocksdb::{DB, Direction, IteratorMode};
 use tokio::sync::oneshot;
 
+use crate::clock::UnixMillis;
 use crate::money::Amount;
 
 pub use model::{
@@ -127,6 +129,9 @@ pub struct LedgerConfig {
     pub queue_depth_max: usize,
     /// Most requests in one group commit.
     pub batch_size_max: usize,
+    /// How long a transaction id is remembered (see [`prune`]). Longer than any gate
+    /// stays offline and retries.
+    pub id_retention_ms: u64,
 }
 
 impl Default for LedgerConfig {
@@ -136,6 +141,7 @@ impl Default for LedgerConfig {
             sync_writes: true,
             queue_depth_max: 16_384,
             batch_size_max: 2_048,
+            id_retention_ms: 30 * 86_400_000,
         }
     }
 }
@@ -153,6 +159,9 @@ pub struct StatementLine {
     pub balance_after: Amount,
 }
 
+/// Most log records one pruning job looks at.
+pub const PRUNE_RECORDS_PER_JOB_MAX: usize = 10_000;
+
 /// Most lines one statement page returns.
 pub const STATEMENT_PAGE_LINES_MAX: usize = 1_000;
 
@@ -160,10 +169,11 @@ pub const STATEMENT_PAGE_LINES_MAX: usize = 1_000;
 #[derive(Debug)]
 pub struct Ledger {
     db: Arc<DB>,
-    queue: Option<SyncSender<writer::Submission>>,
+    queue: Option<SyncSender<writer::Job>>,
     writer: Option<JoinHandle<()>>,
     stats: Arc<WriterStats>,
     queue_depth_max: usize,
+    id_retention_ms: u64,
 }
 
 impl Ledger {
@@ -200,6 +210,7 @@ impl Ledger {
             writer: Some(writer),
             stats,
             queue_depth_max: config.queue_depth_max,
+            id_retention_ms: config.id_retention_ms,
         })
     }
 
@@ -229,7 +240,7 @@ impl Ledger {
         let queue = self.queue.as_ref().ok_or(LedgerError::Closed)?;
         let (reply, answer) = oneshot::channel();
         self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
-        match queue.try_send(writer::Submission { request, reply }) {
+        match queue.try_send(writer::Job::Apply(writer::Submission { request, reply })) {
             Ok(()) => Ok(Queued::Waiting(answer)),
             Err(err) => {
                 self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
@@ -239,6 +250,29 @@ impl Ledger {
                 }
             }
         }
+    }
+
+    /// Forgets the ids of transactions older than the retention at time `now`, a slice at a
+    /// time so that the writer is never held long: call it until it returns 0. Returns the
+    /// number of ids forgotten.
+    pub fn prune_expired_ids(&self, now: UnixMillis) -> Result<u64, LedgerError> {
+        let queue = self.queue.as_ref().ok_or(LedgerError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        let before = now.saturating_sub(self.id_retention_ms);
+        self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
+        let job = writer::Job::PruneIds {
+            before,
+            records_max: PRUNE_RECORDS_PER_JOB_MAX,
+            reply,
+        };
+        if let Err(err) = queue.try_send(job) {
+            self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+            return Err(match err {
+                TrySendError::Full(_) => LedgerError::Overloaded(self.queue_depth_max),
+                TrySendError::Disconnected(_) => LedgerError::Closed,
+            });
+        }
+        answer.blocking_recv().map_err(|_| LedgerError::Closed)?
     }
 
     /// The recorded transaction with this id.

@@ -3,7 +3,10 @@
 
 use std::path::Path;
 
-use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, Options};
+use rocksdb::{
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType,
+    Options,
+};
 
 use super::LedgerError;
 
@@ -40,6 +43,10 @@ pub const COLUMN_FAMILIES: [&str; 7] = [
 pub const META_FORMAT_VERSION: &[u8] = b"format_version";
 /// Meta key: the next log sequence (u64, big-endian).
 pub const META_NEXT_SEQUENCE: &[u8] = b"next_sequence";
+
+/// Meta key: the first log sequence whose id entry has not been pruned (u64, big-endian;
+/// absent means 1).
+pub const META_IDS_PRUNED_BELOW: &[u8] = b"ids_pruned_below";
 
 /// The on-disk format this build reads and writes. Bump it on any incompatible change.
 pub const FORMAT_VERSION: u32 = 1;
@@ -93,7 +100,15 @@ fn options(config: &StoreConfig) -> (Options, BlockBasedOptions) {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(&cache);
     // Index and filter blocks live in the block cache, so the cache budget bounds them too.
+    // They are partitioned into small blocks: a whole filter of a large table file (1.25 MB
+    // for a million ids) is bigger than one shard of the cache, could never stay in it,
+    // and was read and checksummed again on every look-up (throughput fell 25-fold at a
+    // million transactions).
     table.set_cache_index_and_filter_blocks(true);
+    table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+    table.set_partition_filters(true);
+    table.set_metadata_block_size(4 << 10);
+    table.set_pin_top_level_index_and_filter(true);
     table.set_bloom_filter(10.0, false);
     table.set_block_size(16 << 10);
     table.set_format_version(6);

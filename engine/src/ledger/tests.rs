@@ -575,3 +575,39 @@ mod conservation {
         }
     }
 }
+
+#[test]
+fn ids_older_than_the_retention_are_forgotten_and_the_audit_still_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LedgerConfig {
+        id_retention_ms: 1_000,
+        ..LedgerConfig::default()
+    };
+    let ledger = Ledger::open(dir.path(), config).unwrap();
+    open_rider(&ledger, 1, 5, 1_000);
+    let at = |id: u128, time: u64| Request {
+        id: TxId(id),
+        time: UnixMillis(time),
+        command: charge(5, 10),
+    };
+    ledger.submit(at(2, T.0)).unwrap();
+    ledger.submit(at(3, T.0 + 5_000)).unwrap();
+    // At T + 2s, ids 1 and 2 (made at T) are past the 1s retention; id 3 is not.
+    assert_eq!(
+        ledger.prune_expired_ids(UnixMillis(T.0 + 2_000)).unwrap(),
+        2
+    );
+    assert_eq!(
+        ledger.prune_expired_ids(UnixMillis(T.0 + 2_000)).unwrap(),
+        0
+    );
+    assert!(ledger.transaction(TxId(2)).unwrap().is_none());
+    assert!(ledger.submit(at(3, T.0 + 5_000)).unwrap().replay);
+    assert_audit_ok(&ledger);
+    // A forgotten id used again is new: documented, and the audit accepts the reuse.
+    let reused = ledger.submit(at(2, T.0)).unwrap();
+    assert!(!reused.replay);
+    assert_eq!(balance(&ledger, AccountRef::Rider(5)), -30);
+    let report = assert_audit_ok(&ledger);
+    assert_eq!(report.transactions, 4);
+}

@@ -17,9 +17,12 @@ use std::time::Instant;
 use rocksdb::{DB, WriteOptions};
 use tokio::sync::oneshot;
 
+use crate::clock::UnixMillis;
+
 use super::LedgerError;
 use super::apply::Batch;
 use super::model::{Receipt, Request};
+use super::prune;
 
 /// A request waiting in the queue, with where to send its answer.
 #[derive(Debug)]
@@ -28,6 +31,22 @@ pub struct Submission {
     pub request: Request,
     /// Where the answer goes.
     pub reply: oneshot::Sender<Result<Receipt, LedgerError>>,
+}
+
+/// Work for the writer thread, in queue order.
+#[derive(Debug)]
+pub enum Job {
+    /// Apply a request (group-committed with its neighbours).
+    Apply(Submission),
+    /// Forget the ids of transactions made before a time (see [`prune::prune_ids`]).
+    PruneIds {
+        /// Ids of transactions whose request time is earlier than this are forgotten.
+        before: UnixMillis,
+        /// Most records looked at in this job, so that one job never holds the writer long.
+        records_max: usize,
+        /// Where the count of forgotten ids goes.
+        reply: oneshot::Sender<Result<u64, LedgerError>>,
+    },
 }
 
 /// Counters the writer keeps for metrics and reports.
@@ -48,7 +67,7 @@ pub struct WriterStats {
 /// Runs the writer loop until every sender is gone and the queue is drained.
 pub fn run(
     db: Arc<DB>,
-    queue: Receiver<Submission>,
+    queue: Receiver<Job>,
     sync: bool,
     batch_size_max: usize,
     stats: Arc<WriterStats>,
@@ -57,24 +76,45 @@ pub fn run(
     write_options.set_sync(sync);
     let mut pending = Vec::with_capacity(batch_size_max);
     while let Ok(first) = queue.recv() {
-        pending.push(first);
-        while pending.len() < batch_size_max {
-            match queue.try_recv() {
-                Ok(next) => pending.push(next),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+            match job {
+                Job::PruneIds {
+                    before,
+                    records_max,
+                    reply,
+                } => {
+                    let _ = reply.send(prune::prune_ids(&db, before, records_max, &write_options));
+                }
+                Job::Apply(submission) => {
+                    pending.push(submission);
+                    while pending.len() < batch_size_max {
+                        match queue.try_recv() {
+                            Ok(Job::Apply(submission)) => {
+                                stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                                pending.push(submission);
+                            }
+                            // Anything else runs after this batch, in queue order.
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                        }
+                    }
+                    let answers = commit(&db, &pending, &write_options, &stats);
+                    stats
+                        .requests
+                        .fetch_add(pending.len() as u64, Ordering::Relaxed);
+                    for (submission, answer) in pending.drain(..).zip(answers) {
+                        // A caller that gave up waiting has dropped its receiver; its
+                        // transaction is still recorded, and a retry with the same id gets
+                        // this same receipt.
+                        let _ = submission.reply.send(answer);
+                    }
+                }
             }
-        }
-        stats
-            .queue_depth
-            .fetch_sub(pending.len(), Ordering::Relaxed);
-        let answers = commit(&db, &pending, &write_options, &stats);
-        stats
-            .requests
-            .fetch_add(pending.len() as u64, Ordering::Relaxed);
-        for (submission, answer) in pending.drain(..).zip(answers) {
-            // A caller that gave up waiting has dropped its receiver; its transaction is
-            // still recorded, and a retry with the same id gets this same receipt.
-            let _ = submission.reply.send(answer);
         }
     }
 }

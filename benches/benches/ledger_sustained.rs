@@ -1,0 +1,93 @@
+//! Sustained durable charges over time: 512 async callers (the server's shape) charge
+//! for SECS seconds (default 40) and the rate is printed every second, so that a
+//! slowdown as the ledger grows shows up (criterion's averages hide it).
+//!
+//! Run: `cargo bench -p fareway-benches --bench ledger_sustained` (SYNC=0 turns syncing
+//! off, SECS=N sets the duration).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use fareway::ledger::{Command, Ledger, LedgerConfig, Request, TxId};
+use fareway::money::Amount;
+use fareway_benches::NOW;
+
+const CALLERS: u64 = 512;
+const RIDERS: u64 = 10_000;
+
+fn main() {
+    if std::env::args().any(|arg| arg == "--list") {
+        // `cargo bench -- --list` asks every bench for its list: this one has no cases.
+        return;
+    }
+    let sync = std::env::var("SYNC")
+        .map(|value| value != "0")
+        .unwrap_or(true);
+    let secs: u64 = std::env::var("SECS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(40);
+    let dir = tempfile::tempdir().unwrap_or_else(|err| panic!("{err}"));
+    let config = LedgerConfig {
+        sync_writes: sync,
+        ..LedgerConfig::default()
+    };
+    let ledger = Arc::new(Ledger::open(dir.path(), config).unwrap_or_else(|err| panic!("{err}")));
+    for account_id in 0..RIDERS {
+        let open = Command::OpenAccount {
+            account_id,
+            provider_id: 1,
+            credit_limit: Amount(i64::MAX / 2),
+        };
+        let request = Request {
+            id: TxId(u128::from(account_id) << 64),
+            time: NOW,
+            command: open,
+        };
+        ledger.submit(request).unwrap_or_else(|err| panic!("{err}"));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|err| panic!("{err}"));
+    let next_id = Arc::new(AtomicU64::new(1));
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    println!("ledger_sustained: durable={sync}, {CALLERS} callers, {secs} s");
+    runtime.block_on(async {
+        for _ in 0..CALLERS {
+            let (ledger, next_id, done) = (Arc::clone(&ledger), Arc::clone(&next_id), Arc::clone(&done));
+            tokio::spawn(async move {
+                while started.elapsed() < Duration::from_secs(secs) {
+                    let id = next_id.fetch_add(1, Ordering::Relaxed);
+                    let command = Command::Charge { account_id: id % RIDERS, operator_id: 1, amount: Amount(300) };
+                    let request = Request { id: TxId(u128::from(id)), time: NOW, command };
+                    ledger.submit_async(request).await.unwrap_or_else(|err| panic!("{err}"));
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        let (mut last_done, mut last_batches, mut last_write_us) = (0, 0, 0);
+        for _ in 0..secs {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let stats = ledger.stats();
+            let now_done = done.load(Ordering::Relaxed);
+            let batches = stats.batches.load(Ordering::Relaxed);
+            let write_us = stats.write_time_us.load(Ordering::Relaxed);
+            let interval_batches = (batches - last_batches).max(1);
+            println!(
+                "{now_done:>8} charges in all, {:>7} in the last second, {interval_batches:>5} group commits, mean write {:>6} us",
+                now_done - last_done,
+                (write_us - last_write_us) / interval_batches
+            );
+            (last_done, last_batches, last_write_us) = (now_done, batches, write_us);
+        }
+    });
+    let total = done.load(Ordering::Relaxed);
+    println!(
+        "ledger_sustained: {total} charges in {secs} s = {:.0}/s",
+        total as f64 / secs as f64
+    );
+}
