@@ -189,6 +189,18 @@ fn audit_passes_on_the_demo_ledger_and_refuses_a_non_ledger_folder() {
     let audited = fareway(&["audit", "--data-dir", data.to_str().unwrap()]);
     assert!(audited.status.success(), "{audited:?}");
     assert!(stdout(&audited).contains("audit: ok"));
+    // A second demo on the same directory is refused rather than replayed.
+    let again = fareway(&[
+        "demo",
+        "--riders",
+        "100",
+        "--taps",
+        "10",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("the demo needs a new data directory"));
     let empty = fareway(&["audit", "--data-dir", dir.path().to_str().unwrap()]);
     assert!(!empty.status.success());
     assert!(String::from_utf8_lossy(&empty.stderr).contains("is not a ledger data directory"));

@@ -41,7 +41,8 @@ pub struct DemoArgs {
     /// Gates tapping at once (threads).
     #[arg(long, default_value_t = 32)]
     gates: usize,
-    /// Keep the data directory here instead of a temporary one.
+    /// Keep the data directory here (it must not exist or be empty) instead of a
+    /// temporary one.
     #[arg(long)]
     data_dir: Option<PathBuf>,
 }
@@ -73,6 +74,16 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .data_dir
         .clone()
         .unwrap_or_else(|| temp.path().join("ledger"));
+    // The demo's transaction ids start at 1 on every run: in a used directory they would
+    // all be replays, and the checks below would rightly fail.
+    let used = std::fs::read_dir(&data_dir)
+        .map(|mut entries| entries.next().is_some())
+        .unwrap_or(false);
+    anyhow::ensure!(
+        !used,
+        "{} is not empty: the demo needs a new data directory",
+        data_dir.display()
+    );
     let now = UnixMillis(DEMO_TIME_MS);
     println!(
         "fareway demo: {} riders, {} taps from {} gates, ledger in {}",

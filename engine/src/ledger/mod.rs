@@ -215,7 +215,8 @@ impl Ledger {
     }
 
     /// Submits a request and waits for its durable answer. Blocks the calling thread:
-    /// async code uses [`Ledger::submit_async`].
+    /// async code uses [`Ledger::submit_async`] (this one panics inside a tokio runtime,
+    /// which must never block a worker).
     pub fn submit(&self, request: Request) -> Result<Receipt, LedgerError> {
         match self.enqueue(request)? {
             Queued::Answered(receipt) => Ok(receipt),
@@ -254,7 +255,8 @@ impl Ledger {
 
     /// Forgets the ids of transactions older than the retention at time `now`, a slice at a
     /// time so that the writer is never held long: call it until it returns 0. Returns the
-    /// number of ids forgotten.
+    /// number of ids forgotten. Blocks the calling thread (from async code, call it in
+    /// `spawn_blocking`).
     pub fn prune_expired_ids(&self, now: UnixMillis) -> Result<u64, LedgerError> {
         let queue = self.queue.as_ref().ok_or(LedgerError::Closed)?;
         let (reply, answer) = oneshot::channel();
