@@ -73,6 +73,30 @@ pub enum Decision {
 }
 
 /// Verifies rider codes. Shared by every request handler; all methods take `&self`.
+///
+/// ```
+/// use fareway::clock::UnixMillis;
+/// use fareway::token::mint::{Device, Issuer};
+/// use fareway::token::{Decision, IssuerRegistry, Provider, Reason, Verifier, VerifierConfig};
+///
+/// let issuer = Issuer::from_seed(1, [7; 32]);
+/// let mut registry = IssuerRegistry::default();
+/// registry.add_provider(Provider { id: 1, name: "metro-pay".into() }).unwrap();
+/// registry.add_key(issuer.issuer_key()).unwrap();
+/// let verifier = Verifier::new(VerifierConfig::default(), registry);
+///
+/// // A phone holding a credential for account 42 shows a code.
+/// let now = UnixMillis(1_800_000_000_000);
+/// let key = Device::key_from_seed(&[9; 32]);
+/// let credential = issuer.issue(42, now.saturating_add(86_400_000), 0, Device::public_key_of(&key));
+/// let text = Device::new(key, credential, 0).code_text(now);
+///
+/// let Decision::Accepted(code) = verifier.verify_text(&text, now) else { panic!("valid") };
+/// assert_eq!(code.account_id, 42);
+/// // Ten minutes later the same code is stale: a rejection is an answer, not an error.
+/// let later = now.saturating_add(600_000);
+/// assert_eq!(verifier.verify_text(&text, later), Decision::Rejected(Reason::CodeExpired));
+/// ```
 #[derive(Debug)]
 pub struct Verifier {
     config: VerifierConfig,
