@@ -45,6 +45,17 @@ pub enum MintError {
     },
 }
 
+impl MintError {
+    /// The stable code string of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            MintError::Random => "random_failed",
+            MintError::Io { .. } => "key_file_io",
+            MintError::Parse { .. } => "key_file_invalid",
+        }
+    }
+}
+
 /// A payment provider's issuer key pair.
 pub struct Issuer {
     provider_id: u16,
