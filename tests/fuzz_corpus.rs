@@ -77,6 +77,29 @@ fn every_kept_byte_input_gets_an_answer_and_parses_back_to_itself() {
 }
 
 #[test]
+fn every_kept_fares_file_loads_or_is_refused_with_a_reason() {
+    let inputs = inputs("fares_file");
+    assert!(
+        !inputs.is_empty(),
+        "the fares corpus is seeded with the sample city"
+    );
+    let mut loaded = 0;
+    for input in inputs {
+        let Ok(text) = std::str::from_utf8(&input) else {
+            continue;
+        };
+        match fareway::fares::FareTable::from_toml(text) {
+            Ok(table) => {
+                loaded += 1;
+                let _ = table.metro_fare(100, 101, 1_000);
+            }
+            Err(err) => assert!(!err.code().is_empty()),
+        }
+    }
+    assert!(loaded >= 1, "the sample city loads");
+}
+
+#[test]
 fn the_corpus_folders_exist() {
     assert!(Path::new(&workspace_root().join("fuzz/corpus/verify_text")).is_dir());
 }
