@@ -10,58 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use fareway::ledger::{Command, Ledger, LedgerConfig, Request, TxId};
-use fareway::money::Amount;
-use fareway_benches::NOW;
-
-const RIDERS: u64 = 10_000;
-/// Requests in flight at once, as a gRPC server has them: async tasks, not threads.
-const CALLERS: u64 = 512;
-
-fn ledger(sync_writes: bool) -> (tempfile::TempDir, Ledger) {
-    // BENCH_KEEP_DIR=1 keeps the data directories: their RocksDB LOG shows flushes and stalls.
-    let dir = tempfile::Builder::new()
-        .disable_cleanup(std::env::var_os("BENCH_KEEP_DIR").is_some())
-        .tempdir()
-        .unwrap_or_else(|err| unreachable!("{err}"));
-    eprintln!("ledger bench data directory: {}", dir.path().display());
-    let ledger = Ledger::open(
-        dir.path(),
-        LedgerConfig {
-            sync_writes,
-            ..LedgerConfig::default()
-        },
-    )
-    .unwrap_or_else(|err| unreachable!("{err}"));
-    for account_id in 0..RIDERS {
-        let open = Command::OpenAccount {
-            account_id,
-            provider_id: 1,
-            credit_limit: Amount(i64::MAX / 2),
-        };
-        ledger
-            .submit(Request {
-                id: TxId(u128::from(account_id) << 64),
-                time: NOW,
-                command: open,
-            })
-            .unwrap_or_else(|err| unreachable!("{err}"));
-    }
-    (dir, ledger)
-}
-
-fn charge(id: u64) -> Request {
-    let command = Command::Charge {
-        account_id: id % RIDERS,
-        operator_id: 1,
-        amount: Amount(300),
-    };
-    Request {
-        id: TxId(u128::from(id) + 1),
-        time: NOW,
-        command,
-    }
-}
+use fareway::ledger::Ledger;
+use fareway_benches::{CALLERS, charge, ledger_with_riders};
 
 /// `iterations` charges from `CALLERS` async tasks at once on a two-worker runtime (the
 /// server's shape); returns the wall time.
@@ -112,7 +62,7 @@ fn charges(c: &mut Criterion) {
         ("durable_charges_512_callers", true),
         ("unsynced_charges_512_callers", false),
     ] {
-        let (_dir, ledger) = ledger(sync);
+        let (_dir, ledger) = ledger_with_riders(sync);
         let ledger = Arc::new(ledger);
         let next_id = Arc::new(AtomicU64::new(1));
         group.bench_function(name, |b| {
@@ -120,7 +70,7 @@ fn charges(c: &mut Criterion) {
         });
     }
 
-    let (_dir, ledger) = ledger(true);
+    let (_dir, ledger) = ledger_with_riders(true);
     let next_id = AtomicU64::new(1);
     group.bench_function("durable_charge_1_caller", |b| {
         b.iter(|| ledger.submit(charge(next_id.fetch_add(1, Ordering::Relaxed))))

@@ -9,12 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use fareway::ledger::{Command, Ledger, LedgerConfig, Request, TxId};
-use fareway::money::Amount;
-use fareway_benches::NOW;
-
-const CALLERS: u64 = 512;
-const RIDERS: u64 = 10_000;
+use fareway_benches::{CALLERS, charge, ledger_with_riders};
 
 fn main() {
     if std::env::args().any(|arg| arg == "--list") {
@@ -28,25 +23,8 @@ fn main() {
         .ok()
         .and_then(|value| value.parse().ok())
         .unwrap_or(40);
-    let dir = tempfile::tempdir().unwrap_or_else(|err| panic!("{err}"));
-    let config = LedgerConfig {
-        sync_writes: sync,
-        ..LedgerConfig::default()
-    };
-    let ledger = Arc::new(Ledger::open(dir.path(), config).unwrap_or_else(|err| panic!("{err}")));
-    for account_id in 0..RIDERS {
-        let open = Command::OpenAccount {
-            account_id,
-            provider_id: 1,
-            credit_limit: Amount(i64::MAX / 2),
-        };
-        let request = Request {
-            id: TxId(u128::from(account_id) << 64),
-            time: NOW,
-            command: open,
-        };
-        ledger.submit(request).unwrap_or_else(|err| panic!("{err}"));
-    }
+    let (_dir, ledger) = ledger_with_riders(sync);
+    let ledger = Arc::new(ledger);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -62,9 +40,7 @@ fn main() {
             tokio::spawn(async move {
                 while started.elapsed() < Duration::from_secs(secs) {
                     let id = next_id.fetch_add(1, Ordering::Relaxed);
-                    let command = Command::Charge { account_id: id % RIDERS, operator_id: 1, amount: Amount(300) };
-                    let request = Request { id: TxId(u128::from(id)), time: NOW, command };
-                    ledger.submit_async(request).await.unwrap_or_else(|err| panic!("{err}"));
+                    ledger.submit_async(charge(id)).await.unwrap_or_else(|err| panic!("{err}"));
                     done.fetch_add(1, Ordering::Relaxed);
                 }
             });

@@ -1,6 +1,9 @@
-//! Shared set-up for the benchmarks: a registry with one provider, and riders' devices.
+//! Shared set-up for the benchmarks: a registry with one provider, riders' devices, and a
+//! ledger with riders to charge.
 
 use fareway::clock::UnixMillis;
+use fareway::ledger::{Command, Ledger, LedgerConfig, Request, TxId};
+use fareway::money::Amount;
 use fareway::token::mint::{Device, Issuer};
 use fareway::token::{IssuerRegistry, Provider};
 
@@ -35,4 +38,56 @@ pub fn device(issuer: &Issuer, account_id: u64) -> Device {
         Device::public_key_of(&key),
     );
     Device::new(key, credential, 0)
+}
+
+/// Requests in flight at once in the ledger benches, as a gRPC server has them: async
+/// tasks, not threads.
+pub const CALLERS: u64 = 512;
+
+/// Rider accounts in a benchmark ledger.
+pub const RIDERS: u64 = 10_000;
+
+/// A ledger in a temporary directory with [`RIDERS`] riders of ample credit.
+/// `BENCH_KEEP_DIR=1` keeps the directory: its RocksDB LOG shows flushes and stalls.
+pub fn ledger_with_riders(sync_writes: bool) -> (tempfile::TempDir, Ledger) {
+    let dir = tempfile::Builder::new()
+        .disable_cleanup(std::env::var_os("BENCH_KEEP_DIR").is_some())
+        .tempdir()
+        .unwrap_or_else(|err| unreachable!("{err}"));
+    eprintln!("ledger bench data directory: {}", dir.path().display());
+    let config = LedgerConfig {
+        sync_writes,
+        ..LedgerConfig::default()
+    };
+    let ledger = Ledger::open(dir.path(), config).unwrap_or_else(|err| unreachable!("{err}"));
+    for account_id in 0..RIDERS {
+        let open = Command::OpenAccount {
+            account_id,
+            provider_id: 1,
+            credit_limit: Amount(i64::MAX / 2),
+        };
+        let request = Request {
+            id: TxId(u128::from(account_id) << 64),
+            time: NOW,
+            command: open,
+        };
+        ledger
+            .submit(request)
+            .unwrap_or_else(|err| unreachable!("{err}"));
+    }
+    (dir, ledger)
+}
+
+/// The `id`-th fare charge of a benchmark: 300 to one of the riders, by turns.
+pub fn charge(id: u64) -> Request {
+    let command = Command::Charge {
+        account_id: id % RIDERS,
+        operator_id: 1,
+        amount: Amount(300),
+    };
+    Request {
+        id: TxId(u128::from(id) + 1),
+        time: NOW,
+        command,
+    }
 }

@@ -288,11 +288,12 @@ impl FareTable {
             started_at_ms.saturating_sub(previous) <= self.transfer_window_ms
         });
         let discounted = if transfer {
-            Amount((base.0 - self.transfer_discount.0).max(0))
+            Amount(base.0.saturating_sub(self.transfer_discount.0).max(0))
         } else {
             base
         };
-        let left_under_cap = Amount((self.daily_cap.0 - day.charged_today.0).max(0));
+        // `charged_today` comes from the caller: saturate rather than overflow on nonsense.
+        let left_under_cap = Amount(self.daily_cap.0.saturating_sub(day.charged_today.0).max(0));
         discounted.min(left_under_cap)
     }
 }

@@ -88,6 +88,17 @@ fn transfers_are_discounted_and_the_day_is_capped() {
         previous_trip_started_at_ms: None,
     };
     assert_eq!(city.charge(Amount(900), 9_000_000, capped), Amount(0));
+    // Nonsense input saturates instead of overflowing.
+    let odd = RiderDay {
+        charged_today: Amount(i64::MIN),
+        previous_trip_started_at_ms: None,
+    };
+    assert_eq!(city.charge(Amount(400), 9_000_000, odd), Amount(400));
+    let odd = RiderDay {
+        charged_today: Amount(i64::MAX),
+        previous_trip_started_at_ms: Some(0),
+    };
+    assert_eq!(city.charge(Amount(i64::MIN), 1, odd), Amount(0));
 }
 
 #[test]

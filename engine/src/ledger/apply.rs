@@ -17,7 +17,7 @@ use super::LedgerError;
 use super::codec;
 use super::model::{
     Account, AccountRef, AccountStatus, Command, Outcome, Posting, Receipt, Record, Refusal,
-    Request, TxId,
+    Request, TxId, rider_of_postings,
 };
 use super::store::{
     CF_ACCOUNTS, CF_IDS, CF_LOG, CF_META, CF_POSTINGS, CF_PROVIDER_ENTRIES, CF_REFUNDS,
@@ -460,11 +460,7 @@ impl<'a> Batch<'a> {
         ) {
             return Ok(None);
         }
-        let rider = postings.iter().find_map(|posting| match posting.account {
-            AccountRef::Rider(id) => Some(id),
-            _ => None,
-        });
-        match rider {
+        match rider_of_postings(postings) {
             Some(id) => Ok(self
                 .account(AccountRef::Rider(id))?
                 .map(|account| account.provider_id)),

@@ -14,7 +14,7 @@ use rocksdb::{DB, IteratorMode};
 use super::LedgerError;
 use super::apply::cf;
 use super::codec;
-use super::model::{AccountRef, Command, Outcome};
+use super::model::{AccountRef, Command, Outcome, rider_of_postings};
 use super::prune;
 use super::store::{
     CF_ACCOUNTS, CF_IDS, CF_LOG, CF_META, CF_POSTINGS, CF_PROVIDER_ENTRIES, CF_REFUNDS,
@@ -200,14 +200,7 @@ pub fn audit(db: &DB) -> Result<AuditReport, LedgerError> {
                 Command::Charge { .. } | Command::Refund { .. }
             ) {
                 settled += 1;
-                let rider = record
-                    .postings
-                    .iter()
-                    .find_map(|posting| match posting.account {
-                        AccountRef::Rider(id) => Some(id),
-                        _ => None,
-                    });
-                let provider = match rider {
+                let provider = match rider_of_postings(&record.postings) {
                     Some(id) => db
                         .get_pinned_cf_opt(
                             cf(db, CF_ACCOUNTS)?,

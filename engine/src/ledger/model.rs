@@ -317,6 +317,15 @@ pub struct Record {
     pub rider_balance_after: Option<Amount>,
 }
 
+/// The rider account among a transaction's postings, if any (a charge, refund, top-up
+/// or adjustment has exactly one).
+pub fn rider_of_postings(postings: &[Posting]) -> Option<u64> {
+    postings.iter().find_map(|posting| match posting.account {
+        AccountRef::Rider(id) => Some(id),
+        _ => None,
+    })
+}
+
 /// What the caller gets back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
