@@ -248,6 +248,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                                             "accepted".to_string()
                                         }
                                         Outcome::Refused(refusal) => refusal.code().to_string(),
+                                        // Only taps are duplicates; the demo sends charges.
+                                        Outcome::Duplicate { .. } => "duplicate".to_string(),
                                     }
                                 }
                             };

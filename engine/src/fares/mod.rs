@@ -66,11 +66,23 @@ struct FaresFile {
     transfer_discount_minor: i64,
     incomplete_journey_after_ms: u64,
     same_station_exit_free_within_ms: u64,
+    #[serde(default = "default_metro_operator_id")]
+    metro_operator_id: u16,
+    #[serde(default = "default_bus_operator_id")]
+    bus_operator_id: u16,
     fare_band: Vec<BandEntry>,
     #[serde(default)]
     line: Vec<LineEntry>,
     #[serde(default)]
     bus_route: Vec<RouteEntry>,
+}
+
+fn default_metro_operator_id() -> u16 {
+    1
+}
+
+fn default_bus_operator_id() -> u16 {
+    2
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +131,10 @@ pub struct FareTable {
     /// Exiting at the entry station within this long is free (the rider changed their
     /// mind); later, it is priced as the shortest band.
     pub same_station_exit_free_within_ms: u64,
+    /// The operator that earns metro fares.
+    pub metro_operator_id: u16,
+    /// The operator that earns bus fares.
+    pub bus_operator_id: u16,
     bands: Vec<(u32, Amount)>,
     station_names: BTreeMap<StationId, String>,
     distances_m: HashMap<(StationId, StationId), u32>,
@@ -223,11 +239,33 @@ impl FareTable {
             transfer_discount: Amount(file.transfer_discount_minor),
             incomplete_journey_after_ms: file.incomplete_journey_after_ms,
             same_station_exit_free_within_ms: file.same_station_exit_free_within_ms,
+            metro_operator_id: file.metro_operator_id,
+            bus_operator_id: file.bus_operator_id,
             bands,
             station_names,
             distances_m,
             routes,
         })
+    }
+
+    /// The fare of the shortest metro trip (the first band): an entry is allowed only if
+    /// the rider's credit limit leaves room for it.
+    pub fn shortest_trip_fare(&self) -> Amount {
+        self.bands.first().map_or(self.max_fare, |(_, fare)| *fare)
+    }
+
+    /// Every station id, in order.
+    pub fn stations(&self) -> impl Iterator<Item = (StationId, &str)> {
+        self.station_names
+            .iter()
+            .map(|(id, name)| (*id, name.as_str()))
+    }
+
+    /// Every bus route id, in order.
+    pub fn routes(&self) -> impl Iterator<Item = (RouteId, &str)> {
+        self.routes
+            .iter()
+            .map(|(id, (name, _))| (*id, name.as_str()))
     }
 
     /// Whether a station exists.

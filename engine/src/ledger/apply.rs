@@ -11,18 +11,24 @@ use std::collections::{HashMap, HashSet};
 
 use rocksdb::{ColumnFamily, DB, WriteBatch};
 
+use crate::clock::UnixMillis;
+use crate::fares::RiderDay;
 use crate::money::Amount;
 
-use super::LedgerError;
 use super::codec;
 use super::model::{
-    Account, AccountRef, AccountStatus, Command, Outcome, Posting, Receipt, Record, Refusal,
-    Request, TxId, rider_of_postings,
+    Account, AccountRef, AccountStatus, CodeFingerprint, CodeUse, Command, Journey, OpenJourney,
+    Outcome, Posting, Receipt, Record, Refusal, Request, Tap, TapKind, Travel, TxId,
+    rider_of_postings, settles,
 };
 use super::store::{
-    CF_ACCOUNTS, CF_IDS, CF_LOG, CF_META, CF_POSTINGS, CF_PROVIDER_ENTRIES, CF_REFUNDS,
-    META_NEXT_SEQUENCE,
+    CF_ACCOUNTS, CF_CODES, CF_IDS, CF_LOG, CF_META, CF_OPEN_JOURNEYS, CF_POSTINGS,
+    CF_PROVIDER_ENTRIES, CF_REFUNDS, CF_TRAVEL, META_NEXT_SEQUENCE,
 };
+use super::{LedgerError, Rules};
+
+/// One day in milliseconds: service days are UTC days.
+const DAY_MS: u64 = 86_400_000;
 
 /// The column families a batch writes, looked up once.
 struct Handles<'a> {
@@ -33,17 +39,24 @@ struct Handles<'a> {
     refunds: &'a ColumnFamily,
     provider_entries: &'a ColumnFamily,
     meta: &'a ColumnFamily,
+    travel: &'a ColumnFamily,
+    open_journeys: &'a ColumnFamily,
+    codes: &'a ColumnFamily,
 }
 
 /// Requests applied together, and the writes that will record them.
 pub struct Batch<'a> {
     db: &'a DB,
+    rules: &'a Rules,
     cfs: Handles<'a>,
     accounts: HashMap<AccountRef, Account>,
     dirty_accounts: HashSet<AccountRef>,
     ids: HashMap<TxId, u64>,
     records: HashMap<u64, Record>,
     refunded: HashMap<TxId, u64>,
+    travel: HashMap<u64, Travel>,
+    dirty_travel: HashSet<u64>,
+    codes: HashMap<CodeFingerprint, CodeUse>,
     first_sequence: u64,
     next_sequence: u64,
     write: WriteBatch,
@@ -60,7 +73,7 @@ impl std::fmt::Debug for Batch<'_> {
 
 impl<'a> Batch<'a> {
     /// An empty batch on top of the database's current state.
-    pub fn new(db: &'a DB) -> Result<Batch<'a>, LedgerError> {
+    pub fn new(db: &'a DB, rules: &'a Rules) -> Result<Batch<'a>, LedgerError> {
         let next_sequence = read_next_sequence(db)?;
         let cfs = Handles {
             accounts: cf(db, CF_ACCOUNTS)?,
@@ -70,15 +83,22 @@ impl<'a> Batch<'a> {
             refunds: cf(db, CF_REFUNDS)?,
             provider_entries: cf(db, CF_PROVIDER_ENTRIES)?,
             meta: cf(db, CF_META)?,
+            travel: cf(db, CF_TRAVEL)?,
+            open_journeys: cf(db, CF_OPEN_JOURNEYS)?,
+            codes: cf(db, CF_CODES)?,
         };
         Ok(Batch {
             db,
+            rules,
             cfs,
             accounts: HashMap::new(),
             dirty_accounts: HashSet::new(),
             ids: HashMap::new(),
             records: HashMap::new(),
             refunded: HashMap::new(),
+            travel: HashMap::new(),
+            dirty_travel: HashSet::new(),
+            codes: HashMap::new(),
             first_sequence: next_sequence,
             next_sequence,
             write: WriteBatch::default(),
@@ -107,6 +127,15 @@ impl<'a> Batch<'a> {
                 );
             }
         }
+        for account_id in &self.dirty_travel {
+            if let Some(travel) = self.travel.get(account_id) {
+                self.write.put_cf(
+                    self.cfs.travel,
+                    codec::rider_key(*account_id),
+                    codec::encode_travel(travel),
+                );
+            }
+        }
         self.write.put_cf(
             self.cfs.meta,
             META_NEXT_SEQUENCE,
@@ -120,18 +149,31 @@ impl<'a> Batch<'a> {
     /// the batch, so on any error nothing of this request is in the batch.
     pub fn apply(&mut self, request: &Request) -> Result<Receipt, LedgerError> {
         if let Some((sequence, record)) = self.find(request.id)? {
-            return replay(request, sequence, record);
+            let receipt = replay(request, sequence, record)?;
+            return self.resolve_duplicate(receipt);
         }
+        let sequence = self.next_sequence;
 
         // Phase 1: decide, and compute every state this request will write.
-        let (outcome, postings, rider) = match self.decide(request)? {
-            Ok((postings, rider)) => (Outcome::Accepted, postings, rider),
-            Err(refusal) => (
+        let (outcome, effects) = match self.decide(request, sequence)? {
+            Decided::Accepted(effects) => (Outcome::Accepted, effects),
+            Decided::Refused(refusal) => (
                 Outcome::Refused(refusal),
-                Vec::new(),
-                self.rider_of(request)?,
+                Effects {
+                    rider: self.rider_of(request)?,
+                    ..Effects::default()
+                },
             ),
+            Decided::Duplicate { of } => (Outcome::Duplicate { of }, Effects::default()),
         };
+        let Effects {
+            postings,
+            rider,
+            travel,
+            journey,
+            opened_journey,
+            closed_journey,
+        } = effects;
         let sum = postings
             .iter()
             .try_fold(Amount::ZERO, |sum, posting| sum.checked_add(posting.amount));
@@ -185,9 +227,25 @@ impl<'a> Batch<'a> {
             },
             None => None,
         };
+        // A code is used by the first tap that reaches the ledger with it, whatever its
+        // outcome; a replay or a duplicate does not move its first use.
+        let code_use = match (request.command, outcome) {
+            (
+                Command::Tap(_),
+                Outcome::Refused(Refusal::CodeReused) | Outcome::Duplicate { .. },
+            ) => None,
+            (Command::Tap(tap), _) => Some((
+                tap.code,
+                CodeUse {
+                    gate_id: tap.gate_id,
+                    time: request.time,
+                    sequence,
+                },
+            )),
+            _ => None,
+        };
 
         // Phase 2: nothing below can fail; the request's writes go into the batch.
-        let sequence = self.next_sequence;
         self.next_sequence += 1;
         for (account_ref, account) in changed {
             // Written once per batch in `into_write`: a busy account (an operator's revenue)
@@ -217,11 +275,37 @@ impl<'a> Batch<'a> {
             );
             self.refunded.insert(original, sequence);
         }
+        if let Some((account_id, travel)) = travel {
+            self.travel.insert(account_id, travel);
+            self.dirty_travel.insert(account_id);
+        }
+        if let Some((entered_at, account_id)) = closed_journey {
+            self.write.delete_cf(
+                self.cfs.open_journeys,
+                codec::open_journey_key(entered_at, account_id),
+            );
+        }
+        if let Some((entered_at, account_id, journey_id)) = opened_journey {
+            self.write.put_cf(
+                self.cfs.open_journeys,
+                codec::open_journey_key(entered_at, account_id),
+                codec::encode_sequence(journey_id),
+            );
+        }
+        if let Some((code, used)) = code_use {
+            self.write.put_cf(
+                self.cfs.codes,
+                codec::code_key(&code),
+                codec::encode_code_use(&used),
+            );
+            self.codes.insert(code, used);
+        }
         let record = Record {
             request: *request,
             outcome,
             postings,
             rider_balance_after,
+            journey,
         };
         self.write.put_cf(
             self.cfs.log,
@@ -235,16 +319,58 @@ impl<'a> Batch<'a> {
         );
         self.ids.insert(request.id, sequence);
         self.records.insert(sequence, record.clone());
-        Ok(Receipt {
+        self.resolve_duplicate(Receipt {
             sequence,
             record,
             replay: false,
         })
     }
 
-    /// Decides a request: its postings and the rider it concerns, or why it is refused.
+    /// The answer to a duplicate scan is the original tap's, marked as a replay.
+    fn resolve_duplicate(&mut self, receipt: Receipt) -> Result<Receipt, LedgerError> {
+        let Outcome::Duplicate { of } = receipt.record.outcome else {
+            return Ok(receipt);
+        };
+        let record = match self.records.get(&of) {
+            Some(record) => record.clone(),
+            None => read_record(self.db, of)?.ok_or(LedgerError::Corrupt {
+                what: "duplicate tap",
+                problem: "points at a missing record",
+            })?,
+        };
+        Ok(Receipt {
+            sequence: of,
+            record,
+            replay: true,
+        })
+    }
+
+    /// Decides a request: its effects, or why it is refused, or that it is a duplicate.
+    fn decide(&mut self, request: &Request, sequence: u64) -> Result<Decided, LedgerError> {
+        let decided = match request.command {
+            Command::Tap(tap) => return self.decide_tap(request, tap, sequence),
+            Command::CloseJourney {
+                account_id,
+                journey_id,
+            } => self.decide_close_journey(request, account_id, journey_id)?,
+            _ => self
+                .decide_account_command(request)?
+                .map(|(postings, rider)| Effects {
+                    postings,
+                    rider,
+                    ..Effects::default()
+                }),
+        };
+        Ok(match decided {
+            Ok(effects) => Decided::Accepted(effects),
+            Err(refusal) => Decided::Refused(refusal),
+        })
+    }
+
+    /// Decides a command on accounts (not a tap): its postings and the rider it concerns,
+    /// or why it is refused.
     #[allow(clippy::type_complexity)]
-    fn decide(
+    fn decide_account_command(
         &mut self,
         request: &Request,
     ) -> Result<Result<(Vec<Posting>, Option<u64>), Refusal>, LedgerError> {
@@ -321,6 +447,11 @@ impl<'a> Batch<'a> {
                 }
             },
             Command::Refund { original } => self.decide_refund(original)?,
+            Command::Tap(_) | Command::CloseJourney { .. } => {
+                return Err(LedgerError::Invariant(
+                    "a tap reached the account command path".into(),
+                ));
+            }
             Command::Adjust {
                 account_id,
                 operator_id,
@@ -350,10 +481,15 @@ impl<'a> Batch<'a> {
         let Some((sequence, record)) = self.find(original)? else {
             return Ok(Err(Refusal::UnknownOriginal));
         };
-        let Command::Charge { account_id, .. } = record.request.command else {
+        // Charges and the taps and journey closes that charged a fare can be refunded.
+        let charged = matches!(
+            record.request.command,
+            Command::Charge { .. } | Command::Tap(_) | Command::CloseJourney { .. }
+        );
+        let Some(account_id) = rider_of_postings(&record.postings) else {
             return Ok(Err(Refusal::NotRefundable));
         };
-        if record.outcome != Outcome::Accepted {
+        if !charged || record.outcome != Outcome::Accepted {
             return Ok(Err(Refusal::NotRefundable));
         }
         if self.refund_of(original)?.is_some() {
@@ -385,6 +521,265 @@ impl<'a> Batch<'a> {
             });
         }
         Ok(Ok((postings, Some(account_id))))
+    }
+
+    /// Decides a tap: code reuse first (a duplicate gets the original answer), then the
+    /// account, then the journey and the fare. `docs/ledger.md` states the rules.
+    fn decide_tap(
+        &mut self,
+        request: &Request,
+        tap: Tap,
+        sequence: u64,
+    ) -> Result<Decided, LedgerError> {
+        let Some(fares) = self.rules.fares.clone() else {
+            return Err(LedgerError::NoFares);
+        };
+        if let Some(used) = self.code_use(&tap.code)? {
+            let apart_ms = request.time.0.abs_diff(used.time.0);
+            return Ok(
+                if used.gate_id == tap.gate_id && apart_ms <= self.rules.code_retry_window_ms {
+                    Decided::Duplicate { of: used.sequence }
+                } else {
+                    Decided::Refused(Refusal::CodeReused)
+                },
+            );
+        }
+        let refused = |refusal| Ok(Decided::Refused(refusal));
+        let rider = AccountRef::Rider(tap.account_id);
+        let account = match self.account(rider)? {
+            None => return refused(Refusal::UnknownAccount),
+            Some(account) if account.status == AccountStatus::Closed => {
+                return refused(Refusal::AccountClosed);
+            }
+            Some(account) => account,
+        };
+        let (mut travel, day) = self.travel_on(tap.account_id, request.time)?;
+        let now = request.time;
+        let floor = account
+            .credit_limit
+            .checked_neg()
+            .unwrap_or(Amount(i64::MIN));
+        let fits = |fare: Amount| {
+            account
+                .balance
+                .checked_sub(fare)
+                .is_some_and(|after| after >= floor)
+        };
+        let mut effects = Effects {
+            rider: Some(tap.account_id),
+            ..Effects::default()
+        };
+        let (operator_id, fare) = match tap.kind {
+            TapKind::MetroEntry { station } => {
+                if !fares.has_station(station) {
+                    return refused(Refusal::UnknownStation);
+                }
+                if account.status == AccountStatus::Denied {
+                    return refused(Refusal::AccountDenied);
+                }
+                // An entry while a journey is open: that journey never exited, so it is
+                // incomplete and charged now, with this entry's transaction.
+                let mut fare = Amount::ZERO;
+                if let Some(open) = travel.open_journey {
+                    fare = fares.charge(fares.max_fare, open.entered_at.0, day.without_transfer());
+                    effects.closed_journey = Some((open.entered_at, tap.account_id));
+                }
+                // The rider may travel if the shortest trip would still fit in the limit.
+                let needed = fare.checked_add(fares.shortest_trip_fare());
+                if !needed.is_some_and(fits) {
+                    return refused(Refusal::CreditLimitExceeded);
+                }
+                travel.open_journey = Some(OpenJourney {
+                    id: sequence,
+                    station,
+                    entered_at: now,
+                });
+                effects.opened_journey = Some((now, tap.account_id, sequence));
+                effects.journey = Some(Journey {
+                    id: sequence,
+                    entry_station: Some(station),
+                    entered_at: Some(now),
+                });
+                if effects.closed_journey.is_none() {
+                    // Nothing is charged at an entry; only the journey state changes.
+                    effects.travel = Some((tap.account_id, travel));
+                    return Ok(Decided::Accepted(effects));
+                }
+                (fares.metro_operator_id, fare)
+            }
+            TapKind::MetroExit { station } => {
+                if !fares.has_station(station) {
+                    return refused(Refusal::UnknownStation);
+                }
+                // The rider is inside: the exit always opens, even for a deny-listed or
+                // broke rider, and the fare is charged (ride first, pay later).
+                let (base, started_at) = match travel.open_journey.take() {
+                    Some(open) => {
+                        let duration_ms = now.0.saturating_sub(open.entered_at.0);
+                        let base = if duration_ms > fares.incomplete_journey_after_ms {
+                            fares.max_fare
+                        } else {
+                            fares
+                                .metro_fare(open.station, station, duration_ms)
+                                .unwrap_or(fares.max_fare)
+                        };
+                        effects.closed_journey = Some((open.entered_at, tap.account_id));
+                        effects.journey = Some(Journey {
+                            id: open.id,
+                            entry_station: Some(open.station),
+                            entered_at: Some(open.entered_at),
+                        });
+                        (base, open.entered_at)
+                    }
+                    None => {
+                        // An exit with no entry is an incomplete journey.
+                        effects.journey = Some(Journey {
+                            id: sequence,
+                            entry_station: None,
+                            entered_at: None,
+                        });
+                        (fares.max_fare, now)
+                    }
+                };
+                let fare = fares.charge(base, started_at.0, day.rider_day());
+                travel.last_trip_started_at = Some(started_at);
+                (fares.metro_operator_id, fare)
+            }
+            TapKind::Bus { route } => {
+                let Ok(base) = fares.bus_fare(route) else {
+                    return refused(Refusal::UnknownRoute);
+                };
+                if account.status == AccountStatus::Denied {
+                    return refused(Refusal::AccountDenied);
+                }
+                let fare = fares.charge(base, now.0, day.rider_day());
+                if !fits(fare) {
+                    return refused(Refusal::CreditLimitExceeded);
+                }
+                effects.journey = Some(Journey {
+                    id: sequence,
+                    entry_station: None,
+                    entered_at: None,
+                });
+                travel.last_trip_started_at = Some(now);
+                (fares.bus_operator_id, fare)
+            }
+        };
+        let Some(charged_today) = travel.charged_today.checked_add(fare) else {
+            return refused(Refusal::BalanceOverflow);
+        };
+        if day.counts {
+            travel.charged_today = charged_today;
+        }
+        match self.transfer(rider, AccountRef::OperatorRevenue(operator_id), fare)? {
+            Ok(postings) => effects.postings = postings,
+            Err(refusal) => return refused(refusal),
+        }
+        effects.travel = Some((tap.account_id, travel));
+        Ok(Decided::Accepted(effects))
+    }
+
+    /// Decides the sweeper's close of a journey entered and never exited.
+    fn decide_close_journey(
+        &mut self,
+        request: &Request,
+        account_id: u64,
+        journey_id: u64,
+    ) -> Result<Result<Effects, Refusal>, LedgerError> {
+        let Some(fares) = self.rules.fares.clone() else {
+            return Err(LedgerError::NoFares);
+        };
+        let rider = AccountRef::Rider(account_id);
+        if self.account(rider)?.is_none() {
+            return Ok(Err(Refusal::UnknownAccount));
+        }
+        let (mut travel, day) = self.travel_on(account_id, request.time)?;
+        let open = match travel.open_journey {
+            Some(open) if open.id == journey_id => open,
+            _ => return Ok(Err(Refusal::JourneyNotOpen)),
+        };
+        if request.time.0.saturating_sub(open.entered_at.0) < fares.incomplete_journey_after_ms {
+            return Ok(Err(Refusal::JourneyNotExpired));
+        }
+        let fare = fares.charge(fares.max_fare, open.entered_at.0, day.without_transfer());
+        let postings = match self.transfer(
+            rider,
+            AccountRef::OperatorRevenue(fares.metro_operator_id),
+            fare,
+        )? {
+            Ok(postings) => postings,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        travel.open_journey = None;
+        if day.counts {
+            let Some(charged_today) = travel.charged_today.checked_add(fare) else {
+                return Ok(Err(Refusal::BalanceOverflow));
+            };
+            travel.charged_today = charged_today;
+        }
+        Ok(Ok(Effects {
+            postings,
+            rider: Some(account_id),
+            travel: Some((account_id, travel)),
+            journey: Some(Journey {
+                id: open.id,
+                entry_station: Some(open.station),
+                entered_at: Some(open.entered_at),
+            }),
+            opened_journey: None,
+            closed_journey: Some((open.entered_at, account_id)),
+        }))
+    }
+
+    /// A rider's travel state as of `time`, and that day's totals for pricing. A tap on a
+    /// later day than the stored one starts the day's totals afresh; a late tap from an
+    /// earlier day (a gate that was offline) is priced with no totals and leaves the
+    /// stored day's totals alone.
+    fn travel_on(
+        &mut self,
+        account_id: u64,
+        time: UnixMillis,
+    ) -> Result<(Travel, TravelDay), LedgerError> {
+        let mut travel = match self.travel.get(&account_id) {
+            Some(travel) => *travel,
+            None => match self
+                .db
+                .get_pinned_cf(self.cfs.travel, codec::rider_key(account_id))?
+            {
+                Some(bytes) => codec::decode_travel(&bytes)?,
+                None => Travel::default(),
+            },
+        };
+        let day = u32::try_from(time.0 / DAY_MS).unwrap_or(u32::MAX);
+        if day > travel.day {
+            travel.day = day;
+            travel.charged_today = Amount::ZERO;
+            travel.last_trip_started_at = None;
+        }
+        let counts = day == travel.day;
+        let totals = if counts {
+            RiderDay {
+                charged_today: travel.charged_today,
+                previous_trip_started_at_ms: travel.last_trip_started_at.map(|at| at.0),
+            }
+        } else {
+            RiderDay::default()
+        };
+        Ok((travel, TravelDay { totals, counts }))
+    }
+
+    /// Where and when a code was first used, if it was.
+    fn code_use(&mut self, code: &CodeFingerprint) -> Result<Option<CodeUse>, LedgerError> {
+        if let Some(used) = self.codes.get(code) {
+            return Ok(Some(*used));
+        }
+        match self
+            .db
+            .get_pinned_cf(self.cfs.codes, codec::code_key(code))?
+        {
+            Some(bytes) => Ok(Some(codec::decode_code_use(&bytes)?)),
+            None => Ok(None),
+        }
     }
 
     /// Two postings moving `amount` from `from` to `to`, unless a balance would overflow.
@@ -454,10 +849,7 @@ impl<'a> Batch<'a> {
         request: &Request,
         postings: &[Posting],
     ) -> Result<Option<u16>, LedgerError> {
-        if !matches!(
-            request.command,
-            Command::Charge { .. } | Command::Refund { .. }
-        ) {
+        if !settles(&request.command, Outcome::Accepted, postings) {
             return Ok(None);
         }
         match rider_of_postings(postings) {
@@ -475,21 +867,12 @@ impl<'a> Batch<'a> {
             | Command::SetStatus { account_id, .. }
             | Command::TopUp { account_id, .. }
             | Command::Charge { account_id, .. }
-            | Command::Adjust { account_id, .. } => Some(account_id),
-            Command::Refund { original } => match self.find(original)? {
-                Some((
-                    _,
-                    Record {
-                        request:
-                            Request {
-                                command: Command::Charge { account_id, .. },
-                                ..
-                            },
-                        ..
-                    },
-                )) => Some(account_id),
-                _ => None,
-            },
+            | Command::Adjust { account_id, .. }
+            | Command::Tap(Tap { account_id, .. })
+            | Command::CloseJourney { account_id, .. } => Some(account_id),
+            Command::Refund { original } => self
+                .find(original)?
+                .and_then(|(_, record)| rider_of_postings(&record.postings)),
         };
         match rider {
             Some(id) if self.account(AccountRef::Rider(id))?.is_some() => Ok(Some(id)),
@@ -534,6 +917,55 @@ impl<'a> Batch<'a> {
     }
 }
 
+/// What a request will change, decided before anything is written.
+#[derive(Debug, Default)]
+struct Effects {
+    postings: Vec<Posting>,
+    /// The rider the request concerns (for the balance after).
+    rider: Option<u64>,
+    /// A rider's new travel state.
+    travel: Option<(u64, Travel)>,
+    /// The journey a tap belongs to.
+    journey: Option<Journey>,
+    /// An open-journey index entry to add: (entry time, rider, journey id).
+    opened_journey: Option<(UnixMillis, u64, u64)>,
+    /// An open-journey index entry to remove: (entry time, rider).
+    closed_journey: Option<(UnixMillis, u64)>,
+}
+
+/// The verdict on a request.
+#[derive(Debug)]
+enum Decided {
+    Accepted(Effects),
+    Refused(Refusal),
+    /// The same code at the same gate within the retry window.
+    Duplicate {
+        of: u64,
+    },
+}
+
+/// A day's totals for pricing a trip, and whether the trip counts towards them.
+#[derive(Debug, Clone, Copy)]
+struct TravelDay {
+    totals: RiderDay,
+    counts: bool,
+}
+
+impl TravelDay {
+    fn rider_day(self) -> RiderDay {
+        self.totals
+    }
+
+    /// For an incomplete journey's maximum fare: the daily cap applies, a transfer
+    /// discount does not.
+    fn without_transfer(self) -> RiderDay {
+        RiderDay {
+            previous_trip_started_at_ms: None,
+            ..self.totals
+        }
+    }
+}
+
 /// The receipt for a request whose id is already recorded, or the conflict.
 pub fn replay(request: &Request, sequence: u64, record: Record) -> Result<Receipt, LedgerError> {
     match record.request.first_difference(request) {
@@ -547,6 +979,22 @@ pub fn replay(request: &Request, sequence: u64, record: Record) -> Result<Receip
             replay: true,
         }),
     }
+}
+
+/// Outside a batch: the answer to a duplicate scan is the original tap's, as a replay.
+pub fn resolve_duplicate_in(db: &DB, receipt: Receipt) -> Result<Receipt, LedgerError> {
+    let Outcome::Duplicate { of } = receipt.record.outcome else {
+        return Ok(receipt);
+    };
+    let record = read_record(db, of)?.ok_or(LedgerError::Corrupt {
+        what: "duplicate tap",
+        problem: "points at a missing record",
+    })?;
+    Ok(Receipt {
+        sequence: of,
+        record,
+        replay: true,
+    })
 }
 
 /// The recorded transaction with this id, if any.

@@ -14,7 +14,7 @@ use rocksdb::{DB, IteratorMode};
 use super::LedgerError;
 use super::apply::cf;
 use super::codec;
-use super::model::{AccountRef, Command, Outcome, rider_of_postings};
+use super::model::{AccountRef, Command, Outcome, rider_of_postings, settles};
 use super::prune;
 use super::store::{
     CF_ACCOUNTS, CF_IDS, CF_LOG, CF_META, CF_POSTINGS, CF_PROVIDER_ENTRIES, CF_REFUNDS,
@@ -195,10 +195,7 @@ pub fn audit(db: &DB) -> Result<AuditReport, LedgerError> {
         }
         if record.outcome == Outcome::Accepted {
             report.accepted += 1;
-            if matches!(
-                record.request.command,
-                Command::Charge { .. } | Command::Refund { .. }
-            ) {
+            if settles(&record.request.command, record.outcome, &record.postings) {
                 settled += 1;
                 let provider = match rider_of_postings(&record.postings) {
                     Some(id) => db

@@ -10,9 +10,14 @@ use crate::money::Amount;
 
 use super::LedgerError;
 use super::model::{
-    Account, AccountRef, AccountStatus, Command, Outcome, POSTINGS_PER_TRANSACTION_MAX, Posting,
-    Record, Refusal, Request, TxId,
+    Account, AccountRef, AccountStatus, CodeFingerprint, CodeUse, Command, Journey, OpenJourney,
+    Outcome, POSTINGS_PER_TRANSACTION_MAX, Posting, Record, Refusal, Request, Tap, TapKind, Travel,
+    TxId,
 };
+
+/// The stored code of an outcome that is a duplicate (followed by the original's sequence).
+/// Refusal codes count up from 1 and stay far below it.
+const OUTCOME_DUPLICATE: u8 = 0xFE;
 
 /// Bytes of an account key.
 pub const ACCOUNT_KEY_LEN: usize = 9;
@@ -178,10 +183,35 @@ pub fn encode_record(record: &Record) -> Vec<u8> {
             writer.u16(operator_id);
             writer.i64(amount.0);
         }
+        Command::Tap(tap) => {
+            writer.u8(7);
+            writer.u64(tap.account_id);
+            writer.u32(tap.gate_id);
+            writer.bytes(&tap.code);
+            let (kind, place) = match tap.kind {
+                TapKind::MetroEntry { station } => (1, station),
+                TapKind::MetroExit { station } => (2, station),
+                TapKind::Bus { route } => (3, route),
+            };
+            writer.u8(kind);
+            writer.u32(place);
+        }
+        Command::CloseJourney {
+            account_id,
+            journey_id,
+        } => {
+            writer.u8(8);
+            writer.u64(account_id);
+            writer.u64(journey_id);
+        }
     }
     match record.outcome {
         Outcome::Accepted => writer.u8(0),
         Outcome::Refused(refusal) => writer.u8(refusal_code(refusal)),
+        Outcome::Duplicate { of } => {
+            writer.u8(OUTCOME_DUPLICATE);
+            writer.u64(of);
+        }
     }
     match record.rider_balance_after {
         Some(balance) => {
@@ -195,6 +225,21 @@ pub fn encode_record(record: &Record) -> Vec<u8> {
     for posting in &record.postings {
         writer.bytes(&account_key(posting.account));
         writer.i64(posting.amount.0);
+    }
+    match record.journey {
+        None => writer.u8(0),
+        Some(journey) => {
+            writer.u8(1);
+            writer.u64(journey.id);
+            match (journey.entry_station, journey.entered_at) {
+                (Some(station), Some(at)) => {
+                    writer.u8(1);
+                    writer.u32(station);
+                    writer.u64(at.0);
+                }
+                _ => writer.u8(0),
+            }
+        }
     }
     writer.0
 }
@@ -233,10 +278,34 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record, LedgerError> {
             operator_id: reader.u16()?,
             amount: Amount(reader.i64()?),
         },
+        7 => {
+            let account_id = reader.u64()?;
+            let gate_id = reader.u32()?;
+            let code = reader.array::<16>()?;
+            let kind = reader.u8()?;
+            let place = reader.u32()?;
+            let kind = match kind {
+                1 => TapKind::MetroEntry { station: place },
+                2 => TapKind::MetroExit { station: place },
+                3 => TapKind::Bus { route: place },
+                _ => return Err(corrupt(what, "unknown tap kind")),
+            };
+            Command::Tap(Tap {
+                account_id,
+                gate_id,
+                code,
+                kind,
+            })
+        }
+        8 => Command::CloseJourney {
+            account_id: reader.u64()?,
+            journey_id: reader.u64()?,
+        },
         _ => return Err(corrupt(what, "unknown command")),
     };
     let outcome = match reader.u8()? {
         0 => Outcome::Accepted,
+        OUTCOME_DUPLICATE => Outcome::Duplicate { of: reader.u64()? },
         code => {
             Outcome::Refused(refusal_from(code).ok_or_else(|| corrupt(what, "unknown refusal"))?)
         }
@@ -258,13 +327,142 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record, LedgerError> {
             amount: Amount(reader.i64()?),
         });
     }
+    let journey = match reader.u8()? {
+        0 => None,
+        1 => {
+            let id = reader.u64()?;
+            let (entry_station, entered_at) = match reader.u8()? {
+                0 => (None, None),
+                1 => (Some(reader.u32()?), Some(UnixMillis(reader.u64()?))),
+                _ => return Err(corrupt(what, "bad journey entry flag")),
+            };
+            Some(Journey {
+                id,
+                entry_station,
+                entered_at,
+            })
+        }
+        _ => return Err(corrupt(what, "bad journey flag")),
+    };
     reader.end()?;
     Ok(Record {
         request: Request { id, time, command },
         outcome,
         postings,
         rider_balance_after,
+        journey,
     })
+}
+
+/// The key of a rider's travel state (and of anything else keyed by rider).
+pub fn rider_key(account_id: u64) -> [u8; 8] {
+    account_id.to_be_bytes()
+}
+
+/// A rider's travel state.
+pub fn encode_travel(travel: &Travel) -> Vec<u8> {
+    let mut writer = Writer::default();
+    writer.u8(VALUE_VERSION);
+    writer.u32(travel.day);
+    writer.i64(travel.charged_today.0);
+    match travel.last_trip_started_at {
+        Some(at) => {
+            writer.u8(1);
+            writer.u64(at.0);
+        }
+        None => writer.u8(0),
+    }
+    match travel.open_journey {
+        Some(open) => {
+            writer.u8(1);
+            writer.u64(open.id);
+            writer.u32(open.station);
+            writer.u64(open.entered_at.0);
+        }
+        None => writer.u8(0),
+    }
+    writer.0
+}
+
+/// Reads a rider's travel state.
+pub fn decode_travel(bytes: &[u8]) -> Result<Travel, LedgerError> {
+    let what = "travel state";
+    let mut reader = Reader::new(bytes, what);
+    reader.version()?;
+    let day = reader.u32()?;
+    let charged_today = Amount(reader.i64()?);
+    let last_trip_started_at = match reader.u8()? {
+        0 => None,
+        1 => Some(UnixMillis(reader.u64()?)),
+        _ => return Err(corrupt(what, "bad last trip flag")),
+    };
+    let open_journey = match reader.u8()? {
+        0 => None,
+        1 => Some(OpenJourney {
+            id: reader.u64()?,
+            station: reader.u32()?,
+            entered_at: UnixMillis(reader.u64()?),
+        }),
+        _ => return Err(corrupt(what, "bad open journey flag")),
+    };
+    reader.end()?;
+    Ok(Travel {
+        day,
+        charged_today,
+        last_trip_started_at,
+        open_journey,
+    })
+}
+
+/// The key of an open journey in the sweeper's index: entry time, then rider, so that a
+/// scan from the start finds the oldest first.
+pub fn open_journey_key(entered_at: UnixMillis, account_id: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&entered_at.0.to_be_bytes());
+    key[8..].copy_from_slice(&account_id.to_be_bytes());
+    key
+}
+
+/// Reads an open-journey index entry: (entry time, rider, journey id).
+pub fn decode_open_journey(
+    key: &[u8],
+    value: &[u8],
+) -> Result<(UnixMillis, u64, u64), LedgerError> {
+    let mut reader = Reader::new(key, "open journey key");
+    let entered_at = UnixMillis(reader.u64()?);
+    let account_id = reader.u64()?;
+    reader.end()?;
+    Ok((
+        entered_at,
+        account_id,
+        decode_sequence(value, "open journey")?,
+    ))
+}
+
+/// The key of a code's first use: its fingerprint.
+pub fn code_key(code: &CodeFingerprint) -> [u8; 16] {
+    *code
+}
+
+/// A code's first use.
+pub fn encode_code_use(used: &CodeUse) -> [u8; 20] {
+    let mut value = [0u8; 20];
+    value[..4].copy_from_slice(&used.gate_id.to_be_bytes());
+    value[4..12].copy_from_slice(&used.time.0.to_be_bytes());
+    value[12..].copy_from_slice(&used.sequence.to_be_bytes());
+    value
+}
+
+/// Reads a code's first use.
+pub fn decode_code_use(bytes: &[u8]) -> Result<CodeUse, LedgerError> {
+    let mut reader = Reader::new(bytes, "code use");
+    let used = CodeUse {
+        gate_id: reader.u32()?,
+        time: UnixMillis(reader.u64()?),
+        sequence: reader.u64()?,
+    };
+    reader.end()?;
+    Ok(used)
 }
 
 fn status_code(status: AccountStatus) -> u8 {
@@ -316,6 +514,9 @@ impl Writer {
     fn u16(&mut self, value: u16) {
         self.bytes(&value.to_be_bytes());
     }
+    fn u32(&mut self, value: u32) {
+        self.bytes(&value.to_be_bytes());
+    }
     fn u64(&mut self, value: u64) {
         self.bytes(&value.to_be_bytes());
     }
@@ -360,6 +561,9 @@ impl<'a> Reader<'a> {
     }
     fn u16(&mut self) -> Result<u16, LedgerError> {
         Ok(u16::from_be_bytes(self.array()?))
+    }
+    fn u32(&mut self) -> Result<u32, LedgerError> {
+        Ok(u32::from_be_bytes(self.array()?))
     }
     fn u64(&mut self) -> Result<u64, LedgerError> {
         Ok(u64::from_be_bytes(self.array()?))
@@ -412,6 +616,28 @@ mod tests {
                 operator_id: 3,
                 amount: Amount(-40),
             },
+            Command::Tap(Tap {
+                account_id: 7,
+                gate_id: 12,
+                code: [9; 16],
+                kind: TapKind::MetroEntry { station: 101 },
+            }),
+            Command::Tap(Tap {
+                account_id: 7,
+                gate_id: 13,
+                code: [8; 16],
+                kind: TapKind::MetroExit { station: 104 },
+            }),
+            Command::Tap(Tap {
+                account_id: 7,
+                gate_id: 14,
+                code: [7; 16],
+                kind: TapKind::Bus { route: 501 },
+            }),
+            Command::CloseJourney {
+                account_id: 7,
+                journey_id: 5,
+            },
         ];
         for (index, command) in commands.into_iter().enumerate() {
             let record = Record {
@@ -420,10 +646,10 @@ mod tests {
                     time: UnixMillis(99),
                     command,
                 },
-                outcome: if index % 2 == 0 {
-                    Outcome::Accepted
-                } else {
-                    Outcome::Refused(Refusal::BalanceNotZero)
+                outcome: match index % 3 {
+                    0 => Outcome::Accepted,
+                    1 => Outcome::Refused(Refusal::JourneyNotExpired),
+                    _ => Outcome::Duplicate { of: 3 },
                 },
                 postings: vec![
                     Posting {
@@ -436,8 +662,25 @@ mod tests {
                     },
                 ],
                 rider_balance_after: Some(Amount(-250)),
+                journey: match index % 3 {
+                    0 => None,
+                    1 => Some(Journey {
+                        id: 4,
+                        entry_station: None,
+                        entered_at: None,
+                    }),
+                    _ => Some(Journey {
+                        id: 4,
+                        entry_station: Some(101),
+                        entered_at: Some(UnixMillis(77)),
+                    }),
+                },
             };
             assert_eq!(decode_record(&encode_record(&record)).unwrap(), record);
+            let bytes = encode_record(&record);
+            for len in 0..bytes.len() {
+                assert!(decode_record(&bytes[..len]).is_err(), "prefix {len} parsed");
+            }
         }
     }
 
@@ -450,7 +693,34 @@ mod tests {
             assert_eq!(refusal_from(refusal_code(refusal)), Some(refusal));
         }
         assert_eq!(refusal_from(0), None);
-        assert_eq!(refusal_from(12), None);
+        assert_eq!(refusal_code(Refusal::JourneyNotExpired), 16);
+        assert_eq!(refusal_from(17), None);
+        assert!(Refusal::ALL.len() < usize::from(OUTCOME_DUPLICATE));
+    }
+
+    #[test]
+    fn travel_state_round_trips() {
+        for travel in [
+            Travel::default(),
+            Travel {
+                day: 20_000,
+                charged_today: Amount(1_200),
+                last_trip_started_at: Some(UnixMillis(5)),
+                open_journey: Some(OpenJourney {
+                    id: 9,
+                    station: 100,
+                    entered_at: UnixMillis(6),
+                }),
+            },
+        ] {
+            assert_eq!(decode_travel(&encode_travel(&travel)).unwrap(), travel);
+        }
+        let used = CodeUse {
+            gate_id: 3,
+            time: UnixMillis(4),
+            sequence: 5,
+        };
+        assert_eq!(decode_code_use(&encode_code_use(&used)).unwrap(), used);
     }
 
     #[test]

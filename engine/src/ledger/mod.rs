@@ -26,11 +26,12 @@ use rocksdb::{DB, Direction, IteratorMode};
 use tokio::sync::oneshot;
 
 use crate::clock::UnixMillis;
+use crate::fares::FareTable;
 use crate::money::Amount;
 
 pub use model::{
-    Account, AccountRef, AccountStatus, Command, Outcome, Posting, Receipt, Record, Refusal,
-    Request, TxId,
+    Account, AccountRef, AccountStatus, Command, Journey, OpenJourney, Outcome, Posting, Receipt,
+    Record, Refusal, Request, Tap, TapKind, Travel, TxId,
 };
 pub use store::StoreConfig;
 pub use writer::WriterStats;
@@ -97,6 +98,9 @@ pub enum LedgerError {
     /// A money invariant would be broken: a bug, refused before anything is written.
     #[error("ledger invariant broken: {0}")]
     Invariant(String),
+    /// A tap reached a ledger opened without a fares table.
+    #[error("the ledger has no fares table, so it cannot price taps")]
+    NoFares,
 }
 
 impl LedgerError {
@@ -113,6 +117,7 @@ impl LedgerError {
             LedgerError::Storage(_) => "storage",
             LedgerError::Corrupt { .. } => "corrupt",
             LedgerError::Invariant(_) => "invariant",
+            LedgerError::NoFares => "no_fares",
         }
     }
 }
@@ -146,6 +151,21 @@ impl Default for LedgerConfig {
     }
 }
 
+/// The rules a tap is decided by, besides the stored state. They are part of the state
+/// machine: replaying a log gives the same results only under the same rules.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    /// The network and fares; without them taps fail with [`LedgerError::NoFares`].
+    pub fares: Option<Arc<FareTable>>,
+    /// The same code at the same gate within this long (of scan time) is the gate
+    /// scanning twice and gets the original answer; anywhere else it is a replay.
+    pub code_retry_window_ms: u64,
+}
+
+/// The default retry window: a gate retries within seconds; a minute is generous and
+/// still far shorter than a code's validity.
+pub const CODE_RETRY_WINDOW_MS_DEFAULT: u64 = 60_000;
+
 /// One line of an account's statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatementLine {
@@ -177,8 +197,19 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// Opens (or creates) the ledger in `dir` and starts its writer.
+    /// Opens (or creates) the ledger in `dir` and starts its writer, without fares: taps
+    /// fail with [`LedgerError::NoFares`]. The gate service uses [`Ledger::open_with_rules`].
     pub fn open(dir: &Path, config: LedgerConfig) -> Result<Ledger, LedgerError> {
+        Ledger::open_with_rules(dir, config, Rules::default())
+    }
+
+    /// Opens (or creates) the ledger in `dir` and starts its writer, deciding taps by
+    /// `rules`.
+    pub fn open_with_rules(
+        dir: &Path,
+        config: LedgerConfig,
+        rules: Rules,
+    ) -> Result<Ledger, LedgerError> {
         assert!(
             config.queue_depth_max > 0 && config.batch_size_max > 0,
             "ledger limits must be positive"
@@ -194,6 +225,7 @@ impl Ledger {
                 .spawn(move || {
                     writer::run(
                         db,
+                        rules,
                         receiver,
                         config.sync_writes,
                         config.batch_size_max,
@@ -236,7 +268,8 @@ impl Ledger {
     /// joins the writer's queue, or is refused when the queue is full.
     fn enqueue(&self, request: Request) -> Result<Queued, LedgerError> {
         if let Some((sequence, record)) = apply::find_record(&self.db, request.id)? {
-            return apply::replay(&request, sequence, record).map(Queued::Answered);
+            let receipt = apply::replay(&request, sequence, record)?;
+            return apply::resolve_duplicate_in(&self.db, receipt).map(Queued::Answered);
         }
         let queue = self.queue.as_ref().ok_or(LedgerError::Closed)?;
         let (reply, answer) = oneshot::channel();
@@ -323,6 +356,26 @@ impl Ledger {
         Ok(lines)
     }
 
+    /// Up to `limit` open journeys entered before `entered_before`, oldest first: (rider,
+    /// journey id, entry time). The journey sweeper closes them.
+    pub fn open_journeys_before(
+        &self,
+        entered_before: UnixMillis,
+        limit: usize,
+    ) -> Result<Vec<(u64, u64, UnixMillis)>, LedgerError> {
+        let index = apply::cf(&self.db, store::CF_OPEN_JOURNEYS)?;
+        let mut found = Vec::new();
+        for item in self.db.iterator_cf(index, IteratorMode::Start) {
+            let (key, value) = item?;
+            let (entered_at, account_id, journey_id) = codec::decode_open_journey(&key, &value)?;
+            if entered_at >= entered_before || found.len() >= limit {
+                break;
+            }
+            found.push((account_id, journey_id, entered_at));
+        }
+        Ok(found)
+    }
+
     /// The writer's counters.
     pub fn stats(&self) -> &WriterStats {
         &self.stats
@@ -355,5 +408,7 @@ enum Queued {
     Waiting(oneshot::Receiver<Result<Receipt, LedgerError>>),
 }
 
+#[cfg(test)]
+mod tap_tests;
 #[cfg(test)]
 mod tests;

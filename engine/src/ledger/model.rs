@@ -52,6 +52,93 @@ pub struct Account {
     pub balance: Amount,
 }
 
+pub use crate::fares::{RouteId, StationId};
+
+/// The first 16 bytes of the SHA-256 of a rider code's bytes.
+pub type CodeFingerprint = [u8; 16];
+
+/// Where a tap happened, and what it means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TapKind {
+    /// Tap in at a metro station's entry gate: opens a journey.
+    MetroEntry {
+        /// The station.
+        station: StationId,
+    },
+    /// Tap out at a metro station's exit gate: closes and prices the journey.
+    MetroExit {
+        /// The station.
+        station: StationId,
+    },
+    /// Tap on a bus reader: charges the route's flat fare.
+    Bus {
+        /// The route.
+        route: RouteId,
+    },
+}
+
+/// A verified rider code scanned at a gate. The gate service verifies the code before it
+/// submits the tap; the ledger decides the rest (code reuse, account, journey, fare).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tap {
+    /// The rider's account, from the verified credential.
+    pub account_id: u64,
+    /// The gate (or bus reader) that scanned the code.
+    pub gate_id: u32,
+    /// The scanned code's fingerprint: a code is used once, at one gate.
+    pub code: CodeFingerprint,
+    /// Entry, exit or bus, and where.
+    pub kind: TapKind,
+}
+
+/// A metro journey a tap belongs to, as recorded with the tap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Journey {
+    /// The journey's id: the log sequence of the tap that opened it (for an exit with no
+    /// entry or a bus ride, the tap's own sequence).
+    pub id: u64,
+    /// The station where it was entered, when there was an entry.
+    pub entry_station: Option<StationId>,
+    /// When it was entered, when there was an entry.
+    pub entered_at: Option<UnixMillis>,
+}
+
+/// A rider's travel state on the current service day: the open journey, if any, and what
+/// the daily cap and transfer discount need. Stored per rider, changed only by taps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Travel {
+    /// The service day (days since the Unix epoch, UTC) the totals below belong to.
+    pub day: u32,
+    /// The sum charged to the rider for trips on that day.
+    pub charged_today: Amount,
+    /// When the rider's last charged trip on that day started.
+    pub last_trip_started_at: Option<UnixMillis>,
+    /// The metro journey entered and not yet exited.
+    pub open_journey: Option<OpenJourney>,
+}
+
+/// A metro journey with an entry and no exit yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenJourney {
+    /// The journey id (the entry tap's sequence).
+    pub id: u64,
+    /// The entry station.
+    pub station: StationId,
+    /// The entry time.
+    pub entered_at: UnixMillis,
+}
+
+/// Where and when a code was first used, to tell a gate retrying from a replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeUse {
+    /// The gate that first scanned it.
+    pub gate_id: u32,
+    /// The scan time of that first tap.
+    pub time: UnixMillis,
+    /// The log sequence of that first tap.
+    pub sequence: u64,
+}
+
 /// What a transaction asks the ledger to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -102,6 +189,16 @@ pub enum Command {
         /// Non-zero.
         amount: Amount,
     },
+    /// A rider's verified code at a gate.
+    Tap(Tap),
+    /// Close a metro journey that was entered and never exited within the fares file's
+    /// limit, charging the maximum fare (sent by the journey sweeper).
+    CloseJourney {
+        /// The rider's account id.
+        account_id: u64,
+        /// The journey to close.
+        journey_id: u64,
+    },
 }
 
 impl Command {
@@ -114,6 +211,19 @@ impl Command {
             Command::Charge { .. } => "charge",
             Command::Refund { .. } => "refund",
             Command::Adjust { .. } => "adjust",
+            Command::Tap(Tap {
+                kind: TapKind::MetroEntry { .. },
+                ..
+            }) => "metro_entry",
+            Command::Tap(Tap {
+                kind: TapKind::MetroExit { .. },
+                ..
+            }) => "metro_exit",
+            Command::Tap(Tap {
+                kind: TapKind::Bus { .. },
+                ..
+            }) => "bus",
+            Command::CloseJourney { .. } => "close_journey",
         }
     }
 }
@@ -203,6 +313,26 @@ impl Request {
                 (m != m2, "amount"),
             ]),
             (Refund { original: r }, Refund { original: r2 }) => first_of(&[(r != r2, "original")]),
+            (Tap(tap), Tap(tap2)) => first_of(&[
+                (tap.account_id != tap2.account_id, "account_id"),
+                (tap.gate_id != tap2.gate_id, "gate_id"),
+                (tap.code != tap2.code, "code"),
+                (
+                    std::mem::discriminant(&tap.kind) != std::mem::discriminant(&tap2.kind),
+                    "direction",
+                ),
+                (tap.kind != tap2.kind, "place"),
+            ]),
+            (
+                CloseJourney {
+                    account_id: a,
+                    journey_id: j,
+                },
+                CloseJourney {
+                    account_id: a2,
+                    journey_id: j2,
+                },
+            ) => first_of(&[(a != a2, "account_id"), (j != j2, "journey_id")]),
             _ => Some("kind"),
         }
     }
@@ -241,11 +371,22 @@ pub enum Refusal {
     BalanceOverflow,
     /// Closing an account whose balance is not zero.
     BalanceNotZero,
+    /// A tap names a metro station the fares file does not know.
+    UnknownStation,
+    /// A tap names a bus route the fares file does not know.
+    UnknownRoute,
+    /// The code was already used at another gate, or at the same gate after the retry
+    /// window: a replay.
+    CodeReused,
+    /// The journey to close is not the rider's open journey (it was exited or closed).
+    JourneyNotOpen,
+    /// The journey to close has not yet been open for the fares file's limit.
+    JourneyNotExpired,
 }
 
 impl Refusal {
     /// Every refusal, in code order.
-    pub const ALL: [Refusal; 11] = [
+    pub const ALL: [Refusal; 16] = [
         Refusal::UnknownAccount,
         Refusal::AccountDenied,
         Refusal::AccountClosed,
@@ -257,6 +398,11 @@ impl Refusal {
         Refusal::AlreadyRefunded,
         Refusal::BalanceOverflow,
         Refusal::BalanceNotZero,
+        Refusal::UnknownStation,
+        Refusal::UnknownRoute,
+        Refusal::CodeReused,
+        Refusal::JourneyNotOpen,
+        Refusal::JourneyNotExpired,
     ];
 
     /// The stable code string.
@@ -273,6 +419,11 @@ impl Refusal {
             Refusal::AlreadyRefunded => "already_refunded",
             Refusal::BalanceOverflow => "balance_overflow",
             Refusal::BalanceNotZero => "balance_not_zero",
+            Refusal::UnknownStation => "unknown_station",
+            Refusal::UnknownRoute => "unknown_route",
+            Refusal::CodeReused => "code_reused",
+            Refusal::JourneyNotOpen => "journey_not_open",
+            Refusal::JourneyNotExpired => "journey_not_expired",
         }
     }
 }
@@ -290,6 +441,12 @@ pub enum Outcome {
     Accepted,
     /// Refused with a reason; nothing moved.
     Refused(Refusal),
+    /// The same code at the same gate within the retry window, under a new transaction id:
+    /// the gate scanned it twice. Nothing moved; the answer is the original tap's.
+    Duplicate {
+        /// The log sequence of the original tap.
+        of: u64,
+    },
 }
 
 /// One leg of a transaction.
@@ -315,6 +472,20 @@ pub struct Record {
     pub postings: Vec<Posting>,
     /// The rider account's balance after this transaction (for commands on a rider).
     pub rider_balance_after: Option<Amount>,
+    /// The journey an accepted tap (or journey close) belongs to.
+    pub journey: Option<Journey>,
+}
+
+impl Record {
+    /// What this transaction charged the rider: the rider's debit (zero when nothing
+    /// moved; negative for a refund, which credits the rider).
+    pub fn rider_charge(&self) -> Amount {
+        self.postings
+            .iter()
+            .find(|posting| matches!(posting.account, AccountRef::Rider(_)))
+            .and_then(|posting| posting.amount.checked_neg())
+            .unwrap_or(Amount::ZERO)
+    }
 }
 
 /// The rider account among a transaction's postings, if any (a charge, refund, top-up
@@ -324,6 +495,20 @@ pub fn rider_of_postings(postings: &[Posting]) -> Option<u64> {
         AccountRef::Rider(id) => Some(id),
         _ => None,
     })
+}
+
+/// Whether a transaction is owed by (or to) the rider's payment provider and so goes into
+/// settlement: an accepted charge, refund, or fare-charging tap or journey close that
+/// moved money.
+pub fn settles(command: &Command, outcome: Outcome, postings: &[Posting]) -> bool {
+    let charges_fares = matches!(
+        command,
+        Command::Charge { .. }
+            | Command::Refund { .. }
+            | Command::Tap(_)
+            | Command::CloseJourney { .. }
+    );
+    charges_fares && outcome == Outcome::Accepted && !postings.is_empty()
 }
 
 /// What the caller gets back.

@@ -27,9 +27,16 @@ pub const CF_REFUNDS: &str = "refunds";
 pub const CF_PROVIDER_ENTRIES: &str = "provider_entries";
 /// Metadata: named keys (see the `META_*` constants).
 pub const CF_META: &str = "meta";
+/// Travel state: rider account id (8) → the rider's open journey and today's totals.
+pub const CF_TRAVEL: &str = "travel";
+/// Open journeys by age, for the sweeper: entry time (8) + rider (8) → journey id (8).
+pub const CF_OPEN_JOURNEYS: &str = "open_journeys";
+/// Codes used: code fingerprint (16) → gate (4) + scan time (8) + sequence (8) of the
+/// first tap that used it.
+pub const CF_CODES: &str = "codes";
 
 /// Every column family this build knows.
-pub const COLUMN_FAMILIES: [&str; 7] = [
+pub const COLUMN_FAMILIES: [&str; 10] = [
     CF_ACCOUNTS,
     CF_LOG,
     CF_IDS,
@@ -37,6 +44,9 @@ pub const COLUMN_FAMILIES: [&str; 7] = [
     CF_REFUNDS,
     CF_PROVIDER_ENTRIES,
     CF_META,
+    CF_TRAVEL,
+    CF_OPEN_JOURNEYS,
+    CF_CODES,
 ];
 
 /// Meta key: the on-disk format version (u32, big-endian).
@@ -49,7 +59,9 @@ pub const META_NEXT_SEQUENCE: &[u8] = b"next_sequence";
 pub const META_IDS_PRUNED_BELOW: &[u8] = b"ids_pruned_below";
 
 /// The on-disk format this build reads and writes. Bump it on any incompatible change.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 added taps: the `travel`, `open_journeys` and `codes` column families and
+/// journeys in records.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Memory the ledger's RocksDB may use for caching, and how it is split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -448,7 +448,13 @@ fn everything_survives_a_reopen_and_a_wrong_format_is_refused() {
     }
     let err = Ledger::open(dir.path(), LedgerConfig::default()).unwrap_err();
     assert!(
-        matches!(err, LedgerError::FormatVersion { supported: 1, .. }),
+        matches!(
+            err,
+            LedgerError::FormatVersion {
+                supported: store::FORMAT_VERSION,
+                ..
+            }
+        ),
         "{err}"
     );
     assert!(err.to_string().contains("format version 99"), "{err}");

@@ -19,10 +19,10 @@ use tokio::sync::oneshot;
 
 use crate::clock::UnixMillis;
 
-use super::LedgerError;
 use super::apply::Batch;
 use super::model::{Receipt, Request};
 use super::prune;
+use super::{LedgerError, Rules};
 
 /// A request waiting in the queue, with where to send its answer.
 #[derive(Debug)]
@@ -67,6 +67,7 @@ pub struct WriterStats {
 /// Runs the writer loop until every sender is gone and the queue is drained.
 pub fn run(
     db: Arc<DB>,
+    rules: Rules,
     queue: Receiver<Job>,
     sync: bool,
     batch_size_max: usize,
@@ -103,7 +104,7 @@ pub fn run(
                             Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                         }
                     }
-                    let answers = commit(&db, &pending, &write_options, &stats);
+                    let answers = commit(&db, &rules, &pending, &write_options, &stats);
                     stats
                         .requests
                         .fetch_add(pending.len() as u64, Ordering::Relaxed);
@@ -122,11 +123,12 @@ pub fn run(
 /// Applies and durably writes one batch; returns one answer per submission, in order.
 fn commit(
     db: &DB,
+    rules: &Rules,
     pending: &[Submission],
     write_options: &WriteOptions,
     stats: &WriterStats,
 ) -> Vec<Result<Receipt, LedgerError>> {
-    let mut batch = match Batch::new(db) {
+    let mut batch = match Batch::new(db, rules) {
         Ok(batch) => batch,
         Err(err) => return pending.iter().map(|_| Err(err.clone())).collect(),
     };
