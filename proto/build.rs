@@ -5,7 +5,11 @@ use std::path::PathBuf;
 
 use prost::Message as _;
 
-const PROTO_FILES: &[&str] = &["fareway/v1/token.proto"];
+const PROTO_FILES: &[&str] = &[
+    "fareway/v1/token.proto",
+    "fareway/v1/gate.proto",
+    "fareway/v1/admin.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for file in PROTO_FILES {

@@ -1,12 +1,20 @@
 //! Fareway: a transit payment clearing engine.
 //!
 //! One folder per domain concept: [`token`] (the rider's QR code and its verifier),
-//! [`ledger`] (double-entry accounts in RocksDB), [`fares`] (the network and pricing). [`clock`] and [`money`] are the small
+//! [`ledger`] (double-entry accounts in RocksDB), [`fares`] (the network and pricing),
+//! [`gate`] (a tap, end to end). [`grpc`] is the boundary to protobuf and tonic;
+//! [`server`] runs it all. [`clock`] and [`money`] are the small
 //! types they share. See `ARCHITECTURE.md` for the map.
 
 pub mod clock;
 pub mod fares;
 #[cfg(feature = "storage")]
+pub mod gate;
+#[cfg(feature = "storage")]
+pub mod grpc;
+#[cfg(feature = "storage")]
 pub mod ledger;
 pub mod money;
+#[cfg(feature = "storage")]
+pub mod server;
 pub mod token;

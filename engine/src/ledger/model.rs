@@ -242,8 +242,16 @@ pub struct Request {
 impl Request {
     /// The first field in which two requests with the same id differ, if any. Used to
     /// name the field in a conflict.
+    ///
+    /// The time is content only where the caller chose it (a gate's scan time, a charge's
+    /// time, the sweeper's derived time). Operations commands are stamped with the
+    /// server's clock when they arrive, so a retry a second later is the same request.
     pub fn first_difference(&self, other: &Request) -> Option<&'static str> {
-        if self.time != other.time {
+        let caller_timed = matches!(
+            self.command,
+            Command::Charge { .. } | Command::Tap(_) | Command::CloseJourney { .. }
+        );
+        if caller_timed && self.time != other.time {
             return Some("time");
         }
         use Command::*;

@@ -130,6 +130,19 @@ fn the_same_id_with_the_same_content_is_a_replay_and_writes_nothing() {
     assert_eq!(again.record, first.record);
     assert_eq!(balance(&ledger, AccountRef::Rider(5)), -250);
     assert_eq!(assert_audit_ok(&ledger).transactions, 2);
+    // An operations command is stamped by the server: its retry a minute later is the
+    // same request, answered as a replay.
+    let top_up = Command::TopUp {
+        account_id: 5,
+        amount: Amount(100),
+    };
+    ledger.submit(request(3, top_up)).unwrap();
+    let retry = Request {
+        time: UnixMillis(T.0 + 60_000),
+        ..request(3, top_up)
+    };
+    assert!(ledger.submit(retry).unwrap().replay);
+    assert_eq!(balance(&ledger, AccountRef::Rider(5)), -150);
 }
 
 #[test]

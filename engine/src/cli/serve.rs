@@ -1,0 +1,64 @@
+//! `fareway serve --config FILE`: runs the engine until SIGTERM or Ctrl-C.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+use fareway::clock::SystemClock;
+use fareway::server;
+use fareway::server::config::{LogFormat, ServerConfig};
+
+/// Arguments of `fareway serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The configuration file (docs/configuration.md); without one, every default.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Listen here instead of the configured address (port 0 picks a free port).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+}
+
+impl ServeArgs {
+    /// Whether the configuration file asks for JSON logs.
+    pub fn config_wants_json_logs(&self) -> bool {
+        self.config
+            .as_deref()
+            .and_then(|path| ServerConfig::load(path).ok())
+            .is_some_and(|config| config.log_format == LogFormat::Json)
+    }
+}
+
+/// Runs the server. Prints `listening on ADDR` (and `metrics on ADDR`) on standard output
+/// once it accepts calls, for scripts and tests that start it on port 0.
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut config = match &args.config {
+        Some(path) => ServerConfig::load(path)?,
+        None => ServerConfig::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("fareway-server")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let running = server::start(config, Arc::new(SystemClock)).await?;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "listening on {}", running.addr)?;
+        if let Some(metrics) = running.metrics_addr {
+            writeln!(stdout, "metrics on {metrics}")?;
+        }
+        stdout.flush()?;
+        drop(stdout);
+        server::shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        running.stop().await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}

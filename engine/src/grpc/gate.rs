@@ -1,0 +1,149 @@
+//! `fareway.v1.GateService`: unary and streaming taps.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use fareway_proto::v1 as pb;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
+
+use crate::gate::GateService;
+use crate::server::metrics::Metrics;
+
+use super::convert;
+
+/// The gate API over the domain's gate service.
+#[derive(Debug, Clone)]
+pub struct GateApi {
+    service: Arc<GateService>,
+    in_flight: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    stream_taps_in_flight_max: usize,
+}
+
+impl GateApi {
+    /// A gate API sharing the server-wide limit on requests in flight.
+    pub fn new(
+        service: Arc<GateService>,
+        in_flight: Arc<Semaphore>,
+        metrics: Arc<Metrics>,
+        stream_taps_in_flight_max: usize,
+    ) -> GateApi {
+        GateApi {
+            service,
+            in_flight,
+            metrics,
+            stream_taps_in_flight_max,
+        }
+    }
+
+    /// Answers one tap: the response, or the status of a fault.
+    async fn answer(&self, request: pb::TapRequest) -> Result<pb::TapResponse, Status> {
+        let started = Instant::now();
+        let transaction_id = request.transaction_id.clone();
+        let input = convert::tap_input(request).inspect_err(|_| {
+            self.metrics.record_fault("invalid_argument");
+        })?;
+        let span = tracing::debug_span!("tap", gate_id = input.gate_id, tx = %input.id);
+        match self.service.tap(input).instrument(span.clone()).await {
+            Ok(answer) => {
+                self.metrics.record_tap(&answer, started.elapsed());
+                span.in_scope(|| {
+                    tracing::debug!(
+                        accepted = answer.accepted,
+                        reason = answer.reason.map_or("", |reason| reason.code()),
+                        fare_minor = answer.fare.0,
+                        replay = answer.replay,
+                        "tap answered"
+                    );
+                });
+                Ok(convert::tap_response(transaction_id, &answer))
+            }
+            Err(err) => {
+                self.metrics.record_fault(err.code());
+                span.in_scope(|| tracing::warn!(cause = %err, "tap failed"));
+                Err(convert::gate_status(&err))
+            }
+        }
+    }
+}
+
+/// A permit from a semaphore at once, or `RESOURCE_EXHAUSTED`: excess load is shed, never
+/// queued.
+pub fn admit(
+    semaphore: &Arc<Semaphore>,
+    metrics: &Metrics,
+    what: &str,
+) -> Result<OwnedSemaphorePermit, Status> {
+    Arc::clone(semaphore).try_acquire_owned().map_err(|_| {
+        metrics.record_shed();
+        convert::status(
+            tonic::Code::ResourceExhausted,
+            format!("too many {what} in flight; retry with the same transaction id"),
+            "overloaded",
+        )
+    })
+}
+
+#[tonic::async_trait]
+impl pb::gate_service_server::GateService for GateApi {
+    async fn tap(
+        &self,
+        request: Request<pb::TapRequest>,
+    ) -> Result<Response<pb::TapResponse>, Status> {
+        let _permit = admit(&self.in_flight, &self.metrics, "requests")?;
+        self.answer(request.into_inner()).await.map(Response::new)
+    }
+
+    type TapStreamStream = ReceiverStream<Result<pb::TapResponse, Status>>;
+
+    async fn tap_stream(
+        &self,
+        request: Request<Streaming<pb::TapRequest>>,
+    ) -> Result<Response<Self::TapStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (answers, receiver) = mpsc::channel(self.stream_taps_in_flight_max);
+        let stream_in_flight = Arc::new(Semaphore::new(self.stream_taps_in_flight_max));
+        let api = self.clone();
+        tokio::spawn(async move {
+            while let Some(next) = inbound.next().await {
+                let request = match next {
+                    Ok(request) => request,
+                    // The client went away or broke the protocol: stop reading.
+                    Err(_) => break,
+                };
+                let permits = admit(&stream_in_flight, &api.metrics, "taps on this stream")
+                    .and_then(|stream| {
+                        admit(&api.in_flight, &api.metrics, "requests").map(|all| (stream, all))
+                    });
+                let permits = match permits {
+                    Ok(permits) => permits,
+                    Err(status) => {
+                        let answer = convert::tap_error(request.transaction_id, &status);
+                        if answers.send(Ok(answer)).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                };
+                let api = api.clone();
+                let answers = answers.clone();
+                tokio::spawn(async move {
+                    let transaction_id = request.transaction_id.clone();
+                    let answer = match api.answer(request).await {
+                        Ok(answer) => answer,
+                        Err(status) => convert::tap_error(transaction_id, &status),
+                    };
+                    // A closed receiver means the client left; the tap is recorded anyway,
+                    // and a retry with the same id gets this answer.
+                    let _ = answers.send(Ok(answer)).await;
+                    drop(permits);
+                });
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}

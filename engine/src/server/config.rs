@@ -1,0 +1,403 @@
+//! The server's configuration file (`fareway serve --config FILE`), documented setting by
+//! setting in `docs/configuration.md`. Every setting has a default; relative paths are
+//! read from the configuration file's folder.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::gate::ScanTimeLimits;
+use crate::ledger::{CODE_RETRY_WINDOW_MS_DEFAULT, LedgerConfig};
+use crate::token::VerifierConfig;
+
+/// The largest configuration file read.
+pub const CONFIG_FILE_BYTES_MAX: u64 = 1 << 20;
+
+/// A caller's role: each RPC is allowed to some roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Turnstiles and bus readers: taps only.
+    Gate,
+    /// The finance team: settlement.
+    Finance,
+    /// Operations: accounts, top-ups, refunds, keys, the deny list.
+    Admin,
+}
+
+impl Role {
+    /// The role's name, as in the configuration file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Gate => "gate",
+            Role::Finance => "finance",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// One accepted bearer token: only its SHA-256 is configured, never the token.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEntry {
+    /// The role the token proves.
+    pub role: Role,
+    /// The SHA-256 of the token, 64 lowercase hex digits.
+    pub sha256: String,
+    /// A name for logs ("station-42-gates"); never the token.
+    #[serde(default)]
+    pub name: String,
+}
+
+/// Log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// The ledger's RocksDB folder (created if missing).
+    pub data_dir: PathBuf,
+    /// Where gRPC listens.
+    pub listen: SocketAddr,
+    /// Where the Prometheus `/metrics` endpoint listens; none turns it off.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The network and fares (TOML, `docs/fares.md`).
+    pub fares_file: PathBuf,
+    /// The issuer key registry (TOML, `docs/qr-token.md`). Keys registered or revoked
+    /// through the admin API are written back to it.
+    pub issuer_keys_file: PathBuf,
+    /// Log format; the level comes from `RUST_LOG`.
+    pub log_format: LogFormat,
+    /// Limits on work in flight.
+    pub limits: Limits,
+    /// How codes are judged.
+    pub verifier: VerifierSettings,
+    /// Tap and journey rules besides the fares file.
+    pub taps: TapSettings,
+    /// Accepted bearer tokens.
+    pub token: Vec<TokenEntry>,
+}
+
+/// Limits on work in flight. Excess is refused at once with `RESOURCE_EXHAUSTED`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// RPCs (and taps on streams) being worked on at once, across all connections.
+    pub requests_in_flight_max: usize,
+    /// Ledger requests waiting for the writer.
+    pub ledger_queue_depth_max: usize,
+    /// Most requests in one group commit.
+    pub ledger_batch_size_max: usize,
+    /// Taps of one stream being worked on at once.
+    pub stream_taps_in_flight_max: usize,
+    /// How long a graceful shutdown waits for calls in flight before it stops anyway.
+    pub shutdown_grace_ms: u64,
+    /// RocksDB block cache, in MiB.
+    pub block_cache_mib: usize,
+    /// RocksDB memtables, in MiB.
+    pub write_buffers_mib: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let ledger = LedgerConfig::default();
+        Limits {
+            requests_in_flight_max: 4_096,
+            ledger_queue_depth_max: ledger.queue_depth_max,
+            ledger_batch_size_max: ledger.batch_size_max,
+            stream_taps_in_flight_max: 512,
+            shutdown_grace_ms: 10_000,
+            block_cache_mib: ledger.store.block_cache_bytes >> 20,
+            write_buffers_mib: ledger.store.write_buffers_bytes >> 20,
+        }
+    }
+}
+
+/// How codes are judged (see [`VerifierConfig`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifierSettings {
+    /// A code older than this (at the scan time) is refused.
+    pub code_validity_ms: u64,
+    /// How far ahead of the scan time a code's time may be.
+    pub clock_skew_ms: u64,
+    /// Verified credentials remembered; 0 turns the cache off.
+    pub credential_cache_entries_max: usize,
+}
+
+impl Default for VerifierSettings {
+    fn default() -> Self {
+        let config = VerifierConfig::default();
+        VerifierSettings {
+            code_validity_ms: config.code_validity_ms,
+            clock_skew_ms: config.clock_skew_ms,
+            credential_cache_entries_max: config.credential_cache_entries_max,
+        }
+    }
+}
+
+/// Tap rules besides the fares file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TapSettings {
+    /// The same code at the same gate within this long is a retry, not a replay.
+    pub code_retry_window_ms: u64,
+    /// A scan time further ahead of the server's clock is refused.
+    pub scan_time_future_max_ms: u64,
+    /// A scan time further behind the server's clock is refused.
+    pub scan_time_past_max_ms: u64,
+    /// How often the sweeper looks for journeys entered and never exited.
+    pub journey_sweep_interval_ms: u64,
+    /// How long a transaction id is remembered.
+    pub id_retention_ms: u64,
+}
+
+impl Default for TapSettings {
+    fn default() -> Self {
+        let scan = ScanTimeLimits::default();
+        TapSettings {
+            code_retry_window_ms: CODE_RETRY_WINDOW_MS_DEFAULT,
+            scan_time_future_max_ms: scan.future_max_ms,
+            scan_time_past_max_ms: scan.past_max_ms,
+            journey_sweep_interval_ms: 60_000,
+            id_retention_ms: LedgerConfig::default().id_retention_ms,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            data_dir: PathBuf::from("fareway-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            fares_file: PathBuf::from("fares.toml"),
+            issuer_keys_file: PathBuf::from("issuer-keys.toml"),
+            log_format: LogFormat::Human,
+            limits: Limits::default(),
+            verifier: VerifierSettings::default(),
+            taps: TapSettings::default(),
+            token: Vec::new(),
+        }
+    }
+}
+
+/// Errors in the configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// What the file system said.
+        source: std::io::Error,
+    },
+    /// The file is larger than [`CONFIG_FILE_BYTES_MAX`].
+    #[error("configuration file {path} is larger than {CONFIG_FILE_BYTES_MAX} bytes")]
+    TooLarge {
+        /// The file.
+        path: String,
+    },
+    /// The file is not valid TOML of the documented shape.
+    #[error("configuration file {path} is not valid: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What is wrong, with its line.
+        message: String,
+    },
+    /// A setting is out of range (named in the message).
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl ConfigError {
+    /// The stable code string.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ConfigError::Read { .. } => "config_unreadable",
+            ConfigError::TooLarge { .. } => "config_too_large",
+            ConfigError::Parse { .. } => "config_invalid",
+            ConfigError::Invalid(_) => "config_setting_invalid",
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Reads and checks a configuration file; relative paths in it are made relative to
+    /// the file's folder.
+    pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
+        let shown = path.display().to_string();
+        let read_error = |source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        };
+        if std::fs::metadata(path).map_err(read_error)?.len() > CONFIG_FILE_BYTES_MAX {
+            return Err(ConfigError::TooLarge { path: shown });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_error)?;
+        let mut config = ServerConfig::from_toml(&text).map_err(|err| match err {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: shown.clone(),
+                message,
+            },
+            other => other,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for file in [
+            &mut config.data_dir,
+            &mut config.fares_file,
+            &mut config.issuer_keys_file,
+        ] {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses and checks a configuration's text.
+    pub fn from_toml(text: &str) -> Result<ServerConfig, ConfigError> {
+        let config: ServerConfig = toml::from_str(text).map_err(|err| ConfigError::Parse {
+            path: String::new(),
+            message: err.to_string(),
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Checks every setting's range.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let limits = &self.limits;
+        for (name, value) in [
+            (
+                "limits.requests_in_flight_max",
+                limits.requests_in_flight_max,
+            ),
+            (
+                "limits.ledger_queue_depth_max",
+                limits.ledger_queue_depth_max,
+            ),
+            ("limits.ledger_batch_size_max", limits.ledger_batch_size_max),
+            (
+                "limits.stream_taps_in_flight_max",
+                limits.stream_taps_in_flight_max,
+            ),
+            ("limits.block_cache_mib", limits.block_cache_mib),
+            ("limits.write_buffers_mib", limits.write_buffers_mib),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+            }
+        }
+        if self.taps.journey_sweep_interval_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "taps.journey_sweep_interval_ms must be at least 1".into(),
+            ));
+        }
+        for (index, token) in self.token.iter().enumerate() {
+            let hex_ok = token.sha256.len() == 64
+                && token
+                    .sha256
+                    .bytes()
+                    .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte));
+            if !hex_ok {
+                return Err(ConfigError::Invalid(format!(
+                    "token {index} ({}): sha256 must be 64 lowercase hex digits",
+                    token.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The ledger's settings.
+    pub fn ledger_config(&self) -> LedgerConfig {
+        let mut config = LedgerConfig {
+            queue_depth_max: self.limits.ledger_queue_depth_max,
+            batch_size_max: self.limits.ledger_batch_size_max,
+            id_retention_ms: self.taps.id_retention_ms,
+            ..LedgerConfig::default()
+        };
+        config.store.block_cache_bytes = self.limits.block_cache_mib << 20;
+        config.store.write_buffers_bytes = self.limits.write_buffers_mib << 20;
+        config
+    }
+
+    /// The verifier's settings.
+    pub fn verifier_config(&self) -> VerifierConfig {
+        VerifierConfig {
+            code_validity_ms: self.verifier.code_validity_ms,
+            clock_skew_ms: self.verifier.clock_skew_ms,
+            credential_cache_entries_max: self.verifier.credential_cache_entries_max,
+        }
+    }
+
+    /// The scan time limits.
+    pub fn scan_time_limits(&self) -> ScanTimeLimits {
+        ScanTimeLimits {
+            future_max_ms: self.taps.scan_time_future_max_ms,
+            past_max_ms: self.taps.scan_time_past_max_ms,
+        }
+    }
+}
+
+/// The SHA-256 of a bearer token, as hex: what the configuration lists.
+pub fn token_sha256_hex(token: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    digest
+        .as_ref()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_every_default() {
+        assert_eq!(
+            ServerConfig::from_toml("").unwrap(),
+            ServerConfig::default()
+        );
+    }
+
+    #[test]
+    fn unknown_settings_and_bad_values_are_refused_with_their_names() {
+        let unknown = ServerConfig::from_toml("listen_port = 5").unwrap_err();
+        assert!(unknown.to_string().contains("listen_port"), "{unknown}");
+        let zero = ServerConfig::from_toml("[limits]\nrequests_in_flight_max = 0").unwrap_err();
+        assert!(
+            zero.to_string().contains("limits.requests_in_flight_max"),
+            "{zero}"
+        );
+        let bad_hash =
+            ServerConfig::from_toml("[[token]]\nrole = \"gate\"\nsha256 = \"abc\"").unwrap_err();
+        assert!(bad_hash.to_string().contains("sha256"), "{bad_hash}");
+        let bad_role =
+            ServerConfig::from_toml("[[token]]\nrole = \"root\"\nsha256 = \"abc\"").unwrap_err();
+        assert!(bad_role.to_string().contains("root"), "{bad_role}");
+    }
+
+    #[test]
+    fn token_hashes_are_sha256_hex() {
+        // SHA-256("abc"), from FIPS 180-2.
+        assert_eq!(
+            token_sha256_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

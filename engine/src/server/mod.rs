@@ -1,0 +1,261 @@
+//! The running engine: `fareway serve` opens the ledger with the fares, loads the issuer
+//! keys, and serves gRPC (gate, admin, health, reflection) and Prometheus metrics until it
+//! is told to stop; a sweeper closes journeys entered and never exited.
+//!
+//! Shutdown is graceful: health turns NOT_SERVING, the listener stops accepting, calls in
+//! flight finish (up to a grace period), the sweeper stops, and the ledger's writer drains
+//! its queue before the process exits. Every answer given was already synced to disk.
+
+pub mod config;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use crate::clock::Clock;
+use crate::fares::FareTable;
+use crate::gate::GateService;
+use crate::grpc;
+use crate::ledger::{Ledger, Rules};
+use crate::token::{IssuerRegistry, Verifier};
+
+use self::config::ServerConfig;
+use self::metrics::Metrics;
+
+/// A server that is running: its addresses, and how to stop it.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// The gRPC address (with the real port when the configuration said port 0).
+    pub addr: SocketAddr,
+    /// The metrics address, if metrics are on.
+    pub metrics_addr: Option<SocketAddr>,
+    gate: Arc<GateService>,
+    health: tonic_health::server::HealthReporter,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    sweeper: JoinHandle<()>,
+    metrics_server: Option<JoinHandle<std::io::Result<()>>>,
+    grace: Duration,
+}
+
+/// Starts a server as configured, with `clock` as its time. Returns once it listens.
+pub async fn start(config: ServerConfig, clock: Arc<dyn Clock>) -> anyhow::Result<RunningServer> {
+    let fares_text = std::fs::read_to_string(&config.fares_file)
+        .with_context(|| format!("cannot read fares file {}", config.fares_file.display()))?;
+    let fares = Arc::new(
+        FareTable::from_toml(&fares_text)
+            .with_context(|| format!("fares file {}", config.fares_file.display()))?,
+    );
+    let registry = IssuerRegistry::load(&config.issuer_keys_file)?;
+    let verifier = Arc::new(Verifier::new(config.verifier_config(), registry));
+    let rules = Rules {
+        fares: Some(Arc::clone(&fares)),
+        code_retry_window_ms: config.taps.code_retry_window_ms,
+    };
+    let ledger_config = config.ledger_config();
+    let data_dir = config.data_dir.clone();
+    let ledger = tokio::task::spawn_blocking(move || {
+        Ledger::open_with_rules(&data_dir, ledger_config, rules)
+    })
+    .await
+    .context("ledger open task failed")??;
+    let ledger = Arc::new(ledger);
+    let gate = Arc::new(GateService::new(
+        Arc::clone(&verifier),
+        Arc::clone(&ledger),
+        fares,
+        Arc::clone(&clock),
+        config.scan_time_limits(),
+    ));
+    let metrics = Arc::new(Metrics::new());
+    let in_flight = Arc::new(Semaphore::new(config.limits.requests_in_flight_max));
+    let authenticator = grpc::auth::Authenticator::new(&config.token);
+    let gate_api = grpc::gate::GateApi::new(
+        Arc::clone(&gate),
+        Arc::clone(&in_flight),
+        Arc::clone(&metrics),
+        config.limits.stream_taps_in_flight_max,
+    );
+    let admin_api = grpc::admin::AdminApi::new(
+        Arc::clone(&ledger),
+        verifier,
+        clock,
+        config.issuer_keys_file.clone(),
+        in_flight,
+        Arc::clone(&metrics),
+    );
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<fareway_proto::v1::gate_service_server::GateServiceServer<grpc::gate::GateApi>>()
+        .await;
+    health
+        .set_serving::<fareway_proto::v1::admin_service_server::AdminServiceServer<grpc::admin::AdminApi>>()
+        .await;
+    let routes = grpc::routes(gate_api, admin_api, &authenticator, health_service)
+        .context("cannot build server reflection")?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = watch::channel(false);
+    let wait_for_stop = |mut stopped: watch::Receiver<bool>| async move {
+        // Either a stop or a dropped sender ends the wait.
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+
+    let metrics_server = match config.metrics_listen {
+        Some(metrics_listen) => {
+            let listener = tokio::net::TcpListener::bind(metrics_listen)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {metrics_listen}"))?;
+            let metrics_addr = listener.local_addr()?;
+            let ledger = Arc::clone(&ledger);
+            let metrics = Arc::clone(&metrics);
+            let render = Arc::new(move || metrics.render(ledger.stats()));
+            let shutdown = wait_for_stop(stopped.clone());
+            Some((
+                metrics_addr,
+                tokio::spawn(metrics::serve(listener, render, shutdown)),
+            ))
+        }
+        None => None,
+    };
+
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let shutdown = wait_for_stop(stopped.clone());
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, shutdown),
+    );
+    let sweeper = tokio::spawn(sweep_journeys(
+        Arc::clone(&gate),
+        Duration::from_millis(config.taps.journey_sweep_interval_ms),
+        stopped,
+    ));
+    drop(ledger);
+    tracing::info!(
+        %addr,
+        metrics = %metrics::describe(metrics_server.as_ref().map(|(addr, _)| *addr)),
+        data_dir = %config.data_dir.display(),
+        "fareway serving"
+    );
+    Ok(RunningServer {
+        addr,
+        metrics_addr: metrics_server.as_ref().map(|(addr, _)| *addr),
+        gate,
+        health,
+        stop,
+        server,
+        sweeper,
+        metrics_server: metrics_server.map(|(_, task)| task),
+        grace: Duration::from_millis(config.limits.shutdown_grace_ms),
+    })
+}
+
+impl RunningServer {
+    /// The gate service (for in-process checks and benchmarks).
+    pub fn gate(&self) -> &Arc<GateService> {
+        &self.gate
+    }
+
+    /// Stops gracefully: see the module documentation.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let RunningServer {
+            gate,
+            health,
+            stop,
+            server,
+            sweeper,
+            metrics_server,
+            grace,
+            ..
+        } = self;
+        health
+            .set_not_serving::<fareway_proto::v1::gate_service_server::GateServiceServer<grpc::gate::GateApi>>()
+            .await;
+        let _ = stop.send(true);
+        let server_result = match tokio::time::timeout(grace, server).await {
+            Ok(joined) => joined
+                .context("server task failed")?
+                .context("gRPC server failed"),
+            Err(_) => {
+                tracing::warn!(
+                    grace_ms = grace.as_millis() as u64,
+                    "calls still in flight after the grace period; stopping anyway"
+                );
+                Ok(())
+            }
+        };
+        let _ = sweeper.await;
+        if let Some(task) = metrics_server {
+            let _ = tokio::time::timeout(grace, task).await;
+        }
+        // The ledger closes when its last holder goes: its writer drains the queue first.
+        let ledger = Arc::clone(gate.ledger());
+        drop(gate);
+        match Arc::try_unwrap(ledger) {
+            Ok(mut ledger) => tokio::task::spawn_blocking(move || ledger.shutdown())
+                .await
+                .context("ledger shutdown task failed")?,
+            Err(_) => {
+                tracing::warn!("the ledger is still in use; it closes when the last call ends")
+            }
+        }
+        tracing::info!("fareway stopped");
+        server_result
+    }
+}
+
+/// Every interval, closes journeys entered and never exited, until told to stop.
+async fn sweep_journeys(
+    gate: Arc<GateService>,
+    interval: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+        match gate.sweep_journeys().await {
+            Ok(0) => {}
+            Ok(closed) => tracing::info!(closed, "closed journeys with no exit"),
+            Err(err) => tracing::warn!(cause = %err, "journey sweep failed; it runs again"),
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(signal) => signal,
+            Err(err) => {
+                tracing::warn!(cause = %err, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

@@ -1,0 +1,697 @@
+//! The gate service end to end: a real server on 127.0.0.1 with a real RocksDB in a
+//! temporary folder, driven over real gRPC. The sample city: Harbour (101) to Airport
+//! (104) costs 700, Harbour to Central (100) 300, bus route 501 costs 200, the maximum
+//! fare is 900, a transfer within 90 minutes saves 100.
+
+#![allow(clippy::unwrap_used)]
+
+use fareway::clock::UnixMillis;
+use fareway::ledger::{LedgerConfig, audit};
+use fareway::token::mint::Issuer;
+use fareway::token::vectors;
+use fareway_proto::v1 as pb;
+use fareway_tests::server::{
+    ADMIN_TOKEN, AdminClient, FINANCE_TOKEN, GATE_TOKEN, T, TestServer, phone, phone_of, tap, tx,
+};
+use tonic::Code;
+
+const MINUTE_MS: u64 = 60_000;
+
+fn at(minutes: u64) -> UnixMillis {
+    T.saturating_add(minutes * MINUTE_MS)
+}
+
+/// Opens an account of provider 1 and tops it up.
+async fn open_account(admin: &mut AdminClient, id_base: u128, account_id: u64, balance: i64) {
+    let opened = admin
+        .open_account(pb::OpenAccountRequest {
+            transaction_id: tx(id_base),
+            account_id,
+            provider_id: 1,
+            credit_limit_minor: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(opened.accepted, "{opened:?}");
+    if balance > 0 {
+        let topped = admin
+            .top_up(pb::TopUpRequest {
+                transaction_id: tx(id_base + 1),
+                account_id,
+                amount_minor: balance,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(topped.balance_after_minor, Some(balance));
+    }
+}
+
+fn accepted(response: &pb::TapResponse) -> bool {
+    response.decision == pb::TapDecision::Accepted as i32
+}
+
+/// A full metro journey and a bus ride: fares, balances, journeys and the statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metro_journey_and_a_bus_ride_are_priced_and_charged() {
+    let server = TestServer::start(|_| {}).await;
+    let mut admin = server.admin(Some(ADMIN_TOKEN)).await;
+    let mut gate = server.gate(Some(GATE_TOKEN)).await;
+    open_account(&mut admin, 1, 1001, 2_000).await;
+    let mut phone = phone(1001, 7);
+
+    server.clock.set(at(0));
+    let entry = gate
+        .tap(tap(
+            10,
+            11,
+            pb::Direction::Entry,
+            101,
+            at(0),
+            phone.code_text(at(0)),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(accepted(&entry), "{entry:?}");
+    assert_eq!(entry.fare_minor, 0);
+    assert_eq!(entry.balance_after_minor, Some(2_000));
+    assert_ne!(entry.journey_id, 0);
+    assert!(!entry.replay);
+
+    server.clock.set(at(40));
+    let exit = gate
+        .tap(tap(
+            11,
+            12,
+            pb::Direction::Exit,
+            104,
+            at(40),
+            phone.code_text(at(40)),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(accepted(&exit), "{exit:?}");
+    assert_eq!(exit.fare_minor, 700);
+    assert_eq!(exit.balance_after_minor, Some(1_300));
+    assert_eq!(exit.journey_id, entry.journey_id);
+    assert_eq!(exit.transaction_id, tx(11));
+
+    // A bus 50 minutes after the journey started: a transfer, 200 - 100.
+    server.clock.set(at(50));
+    let bus = gate
+        .tap(tap(
+            12,
+            31,
+            pb::Direction::Bus,
+            501,
+            at(50),
+            phone.code_text(at(50)),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(accepted(&bus), "{bus:?}");
+    assert_eq!(bus.fare_minor, 100);
+    assert_eq!(bus.balance_after_minor, Some(1_200));
+
+    let balance = admin
+        .get_balance(pb::GetBalanceRequest { account_id: 1001 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(balance.balance_minor, 1_200);
+    assert_eq!(balance.status, pb::AccountStatus::Active as i32);
+    let statement = admin
+        .get_statement(pb::GetStatementRequest {
+            account_id: 1001,
+            after_sequence: 0,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let lines: Vec<(String, i64, i64)> = statement
+        .lines
+        .iter()
+        .map(|line| {
+            (
+                line.kind.clone(),
+                line.amount_minor,
+                line.balance_after_minor,
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            ("top_up".to_string(), 2_000, 2_000),
+            ("metro_exit".to_string(), -700, 1_300),
+            ("bus".to_string(), -100, 1_200),
+        ]
+    );
+    assert_eq!(statement.next_after_sequence, 0);
+
+    // After a graceful stop the data directory passes the audit.
+    let (config, _folder, _clock) = server.stop().await;
+    let ledger = fareway::ledger::Ledger::open(&config.data_dir, LedgerConfig::default()).unwrap();
+    let report = audit::audit(ledger.db()).unwrap();
+    assert!(report.ok(), "{:?}", report.violations);
+    assert_eq!(report.balance_sum, 0);
+}
+
+/// Every rejection reason of the published vectors comes back as that reason over gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_code_rejection_reason_is_answered_with_its_code() {
+    let server = TestServer::start(|_| {}).await;
+    let mut admin = server.admin(Some(ADMIN_TOKEN)).await;
+    let mut gate = server.gate(Some(GATE_TOKEN)).await;
+    // The vectors' deny-listed rider is deny-listed in the ledger.
+    open_account(&mut admin, 1, 6666, 1_000).await;
+    let denied = admin
+        .add_deny_list_entry(pb::AccountRequest {
+            transaction_id: tx(3),
+            account_id: 6666,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(denied.accepted);
+    let file = vectors::generate();
+    let mut checked = 0;
+    for (index, vector) in file.vectors.iter().enumerate() {
+        let Some(reason) = &vector.reason else {
+            continue;
+        };
+        let scan_time = UnixMillis(vector.now_ms);
+        server.clock.set(scan_time);
+        let id = 100 + index as u128;
+        let answer = gate
+            .tap(tap(
+                id,
+                5,
+                pb::Direction::Entry,
+                101,
+                scan_time,
+                vector.text.clone(),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!accepted(&answer), "{}: {answer:?}", vector.name);
+        assert_eq!(&answer.reason_code, reason, "{}", vector.name);
+        assert_ne!(
+            answer.reason,
+            pb::TapReason::Unspecified as i32,
+            "{}",
+            vector.name
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 19);
+}
+
+/// The ledger's reasons: unknown account, closed, deny-listed, broke, unknown places.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_account_and_place_rejection_is_answered_with_its_code() {
+    let server = TestServer::start(|_| {}).await;
+    let mut admin = server.admin(Some(ADMIN_TOKEN)).await;
+    let mut gate = server.gate(Some(GATE_TOKEN)).await;
+    open_account(&mut admin, 1, 501, 0).await; // broke
+    open_account(&mut admin, 3, 502, 1_000).await; // deny-listed below
+    open_account(&mut admin, 5, 503, 0).await; // closed below
+    open_account(&mut admin, 7, 504, 1_000).await; // for unknown places
+    admin
+        .add_deny_list_entry(pb::AccountRequest {
+            transaction_id: tx(9),
+            account_id: 502,
+        })
+        .await
+        .unwrap();
+    let closed = admin
+        .close_account(pb::AccountRequest {
+            transaction_id: tx(10),
+            account_id: 503,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(closed.accepted, "{closed:?}");
+    let cases = [
+        (500, pb::Direction::Entry, 101, "unknown_account"),
+        (501, pb::Direction::Entry, 101, "credit_limit_exceeded"),
+        (502, pb::Direction::Entry, 101, "account_denied"),
+        (503, pb::Direction::Entry, 101, "account_closed"),
+        (504, pb::Direction::Entry, 999, "unknown_station"),
+        (504, pb::Direction::Bus, 999, "unknown_route"),
+    ];
+    for (index, (account, direction, place, reason)) in cases.into_iter().enumerate() {
+        let code = phone(account, index as u8 + 1).code_text(T);
+        let answer = gate
+            .tap(tap(100 + index as u128, 5, direction, place, T, code))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!accepted(&answer), "{reason}: {answer:?}");
+        assert_eq!(answer.reason_code, reason);
+    }
+    assert_eq!(
+        admin
+            .get_balance(pb::GetBalanceRequest { account_id: 502 })
+            .await
+            .unwrap()
+            .into_inner()
+            .status,
+        pb::AccountStatus::Denied as i32
+    );
+}
+
+/// A gate retrying gets the original answer; the code elsewhere is a replay; an id with
+/// other content is ALREADY_EXISTS; a malformed request is INVALID_ARGUMENT naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_replays_conflicts_and_malformed_requests() {
+    let server = TestServer::start(|_| {}).await;
+    let mut admin = server.admin(Some(ADMIN_TOKEN)).await;
+    let mut gate = server.gate(Some(GATE_TOKEN)).await;
+    open_account(&mut admin, 1, 1001, 2_000).await;
+    let code = phone(1001, 7).code_text(T);
+    let first = tap(10, 31, pb::Direction::Bus, 501, T, code.clone());
+    let answer = gate.tap(first.clone()).await.unwrap().into_inner();
+    assert_eq!(answer.fare_minor, 200);
+    assert!(!answer.replay);
+
+    // The same id again (a retry after a timeout): the same answer, marked a replay.
+    let retry = gate.tap(first.clone()).await.unwrap().into_inner();
+    assert!(retry.replay);
+    assert_eq!(retry.fare_minor, 200);
+    assert_eq!(retry.balance_after_minor, Some(1_800));
+    // The same code at the same gate under a new id (scanned twice): the original answer.
+    let twice = gate
+        .tap(tap(11, 31, pb::Direction::Bus, 501, T, code.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(accepted(&twice) && twice.replay, "{twice:?}");
+    assert_eq!(twice.journey_id, answer.journey_id);
+    // The same code at another gate: a replay, rejected.
+    let elsewhere = gate
+        .tap(tap(12, 32, pb::Direction::Bus, 501, T, code.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(elsewhere.reason_code, "code_reused");
+    // The first id with other content.
+    let conflict = gate
+        .tap(tap(10, 33, pb::Direction::Bus, 501, T, code.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(conflict.code(), Code::AlreadyExists, "{conflict:?}");
+    assert!(conflict.message().contains("gate_id"), "{conflict:?}");
+    let balance = admin
+        .get_balance(pb::GetBalanceRequest { account_id: 1001 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(balance.balance_minor, 1_800);
+
+    let mut short_id = first.clone();
+    short_id.transaction_id = vec![1; 15];
+    let mut no_direction = first.clone();
+    no_direction.direction = 0;
+    let mut future = first.clone();
+    future.transaction_id = tx(20);
+    future.scan_time_ms = at(10).0;
+    for (request, field) in [
+        (short_id, "transaction_id"),
+        (no_direction, "direction"),
+        (future, "scan_time_ms"),
+    ] {
+        let status = gate.tap(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().starts_with(field), "{status:?}");
+    }
+    // Admin input too: a top-up of zero names its field.
+    let zero = admin
+        .top_up(pb::TopUpRequest {
+            transaction_id: tx(30),
+            account_id: 1001,
+            amount_minor: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(zero.code(), Code::InvalidArgument);
+    assert!(zero.message().starts_with("amount_minor"), "{zero:?}");
+}
+
+/// Each role against each service, and no token or a wrong one: the exact status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_reaches_only_its_services() {
+    let server = TestServer::start(|_| {}).await;
+    let tokens = [
+        (None, "none"),
+        (Some("not-a-configured-token"), "wrong"),
+        (Some(GATE_TOKEN), "gate"),
+        (Some(FINANCE_TOKEN), "finance"),
+        (Some(ADMIN_TOKEN), "admin"),
+    ];
+    for (token, who) in tokens {
+        let mut gate = server.gate(token).await;
+        let gate_result = gate
+            .tap(tap(1, 1, pb::Direction::Bus, 501, T, "X".into()))
+            .await
+            .map(|_| Code::Ok)
+            .unwrap_or_else(|status| status.code());
+        let mut admin = server.admin(token).await;
+        let admin_result = admin
+            .get_balance(pb::GetBalanceRequest { account_id: 1 })
+            .await
+            .map(|_| Code::Ok)
+            .unwrap_or_else(|status| status.code());
+        let top_up_result = admin
+            .top_up(pb::TopUpRequest {
+                transaction_id: tx(2),
+                account_id: 1,
+                amount_minor: 5,
+            })
+            .await
+            .map(|_| Code::Ok)
+            .unwrap_or_else(|status| status.code());
+        let expected = match who {
+            "none" | "wrong" => (Code::Unauthenticated, Code::Unauthenticated),
+            // The gate passes the gate service (a bad code is an answer, not an error).
+            "gate" => (Code::Ok, Code::PermissionDenied),
+            "finance" => (Code::PermissionDenied, Code::PermissionDenied),
+            // No account 1: NOT_FOUND means the call passed the role check.
+            _ => (Code::PermissionDenied, Code::NotFound),
+        };
+        assert_eq!((gate_result, admin_result), expected, "{who}");
+        let top_up_expected = match who {
+            "none" | "wrong" => Code::Unauthenticated,
+            "admin" => Code::Ok,
+            _ => Code::PermissionDenied,
+        };
+        assert_eq!(top_up_result, top_up_expected, "{who} top-up");
+    }
+}
+
+/// The standard health service answers without a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_service_says_serving() {
+    let server = TestServer::start(|_| {}).await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    for service in ["", "fareway.v1.GateService", "fareway.v1.AdminService"] {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service:?}"
+        );
+    }
+    let unknown = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+}
+
+/// A stream of taps: every answer comes back, matched by transaction id, with faults
+/// reported per tap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tap_stream_answers_every_tap_by_transaction_id() {
+    let server = TestServer::start(|_| {}).await;
+    let mut admin = server.admin(Some(ADMIN_TOKEN)).await;
+    let mut gate = server.gate(Some(GATE_TOKEN)).await;
+    let riders = 20u64;
+    let mut requests = Vec::new();
+    for rider in 0..riders {
+        open_account(
+            &mut admin,
+            1_000 + u128::from(rider) * 2,
+            2_000 + rider,
+            1_000,
+        )
+        .await;
+        let mut phone = phone(2_000 + rider, rider as u8 + 1);
+        requests.push(tap(
+            10_000 + u128::from(rider),
+            40,
+            pb::Direction::Bus,
+            501,
+            T,
+            phone.code_text(T),
+        ));
+    }
+    // One malformed tap: its fault comes back as its answer.
+    let mut malformed = requests[0].clone();
+    malformed.transaction_id = tx(99_999);
+    malformed.direction = 0;
+    requests.push(malformed);
+    let sent = requests.len();
+    let mut answers = gate
+        .tap_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut by_id = std::collections::HashMap::new();
+    while let Some(answer) = answers.message().await.unwrap() {
+        by_id.insert(answer.transaction_id.clone(), answer);
+    }
+    assert_eq!(by_id.len(), sent);
+    for rider in 0..riders {
+        let answer = &by_id[&tx(10_000 + u128::from(rider))];
+        assert!(accepted(answer), "{answer:?}");
+        assert_eq!(answer.fare_minor, 200);
+        assert_eq!(answer.balance_after_minor, Some(800));
+    }
+    let fault = by_id[&tx(99_999)].error.as_ref().unwrap();
+    assert_eq!(fault.code, Code::InvalidArgument as i32);
+    assert!(fault.message.starts_with("direction"), "{fault:?}");
+}
+
+/// An entry never exited is closed by the sweeper with the maximum fare, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_charges_a_journey_with_no_exit_once() {
+    let server = TestServer::start(|config| config.taps.journey_sweep_interval_ms = 20).await;
+    let mut admin = server.admin(Some(ADMIN_TOKEN)).await;
+    let mut gate = server.gate(Some(GATE_TOKEN)).await;
+    open_account(&mut admin, 1, 1001, 2_000).await;
+    let entry = gate
+        .tap(tap(
+            10,
+            11,
+            pb::Direction::Entry,
+            101,
+            T,
+            phone(1001, 7).code_text(T),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(accepted(&entry));
+    // Four hours and a minute later the journey is incomplete.
+    server.clock.set(at(4 * 60 + 1));
+    let mut balance = 2_000;
+    for _ in 0..250 {
+        balance = admin
+            .get_balance(pb::GetBalanceRequest { account_id: 1001 })
+            .await
+            .unwrap()
+            .into_inner()
+            .balance_minor;
+        if balance != 2_000 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(balance, 1_100);
+    // More sweeps change nothing.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let statement = admin
+        .get_statement(pb::GetStatementRequest {
+            account_id: 1001,
+            after_sequence: 0,
+            limit: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let kinds: Vec<&str> = statement
+        .lines
+        .iter()
+        .map(|line| line.kind.as_str())
+        .collect();
+    assert_eq!(kinds, vec!["top_up", "close_journey"]);
+    assert_eq!(statement.lines[1].journey_id, entry.journey_id);
+}
+
+/// Keys registered and revoked through the admin API take effect at once and survive a
+/// restart, as do accounts and open journeys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuer_keys_change_through_the_admin_api_and_survive_a_restart() {
+    let server = TestServer::start(|_| {}).await;
+    let mut admin = server.admin(Some(ADMIN_TOKEN)).await;
+    let mut gate = server.gate(Some(GATE_TOKEN)).await;
+    let issuer = Issuer::from_seed(3, [33; 32]);
+    let register = pb::RegisterIssuerKeyRequest {
+        transaction_id: tx(1),
+        provider_id: 3,
+        provider_name: "tram-wallet".into(),
+        public_key: issuer.public_key().to_vec(),
+    };
+    let registered = admin
+        .register_issuer_key(register.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(registered.key_id, issuer.key_id());
+    assert!(!registered.revoked);
+    // Registering it again changes nothing.
+    assert_eq!(
+        admin
+            .register_issuer_key(register)
+            .await
+            .unwrap()
+            .into_inner(),
+        registered
+    );
+    let opened = admin
+        .open_account(pb::OpenAccountRequest {
+            transaction_id: tx(2),
+            account_id: 3003,
+            provider_id: 3,
+            credit_limit_minor: 500,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(opened.accepted);
+    let mut phone = phone_of(&issuer, 3003, 9);
+    let entry = gate
+        .tap(tap(
+            10,
+            11,
+            pb::Direction::Entry,
+            101,
+            T,
+            phone.code_text(T),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(accepted(&entry), "{entry:?}");
+
+    let revoked = admin
+        .revoke_issuer_key(pb::RevokeIssuerKeyRequest {
+            transaction_id: tx(3),
+            provider_id: 3,
+            key_id: issuer.key_id(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(revoked.revoked);
+    let after = gate
+        .tap(tap(11, 12, pb::Direction::Exit, 100, T, phone.code_text(T)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.reason_code, "revoked_issuer_key");
+    let unknown = admin
+        .revoke_issuer_key(pb::RevokeIssuerKeyRequest {
+            transaction_id: tx(4),
+            provider_id: 3,
+            key_id: 12345,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    // Restart on the same folder: the key is still revoked, the journey still open.
+    let (config, folder, clock) = server.stop().await;
+    let server = TestServer::start_with(config, folder, clock).await;
+    let mut gate = server.gate(Some(GATE_TOKEN)).await;
+    let still = gate
+        .tap(tap(12, 12, pb::Direction::Exit, 100, T, phone.code_text(T)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(still.reason_code, "revoked_issuer_key");
+    let mut admin = server.admin(Some(ADMIN_TOKEN)).await;
+    admin
+        .register_issuer_key(pb::RegisterIssuerKeyRequest {
+            transaction_id: tx(5),
+            provider_id: 3,
+            provider_name: String::new(),
+            public_key: Issuer::from_seed(3, [34; 32]).public_key().to_vec(),
+        })
+        .await
+        .unwrap();
+    let new_issuer = Issuer::from_seed(3, [34; 32]);
+    let mut new_phone = phone_of(&new_issuer, 3003, 10);
+    let exit = gate
+        .tap(tap(
+            13,
+            12,
+            pb::Direction::Exit,
+            100,
+            T,
+            new_phone.code_text(T),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(accepted(&exit), "{exit:?}");
+    assert_eq!(exit.journey_id, entry.journey_id);
+    assert_eq!(exit.fare_minor, 300);
+}
+
+/// The Prometheus endpoint counts taps by decision and reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_taps_by_decision_and_reason() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let server = TestServer::start(|_| {}).await;
+    let mut admin = server.admin(Some(ADMIN_TOKEN)).await;
+    let mut gate = server.gate(Some(GATE_TOKEN)).await;
+    open_account(&mut admin, 1, 1001, 2_000).await;
+    gate.tap(tap(
+        10,
+        31,
+        pb::Direction::Bus,
+        501,
+        T,
+        phone(1001, 7).code_text(T),
+    ))
+    .await
+    .unwrap();
+    gate.tap(tap(11, 31, pb::Direction::Bus, 501, T, "%%%".into()))
+        .await
+        .unwrap();
+    let addr = server.running.as_ref().unwrap().metrics_addr.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    for line in [
+        "fareway_taps_total{decision=\"accepted\",reason=\"none\"} 1",
+        "fareway_taps_total{decision=\"rejected\",reason=\"bad_encoding\"} 1",
+        "fareway_tap_latency_seconds_count 2",
+        "fareway_ledger_queue_depth 0",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+}
