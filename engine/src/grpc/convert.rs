@@ -213,7 +213,8 @@ mod tests {
         let input = tap_input(valid()).unwrap();
         assert_eq!(input.kind, TapKind::MetroEntry { station: 101 });
         assert_eq!(input.id, TxId(u128::from_be_bytes([7; 16])));
-        let cases: [(fn(&mut pb::TapRequest), &str); 6] = [
+        type Spoil = fn(&mut pb::TapRequest);
+        let cases: [(Spoil, &str); 6] = [
             (|r| r.transaction_id = vec![1; 15], "transaction_id"),
             (|r| r.direction = 0, "direction"),
             (|r| r.direction = 99, "direction"),
