@@ -92,6 +92,18 @@ impl AdminApi {
         )))
     }
 
+    async fn set_status(
+        &self,
+        request: pb::AccountRequest,
+        status: AccountStatus,
+    ) -> Result<Response<pb::AdminReceipt>, Status> {
+        let command = Command::SetStatus {
+            account_id: request.account_id,
+            status,
+        };
+        self.submit(&request.transaction_id, command).await
+    }
+
     /// Changes the key registry and writes it to the key file (temporary file, then
     /// rename), so that a restart sees the change. The registry is changed only if the
     /// file could be written.
@@ -200,12 +212,8 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         request: Request<pb::AccountRequest>,
     ) -> Result<Response<pb::AdminReceipt>, Status> {
-        let request = request.into_inner();
-        let command = Command::SetStatus {
-            account_id: request.account_id,
-            status: AccountStatus::Closed,
-        };
-        self.submit(&request.transaction_id, command).await
+        self.set_status(request.into_inner(), AccountStatus::Closed)
+            .await
     }
 
     async fn top_up(
@@ -237,24 +245,16 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         request: Request<pb::AccountRequest>,
     ) -> Result<Response<pb::AdminReceipt>, Status> {
-        let request = request.into_inner();
-        let command = Command::SetStatus {
-            account_id: request.account_id,
-            status: AccountStatus::Denied,
-        };
-        self.submit(&request.transaction_id, command).await
+        self.set_status(request.into_inner(), AccountStatus::Denied)
+            .await
     }
 
     async fn remove_deny_list_entry(
         &self,
         request: Request<pb::AccountRequest>,
     ) -> Result<Response<pb::AdminReceipt>, Status> {
-        let request = request.into_inner();
-        let command = Command::SetStatus {
-            account_id: request.account_id,
-            status: AccountStatus::Active,
-        };
-        self.submit(&request.transaction_id, command).await
+        self.set_status(request.into_inner(), AccountStatus::Active)
+            .await
     }
 
     async fn get_balance(
