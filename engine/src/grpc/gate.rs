@@ -147,3 +147,26 @@ impl pb::gate_service_server::GateService for GateApi {
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_past_the_in_flight_limit_is_shed_at_once_with_resource_exhausted() {
+        let metrics = Metrics::new();
+        let limit = Arc::new(Semaphore::new(1));
+        let held = admit(&limit, &metrics, "requests").unwrap();
+        let shed = admit(&limit, &metrics, "requests").unwrap_err();
+        assert_eq!(shed.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            shed.metadata().get(convert::ERROR_CODE_METADATA).unwrap(),
+            "overloaded"
+        );
+        let stats = crate::ledger::WriterStats::default();
+        assert!(metrics.render(&stats).contains("fareway_requests_shed_total 1"));
+        // The permit comes back when the call ends.
+        drop(held);
+        assert!(admit(&limit, &metrics, "requests").is_ok());
+    }
+}
