@@ -164,7 +164,11 @@ mod tests {
             "overloaded"
         );
         let stats = crate::ledger::WriterStats::default();
-        assert!(metrics.render(&stats).contains("fareway_requests_shed_total 1"));
+        assert!(
+            metrics
+                .render(&stats)
+                .contains("fareway_requests_shed_total 1")
+        );
         // The permit comes back when the call ends.
         drop(held);
         assert!(admit(&limit, &metrics, "requests").is_ok());
