@@ -149,8 +149,7 @@ impl<'a> Batch<'a> {
     /// the batch, so on any error nothing of this request is in the batch.
     pub fn apply(&mut self, request: &Request) -> Result<Receipt, LedgerError> {
         if let Some((sequence, record)) = self.find(request.id)? {
-            let receipt = replay(request, sequence, record)?;
-            return self.resolve_duplicate(receipt);
+            return replay(request, sequence, record, |of| self.record_at(of));
         }
         let sequence = self.next_sequence;
 
@@ -319,30 +318,15 @@ impl<'a> Batch<'a> {
         );
         self.ids.insert(request.id, sequence);
         self.records.insert(sequence, record.clone());
-        self.resolve_duplicate(Receipt {
-            sequence,
-            record,
-            replay: false,
-        })
+        answer(sequence, record, false, |of| self.record_at(of))
     }
 
-    /// The answer to a duplicate scan is the original tap's, marked as a replay.
-    fn resolve_duplicate(&mut self, receipt: Receipt) -> Result<Receipt, LedgerError> {
-        let Outcome::Duplicate { of } = receipt.record.outcome else {
-            return Ok(receipt);
-        };
-        let record = match self.records.get(&of) {
-            Some(record) => record.clone(),
-            None => read_record(self.db, of)?.ok_or(LedgerError::Corrupt {
-                what: "duplicate tap",
-                problem: "points at a missing record",
-            })?,
-        };
-        Ok(Receipt {
-            sequence: of,
-            record,
-            replay: true,
-        })
+    /// A record of this batch or of the database, by sequence.
+    fn record_at(&self, sequence: u64) -> Result<Option<Record>, LedgerError> {
+        match self.records.get(&sequence) {
+            Some(record) => Ok(Some(record.clone())),
+            None => read_record(self.db, sequence),
+        }
     }
 
     /// Decides a request: its effects, or why it is refused, or that it is a duplicate.
@@ -641,7 +625,7 @@ impl<'a> Batch<'a> {
                         (fares.max_fare, now)
                     }
                 };
-                let fare = fares.charge(base, started_at.0, day.rider_day());
+                let fare = fares.charge(base, started_at.0, day.totals);
                 travel.last_trip_started_at = Some(started_at);
                 (fares.metro_operator_id, fare)
             }
@@ -652,7 +636,7 @@ impl<'a> Batch<'a> {
                 if account.status == AccountStatus::Denied {
                     return refused(Refusal::AccountDenied);
                 }
-                let fare = fares.charge(base, now.0, day.rider_day());
+                let fare = fares.charge(base, now.0, day.totals);
                 if !fits(fare) {
                     return refused(Refusal::CreditLimitExceeded);
                 }
@@ -952,10 +936,6 @@ struct TravelDay {
 }
 
 impl TravelDay {
-    fn rider_day(self) -> RiderDay {
-        self.totals
-    }
-
     /// For an incomplete journey's maximum fare: the daily cap applies, a transfer
     /// discount does not.
     fn without_transfer(self) -> RiderDay {
@@ -966,27 +946,39 @@ impl TravelDay {
     }
 }
 
-/// The receipt for a request whose id is already recorded, or the conflict.
-pub fn replay(request: &Request, sequence: u64, record: Record) -> Result<Receipt, LedgerError> {
-    match record.request.first_difference(request) {
-        Some(field) => Err(LedgerError::Conflict {
+/// The receipt for a request whose id is already recorded, or the conflict. A recorded
+/// duplicate scan is answered with the original tap's record, found by `original`.
+pub fn replay(
+    request: &Request,
+    sequence: u64,
+    record: Record,
+    original: impl FnOnce(u64) -> Result<Option<Record>, LedgerError>,
+) -> Result<Receipt, LedgerError> {
+    if let Some(field) = record.request.first_difference(request) {
+        return Err(LedgerError::Conflict {
             id: request.id,
             field,
-        }),
-        None => Ok(Receipt {
-            sequence,
-            record,
-            replay: true,
-        }),
+        });
     }
+    answer(sequence, record, true, original)
 }
 
-/// Outside a batch: the answer to a duplicate scan is the original tap's, as a replay.
-pub fn resolve_duplicate_in(db: &DB, receipt: Receipt) -> Result<Receipt, LedgerError> {
-    let Outcome::Duplicate { of } = receipt.record.outcome else {
-        return Ok(receipt);
+/// The answer a recorded transaction gives: itself, or for a duplicate scan the original
+/// tap (as a replay).
+fn answer(
+    sequence: u64,
+    record: Record,
+    replay: bool,
+    original: impl FnOnce(u64) -> Result<Option<Record>, LedgerError>,
+) -> Result<Receipt, LedgerError> {
+    let Outcome::Duplicate { of } = record.outcome else {
+        return Ok(Receipt {
+            sequence,
+            record,
+            replay,
+        });
     };
-    let record = read_record(db, of)?.ok_or(LedgerError::Corrupt {
+    let record = original(of)?.ok_or(LedgerError::Corrupt {
         what: "duplicate tap",
         problem: "points at a missing record",
     })?;

@@ -268,8 +268,10 @@ impl Ledger {
     /// joins the writer's queue, or is refused when the queue is full.
     fn enqueue(&self, request: Request) -> Result<Queued, LedgerError> {
         if let Some((sequence, record)) = apply::find_record(&self.db, request.id)? {
-            let receipt = apply::replay(&request, sequence, record)?;
-            return apply::resolve_duplicate_in(&self.db, receipt).map(Queued::Answered);
+            return apply::replay(&request, sequence, record, |of| {
+                apply::read_record(&self.db, of)
+            })
+            .map(Queued::Answered);
         }
         let queue = self.queue.as_ref().ok_or(LedgerError::Closed)?;
         let (reply, answer) = oneshot::channel();
