@@ -12,6 +12,7 @@ pub mod fares;
 pub mod gate;
 #[cfg(feature = "storage")]
 pub mod grpc;
+pub mod hex;
 #[cfg(feature = "storage")]
 pub mod ledger;
 pub mod money;

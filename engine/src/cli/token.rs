@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Subcommand;
 use fareway::clock::{Clock as _, SystemClock, UnixMillis};
+use fareway::hex::{self, HexError};
 use fareway::token::keys::encode_public_key;
 use fareway::token::mint::{Device, Issuer};
 use fareway::token::{Decision, IssuerRegistry, Verifier, VerifierConfig, format, vectors};
@@ -167,20 +168,11 @@ fn print_fields(text: &str) {
     }
 }
 
-fn parse_seed(hex: &str) -> anyhow::Result<[u8; 32]> {
-    anyhow::ensure!(
-        hex.len() == 64,
-        "a device seed is 64 hex digits, got {}",
-        hex.len()
-    );
-    let mut seed = [0u8; 32];
-    for (index, byte) in seed.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[index * 2..index * 2 + 2], 16).with_context(|| {
-            format!(
-                "device seed has a non-hex digit near position {}",
-                index * 2
-            )
-        })?;
-    }
-    Ok(seed)
+fn parse_seed(text: &str) -> anyhow::Result<[u8; 32]> {
+    hex::decode_32(text).map_err(|err| match err {
+        HexError::Length(length) => anyhow::anyhow!("a device seed is 64 hex digits, got {length}"),
+        HexError::Digit(position) => {
+            anyhow::anyhow!("device seed has a non-hex digit near position {position}")
+        }
+    })
 }

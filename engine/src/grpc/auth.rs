@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Status};
 
+use crate::hex;
 use crate::server::config::{Role, TokenEntry};
 
 /// The configured tokens.
@@ -19,7 +20,7 @@ impl Authenticator {
     pub fn new(entries: &[TokenEntry]) -> Authenticator {
         let tokens = entries
             .iter()
-            .filter_map(|entry| Some((decode_hex_32(&entry.sha256)?, entry.role)))
+            .filter_map(|entry| Some((hex::decode_32(&entry.sha256).ok()?, entry.role)))
             .collect();
         Authenticator {
             tokens: Arc::new(tokens),
@@ -75,15 +76,4 @@ impl Authenticator {
             }
         }
     }
-}
-
-fn decode_hex_32(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (index, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(index * 2..index * 2 + 2)?, 16).ok()?;
-    }
-    Some(out)
 }

@@ -355,12 +355,7 @@ impl ServerConfig {
 
 /// The SHA-256 of a bearer token, as hex: what the configuration lists.
 pub fn token_sha256_hex(token: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    digest
-        .as_ref()
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    crate::hex::encode(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
 }
 
 #[cfg(test)]

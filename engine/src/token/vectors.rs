@@ -449,11 +449,7 @@ pub fn vector(
                 sequence: code.sequence,
                 generated_at_ms: code.generated_at.0,
                 flags: code.flags,
-                code_fingerprint_hex: code
-                    .code_fingerprint
-                    .iter()
-                    .map(|byte| format!("{byte:02x}"))
-                    .collect(),
+                code_fingerprint_hex: crate::hex::encode(&code.code_fingerprint),
             }),
         ),
         Decision::Rejected(reason) => ("rejected", Some(reason.code().to_string()), None),
