@@ -8,7 +8,6 @@ use clap::Parser as _;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    cli::init_tracing(args.log_json(), args.default_log_level());
     match cli::run(args) {
         Ok(code) => code,
         Err(err) => {

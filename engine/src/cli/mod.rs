@@ -39,32 +39,21 @@ enum Command {
     Serve(serve::ServeArgs),
 }
 
-impl Cli {
-    /// Whether to log JSON: the flag, or `log_format = "json"` in the server's
-    /// configuration file (read again, with its errors reported, when the server starts).
-    pub fn log_json(&self) -> bool {
-        self.log_json
-            || matches!(&self.command, Command::Serve(args) if args.config_wants_json_logs())
-    }
-
-    /// The log level when `RUST_LOG` is not set: a server says what it does; a command
-    /// line tool speaks only of trouble.
-    pub fn default_log_level(&self) -> &'static str {
-        match self.command {
-            Command::Serve(_) => "info",
-            _ => "warn",
-        }
-    }
-}
-
-/// Runs the parsed command.
+/// Installs logging and runs the parsed command. The server installs its own, once its
+/// configuration file (which may ask for JSON) is read.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
+    let command = match cli.command {
+        Command::Serve(args) => return serve::run(args, cli.log_json),
+        command => command,
+    };
+    // A command line tool speaks only of trouble.
+    init_tracing(cli.log_json, "warn");
+    match command {
         Command::Keys(command) => keys::run(command),
         Command::Token(command) => token::run(command),
         Command::Audit(args) => audit::run(args),
         Command::Demo(args) => demo::run(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(_) => unreachable!("served above"),
     }
 }
 

@@ -22,23 +22,16 @@ pub struct ServeArgs {
     listen: Option<std::net::SocketAddr>,
 }
 
-impl ServeArgs {
-    /// Whether the configuration file asks for JSON logs.
-    pub fn config_wants_json_logs(&self) -> bool {
-        self.config
-            .as_deref()
-            .and_then(|path| ServerConfig::load(path).ok())
-            .is_some_and(|config| config.log_format == LogFormat::Json)
-    }
-}
-
 /// Runs the server. Prints `listening on ADDR` (and `metrics on ADDR`) on standard output
-/// once it accepts calls, for scripts and tests that start it on port 0.
-pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+/// once it accepts calls, for scripts and tests that start it on port 0. Logs JSON when
+/// `log_json` (the `--log-json` flag) or the configuration says so; a server says what it
+/// does (`info`) unless `RUST_LOG` says otherwise.
+pub fn run(args: ServeArgs, log_json: bool) -> anyhow::Result<ExitCode> {
     let mut config = match &args.config {
         Some(path) => ServerConfig::load(path)?,
         None => ServerConfig::default(),
     };
+    crate::cli::init_tracing(log_json || config.log_format == LogFormat::Json, "info");
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
