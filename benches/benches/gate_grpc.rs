@@ -82,7 +82,7 @@ fn main() {
         let mut next_id = 1_000_000u128;
         let mut mint = |count: usize| {
             let started = Instant::now();
-            let codes: Vec<(u128, u32, String)> = (0..count)
+            let codes: Vec<Code> = (0..count)
                 .map(|index| {
                     next_id += 1;
                     let rider = index % devices.len();
@@ -150,19 +150,52 @@ fn check(answer_accepted: bool, reason: &str) {
     assert!(answer_accepted, "a bench tap was rejected: {reason}");
 }
 
-async fn run_in_process(server: &TestServer, codes: Vec<(u128, u32, String)>) -> Run {
-    let gate = Arc::clone(server.running.as_ref().unwrap().gate());
+/// A code to tap with: transaction id, gate, code text.
+type Code = (u128, u32, String);
+
+/// Taps every code with at most [`IN_FLIGHT`] taps in flight, each by `tap_one`, which
+/// answers whether the tap was accepted and why not.
+async fn closed_loop<F, Answer>(name: &'static str, codes: Vec<Code>, tap_one: F) -> Run
+where
+    F: Fn(usize, Code) -> Answer,
+    Answer: std::future::Future<Output = (bool, String)> + Send + 'static,
+{
     let latency = Arc::new(Mutex::new(histogram()));
     let limit = Arc::new(Semaphore::new(IN_FLIGHT));
     let count = codes.len();
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(count);
-    for (id, gate_id, code_text) in codes {
+    for (index, code) in codes.into_iter().enumerate() {
         let permit = Arc::clone(&limit).acquire_owned().await.unwrap();
-        let gate = Arc::clone(&gate);
         let latency = Arc::clone(&latency);
+        let answer = tap_one(index, code);
         tasks.push(tokio::spawn(async move {
             let sent = Instant::now();
+            let (accepted, reason) = answer.await;
+            let elapsed = sent.elapsed().as_micros() as u64;
+            check(accepted, &reason);
+            latency.lock().unwrap().saturating_record(elapsed);
+            drop(permit);
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let latency_us = latency.lock().unwrap().clone();
+    Run {
+        name,
+        taps: count,
+        elapsed,
+        latency_us,
+    }
+}
+
+async fn run_in_process(server: &TestServer, codes: Vec<Code>) -> Run {
+    let gate = Arc::clone(server.running.as_ref().unwrap().gate());
+    closed_loop("in-process", codes, |_, (id, gate_id, code_text)| {
+        let gate = Arc::clone(&gate);
+        async move {
             let answer = gate
                 .tap(TapInput {
                     id: TxId(id),
@@ -173,73 +206,40 @@ async fn run_in_process(server: &TestServer, codes: Vec<(u128, u32, String)>) ->
                 })
                 .await
                 .unwrap();
-            let elapsed = sent.elapsed().as_micros() as u64;
-            check(answer.accepted, answer.reason.map_or("", |r| r.code()));
-            latency.lock().unwrap().saturating_record(elapsed);
-            drop(permit);
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let elapsed = started.elapsed();
-    let latency_us = latency.lock().unwrap().clone();
-    Run {
-        name: "in-process",
-        taps: count,
-        elapsed,
-        latency_us,
-    }
+            let reason = answer.reason.map_or("", |r| r.code()).to_string();
+            (answer.accepted, reason)
+        }
+    })
+    .await
 }
 
-async fn run_unary(server: &TestServer, codes: Vec<(u128, u32, String)>) -> Run {
+async fn run_unary(server: &TestServer, codes: Vec<Code>) -> Run {
     let mut clients = Vec::new();
     for _ in 0..CHANNELS {
         clients.push(server.gate(Some(GATE_TOKEN)).await);
     }
-    let latency = Arc::new(Mutex::new(histogram()));
-    let limit = Arc::new(Semaphore::new(IN_FLIGHT));
-    let count = codes.len();
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(count);
-    for (index, (id, gate_id, code_text)) in codes.into_iter().enumerate() {
-        let permit = Arc::clone(&limit).acquire_owned().await.unwrap();
+    closed_loop("unary", codes, |index, (id, gate_id, code_text)| {
         let mut client = clients[index % CHANNELS].clone();
-        let latency = Arc::clone(&latency);
-        tasks.push(tokio::spawn(async move {
-            let sent = Instant::now();
+        async move {
             let answer = client
                 .tap(tap(id, gate_id, pb::Direction::Bus, ROUTE, T, code_text))
                 .await
                 .unwrap()
                 .into_inner();
-            let elapsed = sent.elapsed().as_micros() as u64;
-            check(
+            (
                 answer.decision == pb::TapDecision::Accepted as i32,
-                &answer.reason_code,
-            );
-            latency.lock().unwrap().saturating_record(elapsed);
-            drop(permit);
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let elapsed = started.elapsed();
-    let latency_us = latency.lock().unwrap().clone();
-    Run {
-        name: "unary",
-        taps: count,
-        elapsed,
-        latency_us,
-    }
+                answer.reason_code,
+            )
+        }
+    })
+    .await
 }
 
-async fn run_streaming(server: &TestServer, codes: Vec<(u128, u32, String)>) -> Run {
+async fn run_streaming(server: &TestServer, codes: Vec<Code>) -> Run {
     let count = codes.len();
     let per_stream = IN_FLIGHT / CHANNELS;
     let latency = Arc::new(Mutex::new(histogram()));
-    let mut shares: Vec<Vec<(u128, u32, String)>> = vec![Vec::new(); CHANNELS];
+    let mut shares: Vec<Vec<Code>> = vec![Vec::new(); CHANNELS];
     for (index, code) in codes.into_iter().enumerate() {
         shares[index % CHANNELS].push(code);
     }
