@@ -9,6 +9,7 @@ const PROTO_FILES: &[&str] = &[
     "fareway/v1/token.proto",
     "fareway/v1/gate.proto",
     "fareway/v1/admin.proto",
+    "fareway/v1/settlement.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -17,11 +17,16 @@ pub fn encode(bytes: &[u8]) -> String {
 
 /// Exactly 64 hex digits (either case) as 32 bytes.
 pub fn decode_32(text: &str) -> Result<[u8; 32], HexError> {
+    decode_array(text)
+}
+
+/// Exactly `2 * N` hex digits (either case) as `N` bytes.
+pub fn decode_array<const N: usize>(text: &str) -> Result<[u8; N], HexError> {
     let digits = text.as_bytes();
-    if digits.len() != 64 {
+    if digits.len() != 2 * N {
         return Err(HexError::Length(digits.len()));
     }
-    let mut out = [0u8; 32];
+    let mut out = [0u8; N];
     for (index, byte) in out.iter_mut().enumerate() {
         let position = index * 2;
         let pair = &digits[position..position + 2];
@@ -54,5 +59,8 @@ mod tests {
         let wide = format!("{}é", &text[..62]);
         assert_eq!(wide.len(), 64);
         assert_eq!(decode_32(&wide), Err(HexError::Digit(62)));
+        let signature: [u8; 64] = std::array::from_fn(|index| index as u8);
+        assert_eq!(decode_array::<64>(&encode(&signature)), Ok(signature));
+        assert_eq!(decode_array::<16>(&text), Err(HexError::Length(64)));
     }
 }

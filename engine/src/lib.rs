@@ -2,7 +2,8 @@
 //!
 //! One folder per domain concept: [`token`] (the rider's QR code and its verifier),
 //! [`ledger`] (double-entry accounts in RocksDB), [`fares`] (the network and pricing),
-//! [`gate`] (a tap, end to end). [`grpc`] is the boundary to protobuf and tonic;
+//! [`gate`] (a tap, end to end), [`settlement`] (batches and
+//! files for the payment providers). [`grpc`] is the boundary to protobuf and tonic;
 //! [`server`] runs it all. [`clock`] and [`money`] are the small
 //! types they share. See `ARCHITECTURE.md` for the map.
 
@@ -18,4 +19,6 @@ pub mod ledger;
 pub mod money;
 #[cfg(feature = "storage")]
 pub mod server;
+#[cfg(feature = "storage")]
+pub mod settlement;
 pub mod token;

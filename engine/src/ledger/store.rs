@@ -35,8 +35,12 @@ pub const CF_OPEN_JOURNEYS: &str = "open_journeys";
 /// first tap that used it.
 pub const CF_CODES: &str = "codes";
 
+/// Settlement batches, providers' positions, closes and acknowledgements (written by
+/// `crate::settlement`, never by the ledger's writer): a one-byte kind + key → value.
+pub const CF_SETTLEMENT: &str = "settlement";
+
 /// Every column family this build knows.
-pub const COLUMN_FAMILIES: [&str; 10] = [
+pub const COLUMN_FAMILIES: [&str; 11] = [
     CF_ACCOUNTS,
     CF_LOG,
     CF_IDS,
@@ -47,6 +51,7 @@ pub const COLUMN_FAMILIES: [&str; 10] = [
     CF_TRAVEL,
     CF_OPEN_JOURNEYS,
     CF_CODES,
+    CF_SETTLEMENT,
 ];
 
 /// Meta key: the on-disk format version (u32, big-endian).
@@ -60,8 +65,12 @@ pub const META_IDS_PRUNED_BELOW: &[u8] = b"ids_pruned_below";
 
 /// The on-disk format this build reads and writes. Bump it on any incompatible change.
 /// Version 2 added taps: the `travel`, `open_journeys` and `codes` column families and
-/// journeys in records.
-pub const FORMAT_VERSION: u32 = 2;
+/// journeys in records. Version 3 added the `settlement` column family.
+pub const FORMAT_VERSION: u32 = 3;
+
+/// An older format this build upgrades in place on open: version 2 differs only by the
+/// missing `settlement` column family, which the open creates empty.
+pub const FORMAT_VERSION_UPGRADED: u32 = 2;
 
 /// Memory the ledger's RocksDB may use for caching, and how it is split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,7 +204,22 @@ pub fn open(dir: &Path, config: &StoreConfig) -> Result<DB, LedgerError> {
             let found = <[u8; 4]>::try_from(bytes.as_slice())
                 .map(u32::from_be_bytes)
                 .ok();
-            if found != Some(FORMAT_VERSION) {
+            if found == Some(FORMAT_VERSION_UPGRADED) {
+                let mut write = rocksdb::WriteOptions::default();
+                write.set_sync(true);
+                db.put_cf_opt(
+                    meta,
+                    META_FORMAT_VERSION,
+                    FORMAT_VERSION.to_be_bytes(),
+                    &write,
+                )?;
+                tracing::info!(
+                    path = %shown,
+                    from = FORMAT_VERSION_UPGRADED,
+                    to = FORMAT_VERSION,
+                    "ledger data directory upgraded"
+                );
+            } else if found != Some(FORMAT_VERSION) {
                 return Err(LedgerError::FormatVersion {
                     path: shown,
                     found: found.map_or_else(|| format!("{bytes:?}"), |v| v.to_string()),

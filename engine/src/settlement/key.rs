@@ -1,0 +1,123 @@
+//! The engine's settlement key: the Ed25519 key that signs every batch manifest, so that a
+//! provider can check who made a settlement file.
+//!
+//! The key file holds the 32-byte private seed as 64 hex digits and a newline, readable by
+//! its owner only. A server whose configured key file does not exist creates one (and
+//! logs the new key's id); a file that exists but does not parse stops the server.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::Path;
+
+use ring::signature::{ED25519, Ed25519KeyPair, UnparsedPublicKey};
+
+use crate::token::format::PUBLIC_KEY_LEN;
+use crate::token::key_id_of;
+use crate::token::mint::{SEED_LEN, ed25519_from_seed, public_key_of, random_seed};
+
+/// The signature algorithm, as named in manifests.
+pub const ALGORITHM: &str = "ed25519";
+
+/// Errors of the settlement key file.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    /// The file could not be read or written.
+    #[error("settlement key file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file's content is not 64 hex digits.
+    #[error("settlement key file {path} must hold the private seed as 64 hex digits")]
+    Malformed {
+        /// The file.
+        path: String,
+    },
+    /// The system's random number generator failed.
+    #[error("cannot make a settlement key: the system random number generator failed")]
+    Random,
+}
+
+/// The key that signs manifests.
+#[derive(Debug)]
+pub struct SettlementKey {
+    key_pair: Ed25519KeyPair,
+    public_key: [u8; PUBLIC_KEY_LEN],
+}
+
+impl SettlementKey {
+    /// The key with this seed (deterministic: for tests).
+    pub fn from_seed(seed: [u8; SEED_LEN]) -> SettlementKey {
+        let key_pair = ed25519_from_seed(&seed);
+        let public_key = public_key_of(&key_pair);
+        SettlementKey {
+            key_pair,
+            public_key,
+        }
+    }
+
+    /// Reads the key file, or makes a new key and writes it there when the file does not
+    /// exist. Returns the key and whether it was made now.
+    pub fn load_or_create(path: &Path) -> Result<(SettlementKey, bool), KeyFileError> {
+        let shown = path.display().to_string();
+        let io = |source| KeyFileError::Io {
+            path: shown.clone(),
+            source,
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let seed =
+                    crate::hex::decode_32(text.trim()).map_err(|_| KeyFileError::Malformed {
+                        path: shown.clone(),
+                    })?;
+                Ok((SettlementKey::from_seed(seed), false))
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                let seed = random_seed().map_err(|_| KeyFileError::Random)?;
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+                    .map_err(io)?;
+                file.write_all(format!("{}\n", crate::hex::encode(&seed)).as_bytes())
+                    .map_err(io)?;
+                file.sync_all().map_err(io)?;
+                Ok((SettlementKey::from_seed(seed), true))
+            }
+            Err(err) => Err(io(err)),
+        }
+    }
+
+    /// The public key.
+    pub fn public_key(&self) -> [u8; PUBLIC_KEY_LEN] {
+        self.public_key
+    }
+
+    /// The key id: the first four bytes of the SHA-256 of the public key, as eight hex
+    /// digits.
+    pub fn key_id(&self) -> String {
+        key_id_text(&self.public_key)
+    }
+
+    /// Signs a message.
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        let mut signature = [0u8; 64];
+        signature.copy_from_slice(self.key_pair.sign(message).as_ref());
+        signature
+    }
+}
+
+/// The key id of a public key, as eight hex digits.
+pub fn key_id_text(public_key: &[u8; PUBLIC_KEY_LEN]) -> String {
+    format!("{:08x}", key_id_of(public_key))
+}
+
+/// Whether `signature` is `public_key`'s signature of `message`.
+pub fn verify(public_key: &[u8; PUBLIC_KEY_LEN], message: &[u8], signature: &[u8]) -> bool {
+    UnparsedPublicKey::new(&ED25519, public_key)
+        .verify(message, signature)
+        .is_ok()
+}

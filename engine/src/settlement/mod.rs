@@ -1,0 +1,576 @@
+//! Settlement: what the finance team takes to each payment provider. A batch per provider
+//! covers every settled ledger entry (charges, fare-charging taps, journey closes,
+//! refunds) since the provider's previous batch, each exactly once, in ledger order, up to
+//! a cut-off. Its file is a CSV streamed out of the ledger; its manifest carries the
+//! file's SHA-256 and the engine's Ed25519 signature. Rules in `docs/settlement.md`.
+//!
+//! Closing reads a RocksDB snapshot, so taps keep flowing: the ledger's writer never
+//! waits for settlement. One close runs at a time; its batches, the providers' new
+//! positions and the close id are written in one synced batch, so a crash leaves either
+//! no batch or complete ones.
+//!
+//! This module never sees protobuf types and never reads the wall clock.
+
+pub mod file;
+pub mod key;
+pub mod manifest;
+pub mod model;
+pub mod reconcile;
+pub mod verify;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use ring::digest::{Context, SHA256};
+use rocksdb::{DB, IteratorMode, WriteBatch, WriteOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::UnixMillis;
+use crate::ledger::store::{CF_PROVIDER_ENTRIES, CF_SETTLEMENT};
+use crate::ledger::{Ledger, LedgerError, TxId};
+
+use self::key::SettlementKey;
+use self::manifest::Manifest;
+use self::model::{Batch, BatchView, CloseRequest, Closed, Cutoff};
+
+/// Most batches one list call returns.
+pub const LIST_BATCHES_MAX: usize = 1_000;
+
+/// Errors of settlement.
+#[derive(Debug, thiserror::Error)]
+pub enum SettlementError {
+    /// No batch with this id.
+    #[error("there is no batch {0}")]
+    UnknownBatch(u64),
+    /// The close id was used before with other content.
+    #[error("close {id} was already used with a different {field}")]
+    Conflict {
+        /// The close id.
+        id: TxId,
+        /// The first field that differs.
+        field: &'static str,
+    },
+    /// The cut-off sequence is past what the ledger has recorded.
+    #[error("cut-off sequence {requested} is past the ledger's last sequence {last}")]
+    CutoffAhead {
+        /// The requested sequence.
+        requested: u64,
+        /// The ledger's last sequence.
+        last: u64,
+    },
+    /// An acknowledgement names another file than the batch's.
+    #[error("the acknowledged file's SHA-256 {given} is not batch {batch}'s ({expected})")]
+    HashMismatch {
+        /// The batch.
+        batch: u64,
+        /// The hash given.
+        given: String,
+        /// The batch's file hash.
+        expected: String,
+    },
+    /// The ledger failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// A read or write of settlement state failed.
+    #[error("settlement storage failed: {0}")]
+    Storage(#[from] rocksdb::Error),
+    /// Writing a file out failed (for a pull, usually the client went away).
+    #[error("writing the settlement file failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// Stored data does not hold together.
+    #[error("settlement data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<csv::Error> for SettlementError {
+    fn from(err: csv::Error) -> Self {
+        match err.into_kind() {
+            csv::ErrorKind::Io(err) => SettlementError::Io(err),
+            other => SettlementError::Corrupt(format!("CSV writer: {other:?}")),
+        }
+    }
+}
+
+impl SettlementError {
+    /// The stable code string.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SettlementError::UnknownBatch(_) => "unknown_batch",
+            SettlementError::Conflict { .. } => "id_conflict",
+            SettlementError::CutoffAhead { .. } => "cutoff_ahead",
+            SettlementError::HashMismatch { .. } => "hash_mismatch",
+            SettlementError::Ledger(err) => err.code(),
+            SettlementError::Storage(_) => "storage",
+            SettlementError::Io(_) => "io",
+            SettlementError::Corrupt(_) => "corrupt",
+        }
+    }
+}
+
+/// Keys in the `settlement` column family: a one-byte kind, then the kind's key.
+mod keys {
+    /// Batch id (8) → the batch (JSON).
+    pub const BATCH: u8 = b'B';
+    /// Provider id (2) → the provider's position: through sequence (8) + last batch id (8).
+    pub const HEAD: u8 = b'H';
+    /// Close id (16) → the close's request and batches (JSON).
+    pub const CLOSE: u8 = b'C';
+    /// Batch id (8) → its acknowledgement (JSON).
+    pub const ACK: u8 = b'A';
+    /// The next batch id (8).
+    pub const NEXT_BATCH_ID: &[u8] = b"N";
+
+    pub fn batch(id: u64) -> [u8; 9] {
+        with_kind(BATCH, id.to_be_bytes())
+    }
+
+    pub fn ack(id: u64) -> [u8; 9] {
+        with_kind(ACK, id.to_be_bytes())
+    }
+
+    pub fn head(provider_id: u16) -> [u8; 3] {
+        with_kind(HEAD, provider_id.to_be_bytes())
+    }
+
+    pub fn close(id: u128) -> [u8; 17] {
+        with_kind(CLOSE, id.to_be_bytes())
+    }
+
+    fn with_kind<const N: usize, const M: usize>(kind: u8, rest: [u8; N]) -> [u8; M] {
+        let mut key = [0u8; M];
+        key[0] = kind;
+        key[1..].copy_from_slice(&rest);
+        key
+    }
+}
+
+/// A close as stored under its id: what was asked, and what it made.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredClose {
+    providers: Vec<u16>,
+    cutoff: Cutoff,
+    batch_ids: Vec<u64>,
+}
+
+/// An acknowledgement as stored.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredAck {
+    at: UnixMillis,
+}
+
+/// A provider's position: where its next batch starts.
+#[derive(Debug, Clone, Copy, Default)]
+struct Head {
+    through_sequence: u64,
+}
+
+/// Settlement over an open ledger.
+#[derive(Debug)]
+pub struct Settlement {
+    ledger: Arc<Ledger>,
+    key: SettlementKey,
+    currency: String,
+    /// One close at a time: each reads the providers' positions the previous one wrote.
+    close_lock: Mutex<()>,
+}
+
+impl Settlement {
+    /// Settlement over `ledger`, signing with `key`, in `currency` (ISO 4217).
+    pub fn new(ledger: Arc<Ledger>, key: SettlementKey, currency: String) -> Settlement {
+        Settlement {
+            ledger,
+            key,
+            currency,
+            close_lock: Mutex::new(()),
+        }
+    }
+
+    /// The key that signs manifests.
+    pub fn key(&self) -> &SettlementKey {
+        &self.key
+    }
+
+    fn db(&self) -> &DB {
+        self.ledger.db()
+    }
+
+    /// Closes one batch per provider at the request's cut-off, at time `now`, or returns
+    /// the batches an earlier close with the same id made. Blocks while it reads the
+    /// entries (from async code, call it in `spawn_blocking`).
+    pub fn close(
+        &self,
+        request: &CloseRequest,
+        now: UnixMillis,
+    ) -> Result<Closed, SettlementError> {
+        let _one_at_a_time = self
+            .close_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let db = self.db();
+        let cf = crate::ledger::apply::cf(db, CF_SETTLEMENT)?;
+        if let Some(bytes) = db.get_cf(cf, keys::close(request.id.0))? {
+            let stored: StoredClose = decode(&bytes, "close")?;
+            let field = if stored.providers != request.providers {
+                Some("providers")
+            } else if stored.cutoff != request.cutoff {
+                Some("cutoff")
+            } else {
+                None
+            };
+            if let Some(field) = field {
+                return Err(SettlementError::Conflict {
+                    id: request.id,
+                    field,
+                });
+            }
+            let batches = stored
+                .batch_ids
+                .iter()
+                .map(|id| self.batch(*id)?.ok_or(SettlementError::UnknownBatch(*id)))
+                .collect::<Result<_, _>>()?;
+            return Ok(Closed {
+                batches,
+                replay: true,
+            });
+        }
+
+        let snapshot = db.snapshot();
+        let last_sequence = {
+            let meta = crate::ledger::apply::cf(db, crate::ledger::store::CF_META)?;
+            let next = snapshot
+                .get_cf(meta, crate::ledger::store::META_NEXT_SEQUENCE)?
+                .map(|bytes| crate::ledger::codec::decode_sequence(&bytes, "next sequence"))
+                .transpose()?
+                .unwrap_or(1);
+            next.saturating_sub(1)
+        };
+        if let Cutoff::Sequence(requested) = request.cutoff
+            && requested > last_sequence
+        {
+            return Err(SettlementError::CutoffAhead {
+                requested,
+                last: last_sequence,
+            });
+        }
+        let providers = if request.providers.is_empty() {
+            self.known_providers(&snapshot)?
+        } else {
+            request.providers.clone()
+        };
+        let mut next_id = match db.get_cf(cf, keys::NEXT_BATCH_ID)? {
+            Some(bytes) => crate::ledger::codec::decode_sequence(&bytes, "next batch id")?,
+            None => 1,
+        };
+        let mut write = WriteBatch::default();
+        let mut batches = Vec::with_capacity(providers.len());
+        for provider_id in providers {
+            let after = self.head(provider_id)?.through_sequence;
+            let through = match request.cutoff {
+                Cutoff::Now => last_sequence.max(after),
+                Cutoff::Sequence(sequence) => sequence.max(after),
+                Cutoff::Time(time) => {
+                    time_cutoff(db, &snapshot, provider_id, after, last_sequence, time)?
+                }
+            };
+            let mut batch = Batch {
+                id: next_id,
+                provider_id,
+                after_sequence: after,
+                through_sequence: through,
+                cutoff: request.cutoff,
+                created_at: now,
+                currency: self.currency.clone(),
+                totals: Default::default(),
+                file_bytes: 0,
+                file_sha256: String::new(),
+                key_id: String::new(),
+                signature: String::new(),
+                close_id: request.id.to_string(),
+            };
+            let mut hashing = HashingWriter::new(std::io::sink());
+            batch.totals = file::write_file(db, Some(&snapshot), &batch, &mut hashing)?;
+            (batch.file_bytes, batch.file_sha256) = hashing.finish();
+            let mut manifest = Manifest::of(&batch);
+            manifest.sign(&self.key);
+            batch.key_id = manifest.signature.key_id;
+            batch.signature = manifest.signature.value;
+            write.put_cf(cf, keys::batch(batch.id), encode(&batch));
+            let mut head = [0u8; 16];
+            head[..8].copy_from_slice(&through.to_be_bytes());
+            head[8..].copy_from_slice(&batch.id.to_be_bytes());
+            write.put_cf(cf, keys::head(provider_id), head);
+            next_id += 1;
+            batches.push(BatchView {
+                batch,
+                acknowledged_at: None,
+            });
+        }
+        let stored = StoredClose {
+            providers: request.providers.clone(),
+            cutoff: request.cutoff,
+            batch_ids: batches.iter().map(|view| view.batch.id).collect(),
+        };
+        write.put_cf(cf, keys::close(request.id.0), encode(&stored));
+        write.put_cf(cf, keys::NEXT_BATCH_ID, next_id.to_be_bytes());
+        let mut synced = WriteOptions::default();
+        synced.set_sync(true);
+        db.write_opt(write, &synced)?;
+        tracing::info!(
+            close = %request.id,
+            batches = batches.len(),
+            cutoff = %request.cutoff.describe(),
+            "settlement batches closed"
+        );
+        Ok(Closed {
+            batches,
+            replay: false,
+        })
+    }
+
+    /// Providers with settlement entries (up to the snapshot) or earlier batches, in
+    /// order. The entries are skipped over one provider at a time: a seek per provider.
+    fn known_providers(
+        &self,
+        snapshot: &rocksdb::Snapshot<'_>,
+    ) -> Result<Vec<u16>, SettlementError> {
+        let db = self.db();
+        let mut providers = BTreeSet::new();
+        let entries = crate::ledger::apply::cf(db, CF_PROVIDER_ENTRIES)?;
+        let mut options = rocksdb::ReadOptions::default();
+        options.set_snapshot(snapshot);
+        let mut iterator = db.raw_iterator_cf_opt(entries, options);
+        iterator.seek_to_first();
+        while let Some(key) = iterator.key() {
+            let provider = key
+                .get(..2)
+                .map(|bytes| u16::from_be_bytes([bytes[0], bytes[1]]))
+                .ok_or_else(|| {
+                    SettlementError::Corrupt("a settlement entry key is short".into())
+                })?;
+            providers.insert(provider);
+            match provider.checked_add(1) {
+                Some(next) => iterator.seek(next.to_be_bytes()),
+                None => break,
+            }
+        }
+        iterator.status()?;
+        let cf = crate::ledger::apply::cf(db, CF_SETTLEMENT)?;
+        for item in db.prefix_iterator_cf(cf, [keys::HEAD]) {
+            let (key, _) = item?;
+            if key.first() != Some(&keys::HEAD) {
+                break;
+            }
+            if let Some(bytes) = key.get(1..3) {
+                providers.insert(u16::from_be_bytes([bytes[0], bytes[1]]));
+            }
+        }
+        Ok(providers.into_iter().collect())
+    }
+
+    fn head(&self, provider_id: u16) -> Result<Head, SettlementError> {
+        let db = self.db();
+        let cf = crate::ledger::apply::cf(db, CF_SETTLEMENT)?;
+        match db.get_cf(cf, keys::head(provider_id))? {
+            None => Ok(Head::default()),
+            Some(bytes) => Ok(Head {
+                through_sequence: crate::ledger::codec::decode_sequence(
+                    bytes.get(..8).unwrap_or_default(),
+                    "settlement head",
+                )?,
+            }),
+        }
+    }
+
+    /// A batch and its acknowledgement.
+    pub fn batch(&self, id: u64) -> Result<Option<BatchView>, SettlementError> {
+        let db = self.db();
+        let cf = crate::ledger::apply::cf(db, CF_SETTLEMENT)?;
+        let Some(bytes) = db.get_cf(cf, keys::batch(id))? else {
+            return Ok(None);
+        };
+        let batch: Batch = decode(&bytes, "batch")?;
+        let acknowledged_at = db
+            .get_cf(cf, keys::ack(id))?
+            .map(|bytes| decode::<StoredAck>(&bytes, "acknowledgement"))
+            .transpose()?
+            .map(|ack| ack.at);
+        Ok(Some(BatchView {
+            batch,
+            acknowledged_at,
+        }))
+    }
+
+    /// Up to `limit` batches (at most [`LIST_BATCHES_MAX`]) with an id greater than
+    /// `after_id`, of one provider or all, oldest first.
+    pub fn list(
+        &self,
+        provider_id: Option<u16>,
+        after_id: u64,
+        limit: usize,
+    ) -> Result<Vec<BatchView>, SettlementError> {
+        let limit = limit.min(LIST_BATCHES_MAX);
+        let db = self.db();
+        let cf = crate::ledger::apply::cf(db, CF_SETTLEMENT)?;
+        let start = keys::batch(after_id.saturating_add(1));
+        let mut found = Vec::new();
+        for item in db.iterator_cf(cf, IteratorMode::From(&start, rocksdb::Direction::Forward)) {
+            let (key, _) = item?;
+            if key.first() != Some(&keys::BATCH) || found.len() >= limit {
+                break;
+            }
+            let id = crate::ledger::codec::decode_sequence(&key[1..], "batch key")?;
+            let view = self.batch(id)?.ok_or(SettlementError::UnknownBatch(id))?;
+            if provider_id.is_none_or(|provider| provider == view.batch.provider_id) {
+                found.push(view);
+            }
+        }
+        Ok(found)
+    }
+
+    /// The batch's manifest file.
+    pub fn manifest(&self, batch: &Batch) -> Vec<u8> {
+        Manifest::of(batch).to_bytes()
+    }
+
+    /// Writes the batch's CSV file to `out`, byte for byte as at its close. A file that
+    /// comes out different (a damaged ledger) is reported as corrupt once written: the
+    /// reader's hash check rejects it too.
+    pub fn export(&self, batch: &Batch, out: impl Write) -> Result<(), SettlementError> {
+        let mut hashing = HashingWriter::new(out);
+        file::write_file(self.db(), None, batch, &mut hashing)?;
+        let (bytes, sha256) = hashing.finish();
+        if bytes != batch.file_bytes || sha256 != batch.file_sha256 {
+            tracing::error!(
+                batch = batch.id,
+                "a pulled settlement file differs from its close"
+            );
+            return Err(SettlementError::Corrupt(format!(
+                "batch {}'s file came out different from its close ({bytes} bytes, SHA-256 {sha256})",
+                batch.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records the provider's receipt of a batch's file, checked by its SHA-256. Once
+    /// acknowledged, a batch stays acknowledged at its first time.
+    pub fn acknowledge(
+        &self,
+        id: u64,
+        file_sha256: &str,
+        now: UnixMillis,
+    ) -> Result<BatchView, SettlementError> {
+        let view = self.batch(id)?.ok_or(SettlementError::UnknownBatch(id))?;
+        if !view.batch.file_sha256.eq_ignore_ascii_case(file_sha256) {
+            return Err(SettlementError::HashMismatch {
+                batch: id,
+                given: file_sha256.to_string(),
+                expected: view.batch.file_sha256,
+            });
+        }
+        if view.acknowledged_at.is_some() {
+            return Ok(view);
+        }
+        let _one_at_a_time = self
+            .close_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let db = self.db();
+        let cf = crate::ledger::apply::cf(db, CF_SETTLEMENT)?;
+        if db.get_cf(cf, keys::ack(id))?.is_none() {
+            let mut synced = WriteOptions::default();
+            synced.set_sync(true);
+            db.put_cf_opt(cf, keys::ack(id), encode(&StoredAck { at: now }), &synced)?;
+        }
+        self.batch(id)?.ok_or(SettlementError::UnknownBatch(id))
+    }
+}
+
+/// The last sequence a time cut-off takes for a provider: its entries after `after`, in
+/// ledger order, up to the first one recorded after `cutoff` (exclusive).
+fn time_cutoff(
+    db: &DB,
+    snapshot: &rocksdb::Snapshot<'_>,
+    provider_id: u16,
+    after: u64,
+    last_sequence: u64,
+    cutoff: UnixMillis,
+) -> Result<u64, SettlementError> {
+    let mut through = last_sequence.max(after);
+    file::for_each_entry(
+        db,
+        Some(snapshot),
+        provider_id,
+        after,
+        last_sequence,
+        |sequence, record| {
+            if record.request.time > cutoff {
+                through = sequence - 1;
+                return Ok(false);
+            }
+            Ok(true)
+        },
+    )?;
+    Ok(through)
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Plain structs of numbers and strings always serialise.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, SettlementError> {
+    serde_json::from_slice(bytes)
+        .map_err(|err| SettlementError::Corrupt(format!("stored {what} does not parse: {err}")))
+}
+
+/// Passes bytes through while counting them and computing their SHA-256.
+pub struct HashingWriter<W> {
+    inner: W,
+    digest: Context,
+    bytes: u64,
+}
+
+impl<W> std::fmt::Debug for HashingWriter<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HashingWriter")
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W: Write> HashingWriter<W> {
+    /// Wraps `inner`.
+    pub fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            digest: Context::new(&SHA256),
+            bytes: 0,
+        }
+    }
+
+    /// The byte count and the SHA-256 (lowercase hex) of everything written.
+    pub fn finish(self) -> (u64, String) {
+        (
+            self.bytes,
+            crate::hex::encode(self.digest.finish().as_ref()),
+        )
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(buf)?;
+        self.digest.update(&buf[..written]);
+        self.bytes += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,216 @@
+//! Reconciliation: a provider's reply to a batch, line by line against the batch's file.
+//!
+//! The reply is CSV with a header row `transaction_id,amount_minor,status`, one row per
+//! transaction the provider settled (`settled`) or refused (`rejected`). Lines that do not
+//! parse are reported one by one with their line number, and the rest is still compared.
+//! Rules in `docs/settlement.md`.
+
+use std::collections::HashMap;
+use std::io::Read;
+
+use super::file::DETAIL;
+
+/// The reply's header row.
+pub const REPLY_COLUMNS: [&str; 3] = ["transaction_id", "amount_minor", "status"];
+
+/// Why the batch file itself cannot be read (the reply's own problems are findings).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The batch file is not a settlement file.
+    #[error("the batch file, record {record}: {problem}")]
+    BatchFile {
+        /// The record number, from 1.
+        record: u64,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The reply could not be read at all.
+    #[error("cannot read the reply: {0}")]
+    Reply(String),
+}
+
+/// A reply line that names a batch line with another amount, or that the provider
+/// rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    /// The reply's line number (the header row is line 1).
+    pub reply_line: u64,
+    /// The transaction.
+    pub transaction_id: String,
+    /// The batch's amount.
+    pub batch_amount: i64,
+    /// The reply's amount.
+    pub reply_amount: i64,
+    /// The reply's status.
+    pub status: String,
+}
+
+/// What reconciliation found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Batch lines the reply settled at the same amount.
+    pub matched: u64,
+    /// Batch lines missing from the reply: (transaction id, amount).
+    pub missing: Vec<(String, i64)>,
+    /// Reply lines for transactions not in the batch: (reply line, transaction id, amount).
+    pub extra: Vec<(u64, String, i64)>,
+    /// Reply lines with another amount, or rejected.
+    pub mismatched: Vec<Mismatch>,
+    /// Reply lines that do not parse: (reply line, problem).
+    pub bad_lines: Vec<(u64, String)>,
+    /// The batch's net amount.
+    pub batch_net: i64,
+    /// The sum of the reply's settled amounts.
+    pub reply_settled: i64,
+}
+
+impl ReconcileReport {
+    /// Whether the reply agrees with the batch in every line.
+    pub fn is_clean(&self) -> bool {
+        self.missing.is_empty()
+            && self.extra.is_empty()
+            && self.mismatched.is_empty()
+            && self.bad_lines.is_empty()
+            && self.batch_net == self.reply_settled
+    }
+}
+
+/// Compares a reply with a batch's CSV file. Memory grows with the batch's line count
+/// (one map entry per line).
+pub fn reconcile(
+    batch_file: impl Read,
+    reply: impl Read,
+) -> Result<ReconcileReport, ReconcileError> {
+    let mut report = ReconcileReport::default();
+    // Transaction id → (amount, seen in the reply at this line).
+    let mut batch: HashMap<String, (i64, Option<u64>)> = HashMap::new();
+    let mut order = Vec::new();
+    let mut csv = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(batch_file);
+    for (index, record) in csv.records().enumerate() {
+        let number = index as u64 + 1;
+        let bad = |problem: String| ReconcileError::BatchFile {
+            record: number,
+            problem,
+        };
+        let record = record.map_err(|err| bad(err.to_string()))?;
+        if record.get(0) != Some(DETAIL) {
+            continue;
+        }
+        let (Some(id), Some(amount)) = (record.get(3), record.get(15)) else {
+            return Err(bad("a detail line is short".into()));
+        };
+        let amount: i64 = amount
+            .parse()
+            .map_err(|_| bad(format!("amount {amount:?} is not a whole number")))?;
+        report.batch_net = report
+            .batch_net
+            .checked_add(amount)
+            .ok_or_else(|| bad("the batch total overflows".into()))?;
+        order.push(id.to_string());
+        batch.insert(id.to_string(), (amount, None));
+    }
+
+    let mut replies = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(reply);
+    let mut record = csv::StringRecord::new();
+    let mut line = 0u64;
+    loop {
+        line += 1;
+        match replies.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(err) if err.is_io_error() => return Err(ReconcileError::Reply(err.to_string())),
+            Err(err) => {
+                report.bad_lines.push((line, format!("not CSV: {err}")));
+                continue;
+            }
+        }
+        if line == 1 {
+            if !record.iter().eq(REPLY_COLUMNS) {
+                report.bad_lines.push((
+                    line,
+                    format!("the header row must be {}", REPLY_COLUMNS.join(",")),
+                ));
+            }
+            continue;
+        }
+        let parsed = parse_reply_line(&record);
+        let (id, amount, status) = match parsed {
+            Ok(fields) => fields,
+            Err(problem) => {
+                report.bad_lines.push((line, problem));
+                continue;
+            }
+        };
+        match batch.get_mut(&id) {
+            None => report.extra.push((line, id, amount)),
+            Some((_, Some(first))) => {
+                let first = *first;
+                report.bad_lines.push((
+                    line,
+                    format!("transaction {id} is repeated (first on line {first})"),
+                ));
+            }
+            Some((batch_amount, seen)) => {
+                *seen = Some(line);
+                if status == "settled" {
+                    report.reply_settled = report.reply_settled.saturating_add(amount);
+                }
+                if amount == *batch_amount && status == "settled" {
+                    report.matched += 1;
+                } else {
+                    report.mismatched.push(Mismatch {
+                        reply_line: line,
+                        transaction_id: id,
+                        batch_amount: *batch_amount,
+                        reply_amount: amount,
+                        status,
+                    });
+                }
+            }
+        }
+    }
+    report.missing = order
+        .into_iter()
+        .filter_map(|id| match batch.get(&id) {
+            Some((amount, None)) => Some((id, *amount)),
+            _ => None,
+        })
+        .collect();
+    Ok(report)
+}
+
+fn parse_reply_line(record: &csv::StringRecord) -> Result<(String, i64, String), String> {
+    if record.len() != REPLY_COLUMNS.len() {
+        return Err(format!(
+            "{} fields; a line has {} ({})",
+            record.len(),
+            REPLY_COLUMNS.len(),
+            REPLY_COLUMNS.join(",")
+        ));
+    }
+    let id = record[0].to_ascii_lowercase();
+    if id.len() != 32 || !id.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        return Err(format!(
+            "transaction_id {:?} is not 32 hex digits",
+            &record[0]
+        ));
+    }
+    let amount = record[1]
+        .parse::<i64>()
+        .map_err(|_| format!("amount_minor {:?} is not a whole number", &record[1]))?;
+    let status = record[2].to_ascii_lowercase();
+    if status != "settled" && status != "rejected" {
+        return Err(format!(
+            "status {:?} is neither settled nor rejected",
+            &record[2]
+        ));
+    }
+    Ok((id, amount, status))
+}

@@ -1,0 +1,609 @@
+//! Settlement on a real RocksDB ledger with the sample city's fares: batches, exact file
+//! bytes, exactly-once coverage under concurrent charges, signatures, re-pulls,
+//! acknowledgements and reconciliation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::manifest::{Manifest, SignatureError};
+use super::model::{Batch, CloseRequest, Cutoff};
+use super::verify::{VerifyError, verify};
+use super::*;
+use crate::clock::UnixMillis;
+use crate::fares::FareTable;
+use crate::ledger::{
+    AccountRef, Command, LedgerConfig, Outcome, Request, Rules, Tap, TapKind, TxId,
+};
+use crate::money::Amount;
+
+/// 08:00 UTC on 2027-01-15.
+const T: UnixMillis = UnixMillis(1_800_000_000_000);
+const MINUTE_MS: u64 = 60_000;
+
+fn rules() -> Rules {
+    let text = include_str!("../../../docs/sample-city.toml");
+    Rules {
+        fares: Some(Arc::new(FareTable::from_toml(text).unwrap())),
+        code_retry_window_ms: crate::ledger::CODE_RETRY_WINDOW_MS_DEFAULT,
+    }
+}
+
+fn key() -> SettlementKey {
+    SettlementKey::from_seed([7; 32])
+}
+
+fn open_at(dir: &std::path::Path) -> (Arc<Ledger>, Settlement) {
+    let ledger = Arc::new(Ledger::open_with_rules(dir, LedgerConfig::default(), rules()).unwrap());
+    let settlement = Settlement::new(Arc::clone(&ledger), key(), "EUR".into());
+    (ledger, settlement)
+}
+
+fn submit(ledger: &Ledger, id: u128, time: UnixMillis, command: Command) -> crate::ledger::Receipt {
+    ledger
+        .submit(Request {
+            id: TxId(id),
+            time,
+            command,
+        })
+        .unwrap()
+}
+
+/// Opens rider `account_id` with provider `provider_id` and tops it up with 10,000.
+fn rider(ledger: &Ledger, account_id: u64, provider_id: u16) {
+    let open = Command::OpenAccount {
+        account_id,
+        provider_id,
+        credit_limit: Amount(1_000),
+    };
+    submit(ledger, 900_000 + u128::from(account_id), T, open);
+    let top_up = Command::TopUp {
+        account_id,
+        amount: Amount(10_000),
+    };
+    submit(ledger, 910_000 + u128::from(account_id), T, top_up);
+}
+
+fn charge(account_id: u64, amount: i64) -> Command {
+    Command::Charge {
+        account_id,
+        operator_id: 1,
+        amount: Amount(amount),
+    }
+}
+
+fn tap(account_id: u64, gate_id: u32, code: u8, kind: TapKind) -> Command {
+    Command::Tap(Tap {
+        account_id,
+        gate_id,
+        code: [code; 16],
+        kind,
+    })
+}
+
+fn close(settlement: &Settlement, id: u128, providers: &[u16], cutoff: Cutoff) -> Closed {
+    let request = CloseRequest {
+        id: TxId(id),
+        providers: providers.to_vec(),
+        cutoff,
+    };
+    settlement
+        .close(&request, T.saturating_add(60 * MINUTE_MS))
+        .unwrap()
+}
+
+fn file_of(settlement: &Settlement, batch: &Batch) -> String {
+    let mut bytes = Vec::new();
+    settlement.export(batch, &mut bytes).unwrap();
+    String::from_utf8(bytes).unwrap()
+}
+
+/// The detail lines' (transaction id, amount) of a file.
+fn lines_of(file: &str) -> Vec<(String, i64)> {
+    file.lines()
+        .filter(|line| line.starts_with("D,"))
+        .map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            (fields[3].to_string(), fields[15].parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn closing_with_nothing_to_settle_gives_an_empty_batch_with_a_correct_trailer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_ledger, settlement) = open_at(dir.path());
+    let closed = close(&settlement, 1, &[3], Cutoff::Now);
+    assert_eq!(closed.batches.len(), 1);
+    let batch = &closed.batches[0].batch;
+    assert_eq!((batch.id, batch.provider_id), (1, 3));
+    assert_eq!((batch.after_sequence, batch.through_sequence), (0, 0));
+    assert_eq!(
+        file_of(&settlement, batch),
+        "H,1,3,1,0,0,now,EUR,2027-01-15T09:00:00.000Z\nT,0,0,0,0\n"
+    );
+    // With no provider named and no entries anywhere, there is nothing to close but the
+    // provider that already has a batch.
+    let again = close(&settlement, 2, &[], Cutoff::Now);
+    assert_eq!(again.batches.len(), 1);
+    assert_eq!(again.batches[0].batch.provider_id, 3);
+}
+
+#[test]
+fn a_batch_file_has_one_exact_line_per_settled_entry_of_its_provider() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, settlement) = open_at(dir.path());
+    rider(&ledger, 42, 1);
+    rider(&ledger, 77, 2); // another provider's rider: not in provider 1's batch
+    let minute = |m: u64| T.saturating_add(m * MINUTE_MS);
+    submit(&ledger, 1, minute(1), charge(42, 250));
+    submit(
+        &ledger,
+        2,
+        minute(2),
+        tap(42, 7, 1, TapKind::Bus { route: 501 }),
+    );
+    submit(
+        &ledger,
+        3,
+        minute(3),
+        tap(77, 7, 2, TapKind::Bus { route: 501 }),
+    );
+    submit(
+        &ledger,
+        4,
+        minute(200),
+        tap(42, 11, 3, TapKind::MetroEntry { station: 101 }),
+    );
+    submit(
+        &ledger,
+        5,
+        minute(230),
+        tap(42, 12, 4, TapKind::MetroExit { station: 104 }),
+    );
+    submit(
+        &ledger,
+        6,
+        minute(240),
+        tap(42, 13, 5, TapKind::MetroExit { station: 100 }),
+    );
+    let refund = submit(
+        &ledger,
+        7,
+        minute(250),
+        Command::Refund { original: TxId(1) },
+    );
+    assert_eq!(refund.record.outcome, Outcome::Accepted);
+
+    let closed = close(&settlement, 100, &[1], Cutoff::Now);
+    let batch = &closed.batches[0].batch;
+    // Rider 42's four set-up records are sequences 1 to 4 (open, top up, for 42 and 77);
+    // the exit with no entry costs the maximum fare (900) but the daily cap (1,500) leaves
+    // only 600 after the bus ride and the journey.
+    let expected = "\
+H,1,1,1,0,11,now,EUR,2027-01-15T09:00:00.000Z
+D,1,5,00000000000000000000000000000001,2027-01-15T08:01:00.000Z,charge,42,1,,,,,,,,250,
+D,2,6,00000000000000000000000000000002,2027-01-15T08:02:00.000Z,bus,42,2,bus,7,,,,,501,200,
+D,3,9,00000000000000000000000000000005,2027-01-15T11:50:00.000Z,metro,42,1,metro,12,101,2027-01-15T11:20:00.000Z,104,2027-01-15T11:50:00.000Z,,700,
+D,4,10,00000000000000000000000000000006,2027-01-15T12:00:00.000Z,metro_no_entry,42,1,metro,13,,,100,2027-01-15T12:00:00.000Z,,600,
+D,5,11,00000000000000000000000000000007,2027-01-15T12:10:00.000Z,refund,42,1,,,,,,,,-250,00000000000000000000000000000001
+T,5,1750,250,1500
+";
+    assert_eq!(file_of(&settlement, batch), expected);
+    assert_eq!(batch.totals.line_count, 5);
+    assert_eq!(batch.totals.charge_count, 4);
+    assert_eq!(batch.totals.refund_count, 1);
+    assert_eq!(batch.totals.net(), Amount(1_500));
+    assert_eq!(batch.file_bytes, expected.len() as u64);
+}
+
+#[test]
+fn every_entry_lands_in_exactly_one_batch_across_closes_with_concurrent_charges() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, settlement) = open_at(dir.path());
+    const RIDERS: u64 = 30;
+    const CHARGES: u128 = 3_000;
+    for account_id in 1..=RIDERS {
+        rider(&ledger, account_id, (account_id % 3 + 1) as u16);
+    }
+    let mut batches = Vec::new();
+    std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..4u128)
+            .map(|thread| {
+                let ledger = &ledger;
+                scope.spawn(move || {
+                    for n in (thread..CHARGES).step_by(4) {
+                        let account_id = (n % u128::from(RIDERS)) as u64 + 1;
+                        let id = 1_000_000 + n;
+                        submit(ledger, id, T, charge(account_id, (n % 7) as i64 * 10 + 10));
+                        if n % 10 == 0 {
+                            submit(
+                                ledger,
+                                2_000_000 + n,
+                                T,
+                                Command::Refund { original: TxId(id) },
+                            );
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut close_id = 1;
+        while !writers.iter().all(|writer| writer.is_finished()) {
+            batches.extend(close(&settlement, close_id, &[], Cutoff::Now).batches);
+            close_id += 1;
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        batches.extend(close(&settlement, close_id, &[], Cutoff::Now).batches);
+    });
+    assert!(
+        batches.len() >= 6,
+        "only {} batches were closed",
+        batches.len()
+    );
+
+    // What the ledger says each provider owes, from its settling records.
+    let mut owed: BTreeMap<u16, i64> = BTreeMap::new();
+    let mut settling: HashMap<String, i64> = HashMap::new();
+    for n in 0..CHARGES {
+        for id in [1_000_000 + n, 2_000_000 + n] {
+            if let Some((_, record)) = ledger.transaction(TxId(id)).unwrap() {
+                let account_id = crate::ledger::model::rider_of_postings(&record.postings).unwrap();
+                let provider = (account_id % 3 + 1) as u16;
+                *owed.entry(provider).or_default() += record.rider_charge().0;
+                settling.insert(TxId(id).to_string(), record.rider_charge().0);
+            }
+        }
+    }
+    let mut seen: HashMap<String, i64> = HashMap::new();
+    let mut netted: BTreeMap<u16, i64> = BTreeMap::new();
+    let mut position: BTreeMap<u16, u64> = BTreeMap::new();
+    for view in &batches {
+        let batch = &view.batch;
+        let after = position
+            .insert(batch.provider_id, batch.through_sequence)
+            .unwrap_or(0);
+        assert_eq!(
+            batch.after_sequence, after,
+            "batch {} does not follow on",
+            batch.id
+        );
+        let file = file_of(&settlement, batch);
+        for (id, amount) in lines_of(&file) {
+            assert!(
+                seen.insert(id.clone(), amount).is_none(),
+                "{id} is in two batches"
+            );
+        }
+        *netted.entry(batch.provider_id).or_default() += batch.totals.net().0;
+    }
+    assert_eq!(seen, settling);
+    assert_eq!(netted, owed);
+    assert_eq!(owed.len(), 3);
+    let report = crate::ledger::audit::audit(ledger.db()).unwrap();
+    assert!(report.ok(), "{:?}", report.violations);
+}
+
+#[test]
+fn a_pulled_file_is_byte_identical_every_time_and_its_signature_catches_a_flipped_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let batch = {
+        let (ledger, settlement) = open_at(dir.path());
+        rider(&ledger, 42, 1);
+        for n in 0..50 {
+            submit(&ledger, 10 + n, T, charge(42, 30));
+        }
+        let batch = close(&settlement, 1, &[1], Cutoff::Now)
+            .batches
+            .remove(0)
+            .batch;
+        // Taps after the close change nothing in it.
+        submit(&ledger, 99, T, charge(42, 30));
+        assert_eq!(file_of(&settlement, &batch), file_of(&settlement, &batch));
+        batch
+    };
+    let (_ledger, settlement) = open_at(dir.path());
+    let stored = settlement.batch(batch.id).unwrap().unwrap().batch;
+    assert_eq!(stored, batch);
+    let file = file_of(&settlement, &stored).into_bytes();
+    assert_eq!(lines_of(std::str::from_utf8(&file).unwrap()).len(), 50);
+    let manifest = Manifest::from_bytes(&settlement.manifest(&stored)).unwrap();
+    let public_key = key().public_key();
+    verify(&manifest, file.as_slice(), &public_key).unwrap();
+
+    let mut flipped = file.clone();
+    flipped[40] ^= 1;
+    assert!(matches!(
+        verify(&manifest, flipped.as_slice(), &public_key),
+        Err(VerifyError::Hash { .. })
+    ));
+    let mut altered = manifest.clone();
+    altered.net_minor += 1;
+    assert!(matches!(
+        verify(&altered, file.as_slice(), &public_key),
+        Err(VerifyError::Signature(SignatureError::Invalid(_)))
+    ));
+    let other_key = SettlementKey::from_seed([8; 32]).public_key();
+    assert!(matches!(
+        verify(&manifest, file.as_slice(), &other_key),
+        Err(VerifyError::Signature(SignatureError::KeyId { .. }))
+    ));
+}
+
+#[test]
+fn a_refund_of_a_settled_charge_is_a_negative_line_in_the_next_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, settlement) = open_at(dir.path());
+    rider(&ledger, 42, 1);
+    submit(&ledger, 1, T, charge(42, 400));
+    let first = close(&settlement, 1, &[1], Cutoff::Now)
+        .batches
+        .remove(0)
+        .batch;
+    let first_file = file_of(&settlement, &first);
+    submit(&ledger, 2, T, Command::Refund { original: TxId(1) });
+    let second = close(&settlement, 2, &[1], Cutoff::Now)
+        .batches
+        .remove(0)
+        .batch;
+    assert_eq!(lines_of(&first_file), [(TxId(1).to_string(), 400)]);
+    assert_eq!(
+        file_of(&settlement, &first),
+        first_file,
+        "a closed batch never changes"
+    );
+    assert_eq!(
+        lines_of(&file_of(&settlement, &second)),
+        [(TxId(2).to_string(), -400)]
+    );
+    assert_eq!(second.totals.total_refunded, Amount(400));
+    assert_eq!(second.totals.net(), Amount(-400));
+}
+
+#[test]
+fn a_close_is_idempotent_by_its_id_and_other_content_is_a_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, settlement) = open_at(dir.path());
+    rider(&ledger, 42, 1);
+    submit(&ledger, 1, T, charge(42, 400));
+    let first = close(&settlement, 5, &[1], Cutoff::Now);
+    assert!(!first.replay);
+    submit(&ledger, 2, T, charge(42, 100));
+    let again = close(&settlement, 5, &[1], Cutoff::Now);
+    assert!(again.replay);
+    assert_eq!(again.batches, first.batches);
+    let conflict = settlement.close(
+        &CloseRequest {
+            id: TxId(5),
+            providers: vec![1, 2],
+            cutoff: Cutoff::Now,
+        },
+        T,
+    );
+    assert!(matches!(
+        conflict,
+        Err(SettlementError::Conflict {
+            field: "providers",
+            ..
+        })
+    ));
+    let conflict = settlement.close(
+        &CloseRequest {
+            id: TxId(5),
+            providers: vec![1],
+            cutoff: Cutoff::Sequence(3),
+        },
+        T,
+    );
+    assert!(matches!(
+        conflict,
+        Err(SettlementError::Conflict {
+            field: "cutoff",
+            ..
+        })
+    ));
+    assert_eq!(settlement.list(None, 0, 10).unwrap().len(), 1);
+}
+
+#[test]
+fn time_and_sequence_cutoffs_take_a_prefix_of_the_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, settlement) = open_at(dir.path());
+    rider(&ledger, 42, 1);
+    let minute = |m: u64| T.saturating_add(m * MINUTE_MS);
+    let first = submit(&ledger, 1, minute(1), charge(42, 10)).sequence;
+    submit(&ledger, 2, minute(3), charge(42, 20));
+    // Recorded after the 08:03 charge with an earlier time: it waits for the next batch,
+    // behind the entry that stopped this one.
+    submit(&ledger, 3, minute(2), charge(42, 30));
+    let by_time = close(&settlement, 1, &[1], Cutoff::Time(minute(2)))
+        .batches
+        .remove(0)
+        .batch;
+    assert_eq!(
+        lines_of(&file_of(&settlement, &by_time)),
+        [(TxId(1).to_string(), 10)]
+    );
+    assert_eq!(by_time.through_sequence, first);
+    assert_eq!(by_time.cutoff.describe(), "time:2027-01-15T08:02:00.000Z");
+
+    let last = ledger.transaction(TxId(3)).unwrap().unwrap().0;
+    let ahead = settlement.close(
+        &CloseRequest {
+            id: TxId(2),
+            providers: vec![1],
+            cutoff: Cutoff::Sequence(last + 1),
+        },
+        T,
+    );
+    assert!(matches!(ahead, Err(SettlementError::CutoffAhead { .. })));
+    let by_sequence = close(&settlement, 3, &[1], Cutoff::Sequence(last - 1))
+        .batches
+        .remove(0)
+        .batch;
+    assert_eq!(
+        lines_of(&file_of(&settlement, &by_sequence)),
+        [(TxId(2).to_string(), 20)]
+    );
+    let rest = close(&settlement, 4, &[1], Cutoff::Now)
+        .batches
+        .remove(0)
+        .batch;
+    assert_eq!(
+        lines_of(&file_of(&settlement, &rest)),
+        [(TxId(3).to_string(), 30)]
+    );
+}
+
+#[test]
+fn an_acknowledgement_checks_the_file_hash_and_keeps_its_first_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_ledger, settlement) = open_at(dir.path());
+    let batch = close(&settlement, 1, &[1], Cutoff::Now)
+        .batches
+        .remove(0)
+        .batch;
+    let wrong = settlement.acknowledge(batch.id, &"0".repeat(64), T);
+    assert!(matches!(wrong, Err(SettlementError::HashMismatch { .. })));
+    assert!(matches!(
+        settlement.acknowledge(99, &batch.file_sha256, T),
+        Err(SettlementError::UnknownBatch(99))
+    ));
+    let first = settlement
+        .acknowledge(batch.id, &batch.file_sha256, T)
+        .unwrap();
+    assert_eq!(first.acknowledged_at, Some(T));
+    let later = T.saturating_add(MINUTE_MS);
+    let again = settlement
+        .acknowledge(batch.id, &batch.file_sha256.to_uppercase(), later)
+        .unwrap();
+    assert_eq!(again.acknowledged_at, Some(T));
+}
+
+#[test]
+fn a_version_2_data_directory_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (ledger, _) = open_at(dir.path());
+        rider(&ledger, 42, 1);
+    }
+    {
+        // Make it look like version 2: no settlement column family, version 2.
+        let mut db = rocksdb::DB::open_cf(
+            &{
+                let mut options = rocksdb::Options::default();
+                options.create_if_missing(false);
+                options
+            },
+            dir.path(),
+            crate::ledger::store::COLUMN_FAMILIES,
+        )
+        .unwrap();
+        db.drop_cf(CF_SETTLEMENT).unwrap();
+        let meta = db.cf_handle(crate::ledger::store::CF_META).unwrap();
+        db.put_cf(
+            meta,
+            crate::ledger::store::META_FORMAT_VERSION,
+            2u32.to_be_bytes(),
+        )
+        .unwrap();
+    }
+    let (ledger, settlement) = open_at(dir.path());
+    assert_eq!(
+        ledger
+            .account(AccountRef::Rider(42))
+            .unwrap()
+            .unwrap()
+            .balance,
+        Amount(10_000)
+    );
+    assert_eq!(close(&settlement, 1, &[1], Cutoff::Now).batches.len(), 1);
+}
+
+mod reconciliation {
+    use super::super::reconcile::{Mismatch, reconcile};
+
+    const BATCH: &str = "\
+H,1,1,1,0,13,now,EUR,2027-01-15T09:00:00.000Z
+D,1,7,00000000000000000000000000000001,2027-01-15T08:01:00.000Z,charge,42,1,,,,,,,,250,
+D,2,8,00000000000000000000000000000002,2027-01-15T08:02:00.000Z,bus,42,2,bus,7,,,,,501,200,
+D,3,9,00000000000000000000000000000003,2027-01-15T08:03:00.000Z,bus,42,2,bus,7,,,,,501,200,
+D,4,13,00000000000000000000000000000007,2027-01-15T12:10:00.000Z,refund,42,1,,,,,,,,-250,00000000000000000000000000000001
+T,4,650,250,400
+";
+
+    #[test]
+    fn a_matching_reply_is_clean() {
+        let reply = "transaction_id,amount_minor,status
+00000000000000000000000000000007,-250,settled
+00000000000000000000000000000001,250,settled
+00000000000000000000000000000002,200,settled
+00000000000000000000000000000003, 200 ,SETTLED
+";
+        let report = reconcile(BATCH.as_bytes(), reply.as_bytes()).unwrap();
+        assert!(report.is_clean(), "{report:?}");
+        assert_eq!(report.matched, 4);
+        assert_eq!((report.batch_net, report.reply_settled), (400, 400));
+    }
+
+    #[test]
+    fn missing_extra_mismatched_and_bad_lines_are_each_reported_by_line() {
+        let reply = "transaction_id,amount_minor,status
+00000000000000000000000000000001,250,settled
+00000000000000000000000000000002,210,settled
+00000000000000000000000000000007,-250,rejected
+000000000000000000000000000000ff,50,settled
+not-an-id,250,settled
+00000000000000000000000000000001,250,settled
+00000000000000000000000000000009,2.50,settled
+00000000000000000000000000000009,250,pending
+00000000000000000000000000000009,250
+";
+        let report = reconcile(BATCH.as_bytes(), reply.as_bytes()).unwrap();
+        assert!(!report.is_clean());
+        assert_eq!(report.matched, 1);
+        assert_eq!(
+            report.missing,
+            [("00000000000000000000000000000003".to_string(), 200)]
+        );
+        assert_eq!(
+            report.extra,
+            [(5, "000000000000000000000000000000ff".to_string(), 50)]
+        );
+        assert_eq!(
+            report.mismatched,
+            [
+                Mismatch {
+                    reply_line: 3,
+                    transaction_id: "00000000000000000000000000000002".into(),
+                    batch_amount: 200,
+                    reply_amount: 210,
+                    status: "settled".into(),
+                },
+                Mismatch {
+                    reply_line: 4,
+                    transaction_id: "00000000000000000000000000000007".into(),
+                    batch_amount: -250,
+                    reply_amount: -250,
+                    status: "rejected".into(),
+                },
+            ]
+        );
+        let bad: Vec<u64> = report.bad_lines.iter().map(|(line, _)| *line).collect();
+        assert_eq!(bad, [6, 7, 8, 9, 10]);
+        assert!(
+            report.bad_lines[1].1.contains("repeated (first on line 2)"),
+            "{:?}",
+            report.bad_lines
+        );
+        assert_eq!((report.batch_net, report.reply_settled), (400, 460));
+    }
+
+    #[test]
+    fn a_reply_without_the_header_row_says_so_and_is_still_compared() {
+        let reply = "00000000000000000000000000000001,250,settled\n";
+        let report = reconcile(BATCH.as_bytes(), reply.as_bytes()).unwrap();
+        assert_eq!(report.bad_lines.len(), 1);
+        assert_eq!(report.bad_lines[0].0, 1);
+        assert_eq!(report.missing.len(), 4);
+    }
+}
