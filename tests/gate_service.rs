@@ -393,6 +393,28 @@ async fn each_role_reaches_only_its_services() {
             _ => Code::PermissionDenied,
         };
         assert_eq!(top_up_result, top_up_expected, "{who} top-up");
+        let mut settlement = server.settlement(token).await;
+        let list_result = settlement
+            .list_batches(pb::ListBatchesRequest::default())
+            .await
+            .map(|_| Code::Ok)
+            .unwrap_or_else(|status| status.code());
+        let pull_result = settlement
+            .pull_batch(pb::PullBatchRequest { batch_id: 9 })
+            .await
+            .map(|_| Code::Ok)
+            .unwrap_or_else(|status| status.code());
+        let settlement_expected = match who {
+            "none" | "wrong" => (Code::Unauthenticated, Code::Unauthenticated),
+            // No batch 9: NOT_FOUND means the call passed the role check.
+            "finance" => (Code::Ok, Code::NotFound),
+            _ => (Code::PermissionDenied, Code::PermissionDenied),
+        };
+        assert_eq!(
+            (list_result, pull_result),
+            settlement_expected,
+            "{who} settlement"
+        );
     }
 }
 
@@ -401,7 +423,12 @@ async fn each_role_reaches_only_its_services() {
 async fn the_health_service_says_serving() {
     let server = TestServer::start(|_| {}).await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
-    for service in ["", "fareway.v1.GateService", "fareway.v1.AdminService"] {
+    for service in [
+        "",
+        "fareway.v1.GateService",
+        "fareway.v1.AdminService",
+        "fareway.v1.SettlementService",
+    ] {
         let status = health
             .check(tonic_health::pb::HealthCheckRequest {
                 service: service.into(),

@@ -7,14 +7,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use fareway::clock::{ManualClock, UnixMillis};
-use fareway::server::config::{Role, ServerConfig, TokenEntry, token_sha256_hex};
+pub use fareway::grpc::auth::Bearer;
+use fareway::server::config::{
+    Role, ServerConfig, SettlementSettings, TokenEntry, token_sha256_hex,
+};
 use fareway::server::{self, RunningServer};
 use fareway::token::keys::RegistryFile;
 use fareway::token::mint::{Device, Issuer};
 use fareway::token::vectors;
 use fareway_proto::v1 as pb;
-use tonic::metadata::MetadataValue;
-use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -93,7 +94,7 @@ impl TestServer {
     pub async fn gate(&self, token: Option<&str>) -> GateClient {
         pb::gate_service_client::GateServiceClient::with_interceptor(
             self.channel().await,
-            Bearer::new(token),
+            Bearer::new(token).expect("a test token is ASCII"),
         )
     }
 
@@ -101,7 +102,15 @@ impl TestServer {
     pub async fn admin(&self, token: Option<&str>) -> AdminClient {
         pb::admin_service_client::AdminServiceClient::with_interceptor(
             self.channel().await,
-            Bearer::new(token),
+            Bearer::new(token).expect("a test token is ASCII"),
+        )
+    }
+
+    /// A settlement client with `token` (or none).
+    pub async fn settlement(&self, token: Option<&str>) -> SettlementClient {
+        pb::settlement_service_client::SettlementServiceClient::with_interceptor(
+            self.channel().await,
+            Bearer::new(token).expect("a test token is ASCII"),
         )
     }
 }
@@ -112,31 +121,9 @@ pub type GateClient =
 /// An admin client that sends a bearer token.
 pub type AdminClient =
     pb::admin_service_client::AdminServiceClient<InterceptedService<Channel, Bearer>>;
-
-/// Adds `authorization: Bearer <token>` to every call.
-#[derive(Debug, Clone)]
-pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
-
-impl Bearer {
-    /// With this token, or none.
-    pub fn new(token: Option<&str>) -> Bearer {
-        Bearer(token.map(|token| format!("Bearer {token}").parse().expect("a token is ASCII")))
-    }
-}
-
-impl Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
+/// A settlement client that sends a bearer token.
+pub type SettlementClient =
+    pb::settlement_service_client::SettlementServiceClient<InterceptedService<Channel, Bearer>>;
 
 /// Writes the fares, the vectors' issuer keys and a configuration into `folder`.
 pub fn write_config(folder: &Path, adjust: impl FnOnce(&mut ServerConfig)) -> ServerConfig {
@@ -165,6 +152,10 @@ pub fn write_config(folder: &Path, adjust: impl FnOnce(&mut ServerConfig)) -> Se
         metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         fares_file,
         issuer_keys_file,
+        settlement: SettlementSettings {
+            key_file: folder.join("settlement.key"),
+            currency: "EUR".into(),
+        },
         token: vec![
             token(Role::Gate, GATE_TOKEN),
             token(Role::Finance, FINANCE_TOKEN),

@@ -5,6 +5,7 @@ mod audit;
 mod demo;
 mod keys;
 mod serve;
+mod settle;
 mod token;
 
 use std::process::ExitCode;
@@ -35,8 +36,13 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Run the main job end to end on a temporary data directory and print a report.
     Demo(demo::DemoArgs),
-    /// Run the engine: gRPC gate and admin services, health, reflection and metrics.
+    /// Run the engine: gRPC gate, admin and settlement services, health, reflection and
+    /// metrics.
     Serve(serve::ServeArgs),
+    /// Settlement batches: close, list, pull, ack (against a running engine), verify and
+    /// reconcile (offline).
+    #[command(subcommand)]
+    Settle(settle::SettleCommand),
 }
 
 /// Installs logging and runs the parsed command. The server installs its own, once its
@@ -53,6 +59,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(command) => token::run(command),
         Command::Audit(args) => audit::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Settle(command) => settle::run(command),
         Command::Serve(_) => unreachable!("served above"),
     }
 }

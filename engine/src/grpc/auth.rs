@@ -77,3 +77,31 @@ impl Authenticator {
         }
     }
 }
+
+/// The client side: adds `authorization: Bearer <token>` to every call (or nothing, for a
+/// client without a token).
+#[derive(Debug, Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    /// With this token, or none. A token that is not visible ASCII cannot be sent.
+    pub fn new(
+        token: Option<&str>,
+    ) -> Result<Bearer, tonic::metadata::errors::InvalidMetadataValue> {
+        token
+            .map(|token| format!("Bearer {token}").parse())
+            .transpose()
+            .map(Bearer)
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}

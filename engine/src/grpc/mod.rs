@@ -6,12 +6,14 @@
 //! | --- | --- |
 //! | `fareway.v1.GateService` | gate |
 //! | `fareway.v1.AdminService` | admin |
+//! | `fareway.v1.SettlementService` | finance |
 //! | `grpc.health.v1.Health`, server reflection | anyone (no token) |
 
 pub mod admin;
 pub mod auth;
 pub mod convert;
 pub mod gate;
+pub mod settlement;
 
 use fareway_proto::v1 as pb;
 use tonic::service::Routes;
@@ -22,11 +24,14 @@ use crate::server::config::Role;
 pub const GATE_ROLES: &[Role] = &[Role::Gate];
 /// Roles allowed to call the admin service.
 pub const ADMIN_ROLES: &[Role] = &[Role::Admin];
+/// Roles allowed to call the settlement service.
+pub const SETTLEMENT_ROLES: &[Role] = &[Role::Finance];
 
 /// Every service, with its role check, as tonic routes.
 pub fn routes(
     gate: gate::GateApi,
     admin: admin::AdminApi,
+    settlement: settlement::SettlementApi,
     authenticator: &auth::Authenticator,
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
@@ -44,8 +49,13 @@ pub fn routes(
         admin,
         authenticator.require(ADMIN_ROLES),
     );
+    let settlement = pb::settlement_service_server::SettlementServiceServer::with_interceptor(
+        settlement,
+        authenticator.require(SETTLEMENT_ROLES),
+    );
     Ok(Routes::new(gate)
         .add_service(admin)
+        .add_service(settlement)
         .add_service(health)
         .add_service(reflection))
 }

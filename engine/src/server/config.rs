@@ -84,6 +84,8 @@ pub struct ServerConfig {
     pub verifier: VerifierSettings,
     /// Tap and journey rules besides the fares file.
     pub taps: TapSettings,
+    /// Settlement batches and their signing key.
+    pub settlement: SettlementSettings,
     /// Accepted bearer tokens.
     pub token: Vec<TokenEntry>,
 }
@@ -106,6 +108,8 @@ pub struct Limits {
     pub block_cache_mib: usize,
     /// RocksDB memtables, in MiB.
     pub write_buffers_mib: usize,
+    /// Settlement closes and pulls being worked on at once (each reads a whole batch).
+    pub settlement_jobs_max: usize,
 }
 
 impl Default for Limits {
@@ -119,6 +123,7 @@ impl Default for Limits {
             shutdown_grace_ms: 10_000,
             block_cache_mib: ledger.store.block_cache_bytes >> 20,
             write_buffers_mib: ledger.store.write_buffers_bytes >> 20,
+            settlement_jobs_max: 2,
         }
     }
 }
@@ -175,6 +180,27 @@ impl Default for TapSettings {
     }
 }
 
+/// Settlement settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SettlementSettings {
+    /// The Ed25519 key that signs batch manifests (64 hex digits of private seed; made on
+    /// first start if the file does not exist).
+    pub key_file: PathBuf,
+    /// The deployment's currency (ISO 4217), written in every file and manifest.
+    pub currency: String,
+}
+
+impl Default for SettlementSettings {
+    fn default() -> Self {
+        SettlementSettings {
+            key_file: PathBuf::from("settlement.key"),
+            // ISO 4217's code for "no currency": a deployment names its own.
+            currency: "XXX".into(),
+        }
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -187,6 +213,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             verifier: VerifierSettings::default(),
             taps: TapSettings::default(),
+            settlement: SettlementSettings::default(),
             token: Vec::new(),
         }
     }
@@ -259,6 +286,7 @@ impl ServerConfig {
             &mut config.data_dir,
             &mut config.fares_file,
             &mut config.issuer_keys_file,
+            &mut config.settlement.key_file,
         ] {
             if file.is_relative() {
                 *file = base.join(&*file);
@@ -296,10 +324,17 @@ impl ServerConfig {
             ),
             ("limits.block_cache_mib", limits.block_cache_mib),
             ("limits.write_buffers_mib", limits.write_buffers_mib),
+            ("limits.settlement_jobs_max", limits.settlement_jobs_max),
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
             }
+        }
+        let currency = &self.settlement.currency;
+        if currency.len() != 3 || !currency.bytes().all(|byte| byte.is_ascii_uppercase()) {
+            return Err(ConfigError::Invalid(format!(
+                "settlement.currency {currency:?} must be an ISO 4217 code: three capital letters"
+            )));
         }
         if self.taps.journey_sweep_interval_ms == 0 {
             return Err(ConfigError::Invalid(
@@ -385,6 +420,12 @@ mod tests {
         let bad_role =
             ServerConfig::from_toml("[[token]]\nrole = \"root\"\nsha256 = \"abc\"").unwrap_err();
         assert!(bad_role.to_string().contains("root"), "{bad_role}");
+        let bad_currency =
+            ServerConfig::from_toml("[settlement]\ncurrency = \"euro\"").unwrap_err();
+        assert!(
+            bad_currency.to_string().contains("settlement.currency"),
+            "{bad_currency}"
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The running engine: `fareway serve` opens the ledger with the fares, loads the issuer
-//! keys, and serves gRPC (gate, admin, health, reflection) and Prometheus metrics until it
+//! keys, and serves gRPC (gate, admin, settlement, health, reflection) and Prometheus metrics until it
 //! is told to stop; a sweeper closes journeys entered and never exited.
 //!
 //! Shutdown is graceful: health turns NOT_SERVING, the listener stops accepting, calls in
@@ -22,6 +22,8 @@ use crate::fares::FareTable;
 use crate::gate::GateService;
 use crate::grpc;
 use crate::ledger::{Ledger, Rules};
+use crate::settlement::Settlement;
+use crate::settlement::key::SettlementKey;
 use crate::token::{IssuerRegistry, Verifier};
 
 use self::config::ServerConfig;
@@ -73,6 +75,25 @@ pub async fn start(config: ServerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
         config.scan_time_limits(),
     ));
     let metrics = Arc::new(Metrics::new());
+    let (settlement_key, key_created) = SettlementKey::load_or_create(&config.settlement.key_file)?;
+    if key_created {
+        tracing::warn!(
+            key_file = %config.settlement.key_file.display(),
+            key_id = %settlement_key.key_id(),
+            "made a new settlement signing key: give providers its public key"
+        );
+    }
+    let settlement = Arc::new(Settlement::new(
+        Arc::clone(&ledger),
+        settlement_key,
+        config.settlement.currency.clone(),
+    ));
+    let settlement_api = grpc::settlement::SettlementApi::new(
+        settlement,
+        Arc::clone(&clock),
+        config.limits.settlement_jobs_max,
+        Arc::clone(&metrics),
+    );
     let in_flight = Arc::new(Semaphore::new(config.limits.requests_in_flight_max));
     let authenticator = grpc::auth::Authenticator::new(&config.token);
     let gate_api = grpc::gate::GateApi::new(
@@ -96,8 +117,19 @@ pub async fn start(config: ServerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
     health
         .set_serving::<fareway_proto::v1::admin_service_server::AdminServiceServer<grpc::admin::AdminApi>>()
         .await;
-    let routes = grpc::routes(gate_api, admin_api, &authenticator, health_service)
-        .context("cannot build server reflection")?;
+    health
+        .set_serving::<fareway_proto::v1::settlement_service_server::SettlementServiceServer<
+            grpc::settlement::SettlementApi,
+        >>()
+        .await;
+    let routes = grpc::routes(
+        gate_api,
+        admin_api,
+        settlement_api,
+        &authenticator,
+        health_service,
+    )
+    .context("cannot build server reflection")?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

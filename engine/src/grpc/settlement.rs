@@ -1,0 +1,432 @@
+//! `fareway.v1.SettlementService` for the finance team, and the client side of a pull:
+//! [`pull_to_folder`] writes a batch's file and manifest atomically and checks them before
+//! it says done. Closes and pulls read whole batches, so at most
+//! `limits.settlement_jobs_max` run at once; more are refused with `RESOURCE_EXHAUSTED`.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fareway_proto::v1 as pb;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::clock::{Clock, UnixMillis};
+use crate::server::metrics::Metrics;
+use crate::settlement::manifest::Manifest;
+use crate::settlement::model::{BatchView, CloseRequest, Cutoff, manifest_name};
+use crate::settlement::{LIST_BATCHES_MAX, Settlement, SettlementError};
+use crate::token::format::PUBLIC_KEY_LEN;
+
+use super::convert::{self, invalid, ledger_status};
+use super::gate::admit;
+
+/// Bytes in one chunk of a pulled file.
+pub const CHUNK_BYTES: usize = 64 << 10;
+/// Chunks a pull may have made ahead of the client: with [`CHUNK_BYTES`], what a slow
+/// client can make the server hold.
+pub const CHUNKS_AHEAD_MAX: usize = 4;
+/// Batches in a list page when the caller does not say.
+pub const LIST_BATCHES_DEFAULT: usize = 100;
+
+/// The settlement API.
+#[derive(Debug, Clone)]
+pub struct SettlementApi {
+    settlement: Arc<Settlement>,
+    clock: Arc<dyn Clock>,
+    jobs: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+impl SettlementApi {
+    /// The API over `settlement`, running at most `jobs_max` closes and pulls at once.
+    pub fn new(
+        settlement: Arc<Settlement>,
+        clock: Arc<dyn Clock>,
+        jobs_max: usize,
+        metrics: Arc<Metrics>,
+    ) -> SettlementApi {
+        SettlementApi {
+            settlement,
+            clock,
+            jobs: Arc::new(Semaphore::new(jobs_max)),
+            metrics,
+        }
+    }
+
+    fn fault(&self, err: &SettlementError) -> Status {
+        let status = settlement_status(err);
+        if status.code() == tonic::Code::Internal || status.code() == tonic::Code::Unavailable {
+            self.metrics.record_fault(err.code());
+            tracing::error!(cause = %err, "settlement request failed");
+        }
+        status
+    }
+}
+
+/// A settlement error as a status.
+pub fn settlement_status(err: &SettlementError) -> Status {
+    use tonic::Code;
+    let code = match err {
+        SettlementError::UnknownBatch(_) => Code::NotFound,
+        SettlementError::Conflict { .. } => Code::AlreadyExists,
+        SettlementError::CutoffAhead { .. } | SettlementError::HashMismatch { .. } => {
+            Code::FailedPrecondition
+        }
+        SettlementError::Ledger(err) => return ledger_status(err),
+        SettlementError::Storage(_) | SettlementError::Io(_) => Code::Unavailable,
+        SettlementError::Corrupt(_) => Code::Internal,
+    };
+    convert::status(code, err.to_string(), err.code())
+}
+
+/// A close request as the domain's input.
+pub fn close_request(request: &pb::CloseBatchesRequest) -> Result<CloseRequest, Status> {
+    let id = convert::tx_id(&request.close_id, "close_id")?;
+    let mut providers = Vec::with_capacity(request.providers.len());
+    for provider in &request.providers {
+        match u16::try_from(*provider) {
+            Ok(provider) if provider > 0 => providers.push(provider),
+            _ => {
+                return Err(invalid(
+                    "providers",
+                    &format!("{provider} is not 1 to 65535"),
+                ));
+            }
+        }
+    }
+    providers.sort_unstable();
+    providers.dedup();
+    let cutoff = match (request.cutoff_time_ms, request.cutoff_sequence) {
+        (0, 0) => Cutoff::Now,
+        (time, 0) => Cutoff::Time(UnixMillis(time)),
+        (0, sequence) => Cutoff::Sequence(sequence),
+        _ => {
+            return Err(invalid(
+                "cutoff_sequence",
+                "give a cut-off time or a cut-off sequence, not both",
+            ));
+        }
+    };
+    Ok(CloseRequest {
+        id,
+        providers,
+        cutoff,
+    })
+}
+
+/// A batch as a message.
+pub fn batch_message(view: &BatchView) -> pb::Batch {
+    let batch = &view.batch;
+    let status = if view.acknowledged_at.is_some() {
+        pb::BatchStatus::Acknowledged
+    } else {
+        pb::BatchStatus::Closed
+    };
+    pb::Batch {
+        batch_id: batch.id,
+        provider_id: u32::from(batch.provider_id),
+        after_sequence: batch.after_sequence,
+        through_sequence: batch.through_sequence,
+        cutoff: batch.cutoff.describe(),
+        created_at_ms: batch.created_at.0,
+        line_count: batch.totals.line_count,
+        charge_count: batch.totals.charge_count,
+        refund_count: batch.totals.refund_count,
+        total_charged_minor: batch.totals.total_charged.minor(),
+        total_refunded_minor: batch.totals.total_refunded.minor(),
+        net_minor: batch.totals.net().minor(),
+        currency: batch.currency.clone(),
+        file_name: crate::settlement::model::file_name(batch.provider_id, batch.id),
+        file_bytes: batch.file_bytes,
+        file_sha256: crate::hex::decode_32(&batch.file_sha256)
+            .map(Vec::from)
+            .unwrap_or_default(),
+        status: status.into(),
+        acknowledged_at_ms: view.acknowledged_at.map_or(0, |at| at.0),
+    }
+}
+
+/// Hands a pulled file to the gRPC stream in chunks, waiting while the client is
+/// [`CHUNKS_AHEAD_MAX`] chunks behind. A client that went away ends the export.
+struct ChunkWriter {
+    chunk: Vec<u8>,
+    sender: mpsc::Sender<Result<pb::BatchChunk, Status>>,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_BYTES));
+        let chunk = pb::BatchChunk {
+            part: Some(pb::batch_chunk::Part::FileData(data)),
+        };
+        self.sender.blocking_send(Ok(chunk)).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
+        })
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = CHUNK_BYTES - self.chunk.len();
+        let taken = buf.len().min(room);
+        self.chunk.extend_from_slice(&buf[..taken]);
+        if self.chunk.len() == CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl pb::settlement_service_server::SettlementService for SettlementApi {
+    async fn close_batches(
+        &self,
+        request: Request<pb::CloseBatchesRequest>,
+    ) -> Result<Response<pb::CloseBatchesResponse>, Status> {
+        let close = close_request(request.get_ref())?;
+        let permit = admit(&self.jobs, &self.metrics, "settlement jobs")?;
+        let settlement = Arc::clone(&self.settlement);
+        let now = self.clock.now();
+        let closed = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            settlement.close(&close, now)
+        })
+        .await
+        .map_err(|_| Status::internal("the close task failed"))?
+        .map_err(|err| self.fault(&err))?;
+        Ok(Response::new(pb::CloseBatchesResponse {
+            batches: closed.batches.iter().map(batch_message).collect(),
+            replay: closed.replay,
+        }))
+    }
+
+    async fn list_batches(
+        &self,
+        request: Request<pb::ListBatchesRequest>,
+    ) -> Result<Response<pb::ListBatchesResponse>, Status> {
+        let request = request.into_inner();
+        let provider = match request.provider_id {
+            0 => None,
+            id => Some(u16::try_from(id).map_err(|_| invalid("provider_id", "is not 0 to 65535"))?),
+        };
+        let limit = match request.limit {
+            0 => LIST_BATCHES_DEFAULT,
+            limit => (limit as usize).min(LIST_BATCHES_MAX),
+        };
+        let settlement = Arc::clone(&self.settlement);
+        let batches = tokio::task::spawn_blocking(move || {
+            settlement.list(provider, request.after_batch_id, limit)
+        })
+        .await
+        .map_err(|_| Status::internal("the list task failed"))?
+        .map_err(|err| self.fault(&err))?;
+        Ok(Response::new(pb::ListBatchesResponse {
+            batches: batches.iter().map(batch_message).collect(),
+        }))
+    }
+
+    type PullBatchStream = ReceiverStream<Result<pb::BatchChunk, Status>>;
+
+    async fn pull_batch(
+        &self,
+        request: Request<pb::PullBatchRequest>,
+    ) -> Result<Response<Self::PullBatchStream>, Status> {
+        let batch_id = request.into_inner().batch_id;
+        let permit = admit(&self.jobs, &self.metrics, "settlement jobs")?;
+        let settlement = Arc::clone(&self.settlement);
+        let view = {
+            let settlement = Arc::clone(&settlement);
+            tokio::task::spawn_blocking(move || settlement.batch(batch_id))
+                .await
+                .map_err(|_| Status::internal("the pull task failed"))?
+                .map_err(|err| self.fault(&err))?
+                .ok_or_else(|| settlement_status(&SettlementError::UnknownBatch(batch_id)))?
+        };
+        let (sender, receiver) = mpsc::channel(CHUNKS_AHEAD_MAX);
+        let manifest = pb::BatchChunk {
+            part: Some(pb::batch_chunk::Part::Manifest(
+                settlement.manifest(&view.batch),
+            )),
+        };
+        sender
+            .send(Ok(manifest))
+            .await
+            .map_err(|_| Status::cancelled("the client went away"))?;
+        let metrics = Arc::clone(&self.metrics);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let mut chunks = ChunkWriter {
+                chunk: Vec::with_capacity(CHUNK_BYTES),
+                sender: sender.clone(),
+            };
+            let exported = settlement
+                .export(&view.batch, &mut chunks)
+                .and_then(|()| chunks.send().map_err(SettlementError::Io));
+            match exported {
+                Ok(()) => {}
+                Err(SettlementError::Io(err)) if err.kind() == std::io::ErrorKind::BrokenPipe => {
+                    tracing::info!(
+                        batch = batch_id,
+                        "a settlement pull ended early: the client went away"
+                    );
+                }
+                Err(err) => {
+                    metrics.record_fault(err.code());
+                    tracing::error!(batch = batch_id, cause = %err, "a settlement pull failed");
+                    let _ = sender.blocking_send(Err(settlement_status(&err)));
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn acknowledge_batch(
+        &self,
+        request: Request<pb::AcknowledgeBatchRequest>,
+    ) -> Result<Response<pb::Batch>, Status> {
+        let request = request.into_inner();
+        let sha256: [u8; 32] = request
+            .file_sha256
+            .as_slice()
+            .try_into()
+            .map_err(|_| invalid("file_sha256", "must be exactly 32 bytes"))?;
+        let settlement = Arc::clone(&self.settlement);
+        let now = self.clock.now();
+        let view = tokio::task::spawn_blocking(move || {
+            settlement.acknowledge(request.batch_id, &crate::hex::encode(&sha256), now)
+        })
+        .await
+        .map_err(|_| Status::internal("the acknowledge task failed"))?
+        .map_err(|err| self.fault(&err))?;
+        Ok(Response::new(batch_message(&view)))
+    }
+
+    async fn get_signing_key(
+        &self,
+        _request: Request<pb::GetSigningKeyRequest>,
+    ) -> Result<Response<pb::SigningKey>, Status> {
+        let key = self.settlement.key();
+        Ok(Response::new(pb::SigningKey {
+            algorithm: crate::settlement::key::ALGORITHM.into(),
+            key_id: key.key_id(),
+            public_key: key.public_key().to_vec(),
+        }))
+    }
+}
+
+/// Why a pull to a folder failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// The server answered with an error.
+    #[error("the server refused or failed: {0}")]
+    Status(#[from] Status),
+    /// The stream does not start with a manifest, or the manifest is not valid.
+    #[error("the server's answer is not a settlement batch: {0}")]
+    Protocol(String),
+    /// Writing the files failed.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file does not check against its manifest and the key.
+    #[error("the pulled file does not check, so it was not kept: {0}")]
+    Verify(#[from] crate::settlement::verify::VerifyError),
+}
+
+/// Where a pull put a batch.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    /// The CSV file.
+    pub file: PathBuf,
+    /// The manifest beside it.
+    pub manifest_file: PathBuf,
+    /// The manifest.
+    pub manifest: Manifest,
+}
+
+/// Writes a pulled batch into `folder`: each file under a temporary name, synced, checked
+/// (length, SHA-256, content, and the manifest's signature by `public_key`), then renamed
+/// into place, so that the folder never holds a partial or unchecked file under a
+/// batch's name.
+pub async fn pull_to_folder(
+    mut stream: tonic::Streaming<pb::BatchChunk>,
+    folder: &Path,
+    public_key: &[u8; PUBLIC_KEY_LEN],
+) -> Result<Pulled, PullError> {
+    let protocol = |message: &str| PullError::Protocol(message.to_string());
+    let manifest_bytes = match stream.next().await.transpose()? {
+        Some(pb::BatchChunk {
+            part: Some(pb::batch_chunk::Part::Manifest(bytes)),
+        }) => bytes,
+        _ => return Err(protocol("the first message is not the manifest")),
+    };
+    let manifest = Manifest::from_bytes(&manifest_bytes)
+        .map_err(|err| PullError::Protocol(format!("the manifest does not parse: {err}")))?;
+    if !is_plain_file_name(&manifest.file_name) {
+        return Err(protocol(
+            "the manifest's file name is not a plain .csv file name",
+        ));
+    }
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| PullError::Io { path, source }
+    };
+    let file = folder.join(&manifest.file_name);
+    let manifest_file = folder.join(manifest_name(&manifest.file_name));
+    let partial_file = folder.join(format!(".{}.partial", manifest.file_name));
+    let partial_manifest = folder.join(format!(".{}.partial", manifest_name(&manifest.file_name)));
+
+    let mut out = std::fs::File::create(&partial_file).map_err(io(&partial_file))?;
+    let mut received = 0u64;
+    while let Some(chunk) = stream.next().await.transpose()? {
+        let Some(pb::batch_chunk::Part::FileData(data)) = chunk.part else {
+            return Err(protocol("a second manifest in the stream"));
+        };
+        received += data.len() as u64;
+        if received > manifest.file_bytes {
+            return Err(protocol("the file is longer than its manifest says"));
+        }
+        out.write_all(&data).map_err(io(&partial_file))?;
+    }
+    out.sync_all().map_err(io(&partial_file))?;
+    drop(out);
+    let written = std::fs::File::open(&partial_file).map_err(io(&partial_file))?;
+    crate::settlement::verify::verify(&manifest, std::io::BufReader::new(written), public_key)?;
+    std::fs::write(&partial_manifest, manifest.to_bytes()).map_err(io(&partial_manifest))?;
+    std::fs::File::open(&partial_manifest)
+        .and_then(|file| file.sync_all())
+        .map_err(io(&partial_manifest))?;
+    std::fs::rename(&partial_file, &file).map_err(io(&file))?;
+    std::fs::rename(&partial_manifest, &manifest_file).map_err(io(&manifest_file))?;
+    std::fs::File::open(folder)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io(folder))?;
+    Ok(Pulled {
+        file,
+        manifest_file,
+        manifest,
+    })
+}
+
+/// Whether a name from the server can be used as a file name in the pull folder: no
+/// folders, no dot files, ending in `.csv`.
+fn is_plain_file_name(name: &str) -> bool {
+    name.ends_with(".csv")
+        && !name.starts_with('.')
+        && name.bytes().all(|byte| {
+            byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_' || byte == b'.'
+        })
+}
