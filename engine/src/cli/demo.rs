@@ -4,13 +4,14 @@
 //! parts in-process: real Ed25519 codes minted by real issuer and device keys, the real
 //! verifier, and the real RocksDB ledger with durable group commit. Riders of two
 //! providers tap from many threads at once; some codes are forged, stale or from
-//! deny-listed or broke riders, and some gates retry. At the end it audits the ledger and
-//! checks that every accepted tap was charged exactly once.
+//! deny-listed or broke riders, and some gates retry. At the end it audits the ledger,
+//! checks that every accepted tap was charged exactly once, closes a settlement batch per
+//! provider and writes its signed file and manifest to the output folder, checked.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -20,6 +21,10 @@ use fareway::ledger::{
     AccountRef, AccountStatus, Command, Ledger, LedgerConfig, Outcome, Request, TxId,
 };
 use fareway::money::Amount;
+use fareway::settlement::Settlement;
+use fareway::settlement::key::SettlementKey;
+use fareway::settlement::model::{CloseRequest, Cutoff};
+use fareway::settlement::verify::verify_pulled;
 use fareway::token::mint::{Device, Issuer};
 use fareway::token::{Decision, IssuerRegistry, Provider, Verifier, VerifierConfig};
 use hdrhistogram::Histogram;
@@ -45,6 +50,10 @@ pub struct DemoArgs {
     /// temporary one.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Where the settlement files go (made if missing; files of an earlier run with the
+    /// same names are replaced).
+    #[arg(long, default_value = "fareway-demo-output")]
+    out: PathBuf,
 }
 
 /// What the demo meant each tap to be, so its outcome can be checked.
@@ -108,8 +117,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         })
         .collect::<anyhow::Result<_>>()?;
     let verifier = Verifier::new(VerifierConfig::default(), registry);
-    let ledger = Ledger::open(&data_dir, LedgerConfig::default())
-        .with_context(|| format!("opening the ledger in {}", data_dir.display()))?;
+    let ledger = Arc::new(
+        Ledger::open(&data_dir, LedgerConfig::default())
+            .with_context(|| format!("opening the ledger in {}", data_dir.display()))?,
+    );
 
     // Riders: one in 50 deny-listed, one in 25 broke (no balance, no credit).
     let started = Instant::now();
@@ -351,7 +362,42 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         if revenue_ok { "ok" } else { "MISMATCH" }
     );
     println!("charged twice: {charged_twice}; taps with an unexpected outcome: {unexpected}");
-    let ok = report.ok() && revenue_ok && charged_twice == 0 && unexpected == 0;
+
+    // Settlement: a batch per provider, written and checked like a pull.
+    let (key, _) = SettlementKey::load_or_create(&temp.path().join("settlement.key"))?;
+    let public_key = key.public_key();
+    let settlement = Settlement::new(Arc::clone(&ledger), key, "EUR".into());
+    let close = CloseRequest {
+        id: next_id(),
+        providers: Vec::new(),
+        cutoff: Cutoff::Now,
+    };
+    let closed = settlement.close(&close, now)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot make folder {}", args.out.display()))?;
+    println!();
+    let mut settled = 0;
+    for view in &closed.batches {
+        let (file, _) = settlement.write_files(&view.batch, &args.out)?;
+        let manifest = verify_pulled(&file, &public_key)
+            .with_context(|| format!("{} does not check", file.display()))?;
+        settled += manifest.net_minor;
+        println!(
+            "settlement batch {} for provider {}: {} lines, net {} {}, signed and checked: {}",
+            manifest.batch_id,
+            manifest.provider_id,
+            manifest.line_count,
+            manifest.net_minor,
+            manifest.currency,
+            file.display()
+        );
+    }
+    let settled_ok = settled == revenue;
+    println!(
+        "settlement: batches net {settled}, operator revenue {revenue}: {}",
+        if settled_ok { "ok" } else { "MISMATCH" }
+    );
+    let ok = report.ok() && revenue_ok && settled_ok && charged_twice == 0 && unexpected == 0;
     println!("invariants: {}", if ok { "ok" } else { "FAILED" });
     Ok(if ok {
         ExitCode::SUCCESS

@@ -453,6 +453,31 @@ impl Settlement {
         Ok(())
     }
 
+    /// Writes the batch's CSV file and manifest into `folder`, each under a temporary
+    /// name first, synced, then renamed into place. Returns their paths.
+    pub fn write_files(
+        &self,
+        batch: &Batch,
+        folder: &std::path::Path,
+    ) -> Result<(std::path::PathBuf, std::path::PathBuf), SettlementError> {
+        let name = model::file_name(batch.provider_id, batch.id);
+        let file = folder.join(&name);
+        let manifest_file = folder.join(model::manifest_name(&name));
+        let partial = folder.join(format!(".{name}.partial"));
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&partial)?);
+        self.export(batch, &mut out)?;
+        out.into_inner()
+            .map_err(|err| err.into_error())?
+            .sync_all()?;
+        let partial_manifest = folder.join(format!(".{}.partial", model::manifest_name(&name)));
+        std::fs::write(&partial_manifest, self.manifest(batch))?;
+        std::fs::File::open(&partial_manifest)?.sync_all()?;
+        std::fs::rename(&partial, &file)?;
+        std::fs::rename(&partial_manifest, &manifest_file)?;
+        std::fs::File::open(folder)?.sync_all()?;
+        Ok((file, manifest_file))
+    }
+
     /// Records the provider's receipt of a batch's file, checked by its SHA-256. Once
     /// acknowledged, a batch stays acknowledged at its first time.
     pub fn acknowledge(
