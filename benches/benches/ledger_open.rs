@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use fareway::ledger::{AccountRef, Command, Ledger, LedgerConfig, Request, StoreConfig, TxId};
 use fareway::money::Amount;
-use fareway_benches::NOW;
+use fareway_benches::{NOW, proc_status_kib};
 
 fn main() {
     if std::env::args().any(|arg| arg == "--list") {
@@ -90,7 +90,7 @@ fn main() {
         return;
     }
 
-    let rss_before_kib = rss_kib();
+    let rss_before_kib = proc_status_kib("VmRSS");
     let started = Instant::now();
     let ledger = Ledger::open(
         &dir,
@@ -123,21 +123,7 @@ fn main() {
     println!(
         "resident memory: {} MiB before opening, {} MiB after (cache budget {} MiB)",
         rss_before_kib / 1024,
-        rss_kib() / 1024,
+        proc_status_kib("VmRSS") / 1024,
         budget >> 20
     );
-}
-
-/// The process's resident set size, from /proc (Linux).
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|line| line.starts_with("VmRSS:"))
-                .and_then(|line| line.split_whitespace().nth(1))
-                .and_then(|value| value.parse().ok())
-        })
-        .unwrap_or(0)
 }

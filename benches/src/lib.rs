@@ -91,3 +91,21 @@ pub fn charge(id: u64) -> Request {
         command,
     }
 }
+
+/// A memory figure of this process from `/proc/self/status` in KiB (Linux): `VmRSS` for
+/// the resident set now, `VmHWM` for its peak. 0 where it cannot be read.
+pub fn proc_status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| {
+                    line.strip_prefix(field)
+                        .is_some_and(|rest| rest.starts_with(':'))
+                })
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|value| value.parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -6,16 +6,19 @@
 //! totals, and every pull writes it again, byte for byte. Memory does not grow with the
 //! batch: one record at a time goes from an iterator to the output.
 
+use std::fmt::Write as _;
 use std::io::Write;
 
 use rocksdb::{DB, ReadOptions, Snapshot};
 
 use super::SettlementError;
 use super::model::{Batch, Totals, rfc3339};
+use crate::clock::UnixMillis;
+use crate::fares::{RouteId, StationId};
 use crate::ledger::codec;
 use crate::ledger::model::rider_of_postings;
 use crate::ledger::store::{CF_LOG, CF_PROVIDER_ENTRIES};
-use crate::ledger::{AccountRef, Command, Record, TapKind};
+use crate::ledger::{AccountRef, Command, Record, TapKind, TxId};
 use crate::money::Amount;
 
 /// The file format version, the header's second field.
@@ -28,15 +31,15 @@ pub const DETAIL: &str = "D";
 /// See [`HEADER`].
 pub const TRAILER: &str = "T";
 
-/// One detail line, before it is numbered.
+/// One detail line, before it is numbered. Columns in `docs/settlement.md`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DetailLine {
     /// The entry's ledger sequence.
     pub sequence: u64,
-    /// The transaction id, 32 hex digits.
-    pub transaction_id: String,
+    /// The transaction id.
+    pub transaction_id: TxId,
     /// When the transaction happened (a tap's scan time).
-    pub time: String,
+    pub time: UnixMillis,
     /// What it was: see `docs/settlement.md`.
     pub kind: &'static str,
     /// The rider's account.
@@ -45,22 +48,22 @@ pub struct DetailLine {
     pub operator: u16,
     /// `metro`, `bus`, or empty.
     pub mode: &'static str,
-    /// The gate or bus reader, or empty.
-    pub gate: String,
-    /// Where and when the metro journey was entered, or empty.
-    pub entry_station: String,
-    /// See `entry_station`.
-    pub entry_time: String,
-    /// Where and when it was exited, or empty.
-    pub exit_station: String,
-    /// See `exit_station`.
-    pub exit_time: String,
-    /// The bus route, or empty.
-    pub route: String,
+    /// The gate or bus reader.
+    pub gate: Option<u32>,
+    /// Where the metro journey was entered.
+    pub entry_station: Option<StationId>,
+    /// When it was entered.
+    pub entry_time: Option<UnixMillis>,
+    /// Where it was exited.
+    pub exit_station: Option<StationId>,
+    /// When it was exited.
+    pub exit_time: Option<UnixMillis>,
+    /// The bus route.
+    pub route: Option<RouteId>,
     /// Positive: the rider was charged; negative: the rider got money back.
     pub amount: Amount,
-    /// For a refund, the refunded transaction's id.
-    pub refund_of: String,
+    /// For a refund, the refunded transaction.
+    pub refund_of: Option<TxId>,
 }
 
 /// Reads the log record at `sequence` through an iterator that walks forward: a batch's
@@ -150,27 +153,34 @@ fn entry_sequence(key: &[u8], provider_id: u16) -> Result<u64, SettlementError> 
 
 /// Writes the batch's CSV file to `out` and returns its totals. `snapshot` pins the
 /// ledger's view while a batch is being closed; a pull of a closed batch needs none.
+///
+/// Records are written by hand, not through a CSV writer: no field can need quoting
+/// (numbers, hex ids, fixed words, RFC 3339 times, a checked currency code and cut-off),
+/// and one reused line buffer keeps the export at a few allocations per line.
 pub fn write_file(
     db: &DB,
     snapshot: Option<&Snapshot<'_>>,
     batch: &Batch,
     out: impl Write,
 ) -> Result<Totals, SettlementError> {
-    let mut csv = csv::WriterBuilder::new()
-        .flexible(true)
-        .buffer_capacity(64 << 10)
-        .from_writer(out);
-    csv.write_record([
-        HEADER,
-        &FILE_FORMAT_VERSION.to_string(),
-        &batch.provider_id.to_string(),
-        &batch.id.to_string(),
-        &batch.after_sequence.to_string(),
-        &batch.through_sequence.to_string(),
-        &batch.cutoff.describe(),
-        &batch.currency,
-        &rfc3339(batch.created_at),
-    ])?;
+    let mut out = std::io::BufWriter::with_capacity(64 << 10, out);
+    let mut line = String::with_capacity(256);
+    let mut times = TimeText::default();
+    write_record(
+        &mut line,
+        &[
+            HEADER,
+            &FILE_FORMAT_VERSION.to_string(),
+            &batch.provider_id.to_string(),
+            &batch.id.to_string(),
+            &batch.after_sequence.to_string(),
+            &batch.through_sequence.to_string(),
+            &batch.cutoff.describe(),
+            &batch.currency,
+            &rfc3339(batch.created_at),
+        ],
+    );
+    out.write_all(line.as_bytes())?;
     let mut totals = Totals::default();
     for_each_entry(
         db,
@@ -179,41 +189,97 @@ pub fn write_file(
         batch.after_sequence,
         batch.through_sequence,
         |sequence, record| {
-            let line = detail_line(sequence, &record)?;
-            totals.add(line.amount).ok_or_else(|| {
+            let detail = detail_line(sequence, &record)?;
+            totals.add(detail.amount).ok_or_else(|| {
                 SettlementError::Corrupt(format!("batch {} totals overflow", batch.id))
             })?;
-            csv.write_record([
-                DETAIL,
-                &totals.line_count.to_string(),
-                &line.sequence.to_string(),
-                &line.transaction_id,
-                &line.time,
-                line.kind,
-                &line.account.to_string(),
-                &line.operator.to_string(),
-                line.mode,
-                &line.gate,
-                &line.entry_station,
-                &line.entry_time,
-                &line.exit_station,
-                &line.exit_time,
-                &line.route,
-                &line.amount.to_string(),
-                &line.refund_of,
-            ])?;
+            line.clear();
+            // Writing to a String cannot fail.
+            let _ = write!(
+                line,
+                "{DETAIL},{},{},{},{},{},{},{},{},{},{},",
+                totals.line_count,
+                detail.sequence,
+                detail.transaction_id,
+                times.format(detail.time),
+                detail.kind,
+                detail.account,
+                detail.operator,
+                detail.mode,
+                OrEmpty(detail.gate),
+                OrEmpty(detail.entry_station),
+            );
+            if let Some(entered_at) = detail.entry_time {
+                line.push_str(times.format(entered_at));
+            }
+            let _ = write!(line, ",{},", OrEmpty(detail.exit_station));
+            if let Some(exited_at) = detail.exit_time {
+                line.push_str(times.format(exited_at));
+            }
+            let _ = write!(line, ",{},{},", OrEmpty(detail.route), detail.amount);
+            if let Some(original) = detail.refund_of {
+                let _ = write!(line, "{original}");
+            }
+            line.push('\n');
+            out.write_all(line.as_bytes())?;
             Ok(true)
         },
     )?;
-    csv.write_record([
-        TRAILER,
-        &totals.line_count.to_string(),
-        &totals.total_charged.to_string(),
-        &totals.total_refunded.to_string(),
-        &totals.net().to_string(),
-    ])?;
-    csv.flush()?;
+    write_record(
+        &mut line,
+        &[
+            TRAILER,
+            &totals.line_count.to_string(),
+            &totals.total_charged.to_string(),
+            &totals.total_refunded.to_string(),
+            &totals.net().to_string(),
+        ],
+    );
+    out.write_all(line.as_bytes())?;
+    out.flush()?;
     Ok(totals)
+}
+
+/// One record of plain fields: comma-separated, newline-terminated.
+fn write_record(line: &mut String, fields: &[&str]) {
+    line.clear();
+    line.push_str(&fields.join(","));
+    line.push('\n');
+}
+
+/// A number, or nothing.
+struct OrEmpty<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OrEmpty<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(value) => value.fmt(f),
+            None => Ok(()),
+        }
+    }
+}
+
+/// RFC 3339 times, formatting the date and time of day once per second: a busy network's
+/// taps share their second by the thousand.
+#[derive(Default)]
+struct TimeText {
+    second: Option<u64>,
+    text: String,
+}
+
+impl TimeText {
+    fn format(&mut self, time: UnixMillis) -> &str {
+        let second = time.0 / 1_000;
+        if self.second != Some(second) {
+            self.text = rfc3339(UnixMillis(second * 1_000));
+            self.second = Some(second);
+        }
+        // "YYYY-MM-DDTHH:MM:SS." is the part before the milliseconds.
+        let before_millis = self.text.len() - 4;
+        self.text.truncate(before_millis);
+        let _ = write!(self.text, "{:03}Z", time.0 % 1_000);
+        &self.text
+    }
 }
 
 /// The detail line of a settling ledger record.
@@ -233,51 +299,48 @@ pub fn detail_line(sequence: u64, record: &Record) -> Result<DetailLine, Settlem
             _ => None,
         })
         .ok_or_else(not_settling)?;
-    let time = rfc3339(record.request.time);
+    let time = record.request.time;
     let mut line = DetailLine {
         sequence,
-        transaction_id: record.request.id.to_string(),
-        time: time.clone(),
+        transaction_id: record.request.id,
+        time,
         kind: "",
         account,
         operator,
         mode: "",
-        gate: String::new(),
-        entry_station: String::new(),
-        entry_time: String::new(),
-        exit_station: String::new(),
-        exit_time: String::new(),
-        route: String::new(),
+        gate: None,
+        entry_station: None,
+        entry_time: None,
+        exit_station: None,
+        exit_time: None,
+        route: None,
         amount: record.rider_charge(),
-        refund_of: String::new(),
+        refund_of: None,
     };
     let journey_entry = |line: &mut DetailLine| {
         if let Some(journey) = record.journey {
-            line.entry_station = journey
-                .entry_station
-                .map(|s| s.to_string())
-                .unwrap_or_default();
-            line.entry_time = journey.entered_at.map(rfc3339).unwrap_or_default();
+            line.entry_station = journey.entry_station;
+            line.entry_time = journey.entered_at;
         }
     };
     match record.request.command {
         Command::Charge { .. } => line.kind = "charge",
         Command::Refund { original } => {
             line.kind = "refund";
-            line.refund_of = original.to_string();
+            line.refund_of = Some(original);
         }
         Command::Tap(tap) => {
-            line.gate = tap.gate_id.to_string();
+            line.gate = Some(tap.gate_id);
             match tap.kind {
                 TapKind::Bus { route } => {
                     line.kind = "bus";
                     line.mode = "bus";
-                    line.route = route.to_string();
+                    line.route = Some(route);
                 }
                 TapKind::MetroExit { station } => {
                     line.mode = "metro";
-                    line.exit_station = station.to_string();
-                    line.exit_time = time;
+                    line.exit_station = Some(station);
+                    line.exit_time = Some(time);
                     let entered = record.journey.is_some_and(|j| j.entry_station.is_some());
                     line.kind = if entered { "metro" } else { "metro_no_entry" };
                     journey_entry(&mut line);
