@@ -183,6 +183,8 @@ fn audit_passes_on_the_demo_ledger_and_refuses_a_non_ledger_folder() {
         "8",
         "--data-dir",
         data.to_str().unwrap(),
+        "--out",
+        dir.path().join("out").to_str().unwrap(),
     ]);
     assert!(demo.status.success(), "{}", stdout(&demo));
     assert!(stdout(&demo).contains("invariants: ok"));
@@ -204,4 +206,94 @@ fn audit_passes_on_the_demo_ledger_and_refuses_a_non_ledger_folder() {
     let empty = fareway(&["audit", "--data-dir", dir.path().to_str().unwrap()]);
     assert!(!empty.status.success());
     assert!(String::from_utf8_lossy(&empty.stderr).contains("is not a ledger data directory"));
+}
+
+/// The demo's settlement files check offline; a flipped byte does not; a provider's reply
+/// that agrees reconciles (exit 0) and one that differs does not (exit 1).
+#[test]
+fn settle_verify_and_reconcile_check_the_demo_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let demo = fareway(&[
+        "demo",
+        "--riders",
+        "100",
+        "--taps",
+        "500",
+        "--gates",
+        "4",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(demo.status.success(), "{}", stdout(&demo));
+    let key = std::fs::read_to_string(out.join("settlement-public-key.txt")).unwrap();
+    let file = out.join("fareway-settlement-p00001-b00000001.csv");
+    let verified = fareway(&[
+        "settle",
+        "verify",
+        file.to_str().unwrap(),
+        "--public-key",
+        key.trim(),
+    ]);
+    assert!(verified.status.success(), "{verified:?}");
+    assert!(
+        stdout(&verified).starts_with("ok: batch 1 of provider 1"),
+        "{}",
+        stdout(&verified)
+    );
+
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut reply = String::from("transaction_id,amount_minor,status\n");
+    for line in text.lines().filter(|line| line.starts_with("D,")) {
+        let fields: Vec<&str> = line.split(',').collect();
+        reply.push_str(&format!("{},{},settled\n", fields[3], fields[15]));
+    }
+    let reply_path = dir.path().join("reply.csv");
+    std::fs::write(&reply_path, &reply).unwrap();
+    let reconcile = |reply: &std::path::Path| {
+        fareway(&[
+            "settle",
+            "reconcile",
+            "--batch",
+            "1",
+            "--dir",
+            out.to_str().unwrap(),
+            reply.to_str().unwrap(),
+        ])
+    };
+    let agreed = reconcile(&reply_path);
+    assert!(agreed.status.success(), "{}", stdout(&agreed));
+    assert!(stdout(&agreed).contains("reconciled: the reply agrees with the batch"));
+    let mut lines: Vec<&str> = reply.lines().collect();
+    let changed = lines[1].replace(",settled", ",rejected");
+    lines[1] = &changed;
+    std::fs::write(&reply_path, lines.join("\n") + "\nnot,a,line\n").unwrap();
+    let differs = reconcile(&reply_path);
+    assert_eq!(differs.status.code(), Some(1), "{}", stdout(&differs));
+    assert!(
+        stdout(&differs).contains("reply line 2:"),
+        "{}",
+        stdout(&differs)
+    );
+    assert!(
+        stdout(&differs).contains("mismatched 1, bad lines 1"),
+        "{}",
+        stdout(&differs)
+    );
+
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[60] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+    let tampered = fareway(&[
+        "settle",
+        "verify",
+        file.to_str().unwrap(),
+        "--public-key",
+        key.trim(),
+    ]);
+    assert_eq!(tampered.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&tampered.stderr).contains("SHA-256"),
+        "{tampered:?}"
+    );
 }

@@ -375,6 +375,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let closed = settlement.close(&close, now)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot make folder {}", args.out.display()))?;
+    // The key is new on every run: its public half goes beside the files to check them with.
+    let key_path = args.out.join("settlement-public-key.txt");
+    std::fs::write(
+        &key_path,
+        format!("{}\n", fareway::hex::encode(&public_key)),
+    )
+    .with_context(|| format!("cannot write {}", key_path.display()))?;
     println!();
     let mut settled = 0;
     for view in &closed.batches {
@@ -394,8 +401,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     let settled_ok = settled == revenue;
     println!(
-        "settlement: batches net {settled}, operator revenue {revenue}: {}",
-        if settled_ok { "ok" } else { "MISMATCH" }
+        "settlement: batches net {settled}, operator revenue {revenue}: {}; public key in {}",
+        if settled_ok { "ok" } else { "MISMATCH" },
+        key_path.display()
     );
     let ok = report.ok() && revenue_ok && settled_ok && charged_twice == 0 && unexpected == 0;
     println!("invariants: {}", if ok { "ok" } else { "FAILED" });

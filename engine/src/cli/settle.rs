@@ -211,6 +211,10 @@ async fn run_online(command: SettleCommand) -> anyhow::Result<ExitCode> {
             if answer.replay {
                 println!("this close was already made; its batches:");
             }
+            if answer.batches.is_empty() {
+                println!("nothing to settle: no provider has settlement entries or batches yet");
+                return Ok(ExitCode::SUCCESS);
+            }
             print_batches(&answer.batches);
             Ok(ExitCode::SUCCESS)
         }

@@ -83,15 +83,6 @@ pub enum SettlementError {
     Corrupt(String),
 }
 
-impl From<csv::Error> for SettlementError {
-    fn from(err: csv::Error) -> Self {
-        match err.into_kind() {
-            csv::ErrorKind::Io(err) => SettlementError::Io(err),
-            other => SettlementError::Corrupt(format!("CSV writer: {other:?}")),
-        }
-    }
-}
-
 impl SettlementError {
     /// The stable code string.
     pub fn code(&self) -> &'static str {
