@@ -82,7 +82,16 @@ async fn pull(
         .await
         .unwrap()
         .into_inner();
-    let pulled = pull_to_folder(stream, folder, &key).await.unwrap();
+    let mut last_progress = (0, 0);
+    let pulled = pull_to_folder(stream, folder, &key, |received, total| {
+        last_progress = (received, total);
+    })
+    .await
+    .unwrap();
+    if pulled.manifest.file_bytes > 0 {
+        let whole = (pulled.manifest.file_bytes, pulled.manifest.file_bytes);
+        assert_eq!(last_progress, whole);
+    }
     verify_pulled(&pulled.file, &key).unwrap();
     (
         std::fs::read(&pulled.file).unwrap(),

@@ -274,9 +274,20 @@ async fn run_online(command: SettleCommand) -> anyhow::Result<ExitCode> {
                 .await
                 .with_context(|| format!("cannot pull batch {batch}"))?
                 .into_inner();
-            let pulled = pull_to_folder(stream, &out, &public_key)
-                .await
-                .with_context(|| format!("pull of batch {batch} failed"))?;
+            // Drawn on standard error, and only when it is a terminal.
+            let bar = indicatif::ProgressBar::new(0).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let pulled = pull_to_folder(stream, &out, &public_key, |received, total| {
+                bar.set_length(total);
+                bar.set_position(received);
+            })
+            .await
+            .with_context(|| format!("pull of batch {batch} failed"))?;
+            bar.finish_and_clear();
             let manifest = &pulled.manifest;
             println!(
                 "pulled batch {} of provider {}: {} lines, net {} {}; SHA-256 and signature checked against {} ({})",

@@ -360,11 +360,12 @@ pub struct Pulled {
 /// Writes a pulled batch into `folder`: each file under a temporary name, synced, checked
 /// (length, SHA-256, content, and the manifest's signature by `public_key`), then renamed
 /// into place, so that the folder never holds a partial or unchecked file under a
-/// batch's name.
+/// batch's name. `progress(received, total)` is called after each chunk, in bytes.
 pub async fn pull_to_folder(
     mut stream: tonic::Streaming<pb::BatchChunk>,
     folder: &Path,
     public_key: &[u8; PUBLIC_KEY_LEN],
+    mut progress: impl FnMut(u64, u64),
 ) -> Result<Pulled, PullError> {
     let protocol = |message: &str| PullError::Protocol(message.to_string());
     let manifest_bytes = match stream.next().await.transpose()? {
@@ -400,6 +401,7 @@ pub async fn pull_to_folder(
             return Err(protocol("the file is longer than its manifest says"));
         }
         out.write_all(&data).map_err(io(&partial_file))?;
+        progress(received, manifest.file_bytes);
     }
     out.sync_all().map_err(io(&partial_file))?;
     drop(out);
