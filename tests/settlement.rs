@@ -83,7 +83,7 @@ async fn pull(
         .unwrap()
         .into_inner();
     let mut last_progress = (0, 0);
-    let pulled = pull_to_folder(stream, folder, &key, |received, total| {
+    let pulled = pull_to_folder(stream, batch_id, folder, &key, |received, total| {
         last_progress = (received, total);
     })
     .await
@@ -322,6 +322,30 @@ fn code<T>(result: Result<tonic::Response<T>, tonic::Status>) -> Code {
 async fn closes_and_acknowledgements_answer_with_exact_codes() {
     let server = TestServer::start(|_| {}).await;
     let mut settlement = server.settlement(Some(FINANCE_TOKEN)).await;
+    // No provider has anything yet: nothing to settle, no batch, no error.
+    let none = settlement
+        .close_batches(pb::CloseBatchesRequest {
+            close_id: tx(100),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(none.batches.is_empty());
+
+    let mut admin = server.admin(Some(ADMIN_TOKEN)).await;
+    open_account(&mut admin, 5, 1).await;
+    let mut phone = phone_of(&issuer(1), 5, 5);
+    let mut gate = server.gate(Some(GATE_TOKEN)).await;
+    let ride = gate
+        .tap(tap(70, 9, pb::Direction::Bus, 501, T, phone.code_text(T)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ride.fare_minor, 200);
+    let charged = close(&mut settlement, 101, vec![1]).await;
+    assert_eq!((charged[0].line_count, charged[0].net_minor), (1, 200));
+
     let first = settlement
         .close_batches(pb::CloseBatchesRequest {
             close_id: tx(1),
@@ -334,8 +358,9 @@ async fn closes_and_acknowledgements_answer_with_exact_codes() {
     assert!(!first.replay);
     assert_eq!(first.batches.len(), 1);
     let batch = &first.batches[0];
-    // Nothing to settle: an empty batch with a correct trailer.
+    // Nothing new to settle: an empty batch with a correct trailer.
     assert_eq!((batch.line_count, batch.net_minor), (0, 0));
+    assert_eq!(batch.after_sequence, charged[0].through_sequence);
     assert_eq!(batch.currency, "EUR");
     assert_eq!(batch.status, pb::BatchStatus::Closed as i32);
 
@@ -362,8 +387,8 @@ async fn closes_and_acknowledgements_answer_with_exact_codes() {
     let both = settlement
         .close_batches(pb::CloseBatchesRequest {
             close_id: tx(2),
-            cutoff_time_ms: 5,
-            cutoff_sequence: 5,
+            cutoff_time_ms: Some(5),
+            cutoff_sequence: Some(5),
             ..Default::default()
         })
         .await;
@@ -386,11 +411,42 @@ async fn closes_and_acknowledgements_answer_with_exact_codes() {
     let ahead = settlement
         .close_batches(pb::CloseBatchesRequest {
             close_id: tx(4),
-            cutoff_sequence: 1_000_000,
+            cutoff_sequence: Some(1_000_000),
             ..Default::default()
         })
         .await;
     assert_eq!(code(ahead), Code::FailedPrecondition);
+    // Year 10000 and later cannot be written as RFC 3339: refused, not a fault.
+    let far = settlement
+        .close_batches(pb::CloseBatchesRequest {
+            close_id: tx(5),
+            cutoff_time_ms: Some(253_402_300_800_000),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(code(far), Code::InvalidArgument);
+    // A provider with no entries and no batches is a mistake, not an empty batch.
+    let unknown_provider = settlement
+        .close_batches(pb::CloseBatchesRequest {
+            close_id: tx(6),
+            providers: vec![4242],
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(code(unknown_provider), Code::NotFound);
+    // Sequence 0 is a real cut-off (nothing new), not "now".
+    let nothing = settlement
+        .close_batches(pb::CloseBatchesRequest {
+            close_id: tx(7),
+            providers: vec![1],
+            cutoff_sequence: Some(0),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(nothing.batches[0].line_count, 0);
+    assert_eq!(nothing.batches[0].cutoff, "sequence:0");
 
     let wrong_hash = settlement
         .acknowledge_batch(pb::AcknowledgeBatchRequest {
@@ -429,5 +485,6 @@ async fn closes_and_acknowledgements_answer_with_exact_codes() {
         .unwrap()
         .into_inner()
         .batches;
-    assert_eq!(listed, [acknowledged]);
+    assert_eq!(listed.len(), 3);
+    assert_eq!(listed[1], acknowledged);
 }

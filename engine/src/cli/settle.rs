@@ -187,11 +187,13 @@ async fn run_online(command: SettleCommand) -> anyhow::Result<ExitCode> {
                     let at = humantime::parse_rfc3339_weak(&text).with_context(|| {
                         format!("--cutoff-time {text:?} is not an RFC 3339 time")
                     })?;
-                    at.duration_since(std::time::UNIX_EPOCH)
-                        .context("--cutoff-time is before 1970")?
-                        .as_millis() as u64
+                    Some(
+                        at.duration_since(std::time::UNIX_EPOCH)
+                            .context("--cutoff-time is before 1970")?
+                            .as_millis() as u64,
+                    )
                 }
-                None => 0,
+                None => None,
             };
             println!(
                 "close id {} (give it as --close-id to retry this close)",
@@ -203,7 +205,7 @@ async fn run_online(command: SettleCommand) -> anyhow::Result<ExitCode> {
                     close_id: close_id.to_vec(),
                     providers,
                     cutoff_time_ms,
-                    cutoff_sequence: cutoff_sequence.unwrap_or(0),
+                    cutoff_sequence,
                 })
                 .await
                 .context("close failed")?
@@ -281,7 +283,7 @@ async fn run_online(command: SettleCommand) -> anyhow::Result<ExitCode> {
                 )
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
-            let pulled = pull_to_folder(stream, &out, &public_key, |received, total| {
+            let pulled = pull_to_folder(stream, batch, &out, &public_key, |received, total| {
                 bar.set_length(total);
                 bar.set_position(received);
             })

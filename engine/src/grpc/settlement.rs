@@ -6,6 +6,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use fareway_proto::v1 as pb;
 use tokio::sync::{Semaphore, mpsc};
@@ -16,7 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::clock::{Clock, UnixMillis};
 use crate::server::metrics::Metrics;
 use crate::settlement::manifest::Manifest;
-use crate::settlement::model::{BatchView, CloseRequest, Cutoff, manifest_name};
+use crate::settlement::model::{BatchView, CloseRequest, Cutoff, LATEST_TIME, manifest_name};
 use crate::settlement::{LIST_BATCHES_MAX, Settlement, SettlementError};
 use crate::token::format::PUBLIC_KEY_LEN;
 
@@ -30,6 +31,11 @@ pub const CHUNK_BYTES: usize = 64 << 10;
 pub const CHUNKS_AHEAD_MAX: usize = 4;
 /// Batches in a list page when the caller does not say.
 pub const LIST_BATCHES_DEFAULT: usize = 100;
+/// Providers one close may name.
+pub const CLOSE_PROVIDERS_MAX: usize = 1_000;
+/// How long a pull waits for a client that stopped reading before it gives up (and frees
+/// its job slot).
+pub const PULL_STALL_MAX: Duration = Duration::from_secs(30);
 
 /// The settlement API.
 #[derive(Debug, Clone)]
@@ -70,7 +76,7 @@ impl SettlementApi {
 pub fn settlement_status(err: &SettlementError) -> Status {
     use tonic::Code;
     let code = match err {
-        SettlementError::UnknownBatch(_) => Code::NotFound,
+        SettlementError::UnknownBatch(_) | SettlementError::UnknownProvider(_) => Code::NotFound,
         SettlementError::Conflict { .. } => Code::AlreadyExists,
         SettlementError::CutoffAhead { .. } | SettlementError::HashMismatch { .. } => {
             Code::FailedPrecondition
@@ -82,9 +88,24 @@ pub fn settlement_status(err: &SettlementError) -> Status {
     convert::status(code, err.to_string(), err.code())
 }
 
+/// `INTERNAL` for a blocking task that panicked or was cancelled.
+fn task_failed(what: &str) -> Status {
+    convert::status(
+        tonic::Code::Internal,
+        format!("the {what} task failed"),
+        "internal",
+    )
+}
+
 /// A close request as the domain's input.
 pub fn close_request(request: &pb::CloseBatchesRequest) -> Result<CloseRequest, Status> {
     let id = convert::tx_id(&request.close_id, "close_id")?;
+    if request.providers.len() > CLOSE_PROVIDERS_MAX {
+        return Err(invalid(
+            "providers",
+            &format!("at most {CLOSE_PROVIDERS_MAX} in one close"),
+        ));
+    }
     let mut providers = Vec::with_capacity(request.providers.len());
     for provider in &request.providers {
         match u16::try_from(*provider) {
@@ -97,13 +118,17 @@ pub fn close_request(request: &pb::CloseBatchesRequest) -> Result<CloseRequest, 
             }
         }
     }
-    providers.sort_unstable();
-    providers.dedup();
     let cutoff = match (request.cutoff_time_ms, request.cutoff_sequence) {
-        (0, 0) => Cutoff::Now,
-        (time, 0) => Cutoff::Time(UnixMillis(time)),
-        (0, sequence) => Cutoff::Sequence(sequence),
-        _ => {
+        (None, None) => Cutoff::Now,
+        (Some(time), None) if time > LATEST_TIME.0 => {
+            return Err(invalid(
+                "cutoff_time_ms",
+                "must be before the year 10000 (RFC 3339 cannot write it)",
+            ));
+        }
+        (Some(time), None) => Cutoff::Time(UnixMillis(time)),
+        (None, Some(sequence)) => Cutoff::Sequence(sequence),
+        (Some(_), Some(_)) => {
             return Err(invalid(
                 "cutoff_sequence",
                 "give a cut-off time or a cut-off sequence, not both",
@@ -150,7 +175,8 @@ pub fn batch_message(view: &BatchView) -> pb::Batch {
 }
 
 /// Hands a pulled file to the gRPC stream in chunks, waiting while the client is
-/// [`CHUNKS_AHEAD_MAX`] chunks behind. A client that went away ends the export.
+/// [`CHUNKS_AHEAD_MAX`] chunks behind. A client that went away, or that read nothing for
+/// [`PULL_STALL_MAX`], ends the export.
 struct ChunkWriter {
     chunk: Vec<u8>,
     sender: mpsc::Sender<Result<pb::BatchChunk, Status>>,
@@ -165,9 +191,30 @@ impl ChunkWriter {
         let chunk = pb::BatchChunk {
             part: Some(pb::batch_chunk::Part::FileData(data)),
         };
-        self.sender.blocking_send(Ok(chunk)).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
-        })
+        let mut chunk = Ok(chunk);
+        let started = Instant::now();
+        loop {
+            match self.sender.try_send(chunk) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::BrokenPipe,
+                        "the client went away",
+                    ));
+                }
+                Err(mpsc::error::TrySendError::Full(back)) => {
+                    if started.elapsed() > PULL_STALL_MAX {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the client stopped reading",
+                        ));
+                    }
+                    chunk = back;
+                    // A blocking thread of its own: a short sleep costs no async worker.
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        }
     }
 }
 
@@ -202,7 +249,7 @@ impl pb::settlement_service_server::SettlementService for SettlementApi {
             settlement.close(&close, now)
         })
         .await
-        .map_err(|_| Status::internal("the close task failed"))?
+        .map_err(|_| task_failed("close"))?
         .map_err(|err| self.fault(&err))?;
         Ok(Response::new(pb::CloseBatchesResponse {
             batches: closed.batches.iter().map(batch_message).collect(),
@@ -228,7 +275,7 @@ impl pb::settlement_service_server::SettlementService for SettlementApi {
             settlement.list(provider, request.after_batch_id, limit)
         })
         .await
-        .map_err(|_| Status::internal("the list task failed"))?
+        .map_err(|_| task_failed("list"))?
         .map_err(|err| self.fault(&err))?;
         Ok(Response::new(pb::ListBatchesResponse {
             batches: batches.iter().map(batch_message).collect(),
@@ -248,7 +295,7 @@ impl pb::settlement_service_server::SettlementService for SettlementApi {
             let settlement = Arc::clone(&settlement);
             tokio::task::spawn_blocking(move || settlement.batch(batch_id))
                 .await
-                .map_err(|_| Status::internal("the pull task failed"))?
+                .map_err(|_| task_failed("pull"))?
                 .map_err(|err| self.fault(&err))?
                 .ok_or_else(|| settlement_status(&SettlementError::UnknownBatch(batch_id)))?
         };
@@ -274,11 +321,18 @@ impl pb::settlement_service_server::SettlementService for SettlementApi {
                 .and_then(|()| chunks.send().map_err(SettlementError::Io));
             match exported {
                 Ok(()) => {}
-                Err(SettlementError::Io(err)) if err.kind() == std::io::ErrorKind::BrokenPipe => {
-                    tracing::info!(
-                        batch = batch_id,
-                        "a settlement pull ended early: the client went away"
-                    );
+                Err(SettlementError::Io(err))
+                    if matches!(
+                        err.kind(),
+                        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    tracing::warn!(batch = batch_id, cause = %err, "a settlement pull ended early");
+                    let _ = sender.try_send(Err(convert::status(
+                        tonic::Code::DeadlineExceeded,
+                        format!("the pull of batch {batch_id} ended: {err}"),
+                        "client_stalled",
+                    )));
                 }
                 Err(err) => {
                     metrics.record_fault(err.code());
@@ -306,7 +360,7 @@ impl pb::settlement_service_server::SettlementService for SettlementApi {
             settlement.acknowledge(request.batch_id, &crate::hex::encode(&sha256), now)
         })
         .await
-        .map_err(|_| Status::internal("the acknowledge task failed"))?
+        .map_err(|_| task_failed("acknowledge"))?
         .map_err(|err| self.fault(&err))?;
         Ok(Response::new(batch_message(&view)))
     }
@@ -361,11 +415,41 @@ pub struct Pulled {
 /// (length, SHA-256, content, and the manifest's signature by `public_key`), then renamed
 /// into place, so that the folder never holds a partial or unchecked file under a
 /// batch's name. `progress(received, total)` is called after each chunk, in bytes.
+///
+/// The manifest is renamed into place before the CSV file: a CSV file under a batch's name
+/// always has its manifest beside it. Temporary files are removed when the pull fails.
 pub async fn pull_to_folder(
+    stream: tonic::Streaming<pb::BatchChunk>,
+    batch_id: u64,
+    folder: &Path,
+    public_key: &[u8; PUBLIC_KEY_LEN],
+    progress: impl FnMut(u64, u64),
+) -> Result<Pulled, PullError> {
+    let mut partials = Vec::new();
+    let pulled = pull_into(
+        stream,
+        batch_id,
+        folder,
+        public_key,
+        progress,
+        &mut partials,
+    )
+    .await;
+    if pulled.is_err() {
+        for partial in partials {
+            let _ = std::fs::remove_file(partial);
+        }
+    }
+    pulled
+}
+
+async fn pull_into(
     mut stream: tonic::Streaming<pb::BatchChunk>,
+    batch_id: u64,
     folder: &Path,
     public_key: &[u8; PUBLIC_KEY_LEN],
     mut progress: impl FnMut(u64, u64),
+    partials: &mut Vec<PathBuf>,
 ) -> Result<Pulled, PullError> {
     let protocol = |message: &str| PullError::Protocol(message.to_string());
     let manifest_bytes = match stream.next().await.transpose()? {
@@ -376,10 +460,14 @@ pub async fn pull_to_folder(
     };
     let manifest = Manifest::from_bytes(&manifest_bytes)
         .map_err(|err| PullError::Protocol(format!("the manifest does not parse: {err}")))?;
-    if !is_plain_file_name(&manifest.file_name) {
-        return Err(protocol(
-            "the manifest's file name is not a plain .csv file name",
-        ));
+    // The name comes from the server: it must be the requested batch's, which is also a
+    // plain file name (no folders).
+    let expected_name = crate::settlement::model::file_name(manifest.provider_id, batch_id);
+    if manifest.batch_id != batch_id || manifest.file_name != expected_name {
+        return Err(PullError::Protocol(format!(
+            "asked for batch {batch_id}, got a manifest for batch {} named {:?}",
+            manifest.batch_id, manifest.file_name
+        )));
     }
     let io = |path: &Path| {
         let path = path.display().to_string();
@@ -390,6 +478,7 @@ pub async fn pull_to_folder(
     let partial_file = folder.join(format!(".{}.partial", manifest.file_name));
     let partial_manifest = folder.join(format!(".{}.partial", manifest_name(&manifest.file_name)));
 
+    partials.extend([partial_file.clone(), partial_manifest.clone()]);
     let mut out = std::fs::File::create(&partial_file).map_err(io(&partial_file))?;
     let mut received = 0u64;
     while let Some(chunk) = stream.next().await.transpose()? {
@@ -411,8 +500,8 @@ pub async fn pull_to_folder(
     std::fs::File::open(&partial_manifest)
         .and_then(|file| file.sync_all())
         .map_err(io(&partial_manifest))?;
-    std::fs::rename(&partial_file, &file).map_err(io(&file))?;
     std::fs::rename(&partial_manifest, &manifest_file).map_err(io(&manifest_file))?;
+    std::fs::rename(&partial_file, &file).map_err(io(&file))?;
     std::fs::File::open(folder)
         .and_then(|dir| dir.sync_all())
         .map_err(io(folder))?;
@@ -421,14 +510,4 @@ pub async fn pull_to_folder(
         manifest_file,
         manifest,
     })
-}
-
-/// Whether a name from the server can be used as a file name in the pull folder: no
-/// folders, no dot files, ending in `.csv`.
-fn is_plain_file_name(name: &str) -> bool {
-    name.ends_with(".csv")
-        && !name.starts_with('.')
-        && name.bytes().all(|byte| {
-            byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_' || byte == b'.'
-        })
 }

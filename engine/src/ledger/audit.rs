@@ -257,7 +257,7 @@ pub fn audit(db: &DB) -> Result<AuditReport, LedgerError> {
     let entries = count(db, &snapshot, CF_PROVIDER_ENTRIES)?;
     if entries != settled {
         report.violation(format!(
-            "{settled} charges and refunds but {entries} settlement entries"
+            "{settled} settling transactions (charges, refunds, charged taps, journey closes) but {entries} settlement entries"
         ));
     }
     let refund_entries = count(db, &snapshot, CF_REFUNDS)?;

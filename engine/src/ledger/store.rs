@@ -22,8 +22,9 @@ pub const CF_POSTINGS: &str = "postings";
 /// Refunds: the refunded charge's id (16) → the refund's sequence (8). A charge is
 /// refunded at most once.
 pub const CF_REFUNDS: &str = "refunds";
-/// Settlement entries: provider id (2) + sequence (8) → empty. Every accepted charge and
-/// refund, by the provider that owes (or is owed) it, in ledger order.
+/// Settlement entries: provider id (2) + sequence (8) → empty. Every accepted charge,
+/// refund, fare-charging tap and journey close, by the provider that owes (or is owed)
+/// it, in ledger order.
 pub const CF_PROVIDER_ENTRIES: &str = "provider_entries";
 /// Metadata: named keys (see the `META_*` constants).
 pub const CF_META: &str = "meta";

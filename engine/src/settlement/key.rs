@@ -29,6 +29,14 @@ pub enum KeyFileError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// Others than the owner may read the file.
+    #[error("settlement key file {path} is readable by others (mode {mode:o}): chmod 600 it")]
+    Exposed {
+        /// The file.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The file's content is not 64 hex digits.
     #[error("settlement key file {path} must hold the private seed as 64 hex digits")]
     Malformed {
@@ -68,6 +76,14 @@ impl SettlementKey {
         };
         match std::fs::read_to_string(path) {
             Ok(text) => {
+                use std::os::unix::fs::PermissionsExt as _;
+                let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(KeyFileError::Exposed {
+                        path: shown.clone(),
+                        mode,
+                    });
+                }
                 let seed =
                     crate::hex::decode_32(text.trim()).map_err(|_| KeyFileError::Malformed {
                         path: shown.clone(),
@@ -75,16 +91,30 @@ impl SettlementKey {
                 Ok((SettlementKey::from_seed(seed), false))
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                // Written whole under a temporary name, synced, then renamed into place and
+                // the folder synced: a crash leaves no key file or a whole one.
                 let seed = random_seed().map_err(|_| KeyFileError::Random)?;
+                let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
+                let folder = folder.unwrap_or(Path::new("."));
+                let partial = folder.join(format!(
+                    ".{}.partial",
+                    path.file_name()
+                        .map_or("settlement.key".into(), |n| n.to_string_lossy())
+                ));
                 let mut file = std::fs::OpenOptions::new()
                     .write(true)
-                    .create_new(true)
+                    .create(true)
+                    .truncate(true)
                     .mode(0o600)
-                    .open(path)
+                    .open(&partial)
                     .map_err(io)?;
                 file.write_all(format!("{}\n", crate::hex::encode(&seed)).as_bytes())
                     .map_err(io)?;
                 file.sync_all().map_err(io)?;
+                std::fs::rename(&partial, path).map_err(io)?;
+                std::fs::File::open(folder)
+                    .and_then(|dir| dir.sync_all())
+                    .map_err(io)?;
                 Ok((SettlementKey::from_seed(seed), true))
             }
             Err(err) => Err(io(err)),
@@ -120,4 +150,41 @@ pub fn verify(public_key: &[u8; PUBLIC_KEY_LEN], message: &[u8], signature: &[u8
     UnparsedPublicKey::new(&ED25519, public_key)
         .verify(message, signature)
         .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn a_key_is_made_once_kept_private_and_refused_when_exposed_or_malformed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("settlement.key");
+        let (made, created) = SettlementKey::load_or_create(&path).unwrap();
+        assert!(created);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let (loaded, created) = SettlementKey::load_or_create(&path).unwrap();
+        assert!(!created);
+        assert_eq!(loaded.public_key(), made.public_key());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            SettlementKey::load_or_create(&path),
+            Err(KeyFileError::Exposed { mode: 0o644, .. })
+        ));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&path, "not hex\n").unwrap();
+        assert!(matches!(
+            SettlementKey::load_or_create(&path),
+            Err(KeyFileError::Malformed { .. })
+        ));
+    }
 }

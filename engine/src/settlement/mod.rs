@@ -43,6 +43,9 @@ pub enum SettlementError {
     /// No batch with this id.
     #[error("there is no batch {0}")]
     UnknownBatch(u64),
+    /// A close names a provider with no settlement entries and no batches.
+    #[error("provider {0} has no settlement entries and no batches")]
+    UnknownProvider(u16),
     /// The close id was used before with other content.
     #[error("close {id} was already used with a different {field}")]
     Conflict {
@@ -88,6 +91,7 @@ impl SettlementError {
     pub fn code(&self) -> &'static str {
         match self {
             SettlementError::UnknownBatch(_) => "unknown_batch",
+            SettlementError::UnknownProvider(_) => "unknown_provider",
             SettlementError::Conflict { .. } => "id_conflict",
             SettlementError::CutoffAhead { .. } => "cutoff_ahead",
             SettlementError::HashMismatch { .. } => "hash_mismatch",
@@ -164,6 +168,8 @@ pub struct Settlement {
     currency: String,
     /// One close at a time: each reads the providers' positions the previous one wrote.
     close_lock: Mutex<()>,
+    /// One acknowledgement write at a time (apart from closes, which may take seconds).
+    ack_lock: Mutex<()>,
 }
 
 impl Settlement {
@@ -174,6 +180,7 @@ impl Settlement {
             key,
             currency,
             close_lock: Mutex::new(()),
+            ack_lock: Mutex::new(()),
         }
     }
 
@@ -198,11 +205,15 @@ impl Settlement {
             .close_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        // The same providers in any order, named once or twice, are the same close.
+        let mut providers = request.providers.clone();
+        providers.sort_unstable();
+        providers.dedup();
         let db = self.db();
         let cf = crate::ledger::apply::cf(db, CF_SETTLEMENT)?;
         if let Some(bytes) = db.get_cf(cf, keys::close(request.id.0))? {
             let stored: StoredClose = decode(&bytes, "close")?;
-            let field = if stored.providers != request.providers {
+            let field = if stored.providers != providers {
                 Some("providers")
             } else if stored.cutoff != request.cutoff {
                 Some("cutoff")
@@ -244,11 +255,14 @@ impl Settlement {
                 last: last_sequence,
             });
         }
-        let providers = if request.providers.is_empty() {
-            self.known_providers(&snapshot)?
-        } else {
-            request.providers.clone()
-        };
+        let known = self.known_providers(&snapshot)?;
+        if let Some(unknown) = providers.iter().find(|p| known.binary_search(p).is_err()) {
+            return Err(SettlementError::UnknownProvider(*unknown));
+        }
+        let asked = providers.clone();
+        if providers.is_empty() {
+            providers = known;
+        }
         let mut next_id = match db.get_cf(cf, keys::NEXT_BATCH_ID)? {
             Some(bytes) => crate::ledger::codec::decode_sequence(&bytes, "next batch id")?,
             None => 1,
@@ -298,7 +312,7 @@ impl Settlement {
             });
         }
         let stored = StoredClose {
-            providers: request.providers.clone(),
+            providers: asked,
             cutoff: request.cutoff,
             batch_ids: batches.iter().map(|view| view.batch.id).collect(),
         };
@@ -463,8 +477,9 @@ impl Settlement {
         let partial_manifest = folder.join(format!(".{}.partial", model::manifest_name(&name)));
         std::fs::write(&partial_manifest, self.manifest(batch))?;
         std::fs::File::open(&partial_manifest)?.sync_all()?;
-        std::fs::rename(&partial, &file)?;
+        // The manifest first: a CSV file under a batch's name always has its manifest.
         std::fs::rename(&partial_manifest, &manifest_file)?;
+        std::fs::rename(&partial, &file)?;
         std::fs::File::open(folder)?.sync_all()?;
         Ok((file, manifest_file))
     }
@@ -488,10 +503,7 @@ impl Settlement {
         if view.acknowledged_at.is_some() {
             return Ok(view);
         }
-        let _one_at_a_time = self
-            .close_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _one_at_a_time = self.ack_lock.lock().unwrap_or_else(PoisonError::into_inner);
         let db = self.db();
         let cf = crate::ledger::apply::cf(db, CF_SETTLEMENT)?;
         if db.get_cf(cf, keys::ack(id))?.is_none() {

@@ -32,11 +32,21 @@ impl Cutoff {
     }
 }
 
+/// The last millisecond RFC 3339 can write (9999-12-31T23:59:59.999Z). Cut-off times past
+/// it are refused.
+pub const LATEST_TIME: UnixMillis = UnixMillis(253_402_300_799_999);
+
 /// A time as RFC 3339 in UTC with milliseconds, the form every time in a settlement file
-/// takes (`2027-01-15T08:00:00.000Z`).
+/// takes (`2027-01-15T08:00:00.000Z`). A time past [`LATEST_TIME`] (which no checked input
+/// reaches) is written as its number of milliseconds rather than failing.
 pub fn rfc3339(time: UnixMillis) -> String {
+    use std::fmt::Write as _;
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(time.0);
-    humantime::format_rfc3339_millis(at).to_string()
+    let mut text = String::new();
+    if write!(text, "{}", humantime::format_rfc3339_millis(at)).is_err() {
+        text = time.0.to_string();
+    }
+    text
 }
 
 /// A request to close one batch per provider.
@@ -44,8 +54,8 @@ pub fn rfc3339(time: UnixMillis) -> String {
 pub struct CloseRequest {
     /// Chosen by the caller once per close and reused on every retry.
     pub id: TxId,
-    /// The providers, sorted and without repeats; empty means every provider with
-    /// settlement entries or earlier batches.
+    /// The providers (in any order; repeats count once), each with settlement entries or
+    /// earlier batches; empty means every such provider.
     pub providers: Vec<u16>,
     /// Where the batches stop.
     pub cutoff: Cutoff,

@@ -6,7 +6,7 @@
 //! Rules in `docs/settlement.md`.
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{BufRead as _, Read};
 
 use super::file::DETAIL;
 
@@ -60,7 +60,8 @@ pub struct ReconcileReport {
     pub bad_lines: Vec<(u64, String)>,
     /// The batch's net amount.
     pub batch_net: i64,
-    /// The sum of the reply's settled amounts.
+    /// The sum of the reply's settled amounts for the batch's transactions (extra and
+    /// repeated lines are reported, not added).
     pub reply_settled: i64,
 }
 
@@ -113,32 +114,36 @@ pub fn reconcile(
         batch.insert(id.to_string(), (amount, None));
     }
 
-    let mut replies = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .trim(csv::Trim::All)
-        .from_reader(reply);
-    let mut record = csv::StringRecord::new();
-    let mut line = 0u64;
-    loop {
-        line += 1;
-        match replies.read_record(&mut record) {
-            Ok(false) => break,
-            Ok(true) => {}
-            Err(err) if err.is_io_error() => return Err(ReconcileError::Reply(err.to_string())),
-            Err(err) => {
-                report.bad_lines.push((line, format!("not CSV: {err}")));
+    // Line by line, so that line numbers are exact: a field of this format never holds a
+    // line end, and a line that is not one CSV record is a bad line.
+    let mut first = true;
+    for (index, text) in std::io::BufReader::new(reply).split(b'\n').enumerate() {
+        let line = index as u64 + 1;
+        let text = text.map_err(|err| ReconcileError::Reply(err.to_string()))?;
+        let text = text.strip_suffix(b"\r").unwrap_or(&text);
+        if text.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let record = match one_record(text) {
+            Ok(record) => record,
+            Err(problem) => {
+                report.bad_lines.push((line, problem));
+                first = false;
                 continue;
             }
-        }
-        if line == 1 {
-            if !record.iter().eq(REPLY_COLUMNS) {
-                report.bad_lines.push((
-                    line,
-                    format!("the header row must be {}", REPLY_COLUMNS.join(",")),
-                ));
+        };
+        if std::mem::take(&mut first) {
+            if record.iter().eq(REPLY_COLUMNS) {
+                continue;
             }
-            continue;
+            // Reported, and the row is still compared as a transaction.
+            report.bad_lines.push((
+                line,
+                format!(
+                    "the first row must be the header {}",
+                    REPLY_COLUMNS.join(",")
+                ),
+            ));
         }
         let parsed = parse_reply_line(&record);
         let (id, amount, status) = match parsed {
@@ -184,6 +189,21 @@ pub fn reconcile(
         })
         .collect();
     Ok(report)
+}
+
+/// One line as one CSV record (fields trimmed), or why it is not one.
+fn one_record(text: &[u8]) -> Result<csv::StringRecord, String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(text);
+    let mut record = csv::StringRecord::new();
+    match reader.read_record(&mut record) {
+        Ok(true) => Ok(record),
+        Ok(false) => Err("an empty line".into()),
+        Err(err) => Err(format!("not a CSV line of UTF-8 text: {err}")),
+    }
 }
 
 fn parse_reply_line(record: &csv::StringRecord) -> Result<(String, i64, String), String> {

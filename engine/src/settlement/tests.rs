@@ -111,21 +111,37 @@ fn lines_of(file: &str) -> Vec<(String, i64)> {
 #[test]
 fn closing_with_nothing_to_settle_gives_an_empty_batch_with_a_correct_trailer() {
     let dir = tempfile::tempdir().unwrap();
-    let (_ledger, settlement) = open_at(dir.path());
-    let closed = close(&settlement, 1, &[3], Cutoff::Now);
+    let (ledger, settlement) = open_at(dir.path());
+    // No provider has anything: nothing to close, and a named one is unknown.
+    assert!(close(&settlement, 1, &[], Cutoff::Now).batches.is_empty());
+    let unknown = CloseRequest {
+        id: TxId(2),
+        providers: vec![3],
+        cutoff: Cutoff::Now,
+    };
+    assert!(matches!(
+        settlement.close(&unknown, T),
+        Err(SettlementError::UnknownProvider(3))
+    ));
+    rider(&ledger, 42, 3);
+    submit(&ledger, 10, T, charge(42, 250));
+    let first = close(&settlement, 3, &[3, 3], Cutoff::Now);
+    assert_eq!(
+        first.batches.len(),
+        1,
+        "a provider named twice gets one batch"
+    );
+    assert_eq!(first.batches[0].batch.totals.line_count, 1);
+    // Nothing new: an empty batch with a correct trailer.
+    let closed = close(&settlement, 4, &[], Cutoff::Now);
     assert_eq!(closed.batches.len(), 1);
     let batch = &closed.batches[0].batch;
-    assert_eq!((batch.id, batch.provider_id), (1, 3));
-    assert_eq!((batch.after_sequence, batch.through_sequence), (0, 0));
+    assert_eq!((batch.id, batch.provider_id), (2, 3));
+    assert_eq!((batch.after_sequence, batch.through_sequence), (3, 3));
     assert_eq!(
         file_of(&settlement, batch),
-        "H,1,3,1,0,0,now,EUR,2027-01-15T09:00:00.000Z\nT,0,0,0,0\n"
+        "H,1,3,2,3,3,now,EUR,2027-01-15T09:00:00.000Z\nT,0,0,0,0\n"
     );
-    // With no provider named and no entries anywhere, there is nothing to close but the
-    // provider that already has a batch.
-    let again = close(&settlement, 2, &[], Cutoff::Now);
-    assert_eq!(again.batches.len(), 1);
-    assert_eq!(again.batches[0].batch.provider_id, 3);
 }
 
 #[test]
@@ -457,7 +473,9 @@ fn time_and_sequence_cutoffs_take_a_prefix_of_the_ledger() {
 #[test]
 fn an_acknowledgement_checks_the_file_hash_and_keeps_its_first_time() {
     let dir = tempfile::tempdir().unwrap();
-    let (_ledger, settlement) = open_at(dir.path());
+    let (ledger, settlement) = open_at(dir.path());
+    rider(&ledger, 42, 1);
+    submit(&ledger, 10, T, charge(42, 250));
     let batch = close(&settlement, 1, &[1], Cutoff::Now)
         .batches
         .remove(0)
@@ -516,7 +534,12 @@ fn a_version_2_data_directory_is_upgraded_in_place() {
             .balance,
         Amount(10_000)
     );
-    assert_eq!(close(&settlement, 1, &[1], Cutoff::Now).batches.len(), 1);
+    submit(&ledger, 10, T, charge(42, 250));
+    let batch = close(&settlement, 1, &[1], Cutoff::Now)
+        .batches
+        .remove(0)
+        .batch;
+    assert_eq!(batch.totals.line_count, 1);
 }
 
 mod reconciliation {
@@ -600,10 +623,20 @@ not-an-id,250,settled
 
     #[test]
     fn a_reply_without_the_header_row_says_so_and_is_still_compared() {
-        let reply = "00000000000000000000000000000001,250,settled\n";
+        let reply = "00000000000000000000000000000001,250,settled\n\n00000000000000000000000000000002,200,settled\n";
         let report = reconcile(BATCH.as_bytes(), reply.as_bytes()).unwrap();
         assert_eq!(report.bad_lines.len(), 1);
         assert_eq!(report.bad_lines[0].0, 1);
-        assert_eq!(report.missing.len(), 4);
+        assert_eq!(report.matched, 2);
+        assert_eq!(report.missing.len(), 2);
+    }
+
+    #[test]
+    fn line_numbers_count_blank_lines_and_a_field_never_spans_lines() {
+        let reply = "transaction_id,amount_minor,status\n\n\"0000000000000000000000000000000\n1\",250,settled\n00000000000000000000000000000002,x,settled\n";
+        let report = reconcile(BATCH.as_bytes(), reply.as_bytes()).unwrap();
+        let bad: Vec<u64> = report.bad_lines.iter().map(|(line, _)| *line).collect();
+        // The quoted line end splits the record: lines 3 and 4 are each not a transaction.
+        assert_eq!(bad, [3, 4, 5], "{:?}", report.bad_lines);
     }
 }
