@@ -14,18 +14,11 @@ use std::time::Duration;
 
 use fareway::ledger::audit::audit;
 use fareway::ledger::{AccountRef, Ledger, LedgerConfig, Outcome, TxId};
-use fareway_tests::TestRng;
+use fareway_tests::{TestRng, env_number};
 
 const ACCOUNTS: u64 = 50;
 const IDS_PER_CYCLE: u64 = 200_000;
 const RETRIES_PER_CYCLE: u64 = 500;
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
 
 #[test]
 fn acknowledged_charges_survive_sigkill_exactly_once() {

@@ -25,16 +25,9 @@ use fareway::settlement::key::SettlementKey;
 use fareway::settlement::manifest::Manifest;
 use fareway::settlement::model::{CloseRequest, Cutoff};
 use fareway::settlement::verify::verify;
-use fareway_tests::TestRng;
+use fareway_tests::{TestRng, env_number};
 
 const CHARGES_PER_CYCLE: u64 = 160_000;
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
 
 fn open(dir: &std::path::Path) -> (Arc<Ledger>, Settlement) {
     let ledger = Arc::new(Ledger::open(dir, LedgerConfig::default()).unwrap());

@@ -4,6 +4,15 @@ use std::path::PathBuf;
 
 pub mod server;
 
+/// A number from an environment variable (for soak settings), or `default` when it is
+/// unset or not a number.
+pub fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
 /// The workspace's root folder.
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
