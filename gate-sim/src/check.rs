@@ -1,0 +1,251 @@
+//! After the load: what each tap got against what it had to get, and the invariants
+//! checked against the engine through its APIs: every accepted tap charged exactly once
+//! (riders' statements), every valid tap accepted, every fault answered as expected, and
+//! settlement batches whose totals per provider equal the fares charged.
+
+use std::collections::{BTreeMap, HashMap};
+
+use fareway_proto::v1 as pb;
+use serde_json::json;
+
+use crate::client::{AdminClient, Engine, SettlementClient};
+use crate::plan::{Expected, Fault, PlannedTap};
+use crate::run::{Answer, RunResult};
+
+/// The name of an answer in the decision table.
+pub fn decision_name(answer: &Answer) -> String {
+    match answer {
+        Answer::NotSent => "not_sent_simulator_busy".into(),
+        Answer::Response(response) if response.decision == pb::TapDecision::Accepted as i32 => {
+            "accepted".into()
+        }
+        Answer::Response(response) => response.reason_code.clone(),
+        Answer::Failed(code, _) => format!("status_{}", format!("{code:?}").to_lowercase()),
+    }
+}
+
+fn accepted(answer: &Answer) -> Option<&pb::TapResponse> {
+    match answer {
+        Answer::Response(response) if response.decision == pb::TapDecision::Accepted as i32 => {
+            Some(response)
+        }
+        _ => None,
+    }
+}
+
+/// Whether a tap got what it had to.
+pub fn as_expected(plan: &[PlannedTap], run: &RunResult, index: usize) -> bool {
+    let answer = &run.results[index].answer;
+    match plan[index].expected {
+        Expected::Accepted => accepted(answer).is_some(),
+        Expected::Rejected(reason) => {
+            matches!(answer, Answer::Response(response) if response.reason_code == reason)
+        }
+        Expected::Status(code) => matches!(answer, Answer::Failed(got, _) if *got == code),
+        Expected::SameAsOriginal => {
+            let Some(original) = plan[index].repeats else {
+                return false;
+            };
+            match (answer, &run.results[original].answer) {
+                (Answer::Response(repeat), Answer::Response(first)) => {
+                    repeat.replay
+                        && repeat.decision == first.decision
+                        && repeat.reason_code == first.reason_code
+                        && repeat.fare_minor == first.fare_minor
+                        && repeat.journey_id == first.journey_id
+                }
+                _ => false,
+            }
+        }
+    }
+}
+
+/// Per fault kind: injected, and how many got exactly the expected outcome.
+pub fn faults(plan: &[PlannedTap], run: &RunResult) -> BTreeMap<Fault, (u64, u64)> {
+    let mut counts: BTreeMap<Fault, (u64, u64)> = Fault::ALL.iter().map(|f| (*f, (0, 0))).collect();
+    for (index, tap) in plan.iter().enumerate() {
+        let Some(fault) = tap.fault else { continue };
+        if matches!(run.results[index].answer, Answer::NotSent) {
+            continue;
+        }
+        let entry = counts.entry(fault).or_default();
+        entry.0 += 1;
+        if as_expected(plan, run, index) {
+            entry.1 += 1;
+        }
+    }
+    counts
+}
+
+/// What the simulator saw charged: per accepted first answer (not a replay), the fare.
+fn charged_taps(plan: &[PlannedTap], run: &RunResult) -> Vec<(usize, i64)> {
+    plan.iter()
+        .enumerate()
+        .filter(|(index, _)| plan[*index].repeats.is_none())
+        .filter_map(|(index, _)| {
+            accepted(&run.results[index].answer)
+                .filter(|response| !response.replay)
+                .map(|response| (index, response.fare_minor))
+        })
+        .collect()
+}
+
+/// Every accepted tap appears exactly once in its rider's statement with minus its fare
+/// (a tap that charged nothing may have no line), and no rider's statement has a tap the
+/// simulator did not see accepted.
+pub async fn charged_exactly_once(
+    admin: &AdminClient,
+    plan: &[PlannedTap],
+    run: &RunResult,
+) -> anyhow::Result<serde_json::Value> {
+    let charged = charged_taps(plan, run);
+    let mut by_rider: BTreeMap<u64, HashMap<Vec<u8>, i64>> = BTreeMap::new();
+    for (index, fare) in &charged {
+        by_rider
+            .entry(plan[*index].account_id)
+            .or_default()
+            .insert(plan[*index].request.transaction_id.clone(), *fare);
+    }
+    let sim_ids: std::collections::HashSet<Vec<u8>> = plan
+        .iter()
+        .map(|tap| tap.request.transaction_id.clone())
+        .collect();
+    let mut problems = Vec::new();
+    let mut lines_checked = 0u64;
+    for (account_id, expected) in &by_rider {
+        let mut admin = admin.clone();
+        let mut seen: HashMap<Vec<u8>, (u32, i64)> = HashMap::new();
+        let mut after_sequence = 0;
+        loop {
+            let page = admin
+                .get_statement(pb::GetStatementRequest {
+                    account_id: *account_id,
+                    after_sequence,
+                    limit: 1_000,
+                })
+                .await?
+                .into_inner();
+            if page.lines.is_empty() {
+                break;
+            }
+            for line in &page.lines {
+                if sim_ids.contains(&line.transaction_id) {
+                    let entry = seen.entry(line.transaction_id.clone()).or_default();
+                    entry.0 += 1;
+                    entry.1 += line.amount_minor;
+                    lines_checked += 1;
+                }
+            }
+            // 0 marks the last page.
+            if page.next_after_sequence == 0 {
+                break;
+            }
+            after_sequence = page.next_after_sequence;
+        }
+        for (id, fare) in expected {
+            let ok = match seen.get(id) {
+                Some((1, amount)) => *amount == -fare,
+                None => *fare == 0,
+                Some(_) => false,
+            };
+            if !ok && problems.len() < 20 {
+                problems.push(format!(
+                    "rider {account_id}: tap {} charged {fare} but the statement has {:?}",
+                    fareway::hex::encode(id),
+                    seen.get(id)
+                ));
+            }
+        }
+        for (id, (count, amount)) in &seen {
+            if !expected.contains_key(id) && problems.len() < 20 {
+                problems.push(format!(
+                    "rider {account_id}: statement has {count} line(s) of {amount} for tap {} the simulator did not see accepted",
+                    fareway::hex::encode(id)
+                ));
+            }
+        }
+    }
+    Ok(json!({
+        "ok": problems.is_empty(),
+        "accepted_taps": charged.len(),
+        "riders_checked": by_rider.len(),
+        "statement_lines_checked": lines_checked,
+        "problems": problems,
+    }))
+}
+
+/// Closes a batch per provider (after the baseline close made before the run) and pulls
+/// them into `folder`: their totals per provider must equal the fares the simulator saw
+/// charged.
+pub async fn settlement(
+    engine: &Engine,
+    settlement: &mut SettlementClient,
+    close_id: u128,
+    plan: &[PlannedTap],
+    run: &RunResult,
+    folder: &std::path::Path,
+) -> anyhow::Result<serde_json::Value> {
+    let closed = settlement
+        .close_batches(pb::CloseBatchesRequest {
+            close_id: close_id.to_be_bytes().to_vec(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let key = settlement
+        .get_signing_key(pb::GetSigningKeyRequest {})
+        .await?
+        .into_inner();
+    let public_key: [u8; 32] = key
+        .public_key
+        .as_slice()
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("the settlement key is not 32 bytes"))?;
+    std::fs::create_dir_all(folder)?;
+    let mut files = Vec::new();
+    let mut netted: BTreeMap<u16, i64> = BTreeMap::new();
+    for batch in &closed.batches {
+        let mut client = engine.settlement().await?;
+        let stream = client
+            .pull_batch(pb::PullBatchRequest {
+                batch_id: batch.batch_id,
+            })
+            .await?
+            .into_inner();
+        let pulled = fareway::grpc::settlement::pull_to_folder(
+            stream,
+            batch.batch_id,
+            folder,
+            &public_key,
+            |_, _| {},
+        )
+        .await?;
+        *netted.entry(batch.provider_id as u16).or_default() += pulled.manifest.net_minor;
+        files.push(pulled.file.display().to_string());
+    }
+    let mut charged: BTreeMap<u16, i64> = BTreeMap::new();
+    for (index, fare) in charged_taps(plan, run) {
+        *charged.entry(plan[index].provider_id).or_default() += fare;
+    }
+    let providers: std::collections::BTreeSet<u16> =
+        netted.keys().chain(charged.keys()).copied().collect();
+    let by_provider: Vec<serde_json::Value> = providers
+        .iter()
+        .map(|provider| {
+            json!({
+                "provider": provider,
+                "batches_net_minor": netted.get(provider).copied().unwrap_or(0),
+                "fares_charged_minor": charged.get(provider).copied().unwrap_or(0),
+            })
+        })
+        .collect();
+    let ok = providers
+        .iter()
+        .all(|p| netted.get(p).copied().unwrap_or(0) == charged.get(p).copied().unwrap_or(0));
+    Ok(json!({
+        "ok": ok,
+        "by_provider": by_provider,
+        "files": files,
+        "signing_key_id": key.key_id,
+    }))
+}

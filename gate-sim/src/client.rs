@@ -1,0 +1,72 @@
+//! Connections to the engine, each call with its role's bearer token.
+
+use fareway::grpc::auth::Bearer;
+use fareway_proto::v1 as pb;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// A gate client.
+pub type GateClient =
+    pb::gate_service_client::GateServiceClient<InterceptedService<Channel, Bearer>>;
+/// An admin client.
+pub type AdminClient =
+    pb::admin_service_client::AdminServiceClient<InterceptedService<Channel, Bearer>>;
+/// A settlement client.
+pub type SettlementClient =
+    pb::settlement_service_client::SettlementServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// The engine's address and the tokens of the three roles.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    /// `http://HOST:PORT`.
+    pub url: String,
+    /// A gate token.
+    pub gate_token: String,
+    /// An admin token.
+    pub admin_token: String,
+    /// A finance token.
+    pub finance_token: String,
+}
+
+impl Engine {
+    /// A new connection (HTTP/2 multiplexes many calls on it).
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        let endpoint = tonic::transport::Endpoint::from_shared(self.url.clone())?
+            .tcp_nodelay(true)
+            .connect_timeout(std::time::Duration::from_secs(5));
+        endpoint
+            .connect()
+            .await
+            .map_err(|err| anyhow::anyhow!("cannot connect to {}: {err}", self.url))
+    }
+
+    /// A gate client on a new connection.
+    pub async fn gate(&self) -> anyhow::Result<GateClient> {
+        Ok(
+            pb::gate_service_client::GateServiceClient::with_interceptor(
+                self.channel().await?,
+                Bearer::new(Some(&self.gate_token))?,
+            ),
+        )
+    }
+
+    /// An admin client on a new connection.
+    pub async fn admin(&self) -> anyhow::Result<AdminClient> {
+        Ok(
+            pb::admin_service_client::AdminServiceClient::with_interceptor(
+                self.channel().await?,
+                Bearer::new(Some(&self.admin_token))?,
+            ),
+        )
+    }
+
+    /// A settlement client on a new connection.
+    pub async fn settlement(&self) -> anyhow::Result<SettlementClient> {
+        Ok(
+            pb::settlement_service_client::SettlementServiceClient::with_interceptor(
+                self.channel().await?,
+                Bearer::new(Some(&self.finance_token))?,
+            ),
+        )
+    }
+}

@@ -1,0 +1,139 @@
+//! `gate-sim`: plays a rush hour against a running engine over gRPC. See
+//! `docs/gate-sim.md`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use gate_sim::{Engine, Fault, Mode, Network, Population, Profile, SimConfig};
+
+/// The Fareway gate simulator.
+#[derive(Debug, Parser)]
+#[command(name = "gate-sim", version, about)]
+struct Args {
+    /// The engine's gRPC address.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    server: String,
+    /// Files holding the gate, admin and finance tokens.
+    #[arg(long)]
+    gate_token_file: PathBuf,
+    /// See --gate-token-file.
+    #[arg(long)]
+    admin_token_file: PathBuf,
+    /// See --gate-token-file.
+    #[arg(long)]
+    finance_token_file: PathBuf,
+    /// The engine's fares file: the stations and routes riders use.
+    #[arg(long, default_value = "docs/sample-city.toml")]
+    fares: PathBuf,
+    /// Riders to provision.
+    #[arg(long, default_value_t = 2_000)]
+    riders: u64,
+    /// Payment providers.
+    #[arg(long, default_value_t = 2)]
+    providers: u16,
+    /// Offered taps per second, constant.
+    #[arg(long, conflicts_with = "rush_peak")]
+    rate: Option<f64>,
+    /// Offered taps per second at the peak of a rush hour that rises and falls.
+    #[arg(long)]
+    rush_peak: Option<f64>,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 30.0)]
+    duration: f64,
+    /// Most taps.
+    #[arg(long, default_value_t = 1_000_000)]
+    taps_max: u64,
+    /// Streams instead of one call per tap.
+    #[arg(long)]
+    streaming: bool,
+    /// Most taps in flight.
+    #[arg(long, default_value_t = 2_048)]
+    in_flight_max: usize,
+    /// Share of trips replaced by each fault (0 to 0.05).
+    #[arg(long, default_value_t = 0.005)]
+    fault_rate: f64,
+    /// The seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where report.json and the settlement files go.
+    #[arg(long, default_value = "gate-sim-output")]
+    out: PathBuf,
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(err) => {
+            eprintln!("gate-sim: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<bool> {
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path)
+            .map(|text| text.trim().to_string())
+            .with_context(|| format!("cannot read {}", path.display()))
+    };
+    let engine = Engine {
+        url: args.server.clone(),
+        gate_token: read(&args.gate_token_file)?,
+        admin_token: read(&args.admin_token_file)?,
+        finance_token: read(&args.finance_token_file)?,
+    };
+    anyhow::ensure!(
+        (0.0..=0.05).contains(&args.fault_rate),
+        "--fault-rate must be 0 to 0.05"
+    );
+    let fares_text = std::fs::read_to_string(&args.fares)
+        .with_context(|| format!("cannot read fares file {}", args.fares.display()))?;
+    let fares = fareway::fares::FareTable::from_toml(&fares_text)
+        .with_context(|| format!("fares file {}", args.fares.display()))?;
+    let config = SimConfig {
+        population: Population {
+            riders: args.riders,
+            providers: args.providers,
+            denied_share: 0.02,
+            broke_share: 0.02,
+            balance_minor: 50_000,
+            credit_limit_minor: 1_000,
+        },
+        network: Network {
+            stations: fares.stations().map(|(id, _)| id).collect(),
+            routes: fares.routes().map(|(id, _)| id).collect(),
+            gates_per_station: 8,
+        },
+        profile: match (args.rate, args.rush_peak) {
+            (Some(rate), _) => Profile::Constant { rate },
+            (None, Some(peak)) => Profile::Rush { peak },
+            (None, None) => Profile::Rush { peak: 2_000.0 },
+        },
+        duration_s: args.duration,
+        taps_max: args.taps_max,
+        mode: if args.streaming {
+            Mode::Streaming
+        } else {
+            Mode::Unary
+        },
+        in_flight_max: args.in_flight_max,
+        faults: Fault::ALL
+            .iter()
+            .map(|fault| (*fault, args.fault_rate))
+            .collect(),
+        seed: args.seed,
+        out: args.out.clone(),
+        progress: true,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = runtime.block_on(gate_sim::simulate(&engine, &config))?;
+    println!("{}", gate_sim::summary(&report.json));
+    println!("report: {}", args.out.join("report.json").display());
+    Ok(report.ok)
+}

@@ -1,0 +1,507 @@
+//! The plan of a run: every tap the simulated gates will make, when, with what code, and
+//! what answer it must get. Made before the timed window (codes are minted here, so
+//! signing does not steal the engine's CPU while it is measured), from a seed: the same
+//! seed gives the same plan.
+
+use std::collections::BTreeMap;
+
+use fareway::clock::UnixMillis;
+use fareway::token::mint::{Device, Issuer};
+use fareway_proto::v1 as pb;
+
+use crate::rng::Rng;
+
+/// A fault the simulator mixes in, and the answer it must get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Fault {
+    /// The same code at the same gate under a new id, soon after: the original answer.
+    DuplicateScan,
+    /// The same id and content again (a gate retrying after a timeout): the original answer.
+    GateRetry,
+    /// A used code at another gate: rejected `code_reused`.
+    ReplayOtherGate,
+    /// A code whose device signature was altered: rejected `bad_code_signature`.
+    ForgedSignature,
+    /// A code made ten minutes before the scan: rejected `code_expired`.
+    ExpiredCode,
+    /// A code under an issuer key the engine never saw: rejected `unknown_issuer_key`.
+    UnknownKey,
+    /// A code under a revoked issuer key: rejected `revoked_issuer_key`.
+    RevokedKey,
+    /// A deny-listed rider: rejected `account_denied`.
+    DeniedRider,
+    /// A rider with no balance and no credit: rejected `credit_limit_exceeded`.
+    OverCreditLimit,
+    /// A station the fares file does not have: rejected `unknown_station`.
+    UnknownStation,
+    /// Text that is not a code: rejected `bad_encoding`.
+    MalformedCode,
+    /// A used transaction id with other content: `ALREADY_EXISTS`.
+    IdConflict,
+}
+
+impl Fault {
+    /// Every fault.
+    pub const ALL: [Fault; 12] = [
+        Fault::DuplicateScan,
+        Fault::GateRetry,
+        Fault::ReplayOtherGate,
+        Fault::ForgedSignature,
+        Fault::ExpiredCode,
+        Fault::UnknownKey,
+        Fault::RevokedKey,
+        Fault::DeniedRider,
+        Fault::OverCreditLimit,
+        Fault::UnknownStation,
+        Fault::MalformedCode,
+        Fault::IdConflict,
+    ];
+
+    /// The name in reports and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::DuplicateScan => "duplicate_scan",
+            Fault::GateRetry => "gate_retry",
+            Fault::ReplayOtherGate => "replay_other_gate",
+            Fault::ForgedSignature => "forged_signature",
+            Fault::ExpiredCode => "expired_code",
+            Fault::UnknownKey => "unknown_key",
+            Fault::RevokedKey => "revoked_key",
+            Fault::DeniedRider => "denied_rider",
+            Fault::OverCreditLimit => "over_credit_limit",
+            Fault::UnknownStation => "unknown_station",
+            Fault::MalformedCode => "malformed_code",
+            Fault::IdConflict => "id_conflict",
+        }
+    }
+
+    /// The answer this fault must get.
+    pub fn expected(self) -> Expected {
+        match self {
+            Fault::DuplicateScan | Fault::GateRetry => Expected::SameAsOriginal,
+            Fault::ReplayOtherGate => Expected::Rejected("code_reused"),
+            Fault::ForgedSignature => Expected::Rejected("bad_code_signature"),
+            Fault::ExpiredCode => Expected::Rejected("code_expired"),
+            Fault::UnknownKey => Expected::Rejected("unknown_issuer_key"),
+            Fault::RevokedKey => Expected::Rejected("revoked_issuer_key"),
+            Fault::DeniedRider => Expected::Rejected("account_denied"),
+            Fault::OverCreditLimit => Expected::Rejected("credit_limit_exceeded"),
+            Fault::UnknownStation => Expected::Rejected("unknown_station"),
+            Fault::MalformedCode => Expected::Rejected("bad_encoding"),
+            Fault::IdConflict => Expected::Status(tonic::Code::AlreadyExists),
+        }
+    }
+}
+
+/// What a tap must get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    /// Accepted (a valid tap by a rider who may travel).
+    Accepted,
+    /// Rejected with this reason code.
+    Rejected(&'static str),
+    /// The answer the tap it repeats got, marked as a replay.
+    SameAsOriginal,
+    /// A call that fails with this status.
+    Status(tonic::Code),
+}
+
+/// One planned tap.
+#[derive(Debug, Clone)]
+pub struct PlannedTap {
+    /// When to send it, from the start of the timed window.
+    pub due_ms: u64,
+    /// The request.
+    pub request: pb::TapRequest,
+    /// The rider's account (0 for a code that names none).
+    pub account_id: u64,
+    /// The rider's provider.
+    pub provider_id: u16,
+    /// The fault it is, if any.
+    pub fault: Option<Fault>,
+    /// The planned tap it repeats (duplicate, retry), by index.
+    pub repeats: Option<usize>,
+    /// What it must get.
+    pub expected: Expected,
+}
+
+/// A rider as provisioned.
+#[derive(Debug)]
+pub struct Rider {
+    /// The account id.
+    pub account_id: u64,
+    /// The provider.
+    pub provider_id: u16,
+    /// The kind.
+    pub kind: RiderKind,
+    /// The phone.
+    pub device: Device,
+}
+
+/// What a rider is like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RiderKind {
+    /// Has money: every valid tap is accepted.
+    Good,
+    /// On the deny list.
+    Denied,
+    /// No balance and no credit.
+    Broke,
+}
+
+/// The network the riders travel on.
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// Metro stations.
+    pub stations: Vec<u32>,
+    /// Bus routes.
+    pub routes: Vec<u32>,
+    /// Gates per station.
+    pub gates_per_station: u32,
+}
+
+impl Network {
+    /// A gate id of a station: station * 100 + n (entry gates first, then exit gates).
+    pub fn gate(&self, station: u32, n: u32, exit: bool) -> u32 {
+        station * 100 + (n % self.gates_per_station) * 2 + u32::from(exit)
+    }
+
+    /// A bus reader's id on a route.
+    pub fn bus_reader(&self, route: u32, n: u32) -> u32 {
+        1_000_000 + route * 100 + n % 50
+    }
+}
+
+/// Offered load over time.
+#[derive(Debug, Clone, Copy)]
+pub enum Profile {
+    /// The same rate throughout.
+    Constant {
+        /// Taps per second.
+        rate: f64,
+    },
+    /// A rush hour: rises from a fifth of the peak to the peak at the middle and falls back.
+    Rush {
+        /// Peak taps per second.
+        peak: f64,
+    },
+}
+
+impl Profile {
+    /// The offered rate at `at` seconds into a run of `duration` seconds.
+    pub fn rate_at(self, at: f64, duration: f64) -> f64 {
+        match self {
+            Profile::Constant { rate } => rate,
+            Profile::Rush { peak } => {
+                let phase = (at / duration.max(1e-9)).clamp(0.0, 1.0);
+                // A raised cosine: 0.2 x peak at the ends, the peak in the middle.
+                let shape = 0.5 - 0.5 * (2.0 * std::f64::consts::PI * phase).cos();
+                peak * (0.2 + 0.8 * shape)
+            }
+        }
+    }
+}
+
+/// How much fault of each kind to mix in: the chance that a rider's next trip is replaced
+/// by (or followed by) this fault.
+pub type FaultRates = BTreeMap<Fault, f64>;
+
+/// Everything the plan needs.
+#[derive(Debug)]
+pub struct PlanInput<'a> {
+    /// The riders (good, denied, broke).
+    pub riders: &'a mut [Rider],
+    /// The network.
+    pub network: &'a Network,
+    /// Offered load.
+    pub profile: Profile,
+    /// How long the timed window lasts, in seconds.
+    pub duration_s: f64,
+    /// Most taps (the plan stops at whichever bound comes first).
+    pub taps_max: u64,
+    /// The fault mix.
+    pub faults: &'a FaultRates,
+    /// The seed.
+    pub seed: u64,
+    /// The wall-clock time the timed window starts at (scan times are real times).
+    pub start: UnixMillis,
+    /// An issuer the engine does not know, and one it revoked.
+    pub unknown_issuer: &'a Issuer,
+    /// See `unknown_issuer`.
+    pub revoked_issuer: &'a Issuer,
+    /// First transaction id to use.
+    pub first_id: u128,
+}
+
+/// Builds the plan: arrivals are a Poisson process at the profile's rate; each arrival is
+/// a trip by a random rider (a metro journey: entry, then exit a few seconds later at
+/// another station; or a bus ride), with faults mixed in at their rates.
+pub fn make_plan(input: PlanInput<'_>) -> Vec<PlannedTap> {
+    let mut rng = Rng::new(input.seed);
+    let mut taps: Vec<PlannedTap> = Vec::new();
+    let mut next_id = input.first_id;
+    let mut id = || {
+        next_id += 1;
+        next_id
+    };
+    let network = input.network;
+    let good: Vec<usize> = indices(input.riders, RiderKind::Good);
+    let denied: Vec<usize> = indices(input.riders, RiderKind::Denied);
+    let broke: Vec<usize> = indices(input.riders, RiderKind::Broke);
+    assert!(!good.is_empty(), "a run needs riders with money");
+    let mut t = 0.0f64;
+    let duration_ms = input.duration_s * 1_000.0;
+    let mut gate_counter = 0u32;
+    while (taps.len() as u64) < input.taps_max {
+        let rate = input
+            .profile
+            .rate_at(t / 1_000.0, input.duration_s)
+            .max(0.1);
+        // Each arrival is a trip of about 1.6 taps on average (journeys are two).
+        t += rng.exponential(1_000.0 * 1.6 / rate);
+        if t >= duration_ms {
+            break;
+        }
+        let due = t as u64;
+        let at = input.start.saturating_add(due);
+        gate_counter = gate_counter.wrapping_add(1);
+        let fault = pick_fault(&mut rng, input.faults);
+        let rider_index = match fault {
+            Some(Fault::DeniedRider) if !denied.is_empty() => denied[rng.below(denied.len())],
+            Some(Fault::OverCreditLimit) if !broke.is_empty() => broke[rng.below(broke.len())],
+            _ => good[rng.below(good.len())],
+        };
+        let rider = &mut input.riders[rider_index];
+        let (account_id, provider_id) = (rider.account_id, rider.provider_id);
+        let tap =
+            |due_ms: u64, request: pb::TapRequest, fault: Option<Fault>, expected| PlannedTap {
+                due_ms,
+                request,
+                account_id,
+                provider_id,
+                fault,
+                repeats: None,
+                expected,
+            };
+        let station = network.stations[rng.below(network.stations.len())];
+        let route = network.routes[rng.below(network.routes.len())];
+        match fault {
+            Some(Fault::DeniedRider) | Some(Fault::OverCreditLimit) => {
+                let code = rider.device.code_text(at);
+                let gate = network.bus_reader(route, gate_counter);
+                taps.push(tap(
+                    due,
+                    request(id(), gate, pb::Direction::Bus, route, at, code),
+                    fault,
+                    fault.map_or(Expected::Accepted, Fault::expected),
+                ));
+            }
+            Some(Fault::ForgedSignature) => {
+                let mut bytes = rider.device.code_bytes(at);
+                let last = bytes.len() - 1;
+                bytes[last] ^= 0x01;
+                let code = fareway::token::format::encode_text(&bytes);
+                let gate = network.bus_reader(route, gate_counter);
+                taps.push(tap(
+                    due,
+                    request(id(), gate, pb::Direction::Bus, route, at, code),
+                    fault,
+                    Fault::ForgedSignature.expected(),
+                ));
+            }
+            Some(Fault::ExpiredCode) => {
+                let code = rider
+                    .device
+                    .code_text(UnixMillis(at.0.saturating_sub(600_000)));
+                let gate = network.bus_reader(route, gate_counter);
+                taps.push(tap(
+                    due,
+                    request(id(), gate, pb::Direction::Bus, route, at, code),
+                    fault,
+                    Fault::ExpiredCode.expected(),
+                ));
+            }
+            Some(kind @ (Fault::UnknownKey | Fault::RevokedKey)) => {
+                let issuer = if kind == Fault::UnknownKey {
+                    input.unknown_issuer
+                } else {
+                    input.revoked_issuer
+                };
+                let mut device =
+                    crate::provision::device_of(issuer, account_id, input.seed ^ 0xdead);
+                let code = device.code_text(at);
+                let gate = network.bus_reader(route, gate_counter);
+                taps.push(tap(
+                    due,
+                    request(id(), gate, pb::Direction::Bus, route, at, code),
+                    fault,
+                    kind.expected(),
+                ));
+            }
+            Some(Fault::UnknownStation) => {
+                let code = rider.device.code_text(at);
+                let gate = network.gate(station, gate_counter, false);
+                taps.push(tap(
+                    due,
+                    request(id(), gate, pb::Direction::Entry, 999_999, at, code),
+                    fault,
+                    Fault::UnknownStation.expected(),
+                ));
+            }
+            Some(Fault::MalformedCode) => {
+                let gate = network.bus_reader(route, gate_counter);
+                taps.push(tap(
+                    due,
+                    request(
+                        id(),
+                        gate,
+                        pb::Direction::Bus,
+                        route,
+                        at,
+                        "not a rider code!".into(),
+                    ),
+                    fault,
+                    Fault::MalformedCode.expected(),
+                ));
+            }
+            // Faults that repeat a tap: a valid bus ride, then its repeat a moment later.
+            Some(
+                kind @ (Fault::DuplicateScan
+                | Fault::GateRetry
+                | Fault::ReplayOtherGate
+                | Fault::IdConflict),
+            ) => {
+                let code = rider.device.code_text(at);
+                let gate = network.bus_reader(route, gate_counter);
+                let original = request(id(), gate, pb::Direction::Bus, route, at, code);
+                let original_index = taps.len();
+                taps.push(tap(due, original.clone(), None, Expected::Accepted));
+                let later = due + 300 + rng.below(700) as u64;
+                let mut repeat = original;
+                match kind {
+                    Fault::DuplicateScan => repeat.transaction_id = id().to_be_bytes().to_vec(),
+                    Fault::GateRetry => {}
+                    Fault::ReplayOtherGate => {
+                        repeat.transaction_id = id().to_be_bytes().to_vec();
+                        repeat.gate_id += 1;
+                    }
+                    _ => repeat.gate_id += 1,
+                }
+                let mut planned = tap(later, repeat, Some(kind), kind.expected());
+                planned.repeats = Some(original_index);
+                taps.push(planned);
+            }
+            None => {
+                // A journey's exit comes 2 s to a quarter of the run (at most 20 s) after
+                // its entry, within the window: a journey that cannot end in it is a bus ride.
+                let ride_ms = (duration_ms / 4.0).min(20_000.0) as u64;
+                let journey_fits = ride_ms > 2_000 && due + ride_ms < duration_ms as u64;
+                if journey_fits && rng.below(100) < 60 {
+                    // A metro journey: entry now, exit a few seconds later elsewhere.
+                    let mut exit_station = network.stations[rng.below(network.stations.len())];
+                    if exit_station == station && network.stations.len() > 1 {
+                        exit_station = network.stations[(network
+                            .stations
+                            .iter()
+                            .position(|s| *s == station)
+                            .unwrap_or(0)
+                            + 1)
+                            % network.stations.len()];
+                    }
+                    let code = rider.device.code_text(at);
+                    let entry_gate = network.gate(station, gate_counter, false);
+                    taps.push(tap(
+                        due,
+                        request(id(), entry_gate, pb::Direction::Entry, station, at, code),
+                        None,
+                        Expected::Accepted,
+                    ));
+                    let exit_due = due + 2_000 + rng.below((ride_ms - 2_000) as usize) as u64;
+                    let exit_at = input.start.saturating_add(exit_due);
+                    let code = rider.device.code_text(exit_at);
+                    let exit_gate = network.gate(exit_station, gate_counter, true);
+                    taps.push(tap(
+                        exit_due,
+                        request(
+                            id(),
+                            exit_gate,
+                            pb::Direction::Exit,
+                            exit_station,
+                            exit_at,
+                            code,
+                        ),
+                        None,
+                        Expected::Accepted,
+                    ));
+                } else {
+                    let code = rider.device.code_text(at);
+                    let gate = network.bus_reader(route, gate_counter);
+                    taps.push(tap(
+                        due,
+                        request(id(), gate, pb::Direction::Bus, route, at, code),
+                        None,
+                        Expected::Accepted,
+                    ));
+                }
+            }
+        }
+    }
+    // In time order; a stable sort keeps an original before its repeat at the same time.
+    let mut order: Vec<usize> = (0..taps.len()).collect();
+    order.sort_by_key(|index| taps[*index].due_ms);
+    let mut position = vec![0; taps.len()];
+    for (new, old) in order.iter().enumerate() {
+        position[*old] = new;
+    }
+    let mut sorted: Vec<PlannedTap> = order.iter().map(|index| taps[*index].clone()).collect();
+    for tap in &mut sorted {
+        tap.repeats = tap.repeats.map(|old| position[old]);
+    }
+    sorted.truncate(input.taps_max as usize);
+    sorted
+}
+
+fn indices(riders: &[Rider], kind: RiderKind) -> Vec<usize> {
+    riders
+        .iter()
+        .enumerate()
+        .filter(|(_, rider)| rider.kind == kind)
+        .map(|(index, _)| index)
+        .collect()
+}
+
+fn pick_fault(rng: &mut Rng, rates: &FaultRates) -> Option<Fault> {
+    let roll = rng.unit();
+    let mut sum = 0.0;
+    for (fault, rate) in rates {
+        sum += rate;
+        if roll < sum {
+            return Some(*fault);
+        }
+    }
+    None
+}
+
+/// A tap request.
+pub fn request(
+    id: u128,
+    gate_id: u32,
+    direction: pb::Direction,
+    place: u32,
+    scan_time: UnixMillis,
+    code: String,
+) -> pb::TapRequest {
+    let (station_id, route_id) = match direction {
+        pb::Direction::Bus => (0, place),
+        _ => (place, 0),
+    };
+    pb::TapRequest {
+        transaction_id: id.to_be_bytes().to_vec(),
+        gate_id,
+        direction: direction as i32,
+        station_id,
+        route_id,
+        scan_time_ms: scan_time.0,
+        code: Some(pb::ScannedCode { text: code }),
+    }
+}

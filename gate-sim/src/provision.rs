@@ -1,0 +1,239 @@
+//! Provisioning through the admin API: the providers' issuer keys (and one revoked key),
+//! then the riders' accounts, top-ups and deny-list entries. Every call's transaction id
+//! follows from the seed, so provisioning the same city twice changes nothing.
+
+use fareway::clock::UnixMillis;
+use fareway::token::mint::{Device, Issuer};
+use fareway_proto::v1 as pb;
+use tokio_stream::StreamExt as _;
+
+use crate::client::AdminClient;
+use crate::plan::{Rider, RiderKind};
+use crate::rng::Rng;
+
+/// What a city's riders are like.
+#[derive(Debug, Clone, Copy)]
+pub struct Population {
+    /// Riders.
+    pub riders: u64,
+    /// Payment providers (ids 1 to this).
+    pub providers: u16,
+    /// Share of riders on the deny list.
+    pub denied_share: f64,
+    /// Share of riders with no balance and no credit.
+    pub broke_share: f64,
+    /// What a good rider is topped up with, minor units.
+    pub balance_minor: i64,
+    /// A good rider's credit limit.
+    pub credit_limit_minor: i64,
+}
+
+/// Calls to the admin API at once while provisioning.
+const PROVISION_CALLS_IN_FLIGHT: usize = 64;
+
+/// What provisioning made.
+#[derive(Debug)]
+pub struct Provisioned {
+    /// The riders, with their phones.
+    pub riders: Vec<Rider>,
+    /// An issuer the engine never saw.
+    pub unknown_issuer: Issuer,
+    /// An issuer registered and then revoked.
+    pub revoked_issuer: Issuer,
+}
+
+fn seed_of(seed: u64, what: u64) -> [u8; 32] {
+    let mut rng = Rng::new(seed ^ what.wrapping_mul(0x2545_f491_4f6c_dd1d));
+    let mut bytes = [0u8; 32];
+    for chunk in bytes.chunks_mut(8) {
+        chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
+    }
+    bytes
+}
+
+/// The issuer of a provider in a city made from `seed`.
+pub fn issuer_of(provider_id: u16, seed: u64) -> Issuer {
+    Issuer::from_seed(provider_id, seed_of(seed, 1_000 + u64::from(provider_id)))
+}
+
+/// A rider's phone with a credential from `issuer` valid for a week.
+pub fn device_of(issuer: &Issuer, account_id: u64, seed: u64) -> Device {
+    let key = Device::key_from_seed(&seed_of(seed, 1_000_000 + account_id));
+    let now = fareway::clock::Clock::now(&fareway::clock::SystemClock);
+    let credential = issuer.issue(
+        account_id,
+        UnixMillis(now.0 + 7 * 86_400_000),
+        0,
+        Device::public_key_of(&key),
+    );
+    Device::new(key, credential, 0)
+}
+
+fn tx(seed: u64, what: u64) -> Vec<u8> {
+    (u128::from(seed) << 64 | u128::from(what))
+        .to_be_bytes()
+        .to_vec()
+}
+
+/// The account id of rider `index` (from 0) in a city made from `seed`: each seed's city
+/// has its own accounts, so that runs with other seeds on one engine do not meet each
+/// other's deny list or balances.
+pub fn account_id_of(seed: u64, index: u64) -> u64 {
+    (seed % 1_000_000) * RIDERS_PER_CITY_MAX + index + 1
+}
+
+/// Most riders in one city.
+pub const RIDERS_PER_CITY_MAX: u64 = 10_000_000;
+
+/// Registers the keys and opens the accounts (see [`account_id_of`]).
+pub async fn provision(
+    admin: &AdminClient,
+    population: Population,
+    seed: u64,
+) -> anyhow::Result<Provisioned> {
+    let mut admin_one = admin.clone();
+    for provider_id in 1..=population.providers {
+        let issuer = issuer_of(provider_id, seed);
+        admin_one
+            .register_issuer_key(pb::RegisterIssuerKeyRequest {
+                transaction_id: tx(seed, u64::from(provider_id)),
+                provider_id: u32::from(provider_id),
+                provider_name: format!("sim-provider-{provider_id}"),
+                public_key: issuer.public_key().to_vec(),
+            })
+            .await
+            .map_err(|status| {
+                anyhow::anyhow!("registering provider {provider_id}'s key: {status}")
+            })?;
+    }
+    let revoked_issuer = Issuer::from_seed(1, seed_of(seed, 7));
+    admin_one
+        .register_issuer_key(pb::RegisterIssuerKeyRequest {
+            transaction_id: tx(seed, 100),
+            provider_id: 1,
+            provider_name: "sim-provider-1".into(),
+            public_key: revoked_issuer.public_key().to_vec(),
+        })
+        .await
+        .map_err(|status| anyhow::anyhow!("registering the key to revoke: {status}"))?;
+    admin_one
+        .revoke_issuer_key(pb::RevokeIssuerKeyRequest {
+            transaction_id: tx(seed, 101),
+            provider_id: 1,
+            key_id: revoked_issuer.key_id(),
+        })
+        .await
+        .map_err(|status| anyhow::anyhow!("revoking a key: {status}"))?;
+    let unknown_issuer = Issuer::from_seed(1, seed_of(seed, 8));
+
+    let mut rng = Rng::new(seed);
+    let kinds: Vec<RiderKind> = (0..population.riders)
+        .map(|_| {
+            let roll = rng.unit();
+            if roll < population.denied_share {
+                RiderKind::Denied
+            } else if roll < population.denied_share + population.broke_share {
+                RiderKind::Broke
+            } else {
+                RiderKind::Good
+            }
+        })
+        .collect();
+    let calls = tokio_stream::iter(kinds.iter().copied().enumerate()).map(|(index, kind)| {
+        let mut admin = admin.clone();
+        let account_id = account_id_of(seed, index as u64);
+        let provider_id = (index as u64 % u64::from(population.providers)) as u32 + 1;
+        async move {
+            let base = 1_000_000 + account_id * 4;
+            let open = pb::OpenAccountRequest {
+                transaction_id: tx(seed, base),
+                account_id,
+                provider_id,
+                credit_limit_minor: if kind == RiderKind::Broke {
+                    0
+                } else {
+                    population.credit_limit_minor
+                },
+            };
+            let opened = admin.open_account(open).await?.into_inner();
+            if !opened.accepted && opened.refusal_code != "account_exists" {
+                return Err(tonic::Status::failed_precondition(format!(
+                    "account {account_id} was not opened: {}",
+                    opened.refusal_code
+                )));
+            }
+            if kind != RiderKind::Broke {
+                admin
+                    .top_up(pb::TopUpRequest {
+                        transaction_id: tx(seed, base + 1),
+                        account_id,
+                        amount_minor: population.balance_minor,
+                    })
+                    .await?;
+            }
+            if kind == RiderKind::Denied {
+                admin
+                    .add_deny_list_entry(pb::AccountRequest {
+                        transaction_id: tx(seed, base + 2),
+                        account_id,
+                    })
+                    .await?;
+            }
+            Ok::<_, tonic::Status>(())
+        }
+    });
+    let results: Vec<Result<(), tonic::Status>> =
+        futures_unordered(calls, PROVISION_CALLS_IN_FLIGHT).await;
+    if let Some(Err(status)) = results.into_iter().find(Result::is_err) {
+        anyhow::bail!("provisioning riders failed: {status}");
+    }
+    let issuers: Vec<Issuer> = (1..=population.providers)
+        .map(|p| issuer_of(p, seed))
+        .collect();
+    let riders = kinds
+        .into_iter()
+        .enumerate()
+        .map(|(index, kind)| {
+            let account_id = account_id_of(seed, index as u64);
+            let provider_index = (index as u64 % u64::from(population.providers)) as usize;
+            Rider {
+                account_id,
+                provider_id: provider_index as u16 + 1,
+                kind,
+                device: device_of(&issuers[provider_index], account_id, seed),
+            }
+        })
+        .collect();
+    Ok(Provisioned {
+        riders,
+        unknown_issuer,
+        revoked_issuer,
+    })
+}
+
+/// Runs futures from a stream with at most `limit` at once, collecting their outputs.
+async fn futures_unordered<S, F, T>(stream: S, limit: usize) -> Vec<T>
+where
+    S: tokio_stream::Stream<Item = F> + Unpin,
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let mut stream = stream;
+    let mut running = tokio::task::JoinSet::new();
+    let mut out = Vec::new();
+    while let Some(future) = stream.next().await {
+        if running.len() >= limit
+            && let Some(done) = running.join_next().await
+            && let Ok(value) = done
+        {
+            out.push(value);
+        }
+        running.spawn(future);
+    }
+    while let Some(done) = running.join_next().await {
+        if let Ok(value) = done {
+            out.push(value);
+        }
+    }
+    out
+}

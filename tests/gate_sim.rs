@@ -1,0 +1,106 @@
+//! The gate simulator end to end: a real engine on 127.0.0.1 with the system clock (the
+//! simulator's scan times are real times), provisioned by the simulator through the admin
+//! API, a short open-loop rush hour with every kind of fault, unary and then streaming,
+//! and every invariant checked; then the audit of the data directory.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use fareway::clock::SystemClock;
+use fareway::ledger::{Ledger, LedgerConfig, audit};
+use fareway::server;
+use fareway_tests::server::{ADMIN_TOKEN, FINANCE_TOKEN, GATE_TOKEN, write_config};
+use gate_sim::{Engine, Fault, Mode, Network, Population, Profile, SimConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_rush_hour_keeps_every_invariant_unary_and_streaming() {
+    let folder = tempfile::tempdir().unwrap();
+    let empty_keys = folder.path().join("no-keys.toml");
+    std::fs::write(&empty_keys, "provider = []\nissuer_key = []\n").unwrap();
+    let config = write_config(folder.path(), |config| config.issuer_keys_file = empty_keys);
+    let data_dir = config.data_dir.clone();
+    let running = server::start(config, Arc::new(SystemClock)).await.unwrap();
+    let engine = Engine {
+        url: format!("http://{}", running.addr),
+        gate_token: GATE_TOKEN.into(),
+        admin_token: ADMIN_TOKEN.into(),
+        finance_token: FINANCE_TOKEN.into(),
+    };
+    let fares = fareway::fares::FareTable::from_toml(
+        &std::fs::read_to_string(fareway_tests::workspace_root().join("docs/sample-city.toml"))
+            .unwrap(),
+    )
+    .unwrap();
+    for (mode, seed) in [(Mode::Unary, 11), (Mode::Streaming, 12)] {
+        let config = SimConfig {
+            population: Population {
+                riders: 200,
+                providers: 2,
+                denied_share: 0.05,
+                broke_share: 0.05,
+                balance_minor: 50_000,
+                credit_limit_minor: 1_000,
+            },
+            network: Network {
+                stations: fares.stations().map(|(id, _)| id).collect(),
+                routes: fares.routes().map(|(id, _)| id).collect(),
+                gates_per_station: 4,
+            },
+            profile: Profile::Rush { peak: 400.0 },
+            duration_s: 5.0,
+            taps_max: 10_000,
+            mode,
+            in_flight_max: 512,
+            faults: Fault::ALL.iter().map(|fault| (*fault, 0.02)).collect(),
+            seed,
+            out: folder.path().join(format!("out-{seed}")),
+            progress: false,
+        };
+        let report = gate_sim::simulate(&engine, &config).await.unwrap();
+        let json = &report.json;
+        assert!(
+            report.ok,
+            "{mode:?}: {}",
+            serde_json::to_string_pretty(json).unwrap()
+        );
+        assert_eq!(json["taps_not_sent"], 0, "{mode:?}");
+        assert!(json["taps_total"].as_u64().unwrap() > 500, "{mode:?}");
+        for quantile in ["p50", "p90", "p99", "p999", "max"] {
+            assert!(
+                json["latency_us"][quantile].as_u64().unwrap() > 0,
+                "{mode:?} {quantile}"
+            );
+        }
+        // Every kind of fault was injected, and each got exactly its expected outcome.
+        for fault in Fault::ALL {
+            let counts = &json["faults"][fault.name()];
+            assert!(
+                counts["injected"].as_u64().unwrap() > 0,
+                "{mode:?}: no {}",
+                fault.name()
+            );
+            assert_eq!(
+                counts["injected"],
+                counts["expected_outcome"],
+                "{mode:?}: {}",
+                fault.name()
+            );
+        }
+        assert!(
+            json["decisions"]["accepted"].as_u64().unwrap() > 400,
+            "{mode:?}"
+        );
+        let settlement = &json["invariants"]["settlement"];
+        assert_eq!(settlement["files"].as_array().unwrap().len(), 2, "{mode:?}");
+        let written: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(config.out.join("report.json")).unwrap())
+                .unwrap();
+        assert_eq!(&written, json);
+    }
+    running.stop().await.unwrap();
+    let ledger = Ledger::open(&data_dir, LedgerConfig::default()).unwrap();
+    let report = audit::audit(ledger.db()).unwrap();
+    assert!(report.ok(), "{:?}", report.violations);
+    assert_eq!(report.balance_sum, 0);
+}
