@@ -88,8 +88,11 @@ pub async fn simulate(engine: &Engine, config: &SimConfig) -> anyhow::Result<Sim
         .await?;
 
     let minting = Instant::now();
-    // The timed window starts a little after the plan is made: scan times are real times.
-    let lead_ms = 1_000;
+    // The timed window starts once the plan is made (scan times are real times): a second,
+    // plus 100 us per code expected (minting one takes well under that here).
+    let expected_taps = (config.profile.mean_rate(config.duration_s) * config.duration_s)
+        .min(config.taps_max as f64);
+    let lead_ms = 1_000 + (expected_taps * 0.1) as u64;
     let start = SystemClock.now().saturating_add(lead_ms);
     let plan = plan::make_plan(plan::PlanInput {
         riders: &mut riders,

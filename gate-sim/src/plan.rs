@@ -188,6 +188,15 @@ pub enum Profile {
 }
 
 impl Profile {
+    /// The mean offered rate over a run.
+    pub fn mean_rate(self, _duration: f64) -> f64 {
+        match self {
+            Profile::Constant { rate } => rate,
+            // The raised cosine's mean is half its height.
+            Profile::Rush { peak } => peak * (0.2 + 0.8 * 0.5),
+        }
+    }
+
     /// The offered rate at `at` seconds into a run of `duration` seconds.
     pub fn rate_at(self, at: f64, duration: f64) -> f64 {
         match self {
