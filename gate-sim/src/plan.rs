@@ -274,10 +274,15 @@ pub fn make_plan(input: PlanInput<'_>) -> Vec<PlannedTap> {
         let due = t as u64;
         let at = input.start.saturating_add(due);
         gate_counter = gate_counter.wrapping_add(1);
-        let fault = pick_fault(&mut rng, input.faults);
+        // A rider fault needs such a rider: a small city may have none.
+        let fault = match pick_fault(&mut rng, input.faults) {
+            Some(Fault::DeniedRider) if denied.is_empty() => None,
+            Some(Fault::OverCreditLimit) if broke.is_empty() => None,
+            fault => fault,
+        };
         let rider_index = match fault {
-            Some(Fault::DeniedRider) if !denied.is_empty() => denied[rng.below(denied.len())],
-            Some(Fault::OverCreditLimit) if !broke.is_empty() => broke[rng.below(broke.len())],
+            Some(Fault::DeniedRider) => denied[rng.below(denied.len())],
+            Some(Fault::OverCreditLimit) => broke[rng.below(broke.len())],
             _ => good[rng.below(good.len())],
         };
         let rider = &mut input.riders[rider_index];
@@ -512,5 +517,106 @@ pub fn request(
         route_id,
         scan_time_ms: scan_time.0,
         code: Some(pb::ScannedCode { text: code }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provision::{device_of, issuer_of};
+
+    fn riders(kinds: &[RiderKind]) -> Vec<Rider> {
+        let issuer = issuer_of(1, 5);
+        kinds
+            .iter()
+            .enumerate()
+            .map(|(index, kind)| Rider {
+                account_id: index as u64 + 1,
+                provider_id: 1,
+                kind: *kind,
+                device: device_of(&issuer, index as u64 + 1, 5),
+            })
+            .collect()
+    }
+
+    fn plan(riders: &mut [Rider], faults: &FaultRates, seed: u64) -> Vec<PlannedTap> {
+        let network = Network {
+            stations: vec![100, 101, 102],
+            routes: vec![501],
+            gates_per_station: 2,
+        };
+        let (unknown, revoked) = (issuer_of(1, 6), issuer_of(1, 7));
+        make_plan(PlanInput {
+            riders,
+            network: &network,
+            profile: Profile::Constant { rate: 200.0 },
+            duration_s: 20.0,
+            taps_max: 100_000,
+            faults,
+            seed,
+            start: UnixMillis(1_800_000_000_000),
+            unknown_issuer: &unknown,
+            revoked_issuer: &revoked,
+            first_id: 1,
+        })
+    }
+
+    #[test]
+    fn a_rider_fault_is_not_injected_without_such_riders() {
+        let mut good = riders(&[RiderKind::Good; 10]);
+        let faults: FaultRates = [(Fault::DeniedRider, 0.4), (Fault::OverCreditLimit, 0.4)]
+            .into_iter()
+            .collect();
+        let taps = plan(&mut good, &faults, 1);
+        assert!(taps.len() > 1_000);
+        assert!(taps.iter().all(|tap| tap.fault.is_none()));
+        assert!(taps.iter().all(|tap| tap.expected == Expected::Accepted));
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_plan_in_time_order_with_repeats_after_originals() {
+        let faults: FaultRates = Fault::ALL.iter().map(|fault| (*fault, 0.03)).collect();
+        let kinds = [
+            RiderKind::Good,
+            RiderKind::Denied,
+            RiderKind::Broke,
+            RiderKind::Good,
+        ];
+        let first = plan(&mut riders(&kinds), &faults, 9);
+        let second = plan(&mut riders(&kinds), &faults, 9);
+        let shape = |taps: &[PlannedTap]| -> Vec<_> {
+            taps.iter()
+                .map(|tap| {
+                    (
+                        tap.due_ms,
+                        tap.request.gate_id,
+                        tap.account_id,
+                        tap.fault,
+                        tap.repeats,
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(shape(&first), shape(&second));
+        assert!(
+            first
+                .windows(2)
+                .all(|pair| pair[0].due_ms <= pair[1].due_ms)
+        );
+        for (index, tap) in first.iter().enumerate() {
+            if let Some(original) = tap.repeats {
+                assert!(original < index);
+                assert_eq!(first[original].request.code, tap.request.code);
+            }
+        }
+        for fault in Fault::ALL {
+            assert!(
+                first.iter().any(|tap| tap.fault == Some(fault)),
+                "no {}",
+                fault.name()
+            );
+        }
+        let other = plan(&mut riders(&kinds), &faults, 10);
+        assert_ne!(shape(&first), shape(&other));
     }
 }

@@ -1,5 +1,6 @@
-//! The `fareway` command line: argument parsing and one module per subcommand group.
-//! Everything here is a thin shell over the library; errors are `anyhow` with context.
+//! The `fareway` command: one binary with a subcommand per job, one module per subcommand
+//! group. Everything here is a thin shell over the engine library (and, for the demo, the
+//! gate simulator's); errors are `anyhow` with context.
 
 mod audit;
 mod demo;
@@ -52,8 +53,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => return serve::run(args, cli.log_json),
         command => command,
     };
-    // A command line tool speaks only of trouble.
-    init_tracing(cli.log_json, "warn");
+    // A command line tool speaks only of trouble; the demo's engine meets the simulator's
+    // faults on purpose, so it speaks only of errors.
+    let level = if matches!(command, Command::Demo(_)) {
+        "error"
+    } else {
+        "warn"
+    };
+    init_tracing(cli.log_json, level);
     match command {
         Command::Keys(command) => keys::run(command),
         Command::Token(command) => token::run(command),
@@ -61,6 +68,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo::run(args),
         Command::Settle(command) => settle::run(command),
         Command::Serve(_) => unreachable!("served above"),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    match run(args) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

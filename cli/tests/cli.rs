@@ -1,6 +1,6 @@
 //! The `fareway` command line as an operator uses it: make an issuer key, mint a code,
-//! inspect it against a registry, and audit a data directory. Lives beside the engine so
-//! that Cargo builds the real binary for it.
+//! inspect it against a registry, run the demo, audit a data directory, verify and
+//! reconcile settlement files. Lives in the binary's package so that Cargo builds it.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test, with its location
 
@@ -177,10 +177,10 @@ fn audit_passes_on_the_demo_ledger_and_refuses_a_non_ledger_folder() {
         "demo",
         "--riders",
         "100",
-        "--taps",
-        "2000",
-        "--gates",
-        "8",
+        "--duration",
+        "3",
+        "--rush-peak",
+        "300",
         "--data-dir",
         data.to_str().unwrap(),
         "--out",
@@ -196,8 +196,8 @@ fn audit_passes_on_the_demo_ledger_and_refuses_a_non_ledger_folder() {
         "demo",
         "--riders",
         "100",
-        "--taps",
-        "10",
+        "--duration",
+        "1",
         "--data-dir",
         data.to_str().unwrap(),
     ]);
@@ -218,16 +218,16 @@ fn settle_verify_and_reconcile_check_the_demo_files() {
         "demo",
         "--riders",
         "100",
-        "--taps",
-        "500",
-        "--gates",
-        "4",
+        "--duration",
+        "3",
+        "--rush-peak",
+        "300",
         "--out",
         out.to_str().unwrap(),
     ]);
     assert!(demo.status.success(), "{}", stdout(&demo));
     let key = std::fs::read_to_string(out.join("settlement-public-key.txt")).unwrap();
-    let file = out.join("fareway-settlement-p00001-b00000001.csv");
+    let file = out.join("settlement/fareway-settlement-p00001-b00000001.csv");
     let verified = fareway(&[
         "settle",
         "verify",
@@ -257,7 +257,7 @@ fn settle_verify_and_reconcile_check_the_demo_files() {
             "--batch",
             "1",
             "--dir",
-            out.to_str().unwrap(),
+            out.join("settlement").to_str().unwrap(),
             reply.to_str().unwrap(),
         ])
     };

@@ -31,7 +31,7 @@ pub fn run(args: ServeArgs, log_json: bool) -> anyhow::Result<ExitCode> {
         Some(path) => ServerConfig::load(path)?,
         None => ServerConfig::default(),
     };
-    crate::cli::init_tracing(log_json || config.log_format == LogFormat::Json, "info");
+    crate::init_tracing(log_json || config.log_format == LogFormat::Json, "info");
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
