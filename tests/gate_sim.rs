@@ -97,6 +97,11 @@ async fn a_short_rush_hour_keeps_every_invariant_unary_and_streaming() {
             serde_json::from_str(&std::fs::read_to_string(config.out.join("report.json")).unwrap())
                 .unwrap();
         assert_eq!(&written, json);
+        let html = std::fs::read_to_string(config.out.join("report.html")).unwrap();
+        assert!(html.contains("Latency by second"), "{mode:?}");
+        assert!(html.contains("Latency histogram"), "{mode:?}");
+        assert_eq!(html.matches("<svg").count(), 2, "two charts");
+        assert!(html.contains("<td>duplicate_scan</td>"), "{mode:?}");
     }
     running.stop().await.unwrap();
     let ledger = Ledger::open(&data_dir, LedgerConfig::default()).unwrap();

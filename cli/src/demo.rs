@@ -201,6 +201,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         &report_path,
         serde_json::to_string_pretty(&report.json)? + "\n",
     )?;
+    let html_path = args.out.join("report.html");
+    std::fs::write(
+        &html_path,
+        gate_sim::html::render(&report.json, &report.run),
+    )?;
     let key_path = args.out.join("settlement-public-key.txt");
     std::fs::write(
         &key_path,
@@ -209,7 +214,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     println!("{}", gate_sim::summary(&report.json));
     super::audit::print_report(&audit);
-    println!("report: {}", report_path.display());
+    println!(
+        "report: {} and {}",
+        report_path.display(),
+        html_path.display()
+    );
     if let Some(files) = report.json["invariants"]["settlement"]["files"].as_array() {
         for file in files {
             println!("settlement file: {}", file.as_str().unwrap_or_default());

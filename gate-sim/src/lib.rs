@@ -7,6 +7,7 @@
 
 pub mod check;
 pub mod client;
+pub mod html;
 pub mod plan;
 pub mod provision;
 pub mod rng;
@@ -60,6 +61,8 @@ pub struct SimReport {
     pub json: serde_json::Value,
     /// Whether every invariant held.
     pub ok: bool,
+    /// Every tap's answer and latency (what `report.html` is drawn from).
+    pub run: run::RunResult,
 }
 
 /// The default fault mix: each kind at 0.5% of trips.
@@ -224,7 +227,12 @@ pub async fn simulate(engine: &Engine, config: &SimConfig) -> anyhow::Result<Sim
         config.out.join("report.json"),
         serde_json::to_string_pretty(&json)? + "\n",
     )?;
-    Ok(SimReport { json, ok })
+    std::fs::write(config.out.join("report.html"), html::render(&json, &played))?;
+    Ok(SimReport {
+        json,
+        ok,
+        run: played,
+    })
 }
 
 /// A short text summary of a report, for people.

@@ -134,6 +134,10 @@ fn run(args: Args) -> anyhow::Result<bool> {
         .context("cannot start the async runtime")?;
     let report = runtime.block_on(gate_sim::simulate(&engine, &config))?;
     println!("{}", gate_sim::summary(&report.json));
-    println!("report: {}", args.out.join("report.json").display());
+    println!(
+        "report: {} and {}",
+        args.out.join("report.json").display(),
+        args.out.join("report.html").display()
+    );
     Ok(report.ok)
 }

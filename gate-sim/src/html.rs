@@ -1,0 +1,192 @@
+//! `report.html`: the run's latency over time and its latency histogram as SVG charts
+//! (drawn with `splot`, styled by the CSS below: plain colours, no CSS variables, so that
+//! SVG tools other than browsers draw them too), the decision table, the faults and the
+//! invariants. One self-contained file: no scripts, no external style sheet.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::run::{Answer, RunResult};
+
+/// The charts' style: `splot` draws plain SVG with classes, and this colours it.
+const STYLE: &str = r#"
+body { font-family: sans-serif; margin: 2em; color: #222; background: #fafafa; }
+table { border-collapse: collapse; margin: 1em 0; }
+td, th { border: 1px solid #bbb; padding: 0.2em 0.6em; text-align: right; }
+th { background: #eee; }
+td:first-child, th:first-child { text-align: left; }
+.bad { color: #b00; font-weight: bold; }
+.good { color: #070; font-weight: bold; }
+.chart { height: 420px; display: flex; justify-content: center; margin: 1em 0; }
+.legend { display: flex; flex-direction: column; justify-content: center; font-size: 12px; }
+.title { fill: #222; font-size: 50px; }
+.axis { fill: #222; font-size: 36px; }
+.axis-line { stroke: #222; stroke-width: 1px; vector-effect: non-scaling-stroke; }
+.tick { fill: #222; font-size: 30px; }
+.plot { clip-path: url(#clip-plot); }
+.grid-x, .grid-y { stroke: gray; stroke-opacity: 50%; stroke-width: 1px; stroke-dasharray: 1 3; vector-effect: non-scaling-stroke; }
+.plot-area { stroke: none; }
+.plot-line, .legend-line { fill: none; stroke-width: 5px; }
+.plot-0.plot-area { fill: #4E79A7; }
+.plot-0.plot-line, .plot-0.legend-line { stroke: #4E79A7; }
+.plot-1.plot-line, .plot-1.legend-line { stroke: #E15759; }
+marker { display: none; }
+"#;
+
+/// `splot` links each chart to its own style sheet; the page carries its style inline.
+const SPLOT_STYLE_LINK: &str = r#"<link xmlns="http://www.w3.org/1999/xhtml" type="text/css" rel="stylesheet" href="./css/splot.css" />"#;
+
+/// Per second of the window: (second, p50 ms, p99 ms) of the taps due in it.
+fn latency_by_second(run: &RunResult) -> Vec<(f32, f32, f32)> {
+    let mut seconds: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for result in &run.results {
+        if !matches!(result.answer, Answer::NotSent) {
+            seconds
+                .entry(result.due_ms / 1_000)
+                .or_default()
+                .push(result.latency_us);
+        }
+    }
+    seconds
+        .into_iter()
+        .map(|(second, mut latencies)| {
+            latencies.sort_unstable();
+            let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+            (
+                second as f32,
+                at(0.5) as f32 / 1_000.0,
+                at(0.99) as f32 / 1_000.0,
+            )
+        })
+        .collect()
+}
+
+/// Taps per latency band, ten bands a decade, as (log10 of the latency in µs, taps).
+fn latency_histogram(run: &RunResult) -> Vec<(f32, f32)> {
+    let mut bands: BTreeMap<i64, u64> = BTreeMap::new();
+    for result in &run.results {
+        if !matches!(result.answer, Answer::NotSent) {
+            let band = ((result.latency_us.max(1) as f64).log10() * 10.0).floor() as i64;
+            *bands.entry(band).or_default() += 1;
+        }
+    }
+    let (Some(first), Some(last)) = (bands.keys().next().copied(), bands.keys().last().copied())
+    else {
+        return Vec::new();
+    };
+    (first..=last)
+        .map(|band| {
+            (
+                band as f32 / 10.0,
+                bands.get(&band).copied().unwrap_or(0) as f32,
+            )
+        })
+        .collect()
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// The whole page.
+pub fn render(report: &serde_json::Value, run: &RunResult) -> String {
+    let by_second = latency_by_second(run);
+    let p50: Vec<(f32, f32)> = by_second.iter().map(|(s, p50, _)| (*s, *p50)).collect();
+    let p99: Vec<(f32, f32)> = by_second.iter().map(|(s, _, p99)| (*s, *p99)).collect();
+    let mut bounds = p99.clone();
+    bounds.push((0.0, 0.0));
+    let over_time = splot::Chart::new()
+        .title("Latency by second of the run: p50 (blue), p99 (red)")
+        .domain(splot::Domain::from(&bounds[..]))
+        .axis("second of the run", splot::Edge::Bottom)
+        .axis("milliseconds", splot::Edge::Left)
+        .plot(splot::Plot::line("p50", &p50))
+        .plot(splot::Plot::line("p99", &p99));
+    let histogram = latency_histogram(run);
+    let mut histogram_bounds = histogram.clone();
+    histogram_bounds.push((histogram.first().map_or(0.0, |(x, _)| *x), 0.0));
+    let distribution = splot::Chart::new()
+        .title("Latency histogram")
+        .domain(splot::Domain::from(&histogram_bounds[..]))
+        .axis(
+            "log10 of microseconds (3 = 1 ms, 4 = 10 ms, 5 = 100 ms)",
+            splot::Edge::Bottom,
+        )
+        .axis("taps", splot::Edge::Left)
+        .plot(splot::Plot::area("taps", &histogram));
+
+    let mut page = String::new();
+    let _ = write!(
+        page,
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>gate-sim report</title><style>{STYLE}</style></head><body>\n"
+    );
+    let ok = report["invariants"]["ok"] == serde_json::json!(true);
+    let _ = write!(
+        page,
+        "<h1>gate-sim report</h1>\n<p>{} taps planned, {} answered, {} not sent; <b>{:.0} taps/s</b> over {:.1} s ({}, {}). Invariants: <span class=\"{}\">{}</span>.</p>\n<p>{}</p>\n",
+        report["taps_total"],
+        report["taps_answered"],
+        report["taps_not_sent"],
+        report["taps_per_second"].as_f64().unwrap_or(0.0),
+        report["duration_s"].as_f64().unwrap_or(0.0),
+        escape(report["mode"].as_str().unwrap_or("")),
+        escape(&report["offered"].to_string()),
+        if ok { "good" } else { "bad" },
+        if ok { "ok" } else { "FAILED" },
+        escape(report["codes"].as_str().unwrap_or("")),
+    );
+    let latency = &report["latency_us"];
+    let _ = writeln!(
+        page,
+        "<table><tr><th>latency (µs)</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th></tr><tr><td>due time to answer</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
+        latency["p50"], latency["p90"], latency["p99"], latency["p999"], latency["max"]
+    );
+    for chart in [over_time.to_string(), distribution.to_string()] {
+        page.push_str(&chart.replace(SPLOT_STYLE_LINK, ""));
+    }
+    page.push_str("<h2>Decisions</h2>\n<table><tr><th>answer</th><th>taps</th></tr>\n");
+    if let Some(decisions) = report["decisions"].as_object() {
+        for (name, count) in decisions {
+            let _ = writeln!(page, "<tr><td>{}</td><td>{count}</td></tr>", escape(name));
+        }
+    }
+    page.push_str("</table>\n<h2>Faults</h2>\n<table><tr><th>fault</th><th>injected</th><th>expected outcome</th></tr>\n");
+    if let Some(faults) = report["faults"].as_object() {
+        for (name, counts) in faults {
+            let class = if counts["injected"] == counts["expected_outcome"] {
+                "good"
+            } else {
+                "bad"
+            };
+            let _ = writeln!(
+                page,
+                "<tr><td>{}</td><td>{}</td><td class=\"{class}\">{}</td></tr>",
+                escape(name),
+                counts["injected"],
+                counts["expected_outcome"]
+            );
+        }
+    }
+    page.push_str("</table>\n<h2>Invariants</h2>\n<table><tr><th>check</th><th>result</th></tr>\n");
+    if let Some(invariants) = report["invariants"].as_object() {
+        for (name, value) in invariants {
+            if name == "ok" {
+                continue;
+            }
+            let verdict = match value.get("ok") {
+                Some(serde_json::Value::Bool(true)) => "<span class=\"good\">ok</span>".to_string(),
+                Some(serde_json::Value::Bool(false)) => {
+                    "<span class=\"bad\">FAILED</span>".to_string()
+                }
+                _ => escape(&value.to_string()),
+            };
+            let _ = writeln!(page, "<tr><td>{}</td><td>{verdict}</td></tr>", escape(name));
+        }
+    }
+    page.push_str(
+        "</table>\n<p>Details of every check: <code>report.json</code>.</p>\n</body></html>\n",
+    );
+    page
+}
