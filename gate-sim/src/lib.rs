@@ -6,6 +6,7 @@
 //! (as a provider and a phone would) and to check pulled settlement files.
 
 pub mod check;
+pub mod city;
 pub mod client;
 pub mod html;
 pub mod plan;

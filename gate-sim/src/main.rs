@@ -15,15 +15,15 @@ struct Args {
     /// The engine's gRPC address.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     server: String,
-    /// Files holding the gate, admin and finance tokens.
-    #[arg(long)]
-    gate_token_file: PathBuf,
+    /// Files holding the gate, admin and finance tokens (needed for a run).
+    #[arg(long, required_unless_present = "make_city")]
+    gate_token_file: Option<PathBuf>,
     /// See --gate-token-file.
-    #[arg(long)]
-    admin_token_file: PathBuf,
+    #[arg(long, required_unless_present = "make_city")]
+    admin_token_file: Option<PathBuf>,
     /// See --gate-token-file.
-    #[arg(long)]
-    finance_token_file: PathBuf,
+    #[arg(long, required_unless_present = "make_city")]
+    finance_token_file: Option<PathBuf>,
     /// The engine's fares file: the stations and routes riders use.
     #[arg(long, default_value = "docs/sample-city.toml")]
     fares: PathBuf,
@@ -60,6 +60,22 @@ struct Args {
     /// Where report.json and the settlement files go.
     #[arg(long, default_value = "gate-sim-output")]
     out: PathBuf,
+    /// Make a city instead of a run: write its fares file here (for the engine's
+    /// `fares_file`) and stop. Uses --lines, --stations-per-line, --bus-routes and --seed.
+    #[arg(long)]
+    make_city: Option<PathBuf>,
+    /// Metro lines of a made city (all cross at Central).
+    #[arg(long, default_value_t = 3)]
+    lines: u32,
+    /// Stations per line of a made city, besides Central.
+    #[arg(long, default_value_t = 8)]
+    stations_per_line: u32,
+    /// Bus routes of a made city.
+    #[arg(long, default_value_t = 4)]
+    bus_routes: u32,
+    /// Gates per station (entry and exit gates each).
+    #[arg(long, default_value_t = 8)]
+    gates_per_station: u32,
 }
 
 fn main() -> ExitCode {
@@ -74,16 +90,33 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<bool> {
-    let read = |path: &PathBuf| {
+    if let Some(path) = &args.make_city {
+        let text = gate_sim::city::fares_toml(gate_sim::city::CitySpec {
+            lines: args.lines,
+            stations_per_line: args.stations_per_line,
+            bus_routes: args.bus_routes,
+            seed: args.seed,
+        })?;
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        println!(
+            "city written to {}: give it to the engine as its fares_file, and to gate-sim as --fares",
+            path.display()
+        );
+        return Ok(true);
+    }
+    let read = |path: &Option<PathBuf>, role: &str| {
+        let path = path
+            .as_ref()
+            .with_context(|| format!("a run needs --{role}-token-file"))?;
         std::fs::read_to_string(path)
             .map(|text| text.trim().to_string())
             .with_context(|| format!("cannot read {}", path.display()))
     };
     let engine = Engine {
         url: args.server.clone(),
-        gate_token: read(&args.gate_token_file)?,
-        admin_token: read(&args.admin_token_file)?,
-        finance_token: read(&args.finance_token_file)?,
+        gate_token: read(&args.gate_token_file, "gate")?,
+        admin_token: read(&args.admin_token_file, "admin")?,
+        finance_token: read(&args.finance_token_file, "finance")?,
     };
     anyhow::ensure!(
         (0.0..=0.05).contains(&args.fault_rate),
@@ -105,7 +138,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
         network: Network {
             stations: fares.stations().map(|(id, _)| id).collect(),
             routes: fares.routes().map(|(id, _)| id).collect(),
-            gates_per_station: 8,
+            gates_per_station: args.gates_per_station.max(1),
         },
         profile: match (args.rate, args.rush_peak) {
             (Some(rate), _) => Profile::Constant { rate },
