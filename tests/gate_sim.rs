@@ -42,11 +42,7 @@ async fn a_short_rush_hour_keeps_every_invariant_unary_and_streaming() {
                 balance_minor: 50_000,
                 credit_limit_minor: 1_000,
             },
-            network: Network {
-                stations: fares.stations().map(|(id, _)| id).collect(),
-                routes: fares.routes().map(|(id, _)| id).collect(),
-                gates_per_station: 4,
-            },
+            network: Network::of(&fares, 4),
             profile: Profile::Rush { peak: 400.0 },
             duration_s: 5.0,
             taps_max: 10_000,

@@ -114,19 +114,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     config.check()?;
     let fares = fareway::fares::FareTable::from_toml(SAMPLE_CITY)?;
     let sim = SimConfig {
-        population: Population {
-            riders: args.riders,
-            providers: 2,
-            denied_share: 0.02,
-            broke_share: 0.02,
-            balance_minor: 50_000,
-            credit_limit_minor: 1_000,
-        },
-        network: Network {
-            stations: fares.stations().map(|(id, _)| id).collect(),
-            routes: fares.routes().map(|(id, _)| id).collect(),
-            gates_per_station: 8,
-        },
+        population: Population::standard(args.riders, 2),
+        network: Network::of(&fares, 8),
         profile: Profile::Rush {
             peak: args.rush_peak,
         },

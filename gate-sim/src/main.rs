@@ -127,19 +127,8 @@ fn run(args: Args) -> anyhow::Result<bool> {
     let fares = fareway::fares::FareTable::from_toml(&fares_text)
         .with_context(|| format!("fares file {}", args.fares.display()))?;
     let config = SimConfig {
-        population: Population {
-            riders: args.riders,
-            providers: args.providers,
-            denied_share: 0.02,
-            broke_share: 0.02,
-            balance_minor: 50_000,
-            credit_limit_minor: 1_000,
-        },
-        network: Network {
-            stations: fares.stations().map(|(id, _)| id).collect(),
-            routes: fares.routes().map(|(id, _)| id).collect(),
-            gates_per_station: args.gates_per_station.max(1),
-        },
+        population: Population::standard(args.riders, args.providers),
+        network: Network::of(&fares, args.gates_per_station),
         profile: match (args.rate, args.rush_peak) {
             (Some(rate), _) => Profile::Constant { rate },
             (None, Some(peak)) => Profile::Rush { peak },

@@ -161,6 +161,16 @@ pub struct Network {
 }
 
 impl Network {
+    /// Every metro station and bus route of a fares table, with this many gates of each
+    /// direction per station.
+    pub fn of(fares: &fareway::fares::FareTable, gates_per_station: u32) -> Network {
+        Network {
+            stations: fares.stations().map(|(id, _)| id).collect(),
+            routes: fares.routes().map(|(id, _)| id).collect(),
+            gates_per_station: gates_per_station.max(1),
+        }
+    }
+
     /// A gate id of a station: station * 100 + n (entry gates first, then exit gates).
     pub fn gate(&self, station: u32, n: u32, exit: bool) -> u32 {
         station * 100 + (n % self.gates_per_station) * 2 + u32::from(exit)

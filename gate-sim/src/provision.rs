@@ -28,6 +28,21 @@ pub struct Population {
     pub credit_limit_minor: i64,
 }
 
+impl Population {
+    /// The standard mix: 2% deny-listed, 2% broke, the rest topped up with 50,000 and a
+    /// credit limit of 1,000.
+    pub fn standard(riders: u64, providers: u16) -> Population {
+        Population {
+            riders,
+            providers,
+            denied_share: 0.02,
+            broke_share: 0.02,
+            balance_minor: 50_000,
+            credit_limit_minor: 1_000,
+        }
+    }
+}
+
 /// Calls to the admin API at once while provisioning.
 const PROVISION_CALLS_IN_FLIGHT: usize = 64;
 

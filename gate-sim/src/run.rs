@@ -144,11 +144,7 @@ pub async fn play(
                 let record = record.clone();
                 let due_ms = tap.due_ms;
                 running.spawn(async move {
-                    let answer = match client.tap(request).await {
-                        Ok(response) => Answer::Response(response.into_inner()),
-                        Err(status) => Answer::Failed(status.code(), status.message().to_string()),
-                    };
-                    record(index, due, due_ms, answer);
+                    record(index, due, due_ms, unary(&mut client, request).await);
                     drop(permit);
                 });
                 // Reap finished calls so that the set does not grow with the run.
@@ -207,10 +203,7 @@ pub async fn play(
                     .contains_key(&id);
                 if clash {
                     let mut client = engine.gate().await?;
-                    let answer = match client.tap(tap.request.clone()).await {
-                        Ok(response) => Answer::Response(response.into_inner()),
-                        Err(status) => Answer::Failed(status.code(), status.message().to_string()),
-                    };
+                    let answer = unary(&mut client, tap.request.clone()).await;
                     record(index, due, tap.due_ms, answer);
                     drop(permit);
                     continue;
@@ -261,6 +254,14 @@ pub async fn play(
         })
         .collect();
     Ok(RunResult { results, elapsed })
+}
+
+/// One `Tap` call's answer.
+async fn unary(client: &mut GateClient, request: pb::TapRequest) -> Answer {
+    match client.tap(request).await {
+        Ok(response) => Answer::Response(response.into_inner()),
+        Err(status) => Answer::Failed(status.code(), status.message().to_string()),
+    }
 }
 
 /// A latency histogram in microseconds, 1 µs to 10 minutes, 3 significant digits.

@@ -16,7 +16,6 @@ use fareway::token::keys::RegistryFile;
 use fareway::token::mint::{Device, Issuer};
 use fareway::token::vectors;
 use fareway_proto::v1 as pb;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::workspace_root;
@@ -115,15 +114,8 @@ impl TestServer {
     }
 }
 
-/// A gate client that sends a bearer token.
-pub type GateClient =
-    pb::gate_service_client::GateServiceClient<InterceptedService<Channel, Bearer>>;
-/// An admin client that sends a bearer token.
-pub type AdminClient =
-    pb::admin_service_client::AdminServiceClient<InterceptedService<Channel, Bearer>>;
-/// A settlement client that sends a bearer token.
-pub type SettlementClient =
-    pb::settlement_service_client::SettlementServiceClient<InterceptedService<Channel, Bearer>>;
+/// Clients that send a bearer token: the simulator's.
+pub use gate_sim::client::{AdminClient, GateClient, SettlementClient};
 
 /// Writes the fares, the vectors' issuer keys and a configuration into `folder`.
 pub fn write_config(folder: &Path, adjust: impl FnOnce(&mut ServerConfig)) -> ServerConfig {
