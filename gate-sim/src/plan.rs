@@ -309,42 +309,20 @@ pub fn make_plan(input: PlanInput<'_>) -> Vec<PlannedTap> {
             };
         let station = network.stations[rng.below(network.stations.len())];
         let route = network.routes[rng.below(network.routes.len())];
-        match fault {
-            Some(Fault::DeniedRider) | Some(Fault::OverCreditLimit) => {
-                let code = rider.device.code_text(at);
-                let gate = network.bus_reader(route, gate_counter);
-                taps.push(tap(
-                    due,
-                    request(id(), gate, pb::Direction::Bus, route, at, code),
-                    fault,
-                    fault.map_or(Expected::Accepted, Fault::expected),
-                ));
-            }
+        // Most faults are one bus tap whose code (or rider) is the fault.
+        let fault_code = match fault {
+            Some(Fault::DeniedRider | Fault::OverCreditLimit) => Some(rider.device.code_text(at)),
             Some(Fault::ForgedSignature) => {
                 let mut bytes = rider.device.code_bytes(at);
                 let last = bytes.len() - 1;
                 bytes[last] ^= 0x01;
-                let code = fareway::token::format::encode_text(&bytes);
-                let gate = network.bus_reader(route, gate_counter);
-                taps.push(tap(
-                    due,
-                    request(id(), gate, pb::Direction::Bus, route, at, code),
-                    fault,
-                    Fault::ForgedSignature.expected(),
-                ));
+                Some(fareway::token::format::encode_text(&bytes))
             }
-            Some(Fault::ExpiredCode) => {
-                let code = rider
+            Some(Fault::ExpiredCode) => Some(
+                rider
                     .device
-                    .code_text(UnixMillis(at.0.saturating_sub(600_000)));
-                let gate = network.bus_reader(route, gate_counter);
-                taps.push(tap(
-                    due,
-                    request(id(), gate, pb::Direction::Bus, route, at, code),
-                    fault,
-                    Fault::ExpiredCode.expected(),
-                ));
-            }
+                    .code_text(UnixMillis(at.0.saturating_sub(600_000))),
+            ),
             Some(kind @ (Fault::UnknownKey | Fault::RevokedKey)) => {
                 let issuer = if kind == Fault::UnknownKey {
                     input.unknown_issuer
@@ -353,15 +331,28 @@ pub fn make_plan(input: PlanInput<'_>) -> Vec<PlannedTap> {
                 };
                 let mut device =
                     crate::provision::device_of(issuer, account_id, input.seed ^ 0xdead);
-                let code = device.code_text(at);
-                let gate = network.bus_reader(route, gate_counter);
-                taps.push(tap(
-                    due,
-                    request(id(), gate, pb::Direction::Bus, route, at, code),
-                    fault,
-                    kind.expected(),
-                ));
+                Some(device.code_text(at))
             }
+            Some(Fault::MalformedCode) => Some("not a rider code!".to_string()),
+            _ => None,
+        };
+        if let (Some(code), Some(kind)) = (fault_code, fault) {
+            let gate = network.bus_reader(route, gate_counter);
+            let bus = request(id(), gate, pb::Direction::Bus, route, at, code);
+            taps.push(tap(due, bus, fault, kind.expected()));
+            continue;
+        }
+        match fault {
+            // One bus tap, made above.
+            Some(
+                Fault::DeniedRider
+                | Fault::OverCreditLimit
+                | Fault::ForgedSignature
+                | Fault::ExpiredCode
+                | Fault::UnknownKey
+                | Fault::RevokedKey
+                | Fault::MalformedCode,
+            ) => {}
             Some(Fault::UnknownStation) => {
                 let code = rider.device.code_text(at);
                 let gate = network.gate(station, gate_counter, false);
@@ -370,22 +361,6 @@ pub fn make_plan(input: PlanInput<'_>) -> Vec<PlannedTap> {
                     request(id(), gate, pb::Direction::Entry, 999_999, at, code),
                     fault,
                     Fault::UnknownStation.expected(),
-                ));
-            }
-            Some(Fault::MalformedCode) => {
-                let gate = network.bus_reader(route, gate_counter);
-                taps.push(tap(
-                    due,
-                    request(
-                        id(),
-                        gate,
-                        pb::Direction::Bus,
-                        route,
-                        at,
-                        "not a rider code!".into(),
-                    ),
-                    fault,
-                    Fault::MalformedCode.expected(),
                 ));
             }
             // Faults that repeat a tap: a valid bus ride, then its repeat a moment later.
