@@ -48,7 +48,7 @@ async fn a_short_rush_hour_keeps_every_invariant_unary_and_streaming() {
             taps_max: 10_000,
             mode,
             in_flight_max: 512,
-            faults: Fault::ALL.iter().map(|fault| (*fault, 0.02)).collect(),
+            faults: gate_sim::every_fault_at(0.02),
             seed,
             out: folder.path().join(format!("out-{seed}")),
             progress: false,

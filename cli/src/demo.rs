@@ -16,7 +16,7 @@ use fareway::server;
 use fareway::server::config::{
     LogFormat, Role, ServerConfig, SettlementSettings, TokenEntry, token_sha256_hex,
 };
-use gate_sim::{Engine, Fault, Mode, Network, Population, Profile, SimConfig};
+use gate_sim::{Engine, Mode, Network, Population, Profile, SimConfig};
 
 /// The sample city, built into the binary so that the demo needs no file.
 const SAMPLE_CITY: &str = include_str!("../../docs/sample-city.toml");
@@ -127,10 +127,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             Mode::Streaming
         },
         in_flight_max: 2_048,
-        faults: Fault::ALL
-            .iter()
-            .map(|fault| (*fault, args.fault_rate))
-            .collect(),
+        faults: gate_sim::every_fault_at(args.fault_rate),
         seed: args.seed,
         out: args.out.clone(),
         progress: true,

@@ -66,9 +66,9 @@ pub struct SimReport {
     pub run: run::RunResult,
 }
 
-/// The default fault mix: each kind at 0.5% of trips.
-pub fn default_faults() -> FaultRates {
-    Fault::ALL.iter().map(|fault| (*fault, 0.005)).collect()
+/// Every kind of fault at the same share of trips.
+pub fn every_fault_at(rate: f64) -> FaultRates {
+    Fault::ALL.iter().map(|fault| (*fault, rate)).collect()
 }
 
 /// Runs the simulation against `engine`.
@@ -94,8 +94,8 @@ pub async fn simulate(engine: &Engine, config: &SimConfig) -> anyhow::Result<Sim
     let minting = Instant::now();
     // The timed window starts once the plan is made (scan times are real times): a second,
     // plus 100 us per code expected (minting one takes well under that here).
-    let expected_taps = (config.profile.mean_rate(config.duration_s) * config.duration_s)
-        .min(config.taps_max as f64);
+    let expected_taps =
+        (config.profile.mean_rate() * config.duration_s).min(config.taps_max as f64);
     let lead_ms = 1_000 + (expected_taps * 0.1) as u64;
     let start = SystemClock.now().saturating_add(lead_ms);
     let plan = plan::make_plan(plan::PlanInput {

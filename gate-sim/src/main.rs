@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use gate_sim::{Engine, Fault, Mode, Network, Population, Profile, SimConfig};
+use gate_sim::{Engine, Mode, Network, Population, Profile, SimConfig};
 
 /// The Fareway gate simulator.
 #[derive(Debug, Parser)]
@@ -142,10 +142,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
             Mode::Unary
         },
         in_flight_max: args.in_flight_max,
-        faults: Fault::ALL
-            .iter()
-            .map(|fault| (*fault, args.fault_rate))
-            .collect(),
+        faults: gate_sim::every_fault_at(args.fault_rate),
         seed: args.seed,
         out: args.out.clone(),
         progress: true,

@@ -199,7 +199,7 @@ pub enum Profile {
 
 impl Profile {
     /// The mean offered rate over a run.
-    pub fn mean_rate(self, _duration: f64) -> f64 {
+    pub fn mean_rate(self) -> f64 {
         match self {
             Profile::Constant { rate } => rate,
             // The raised cosine's mean is half its height.
@@ -560,7 +560,7 @@ mod tests {
 
     #[test]
     fn the_same_seed_gives_the_same_plan_in_time_order_with_repeats_after_originals() {
-        let faults: FaultRates = Fault::ALL.iter().map(|fault| (*fault, 0.03)).collect();
+        let faults = crate::every_fault_at(0.03);
         let kinds = [
             RiderKind::Good,
             RiderKind::Denied,
