@@ -26,6 +26,7 @@ async fn a_short_rush_hour_keeps_every_invariant_unary_and_streaming() {
         gate_token: GATE_TOKEN.into(),
         admin_token: ADMIN_TOKEN.into(),
         finance_token: FINANCE_TOKEN.into(),
+        metrics_addr: running.metrics_addr.map(|addr| addr.to_string()),
     };
     let fares = fareway::fares::FareTable::from_toml(
         &std::fs::read_to_string(fareway_tests::workspace_root().join("docs/sample-city.toml"))
@@ -68,6 +69,22 @@ async fn a_short_rush_hour_keeps_every_invariant_unary_and_streaming() {
                 "{mode:?} {quantile}"
             );
         }
+        // The engine's own histogram saw every tap it answered with a decision (a tap
+        // refused with a gRPC status is not in it).
+        let status_answers: u64 = json["decisions"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(name, _)| name.starts_with("status_"))
+            .map(|(_, count)| count.as_u64().unwrap())
+            .sum();
+        let server = &json["server_latency_us"];
+        assert_eq!(
+            server["taps"].as_u64().unwrap(),
+            json["taps_answered"].as_u64().unwrap() - status_answers,
+            "{mode:?}"
+        );
+        assert!(server["p50"].as_u64().unwrap() <= server["p99"].as_u64().unwrap());
         // Every kind of fault was injected, and each got exactly its expected outcome.
         for fault in Fault::ALL {
             let counts = &json["faults"][fault.name()];

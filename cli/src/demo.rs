@@ -100,7 +100,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let config = ServerConfig {
         data_dir: data_dir.clone(),
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        metrics_listen: None,
+        metrics_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
         fares_file,
         issuer_keys_file,
         log_format: LogFormat::Human,
@@ -153,6 +153,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             gate_token,
             admin_token,
             finance_token,
+            metrics_addr: running.metrics_addr.map(|addr| addr.to_string()),
         };
         let report = gate_sim::simulate(&engine, &sim).await;
         let key = async {

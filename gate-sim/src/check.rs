@@ -77,15 +77,16 @@ pub fn faults(plan: &[PlannedTap], run: &RunResult) -> BTreeMap<Fault, (u64, u64
     counts
 }
 
-/// What the simulator saw charged: per accepted first answer (not a replay), the fare.
+/// What the simulator saw charged: per planned tap (not its planned repeats) answered
+/// "accepted", the fare. The answer may be a replay: a gate that lost the first answer
+/// (the engine crashed before sending it) retries and gets the recorded one, and the tap
+/// was still charged once.
 fn charged_taps(plan: &[PlannedTap], run: &RunResult) -> Vec<(usize, i64)> {
     plan.iter()
         .enumerate()
         .filter(|(index, _)| plan[*index].repeats.is_none())
         .filter_map(|(index, _)| {
-            accepted(&run.results[index].answer)
-                .filter(|response| !response.replay)
-                .map(|response| (index, response.fare_minor))
+            accepted(&run.results[index].answer).map(|response| (index, response.fare_minor))
         })
         .collect()
 }

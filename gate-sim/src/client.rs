@@ -26,6 +26,9 @@ pub struct Engine {
     pub admin_token: String,
     /// A finance token.
     pub finance_token: String,
+    /// `HOST:PORT` of the engine's metrics listener, for server-side latency in the
+    /// report; `None` leaves it out.
+    pub metrics_addr: Option<String>,
 }
 
 impl Engine {

@@ -13,6 +13,7 @@ pub mod plan;
 pub mod provision;
 pub mod rng;
 pub mod run;
+pub mod server_metrics;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -130,6 +131,13 @@ pub async fn simulate(engine: &Engine, config: &SimConfig) -> anyhow::Result<Sim
         );
         bar
     });
+    let scrape = || async {
+        match &engine.metrics_addr {
+            Some(addr) => server_metrics::scrape(addr).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    let server_before = scrape().await?;
     let played = run::play(
         engine,
         &plan,
@@ -141,6 +149,11 @@ pub async fn simulate(engine: &Engine, config: &SimConfig) -> anyhow::Result<Sim
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
+
+    let server_window = match (server_before, scrape().await?) {
+        (Some(before), Some(after)) => Some(server_metrics::Window::between(&before, &after)?),
+        _ => None,
+    };
 
     // What came back.
     let mut latency = run::new_histogram();
@@ -207,6 +220,18 @@ pub async fn simulate(engine: &Engine, config: &SimConfig) -> anyhow::Result<Sim
             "p999": quantile(0.999),
             "max": latency.max(),
         },
+        "server_latency_us": server_window.as_ref().map_or(serde_json::Value::Null, |window| {
+            let quantile = |q: f64| window.quantile_us(q).map_or(json!("over 5 s"), |us| json!(us));
+            json!({
+                "measured": "by the engine (fareway_tap_latency_seconds, from a tap's arrival to its answer): the upper bound of the bucket holding each quantile",
+                "taps": window.count(),
+                "p50": quantile(0.5),
+                "p90": quantile(0.9),
+                "p99": quantile(0.99),
+                "p999": quantile(0.999),
+                "within_5ms": window.share_within(0.005),
+            })
+        }),
         "decisions": decisions,
         "faults": faults.iter().map(|(fault, (injected, expected))| {
             (fault.name().to_string(), json!({"injected": injected, "expected_outcome": expected}))
@@ -253,6 +278,14 @@ pub fn summary(report: &serde_json::Value) -> String {
         "latency (due to answer): p50 {} us, p90 {} us, p99 {} us, p99.9 {} us, max {} us\n",
         latency["p50"], latency["p90"], latency["p99"], latency["p999"], latency["max"]
     ));
+    let server = &report["server_latency_us"];
+    if !server.is_null() {
+        text.push_str(&format!(
+            "latency (engine, bucket bounds): p50 <= {} us, p90 <= {} us, p99 <= {} us, p99.9 <= {} us; {:.2}% within 5 ms\n",
+            server["p50"], server["p90"], server["p99"], server["p999"],
+            server["within_5ms"].as_f64().unwrap_or(0.0) * 100.0
+        ));
+    }
     text.push_str("decisions:");
     if let Some(decisions) = report["decisions"].as_object() {
         for (name, count) in decisions {

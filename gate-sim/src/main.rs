@@ -15,6 +15,10 @@ struct Args {
     /// The engine's gRPC address.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     server: String,
+    /// The engine's metrics listener (`HOST:PORT`): the report then has the engine's own
+    /// latency percentiles for this run's taps
+    #[arg(long)]
+    metrics: Option<String>,
     /// Files holding the gate, admin and finance tokens (needed for a run).
     #[arg(long, required_unless_present = "make_city")]
     gate_token_file: Option<PathBuf>,
@@ -117,6 +121,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
         gate_token: read(&args.gate_token_file, "gate")?,
         admin_token: read(&args.admin_token_file, "admin")?,
         finance_token: read(&args.finance_token_file, "finance")?,
+        metrics_addr: args.metrics.clone(),
     };
     anyhow::ensure!(
         (0.0..=0.05).contains(&args.fault_rate),

@@ -64,6 +64,31 @@ const UNARY_CONNECTIONS: usize = 4;
 /// Streams in streaming mode.
 const STREAMS: usize = 8;
 
+/// Which taps were not sent, so that a repeat of a tap that never reached the engine is
+/// not sent either: its expected answer (a replay, `code_reused`, a conflict) assumes the
+/// original was seen first.
+struct Unsent(Vec<bool>);
+
+impl Unsent {
+    /// A permit to send tap `index`, or `None` (and the tap counted as not sent) when the
+    /// simulator has its limit of taps in flight or the tap repeats one not sent.
+    fn admit(
+        &mut self,
+        index: usize,
+        tap: &PlannedTap,
+        permits: &Arc<Semaphore>,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let original_unsent = tap.repeats.is_some_and(|original| self.0[original]);
+        let permit = if original_unsent {
+            None
+        } else {
+            Arc::clone(permits).try_acquire_owned().ok()
+        };
+        self.0[index] = permit.is_none();
+        permit
+    }
+}
+
 /// Plays the plan. `in_flight_max` bounds taps sent and not yet answered.
 pub async fn play(
     engine: &Engine,
@@ -75,6 +100,7 @@ pub async fn play(
     let results: Arc<Mutex<Vec<Option<TapResult>>>> = Arc::new(Mutex::new(vec![None; plan.len()]));
     let recent = Arc::new(Mutex::new(new_histogram()));
     let permits = Arc::new(Semaphore::new(in_flight_max));
+    let mut unsent = Unsent(vec![false; plan.len()]);
     let start = Instant::now();
     let record = {
         let results = Arc::clone(&results);
@@ -135,7 +161,7 @@ pub async fn play(
             for (index, tap) in plan.iter().enumerate() {
                 let due = start + Duration::from_millis(tap.due_ms);
                 tokio::time::sleep_until(due.into()).await;
-                let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                let Some(permit) = unsent.admit(index, tap, &permits) else {
                     record(index, due, tap.due_ms, Answer::NotSent);
                     continue;
                 };
@@ -190,7 +216,7 @@ pub async fn play(
             for (index, tap) in plan.iter().enumerate() {
                 let due = start + Duration::from_millis(tap.due_ms);
                 tokio::time::sleep_until(due.into()).await;
-                let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                let Some(permit) = unsent.admit(index, tap, &permits) else {
                     record(index, due, tap.due_ms, Answer::NotSent);
                     continue;
                 };
@@ -267,4 +293,49 @@ async fn unary(client: &mut GateClient, request: pb::TapRequest) -> Answer {
 /// A latency histogram in microseconds, 1 µs to 10 minutes, 3 significant digits.
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| unreachable!("valid bounds"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::plan::{Expected, Fault, request};
+
+    fn planned(id: u128, repeats: Option<usize>) -> PlannedTap {
+        PlannedTap {
+            due_ms: 0,
+            request: request(
+                id,
+                1,
+                pb::Direction::Bus,
+                501,
+                fareway::clock::UnixMillis(0),
+                String::new(),
+            ),
+            account_id: 1,
+            provider_id: 1,
+            fault: repeats.map(|_| Fault::GateRetry),
+            repeats,
+            expected: Expected::Accepted,
+        }
+    }
+
+    /// A regression: at 8,000 taps/s the simulator sent gate retries of taps it had not
+    /// sent, which the engine rightly accepted as new, and the run reported failed faults
+    /// and taps charged "the simulator did not see accepted".
+    #[test]
+    fn a_repeat_of_a_tap_not_sent_is_not_sent_either() {
+        let plan = [planned(1, None), planned(1, Some(0)), planned(2, None)];
+        let mut unsent = Unsent(vec![false; plan.len()]);
+        let busy = Arc::new(Semaphore::new(0));
+        assert!(unsent.admit(0, &plan[0], &busy).is_none());
+        let free = Arc::new(Semaphore::new(10));
+        assert!(
+            unsent.admit(1, &plan[1], &free).is_none(),
+            "the retry waits for nothing"
+        );
+        assert!(unsent.admit(2, &plan[2], &free).is_some());
+        assert_eq!(unsent.0, vec![true, true, false]);
+    }
 }

@@ -1,0 +1,185 @@
+//! The engine's own view of a run: its tap latency histogram
+//! (`fareway_tap_latency_seconds`), scraped from its metrics endpoint before and after the
+//! load, so that the report can give server-side percentiles of this run's taps alone.
+
+use anyhow::Context as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// The histogram's metric name in the Prometheus text the engine serves.
+const BUCKET_PREFIX: &str = "fareway_tap_latency_seconds_bucket{le=\"";
+
+/// Cumulative bucket counts: (upper bound in seconds, taps at or under it), in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Buckets(pub Vec<(f64, u64)>);
+
+/// Reads the engine's tap latency histogram from `addr` (`HOST:PORT` of its metrics
+/// listener).
+pub async fn scrape(addr: &str) -> anyhow::Result<Buckets> {
+    parse(&metrics_text(addr).await?)
+}
+
+/// The engine's metrics, as Prometheus text, from `addr` (`HOST:PORT`).
+pub async fn metrics_text(addr: &str) -> anyhow::Result<String> {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot reach the engine's metrics at {addr}"))?;
+    // HTTP/1.0: the server closes the connection after the answer, so the body ends there.
+    stream
+        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await?;
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .context("the metrics answer has no body")?;
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.") && head.split(' ').nth(1) == Some("200"),
+        "the metrics endpoint answered {}",
+        head.lines().next().unwrap_or("nothing")
+    );
+    Ok(body.to_string())
+}
+
+/// The tap latency buckets in a Prometheus text exposition.
+pub fn parse(text: &str) -> anyhow::Result<Buckets> {
+    let mut buckets = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(BUCKET_PREFIX) else {
+            continue;
+        };
+        let (bound, count) = rest
+            .split_once("\"}")
+            .with_context(|| format!("unexpected metrics line: {line}"))?;
+        let bound = if bound == "+Inf" {
+            f64::INFINITY
+        } else {
+            bound
+                .parse()
+                .with_context(|| format!("bad bucket bound: {line}"))?
+        };
+        let count = count
+            .split_whitespace()
+            .next()
+            .and_then(|count| count.parse().ok())
+            .with_context(|| format!("bad bucket count: {line}"))?;
+        buckets.push((bound, count));
+    }
+    anyhow::ensure!(
+        !buckets.is_empty(),
+        "no fareway_tap_latency_seconds histogram in the metrics"
+    );
+    Ok(Buckets(buckets))
+}
+
+/// The taps answered between two scrapes, and their latency quantiles.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Window {
+    /// Cumulative counts of the taps between the scrapes.
+    pub buckets: Vec<(f64, u64)>,
+}
+
+impl Window {
+    /// The histogram of what happened between `before` and `after`.
+    pub fn between(before: &Buckets, after: &Buckets) -> anyhow::Result<Window> {
+        anyhow::ensure!(
+            before.0.len() == after.0.len()
+                && before.0.iter().zip(&after.0).all(|(a, b)| a.0 == b.0),
+            "the engine's histogram buckets changed between the scrapes"
+        );
+        let buckets = before
+            .0
+            .iter()
+            .zip(&after.0)
+            .map(|((bound, was), (_, is))| (*bound, is.saturating_sub(*was)))
+            .collect();
+        Ok(Window { buckets })
+    }
+
+    /// Taps in the window.
+    pub fn count(&self) -> u64 {
+        self.buckets.last().map_or(0, |(_, count)| *count)
+    }
+
+    /// The upper bound, in microseconds, of the bucket holding quantile `q`: the true
+    /// value is at or below it. `None` when the window is empty or the quantile is past
+    /// the last finite bound.
+    pub fn quantile_us(&self, q: f64) -> Option<u64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q * total as f64).ceil() as u64).max(1);
+        self.buckets
+            .iter()
+            .find(|(_, count)| *count >= rank)
+            .filter(|(bound, _)| bound.is_finite())
+            .map(|(bound, _)| (bound * 1e6).round() as u64)
+    }
+
+    /// The share of taps answered within `bound_s` seconds, when that is a bucket bound.
+    pub fn share_within(&self, bound_s: f64) -> Option<f64> {
+        let total = self.count();
+        let (_, within) = self.buckets.iter().find(|(bound, _)| *bound == bound_s)?;
+        (total > 0).then(|| *within as f64 / total as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const BEFORE: &str = "# TYPE fareway_tap_latency_seconds histogram\n\
+        fareway_tap_latency_seconds_sum 1.0\n\
+        fareway_tap_latency_seconds_count 10\n\
+        fareway_tap_latency_seconds_bucket{le=\"0.001\"} 4\n\
+        fareway_tap_latency_seconds_bucket{le=\"0.005\"} 9\n\
+        fareway_tap_latency_seconds_bucket{le=\"+Inf\"} 10\n";
+    const AFTER: &str = "fareway_tap_latency_seconds_bucket{le=\"0.001\"} 54\n\
+        fareway_tap_latency_seconds_bucket{le=\"0.005\"} 157\n\
+        fareway_tap_latency_seconds_bucket{le=\"+Inf\"} 160\n\
+        fareway_taps_total{decision=\"accepted\",reason=\"none\"} 160\n";
+
+    #[test]
+    fn quantiles_come_from_the_taps_between_the_two_scrapes() {
+        let window = Window::between(&parse(BEFORE).unwrap(), &parse(AFTER).unwrap()).unwrap();
+        assert_eq!(
+            window.buckets,
+            vec![(0.001, 50), (0.005, 148), (f64::INFINITY, 150)]
+        );
+        assert_eq!(window.count(), 150);
+        assert_eq!(window.quantile_us(0.5), Some(5_000));
+        assert_eq!(window.quantile_us(50.0 / 150.0), Some(1_000));
+        assert_eq!(window.quantile_us(0.98), Some(5_000));
+        // The last two taps took longer than the last finite bound.
+        assert_eq!(window.quantile_us(0.99), None);
+        assert_eq!(window.share_within(0.005), Some(148.0 / 150.0));
+        assert_eq!(window.share_within(0.002), None);
+    }
+
+    #[test]
+    fn an_empty_window_has_no_quantiles() {
+        let before = parse(BEFORE).unwrap();
+        let window = Window::between(&before, &before).unwrap();
+        assert_eq!(window.count(), 0);
+        assert_eq!(window.quantile_us(0.99), None);
+    }
+
+    #[test]
+    fn metrics_without_the_histogram_or_with_other_buckets_are_refused() {
+        let err = parse("fareway_taps_total 3\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no fareway_tap_latency_seconds histogram in the metrics"
+        );
+        let other = parse("fareway_tap_latency_seconds_bucket{le=\"0.002\"} 1\n").unwrap();
+        let err = Window::between(&parse(BEFORE).unwrap(), &other).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the engine's histogram buckets changed between the scrapes"
+        );
+        let err = parse("fareway_tap_latency_seconds_bucket{le=\"x\"} 1\n").unwrap_err();
+        assert!(err.to_string().starts_with("bad bucket bound"), "{err}");
+    }
+}
