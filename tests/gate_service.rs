@@ -345,77 +345,185 @@ async fn retries_replays_conflicts_and_malformed_requests() {
     assert!(zero.message().starts_with("amount_minor"), "{zero:?}");
 }
 
-/// Each role against each service, and no token or a wrong one: the exact status.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_role_reaches_only_its_services() {
-    let server = TestServer::start(|_| {}).await;
-    let tokens = [
-        (None, "none"),
-        (Some("not-a-configured-token"), "wrong"),
-        (Some(GATE_TOKEN), "gate"),
-        (Some(FINANCE_TOKEN), "finance"),
-        (Some(ADMIN_TOKEN), "admin"),
-    ];
-    for (token, who) in tokens {
-        let mut gate = server.gate(token).await;
-        let gate_result = gate
-            .tap(tap(1, 1, pb::Direction::Bus, 501, T, "X".into()))
-            .await
-            .map(|_| Code::Ok)
-            .unwrap_or_else(|status| status.code());
-        let mut admin = server.admin(token).await;
-        let admin_result = admin
-            .get_balance(pb::GetBalanceRequest { account_id: 1 })
-            .await
-            .map(|_| Code::Ok)
-            .unwrap_or_else(|status| status.code());
-        let top_up_result = admin
-            .top_up(pb::TopUpRequest {
-                transaction_id: tx(2),
-                account_id: 1,
-                amount_minor: 5,
-            })
-            .await
-            .map(|_| Code::Ok)
-            .unwrap_or_else(|status| status.code());
-        let expected = match who {
-            "none" | "wrong" => (Code::Unauthenticated, Code::Unauthenticated),
-            // The gate passes the gate service (a bad code is an answer, not an error).
-            "gate" => (Code::Ok, Code::PermissionDenied),
-            "finance" => (Code::PermissionDenied, Code::PermissionDenied),
-            // No account 1: NOT_FOUND means the call passed the role check.
-            _ => (Code::PermissionDenied, Code::NotFound),
-        };
-        assert_eq!((gate_result, admin_result), expected, "{who}");
-        let top_up_expected = match who {
-            "none" | "wrong" => Code::Unauthenticated,
-            "admin" => Code::Ok,
-            _ => Code::PermissionDenied,
-        };
-        assert_eq!(top_up_result, top_up_expected, "{who} top-up");
-        let mut settlement = server.settlement(token).await;
-        let list_result = settlement
-            .list_batches(pb::ListBatchesRequest::default())
-            .await
-            .map(|_| Code::Ok)
-            .unwrap_or_else(|status| status.code());
-        let pull_result = settlement
-            .pull_batch(pb::PullBatchRequest { batch_id: 9 })
-            .await
-            .map(|_| Code::Ok)
-            .unwrap_or_else(|status| status.code());
-        let settlement_expected = match who {
-            "none" | "wrong" => (Code::Unauthenticated, Code::Unauthenticated),
-            // No batch 9: NOT_FOUND means the call passed the role check.
-            "finance" => (Code::Ok, Code::NotFound),
-            _ => (Code::PermissionDenied, Code::PermissionDenied),
-        };
-        assert_eq!(
-            (list_result, pull_result),
-            settlement_expected,
-            "{who} settlement"
-        );
+/// The callers of the role table: no token, a token nobody configured, and each role.
+const CALLERS: [(Option<&str>, &str); 5] = [
+    (None, "none"),
+    (Some("not-a-configured-token"), "wrong"),
+    (Some(GATE_TOKEN), "gate"),
+    (Some(FINANCE_TOKEN), "finance"),
+    (Some(ADMIN_TOKEN), "admin"),
+];
+
+/// Calls one RPC as one caller, with arguments that change nothing (so that the table's
+/// rows do not depend on each other); returns the status code.
+async fn call_as(server: &TestServer, rpc: &str, token: Option<&str>) -> Code {
+    fn code<T>(result: Result<tonic::Response<T>, tonic::Status>) -> Code {
+        result.map_or_else(|status| status.code(), |_| Code::Ok)
     }
+    let mut gate = server.gate(token).await;
+    let mut admin = server.admin(token).await;
+    let mut settlement = server.settlement(token).await;
+    // An empty transaction id is refused after the role check: INVALID_ARGUMENT.
+    let no_id = Vec::new();
+    let account = pb::AccountRequest {
+        transaction_id: no_id.clone(),
+        account_id: 1,
+    };
+    match rpc {
+        // A code that does not decode is an answer (rejected), not an error.
+        "Tap" => code(
+            gate.tap(tap(1, 1, pb::Direction::Bus, 501, T, "X".into()))
+                .await,
+        ),
+        "TapStream" => {
+            let taps = tokio_stream::iter([tap(2, 1, pb::Direction::Bus, 501, T, "X".into())]);
+            match gate.tap_stream(taps).await {
+                Ok(answers) => {
+                    let mut answers = answers.into_inner();
+                    match answers.message().await {
+                        Ok(Some(_)) => Code::Ok,
+                        Ok(None) => Code::Unknown,
+                        Err(status) => status.code(),
+                    }
+                }
+                Err(status) => status.code(),
+            }
+        }
+        "OpenAccount" => code(
+            admin
+                .open_account(pb::OpenAccountRequest {
+                    transaction_id: no_id,
+                    account_id: 1,
+                    provider_id: 1,
+                    credit_limit_minor: 0,
+                })
+                .await,
+        ),
+        "CloseAccount" => code(admin.close_account(account).await),
+        "TopUp" => code(
+            admin
+                .top_up(pb::TopUpRequest {
+                    transaction_id: no_id,
+                    account_id: 1,
+                    amount_minor: 5,
+                })
+                .await,
+        ),
+        "Refund" => code(
+            admin
+                .refund(pb::RefundRequest {
+                    transaction_id: no_id,
+                    original_transaction_id: tx(1),
+                })
+                .await,
+        ),
+        "AddDenyListEntry" => code(admin.add_deny_list_entry(account).await),
+        "RemoveDenyListEntry" => code(admin.remove_deny_list_entry(account).await),
+        // No account 1: NOT_FOUND means the call passed the role check.
+        "GetBalance" => code(
+            admin
+                .get_balance(pb::GetBalanceRequest { account_id: 1 })
+                .await,
+        ),
+        "GetStatement" => code(
+            admin
+                .get_statement(pb::GetStatementRequest {
+                    account_id: 1,
+                    after_sequence: 0,
+                    limit: 10,
+                })
+                .await,
+        ),
+        "RegisterIssuerKey" => code(
+            admin
+                .register_issuer_key(pb::RegisterIssuerKeyRequest {
+                    transaction_id: no_id,
+                    provider_id: 9,
+                    provider_name: "nine".into(),
+                    public_key: vec![0; 32],
+                })
+                .await,
+        ),
+        "RevokeIssuerKey" => code(
+            admin
+                .revoke_issuer_key(pb::RevokeIssuerKeyRequest {
+                    transaction_id: no_id,
+                    provider_id: 9,
+                    key_id: 9,
+                })
+                .await,
+        ),
+        "CloseBatches" => code(
+            settlement
+                .close_batches(pb::CloseBatchesRequest::default())
+                .await,
+        ),
+        "ListBatches" => code(
+            settlement
+                .list_batches(pb::ListBatchesRequest::default())
+                .await,
+        ),
+        // No batch 9: NOT_FOUND means the call passed the role check.
+        "PullBatch" => code(
+            settlement
+                .pull_batch(pb::PullBatchRequest { batch_id: 9 })
+                .await,
+        ),
+        "AcknowledgeBatch" => code(
+            settlement
+                .acknowledge_batch(pb::AcknowledgeBatchRequest {
+                    batch_id: 9,
+                    file_sha256: vec![0; 32],
+                })
+                .await,
+        ),
+        "GetSigningKey" => code(
+            settlement
+                .get_signing_key(pb::GetSigningKeyRequest {})
+                .await,
+        ),
+        other => panic!("no call for {other}"),
+    }
+}
+
+/// Every RPC against every caller: the exact status code of each cell. Columns: no token,
+/// a wrong token, gate, finance, admin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_answers_each_role_with_its_exact_code() {
+    use Code::{InvalidArgument as Invalid, NotFound, Ok, PermissionDenied as Denied};
+    const NONE: Code = Code::Unauthenticated;
+    #[rustfmt::skip]
+    let table: [(&str, [Code; 5]); 17] = [
+        //                         none  wrong gate    finance  admin
+        ("Tap",                   [NONE, NONE, Ok,     Denied,  Denied]),
+        ("TapStream",             [NONE, NONE, Ok,     Denied,  Denied]),
+        ("OpenAccount",           [NONE, NONE, Denied, Denied,  Invalid]),
+        ("CloseAccount",          [NONE, NONE, Denied, Denied,  Invalid]),
+        ("TopUp",                 [NONE, NONE, Denied, Denied,  Invalid]),
+        ("Refund",                [NONE, NONE, Denied, Denied,  Invalid]),
+        ("AddDenyListEntry",      [NONE, NONE, Denied, Denied,  Invalid]),
+        ("RemoveDenyListEntry",   [NONE, NONE, Denied, Denied,  Invalid]),
+        ("GetBalance",            [NONE, NONE, Denied, Denied,  NotFound]),
+        ("GetStatement",          [NONE, NONE, Denied, Denied,  NotFound]),
+        ("RegisterIssuerKey",     [NONE, NONE, Denied, Denied,  Invalid]),
+        ("RevokeIssuerKey",       [NONE, NONE, Denied, Denied,  Invalid]),
+        ("CloseBatches",          [NONE, NONE, Denied, Invalid, Denied]),
+        ("ListBatches",           [NONE, NONE, Denied, Ok,      Denied]),
+        ("PullBatch",             [NONE, NONE, Denied, NotFound, Denied]),
+        ("AcknowledgeBatch",      [NONE, NONE, Denied, NotFound, Denied]),
+        ("GetSigningKey",         [NONE, NONE, Denied, Ok,      Denied]),
+    ];
+    let server = TestServer::start(|_| {}).await;
+    let mut wrong = Vec::new();
+    for (rpc, expected) in table {
+        for ((token, who), expected) in CALLERS.into_iter().zip(expected) {
+            let got = call_as(&server, rpc, token).await;
+            if got != expected {
+                wrong.push(format!("{rpc} as {who}: {got:?}, expected {expected:?}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 /// The standard health service answers without a token.
@@ -686,7 +794,6 @@ async fn issuer_keys_change_through_the_admin_api_and_survive_a_restart() {
 /// The Prometheus endpoint counts taps by decision and reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_taps_by_decision_and_reason() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let server = TestServer::start(|_| {}).await;
     let mut admin = server.admin(Some(ADMIN_TOKEN)).await;
     let mut gate = server.gate(Some(GATE_TOKEN)).await;
@@ -704,15 +811,7 @@ async fn metrics_count_taps_by_decision_and_reason() {
     gate.tap(tap(11, 31, pb::Direction::Bus, 501, T, "%%%".into()))
         .await
         .unwrap();
-    let addr = server.running.as_ref().unwrap().metrics_addr.unwrap();
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.unwrap();
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let text = server.metrics_text().await;
     for line in [
         "fareway_taps_total{decision=\"accepted\",reason=\"none\"} 1",
         "fareway_taps_total{decision=\"rejected\",reason=\"bad_encoding\"} 1",

@@ -72,6 +72,15 @@ impl TestServer {
         self.running.as_ref().expect("running").addr
     }
 
+    /// The server's metrics, as Prometheus text.
+    pub async fn metrics_text(&self) -> String {
+        let addr = self.running.as_ref().expect("running").metrics_addr;
+        let addr = addr.expect("the test configuration turns metrics on");
+        gate_sim::server_metrics::metrics_text(&addr.to_string())
+            .await
+            .expect("metrics answer")
+    }
+
     /// Stops the server gracefully; returns what a restart needs.
     pub async fn stop(mut self) -> (ServerConfig, Arc<tempfile::TempDir>, Arc<ManualClock>) {
         if let Some(running) = self.running.take() {
@@ -157,6 +166,37 @@ pub fn write_config(folder: &Path, adjust: impl FnOnce(&mut ServerConfig)) -> Se
     };
     adjust(&mut config);
     config
+}
+
+/// The configuration file of a server process started with `config` (the fields
+/// [`write_config`] sets; the rest keep their defaults).
+pub fn config_file_text(config: &ServerConfig) -> String {
+    let mut text = format!(
+        "data_dir = {:?}\nlisten = \"{}\"\nfares_file = {:?}\nissuer_keys_file = {:?}\n",
+        config.data_dir, config.listen, config.fares_file, config.issuer_keys_file
+    );
+    if let Some(metrics) = config.metrics_listen {
+        text.push_str(&format!("metrics_listen = \"{metrics}\"\n"));
+    }
+    text.push_str(&format!(
+        "\n[settlement]\nkey_file = {:?}\ncurrency = \"{}\"\n",
+        config.settlement.key_file, config.settlement.currency
+    ));
+    for token in &config.token {
+        text.push_str(&format!(
+            "\n[[token]]\nrole = \"{}\"\nsha256 = \"{}\"\nname = \"{}\"\n",
+            token.role.name(),
+            token.sha256,
+            token.name
+        ));
+    }
+    // The text must be what the server reads back.
+    assert_eq!(
+        toml::from_str::<ServerConfig>(&text).expect("the configuration file parses"),
+        *config,
+        "config_file_text leaves out a field the test set"
+    );
+    text
 }
 
 /// A rider's phone: a credential from provider 1's published issuer key (seed 0x01...).

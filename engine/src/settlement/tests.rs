@@ -640,3 +640,144 @@ not-an-id,250,settled
         assert_eq!(bad, [3, 4, 5], "{:?}", report.bad_lines);
     }
 }
+
+mod random_histories {
+    //! Random sequences of taps, gate retries, refunds and batch closes keep money
+    //! conserved, keep every id's outcome what it first was, and settle every settling
+    //! entry in exactly one batch with per-provider totals equal to the ledger's.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// A tap by rider 1..=4 with one of a few codes (so codes are sometimes reused).
+        Tap {
+            account_id: u64,
+            code: u8,
+            kind: TapKind,
+        },
+        /// The gate sends an earlier step's request again (same id, same content).
+        Retry { step: usize },
+        /// A refund of an earlier step's transaction.
+        Refund { step: usize },
+        /// Settlement closes a batch per provider now.
+        Close,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let station = prop::sample::select(vec![100u32, 101, 102, 103, 104, 201, 202, 203]);
+        let kind = prop_oneof![
+            station
+                .clone()
+                .prop_map(|station| TapKind::MetroEntry { station }),
+            station.prop_map(|station| TapKind::MetroExit { station }),
+            prop::sample::select(vec![501u32, 502]).prop_map(|route| TapKind::Bus { route }),
+        ];
+        prop_oneof![
+            6 => (1u64..=4, 0u8..6, kind).prop_map(|(account_id, code, kind)| Step::Tap { account_id, code, kind }),
+            2 => (0usize..80).prop_map(|step| Step::Retry { step }),
+            1 => (0usize..80).prop_map(|step| Step::Refund { step }),
+            1 => Just(Step::Close),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+        #[test]
+        fn taps_retries_refunds_and_closes_conserve_money_and_settle_once(
+            steps in proptest::collection::vec(step(), 1..80)
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let ledger = Arc::new(
+                Ledger::open_with_rules(
+                    dir.path(),
+                    LedgerConfig { sync_writes: false, ..LedgerConfig::default() },
+                    rules(),
+                )
+                .unwrap(),
+            );
+            let settlement = Settlement::new(Arc::clone(&ledger), key(), "EUR".into());
+            for account_id in 1..=4 {
+                rider(&ledger, account_id, (account_id % 2 + 1) as u16);
+            }
+            // Each step's request and its first receipt, by step index.
+            let mut sent: Vec<Option<(Request, crate::ledger::Receipt)>> = Vec::new();
+            let mut batches = Vec::new();
+            let mut close_id = 1u128;
+            for (index, step) in steps.iter().enumerate() {
+                // A tap every 2 minutes: journeys open and close within the fares' limits.
+                let time = T.saturating_add(index as u64 * 2 * MINUTE_MS);
+                let id = 1_000 + index as u128;
+                let request = match step {
+                    Step::Tap { account_id, code, kind } => Some(Request {
+                        id: TxId(id),
+                        time,
+                        command: tap(*account_id, 7, *code, *kind),
+                    }),
+                    Step::Refund { step } => sent.get(*step).and_then(Option::as_ref).map(|(original, _)| Request {
+                        id: TxId(id),
+                        time,
+                        command: Command::Refund { original: original.id },
+                    }),
+                    Step::Retry { step } => {
+                        if let Some(Some((first, first_receipt))) = sent.get(*step) {
+                            let again = ledger.submit(*first).unwrap();
+                            prop_assert!(again.replay);
+                            prop_assert_eq!(&again.record, &first_receipt.record);
+                            prop_assert_eq!(again.sequence, first_receipt.sequence);
+                        }
+                        None
+                    }
+                    Step::Close => {
+                        batches.extend(close(&settlement, close_id, &[], Cutoff::Now).batches);
+                        close_id += 1;
+                        None
+                    }
+                };
+                let answered = request.map(|request| {
+                    let receipt = ledger.submit(request).unwrap();
+                    (request, receipt)
+                });
+                if let Some((_, receipt)) = &answered {
+                    prop_assert!(!receipt.replay);
+                }
+                sent.push(answered);
+            }
+            batches.extend(close(&settlement, close_id, &[], Cutoff::Now).batches);
+
+            // Money is conserved.
+            let report = crate::ledger::audit::audit(ledger.db()).unwrap();
+            prop_assert!(report.ok(), "{:?}", report.violations);
+            prop_assert_eq!(report.balance_sum, 0);
+
+            // Every entry that moved a rider's money is in exactly one batch, with its
+            // amount; per provider, the batches net what the riders were charged.
+            let mut owed: BTreeMap<u16, i64> = BTreeMap::new();
+            let mut settling: HashMap<String, i64> = HashMap::new();
+            for (request, _) in sent.iter().flatten() {
+                let (_, record) = ledger.transaction(request.id).unwrap().unwrap();
+                let charge = record.rider_charge().0;
+                if record.outcome == Outcome::Accepted && charge != 0 {
+                    let account_id =
+                        crate::ledger::model::rider_of_postings(&record.postings).unwrap();
+                    *owed.entry((account_id % 2 + 1) as u16).or_default() += charge;
+                    settling.insert(request.id.to_string(), charge);
+                }
+            }
+            let mut seen: HashMap<String, i64> = HashMap::new();
+            let mut netted: BTreeMap<u16, i64> = BTreeMap::new();
+            for view in &batches {
+                for (id, amount) in lines_of(&file_of(&settlement, &view.batch)) {
+                    prop_assert!(seen.insert(id.clone(), amount).is_none(), "{} is in two batches", id);
+                }
+                *netted.entry(view.batch.provider_id).or_default() += view.batch.totals.net().0;
+            }
+            prop_assert_eq!(seen, settling);
+            netted.retain(|_, net| *net != 0);
+            owed.retain(|_, net| *net != 0);
+            prop_assert_eq!(netted, owed);
+        }
+    }
+}

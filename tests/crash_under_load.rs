@@ -1,0 +1,403 @@
+//! The engine survives SIGKILL under load. A real `fareway serve` process on a data
+//! directory takes taps from gates (the simulator's riders, plan and clients); in each
+//! cycle the server is killed at a random moment while taps are in flight and started
+//! again on the same directory, and the gates retry every unanswered tap with the same
+//! transaction id until it is answered, as real gates do. After every cycle: every tap
+//! answered "accepted" is in its rider's statement exactly once with minus its fare, no
+//! tap is charged twice, and the audit of the data directory passes. At the end: the
+//! journeys the gates saw entered and not exited are exactly the ledger's open journeys,
+//! and a settlement batch closed after the run has per-provider totals equal to the fares
+//! charged.
+//!
+//! `FAREWAY_CRASH_CYCLES` sets the number of cycles (3 by default; 50 for the soak:
+//! `FAREWAY_CRASH_CYCLES=50 cargo test --release -p fareway-tests --test crash_under_load`).
+//! The server's log (at debug level) is kept and checked to hold no secret.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test, with its location
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fareway::clock::{Clock as _, SystemClock, UnixMillis};
+use fareway::ledger::{Ledger, LedgerConfig, audit};
+use fareway_proto::v1 as pb;
+use fareway_tests::server::{
+    ADMIN_TOKEN, FINANCE_TOKEN, GATE_TOKEN, config_file_text, write_config,
+};
+use fareway_tests::{TestRng, env_number};
+use gate_sim::plan::{PlanInput, PlannedTap, make_plan};
+use gate_sim::run::{Answer, RunResult, TapResult};
+use gate_sim::{Engine, FaultRates, Network, Population, Profile, check, provision};
+
+/// Gates sending at once; each rider's taps go through one gate worker, in order.
+const GATES: usize = 32;
+/// Taps offered per second in a cycle, and for how long (long enough for the plan's
+/// metro journeys, whose exits come seconds after their entries).
+const RATE: f64 = 800.0;
+const CYCLE_S: f64 = 10.0;
+
+/// The `fareway` binary `cargo test --workspace` builds next to this test's folder.
+fn fareway_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let binary = exe.parent().and_then(Path::parent).unwrap().join("fareway");
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build --release -p fareway` (or the whole workspace's tests) first",
+        binary.display()
+    );
+    binary
+}
+
+/// A `fareway serve` process; its log goes to a file.
+struct ServerProcess {
+    child: Child,
+    addr: SocketAddr,
+    /// Kept open: the server writes more lines there, and a closed pipe would stop it.
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl ServerProcess {
+    fn start(config_file: &Path, listen: SocketAddr, log: &Path) -> ServerProcess {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut child = Command::new(fareway_binary())
+            .args(["serve", "--config"])
+            .arg(config_file)
+            .args(["--listen", &listen.to_string()])
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        // The server prints "listening on ADDR" once it takes calls.
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut first_line = String::new();
+        stdout.read_line(&mut first_line).unwrap();
+        let addr = first_line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("the server said {first_line:?}"))
+            .parse()
+            .unwrap();
+        ServerProcess {
+            child,
+            addr,
+            _stdout: stdout,
+        }
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+}
+
+/// How long a gate keeps retrying one tap before the test gives up on the server.
+const RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// Sends one tap until the engine answers it: a call that fails because the server is
+/// gone (or times out) is retried with the same transaction id, on a new connection.
+async fn tap_until_answered(engine: &Engine, request: &pb::TapRequest) -> Answer {
+    let started = Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < RETRY_FOR,
+            "tap {} got no answer in {RETRY_FOR:?}: the server did not come back",
+            fareway::hex::encode(&request.transaction_id)
+        );
+        let attempt = async {
+            let mut gate = engine.gate().await?;
+            Ok::<_, anyhow::Error>(gate.tap(request.clone()).await)
+        };
+        match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+            Ok(Ok(Ok(response))) => return Answer::Response(response.into_inner()),
+            Ok(Ok(Err(status)))
+                if !matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                ) =>
+            {
+                return Answer::Failed(status.code(), status.message().to_string());
+            }
+            // No answer: the server is down or was killed mid-call. Retry.
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Plays `plan` (scan times are real times: each tap waits for its due time), each rider's
+/// taps in order through one gate worker, every tap until it is answered.
+async fn play_with_retries(engine: &Engine, plan: &[PlannedTap], start: UnixMillis) -> RunResult {
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for worker in 0..GATES {
+        let engine = engine.clone();
+        let mine: Vec<(usize, PlannedTap)> = plan
+            .iter()
+            .enumerate()
+            .filter(|(_, tap)| tap.account_id as usize % GATES == worker)
+            .map(|(index, tap)| (index, tap.clone()))
+            .collect();
+        workers.spawn(async move {
+            let mut answers = Vec::new();
+            for (index, tap) in mine {
+                let due = start.0 + tap.due_ms;
+                let now = SystemClock.now().0;
+                if due > now {
+                    tokio::time::sleep(Duration::from_millis(due - now)).await;
+                }
+                answers.push((index, tap_until_answered(&engine, &tap.request).await));
+            }
+            answers
+        });
+    }
+    let mut results = vec![None; plan.len()];
+    while let Some(answers) = workers.join_next().await {
+        for (index, answer) in answers.unwrap() {
+            results[index] = Some(TapResult {
+                answer,
+                latency_us: 0,
+                due_ms: plan[index].due_ms,
+            });
+        }
+    }
+    RunResult {
+        results: results.into_iter().map(Option::unwrap).collect(),
+        elapsed: started.elapsed(),
+    }
+}
+
+fn audit_ok(data_dir: &Path, cycle: u64) {
+    let ledger = Ledger::open(data_dir, LedgerConfig::default()).unwrap();
+    let report = audit::audit(ledger.db()).unwrap();
+    assert!(report.ok(), "cycle {cycle}: {:?}", report.violations);
+    assert_eq!(report.balance_sum, 0, "cycle {cycle}: money is conserved");
+}
+
+fn accepted(answer: &Answer) -> bool {
+    matches!(answer, Answer::Response(response) if response.decision == pb::TapDecision::Accepted as i32)
+}
+
+/// Riders whose last accepted metro tap was an entry: their journeys must be open.
+fn open_by_the_gates(plan: &[PlannedTap], run: &RunResult) -> BTreeSet<u64> {
+    let mut last_metro: BTreeMap<u64, i32> = BTreeMap::new();
+    for (tap, result) in plan.iter().zip(&run.results) {
+        let direction = tap.request.direction;
+        if accepted(&result.answer) && direction != pb::Direction::Bus as i32 {
+            last_metro.insert(tap.account_id, direction);
+        }
+    }
+    last_metro
+        .into_iter()
+        .filter(|(_, direction)| *direction == pb::Direction::Entry as i32)
+        .map(|(account_id, _)| account_id)
+        .collect()
+}
+
+/// Checks that each accepted exit names the journey of its rider's last accepted entry
+/// (an exit with no open entry is charged as a journey of its own, new); returns how many
+/// exits closed an entry's journey.
+fn exits_close_their_entries(plan: &[PlannedTap], run: &RunResult) -> usize {
+    let mut open: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut journeys = BTreeSet::new();
+    let mut closed_entries = 0;
+    for (tap, result) in plan.iter().zip(&run.results) {
+        let Answer::Response(response) = &result.answer else {
+            continue;
+        };
+        if !accepted(&result.answer) {
+            continue;
+        }
+        let rider = tap.account_id;
+        if tap.request.direction == pb::Direction::Entry as i32 {
+            // An entry while a journey is open charges that one and opens a new one.
+            open.insert(rider, response.journey_id);
+            assert!(
+                journeys.insert(response.journey_id),
+                "rider {rider}: an entry reused a journey"
+            );
+        } else if tap.request.direction == pb::Direction::Exit as i32 {
+            match open.remove(&rider) {
+                Some(journey) => {
+                    assert_eq!(
+                        response.journey_id, journey,
+                        "rider {rider}: an exit closed another journey than its entry opened"
+                    );
+                    closed_entries += 1;
+                }
+                None => assert!(
+                    journeys.insert(response.journey_id),
+                    "rider {rider}: an exit without an entry reused a journey"
+                ),
+            }
+        }
+    }
+    closed_entries
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_under_load_nothing_is_lost_or_charged_twice() {
+    let cycles = env_number("FAREWAY_CRASH_CYCLES", 3);
+    let folder = tempfile::tempdir().unwrap();
+    let empty_keys = folder.path().join("no-keys.toml");
+    std::fs::write(&empty_keys, "provider = []\nissuer_key = []\n").unwrap();
+    let config = write_config(folder.path(), |config| {
+        config.issuer_keys_file = empty_keys;
+    });
+    let config_file = folder.path().join("server.toml");
+    std::fs::write(&config_file, config_file_text(&config)).unwrap();
+    let log = folder.path().join("server.log");
+    let start_server = |listen| ServerProcess::start(&config_file, listen, &log);
+    let mut server = Some(start_server(SocketAddr::from(([127, 0, 0, 1], 0))));
+    let listen = server.as_ref().unwrap().addr;
+    let engine = Engine {
+        url: format!("http://{listen}"),
+        gate_token: GATE_TOKEN.into(),
+        admin_token: ADMIN_TOKEN.into(),
+        finance_token: FINANCE_TOKEN.into(),
+        metrics_addr: None,
+    };
+    let admin = engine.admin().await.unwrap();
+    let provisioned = provision::provision(&admin, Population::standard(300, 2), 11)
+        .await
+        .unwrap();
+    let mut riders = provisioned.riders;
+    let mut settlement = engine.settlement().await.unwrap();
+    // Provisioning settles nothing, but a baseline close keeps this run's batch to taps.
+    settlement
+        .close_batches(pb::CloseBatchesRequest {
+            close_id: 1u128.to_be_bytes().to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let fares = fareway::fares::FareTable::from_toml(
+        &std::fs::read_to_string(fareway_tests::workspace_root().join("docs/sample-city.toml"))
+            .unwrap(),
+    )
+    .unwrap();
+    let network = Network::of(&fares, 4);
+    let no_faults = FaultRates::new();
+    let mut rng = TestRng::new(0xC0FFEE);
+
+    let mut plan: Vec<PlannedTap> = Vec::new();
+    let mut results: Vec<TapResult> = Vec::new();
+    for cycle in 1..=cycles {
+        let start = SystemClock.now().saturating_add(300);
+        let cycle_plan = make_plan(PlanInput {
+            riders: &mut riders,
+            network: &network,
+            profile: Profile::Constant { rate: RATE },
+            duration_s: CYCLE_S,
+            taps_max: 10_000,
+            faults: &no_faults,
+            seed: cycle,
+            start,
+            unknown_issuer: &provisioned.unknown_issuer,
+            revoked_issuer: &provisioned.revoked_issuer,
+            first_id: u128::from(cycle) << 64,
+        });
+        // The kill lands somewhere in the cycle's taps; the gates keep sending, and the
+        // server comes back on the same address and data directory.
+        let kill_after = Duration::from_millis(rng.range(300, 300 + (CYCLE_S * 1_000.0) as u64));
+        let crash = async {
+            tokio::time::sleep(kill_after).await;
+            let killed = server.take().unwrap();
+            tokio::task::block_in_place(|| {
+                killed.kill();
+                server = Some(start_server(listen));
+            });
+        };
+        let (played, ()) = tokio::join!(play_with_retries(&engine, &cycle_plan, start), crash);
+        let accepted_now = played
+            .results
+            .iter()
+            .filter(|result| accepted(&result.answer))
+            .count();
+        assert!(
+            accepted_now > 100,
+            "cycle {cycle}: only {accepted_now} taps accepted"
+        );
+        // Taps recorded before the kill whose answers were lost come back as replays.
+        let replays = played
+            .results
+            .iter()
+            .filter(
+                |result| matches!(&result.answer, Answer::Response(response) if response.replay),
+            )
+            .count();
+        plan.extend(cycle_plan);
+        results.extend(played.results);
+        let so_far = RunResult {
+            results: results.clone(),
+            elapsed: Duration::ZERO,
+        };
+        let charged = check::charged_exactly_once(&admin, &plan, &so_far)
+            .await
+            .unwrap();
+        assert_eq!(charged["ok"], true, "cycle {cycle}: {charged:#}");
+
+        // Stop (another SIGKILL, now with nothing in flight), audit, start again.
+        server.take().unwrap().kill();
+        audit_ok(&config.data_dir, cycle);
+        server = Some(start_server(listen));
+        eprintln!(
+            "cycle {cycle}: killed after {kill_after:?}; {} taps so far; this cycle {accepted_now} accepted, {replays} of them replays after the restart",
+            plan.len()
+        );
+    }
+
+    // A settlement batch after the run: per provider, the fares the gates saw charged.
+    let run = RunResult {
+        results,
+        elapsed: Duration::ZERO,
+    };
+    let mut settlement = engine.settlement().await.unwrap();
+    let settled = check::settlement(
+        &engine,
+        &mut settlement,
+        2,
+        &plan,
+        &run,
+        &folder.path().join("settlement"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(settled["ok"], true, "{settled:#}");
+    server.take().unwrap().kill();
+
+    // Open journeys survived every crash: exactly the entries the gates saw unexited.
+    let ledger = Ledger::open(&config.data_dir, LedgerConfig::default()).unwrap();
+    let open: BTreeSet<u64> = ledger
+        .open_journeys_before(UnixMillis(u64::MAX), usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(account_id, _, _)| account_id)
+        .collect();
+    assert_eq!(open, open_by_the_gates(&plan, &run));
+    // Every accepted exit closed the journey its rider's accepted entry opened, also when
+    // the server was killed and restarted between the two.
+    let exits = exits_close_their_entries(&plan, &run);
+    eprintln!("{exits} exits closed the journeys their entries opened");
+    assert!(exits > 100, "only {exits} exits");
+    drop(ledger);
+
+    // The server logged at debug level through every cycle, and never a secret.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("tap answered"), "the log has the taps");
+    for secret in [GATE_TOKEN, ADMIN_TOKEN, FINANCE_TOKEN] {
+        assert!(!logged.contains(secret), "the log holds a token");
+    }
+    let settlement_key = std::fs::read_to_string(&config.settlement.key_file).unwrap();
+    assert!(
+        !logged.contains(settlement_key.trim()),
+        "the log holds the settlement key"
+    );
+}
