@@ -477,6 +477,13 @@ async fn call_as(server: &TestServer, rpc: &str, token: Option<&str>) -> Code {
                 })
                 .await,
         ),
+        "CreateCheckpoint" => code(
+            admin
+                .create_checkpoint(pb::CreateCheckpointRequest {
+                    name: String::new(),
+                })
+                .await,
+        ),
         "GetSigningKey" => code(
             settlement
                 .get_signing_key(pb::GetSigningKeyRequest {})
@@ -493,7 +500,7 @@ async fn every_rpc_answers_each_role_with_its_exact_code() {
     use Code::{InvalidArgument as Invalid, NotFound, Ok, PermissionDenied as Denied};
     const NONE: Code = Code::Unauthenticated;
     #[rustfmt::skip]
-    let table: [(&str, [Code; 5]); 17] = [
+    let table: [(&str, [Code; 5]); 18] = [
         //                         none  wrong gate    finance  admin
         ("Tap",                   [NONE, NONE, Ok,     Denied,  Denied]),
         ("TapStream",             [NONE, NONE, Ok,     Denied,  Denied]),
@@ -507,6 +514,7 @@ async fn every_rpc_answers_each_role_with_its_exact_code() {
         ("GetStatement",          [NONE, NONE, Denied, Denied,  NotFound]),
         ("RegisterIssuerKey",     [NONE, NONE, Denied, Denied,  Invalid]),
         ("RevokeIssuerKey",       [NONE, NONE, Denied, Denied,  Invalid]),
+        ("CreateCheckpoint",      [NONE, NONE, Denied, Denied,  Invalid]),
         ("CloseBatches",          [NONE, NONE, Denied, Invalid, Denied]),
         ("ListBatches",           [NONE, NONE, Denied, Ok,      Denied]),
         ("PullBatch",             [NONE, NONE, Denied, NotFound, Denied]),
@@ -820,4 +828,59 @@ async fn metrics_count_taps_by_decision_and_reason() {
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
+}
+
+/// A checkpoint made while the server runs is a whole data directory as of that moment:
+/// it audits clean and holds what was written before it, not what came after. Names are
+/// checked and never reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_is_a_consistent_copy_of_the_ledger() {
+    let server = TestServer::start(|_| {}).await;
+    let mut admin = server.admin(Some(ADMIN_TOKEN)).await;
+    open_account(&mut admin, 10, 7, 1_000).await;
+    let checkpoint = admin
+        .create_checkpoint(pb::CreateCheckpointRequest {
+            name: "nightly-2027-01-15".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let path = std::path::PathBuf::from(&checkpoint.path);
+    assert_eq!(path, server.config.backup_dir.join("nightly-2027-01-15"));
+    admin
+        .top_up(pb::TopUpRequest {
+            transaction_id: tx(20),
+            account_id: 7,
+            amount_minor: 500,
+        })
+        .await
+        .unwrap();
+    for (name, code) in [
+        ("nightly-2027-01-15", Code::AlreadyExists),
+        ("", Code::InvalidArgument),
+        ("..", Code::InvalidArgument),
+        ("a/b", Code::InvalidArgument),
+        (&"x".repeat(65), Code::InvalidArgument),
+    ] {
+        let refused = admin
+            .create_checkpoint(pb::CreateCheckpointRequest { name: name.into() })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), code, "{name:?}: {refused:?}");
+    }
+    // The folder stays until the end of the test.
+    let (_config, _folder, _clock) = server.stop().await;
+
+    let ledger = fareway::ledger::Ledger::open(&path, LedgerConfig::default()).unwrap();
+    let report = audit::audit(ledger.db()).unwrap();
+    assert!(report.ok(), "{:?}", report.violations);
+    assert_eq!(report.balance_sum, 0);
+    let account = ledger
+        .account(fareway::ledger::AccountRef::Rider(7))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        account.balance.0, 1_000,
+        "the top-up after the checkpoint is not in it"
+    );
 }

@@ -103,6 +103,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         metrics_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
         fares_file,
         issuer_keys_file,
+        backup_dir: temp.path().join("backups"),
         log_format: LogFormat::Human,
         settlement: SettlementSettings {
             key_file: temp.path().join("settlement.key"),

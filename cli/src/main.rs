@@ -3,6 +3,8 @@
 //! gate simulator's); errors are `anyhow` with context.
 
 mod audit;
+mod checkpoint;
+mod connection;
 mod demo;
 mod keys;
 mod serve;
@@ -35,6 +37,8 @@ enum Command {
     Token(token::TokenCommand),
     /// Check a ledger data directory offline: money is conserved and every index agrees.
     Audit(audit::AuditArgs),
+    /// Ask a running engine for a checkpoint of its ledger (a backup) while taps go on.
+    Checkpoint(checkpoint::CheckpointArgs),
     /// Run the main job end to end on a temporary data directory and print a report.
     Demo(demo::DemoArgs),
     /// Run the engine: gRPC gate, admin and settlement services, health, reflection and
@@ -65,6 +69,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys(command) => keys::run(command),
         Command::Token(command) => token::run(command),
         Command::Audit(args) => audit::run(args),
+        Command::Checkpoint(args) => checkpoint::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Settle(command) => settle::run(command),
         Command::Serve(_) => unreachable!("served above"),

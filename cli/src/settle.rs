@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 use fareway::clock::UnixMillis;
 use fareway::grpc::auth::Bearer;
 use fareway::grpc::settlement::pull_to_folder;
@@ -17,19 +17,10 @@ use fareway_proto::v1 as pb;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+use crate::connection::Connection;
+
 /// Findings of each kind printed by `reconcile` (all are counted).
 const FINDINGS_SHOWN_MAX: usize = 50;
-
-/// How to reach the engine.
-#[derive(Debug, Args)]
-pub struct Connection {
-    /// The engine's gRPC address.
-    #[arg(long, env = "FAREWAY_SERVER", default_value = "http://127.0.0.1:50051")]
-    server: String,
-    /// A file holding the finance token (or set FAREWAY_TOKEN).
-    #[arg(long, env = "FAREWAY_TOKEN_FILE")]
-    token_file: Option<PathBuf>,
-}
 
 /// `fareway settle` subcommands.
 #[derive(Debug, Subcommand)]
@@ -144,20 +135,7 @@ type Client =
     pb::settlement_service_client::SettlementServiceClient<InterceptedService<Channel, Bearer>>;
 
 async fn connect(connection: &Connection) -> anyhow::Result<Client> {
-    let token = match &connection.token_file {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read token file {}", path.display()))?
-            .trim()
-            .to_string(),
-        None => std::env::var("FAREWAY_TOKEN")
-            .context("give the finance token with --token-file or FAREWAY_TOKEN")?,
-    };
-    let bearer = Bearer::new(Some(&token)).context("the token must be visible ASCII")?;
-    let channel = tonic::transport::Endpoint::from_shared(connection.server.clone())
-        .with_context(|| format!("{:?} is not a server address", connection.server))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {}", connection.server))?;
+    let (channel, bearer) = connection.open().await?;
     Ok(pb::settlement_service_client::SettlementServiceClient::with_interceptor(channel, bearer))
 }
 

@@ -153,6 +153,7 @@ pub fn write_config(folder: &Path, adjust: impl FnOnce(&mut ServerConfig)) -> Se
         metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         fares_file,
         issuer_keys_file,
+        backup_dir: folder.join("backups"),
         settlement: SettlementSettings {
             key_file: folder.join("settlement.key"),
             currency: "EUR".into(),
@@ -172,8 +173,12 @@ pub fn write_config(folder: &Path, adjust: impl FnOnce(&mut ServerConfig)) -> Se
 /// [`write_config`] sets; the rest keep their defaults).
 pub fn config_file_text(config: &ServerConfig) -> String {
     let mut text = format!(
-        "data_dir = {:?}\nlisten = \"{}\"\nfares_file = {:?}\nissuer_keys_file = {:?}\n",
-        config.data_dir, config.listen, config.fares_file, config.issuer_keys_file
+        "data_dir = {:?}\nlisten = \"{}\"\nfares_file = {:?}\nissuer_keys_file = {:?}\nbackup_dir = {:?}\n",
+        config.data_dir,
+        config.listen,
+        config.fares_file,
+        config.issuer_keys_file,
+        config.backup_dir
     );
     if let Some(metrics) = config.metrics_listen {
         text.push_str(&format!("metrics_listen = \"{metrics}\"\n"));

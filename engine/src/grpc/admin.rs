@@ -35,6 +35,7 @@ pub struct AdminApi {
     verifier: Arc<Verifier>,
     clock: Arc<dyn Clock>,
     issuer_keys_file: PathBuf,
+    backup_dir: PathBuf,
     in_flight: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     /// Key changes are written to the file one at a time, in the order they were made.
@@ -48,6 +49,7 @@ impl AdminApi {
         verifier: Arc<Verifier>,
         clock: Arc<dyn Clock>,
         issuer_keys_file: PathBuf,
+        backup_dir: PathBuf,
         in_flight: Arc<Semaphore>,
         metrics: Arc<Metrics>,
     ) -> AdminApi {
@@ -56,6 +58,7 @@ impl AdminApi {
             verifier,
             clock,
             issuer_keys_file,
+            backup_dir,
             in_flight,
             metrics,
             key_file_lock: Arc::new(tokio::sync::Mutex::new(())),
@@ -181,6 +184,19 @@ fn provider_id(value: u32) -> Result<u16, Status> {
         .ok_or_else(|| invalid("provider_id", "must be 1 to 65535"))
 }
 
+/// A checkpoint's folder name: 1 to 64 of `A-Z a-z 0-9 . _ -`, not starting with a dot
+/// (so never `..` or a hidden folder, and never a path).
+fn checkpoint_name(name: &str) -> Result<&str, Status> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() || name.len() > 64 || name.starts_with('.') || !name.chars().all(allowed) {
+        return Err(invalid(
+            "name",
+            "must be 1 to 64 of A-Z a-z 0-9 . _ - and not start with a dot",
+        ));
+    }
+    Ok(name)
+}
+
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, LedgerError> + Send + 'static,
 ) -> Result<T, Status> {
@@ -192,6 +208,34 @@ async fn blocking<T: Send + 'static>(
 
 #[tonic::async_trait]
 impl pb::admin_service_server::AdminService for AdminApi {
+    async fn create_checkpoint(
+        &self,
+        request: Request<pb::CreateCheckpointRequest>,
+    ) -> Result<Response<pb::Checkpoint>, Status> {
+        let _permit = admit(&self.in_flight, &self.metrics, "requests")?;
+        let name = checkpoint_name(&request.get_ref().name)?;
+        std::fs::create_dir_all(&self.backup_dir).map_err(|err| {
+            Status::unavailable(format!(
+                "cannot create the backup folder {}: {err}",
+                self.backup_dir.display()
+            ))
+        })?;
+        let path = self.backup_dir.join(name);
+        if path.exists() {
+            return Err(Status::already_exists(format!(
+                "checkpoint {} exists; choose another name",
+                path.display()
+            )));
+        }
+        let ledger = Arc::clone(&self.ledger);
+        let target = path.clone();
+        blocking(move || ledger.checkpoint(&target)).await?;
+        tracing::info!(path = %path.display(), "checkpoint created");
+        Ok(Response::new(pb::Checkpoint {
+            path: path.display().to_string(),
+        }))
+    }
+
     async fn open_account(
         &self,
         request: Request<pb::OpenAccountRequest>,

@@ -383,6 +383,16 @@ impl Ledger {
         &self.stats
     }
 
+    /// Makes a RocksDB checkpoint of the whole database (every column family: accounts,
+    /// log, ids, journeys, settlement) in `path`, which must not exist: a consistent copy
+    /// as of now, made of hard links where `path` is on the same file system. Taps go on
+    /// meanwhile. The checkpoint is a data directory: `fareway audit` checks it and
+    /// `fareway serve` runs on it.
+    pub fn checkpoint(&self, path: &Path) -> Result<(), LedgerError> {
+        rocksdb::checkpoint::Checkpoint::new(&self.db)?.create_checkpoint(path)?;
+        Ok(())
+    }
+
     /// The database, for modules that read it directly (settlement, audit).
     pub fn db(&self) -> &DB {
         &self.db

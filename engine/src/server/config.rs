@@ -76,6 +76,9 @@ pub struct ServerConfig {
     /// The issuer key registry (TOML, `docs/qr-token.md`). Keys registered or revoked
     /// through the admin API are written back to it.
     pub issuer_keys_file: PathBuf,
+    /// Where `AdminService.CreateCheckpoint` writes ledger checkpoints (created if
+    /// missing). On the data directory's file system, a checkpoint is hard links.
+    pub backup_dir: PathBuf,
     /// Log format; the level comes from `RUST_LOG`.
     pub log_format: LogFormat,
     /// Limits on work in flight.
@@ -209,6 +212,7 @@ impl Default for ServerConfig {
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
             fares_file: PathBuf::from("fares.toml"),
             issuer_keys_file: PathBuf::from("issuer-keys.toml"),
+            backup_dir: PathBuf::from("fareway-backups"),
             log_format: LogFormat::Human,
             limits: Limits::default(),
             verifier: VerifierSettings::default(),
@@ -286,6 +290,7 @@ impl ServerConfig {
             &mut config.data_dir,
             &mut config.fares_file,
             &mut config.issuer_keys_file,
+            &mut config.backup_dir,
             &mut config.settlement.key_file,
         ] {
             if file.is_relative() {

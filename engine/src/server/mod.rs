@@ -107,6 +107,7 @@ pub async fn start(config: ServerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
         verifier,
         clock,
         config.issuer_keys_file.clone(),
+        config.backup_dir.clone(),
         in_flight,
         Arc::clone(&metrics),
     );
