@@ -16,15 +16,14 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test, with its location
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use fareway::clock::{Clock as _, SystemClock, UnixMillis};
 use fareway::ledger::{Ledger, LedgerConfig, audit};
 use fareway_proto::v1 as pb;
+use fareway_tests::process::{ServerProcess, play_with_retries};
 use fareway_tests::server::{
     ADMIN_TOKEN, FINANCE_TOKEN, GATE_TOKEN, config_file_text, write_config,
 };
@@ -39,140 +38,6 @@ const GATES: usize = 32;
 /// metro journeys, whose exits come seconds after their entries).
 const RATE: f64 = 800.0;
 const CYCLE_S: f64 = 10.0;
-
-/// The `fareway` binary `cargo test --workspace` builds next to this test's folder.
-fn fareway_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let binary = exe.parent().and_then(Path::parent).unwrap().join("fareway");
-    assert!(
-        binary.exists(),
-        "{} is missing: run `cargo build --release -p fareway` (or the whole workspace's tests) first",
-        binary.display()
-    );
-    binary
-}
-
-/// A `fareway serve` process; its log goes to a file.
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-    /// Kept open: the server writes more lines there, and a closed pipe would stop it.
-    _stdout: BufReader<ChildStdout>,
-}
-
-impl ServerProcess {
-    fn start(config_file: &Path, listen: SocketAddr, log: &Path) -> ServerProcess {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let mut child = Command::new(fareway_binary())
-            .args(["serve", "--config"])
-            .arg(config_file)
-            .args(["--listen", &listen.to_string()])
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        // The server prints "listening on ADDR" once it takes calls.
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut first_line = String::new();
-        stdout.read_line(&mut first_line).unwrap();
-        let addr = first_line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("the server said {first_line:?}"))
-            .parse()
-            .unwrap();
-        ServerProcess {
-            child,
-            addr,
-            _stdout: stdout,
-        }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-}
-
-/// How long a gate keeps retrying one tap before the test gives up on the server.
-const RETRY_FOR: Duration = Duration::from_secs(60);
-
-/// Sends one tap until the engine answers it: a call that fails because the server is
-/// gone (or times out) is retried with the same transaction id, on a new connection.
-async fn tap_until_answered(engine: &Engine, request: &pb::TapRequest) -> Answer {
-    let started = Instant::now();
-    loop {
-        assert!(
-            started.elapsed() < RETRY_FOR,
-            "tap {} got no answer in {RETRY_FOR:?}: the server did not come back",
-            fareway::hex::encode(&request.transaction_id)
-        );
-        let attempt = async {
-            let mut gate = engine.gate().await?;
-            Ok::<_, anyhow::Error>(gate.tap(request.clone()).await)
-        };
-        match tokio::time::timeout(Duration::from_secs(2), attempt).await {
-            Ok(Ok(Ok(response))) => return Answer::Response(response.into_inner()),
-            Ok(Ok(Err(status)))
-                if !matches!(
-                    status.code(),
-                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
-                ) =>
-            {
-                return Answer::Failed(status.code(), status.message().to_string());
-            }
-            // No answer: the server is down or was killed mid-call. Retry.
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-}
-
-/// Plays `plan` (scan times are real times: each tap waits for its due time), each rider's
-/// taps in order through one gate worker, every tap until it is answered.
-async fn play_with_retries(engine: &Engine, plan: &[PlannedTap], start: UnixMillis) -> RunResult {
-    let started = Instant::now();
-    let mut workers = tokio::task::JoinSet::new();
-    for worker in 0..GATES {
-        let engine = engine.clone();
-        let mine: Vec<(usize, PlannedTap)> = plan
-            .iter()
-            .enumerate()
-            .filter(|(_, tap)| tap.account_id as usize % GATES == worker)
-            .map(|(index, tap)| (index, tap.clone()))
-            .collect();
-        workers.spawn(async move {
-            let mut answers = Vec::new();
-            for (index, tap) in mine {
-                let due = start.0 + tap.due_ms;
-                let now = SystemClock.now().0;
-                if due > now {
-                    tokio::time::sleep(Duration::from_millis(due - now)).await;
-                }
-                answers.push((index, tap_until_answered(&engine, &tap.request).await));
-            }
-            answers
-        });
-    }
-    let mut results = vec![None; plan.len()];
-    while let Some(answers) = workers.join_next().await {
-        for (index, answer) in answers.unwrap() {
-            results[index] = Some(TapResult {
-                answer,
-                latency_us: 0,
-                due_ms: plan[index].due_ms,
-            });
-        }
-    }
-    RunResult {
-        results: results.into_iter().map(Option::unwrap).collect(),
-        elapsed: started.elapsed(),
-    }
-}
 
 fn audit_ok(data_dir: &Path, cycle: u64) {
     let ledger = Ledger::open(data_dir, LedgerConfig::default()).unwrap();
@@ -315,7 +180,8 @@ async fn killed_under_load_nothing_is_lost_or_charged_twice() {
                 server = Some(start_server(listen));
             });
         };
-        let (played, ()) = tokio::join!(play_with_retries(&engine, &cycle_plan, start), crash);
+        let ((played, retried), ()) =
+            tokio::join!(play_with_retries(&engine, &cycle_plan, start, GATES), crash);
         let accepted_now = played
             .results
             .iter()
@@ -349,7 +215,7 @@ async fn killed_under_load_nothing_is_lost_or_charged_twice() {
         audit_ok(&config.data_dir, cycle);
         server = Some(start_server(listen));
         eprintln!(
-            "cycle {cycle}: killed after {kill_after:?}; {} taps so far; this cycle {accepted_now} accepted, {replays} of them replays after the restart",
+            "cycle {cycle}: killed after {kill_after:?}; {} taps so far; this cycle {retried} retried, {accepted_now} accepted, {replays} of them replays after the restart",
             plan.len()
         );
     }

@@ -1,6 +1,7 @@
 //! The fuzz corpora (`fuzz/corpus/*`) and any crash inputs (`fuzz/artifacts/*`) replayed
-//! through the verifier on the stable toolchain, so every input the fuzzer kept stays a
-//! regression test: each must get an answer, never a panic.
+//! through their parsers (the verifier, the fares and configuration loaders, the request
+//! conversions, reconciliation) on the stable toolchain, so every input the fuzzer kept
+//! stays a regression test: each must get an answer, never a panic.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test, with its location
 
@@ -8,7 +9,9 @@ use std::path::Path;
 
 use fareway::clock::UnixMillis;
 use fareway::token::{Decision, format, vectors};
+use fareway_proto::v1 as pb;
 use fareway_tests::workspace_root;
+use prost::Message as _;
 
 fn inputs(folder: &str) -> Vec<Vec<u8>> {
     let mut found = Vec::new();
@@ -97,6 +100,85 @@ fn every_kept_fares_file_loads_or_is_refused_with_a_reason() {
         }
     }
     assert!(loaded >= 1, "the sample city loads");
+}
+
+/// A regression test per kept protobuf `TapRequest`: the conversion answers a tap input
+/// that keeps the request's id, gate and scan time, or `INVALID_ARGUMENT`.
+#[test]
+fn every_kept_tap_request_converts_or_is_invalid() {
+    let inputs = inputs("tap_request");
+    assert!(inputs.len() >= 3, "the tap request corpus is seeded");
+    let mut converted = 0;
+    for input in inputs {
+        let Ok(request) = pb::TapRequest::decode(&input[..]) else {
+            continue;
+        };
+        match fareway::grpc::convert::tap_input(request.clone()) {
+            Ok(tap) => {
+                converted += 1;
+                assert_eq!(
+                    tap.id.0.to_be_bytes().as_slice(),
+                    &request.transaction_id[..]
+                );
+                assert_eq!(tap.gate_id, request.gate_id);
+                assert_eq!(tap.scan_time.0, request.scan_time_ms);
+            }
+            Err(status) => assert_eq!(status.code(), tonic::Code::InvalidArgument),
+        }
+    }
+    assert!(converted >= 1, "the seeds include a valid request");
+}
+
+#[test]
+fn every_kept_close_request_converts_or_is_invalid() {
+    let inputs = inputs("close_request");
+    assert!(inputs.len() >= 3, "the close request corpus is seeded");
+    for input in inputs {
+        let Ok(request) = pb::CloseBatchesRequest::decode(&input[..]) else {
+            continue;
+        };
+        if let Err(status) = fareway::grpc::settlement::close_request(&request) {
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        }
+    }
+}
+
+#[test]
+fn every_kept_server_configuration_loads_or_is_refused_with_a_reason() {
+    let inputs = inputs("config_file");
+    assert!(inputs.len() >= 2, "the configuration corpus is seeded");
+    let mut loaded = 0;
+    for input in inputs {
+        let Ok(text) = std::str::from_utf8(&input) else {
+            continue;
+        };
+        match fareway::server::config::ServerConfig::from_toml(text) {
+            Ok(_) => loaded += 1,
+            Err(err) => assert!(!err.to_string().is_empty()),
+        }
+    }
+    assert!(loaded >= 1, "the documented configuration loads");
+}
+
+#[test]
+fn every_kept_provider_reply_reconciles_or_is_refused_with_a_reason() {
+    let inputs = inputs("reconcile_reply");
+    assert!(inputs.len() >= 2, "the reply corpus is seeded");
+    let batch = std::fs::read(workspace_root().join("fuzz/seeds/reconcile_batch.csv")).unwrap();
+    let mut clean = 0;
+    for input in inputs {
+        // As the fuzz target reads it: a batch file and a reply around a zero byte, or a
+        // reply to the seed batch.
+        let (batch, reply) = match input.iter().position(|byte| *byte == 0) {
+            Some(at) => (&input[..at], &input[at + 1..]),
+            None => (&batch[..], &input[..]),
+        };
+        match fareway::settlement::reconcile::reconcile(batch, reply) {
+            Ok(report) => clean += usize::from(report.is_clean()),
+            Err(err) => assert!(!err.to_string().is_empty()),
+        }
+    }
+    assert!(clean >= 1, "the clean reply seed reconciles clean");
 }
 
 #[test]

@@ -41,17 +41,22 @@ pub fn run(args: ServeArgs, log_json: bool) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let running = server::start(config, Arc::new(SystemClock)).await?;
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "listening on {}", running.addr)?;
-        if let Some(metrics) = running.metrics_addr {
-            writeln!(stdout, "metrics on {metrics}")?;
-        }
-        stdout.flush()?;
-        drop(stdout);
-        server::shutdown_signal().await;
-        tracing::info!("shutdown requested");
-        running.stop().await?;
+        let announce = |running: &server::RunningServer| -> anyhow::Result<()> {
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "listening on {}", running.addr)?;
+            if let Some(metrics) = running.metrics_addr {
+                writeln!(stdout, "metrics on {metrics}")?;
+            }
+            stdout.flush()?;
+            Ok(())
+        };
+        server::run_until_stopped(
+            config,
+            Arc::new(SystemClock),
+            server::shutdown_signal(),
+            announce,
+        )
+        .await?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+pub mod process;
 pub mod server;
 
 /// A number from an environment variable (for soak settings), or `default` when it is

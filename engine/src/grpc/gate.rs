@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use fareway_proto::v1 as pb;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -22,6 +22,9 @@ pub struct GateApi {
     in_flight: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     stream_taps_in_flight_max: usize,
+    /// Becomes true when the server stops: open tap streams then end, so that a graceful
+    /// stop does not wait for gates that never hang up.
+    stopping: watch::Receiver<bool>,
 }
 
 impl GateApi {
@@ -31,12 +34,14 @@ impl GateApi {
         in_flight: Arc<Semaphore>,
         metrics: Arc<Metrics>,
         stream_taps_in_flight_max: usize,
+        stopping: watch::Receiver<bool>,
     ) -> GateApi {
         GateApi {
             service,
             in_flight,
             metrics,
             stream_taps_in_flight_max,
+            stopping,
         }
     }
 
@@ -108,12 +113,19 @@ impl pb::gate_service_server::GateService for GateApi {
         let (answers, receiver) = mpsc::channel(self.stream_taps_in_flight_max);
         let stream_in_flight = Arc::new(Semaphore::new(self.stream_taps_in_flight_max));
         let api = self.clone();
+        let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
-            while let Some(next) = inbound.next().await {
+            loop {
+                let next = tokio::select! {
+                    next = inbound.next() => next,
+                    // The server stops: read no more taps; the stream ends once the taps
+                    // read are answered (their tasks hold the answer channel).
+                    _ = stopping.wait_for(|stop| *stop) => None,
+                };
                 let request = match next {
-                    Ok(request) => request,
+                    Some(Ok(request)) => request,
                     // The client went away or broke the protocol: stop reading.
-                    Err(_) => break,
+                    Some(Err(_)) | None => break,
                 };
                 let permits = admit(&stream_in_flight, &api.metrics, "taps on this stream")
                     .and_then(|stream| {

@@ -62,6 +62,9 @@ pub struct WriterStats {
     pub write_time_us: AtomicU64,
     /// The longest synced write, in microseconds.
     pub write_time_us_max: AtomicU64,
+    /// Group commits whose write failed. After one, RocksDB refuses every later write
+    /// until the database is opened again (`server::run_until_stopped` does that).
+    pub write_failures: AtomicU64,
 }
 
 /// Runs the writer loop until every sender is gone and the queue is drained.
@@ -153,6 +156,7 @@ fn commit(
     match written {
         Ok(()) => answers,
         Err(err) => {
+            stats.write_failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!(cause = %err, requests = pending.len(), "ledger batch write failed");
             answers
                 .into_iter()

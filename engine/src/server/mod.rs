@@ -96,11 +96,13 @@ pub async fn start(config: ServerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
     );
     let in_flight = Arc::new(Semaphore::new(config.limits.requests_in_flight_max));
     let authenticator = grpc::auth::Authenticator::new(&config.token);
+    let (stop, stopped) = watch::channel(false);
     let gate_api = grpc::gate::GateApi::new(
         Arc::clone(&gate),
         Arc::clone(&in_flight),
         Arc::clone(&metrics),
         config.limits.stream_taps_in_flight_max,
+        stopped.clone(),
     );
     let admin_api = grpc::admin::AdminApi::new(
         Arc::clone(&ledger),
@@ -136,7 +138,6 @@ pub async fn start(config: ServerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let (stop, stopped) = watch::channel(false);
     let wait_for_stop = |mut stopped: watch::Receiver<bool>| async move {
         // Either a stop or a dropped sender ends the wait.
         let _ = stopped.wait_for(|stop| *stop).await;
@@ -192,7 +193,80 @@ pub async fn start(config: ServerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
     })
 }
 
+/// How often the engine tries to start again after a storage failure.
+pub const RESTART_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs the engine until `shutdown` completes; `started` is told once it first listens.
+///
+/// When a ledger write fails (the disk full or read-only, an I/O error), RocksDB refuses
+/// every later write until the database is opened again. So the engine stops (the taps
+/// of the failed group commit, and any during the stop, are answered `UNAVAILABLE`; gates
+/// fall back to their offline rules and retry with the same ids) and starts again on the
+/// same data directory and addresses every [`RESTART_INTERVAL`] until it can: as soon as
+/// space or write access is back, it serves again. RocksDB's log recovery keeps every
+/// write that was answered and drops a torn one that was not.
+pub async fn run_until_stopped(
+    config: ServerConfig,
+    clock: Arc<dyn Clock>,
+    shutdown: impl std::future::Future<Output = ()>,
+    started: impl FnOnce(&RunningServer) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut running = start(config.clone(), Arc::clone(&clock)).await?;
+    started(&running)?;
+    // A restart listens where the first start did (port 0 picked a port then).
+    let config = ServerConfig {
+        listen: running.addr,
+        metrics_listen: running.metrics_addr,
+        ..config
+    };
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => {
+                tracing::info!("shutdown requested");
+                return running.stop().await;
+            }
+            () = running.storage_failed() => {}
+        }
+        tracing::error!(
+            "a ledger write failed: stopping, then opening the data directory again until it works"
+        );
+        if let Err(err) = running.stop().await {
+            tracing::warn!(cause = %format!("{err:#}"), "stopping after a storage failure");
+        }
+        running = loop {
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                () = tokio::time::sleep(RESTART_INTERVAL) => {}
+            }
+            match start(config.clone(), Arc::clone(&clock)).await {
+                Ok(running) => {
+                    tracing::info!(addr = %running.addr, "serving again after a storage failure");
+                    break running;
+                }
+                Err(err) => tracing::warn!(
+                    cause = %format!("{err:#}"),
+                    "cannot start again yet; retrying"
+                ),
+            }
+        };
+    }
+}
+
 impl RunningServer {
+    /// Completes once a ledger write has failed (polled every 100 ms).
+    pub async fn storage_failed(&self) {
+        let stats = self.gate.ledger().stats();
+        let mut ticks = tokio::time::interval(Duration::from_millis(100));
+        while stats
+            .write_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
+        {
+            ticks.tick().await;
+        }
+    }
+
     /// The gate service (for in-process checks and benchmarks).
     pub fn gate(&self) -> &Arc<GateService> {
         &self.gate
