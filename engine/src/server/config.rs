@@ -89,6 +89,9 @@ pub struct ServerConfig {
     pub taps: TapSettings,
     /// Settlement batches and their signing key.
     pub settlement: SettlementSettings,
+    /// TLS for the gRPC listener; absent means plain HTTP/2 (for a trusted network or a
+    /// TLS-terminating proxy in front).
+    pub tls: Option<TlsSettings>,
     /// Accepted bearer tokens.
     pub token: Vec<TokenEntry>,
 }
@@ -183,6 +186,20 @@ impl Default for TapSettings {
     }
 }
 
+/// TLS on the gRPC listener.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The server's certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// The server's private key (PEM).
+    pub key_file: PathBuf,
+    /// When set, every client must present a certificate signed by this CA (PEM): the
+    /// gates' (and the back office's) client certificates. Roles still come from tokens.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
 /// Settlement settings.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -218,6 +235,7 @@ impl Default for ServerConfig {
             verifier: VerifierSettings::default(),
             taps: TapSettings::default(),
             settlement: SettlementSettings::default(),
+            tls: None,
             token: Vec::new(),
         }
     }
@@ -292,7 +310,13 @@ impl ServerConfig {
             &mut config.issuer_keys_file,
             &mut config.backup_dir,
             &mut config.settlement.key_file,
-        ] {
+        ]
+        .into_iter()
+        .chain(config.tls.iter_mut().flat_map(|tls| {
+            [&mut tls.cert_file, &mut tls.key_file]
+                .into_iter()
+                .chain(tls.client_ca_file.as_mut())
+        })) {
             if file.is_relative() {
                 *file = base.join(&*file);
             }
@@ -431,6 +455,32 @@ mod tests {
             bad_currency.to_string().contains("settlement.currency"),
             "{bad_currency}"
         );
+    }
+
+    #[test]
+    fn relative_paths_are_read_from_the_configuration_files_folder() {
+        let folder = tempfile::tempdir().unwrap();
+        let file = folder.path().join("server.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"data\"\nbackup_dir = \"/var/backups/fareway\"\n\
+             [tls]\ncert_file = \"tls/server.pem\"\nkey_file = \"tls/server.key\"\n\
+             client_ca_file = \"tls/gates-ca.pem\"\n",
+        )
+        .unwrap();
+        let config = ServerConfig::load(&file).unwrap();
+        assert_eq!(config.data_dir, folder.path().join("data"));
+        assert_eq!(config.backup_dir, PathBuf::from("/var/backups/fareway"));
+        assert_eq!(config.fares_file, folder.path().join("fares.toml"));
+        let tls = config.tls.unwrap();
+        assert_eq!(tls.cert_file, folder.path().join("tls/server.pem"));
+        assert_eq!(tls.key_file, folder.path().join("tls/server.key"));
+        assert_eq!(
+            tls.client_ca_file,
+            Some(folder.path().join("tls/gates-ca.pem"))
+        );
+        let missing_key = ServerConfig::from_toml("[tls]\ncert_file = \"a.pem\"").unwrap_err();
+        assert!(missing_key.to_string().contains("key_file"), "{missing_key}");
     }
 
     #[test]

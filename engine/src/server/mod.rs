@@ -26,7 +26,7 @@ use crate::settlement::Settlement;
 use crate::settlement::key::SettlementKey;
 use crate::token::{IssuerRegistry, Verifier};
 
-use self::config::ServerConfig;
+use self::config::{ServerConfig, TlsSettings};
 use self::metrics::Metrics;
 
 /// A server that is running: its addresses, and how to stop it.
@@ -163,8 +163,14 @@ pub async fn start(config: ServerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
 
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let shutdown = wait_for_stop(stopped.clone());
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(tls_config(tls)?)
+            .context("the TLS configuration is not usable")?;
+    }
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, shutdown),
     );
@@ -318,6 +324,26 @@ impl RunningServer {
         tracing::info!("fareway stopped");
         server_result
     }
+}
+
+/// The listener's TLS set-up from the configured PEM files.
+fn tls_config(tls: &TlsSettings) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path)
+            .with_context(|| format!("cannot read the TLS {what} {}", path.display()))
+    };
+    let identity = tonic::transport::Identity::from_pem(
+        read(&tls.cert_file, "certificate")?,
+        read(&tls.key_file, "key")?,
+    );
+    let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.client_ca_file {
+        config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(
+            ca,
+            "client CA certificate",
+        )?));
+    }
+    Ok(config)
 }
 
 /// Every interval, closes journeys entered and never exited, until told to stop.
