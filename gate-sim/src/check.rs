@@ -77,16 +77,28 @@ pub fn faults(plan: &[PlannedTap], run: &RunResult) -> BTreeMap<Fault, (u64, u64
     counts
 }
 
-/// What the simulator saw charged: per planned tap (not its planned repeats) answered
-/// "accepted", the fare. The answer may be a replay: a gate that lost the first answer
-/// (the engine crashed before sending it) retries and gets the recorded one, and the tap
-/// was still charged once.
+/// What the simulator saw charged: per transaction id, the first answer "accepted" in
+/// plan order, and its fare. Usually that is the planned tap itself, and its repeats are
+/// replays: a gate retry (same id) gets the recorded answer, and a duplicate scan (new id,
+/// same code) is answered from the original's record and charges nothing of its own. But
+/// when the engine refused the first try at once (`RESOURCE_EXHAUSTED` under overload),
+/// the repeat is the first tap the engine saw: recorded and charged (a fresh answer, not a
+/// replay). An answer to the planned tap itself may be a replay too: a gate that lost the
+/// first answer to a crash retries and gets the recorded one, still one charge.
 fn charged_taps(plan: &[PlannedTap], run: &RunResult) -> Vec<(usize, i64)> {
+    let mut seen = std::collections::HashSet::new();
     plan.iter()
         .enumerate()
-        .filter(|(index, _)| plan[*index].repeats.is_none())
-        .filter_map(|(index, _)| {
-            accepted(&run.results[index].answer).map(|response| (index, response.fare_minor))
+        .filter_map(|(index, tap)| {
+            let response = accepted(&run.results[index].answer)?;
+            let under_a_new_id = tap.repeats.is_some_and(|original| {
+                plan[original].request.transaction_id != tap.request.transaction_id
+            });
+            if under_a_new_id && response.replay {
+                return None;
+            }
+            seen.insert(&tap.request.transaction_id)
+                .then_some((index, response.fare_minor))
         })
         .collect()
 }
@@ -159,9 +171,23 @@ pub async fn charged_exactly_once(
         }
         for (id, (count, amount)) in &seen {
             if !expected.contains_key(id) && problems.len() < 20 {
+                // What the simulator sent under that id, and what it heard back.
+                let sent: Vec<String> = plan
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, tap)| &tap.request.transaction_id == id)
+                    .map(|(index, tap)| {
+                        format!(
+                            "#{index} {:?} {}",
+                            tap.fault,
+                            decision_name(&run.results[index].answer)
+                        )
+                    })
+                    .collect();
                 problems.push(format!(
-                    "rider {account_id}: statement has {count} line(s) of {amount} for tap {} the simulator did not see accepted",
-                    fareway::hex::encode(id)
+                    "rider {account_id}: statement has {count} line(s) of {amount} for tap {} the simulator did not see accepted (sent: {})",
+                    fareway::hex::encode(id),
+                    sent.join(", ")
                 ));
             }
         }
@@ -249,4 +275,98 @@ pub async fn settlement(
         "files": files,
         "signing_key_id": key.key_id,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Expected, Fault, request};
+    use crate::run::TapResult;
+
+    fn planned(repeats: Option<usize>) -> PlannedTap {
+        PlannedTap {
+            due_ms: 0,
+            request: request(
+                7,
+                1,
+                pb::Direction::Bus,
+                501,
+                fareway::clock::UnixMillis(0),
+                String::new(),
+            ),
+            account_id: 1,
+            provider_id: 1,
+            fault: repeats.map(|_| Fault::GateRetry),
+            repeats,
+            expected: Expected::Accepted,
+        }
+    }
+
+    fn answered(answer: Answer) -> TapResult {
+        TapResult {
+            answer,
+            latency_us: 1,
+            due_ms: 0,
+        }
+    }
+
+    fn accepted_with(fare_minor: i64, replay: bool) -> Answer {
+        Answer::Response(pb::TapResponse {
+            decision: pb::TapDecision::Accepted as i32,
+            fare_minor,
+            replay,
+            ..Default::default()
+        })
+    }
+
+    /// A regression: under 3x overload the engine shed first tries, the gates' retries
+    /// with the same ids were recorded, and the run reported those charges as taps "the
+    /// simulator did not see accepted".
+    #[test]
+    fn a_retry_accepted_after_its_first_try_was_shed_is_the_charge() {
+        let plan = [planned(None), planned(Some(0))];
+        let shed = Answer::Failed(tonic::Code::ResourceExhausted, "overloaded".into());
+        let run = RunResult {
+            results: vec![answered(shed), answered(accepted_with(200, false))],
+            elapsed: std::time::Duration::ZERO,
+        };
+        assert_eq!(charged_taps(&plan, &run), vec![(1, 200)]);
+    }
+
+    #[test]
+    fn a_duplicate_scan_under_a_new_id_charges_only_when_the_original_was_shed() {
+        let mut duplicate = planned(Some(0));
+        duplicate.request.transaction_id = 8u128.to_be_bytes().to_vec();
+        duplicate.fault = Some(Fault::DuplicateScan);
+        let plan = [planned(None), duplicate];
+        // The engine answers the duplicate with the original's record.
+        let run = RunResult {
+            results: vec![
+                answered(accepted_with(200, false)),
+                answered(accepted_with(200, true)),
+            ],
+            elapsed: std::time::Duration::ZERO,
+        };
+        assert_eq!(charged_taps(&plan, &run), vec![(0, 200)]);
+        // The original was shed: the duplicate is a new tap, recorded and charged.
+        let shed = Answer::Failed(tonic::Code::ResourceExhausted, "overloaded".into());
+        let run = RunResult {
+            results: vec![answered(shed), answered(accepted_with(200, false))],
+            elapsed: std::time::Duration::ZERO,
+        };
+        assert_eq!(charged_taps(&plan, &run), vec![(1, 200)]);
+    }
+
+    #[test]
+    fn a_tap_and_its_replayed_retry_are_one_charge() {
+        let plan = [planned(None), planned(Some(0))];
+        let run = RunResult {
+            results: vec![
+                answered(accepted_with(200, false)),
+                answered(accepted_with(200, true)),
+            ],
+            elapsed: std::time::Duration::ZERO,
+        };
+        assert_eq!(charged_taps(&plan, &run), vec![(0, 200)]);
+    }
 }
