@@ -480,7 +480,10 @@ mod tests {
             Some(folder.path().join("tls/gates-ca.pem"))
         );
         let missing_key = ServerConfig::from_toml("[tls]\ncert_file = \"a.pem\"").unwrap_err();
-        assert!(missing_key.to_string().contains("key_file"), "{missing_key}");
+        assert!(
+            missing_key.to_string().contains("key_file"),
+            "{missing_key}"
+        );
     }
 
     #[test]
