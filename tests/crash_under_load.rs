@@ -20,17 +20,18 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use fareway::clock::{Clock as _, SystemClock, UnixMillis};
+use fareway::clock::UnixMillis;
 use fareway::ledger::{Ledger, LedgerConfig, audit};
 use fareway_proto::v1 as pb;
-use fareway_tests::process::{ServerProcess, play_with_retries};
-use fareway_tests::server::{
-    ADMIN_TOKEN, FINANCE_TOKEN, GATE_TOKEN, config_file_text, write_config,
+use fareway_tests::process::{
+    Played, ServerProcess, engine_at, plan_phase, play_with_retries, process_config,
+    provision_sample_city,
 };
+use fareway_tests::server::{ADMIN_TOKEN, FINANCE_TOKEN, GATE_TOKEN};
 use fareway_tests::{TestRng, env_number};
-use gate_sim::plan::{PlanInput, PlannedTap, make_plan};
-use gate_sim::run::{Answer, RunResult, TapResult};
-use gate_sim::{Engine, FaultRates, Network, Population, Profile, check, provision};
+use gate_sim::check;
+use gate_sim::plan::PlannedTap;
+use gate_sim::run::{Answer, RunResult};
 
 /// Gates sending at once; each rider's taps go through one gate worker, in order.
 const GATES: usize = 32;
@@ -111,29 +112,12 @@ fn exits_close_their_entries(plan: &[PlannedTap], run: &RunResult) -> usize {
 async fn killed_under_load_nothing_is_lost_or_charged_twice() {
     let cycles = env_number("FAREWAY_CRASH_CYCLES", 3);
     let folder = tempfile::tempdir().unwrap();
-    let empty_keys = folder.path().join("no-keys.toml");
-    std::fs::write(&empty_keys, "provider = []\nissuer_key = []\n").unwrap();
-    let config = write_config(folder.path(), |config| {
-        config.issuer_keys_file = empty_keys;
-    });
-    let config_file = folder.path().join("server.toml");
-    std::fs::write(&config_file, config_file_text(&config)).unwrap();
-    let log = folder.path().join("server.log");
+    let (config, config_file, log) = process_config(folder.path(), None);
     let start_server = |listen| ServerProcess::start(&config_file, listen, &log);
     let mut server = Some(start_server(SocketAddr::from(([127, 0, 0, 1], 0))));
     let listen = server.as_ref().unwrap().addr;
-    let engine = Engine {
-        url: format!("http://{listen}"),
-        gate_token: GATE_TOKEN.into(),
-        admin_token: ADMIN_TOKEN.into(),
-        finance_token: FINANCE_TOKEN.into(),
-        metrics_addr: None,
-    };
-    let admin = engine.admin().await.unwrap();
-    let provisioned = provision::provision(&admin, Population::standard(300, 2), 11)
-        .await
-        .unwrap();
-    let mut riders = provisioned.riders;
+    let engine = engine_at(listen);
+    let (mut provisioned, network) = provision_sample_city(&engine, 300, 11).await;
     let mut settlement = engine.settlement().await.unwrap();
     // Provisioning settles nothing, but a baseline close keeps this run's batch to taps.
     settlement
@@ -143,32 +127,11 @@ async fn killed_under_load_nothing_is_lost_or_charged_twice() {
         })
         .await
         .unwrap();
-    let fares = fareway::fares::FareTable::from_toml(
-        &std::fs::read_to_string(fareway_tests::workspace_root().join("docs/sample-city.toml"))
-            .unwrap(),
-    )
-    .unwrap();
-    let network = Network::of(&fares, 4);
-    let no_faults = FaultRates::new();
     let mut rng = TestRng::new(0xC0FFEE);
 
-    let mut plan: Vec<PlannedTap> = Vec::new();
-    let mut results: Vec<TapResult> = Vec::new();
+    let mut played = Played::default();
     for cycle in 1..=cycles {
-        let start = SystemClock.now().saturating_add(300);
-        let cycle_plan = make_plan(PlanInput {
-            riders: &mut riders,
-            network: &network,
-            profile: Profile::Constant { rate: RATE },
-            duration_s: CYCLE_S,
-            taps_max: 10_000,
-            faults: &no_faults,
-            seed: cycle,
-            start,
-            unknown_issuer: &provisioned.unknown_issuer,
-            revoked_issuer: &provisioned.revoked_issuer,
-            first_id: u128::from(cycle) << 64,
-        });
+        let (cycle_plan, start) = plan_phase(&mut provisioned, &network, RATE, CYCLE_S, cycle);
         // The kill lands somewhere in the cycle's taps; the gates keep sending, and the
         // server comes back on the same address and data directory.
         let kill_after = Duration::from_millis(rng.range(300, 300 + (CYCLE_S * 1_000.0) as u64));
@@ -180,9 +143,9 @@ async fn killed_under_load_nothing_is_lost_or_charged_twice() {
                 server = Some(start_server(listen));
             });
         };
-        let ((played, retried), ()) =
+        let ((run, retried), ()) =
             tokio::join!(play_with_retries(&engine, &cycle_plan, start, GATES), crash);
-        let accepted_now = played
+        let accepted_now = run
             .results
             .iter()
             .filter(|result| accepted(&result.answer))
@@ -192,23 +155,17 @@ async fn killed_under_load_nothing_is_lost_or_charged_twice() {
             "cycle {cycle}: only {accepted_now} taps accepted"
         );
         // Taps recorded before the kill whose answers were lost come back as replays.
-        let replays = played
+        let replays = run
             .results
             .iter()
             .filter(
                 |result| matches!(&result.answer, Answer::Response(response) if response.replay),
             )
             .count();
-        plan.extend(cycle_plan);
-        results.extend(played.results);
-        let so_far = RunResult {
-            results: results.clone(),
-            elapsed: Duration::ZERO,
-        };
-        let charged = check::charged_exactly_once(&admin, &plan, &so_far)
-            .await
-            .unwrap();
-        assert_eq!(charged["ok"], true, "cycle {cycle}: {charged:#}");
+        played.add(cycle_plan, run);
+        played
+            .assert_charged_exactly_once(&engine, &format!("cycle {cycle}"))
+            .await;
 
         // Stop (another SIGKILL, now with nothing in flight), audit, start again.
         server.take().unwrap().kill();
@@ -216,21 +173,19 @@ async fn killed_under_load_nothing_is_lost_or_charged_twice() {
         server = Some(start_server(listen));
         eprintln!(
             "cycle {cycle}: killed after {kill_after:?}; {} taps so far; this cycle {retried} retried, {accepted_now} accepted, {replays} of them replays after the restart",
-            plan.len()
+            played.plan.len()
         );
     }
 
     // A settlement batch after the run: per provider, the fares the gates saw charged.
-    let run = RunResult {
-        results,
-        elapsed: Duration::ZERO,
-    };
+    let run = played.run();
+    let plan = &played.plan;
     let mut settlement = engine.settlement().await.unwrap();
     let settled = check::settlement(
         &engine,
         &mut settlement,
         2,
-        &plan,
+        plan,
         &run,
         &folder.path().join("settlement"),
     )
@@ -247,10 +202,10 @@ async fn killed_under_load_nothing_is_lost_or_charged_twice() {
         .into_iter()
         .map(|(account_id, _, _)| account_id)
         .collect();
-    assert_eq!(open, open_by_the_gates(&plan, &run));
+    assert_eq!(open, open_by_the_gates(plan, &run));
     // Every accepted exit closed the journey its rider's accepted entry opened, also when
     // the server was killed and restarted between the two.
-    let exits = exits_close_their_entries(&plan, &run);
+    let exits = exits_close_their_entries(plan, &run);
     eprintln!("{exits} exits closed the journeys their entries opened");
     assert!(exits > 100, "only {exits} exits");
     drop(ledger);

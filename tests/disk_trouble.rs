@@ -19,16 +19,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use fareway::clock::{Clock as _, SystemClock};
 use fareway::ledger::{Ledger, LedgerConfig, audit};
 use fareway_proto::v1 as pb;
-use fareway_tests::process::{ServerProcess, play_with_retries};
-use fareway_tests::server::{
-    ADMIN_TOKEN, FINANCE_TOKEN, GATE_TOKEN, config_file_text, write_config,
+use fareway_tests::process::{
+    Played, ServerProcess, engine_at, plan_phase, play_with_retries, process_config,
+    provision_sample_city,
 };
-use gate_sim::plan::{PlanInput, PlannedTap, make_plan};
-use gate_sim::run::{Answer, RunResult, TapResult};
-use gate_sim::{Engine, FaultRates, Network, Population, Profile, check, provision};
+use gate_sim::Engine;
+use gate_sim::run::Answer;
 
 /// A tmpfs mounted for the test, unmounted when dropped.
 struct Mount(PathBuf);
@@ -89,54 +87,15 @@ async fn a_full_disk_refuses_taps_and_service_resumes_by_itself() {
     }
     let folder = tempfile::tempdir().unwrap();
     let disk = Mount::tmpfs(&folder.path().join("disk"), 64);
-    let empty_keys = folder.path().join("no-keys.toml");
-    std::fs::write(&empty_keys, "provider = []\nissuer_key = []\n").unwrap();
-    let config = write_config(folder.path(), |config| {
-        config.issuer_keys_file = empty_keys;
-        config.data_dir = disk.0.join("data");
-    });
-    let config_file = folder.path().join("server.toml");
-    std::fs::write(&config_file, config_file_text(&config)).unwrap();
-    let log = folder.path().join("server.log");
+    let (config, config_file, log) = process_config(folder.path(), Some(disk.0.join("data")));
     let server = ServerProcess::start(&config_file, SocketAddr::from(([127, 0, 0, 1], 0)), &log);
-    let engine = Engine {
-        url: format!("http://{}", server.addr),
-        gate_token: GATE_TOKEN.into(),
-        admin_token: ADMIN_TOKEN.into(),
-        finance_token: FINANCE_TOKEN.into(),
-        metrics_addr: None,
-    };
-    let admin = engine.admin().await.unwrap();
-    let provisioned = provision::provision(&admin, Population::standard(100, 2), 5)
-        .await
-        .unwrap();
-    let mut riders = provisioned.riders;
-    let fares = fareway::fares::FareTable::from_toml(
-        &std::fs::read_to_string(fareway_tests::workspace_root().join("docs/sample-city.toml"))
-            .unwrap(),
-    )
-    .unwrap();
-    let network = Network::of(&fares, 4);
-    let no_faults = FaultRates::new();
+    let engine = engine_at(server.addr);
+    let (mut provisioned, network) = provision_sample_city(&engine, 100, 5).await;
 
     let filler = disk.0.join("filler");
-    let mut plan: Vec<PlannedTap> = Vec::new();
-    let mut results: Vec<TapResult> = Vec::new();
+    let mut played = Played::default();
     for phase in 1..=2u64 {
-        let start = SystemClock.now().saturating_add(300);
-        let phase_plan = make_plan(PlanInput {
-            riders: &mut riders,
-            network: &network,
-            profile: Profile::Constant { rate: 100.0 },
-            duration_s: 6.0,
-            taps_max: 10_000,
-            faults: &no_faults,
-            seed: phase,
-            start,
-            unknown_issuer: &provisioned.unknown_issuer,
-            revoked_issuer: &provisioned.revoked_issuer,
-            first_id: u128::from(phase) << 64,
-        });
+        let (phase_plan, start) = plan_phase(&mut provisioned, &network, 100.0, 6.0, phase);
         // A tap of its own, sent while the disk is in trouble: refused, UNAVAILABLE.
         let probe = {
             let mut probe = phase_plan[0].request.clone();
@@ -155,13 +114,13 @@ async fn a_full_disk_refuses_taps_and_service_resumes_by_itself() {
             std::fs::remove_file(&filler).unwrap();
             code
         };
-        let ((played, retried), probe_code) = tokio::join!(
+        let ((run, retried), probe_code) = tokio::join!(
             play_with_retries(&engine, &phase_plan, start, 16),
             trouble_then_repair
         );
         assert_eq!(probe_code, tonic::Code::Unavailable, "phase {phase}");
         assert!(retried > 0, "phase {phase}: no gate met the trouble");
-        for result in &played.results {
+        for result in &run.results {
             assert!(
                 matches!(result.answer, Answer::Response(_)),
                 "phase {phase}: {:?}",
@@ -172,16 +131,10 @@ async fn a_full_disk_refuses_taps_and_service_resumes_by_itself() {
             "phase {phase}: {} taps, {retried} retried until answered",
             phase_plan.len()
         );
-        plan.extend(phase_plan);
-        results.extend(played.results);
-        let so_far = RunResult {
-            results: results.clone(),
-            elapsed: Duration::ZERO,
-        };
-        let charged = check::charged_exactly_once(&admin, &plan, &so_far)
-            .await
-            .unwrap();
-        assert_eq!(charged["ok"], true, "phase {phase}: {charged:#}");
+        played.add(phase_plan, run);
+        played
+            .assert_charged_exactly_once(&engine, &format!("phase {phase}"))
+            .await;
     }
 
     // The same process served throughout: it reopened its data directory by itself.

@@ -11,7 +11,7 @@ use fareway::token::mint::Issuer;
 use fareway::token::vectors;
 use fareway_proto::v1 as pb;
 use fareway_tests::server::{
-    ADMIN_TOKEN, AdminClient, FINANCE_TOKEN, GATE_TOKEN, T, TestServer, phone, phone_of, tap, tx,
+    ADMIN_TOKEN, FINANCE_TOKEN, GATE_TOKEN, T, TestServer, open_rider, phone, phone_of, tap, tx,
 };
 use tonic::Code;
 
@@ -19,33 +19,6 @@ const MINUTE_MS: u64 = 60_000;
 
 fn at(minutes: u64) -> UnixMillis {
     T.saturating_add(minutes * MINUTE_MS)
-}
-
-/// Opens an account of provider 1 and tops it up.
-async fn open_account(admin: &mut AdminClient, id_base: u128, account_id: u64, balance: i64) {
-    let opened = admin
-        .open_account(pb::OpenAccountRequest {
-            transaction_id: tx(id_base),
-            account_id,
-            provider_id: 1,
-            credit_limit_minor: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(opened.accepted, "{opened:?}");
-    if balance > 0 {
-        let topped = admin
-            .top_up(pb::TopUpRequest {
-                transaction_id: tx(id_base + 1),
-                account_id,
-                amount_minor: balance,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(topped.balance_after_minor, Some(balance));
-    }
 }
 
 fn accepted(response: &pb::TapResponse) -> bool {
@@ -58,7 +31,7 @@ async fn a_metro_journey_and_a_bus_ride_are_priced_and_charged() {
     let server = TestServer::start(|_| {}).await;
     let mut admin = server.admin(Some(ADMIN_TOKEN)).await;
     let mut gate = server.gate(Some(GATE_TOKEN)).await;
-    open_account(&mut admin, 1, 1001, 2_000).await;
+    open_rider(&mut admin, 1, 1001, 1, 2_000).await;
     let mut phone = phone(1001, 7);
 
     server.clock.set(at(0));
@@ -169,7 +142,7 @@ async fn every_code_rejection_reason_is_answered_with_its_code() {
     let mut admin = server.admin(Some(ADMIN_TOKEN)).await;
     let mut gate = server.gate(Some(GATE_TOKEN)).await;
     // The vectors' deny-listed rider is deny-listed in the ledger.
-    open_account(&mut admin, 1, 6666, 1_000).await;
+    open_rider(&mut admin, 1, 6666, 1, 1_000).await;
     let denied = admin
         .add_deny_list_entry(pb::AccountRequest {
             transaction_id: tx(3),
@@ -219,10 +192,10 @@ async fn every_account_and_place_rejection_is_answered_with_its_code() {
     let server = TestServer::start(|_| {}).await;
     let mut admin = server.admin(Some(ADMIN_TOKEN)).await;
     let mut gate = server.gate(Some(GATE_TOKEN)).await;
-    open_account(&mut admin, 1, 501, 0).await; // broke
-    open_account(&mut admin, 3, 502, 1_000).await; // deny-listed below
-    open_account(&mut admin, 5, 503, 0).await; // closed below
-    open_account(&mut admin, 7, 504, 1_000).await; // for unknown places
+    open_rider(&mut admin, 1, 501, 1, 0).await; // broke
+    open_rider(&mut admin, 3, 502, 1, 1_000).await; // deny-listed below
+    open_rider(&mut admin, 5, 503, 1, 0).await; // closed below
+    open_rider(&mut admin, 7, 504, 1, 1_000).await; // for unknown places
     admin
         .add_deny_list_entry(pb::AccountRequest {
             transaction_id: tx(9),
@@ -275,7 +248,7 @@ async fn retries_replays_conflicts_and_malformed_requests() {
     let server = TestServer::start(|_| {}).await;
     let mut admin = server.admin(Some(ADMIN_TOKEN)).await;
     let mut gate = server.gate(Some(GATE_TOKEN)).await;
-    open_account(&mut admin, 1, 1001, 2_000).await;
+    open_rider(&mut admin, 1, 1001, 1, 2_000).await;
     let code = phone(1001, 7).code_text(T);
     let first = tap(10, 31, pb::Direction::Bus, 501, T, code.clone());
     let answer = gate.tap(first.clone()).await.unwrap().into_inner();
@@ -578,10 +551,11 @@ async fn a_tap_stream_answers_every_tap_by_transaction_id() {
     let riders = 20u64;
     let mut requests = Vec::new();
     for rider in 0..riders {
-        open_account(
+        open_rider(
             &mut admin,
             1_000 + u128::from(rider) * 2,
             2_000 + rider,
+            1,
             1_000,
         )
         .await;
@@ -628,7 +602,7 @@ async fn the_sweeper_charges_a_journey_with_no_exit_once() {
     let server = TestServer::start(|config| config.taps.journey_sweep_interval_ms = 20).await;
     let mut admin = server.admin(Some(ADMIN_TOKEN)).await;
     let mut gate = server.gate(Some(GATE_TOKEN)).await;
-    open_account(&mut admin, 1, 1001, 2_000).await;
+    open_rider(&mut admin, 1, 1001, 1, 2_000).await;
     let entry = gate
         .tap(tap(
             10,
@@ -805,7 +779,7 @@ async fn metrics_count_taps_by_decision_and_reason() {
     let server = TestServer::start(|_| {}).await;
     let mut admin = server.admin(Some(ADMIN_TOKEN)).await;
     let mut gate = server.gate(Some(GATE_TOKEN)).await;
-    open_account(&mut admin, 1, 1001, 2_000).await;
+    open_rider(&mut admin, 1, 1001, 1, 2_000).await;
     gate.tap(tap(
         10,
         31,
@@ -837,7 +811,7 @@ async fn metrics_count_taps_by_decision_and_reason() {
 async fn a_checkpoint_is_a_consistent_copy_of_the_ledger() {
     let server = TestServer::start(|_| {}).await;
     let mut admin = server.admin(Some(ADMIN_TOKEN)).await;
-    open_account(&mut admin, 10, 7, 1_000).await;
+    open_rider(&mut admin, 10, 7, 1, 1_000).await;
     let checkpoint = admin
         .create_checkpoint(pb::CreateCheckpointRequest {
             name: "nightly-2027-01-15".into(),

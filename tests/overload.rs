@@ -8,7 +8,7 @@
 
 use fareway::ledger::{Ledger, LedgerConfig, audit};
 use fareway_proto::v1 as pb;
-use fareway_tests::server::{ADMIN_TOKEN, GATE_TOKEN, T, TestServer, phone, tap, tx};
+use fareway_tests::server::{ADMIN_TOKEN, GATE_TOKEN, T, TestServer, open_rider, phone, tap};
 
 const RIDERS: u64 = 200;
 
@@ -17,24 +17,14 @@ async fn excess_taps_are_shed_at_once_and_their_retries_are_charged_once() {
     let server = TestServer::start(|config| config.limits.requests_in_flight_max = 4).await;
     let mut admin = server.admin(Some(ADMIN_TOKEN)).await;
     for account_id in 1..=RIDERS {
-        let id = u128::from(account_id) * 10;
-        admin
-            .open_account(pb::OpenAccountRequest {
-                transaction_id: tx(id),
-                account_id,
-                provider_id: 1,
-                credit_limit_minor: 0,
-            })
-            .await
-            .unwrap();
-        admin
-            .top_up(pb::TopUpRequest {
-                transaction_id: tx(id + 1),
-                account_id,
-                amount_minor: 1_000,
-            })
-            .await
-            .unwrap();
+        open_rider(
+            &mut admin,
+            u128::from(account_id) * 10,
+            account_id,
+            1,
+            1_000,
+        )
+        .await;
     }
     // One bus tap per rider (route 501: 200), all sent at once on one connection.
     let requests: Vec<pb::TapRequest> = (1..=RIDERS)

@@ -9,7 +9,7 @@
 use fareway::grpc::settlement::pull_to_folder;
 use fareway_proto::v1 as pb;
 use fareway_tests::server::{
-    ADMIN_TOKEN, FINANCE_TOKEN, GATE_TOKEN, T, TestServer, phone, tap, tx,
+    ADMIN_TOKEN, FINANCE_TOKEN, GATE_TOKEN, T, TestServer, open_rider, phone, tap, tx,
 };
 use fareway_tests::workspace_root;
 
@@ -18,23 +18,7 @@ async fn python_grpcio_taps_and_pulls_a_settlement_batch() {
     let server = TestServer::start(|_| {}).await;
     let mut admin = server.admin(Some(ADMIN_TOKEN)).await;
     let account_id = 5;
-    admin
-        .open_account(pb::OpenAccountRequest {
-            transaction_id: tx(1),
-            account_id,
-            provider_id: 1,
-            credit_limit_minor: 0,
-        })
-        .await
-        .unwrap();
-    admin
-        .top_up(pb::TopUpRequest {
-            transaction_id: tx(2),
-            account_id,
-            amount_minor: 10_000,
-        })
-        .await
-        .unwrap();
+    open_rider(&mut admin, 1, account_id, 1, 10_000).await;
     // Route 501 of the sample city: a flat bus fare of 200.
     let request = tap(
         77,

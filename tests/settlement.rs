@@ -12,33 +12,15 @@ use fareway::settlement::verify::verify_pulled;
 use fareway::token::mint::Issuer;
 use fareway_proto::v1 as pb;
 use fareway_tests::server::{
-    ADMIN_TOKEN, AdminClient, FINANCE_TOKEN, GATE_TOKEN, SettlementClient, T, TestServer, phone_of,
-    tap, tx,
+    ADMIN_TOKEN, AdminClient, FINANCE_TOKEN, GATE_TOKEN, SettlementClient, T, TestServer,
+    open_rider, phone_of, tap, tx,
 };
 use tonic::Code;
 
 /// Opens an account of `provider_id` and tops it up with 50,000.
 async fn open_account(admin: &mut AdminClient, account_id: u64, provider_id: u32) {
-    let id = 1_000_000 + u128::from(account_id) * 2;
-    let opened = admin
-        .open_account(pb::OpenAccountRequest {
-            transaction_id: tx(id),
-            account_id,
-            provider_id,
-            credit_limit_minor: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(opened.accepted, "{opened:?}");
-    admin
-        .top_up(pb::TopUpRequest {
-            transaction_id: tx(id + 1),
-            account_id,
-            amount_minor: 50_000,
-        })
-        .await
-        .unwrap();
+    let id_base = 1_000_000 + u128::from(account_id) * 2;
+    open_rider(admin, id_base, account_id, provider_id, 50_000).await;
 }
 
 fn issuer(provider_id: u16) -> Issuer {

@@ -280,27 +280,9 @@ pub async fn settlement(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{Expected, Fault, request};
+    use crate::plan::Fault;
+    use crate::plan::tests::planned;
     use crate::run::TapResult;
-
-    fn planned(repeats: Option<usize>) -> PlannedTap {
-        PlannedTap {
-            due_ms: 0,
-            request: request(
-                7,
-                1,
-                pb::Direction::Bus,
-                501,
-                fareway::clock::UnixMillis(0),
-                String::new(),
-            ),
-            account_id: 1,
-            provider_id: 1,
-            fault: repeats.map(|_| Fault::GateRetry),
-            repeats,
-            expected: Expected::Accepted,
-        }
-    }
 
     fn answered(answer: Answer) -> TapResult {
         TapResult {
@@ -324,7 +306,7 @@ mod tests {
     /// simulator did not see accepted".
     #[test]
     fn a_retry_accepted_after_its_first_try_was_shed_is_the_charge() {
-        let plan = [planned(None), planned(Some(0))];
+        let plan = [planned(7, None), planned(7, Some(0))];
         let shed = Answer::Failed(tonic::Code::ResourceExhausted, "overloaded".into());
         let run = RunResult {
             results: vec![answered(shed), answered(accepted_with(200, false))],
@@ -335,10 +317,10 @@ mod tests {
 
     #[test]
     fn a_duplicate_scan_under_a_new_id_charges_only_when_the_original_was_shed() {
-        let mut duplicate = planned(Some(0));
+        let mut duplicate = planned(7, Some(0));
         duplicate.request.transaction_id = 8u128.to_be_bytes().to_vec();
         duplicate.fault = Some(Fault::DuplicateScan);
-        let plan = [planned(None), duplicate];
+        let plan = [planned(7, None), duplicate];
         // The engine answers the duplicate with the original's record.
         let run = RunResult {
             results: vec![
@@ -359,7 +341,7 @@ mod tests {
 
     #[test]
     fn a_tap_and_its_replayed_retry_are_one_charge() {
-        let plan = [planned(None), planned(Some(0))];
+        let plan = [planned(7, None), planned(7, Some(0))];
         let run = RunResult {
             results: vec![
                 answered(accepted_with(200, false)),

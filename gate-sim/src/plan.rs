@@ -506,8 +506,22 @@ pub fn request(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A valid bus tap under transaction id `id` (a repeat of tap `repeats` when given:
+    /// a gate retry), for the tests of the player and the checks.
+    pub(crate) fn planned(id: u128, repeats: Option<usize>) -> PlannedTap {
+        PlannedTap {
+            due_ms: 0,
+            request: request(id, 1, pb::Direction::Bus, 501, UnixMillis(0), String::new()),
+            account_id: 1,
+            provider_id: 1,
+            fault: repeats.map(|_| Fault::GateRetry),
+            repeats,
+            expected: Expected::Accepted,
+        }
+    }
     use crate::provision::{device_of, issuer_of};
 
     fn riders(kinds: &[RiderKind]) -> Vec<Rider> {

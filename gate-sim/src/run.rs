@@ -300,26 +300,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::plan::{Expected, Fault, request};
-
-    fn planned(id: u128, repeats: Option<usize>) -> PlannedTap {
-        PlannedTap {
-            due_ms: 0,
-            request: request(
-                id,
-                1,
-                pb::Direction::Bus,
-                501,
-                fareway::clock::UnixMillis(0),
-                String::new(),
-            ),
-            account_id: 1,
-            provider_id: 1,
-            fault: repeats.map(|_| Fault::GateRetry),
-            repeats,
-            expected: Expected::Accepted,
-        }
-    }
+    use crate::plan::tests::planned;
 
     /// A regression: at 8,000 taps/s the simulator sent gate retries of taps it had not
     /// sent, which the engine rightly accepted as new, and the run reported failed faults

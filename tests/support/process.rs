@@ -174,3 +174,115 @@ pub async fn play_with_retries(
     };
     (run, retried)
 }
+
+/// The configuration of a `fareway serve` process written into `folder` (its data in
+/// `data_dir`, or `folder/data`): the sample city and no issuer keys (the simulator
+/// registers them). Returns the configuration, its file, and where the log goes.
+pub fn process_config(
+    folder: &Path,
+    data_dir: Option<PathBuf>,
+) -> (fareway::server::config::ServerConfig, PathBuf, PathBuf) {
+    let empty_keys = folder.join("no-keys.toml");
+    std::fs::write(&empty_keys, "provider = []\nissuer_key = []\n").unwrap();
+    let config = crate::server::write_config(folder, |config| {
+        config.issuer_keys_file = empty_keys;
+        if let Some(data_dir) = data_dir {
+            config.data_dir = data_dir;
+        }
+    });
+    let config_file = folder.join("server.toml");
+    std::fs::write(&config_file, crate::server::config_file_text(&config)).unwrap();
+    (config, config_file, folder.join("server.log"))
+}
+
+/// The simulator's handle on a server at `addr`, with the test tokens.
+pub fn engine_at(addr: SocketAddr) -> Engine {
+    Engine {
+        url: format!("http://{addr}"),
+        gate_token: crate::server::GATE_TOKEN.into(),
+        admin_token: crate::server::ADMIN_TOKEN.into(),
+        finance_token: crate::server::FINANCE_TOKEN.into(),
+        metrics_addr: None,
+    }
+}
+
+/// Riders of the sample city provisioned through the admin API, and the city's network
+/// (4 gates a station).
+pub async fn provision_sample_city(
+    engine: &Engine,
+    riders: u64,
+    seed: u64,
+) -> (gate_sim::provision::Provisioned, gate_sim::Network) {
+    let admin = engine.admin().await.unwrap();
+    let provisioned =
+        gate_sim::provision::provision(&admin, gate_sim::Population::standard(riders, 2), seed)
+            .await
+            .unwrap();
+    let fares = fareway::fares::FareTable::from_toml(
+        &std::fs::read_to_string(crate::workspace_root().join("docs/sample-city.toml")).unwrap(),
+    )
+    .unwrap();
+    (provisioned, gate_sim::Network::of(&fares, 4))
+}
+
+/// A test's phase of valid taps (no faults) at `rate` for `duration_s`, starting 300 ms
+/// from now, with ids of their own (`phase` in the high bits). Returns the plan and its
+/// start.
+pub fn plan_phase(
+    provisioned: &mut gate_sim::provision::Provisioned,
+    network: &gate_sim::Network,
+    rate: f64,
+    duration_s: f64,
+    phase: u64,
+) -> (Vec<PlannedTap>, UnixMillis) {
+    let start = SystemClock.now().saturating_add(300);
+    let plan = gate_sim::plan::make_plan(gate_sim::plan::PlanInput {
+        riders: &mut provisioned.riders,
+        network,
+        profile: gate_sim::Profile::Constant { rate },
+        duration_s,
+        taps_max: 100_000,
+        faults: &gate_sim::FaultRates::new(),
+        seed: phase,
+        start,
+        unknown_issuer: &provisioned.unknown_issuer,
+        revoked_issuer: &provisioned.revoked_issuer,
+        first_id: u128::from(phase) << 64,
+    });
+    (plan, start)
+}
+
+/// Every phase's taps so far and their answers.
+#[derive(Debug, Default)]
+pub struct Played {
+    /// The taps, phase after phase.
+    pub plan: Vec<PlannedTap>,
+    /// Their answers, in the same order.
+    pub results: Vec<TapResult>,
+}
+
+impl Played {
+    /// Adds a phase.
+    pub fn add(&mut self, plan: Vec<PlannedTap>, run: RunResult) {
+        self.plan.extend(plan);
+        self.results.extend(run.results);
+    }
+
+    /// All answers so far, as the simulator's checks take them.
+    pub fn run(&self) -> RunResult {
+        RunResult {
+            results: self.results.clone(),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    /// Every accepted tap so far is in its rider's statement exactly once, with minus its
+    /// fare, and no statement has a tap the gates did not see accepted.
+    pub async fn assert_charged_exactly_once(&self, engine: &Engine, phase: &str) {
+        let admin = engine.admin().await.unwrap();
+        let charged = gate_sim::check::charged_exactly_once(&admin, &self.plan, &self.run())
+            .await
+            .unwrap();
+        assert_eq!(charged["ok"], true, "{phase}: {charged:#}");
+    }
+}

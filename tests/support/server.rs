@@ -221,6 +221,40 @@ pub fn phone_of(issuer: &Issuer, account_id: u64, device_seed: u8) -> Device {
     Device::new(key, credential, 0)
 }
 
+/// Opens rider `account_id` of `provider_id` (transaction `id_base`) and tops it up with
+/// `balance` (transaction `id_base + 1`) when positive, checking both answers.
+pub async fn open_rider(
+    admin: &mut AdminClient,
+    id_base: u128,
+    account_id: u64,
+    provider_id: u32,
+    balance: i64,
+) {
+    let opened = admin
+        .open_account(pb::OpenAccountRequest {
+            transaction_id: tx(id_base),
+            account_id,
+            provider_id,
+            credit_limit_minor: 0,
+        })
+        .await
+        .expect("account opens")
+        .into_inner();
+    assert!(opened.accepted, "{opened:?}");
+    if balance > 0 {
+        let topped = admin
+            .top_up(pb::TopUpRequest {
+                transaction_id: tx(id_base + 1),
+                account_id,
+                amount_minor: balance,
+            })
+            .await
+            .expect("top-up")
+            .into_inner();
+        assert_eq!(topped.balance_after_minor, Some(balance));
+    }
+}
+
 /// A transaction id from a number.
 pub fn tx(id: u128) -> Vec<u8> {
     id.to_be_bytes().to_vec()
