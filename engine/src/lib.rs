@@ -22,3 +22,13 @@ pub mod server;
 #[cfg(feature = "storage")]
 pub mod settlement;
 pub mod token;
+
+/// How many cases a property test runs: its own default, or `PROPTEST_CASES` when set
+/// (for a longer search than the normal test run can afford; `docs/testing.md`).
+#[cfg(test)]
+pub(crate) fn proptest_cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(default)
+}

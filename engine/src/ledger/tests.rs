@@ -562,7 +562,7 @@ mod conservation {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: crate::proptest_cases(24), ..ProptestConfig::default() })]
 
         #[test]
         fn random_requests_conserve_money_and_keep_outcomes(

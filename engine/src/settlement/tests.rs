@@ -212,6 +212,42 @@ T,5,1750,250,1500
     assert_eq!(batch.file_bytes, expected.len() as u64);
 }
 
+/// Regression (found by `random_histories`): a trip the daily cap made free is still a
+/// line of the batch, with amount 0, so the provider sees every trip its rider made.
+#[test]
+fn a_trip_the_daily_cap_made_free_is_a_line_of_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, settlement) = open_at(dir.path());
+    rider(&ledger, 42, 1);
+    let exit = |station| TapKind::MetroExit { station };
+    // Two exits with no entry cost the maximum fare (900) each, capped at 1,500 a day.
+    submit(&ledger, 1, T, tap(42, 7, 4, exit(201)));
+    submit(
+        &ledger,
+        2,
+        T.saturating_add(2 * MINUTE_MS),
+        tap(42, 7, 5, exit(101)),
+    );
+    let bus = submit(
+        &ledger,
+        3,
+        T.saturating_add(4 * MINUTE_MS),
+        tap(42, 7, 2, TapKind::Bus { route: 501 }),
+    );
+    assert_eq!(bus.record.outcome, Outcome::Accepted);
+    assert_eq!(bus.record.rider_charge(), Amount::ZERO);
+    let closed = close(&settlement, 100, &[1], Cutoff::Now);
+    let batch = &closed.batches[0].batch;
+    let lines = lines_of(&file_of(&settlement, batch));
+    let amounts: Vec<(String, i64)> = [(1, 900), (2, 600), (3, 0)]
+        .into_iter()
+        .map(|(id, amount)| (TxId(id).to_string(), amount))
+        .collect();
+    assert_eq!(lines, amounts);
+    assert_eq!(batch.totals.line_count, 3);
+    assert_eq!(batch.totals.net(), Amount(1_500));
+}
+
 #[test]
 fn every_entry_lands_in_exactly_one_batch_across_closes_with_concurrent_charges() {
     let dir = tempfile::tempdir().unwrap();
@@ -683,7 +719,7 @@ mod random_histories {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: crate::proptest_cases(16), ..ProptestConfig::default() })]
 
         #[test]
         fn taps_retries_refunds_and_closes_conserve_money_and_settle_once(
@@ -759,7 +795,9 @@ mod random_histories {
             for (request, _) in sent.iter().flatten() {
                 let (_, record) = ledger.transaction(request.id).unwrap().unwrap();
                 let charge = record.rider_charge().0;
-                if record.outcome == Outcome::Accepted && charge != 0 {
+                // A trip that cost nothing (a capped or free transfer) still settles, as a
+                // line of 0: the provider sees every trip its rider made.
+                if crate::ledger::model::settles(&request.command, record.outcome, &record.postings) {
                     let account_id =
                         crate::ledger::model::rider_of_postings(&record.postings).unwrap();
                     *owed.entry((account_id % 2 + 1) as u16).or_default() += charge;
