@@ -40,8 +40,16 @@ async fn a_short_rush_hour_keeps_every_invariant_unary_and_streaming() {
                 providers: 2,
                 denied_share: 0.05,
                 broke_share: 0.05,
-                balance_minor: 50_000,
-                credit_limit_minor: 1_000,
+                // Every good rider can pay a day's riding (the daily cap, 1,500) from
+                // balance and credit together, some only with credit.
+                balance_minor: gate_sim::Spread {
+                    low: 1_000,
+                    high: 60_000,
+                },
+                credit_limit_minor: gate_sim::Spread {
+                    low: 500,
+                    high: 2_000,
+                },
             },
             network: Network::of(&fares, 4),
             profile: Profile::Rush { peak: 400.0 },
@@ -62,6 +70,10 @@ async fn a_short_rush_hour_keeps_every_invariant_unary_and_streaming() {
             serde_json::to_string_pretty(json).unwrap()
         );
         assert_eq!(json["taps_not_sent"], 0, "{mode:?}");
+        assert_eq!(
+            json["population"]["balance_minor"],
+            serde_json::json!({"low": 1_000, "high": 60_000, "drawn": "uniformly per rider"})
+        );
         assert!(json["taps_total"].as_u64().unwrap() > 500, "{mode:?}");
         for quantile in ["p50", "p90", "p99", "p999", "max"] {
             assert!(

@@ -24,7 +24,7 @@ use serde_json::json;
 
 pub use client::Engine;
 pub use plan::{Fault, FaultRates, Network, Profile};
-pub use provision::Population;
+pub use provision::{Population, Spread};
 pub use run::Mode;
 
 /// A run.
@@ -74,6 +74,10 @@ pub fn every_fault_at(rate: f64) -> FaultRates {
 
 /// Runs the simulation against `engine`.
 pub async fn simulate(engine: &Engine, config: &SimConfig) -> anyhow::Result<SimReport> {
+    config
+        .population
+        .check(config.network.daily_cap_minor)
+        .map_err(|err| anyhow::anyhow!("the riders: {err}"))?;
     std::fs::create_dir_all(&config.out)?;
     let admin = engine.admin().await?;
     let started = Instant::now();
@@ -210,6 +214,13 @@ pub async fn simulate(engine: &Engine, config: &SimConfig) -> anyhow::Result<Sim
         },
         "seed": config.seed,
         "riders": config.population.riders,
+        "population": {
+            "providers": config.population.providers,
+            "denied_share": config.population.denied_share,
+            "broke_share": config.population.broke_share,
+            "balance_minor": {"low": config.population.balance_minor.low, "high": config.population.balance_minor.high, "drawn": "uniformly per rider"},
+            "credit_limit_minor": {"low": config.population.credit_limit_minor.low, "high": config.population.credit_limit_minor.high, "drawn": "uniformly per rider"},
+        },
         "codes": format!("minted before the timed window: {} codes in {minting_s:.2} s", plan.len()),
         "provisioning_s": provision_s,
         "latency_us": {

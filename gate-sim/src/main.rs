@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use gate_sim::{Engine, Mode, Network, Population, Profile, SimConfig};
+use gate_sim::{Engine, Mode, Network, Population, Profile, SimConfig, Spread};
 
 /// The Fareway gate simulator.
 #[derive(Debug, Parser)]
@@ -34,9 +34,22 @@ struct Args {
     /// Riders to provision.
     #[arg(long, default_value_t = 2_000)]
     riders: u64,
-    /// Payment providers.
+    /// Payment providers; riders are shared out among them in turn.
     #[arg(long, default_value_t = 2)]
     providers: u16,
+    /// Share of riders on the deny list (their taps are refused: `account_denied`).
+    #[arg(long, default_value_t = 0.02)]
+    denied_share: f64,
+    /// Share of riders with no balance and no credit (refused: `credit_limit_exceeded`).
+    #[arg(long, default_value_t = 0.02)]
+    broke_share: f64,
+    /// A rider's top-up, minor units: LOW..HIGH drawn uniformly per rider, or one amount.
+    #[arg(long, default_value = "20000..80000")]
+    balance: Spread,
+    /// A rider's credit limit, minor units: LOW..HIGH drawn uniformly, or one amount.
+    /// The least balance plus the least credit must cover the fares' daily cap.
+    #[arg(long, default_value = "0..2000")]
+    credit_limit: Spread,
     /// Offered taps per second, constant.
     #[arg(long, conflicts_with = "rush_peak")]
     rate: Option<f64>,
@@ -132,7 +145,14 @@ fn run(args: Args) -> anyhow::Result<bool> {
     let fares = fareway::fares::FareTable::from_toml(&fares_text)
         .with_context(|| format!("fares file {}", args.fares.display()))?;
     let config = SimConfig {
-        population: Population::standard(args.riders, args.providers),
+        population: Population {
+            riders: args.riders,
+            providers: args.providers,
+            denied_share: args.denied_share,
+            broke_share: args.broke_share,
+            balance_minor: args.balance,
+            credit_limit_minor: args.credit_limit,
+        },
         network: Network::of(&fares, args.gates_per_station),
         profile: match (args.rate, args.rush_peak) {
             (Some(rate), _) => Profile::Constant { rate },

@@ -158,6 +158,8 @@ pub struct Network {
     pub routes: Vec<u32>,
     /// Gates per station.
     pub gates_per_station: u32,
+    /// The most a rider pays in a day (what a good rider must be able to pay).
+    pub daily_cap_minor: i64,
 }
 
 impl Network {
@@ -168,6 +170,7 @@ impl Network {
             stations: fares.stations().map(|(id, _)| id).collect(),
             routes: fares.routes().map(|(id, _)| id).collect(),
             gates_per_station: gates_per_station.max(1),
+            daily_cap_minor: fares.daily_cap.0,
         }
     }
 
@@ -543,6 +546,7 @@ pub(crate) mod tests {
             stations: vec![100, 101, 102],
             routes: vec![501],
             gates_per_station: 2,
+            daily_cap_minor: 1_500,
         };
         let (unknown, revoked) = (issuer_of(1, 6), issuer_of(1, 7));
         make_plan(PlanInput {

@@ -11,35 +11,153 @@ use crate::client::AdminClient;
 use crate::plan::{Rider, RiderKind};
 use crate::rng::Rng;
 
+/// An amount in minor units drawn uniformly from `low..=high` for each rider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spread {
+    /// The least.
+    pub low: i64,
+    /// The most.
+    pub high: i64,
+}
+
+impl Spread {
+    /// Always `value`.
+    pub const fn fixed(value: i64) -> Spread {
+        Spread {
+            low: value,
+            high: value,
+        }
+    }
+
+    /// One draw.
+    pub fn draw(self, rng: &mut Rng) -> i64 {
+        let width = self.high.abs_diff(self.low).saturating_add(1);
+        self.low.saturating_add((rng.next_u64() % width) as i64)
+    }
+}
+
+impl std::str::FromStr for Spread {
+    type Err = String;
+
+    /// `LOW..HIGH` (both included) or one amount.
+    fn from_str(text: &str) -> Result<Spread, String> {
+        let amount = |part: &str| {
+            part.trim()
+                .replace('_', "")
+                .parse::<i64>()
+                .map_err(|_| format!("{part:?} is not a whole number of minor units"))
+        };
+        let spread = match text.split_once("..") {
+            Some((low, high)) => Spread {
+                low: amount(low)?,
+                high: amount(high)?,
+            },
+            None => Spread::fixed(amount(text)?),
+        };
+        if spread.low < 0 || spread.low > spread.high {
+            return Err(format!(
+                "{text:?}: an amount or LOW..HIGH with 0 <= LOW <= HIGH"
+            ));
+        }
+        Ok(spread)
+    }
+}
+
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}..{}", self.low, self.high)
+    }
+}
+
 /// What a city's riders are like.
 #[derive(Debug, Clone, Copy)]
 pub struct Population {
     /// Riders.
     pub riders: u64,
-    /// Payment providers (ids 1 to this).
+    /// Payment providers (ids 1 to this); riders are shared out among them in turn.
     pub providers: u16,
     /// Share of riders on the deny list.
     pub denied_share: f64,
     /// Share of riders with no balance and no credit.
     pub broke_share: f64,
-    /// What a good rider is topped up with, minor units.
-    pub balance_minor: i64,
-    /// A good rider's credit limit.
-    pub credit_limit_minor: i64,
+    /// What a good or deny-listed rider is topped up with, minor units.
+    pub balance_minor: Spread,
+    /// A good or deny-listed rider's credit limit, minor units.
+    pub credit_limit_minor: Spread,
+}
+
+/// Why a population cannot be provisioned.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PopulationError {
+    /// No riders, or more than a city holds.
+    #[error("a city has 1 to {RIDERS_PER_CITY_MAX} riders")]
+    Riders,
+    /// No providers.
+    #[error("a city has at least one payment provider")]
+    Providers,
+    /// Shares out of range.
+    #[error("the deny-listed and broke shares are each 0 to 1 and leave some good riders")]
+    Shares,
+    /// A good rider could be refused for money, and the check could not tell a fault.
+    #[error(
+        "the least balance ({balance}) plus the least credit limit ({credit}) is under the daily cap ({cap}): a good rider could be refused; raise them"
+    )]
+    TooPoor {
+        /// The least balance.
+        balance: i64,
+        /// The least credit limit.
+        credit: i64,
+        /// The fares' daily cap.
+        cap: i64,
+    },
 }
 
 impl Population {
-    /// The standard mix: 2% deny-listed, 2% broke, the rest topped up with 50,000 and a
-    /// credit limit of 1,000.
+    /// The standard mix: 2% deny-listed, 2% broke, the rest topped up with 20,000 to
+    /// 80,000 and a credit limit of 0 to 2,000.
     pub fn standard(riders: u64, providers: u16) -> Population {
         Population {
             riders,
             providers,
             denied_share: 0.02,
             broke_share: 0.02,
-            balance_minor: 50_000,
-            credit_limit_minor: 1_000,
+            balance_minor: Spread {
+                low: 20_000,
+                high: 80_000,
+            },
+            credit_limit_minor: Spread {
+                low: 0,
+                high: 2_000,
+            },
         }
+    }
+
+    /// Whether this population can be provisioned and its outcomes checked: a good rider
+    /// must be able to pay a whole day's riding (the fares' daily cap), so that every
+    /// refusal for money is an injected fault.
+    pub fn check(&self, daily_cap_minor: i64) -> Result<(), PopulationError> {
+        if !(1..=RIDERS_PER_CITY_MAX).contains(&self.riders) {
+            return Err(PopulationError::Riders);
+        }
+        if self.providers == 0 {
+            return Err(PopulationError::Providers);
+        }
+        let share = 0.0..=1.0;
+        if !share.contains(&self.denied_share)
+            || !share.contains(&self.broke_share)
+            || self.denied_share + self.broke_share >= 1.0
+        {
+            return Err(PopulationError::Shares);
+        }
+        let (balance, credit) = (self.balance_minor.low, self.credit_limit_minor.low);
+        if balance.saturating_add(credit) < daily_cap_minor {
+            return Err(PopulationError::TooPoor {
+                balance,
+                credit,
+                cap: daily_cap_minor,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -154,49 +272,61 @@ pub async fn provision(
             }
         })
         .collect();
-    let calls = tokio_stream::iter(kinds.iter().copied().enumerate()).map(|(index, kind)| {
-        let mut admin = admin.clone();
-        let account_id = account_id_of(seed, index as u64);
-        let provider_id = (index as u64 % u64::from(population.providers)) as u32 + 1;
-        async move {
-            let base = 1_000_000 + account_id * 4;
-            let open = pb::OpenAccountRequest {
-                transaction_id: tx(seed, base),
-                account_id,
-                provider_id,
-                credit_limit_minor: if kind == RiderKind::Broke {
-                    0
-                } else {
-                    population.credit_limit_minor
-                },
-            };
-            let opened = admin.open_account(open).await?.into_inner();
-            if !opened.accepted && opened.refusal_code != "account_exists" {
-                return Err(tonic::Status::failed_precondition(format!(
-                    "account {account_id} was not opened: {}",
-                    opened.refusal_code
-                )));
+    // Drawn from their own stream, so that a seed's riders keep their kinds whatever
+    // the spreads.
+    let mut money_rng = Rng::new(seed ^ 0x006d_6f6e_6579);
+    let money: Vec<(i64, i64)> = (0..population.riders)
+        .map(|_| {
+            let balance = population.balance_minor.draw(&mut money_rng);
+            (balance, population.credit_limit_minor.draw(&mut money_rng))
+        })
+        .collect();
+    let calls = tokio_stream::iter(kinds.iter().copied().zip(money).enumerate()).map(
+        |(index, (kind, (balance_minor, credit_limit_minor)))| {
+            let mut admin = admin.clone();
+            let account_id = account_id_of(seed, index as u64);
+            let provider_id = (index as u64 % u64::from(population.providers)) as u32 + 1;
+            async move {
+                let base = 1_000_000 + account_id * 4;
+                let open = pb::OpenAccountRequest {
+                    transaction_id: tx(seed, base),
+                    account_id,
+                    provider_id,
+                    credit_limit_minor: if kind == RiderKind::Broke {
+                        0
+                    } else {
+                        credit_limit_minor
+                    },
+                };
+                let opened = admin.open_account(open).await?.into_inner();
+                if !opened.accepted && opened.refusal_code != "account_exists" {
+                    return Err(tonic::Status::failed_precondition(format!(
+                        "account {account_id} was not opened: {}",
+                        opened.refusal_code
+                    )));
+                }
+                // A balance of 0 needs no top-up (and the engine refuses one of 0).
+                if kind != RiderKind::Broke && balance_minor > 0 {
+                    admin
+                        .top_up(pb::TopUpRequest {
+                            transaction_id: tx(seed, base + 1),
+                            account_id,
+                            amount_minor: balance_minor,
+                        })
+                        .await?;
+                }
+                if kind == RiderKind::Denied {
+                    admin
+                        .add_deny_list_entry(pb::AccountRequest {
+                            transaction_id: tx(seed, base + 2),
+                            account_id,
+                        })
+                        .await?;
+                }
+                Ok::<_, tonic::Status>(())
             }
-            if kind != RiderKind::Broke {
-                admin
-                    .top_up(pb::TopUpRequest {
-                        transaction_id: tx(seed, base + 1),
-                        account_id,
-                        amount_minor: population.balance_minor,
-                    })
-                    .await?;
-            }
-            if kind == RiderKind::Denied {
-                admin
-                    .add_deny_list_entry(pb::AccountRequest {
-                        transaction_id: tx(seed, base + 2),
-                        account_id,
-                    })
-                    .await?;
-            }
-            Ok::<_, tonic::Status>(())
-        }
-    });
+        },
+    );
     let results: Vec<Result<(), tonic::Status>> =
         futures_unordered(calls, PROVISION_CALLS_IN_FLIGHT).await;
     if let Some(Err(status)) = results.into_iter().find(Result::is_err) {
@@ -251,4 +381,81 @@ where
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spread_parses_one_amount_or_a_range_and_refuses_the_rest() {
+        assert_eq!("1_500".parse(), Ok(Spread::fixed(1_500)));
+        assert_eq!(
+            " 200 .. 9000".parse(),
+            Ok(Spread {
+                low: 200,
+                high: 9_000
+            })
+        );
+        for bad in ["", "ten", "5..2", "-1..3", "1.5", "1..", "1..2..3"] {
+            assert!(bad.parse::<Spread>().is_err(), "{bad:?} was taken");
+        }
+    }
+
+    #[test]
+    fn draws_cover_the_spread_both_ends_included_and_follow_the_seed() {
+        let spread = Spread { low: 10, high: 13 };
+        let draws = |seed| {
+            let mut rng = Rng::new(seed);
+            (0..400)
+                .map(|_| spread.draw(&mut rng))
+                .collect::<Vec<i64>>()
+        };
+        let first = draws(3);
+        assert_eq!(first, draws(3));
+        assert_ne!(first, draws(4));
+        let mut seen = first.clone();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen, [10, 11, 12, 13]);
+        let mut rng = Rng::new(1);
+        assert_eq!(Spread::fixed(7).draw(&mut rng), 7);
+    }
+
+    #[test]
+    fn a_population_too_poor_for_a_days_riding_is_refused() {
+        let mut population = Population::standard(100, 2);
+        assert_eq!(population.check(1_500), Ok(()));
+        population.balance_minor = Spread {
+            low: 1_000,
+            high: 5_000,
+        };
+        population.credit_limit_minor = Spread {
+            low: 400,
+            high: 400,
+        };
+        assert_eq!(
+            population.check(1_500),
+            Err(PopulationError::TooPoor {
+                balance: 1_000,
+                credit: 400,
+                cap: 1_500
+            })
+        );
+        population.credit_limit_minor = Spread::fixed(500);
+        assert_eq!(population.check(1_500), Ok(()));
+        population.denied_share = 0.6;
+        population.broke_share = 0.4;
+        assert_eq!(population.check(1_500), Err(PopulationError::Shares));
+        population.broke_share = f64::NAN;
+        assert_eq!(population.check(1_500), Err(PopulationError::Shares));
+        assert_eq!(
+            Population::standard(0, 2).check(1_500),
+            Err(PopulationError::Riders)
+        );
+        assert_eq!(
+            Population::standard(10, 0).check(1_500),
+            Err(PopulationError::Providers)
+        );
+    }
 }
