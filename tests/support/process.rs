@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use fareway::clock::{Clock as _, SystemClock, UnixMillis};
 use fareway_proto::v1 as pb;
 use gate_sim::Engine;
+use gate_sim::client::GateClient;
 use gate_sim::plan::PlannedTap;
 use gate_sim::run::{Answer, RunResult, TapResult};
 
@@ -83,10 +84,16 @@ impl ServerProcess {
 /// How long a gate keeps retrying one tap before the test gives up on the server.
 pub const RETRY_FOR: Duration = Duration::from_secs(60);
 
-/// Sends one tap until the engine answers it: a call that fails because the server is
-/// gone or unavailable (or times out) is retried with the same transaction id, on a new
-/// connection. Returns the answer and how many times it was retried.
-pub async fn tap_until_answered(engine: &Engine, request: &pb::TapRequest) -> (Answer, u32) {
+/// Sends one tap until the engine answers it, on the gate's connection (`connection`,
+/// made on first use): a call that fails because the server is gone or unavailable (or
+/// times out) is retried with the same transaction id on a new connection, as a gate
+/// reconnects after losing its server. Returns the answer and how many times it was
+/// retried.
+pub async fn tap_until_answered(
+    engine: &Engine,
+    connection: &mut Option<GateClient>,
+    request: &pb::TapRequest,
+) -> (Answer, u32) {
     let mut retries = 0;
     let started = Instant::now();
     loop {
@@ -96,10 +103,14 @@ pub async fn tap_until_answered(engine: &Engine, request: &pb::TapRequest) -> (A
             fareway::hex::encode(&request.transaction_id)
         );
         let attempt = async {
-            let mut gate = engine.gate().await?;
+            let gate = match connection {
+                Some(gate) => gate,
+                None => connection.insert(engine.gate().await?),
+            };
             Ok::<_, anyhow::Error>(gate.tap(request.clone()).await)
         };
-        match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+        let answered = tokio::time::timeout(Duration::from_secs(2), attempt).await;
+        match answered {
             Ok(Ok(Ok(response))) => return (Answer::Response(response.into_inner()), retries),
             Ok(Ok(Err(status)))
                 if !matches!(
@@ -112,8 +123,10 @@ pub async fn tap_until_answered(engine: &Engine, request: &pb::TapRequest) -> (A
                     retries,
                 );
             }
-            // No answer: the server is down or was killed mid-call. Retry.
+            // No answer: the server is down or was killed mid-call. Retry on a new
+            // connection.
             _ => {
+                *connection = None;
                 retries += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -142,13 +155,17 @@ pub async fn play_with_retries(
             .collect();
         workers.spawn(async move {
             let mut answers = Vec::new();
+            let mut connection = None;
             for (index, tap) in mine {
                 let due = start.0 + tap.due_ms;
                 let now = SystemClock.now().0;
                 if due > now {
                     tokio::time::sleep(Duration::from_millis(due - now)).await;
                 }
-                answers.push((index, tap_until_answered(&engine, &tap.request).await));
+                answers.push((
+                    index,
+                    tap_until_answered(&engine, &mut connection, &tap.request).await,
+                ));
             }
             answers
         });
