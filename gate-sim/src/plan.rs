@@ -274,13 +274,22 @@ pub fn make_plan(input: PlanInput<'_>) -> Vec<PlannedTap> {
     let mut t = 0.0f64;
     let duration_ms = input.duration_s * 1_000.0;
     let mut gate_counter = 0u32;
+    // Taps of the trip before this one (the first gap assumes the mean).
+    let (mut taps_before, mut last_trip_taps) = (0usize, 1.6f64);
     while (taps.len() as u64) < input.taps_max {
         let rate = input
             .profile
             .rate_at(t / 1_000.0, input.duration_s)
             .max(0.1);
-        // Each arrival is a trip of about 1.6 taps on average (journeys are two).
-        t += rng.exponential(1_000.0 * 1.6 / rate);
+        // The gap after a trip grows with that trip's taps (one to three), so that taps,
+        // not trips, arrive at the offered rate: a fixed guess of taps per trip offered
+        // about 10% fewer taps than asked, since journeys near the window's end are bus
+        // rides.
+        if taps.len() > taps_before {
+            last_trip_taps = (taps.len() - taps_before) as f64;
+        }
+        taps_before = taps.len();
+        t += rng.exponential(1_000.0 * last_trip_taps / rate);
         if t >= duration_ms {
             break;
         }
@@ -542,6 +551,17 @@ pub(crate) mod tests {
     }
 
     fn plan(riders: &mut [Rider], faults: &FaultRates, seed: u64) -> Vec<PlannedTap> {
+        let profile = Profile::Constant { rate: 200.0 };
+        plan_over(riders, faults, seed, profile, 20.0)
+    }
+
+    fn plan_over(
+        riders: &mut [Rider],
+        faults: &FaultRates,
+        seed: u64,
+        profile: Profile,
+        duration_s: f64,
+    ) -> Vec<PlannedTap> {
         let network = Network {
             stations: vec![100, 101, 102],
             routes: vec![501],
@@ -552,8 +572,8 @@ pub(crate) mod tests {
         make_plan(PlanInput {
             riders,
             network: &network,
-            profile: Profile::Constant { rate: 200.0 },
-            duration_s: 20.0,
+            profile,
+            duration_s,
             taps_max: 100_000,
             faults,
             seed,
@@ -562,6 +582,26 @@ pub(crate) mod tests {
             revoked_issuer: &revoked,
             first_id: 1,
         })
+    }
+
+    /// Regression: taps per second offered were about 10% under the asked rate.
+    #[test]
+    fn taps_come_at_the_offered_rate_constant_or_rush() {
+        let kinds = [RiderKind::Good, RiderKind::Denied, RiderKind::Broke];
+        let faults = crate::every_fault_at(0.01);
+        for (profile, seed) in [
+            (Profile::Constant { rate: 500.0 }, 3),
+            (Profile::Rush { peak: 1_000.0 }, 4),
+        ] {
+            let taps = plan_over(&mut riders(&kinds), &faults, seed, profile, 30.0);
+            let asked = profile.mean_rate() * 30.0;
+            let ratio = taps.len() as f64 / asked;
+            assert!(
+                (0.96..=1.04).contains(&ratio),
+                "{profile:?}: {} taps planned for {asked}",
+                taps.len()
+            );
+        }
     }
 
     #[test]
