@@ -5,11 +5,16 @@
 //! its data directory: the same process), and in the end every accepted tap is charged
 //! exactly once and the audit passes.
 //!
-//! A read-only turn is not tested: a file system cannot be remounted read-only while the
-//! engine holds its log open for writing (`mount` says busy), and the engine meets a
-//! read-only disk the same way as a full one (a failed write, then reopening).
+//! A disk that fails outright: the data directory on an ext4 image the test mounts on a
+//! loop device, shut down under load as a dying disk is (`EXT4_IOC_SHUTDOWN` without
+//! flushing the journal: every later write fails with EIO, the file system is no longer
+//! writable, and whatever was not synced is gone), then mounted again from the image
+//! (journal replayed). Taps are refused with `UNAVAILABLE` meanwhile, the engine serves
+//! again from the fresh mount by itself, nothing acknowledged is lost and nothing is
+//! charged twice. (A plain `mount -o remount,ro` cannot be tested: the kernel refuses it
+//! while the engine holds its log open for writing.)
 //!
-//! Mounting needs root: without it the test says so and passes without running.
+//! Mounting needs root: without it the tests say so and pass without running.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test, with its location
 
@@ -46,6 +51,76 @@ impl Drop for Mount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
+}
+
+/// An ext4 file system in an image file, mounted through a loop device; unmounted and
+/// its loop devices detached when dropped.
+struct Ext4Image {
+    image: PathBuf,
+    at: PathBuf,
+    loop_devices: Vec<String>,
+}
+
+impl Ext4Image {
+    fn make(image: &Path, at: &Path, megabytes: u64) -> Ext4Image {
+        std::fs::File::create(image)
+            .unwrap()
+            .set_len(megabytes << 20)
+            .unwrap();
+        run("mkfs.ext4", &["-q", "-F", image.to_str().unwrap()]);
+        std::fs::create_dir_all(at).unwrap();
+        let mut disk = Ext4Image {
+            image: image.to_path_buf(),
+            at: at.to_path_buf(),
+            loop_devices: Vec::new(),
+        };
+        disk.mount();
+        disk
+    }
+
+    /// Mounts the image through a new loop device: a new file system instance, which
+    /// replays the journal (a shut-down one lingers, detached, while the engine still
+    /// holds its files).
+    fn mount(&mut self) {
+        let output = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&self.image)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "losetup: {output:?}");
+        let device = String::from_utf8(output.stdout).unwrap().trim().to_string();
+        mount(&[&device], &self.at);
+        self.loop_devices.push(device);
+    }
+
+    /// Detaches the mounted file system from its mount point, leaving the empty folder.
+    fn unmount(&self) {
+        run("umount", &["-l", self.at.to_str().unwrap()]);
+    }
+
+    /// Shuts the mounted file system down as a dying disk does: every later write fails
+    /// with EIO and nothing unsynced reaches the disk (`EXT4_IOC_SHUTDOWN`,
+    /// `EXT4_GOING_FLAGS_NOLOGFLUSH`).
+    fn shut_down(&self) {
+        let script = "import fcntl, os, struct, sys; \
+                      fd = os.open(sys.argv[1], os.O_RDONLY); \
+                      fcntl.ioctl(fd, 0x8004587d, struct.pack('I', 2))";
+        run("python3", &["-c", script, self.at.to_str().unwrap()]);
+    }
+}
+
+impl Drop for Ext4Image {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+        for device in &self.loop_devices {
+            let _ = Command::new("losetup").args(["-d", device]).status();
+        }
+    }
+}
+
+fn run(program: &str, args: &[&str]) {
+    let status = Command::new(program).args(args).status().unwrap();
+    assert!(status.success(), "{program} {args:?} failed");
 }
 
 fn mount(args: &[&str], at: &Path) {
@@ -142,6 +217,88 @@ async fn a_full_disk_refuses_taps_and_service_resumes_by_itself() {
     assert!(
         logged.contains("a ledger write failed"),
         "the log says why it reopened"
+    );
+    assert!(logged.contains("serving again after a storage failure"));
+    server.kill();
+    let ledger = Ledger::open(&config.data_dir, LedgerConfig::default()).unwrap();
+    let report = audit::audit(ledger.db()).unwrap();
+    assert!(report.ok(), "{:?}", report.violations);
+    assert_eq!(report.balance_sum, 0);
+    drop(ledger);
+    drop(disk);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_fails_refuses_taps_and_service_resumes_on_a_fresh_mount() {
+    if !is_root() {
+        eprintln!("skipped: mounting a file system needs root");
+        return;
+    }
+    let folder = tempfile::tempdir().unwrap();
+    let mut disk = Ext4Image::make(
+        &folder.path().join("disk.img"),
+        &folder.path().join("disk"),
+        256,
+    );
+    let (config, config_file, log) = process_config(folder.path(), Some(disk.at.join("data")));
+    let server = ServerProcess::start(&config_file, SocketAddr::from(([127, 0, 0, 1], 0)), &log);
+    let engine = engine_at(server.addr);
+    let (mut provisioned, network) = provision_sample_city(&engine, 100, 6).await;
+
+    let mut played = Played::default();
+    for phase in 1..=2u64 {
+        let (phase_plan, start) = plan_phase(&mut provisioned, &network, 100.0, 6.0, phase);
+        let (run, retried) = if phase == 1 {
+            let mut probe = phase_plan[0].request.clone();
+            probe.transaction_id = 0xFFFF_FFFF_u128.to_be_bytes().to_vec();
+            let data_dir = disk.at.join("data");
+            let fail_then_mount_again = async {
+                tokio::time::sleep(Duration::from_millis(1_500)).await;
+                disk.shut_down();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let code = one_tap(&engine, probe).await;
+                // The dead file system taken away, as an operator does: for a while the
+                // data directory's path leads to an empty folder, and the engine's
+                // restarts must wait rather than make a new ledger there.
+                disk.unmount();
+                tokio::time::sleep(Duration::from_millis(2_500)).await;
+                assert!(!data_dir.exists(), "a restart made a new data directory");
+                disk.mount();
+                code
+            };
+            let (played_phase, probe_code) = tokio::join!(
+                play_with_retries(&engine, &phase_plan, start, 16),
+                fail_then_mount_again
+            );
+            assert_eq!(probe_code, tonic::Code::Unavailable);
+            assert!(played_phase.1 > 0, "no gate met the failed disk");
+            played_phase
+        } else {
+            // After the fresh mount: service as usual.
+            play_with_retries(&engine, &phase_plan, start, 16).await
+        };
+        for result in &run.results {
+            assert!(
+                matches!(result.answer, Answer::Response(_)),
+                "phase {phase}: {:?}",
+                result.answer
+            );
+        }
+        eprintln!(
+            "phase {phase}: {} taps, {retried} retried until answered",
+            phase_plan.len()
+        );
+        played.add(phase_plan, run);
+        played
+            .assert_charged_exactly_once(&engine, &format!("phase {phase}"))
+            .await;
+    }
+
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("a ledger write failed"));
+    assert!(
+        logged.contains("holds no ledger, and a restart does not make a new one"),
+        "the restarts while the disk was away say why they wait"
     );
     assert!(logged.contains("serving again after a storage failure"));
     server.kill();

@@ -81,6 +81,15 @@ impl ServerProcess {
     }
 }
 
+impl Drop for ServerProcess {
+    /// A test that fails midway does not leave its server running (holding ports,
+    /// files and, in the disk tests, the mounted file system).
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// How long a gate keeps retrying one tap before the test gives up on the server.
 pub const RETRY_FOR: Duration = Duration::from_secs(60);
 

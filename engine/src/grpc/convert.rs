@@ -41,6 +41,7 @@ pub fn ledger_status(err: &LedgerError) -> Status {
         LedgerError::Closed | LedgerError::Storage(_) => Code::Unavailable,
         LedgerError::NoFares => Code::FailedPrecondition,
         LedgerError::Open { .. }
+        | LedgerError::NoLedger { .. }
         | LedgerError::UnknownFormat { .. }
         | LedgerError::FormatVersion { .. }
         | LedgerError::MissingColumnFamily(_)

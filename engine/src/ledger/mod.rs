@@ -61,6 +61,14 @@ pub enum LedgerError {
         /// What RocksDB said.
         source: rocksdb::Error,
     },
+    /// The directory holds no ledger and this open must not make one.
+    #[error(
+        "data directory {path} holds no ledger, and a restart does not make a new one: is the disk that holds it mounted?"
+    )]
+    NoLedger {
+        /// The directory.
+        path: String,
+    },
     /// The directory holds something this build cannot read.
     #[error("data directory {path} is not in a format this build reads: {detail}")]
     UnknownFormat {
@@ -111,6 +119,7 @@ impl LedgerError {
             LedgerError::Conflict { .. } => "id_conflict",
             LedgerError::Closed => "closed",
             LedgerError::Open { .. } => "open_failed",
+            LedgerError::NoLedger { .. } => "no_ledger",
             LedgerError::UnknownFormat { .. } => "unknown_format",
             LedgerError::FormatVersion { .. } => "format_version",
             LedgerError::MissingColumnFamily(_) => "missing_column_family",

@@ -80,6 +80,11 @@ pub struct StoreConfig {
     pub block_cache_bytes: usize,
     /// All memtables together, in bytes.
     pub write_buffers_bytes: usize,
+    /// Make a new ledger when the directory holds none: true for a first start. A
+    /// restart after a storage failure sets it false, so that a data directory gone
+    /// missing (its disk not mounted) is an error rather than a new, empty ledger that
+    /// knows no rider.
+    pub create: bool,
 }
 
 impl Default for StoreConfig {
@@ -87,6 +92,7 @@ impl Default for StoreConfig {
         StoreConfig {
             block_cache_bytes: 64 << 20,
             write_buffers_bytes: 64 << 20,
+            create: true,
         }
     }
 }
@@ -94,7 +100,7 @@ impl Default for StoreConfig {
 /// Every RocksDB option the ledger sets, in one place.
 fn options(config: &StoreConfig) -> (Options, BlockBasedOptions) {
     let mut options = Options::default();
-    options.create_if_missing(true);
+    options.create_if_missing(config.create);
     options.create_missing_column_families(true);
     // Two cores: one flush and one compaction at a time.
     options.set_max_background_jobs(2);
@@ -138,11 +144,14 @@ fn options(config: &StoreConfig) -> (Options, BlockBasedOptions) {
     (options, table)
 }
 
-/// Opens (or creates) the ledger's database in `dir`, refusing a directory written in
-/// another format.
+/// Opens (or, when `config.create`, creates) the ledger's database in `dir`, refusing a
+/// directory written in another format.
 pub fn open(dir: &Path, config: &StoreConfig) -> Result<DB, LedgerError> {
     let (options, _table) = options(config);
     let shown = dir.display().to_string();
+    if !config.create && !dir.join("CURRENT").exists() {
+        return Err(LedgerError::NoLedger { path: shown });
+    }
     if dir.join("CURRENT").exists() {
         let existing = DB::list_cf(&options, dir).map_err(|source| LedgerError::Open {
             path: shown.clone(),

@@ -473,6 +473,49 @@ fn everything_survives_a_reopen_and_a_wrong_format_is_refused() {
     assert!(err.to_string().contains("format version 99"), "{err}");
 }
 
+/// Regression: a restart after a storage failure opened whatever was at the data
+/// directory's path, and made a new empty ledger there when its disk was not mounted.
+#[test]
+fn an_open_that_must_not_create_refuses_a_directory_without_a_ledger() {
+    let folder = tempfile::tempdir().unwrap();
+    let dir = folder.path().join("data");
+    let mut config = LedgerConfig::default();
+    config.store.create = false;
+    let err = Ledger::open(&dir, config).unwrap_err();
+    assert!(matches!(err, LedgerError::NoLedger { .. }), "{err}");
+    assert_eq!(err.code(), "no_ledger");
+    assert!(
+        err.to_string()
+            .contains("is the disk that holds it mounted?"),
+        "{err}"
+    );
+    assert!(!dir.exists(), "nothing was made");
+    std::fs::create_dir(&dir).unwrap();
+    assert!(matches!(
+        Ledger::open(&dir, config).unwrap_err(),
+        LedgerError::NoLedger { .. }
+    ));
+    // A ledger that is there opens as usual.
+    {
+        let ledger = Ledger::open(&dir, LedgerConfig::default()).unwrap();
+        open_rider(&ledger, 1, 5, 1_000);
+    }
+    let ledger = Ledger::open(&dir, config).unwrap();
+    assert!(
+        ledger
+            .submit(request(
+                1,
+                Command::OpenAccount {
+                    account_id: 5,
+                    provider_id: 1,
+                    credit_limit: Amount(1_000),
+                }
+            ))
+            .unwrap()
+            .replay
+    );
+}
+
 #[test]
 fn the_audit_names_a_balance_that_disagrees_with_its_postings() {
     let (_dir, ledger) = open();

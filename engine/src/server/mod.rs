@@ -47,6 +47,31 @@ pub struct RunningServer {
 
 /// Starts a server as configured, with `clock` as its time. Returns once it listens.
 pub async fn start(config: ServerConfig, clock: Arc<dyn Clock>) -> anyhow::Result<RunningServer> {
+    start_as(config, clock, Start::First).await
+}
+
+/// Which start a server's is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// The first: a new ledger and settlement key are made where none is.
+    First,
+    /// After a storage failure: the ledger and the settlement key must be there already.
+    /// Their absence means the disk holding them is not mounted (or was emptied), and a
+    /// new empty ledger or a new key would split the money's history in two.
+    Again,
+}
+
+async fn start_as(
+    config: ServerConfig,
+    clock: Arc<dyn Clock>,
+    start: Start,
+) -> anyhow::Result<RunningServer> {
+    if start == Start::Again && !config.settlement.key_file.exists() {
+        anyhow::bail!(
+            "the settlement key file {} is gone, and a restart does not make a new one: is the disk that holds it mounted?",
+            config.settlement.key_file.display()
+        );
+    }
     let fares_text = std::fs::read_to_string(&config.fares_file)
         .with_context(|| format!("cannot read fares file {}", config.fares_file.display()))?;
     let fares = Arc::new(
@@ -59,7 +84,8 @@ pub async fn start(config: ServerConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
         fares: Some(Arc::clone(&fares)),
         code_retry_window_ms: config.taps.code_retry_window_ms,
     };
-    let ledger_config = config.ledger_config();
+    let mut ledger_config = config.ledger_config();
+    ledger_config.store.create = start == Start::First;
     let data_dir = config.data_dir.clone();
     let ledger = tokio::task::spawn_blocking(move || {
         Ledger::open_with_rules(&data_dir, ledger_config, rules)
@@ -210,7 +236,9 @@ pub const RESTART_INTERVAL: Duration = Duration::from_secs(1);
 /// fall back to their offline rules and retry with the same ids) and starts again on the
 /// same data directory and addresses every [`RESTART_INTERVAL`] until it can: as soon as
 /// space or write access is back, it serves again. RocksDB's log recovery keeps every
-/// write that was answered and drops a torn one that was not.
+/// write that was answered and drops a torn one that was not. A restart never makes a
+/// new ledger or settlement key: a data directory that is not there (its disk not
+/// mounted again yet) is waited for like a full disk.
 pub async fn run_until_stopped(
     config: ServerConfig,
     clock: Arc<dyn Clock>,
@@ -245,7 +273,7 @@ pub async fn run_until_stopped(
                 () = &mut shutdown => return Ok(()),
                 () = tokio::time::sleep(RESTART_INTERVAL) => {}
             }
-            match start(config.clone(), Arc::clone(&clock)).await {
+            match start_as(config.clone(), Arc::clone(&clock), Start::Again).await {
                 Ok(running) => {
                     tracing::info!(addr = %running.addr, "serving again after a storage failure");
                     break running;
