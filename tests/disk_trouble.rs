@@ -14,7 +14,8 @@
 //! charged twice. (A plain `mount -o remount,ro` cannot be tested: the kernel refuses it
 //! while the engine holds its log open for writing.)
 //!
-//! Mounting needs root: without it the tests say so and pass without running.
+//! Mounting needs root (and the second test loop devices, `losetup`, `mkfs.ext4` and
+//! `python3`): without them the tests say so and pass without running.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test, with its location
 
@@ -232,6 +233,14 @@ async fn a_full_disk_refuses_taps_and_service_resumes_by_itself() {
 async fn a_disk_that_fails_refuses_taps_and_service_resumes_on_a_fresh_mount() {
     if !is_root() {
         eprintln!("skipped: mounting a file system needs root");
+        return;
+    }
+    let loop_devices = Path::new("/dev/loop-control").exists();
+    let tools = ["losetup", "mkfs.ext4", "python3"]
+        .iter()
+        .all(|tool| Command::new(tool).arg("--version").output().is_ok());
+    if !loop_devices || !tools {
+        eprintln!("skipped: needs loop devices, losetup, mkfs.ext4 and python3");
         return;
     }
     let folder = tempfile::tempdir().unwrap();
