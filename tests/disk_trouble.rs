@@ -32,7 +32,8 @@ use fareway_tests::process::{
     provision_sample_city,
 };
 use gate_sim::Engine;
-use gate_sim::run::Answer;
+use gate_sim::plan::PlannedTap;
+use gate_sim::run::{Answer, RunResult};
 
 /// A tmpfs mounted for the test, unmounted when dropped.
 struct Mount(PathBuf);
@@ -144,6 +145,41 @@ fn fill(path: &Path) {
     let _ = file.sync_all();
 }
 
+/// After a phase: every tap got an answer (after retries), and every accepted tap so far
+/// is charged exactly once.
+async fn every_tap_answered_and_charged_once(
+    engine: &Engine,
+    played: &mut Played,
+    phase: u64,
+    phase_plan: Vec<PlannedTap>,
+    run: RunResult,
+    retried: u64,
+) {
+    for result in &run.results {
+        assert!(
+            matches!(result.answer, Answer::Response(_)),
+            "phase {phase}: {:?}",
+            result.answer
+        );
+    }
+    eprintln!(
+        "phase {phase}: {} taps, {retried} retried until answered",
+        phase_plan.len()
+    );
+    played.add(phase_plan, run);
+    played
+        .assert_charged_exactly_once(engine, &format!("phase {phase}"))
+        .await;
+}
+
+/// Money is conserved and every index agrees with the log in the ledger at `data_dir`.
+fn assert_audit_passes(data_dir: &Path) {
+    let ledger = Ledger::open(data_dir, LedgerConfig::default()).unwrap();
+    let report = audit::audit(ledger.db()).unwrap();
+    assert!(report.ok(), "{:?}", report.violations);
+    assert_eq!(report.balance_sum, 0);
+}
+
 /// One tap sent straight to the engine, as a gate would before falling back: the code.
 async fn one_tap(engine: &Engine, request: pb::TapRequest) -> tonic::Code {
     let Ok(mut gate) = engine.gate().await else {
@@ -196,20 +232,7 @@ async fn a_full_disk_refuses_taps_and_service_resumes_by_itself() {
         );
         assert_eq!(probe_code, tonic::Code::Unavailable, "phase {phase}");
         assert!(retried > 0, "phase {phase}: no gate met the trouble");
-        for result in &run.results {
-            assert!(
-                matches!(result.answer, Answer::Response(_)),
-                "phase {phase}: {:?}",
-                result.answer
-            );
-        }
-        eprintln!(
-            "phase {phase}: {} taps, {retried} retried until answered",
-            phase_plan.len()
-        );
-        played.add(phase_plan, run);
-        played
-            .assert_charged_exactly_once(&engine, &format!("phase {phase}"))
+        every_tap_answered_and_charged_once(&engine, &mut played, phase, phase_plan, run, retried)
             .await;
     }
 
@@ -221,11 +244,7 @@ async fn a_full_disk_refuses_taps_and_service_resumes_by_itself() {
     );
     assert!(logged.contains("serving again after a storage failure"));
     server.kill();
-    let ledger = Ledger::open(&config.data_dir, LedgerConfig::default()).unwrap();
-    let report = audit::audit(ledger.db()).unwrap();
-    assert!(report.ok(), "{:?}", report.violations);
-    assert_eq!(report.balance_sum, 0);
-    drop(ledger);
+    assert_audit_passes(&config.data_dir);
     drop(disk);
 }
 
@@ -286,20 +305,7 @@ async fn a_disk_that_fails_refuses_taps_and_service_resumes_on_a_fresh_mount() {
             // After the fresh mount: service as usual.
             play_with_retries(&engine, &phase_plan, start, 16).await
         };
-        for result in &run.results {
-            assert!(
-                matches!(result.answer, Answer::Response(_)),
-                "phase {phase}: {:?}",
-                result.answer
-            );
-        }
-        eprintln!(
-            "phase {phase}: {} taps, {retried} retried until answered",
-            phase_plan.len()
-        );
-        played.add(phase_plan, run);
-        played
-            .assert_charged_exactly_once(&engine, &format!("phase {phase}"))
+        every_tap_answered_and_charged_once(&engine, &mut played, phase, phase_plan, run, retried)
             .await;
     }
 
@@ -311,10 +317,6 @@ async fn a_disk_that_fails_refuses_taps_and_service_resumes_on_a_fresh_mount() {
     );
     assert!(logged.contains("serving again after a storage failure"));
     server.kill();
-    let ledger = Ledger::open(&config.data_dir, LedgerConfig::default()).unwrap();
-    let report = audit::audit(ledger.db()).unwrap();
-    assert!(report.ok(), "{:?}", report.violations);
-    assert_eq!(report.balance_sum, 0);
-    drop(ledger);
+    assert_audit_passes(&config.data_dir);
     drop(disk);
 }
