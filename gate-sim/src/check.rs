@@ -284,11 +284,16 @@ mod tests {
     use crate::plan::tests::planned;
     use crate::run::TapResult;
 
-    fn answered(answer: Answer) -> TapResult {
-        TapResult {
+    /// A run whose taps got these answers, in plan order.
+    fn run_of<const N: usize>(answers: [Answer; N]) -> RunResult {
+        let results = answers.into_iter().map(|answer| TapResult {
             answer,
             latency_us: 1,
             due_ms: 0,
+        });
+        RunResult {
+            results: results.collect(),
+            elapsed: std::time::Duration::ZERO,
         }
     }
 
@@ -308,10 +313,7 @@ mod tests {
     fn a_retry_accepted_after_its_first_try_was_shed_is_the_charge() {
         let plan = [planned(7, None), planned(7, Some(0))];
         let shed = Answer::Failed(tonic::Code::ResourceExhausted, "overloaded".into());
-        let run = RunResult {
-            results: vec![answered(shed), answered(accepted_with(200, false))],
-            elapsed: std::time::Duration::ZERO,
-        };
+        let run = run_of([shed, accepted_with(200, false)]);
         assert_eq!(charged_taps(&plan, &run), vec![(1, 200)]);
     }
 
@@ -322,33 +324,18 @@ mod tests {
         duplicate.fault = Some(Fault::DuplicateScan);
         let plan = [planned(7, None), duplicate];
         // The engine answers the duplicate with the original's record.
-        let run = RunResult {
-            results: vec![
-                answered(accepted_with(200, false)),
-                answered(accepted_with(200, true)),
-            ],
-            elapsed: std::time::Duration::ZERO,
-        };
+        let run = run_of([accepted_with(200, false), accepted_with(200, true)]);
         assert_eq!(charged_taps(&plan, &run), vec![(0, 200)]);
         // The original was shed: the duplicate is a new tap, recorded and charged.
         let shed = Answer::Failed(tonic::Code::ResourceExhausted, "overloaded".into());
-        let run = RunResult {
-            results: vec![answered(shed), answered(accepted_with(200, false))],
-            elapsed: std::time::Duration::ZERO,
-        };
+        let run = run_of([shed, accepted_with(200, false)]);
         assert_eq!(charged_taps(&plan, &run), vec![(1, 200)]);
     }
 
     #[test]
     fn a_tap_and_its_replayed_retry_are_one_charge() {
         let plan = [planned(7, None), planned(7, Some(0))];
-        let run = RunResult {
-            results: vec![
-                answered(accepted_with(200, false)),
-                answered(accepted_with(200, true)),
-            ],
-            elapsed: std::time::Duration::ZERO,
-        };
+        let run = run_of([accepted_with(200, false), accepted_with(200, true)]);
         assert_eq!(charged_taps(&plan, &run), vec![(0, 200)]);
     }
 }
