@@ -149,10 +149,11 @@ fn options(config: &StoreConfig) -> (Options, BlockBasedOptions) {
 pub fn open(dir: &Path, config: &StoreConfig) -> Result<DB, LedgerError> {
     let (options, _table) = options(config);
     let shown = dir.display().to_string();
-    if !config.create && !dir.join("CURRENT").exists() {
+    let has_ledger = dir.join("CURRENT").exists();
+    if !config.create && !has_ledger {
         return Err(LedgerError::NoLedger { path: shown });
     }
-    if dir.join("CURRENT").exists() {
+    if has_ledger {
         let existing = DB::list_cf(&options, dir).map_err(|source| LedgerError::Open {
             path: shown.clone(),
             source,
