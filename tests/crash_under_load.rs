@@ -28,7 +28,7 @@ use fareway_tests::process::{
     provision_sample_city,
 };
 use fareway_tests::server::{ADMIN_TOKEN, FINANCE_TOKEN, GATE_TOKEN};
-use fareway_tests::{TestRng, env_number};
+use fareway_tests::{Rng, env_number};
 use gate_sim::check;
 use gate_sim::plan::PlannedTap;
 use gate_sim::run::{Answer, RunResult};
@@ -42,7 +42,7 @@ const CYCLE_S: f64 = 10.0;
 
 fn audit_ok(data_dir: &Path, cycle: u64) {
     let ledger = Ledger::open(data_dir, LedgerConfig::default()).unwrap();
-    let report = audit::audit(ledger.db()).unwrap();
+    let report = audit::audit(ledger.view()).unwrap();
     assert!(report.ok(), "cycle {cycle}: {:?}", report.violations);
     assert_eq!(report.balance_sum, 0, "cycle {cycle}: money is conserved");
 }
@@ -127,7 +127,7 @@ async fn killed_under_load_nothing_is_lost_or_charged_twice() {
         })
         .await
         .unwrap();
-    let mut rng = TestRng::new(0xC0FFEE);
+    let mut rng = Rng::new(0xC0FFEE);
 
     let mut played = Played::default();
     for cycle in 1..=cycles {

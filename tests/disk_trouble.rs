@@ -175,7 +175,7 @@ async fn every_tap_answered_and_charged_once(
 /// Money is conserved and every index agrees with the log in the ledger at `data_dir`.
 fn assert_audit_passes(data_dir: &Path) {
     let ledger = Ledger::open(data_dir, LedgerConfig::default()).unwrap();
-    let report = audit::audit(ledger.db()).unwrap();
+    let report = audit::audit(ledger.view()).unwrap();
     assert!(report.ok(), "{:?}", report.violations);
     assert_eq!(report.balance_sum, 0);
 }

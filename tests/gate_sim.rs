@@ -130,7 +130,7 @@ async fn a_short_rush_hour_keeps_every_invariant_unary_and_streaming() {
     }
     running.stop().await.unwrap();
     let ledger = Ledger::open(&data_dir, LedgerConfig::default()).unwrap();
-    let report = audit::audit(ledger.db()).unwrap();
+    let report = audit::audit(ledger.view()).unwrap();
     assert!(report.ok(), "{:?}", report.violations);
     assert_eq!(report.balance_sum, 0);
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use fareway::ledger::audit::audit;
 use fareway::ledger::{AccountRef, Ledger, LedgerConfig, Outcome, TxId};
-use fareway_tests::{TestRng, env_number};
+use fareway_tests::{Rng, env_number};
 
 const ACCOUNTS: u64 = 50;
 const IDS_PER_CYCLE: u64 = 200_000;
@@ -24,7 +24,7 @@ const RETRIES_PER_CYCLE: u64 = 500;
 fn acknowledged_charges_survive_sigkill_exactly_once() {
     let cycles = env_number("FAREWAY_CRASH_CYCLES", 5);
     let seed = env_number("FAREWAY_CRASH_SEED", 20_261_122);
-    let mut rng = TestRng::new(seed);
+    let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("ledger");
     let mut acknowledged: HashMap<u64, u64> = HashMap::new();
@@ -89,7 +89,7 @@ fn acknowledged_charges_survive_sigkill_exactly_once() {
             assert_eq!(found, *sequence, "id {id} moved");
             assert_eq!(record.outcome, Outcome::Accepted);
         }
-        let report = audit(ledger.db()).unwrap();
+        let report = audit(ledger.view()).unwrap();
         assert!(
             report.ok(),
             "cycle {cycle} (seed {seed}): {:?}",

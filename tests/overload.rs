@@ -121,7 +121,7 @@ async fn excess_taps_are_shed_at_once_and_their_retries_are_charged_once() {
     }
     let (config, _folder, _clock) = server.stop().await;
     let ledger = Ledger::open(&config.data_dir, LedgerConfig::default()).unwrap();
-    let report = audit::audit(ledger.db()).unwrap();
+    let report = audit::audit(ledger.view()).unwrap();
     assert!(report.ok(), "{:?}", report.violations);
     assert_eq!(report.balance_sum, 0);
 }

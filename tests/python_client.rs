@@ -1,6 +1,7 @@
 //! A client from outside Rust: Python's `grpcio` (installed by `.ci/setup`), with stubs
 //! generated from the project's `.proto` files, checks health, taps with and without a
-//! token, retries a tap, and closes and pulls settlement batches. What it saw must be
+//! token, lists the services by server reflection (v1alpha and v1), retries a tap, and
+//! closes and pulls settlement batches. What it saw must be
 //! exactly what the engine did: the fare and balance, the replay, and batch files byte for
 //! byte the same as a Rust pull of the same batches.
 
@@ -68,6 +69,29 @@ async fn python_grpcio_taps_and_pulls_a_settlement_batch() {
     for service in ["", "fareway.v1.GateService", "fareway.v1.SettlementService"] {
         assert_eq!(seen["health"][service], "SERVING", "{service:?}");
     }
+    // Both reflection versions list every service; v1alpha (Python's own reflection
+    // client) also serves the gate service's descriptor.
+    let services = [
+        "fareway.v1.AdminService",
+        "fareway.v1.GateService",
+        "fareway.v1.SettlementService",
+        "grpc.health.v1.Health",
+    ];
+    for version in ["v1alpha", "v1"] {
+        // Each version may also list the reflection service itself.
+        let listed: Vec<&str> = seen["reflection"][version]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {version} answer: {seen:#}"))
+            .iter()
+            .filter_map(|name| name.as_str())
+            .filter(|name| !name.starts_with("grpc.reflection."))
+            .collect();
+        assert_eq!(listed, services, "{version}: {seen:#}");
+    }
+    assert_eq!(
+        seen["reflection"]["gate_methods"],
+        serde_json::json!(["Tap", "TapStream"])
+    );
     assert_eq!(seen["tap_without_token"], "UNAUTHENTICATED");
     let id_hex = fareway::hex::encode(&request.transaction_id);
     assert_eq!(

@@ -25,7 +25,7 @@ use fareway::settlement::key::SettlementKey;
 use fareway::settlement::manifest::Manifest;
 use fareway::settlement::model::{CloseRequest, Cutoff};
 use fareway::settlement::verify::verify;
-use fareway_tests::{TestRng, env_number};
+use fareway_tests::{Rng, env_number};
 
 const CHARGES_PER_CYCLE: u64 = 160_000;
 
@@ -56,7 +56,7 @@ fn all_batches(settlement: &Settlement) -> Vec<fareway::settlement::model::Batch
 fn a_close_killed_midway_leaves_no_batch_or_a_whole_one() {
     let cycles = env_number("FAREWAY_SETTLEMENT_CRASH_CYCLES", 4);
     let seed = env_number("FAREWAY_CRASH_SEED", 20_261_122);
-    let mut rng = TestRng::new(seed);
+    let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("ledger");
     let public_key = SettlementKey::from_seed([9; 32]).public_key();
@@ -129,7 +129,7 @@ fn a_close_killed_midway_leaves_no_batch_or_a_whole_one() {
             let manifest = Manifest::from_bytes(&settlement.manifest(batch)).unwrap();
             verify(&manifest, file.as_slice(), &public_key).unwrap();
         }
-        let report = audit(ledger.db()).unwrap();
+        let report = audit(ledger.view()).unwrap();
         assert!(report.ok(), "cycle {cycle}: {:?}", report.violations);
     }
     println!("{killed_mid_close} of {cycles} kills landed in the middle of a close");
@@ -153,7 +153,7 @@ fn a_close_killed_midway_leaves_no_batch_or_a_whole_one() {
         let batch = &view.batch;
         let sequences = in_batches.entry(batch.provider_id).or_default();
         for_each_entry(
-            ledger.db(),
+            ledger.view(),
             None,
             batch.provider_id,
             batch.after_sequence,
@@ -168,7 +168,7 @@ fn a_close_killed_midway_leaves_no_batch_or_a_whole_one() {
     let mut entries: HashMap<u16, Vec<u64>> = HashMap::new();
     for provider in 1..=3u16 {
         for_each_entry(
-            ledger.db(),
+            ledger.view(),
             None,
             provider,
             0,

@@ -50,7 +50,7 @@ fn main() {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let stats = ledger.stats();
             let now_done = done.load(Ordering::Relaxed);
-            let batches = stats.batches.load(Ordering::Relaxed);
+            let batches = stats.group_commits.load(Ordering::Relaxed);
             let write_us = stats.write_time_us.load(Ordering::Relaxed);
             let interval_batches = (batches - last_batches).max(1);
             println!(

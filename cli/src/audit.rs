@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Args;
 use fareway::ledger::audit::{AuditReport, audit};
-use fareway::ledger::store::{self, StoreConfig};
+use fareway::ledger::{LedgerView, StoreConfig};
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
@@ -21,9 +21,9 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         "{} is not a ledger data directory (it has no RocksDB CURRENT file)",
         args.data_dir.display()
     );
-    let db = store::open(&args.data_dir, &StoreConfig::default())
+    let view = LedgerView::open(&args.data_dir, &StoreConfig::default())
         .with_context(|| format!("opening {}", args.data_dir.display()))?;
-    let report = audit(&db).with_context(|| format!("auditing {}", args.data_dir.display()))?;
+    let report = audit(&view).with_context(|| format!("auditing {}", args.data_dir.display()))?;
     print_report(&report);
     Ok(if report.ok() {
         ExitCode::SUCCESS

@@ -5,18 +5,20 @@
 //! audits its data directory, and prints a summary with the paths of the report and the
 //! settlement files.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
 use fareway::clock::SystemClock;
+use fareway::files::write_atomically;
+use fareway::ledger::audit::AuditReport;
 use fareway::server;
 use fareway::server::config::{
     LogFormat, Role, ServerConfig, SettlementSettings, TokenEntry, token_sha256_hex,
 };
-use gate_sim::{Engine, Mode, Network, Population, Profile, SimConfig};
+use gate_sim::{Engine, Mode, Network, Population, Profile, SimConfig, SimReport};
 
 /// The sample city, built into the binary so that the demo needs no file.
 const SAMPLE_CITY: &str = include_str!("../../docs/sample-city.toml");
@@ -51,7 +53,51 @@ pub struct DemoArgs {
     out: PathBuf,
 }
 
+/// The three roles' token secrets, as the simulator presents them.
+struct TokenSecrets {
+    gate: String,
+    admin: String,
+    finance: String,
+}
+
+/// Where the demo's own files went.
+#[derive(Debug)]
+struct Outputs {
+    report: PathBuf,
+    html: PathBuf,
+    public_key: PathBuf,
+}
+
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    check_args(&args)?;
+    let temp = tempfile::tempdir().context("making a temporary folder")?;
+    let data_dir = new_data_dir(args.data_dir.clone(), temp.path())?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot make folder {}", args.out.display()))?;
+    let (config, tokens) = engine_config(temp.path(), &data_dir)?;
+    let sim = sim_config(&args)?;
+    print_plan(&args, &data_dir);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (mut report, public_key) = runtime.block_on(run_engine(config, tokens, &sim))?;
+
+    // The engine has stopped: audit its data directory.
+    let audit = audit_data_dir(&data_dir)?;
+    let ok = record_audit(&mut report, &audit);
+    let outputs = write_outputs(&args.out, &report, &public_key)?;
+    print_summary(&report, &audit, &outputs, ok);
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Refuses arguments the demo cannot run with.
+fn check_args(args: &DemoArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.riders >= 10 && args.duration > 0.0 && args.rush_peak > 0.0,
         "need at least 10 riders, a positive duration and a positive rush peak"
@@ -60,11 +106,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         (0.0..=0.05).contains(&args.fault_rate),
         "--fault-rate must be 0 to 0.05"
     );
-    let temp = tempfile::tempdir().context("making a temporary folder")?;
-    let data_dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| temp.path().join("ledger"));
+    Ok(())
+}
+
+/// The engine's data directory: the one asked for, or `ledger` in the temporary folder. It
+/// must not hold anything yet, so that the audit sees this run only.
+fn new_data_dir(asked: Option<PathBuf>, temp: &Path) -> anyhow::Result<PathBuf> {
+    let data_dir = asked.unwrap_or_else(|| temp.join("ledger"));
     let used = std::fs::read_dir(&data_dir)
         .map(|mut entries| entries.next().is_some())
         .unwrap_or(false);
@@ -73,48 +121,66 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         "{} is not empty: the demo needs a new data directory",
         data_dir.display()
     );
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot make folder {}", args.out.display()))?;
+    Ok(data_dir)
+}
 
+/// Writes the engine's files into `folder` and returns its checked configuration and the
+/// secrets of the tokens it accepts.
+fn engine_config(folder: &Path, data_dir: &Path) -> anyhow::Result<(ServerConfig, TokenSecrets)> {
     // The engine's files: the sample city, no issuer keys yet (the simulator registers
     // them), a settlement key, and a fresh token per role.
-    let fares_file = temp.path().join("fares.toml");
+    let fares_file = folder.join("fares.toml");
     std::fs::write(&fares_file, SAMPLE_CITY)?;
-    let issuer_keys_file = temp.path().join("issuer-keys.toml");
+    let issuer_keys_file = folder.join("issuer-keys.toml");
     std::fs::write(&issuer_keys_file, "provider = []\nissuer_key = []\n")?;
-    let token = |role: Role| -> anyhow::Result<(TokenEntry, String)> {
-        let mut bytes = [0u8; 16];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-            .map_err(|_| anyhow::anyhow!("the system random number generator failed"))?;
-        let secret = fareway::hex::encode(&bytes);
-        let entry = TokenEntry {
-            role,
-            sha256: token_sha256_hex(&secret),
-            name: format!("demo {}", role.name()),
-        };
-        Ok((entry, secret))
-    };
-    let (gate_entry, gate_token) = token(Role::Gate)?;
-    let (admin_entry, admin_token) = token(Role::Admin)?;
-    let (finance_entry, finance_token) = token(Role::Finance)?;
+    let (gate_entry, gate) = new_token(Role::Gate)?;
+    let (admin_entry, admin) = new_token(Role::Admin)?;
+    let (finance_entry, finance) = new_token(Role::Finance)?;
     let config = ServerConfig {
-        data_dir: data_dir.clone(),
+        data_dir: data_dir.to_path_buf(),
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         metrics_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
         fares_file,
         issuer_keys_file,
-        backup_dir: temp.path().join("backups"),
+        backup_dir: folder.join("backups"),
         log_format: LogFormat::Human,
         settlement: SettlementSettings {
-            key_file: temp.path().join("settlement.key"),
+            key_file: folder.join("settlement.key"),
             currency: "EUR".into(),
         },
         token: vec![gate_entry, admin_entry, finance_entry],
         ..ServerConfig::default()
     };
     config.check()?;
+    Ok((
+        config,
+        TokenSecrets {
+            gate,
+            admin,
+            finance,
+        },
+    ))
+}
+
+/// A new random token for `role`: the configuration's entry (which holds only its hash)
+/// and the secret.
+fn new_token(role: Role) -> anyhow::Result<(TokenEntry, String)> {
+    let mut bytes = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| anyhow::anyhow!("the system random number generator failed"))?;
+    let secret = fareway::hex::encode(&bytes);
+    let entry = TokenEntry {
+        role,
+        sha256: token_sha256_hex(&secret),
+        name: format!("demo {}", role.name()),
+    };
+    Ok((entry, secret))
+}
+
+/// The simulator's run: the sample city's riders in a rush hour, as the arguments ask.
+fn sim_config(args: &DemoArgs) -> anyhow::Result<SimConfig> {
     let fares = fareway::fares::FareTable::from_toml(SAMPLE_CITY)?;
-    let sim = SimConfig {
+    Ok(SimConfig {
         population: Population::standard(args.riders, 2),
         network: Network::of(&fares, 8),
         profile: Profile::Rush {
@@ -132,7 +198,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         seed: args.seed,
         out: args.out.clone(),
         progress: true,
-    };
+    })
+}
+
+/// Says what the demo is about to do.
+fn print_plan(args: &DemoArgs, data_dir: &Path) {
     println!(
         "fareway demo: an engine on 127.0.0.1 with its ledger in {}; {} riders of 2 providers; a {:.0}-second rush hour peaking at {:.0} taps/s ({}), faults at {} of trips each",
         data_dir.display(),
@@ -142,39 +212,51 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         if args.unary { "unary" } else { "streaming" },
         args.fault_rate
     );
+}
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let (mut report, public_key) = runtime.block_on(async {
-        let running = server::start(config, Arc::new(SystemClock)).await?;
-        let engine = Engine {
-            url: format!("http://{}", running.addr),
-            gate_token,
-            admin_token,
-            finance_token,
-            metrics_addr: running.metrics_addr.map(|addr| addr.to_string()),
-        };
-        let report = gate_sim::simulate(&engine, &sim).await;
-        let key = async {
-            let mut settlement = engine.settlement().await?;
-            let key = settlement
-                .get_signing_key(fareway_proto::v1::GetSigningKeyRequest {})
-                .await?
-                .into_inner();
-            anyhow::Ok(key.public_key)
-        }
-        .await;
-        running.stop().await?;
-        anyhow::Ok((report?, key?))
-    })?;
+/// Starts the engine, plays the simulation against it, asks for its settlement public key,
+/// and stops it (also when the simulation failed): the report and the key.
+async fn run_engine(
+    config: ServerConfig,
+    tokens: TokenSecrets,
+    sim: &SimConfig,
+) -> anyhow::Result<(SimReport, Vec<u8>)> {
+    let running = server::start(config, Arc::new(SystemClock)).await?;
+    let engine = Engine {
+        url: format!("http://{}", running.addr),
+        gate_token: tokens.gate,
+        admin_token: tokens.admin,
+        finance_token: tokens.finance,
+        metrics_addr: running.metrics_addr.map(|addr| addr.to_string()),
+    };
+    let report = gate_sim::simulate(&engine, sim).await;
+    let key = settlement_public_key(&engine).await;
+    running.stop().await?;
+    Ok((report?, key?))
+}
 
-    // The engine has stopped: audit its data directory.
-    let ledger = fareway::ledger::Ledger::open(&data_dir, fareway::ledger::LedgerConfig::default())
+/// The running engine's settlement public key, which checks its settlement files.
+async fn settlement_public_key(engine: &Engine) -> anyhow::Result<Vec<u8>> {
+    let mut settlement = engine.settlement().await?;
+    let key = settlement
+        .get_signing_key(fareway_proto::v1::GetSigningKeyRequest {})
+        .await?
+        .into_inner();
+    Ok(key.public_key)
+}
+
+/// Audits the stopped engine's data directory; the ledger is closed again on return.
+fn audit_data_dir(data_dir: &Path) -> anyhow::Result<AuditReport> {
+    let ledger = fareway::ledger::Ledger::open(data_dir, fareway::ledger::LedgerConfig::default())
         .with_context(|| format!("reopening {} for the audit", data_dir.display()))?;
-    let audit = fareway::ledger::audit::audit(ledger.db())?;
+    let audit = fareway::ledger::audit::audit(ledger.view())?;
     drop(ledger);
+    Ok(audit)
+}
+
+/// Adds the audit to the report's invariants. Returns whether the run's invariants and the
+/// audit both hold.
+fn record_audit(report: &mut SimReport, audit: &AuditReport) -> bool {
     report.json["invariants"]["audit"] = serde_json::json!({
         "ok": audit.ok(),
         "accounts": audit.accounts,
@@ -184,39 +266,40 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     });
     let ok = report.ok && audit.ok();
     report.json["invariants"]["ok"] = serde_json::json!(ok);
-    let report_path = args.out.join("report.json");
-    std::fs::write(
-        &report_path,
-        serde_json::to_string_pretty(&report.json)? + "\n",
-    )?;
-    let html_path = args.out.join("report.html");
-    std::fs::write(
-        &html_path,
-        gate_sim::html::render(&report.json, &report.run),
-    )?;
-    let key_path = args.out.join("settlement-public-key.txt");
-    std::fs::write(
-        &key_path,
-        format!("{}\n", fareway::hex::encode(&public_key)),
-    )?;
+    ok
+}
 
+/// Writes the report (JSON and HTML) and the settlement public key into `out`, each whole
+/// (readable by all, 0644): a file of an earlier run is replaced, never left half written.
+fn write_outputs(out: &Path, report: &SimReport, public_key: &[u8]) -> anyhow::Result<Outputs> {
+    let outputs = Outputs {
+        report: out.join("report.json"),
+        html: out.join("report.html"),
+        public_key: out.join("settlement-public-key.txt"),
+    };
+    let json = serde_json::to_string_pretty(&report.json)? + "\n";
+    write_atomically(&outputs.report, json.as_bytes(), 0o644)?;
+    let html = gate_sim::html::render(&report.json, &report.run);
+    write_atomically(&outputs.html, html.as_bytes(), 0o644)?;
+    let key = format!("{}\n", fareway::hex::encode(public_key));
+    write_atomically(&outputs.public_key, key.as_bytes(), 0o644)?;
+    Ok(outputs)
+}
+
+/// Prints the run's summary, the audit, and where the files are.
+fn print_summary(report: &SimReport, audit: &AuditReport, outputs: &Outputs, ok: bool) {
     println!("{}", gate_sim::summary(&report.json));
-    super::audit::print_report(&audit);
+    super::audit::print_report(audit);
     println!(
         "report: {} and {}",
-        report_path.display(),
-        html_path.display()
+        outputs.report.display(),
+        outputs.html.display()
     );
     if let Some(files) = report.json["invariants"]["settlement"]["files"].as_array() {
         for file in files {
             println!("settlement file: {}", file.as_str().unwrap_or_default());
         }
     }
-    println!("settlement public key: {}", key_path.display());
+    println!("settlement public key: {}", outputs.public_key.display());
     println!("invariants: {}", if ok { "ok" } else { "FAILED" });
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
 }

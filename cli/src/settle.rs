@@ -148,175 +148,226 @@ async fn run_online(command: SettleCommand) -> anyhow::Result<ExitCode> {
             cutoff_sequence,
             close_id,
         } => {
-            let close_id = match close_id {
-                Some(text) => fareway::hex::decode_array::<16>(&text)
-                    .map_err(|_| anyhow::anyhow!("--close-id must be 32 hex digits"))?,
-                None => {
-                    let mut id = [0u8; 16];
-                    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
-                        .map_err(|_| {
-                            anyhow::anyhow!("the system random number generator failed")
-                        })?;
-                    id
-                }
+            let request = pb::CloseBatchesRequest {
+                close_id: close_id_or_new(close_id)?.to_vec(),
+                providers,
+                cutoff_time_ms: cutoff_time_ms(cutoff_time)?,
+                cutoff_sequence,
             };
-            let cutoff_time_ms = match cutoff_time {
-                Some(text) => {
-                    let at = humantime::parse_rfc3339_weak(&text).with_context(|| {
-                        format!("--cutoff-time {text:?} is not an RFC 3339 time")
-                    })?;
-                    Some(
-                        at.duration_since(std::time::UNIX_EPOCH)
-                            .context("--cutoff-time is before 1970")?
-                            .as_millis() as u64,
-                    )
-                }
-                None => None,
-            };
-            println!(
-                "close id {} (give it as --close-id to retry this close)",
-                fareway::hex::encode(&close_id)
-            );
-            let mut client = connect(&connection).await?;
-            let answer = client
-                .close_batches(pb::CloseBatchesRequest {
-                    close_id: close_id.to_vec(),
-                    providers,
-                    cutoff_time_ms,
-                    cutoff_sequence,
-                })
-                .await
-                .context("close failed")?
-                .into_inner();
-            if answer.replay {
-                println!("this close was already made; its batches:");
-            }
-            if answer.batches.is_empty() {
-                println!("nothing to settle: no provider has settlement entries or batches yet");
-                return Ok(ExitCode::SUCCESS);
-            }
-            print_batches(&answer.batches);
-            Ok(ExitCode::SUCCESS)
+            close(&connection, request).await
         }
         SettleCommand::List {
             connection,
             provider,
             after,
-        } => {
-            let mut client = connect(&connection).await?;
-            let mut after_batch_id = after;
-            let mut all = Vec::new();
-            loop {
-                let page = client
-                    .list_batches(pb::ListBatchesRequest {
-                        provider_id: provider.unwrap_or(0),
-                        after_batch_id,
-                        limit: 0,
-                    })
-                    .await
-                    .context("list failed")?
-                    .into_inner()
-                    .batches;
-                let Some(last) = page.last() else { break };
-                after_batch_id = last.batch_id;
-                all.extend(page);
-            }
-            print_batches(&all);
-            Ok(ExitCode::SUCCESS)
-        }
+        } => list(&connection, provider, after).await,
         SettleCommand::Pull {
             connection,
             batch,
             out,
             public_key,
-        } => {
-            let mut client = connect(&connection).await?;
-            let (public_key, source) = match public_key {
-                Some(text) => (parse_public_key(&text)?, "the given key"),
-                None => {
-                    let key = client
-                        .get_signing_key(pb::GetSigningKeyRequest {})
-                        .await
-                        .context("cannot get the server's settlement key")?
-                        .into_inner();
-                    let public_key: [u8; 32] = key
-                        .public_key
-                        .as_slice()
-                        .try_into()
-                        .context("the server's settlement key is not 32 bytes")?;
-                    (public_key, "the server's settlement key")
-                }
-            };
-            std::fs::create_dir_all(&out)
-                .with_context(|| format!("cannot make folder {}", out.display()))?;
-            let stream = client
-                .pull_batch(pb::PullBatchRequest { batch_id: batch })
-                .await
-                .with_context(|| format!("cannot pull batch {batch}"))?
-                .into_inner();
-            // Drawn on standard error, and only when it is a terminal.
-            let bar = indicatif::ProgressBar::new(0).with_style(
-                indicatif::ProgressStyle::with_template(
-                    "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            let pulled = pull_to_folder(stream, batch, &out, &public_key, |received, total| {
-                bar.set_length(total);
-                bar.set_position(received);
-            })
-            .await
-            .with_context(|| format!("pull of batch {batch} failed"))?;
-            bar.finish_and_clear();
-            let manifest = &pulled.manifest;
-            println!(
-                "pulled batch {} of provider {}: {} lines, net {} {}; SHA-256 and signature checked against {} ({})",
-                manifest.batch_id,
-                manifest.provider_id,
-                manifest.line_count,
-                manifest.net_minor,
-                manifest.currency,
-                source,
-                manifest.signature.key_id
-            );
-            println!("{}", pulled.file.display());
-            println!("{}", pulled.manifest_file.display());
-            Ok(ExitCode::SUCCESS)
-        }
+        } => pull(&connection, batch, &out, public_key).await,
         SettleCommand::Ack {
             connection,
             batch,
             dir,
-        } => {
-            let file = pulled_file(&dir, batch)?;
-            let mut hashing = HashingWriter::new(std::io::sink());
-            let mut reader = std::fs::File::open(&file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
-            std::io::copy(&mut reader, &mut hashing)
-                .with_context(|| format!("cannot read {}", file.display()))?;
-            let (_, sha256) = hashing.finish();
-            let mut client = connect(&connection).await?;
-            let acknowledged = client
-                .acknowledge_batch(pb::AcknowledgeBatchRequest {
-                    batch_id: batch,
-                    file_sha256: fareway::hex::decode_32(&sha256)
-                        .map(Vec::from)
-                        .unwrap_or_default(),
-                })
-                .await
-                .context("acknowledge failed")?
-                .into_inner();
-            println!(
-                "batch {} acknowledged at {}",
-                acknowledged.batch_id,
-                rfc3339(UnixMillis(acknowledged.acknowledged_at_ms))
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        } => ack(&connection, batch, &dir).await,
         SettleCommand::Verify { .. } | SettleCommand::Reconcile { .. } => {
             unreachable!("offline commands run without a connection")
         }
     }
+}
+
+/// The close id given with `--close-id`, or a new random one: a retry must give the same
+/// id so that the server answers with the batches it already closed.
+fn close_id_or_new(close_id: Option<String>) -> anyhow::Result<[u8; 16]> {
+    match close_id {
+        Some(text) => fareway::hex::decode_array::<16>(&text)
+            .map_err(|_| anyhow::anyhow!("--close-id must be 32 hex digits")),
+        None => {
+            let mut id = [0u8; 16];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
+                .map_err(|_| anyhow::anyhow!("the system random number generator failed"))?;
+            Ok(id)
+        }
+    }
+}
+
+/// `--cutoff-time` as ms since the epoch, if given.
+fn cutoff_time_ms(cutoff_time: Option<String>) -> anyhow::Result<Option<u64>> {
+    let Some(text) = cutoff_time else {
+        return Ok(None);
+    };
+    let at = humantime::parse_rfc3339_weak(&text)
+        .with_context(|| format!("--cutoff-time {text:?} is not an RFC 3339 time"))?;
+    Ok(Some(
+        at.duration_since(std::time::UNIX_EPOCH)
+            .context("--cutoff-time is before 1970")?
+            .as_millis() as u64,
+    ))
+}
+
+/// `settle close`: prints the close id first, so that a close whose answer is lost can be
+/// retried, then asks the server to close and prints the batches.
+async fn close(
+    connection: &Connection,
+    request: pb::CloseBatchesRequest,
+) -> anyhow::Result<ExitCode> {
+    println!(
+        "close id {} (give it as --close-id to retry this close)",
+        fareway::hex::encode(&request.close_id)
+    );
+    let mut client = connect(connection).await?;
+    let answer = client
+        .close_batches(request)
+        .await
+        .context("close failed")?
+        .into_inner();
+    if answer.replay {
+        println!("this close was already made; its batches:");
+    }
+    if answer.batches.is_empty() {
+        println!("nothing to settle: no provider has settlement entries or batches yet");
+        return Ok(ExitCode::SUCCESS);
+    }
+    print_batches(&answer.batches);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `settle list`: reads every page of batches after `after`, then prints them.
+async fn list(
+    connection: &Connection,
+    provider: Option<u32>,
+    after: u64,
+) -> anyhow::Result<ExitCode> {
+    let mut client = connect(connection).await?;
+    let mut after_batch_id = after;
+    let mut all = Vec::new();
+    loop {
+        let page = client
+            .list_batches(pb::ListBatchesRequest {
+                provider_id: provider.unwrap_or(0),
+                after_batch_id,
+                limit: 0,
+            })
+            .await
+            .context("list failed")?
+            .into_inner()
+            .batches;
+        let Some(last) = page.last() else { break };
+        after_batch_id = last.batch_id;
+        all.extend(page);
+    }
+    print_batches(&all);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `settle pull`: pulls a batch's file and manifest into `out`, checked against the given
+/// public key or else the server's, with a progress bar.
+async fn pull(
+    connection: &Connection,
+    batch: u64,
+    out: &Path,
+    public_key: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let mut client = connect(connection).await?;
+    let (public_key, source) = checking_key(&mut client, public_key).await?;
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot make folder {}", out.display()))?;
+    let stream = client
+        .pull_batch(pb::PullBatchRequest { batch_id: batch })
+        .await
+        .with_context(|| format!("cannot pull batch {batch}"))?
+        .into_inner();
+    let bar = progress_bar();
+    let pulled = pull_to_folder(stream, batch, out, &public_key, |received, total| {
+        bar.set_length(total);
+        bar.set_position(received);
+    })
+    .await
+    .with_context(|| format!("pull of batch {batch} failed"))?;
+    bar.finish_and_clear();
+    let manifest = &pulled.manifest;
+    println!(
+        "pulled batch {} of provider {}: {} lines, net {} {}; SHA-256 and signature checked against {} ({})",
+        manifest.batch_id,
+        manifest.provider_id,
+        manifest.line_count,
+        manifest.net_minor,
+        manifest.currency,
+        source,
+        manifest.signature.key_id
+    );
+    println!("{}", pulled.file.display());
+    println!("{}", pulled.manifest_file.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The key a pulled manifest's signature is checked against, and where it came from: the
+/// `--public-key` given, or else the server's own settlement key.
+async fn checking_key(
+    client: &mut Client,
+    public_key: Option<String>,
+) -> anyhow::Result<([u8; 32], &'static str)> {
+    if let Some(text) = public_key {
+        return Ok((parse_public_key(&text)?, "the given key"));
+    }
+    let key = client
+        .get_signing_key(pb::GetSigningKeyRequest {})
+        .await
+        .context("cannot get the server's settlement key")?
+        .into_inner();
+    let public_key: [u8; 32] = key
+        .public_key
+        .as_slice()
+        .try_into()
+        .context("the server's settlement key is not 32 bytes")?;
+    Ok((public_key, "the server's settlement key"))
+}
+
+/// The pull's progress bar, drawn on standard error, and only when it is a terminal.
+fn progress_bar() -> indicatif::ProgressBar {
+    indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    )
+}
+
+/// `settle ack`: acknowledges a pulled batch with the SHA-256 of the file as it is on
+/// disk, so that the server records what the provider actually received.
+async fn ack(connection: &Connection, batch: u64, dir: &Path) -> anyhow::Result<ExitCode> {
+    let file = pulled_file(dir, batch)?;
+    let sha256 = sha256_of_file(&file)?;
+    let mut client = connect(connection).await?;
+    let acknowledged = client
+        .acknowledge_batch(pb::AcknowledgeBatchRequest {
+            batch_id: batch,
+            file_sha256: fareway::hex::decode_32(&sha256)
+                .map(Vec::from)
+                .unwrap_or_default(),
+        })
+        .await
+        .context("acknowledge failed")?
+        .into_inner();
+    println!(
+        "batch {} acknowledged at {}",
+        acknowledged.batch_id,
+        rfc3339(UnixMillis(acknowledged.acknowledged_at_ms))
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The SHA-256 of a file's content, as hex digits.
+fn sha256_of_file(file: &Path) -> anyhow::Result<String> {
+    let mut hashing = HashingWriter::new(std::io::sink());
+    let mut reader =
+        std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
+    std::io::copy(&mut reader, &mut hashing)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    let (_, sha256) = hashing.finish();
+    Ok(sha256)
 }
 
 fn parse_public_key(text: &str) -> anyhow::Result<[u8; 32]> {

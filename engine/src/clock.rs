@@ -79,11 +79,6 @@ impl ManualClock {
     pub fn set(&self, now: UnixMillis) {
         self.now_ms.store(now.0, Ordering::SeqCst);
     }
-
-    /// Moves the time forward by `millis`.
-    pub fn advance(&self, millis: u64) {
-        self.now_ms.fetch_add(millis, Ordering::SeqCst);
-    }
 }
 
 impl Clock for ManualClock {

@@ -9,17 +9,13 @@
 
 pub mod clock;
 pub mod fares;
-#[cfg(feature = "storage")]
+pub mod files;
 pub mod gate;
-#[cfg(feature = "storage")]
 pub mod grpc;
 pub mod hex;
-#[cfg(feature = "storage")]
 pub mod ledger;
 pub mod money;
-#[cfg(feature = "storage")]
 pub mod server;
-#[cfg(feature = "storage")]
 pub mod settlement;
 pub mod token;
 

@@ -3,7 +3,7 @@
 //! (riders' statements), every valid tap accepted, every fault answered as expected, and
 //! settlement batches whose totals per provider equal the fares charged.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use fareway_proto::v1 as pb;
 use serde_json::json;
@@ -86,7 +86,7 @@ pub fn faults(plan: &[PlannedTap], run: &RunResult) -> BTreeMap<Fault, (u64, u64
 /// replay). An answer to the planned tap itself may be a replay too: a gate that lost the
 /// first answer to a crash retries and gets the recorded one, still one charge.
 fn charged_taps(plan: &[PlannedTap], run: &RunResult) -> Vec<(usize, i64)> {
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     plan.iter()
         .enumerate()
         .filter_map(|(index, tap)| {
@@ -103,6 +103,9 @@ fn charged_taps(plan: &[PlannedTap], run: &RunResult) -> Vec<(usize, i64)> {
         .collect()
 }
 
+/// Most problems a finding lists: enough to start from, few enough to read.
+const PROBLEMS_MAX: usize = 20;
+
 /// Every accepted tap appears exactly once in its rider's statement with minus its fare
 /// (a tap that charged nothing may have no line), and no rider's statement has a tap the
 /// simulator did not see accepted.
@@ -112,85 +115,18 @@ pub async fn charged_exactly_once(
     run: &RunResult,
 ) -> anyhow::Result<serde_json::Value> {
     let charged = charged_taps(plan, run);
-    let mut by_rider: BTreeMap<u64, HashMap<Vec<u8>, i64>> = BTreeMap::new();
-    for (index, fare) in &charged {
-        by_rider
-            .entry(plan[*index].account_id)
-            .or_default()
-            .insert(plan[*index].request.transaction_id.clone(), *fare);
-    }
-    let sim_ids: std::collections::HashSet<Vec<u8>> = plan
+    let by_rider = charges_by_rider(plan, &charged);
+    let sim_ids: HashSet<Vec<u8>> = plan
         .iter()
         .map(|tap| tap.request.transaction_id.clone())
         .collect();
     let mut problems = Vec::new();
     let mut lines_checked = 0u64;
     for (account_id, expected) in &by_rider {
-        let mut admin = admin.clone();
-        let mut seen: HashMap<Vec<u8>, (u32, i64)> = HashMap::new();
-        let mut after_sequence = 0;
-        loop {
-            let page = admin
-                .get_statement(pb::GetStatementRequest {
-                    account_id: *account_id,
-                    after_sequence,
-                    limit: 1_000,
-                })
-                .await?
-                .into_inner();
-            if page.lines.is_empty() {
-                break;
-            }
-            for line in &page.lines {
-                if sim_ids.contains(&line.transaction_id) {
-                    let entry = seen.entry(line.transaction_id.clone()).or_default();
-                    entry.0 += 1;
-                    entry.1 += line.amount_minor;
-                    lines_checked += 1;
-                }
-            }
-            // 0 marks the last page.
-            if page.next_after_sequence == 0 {
-                break;
-            }
-            after_sequence = page.next_after_sequence;
-        }
-        for (id, fare) in expected {
-            let ok = match seen.get(id) {
-                Some((1, amount)) => *amount == -fare,
-                None => *fare == 0,
-                Some(_) => false,
-            };
-            if !ok && problems.len() < 20 {
-                problems.push(format!(
-                    "rider {account_id}: tap {} charged {fare} but the statement has {:?}",
-                    fareway::hex::encode(id),
-                    seen.get(id)
-                ));
-            }
-        }
-        for (id, (count, amount)) in &seen {
-            if !expected.contains_key(id) && problems.len() < 20 {
-                // What the simulator sent under that id, and what it heard back.
-                let sent: Vec<String> = plan
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, tap)| &tap.request.transaction_id == id)
-                    .map(|(index, tap)| {
-                        format!(
-                            "#{index} {:?} {}",
-                            tap.fault,
-                            decision_name(&run.results[index].answer)
-                        )
-                    })
-                    .collect();
-                problems.push(format!(
-                    "rider {account_id}: statement has {count} line(s) of {amount} for tap {} the simulator did not see accepted (sent: {})",
-                    fareway::hex::encode(id),
-                    sent.join(", ")
-                ));
-            }
-        }
+        let (seen, lines) = statement_of(admin, *account_id, &sim_ids).await?;
+        lines_checked += lines;
+        note_wrong_charges(&mut problems, *account_id, expected, &seen);
+        note_unseen_charges(&mut problems, *account_id, expected, &seen, plan, run);
     }
     Ok(json!({
         "ok": problems.is_empty(),
@@ -199,6 +135,119 @@ pub async fn charged_exactly_once(
         "statement_lines_checked": lines_checked,
         "problems": problems,
     }))
+}
+
+/// Per rider, the fare of each tap the simulator saw charged, by transaction id.
+fn charges_by_rider(
+    plan: &[PlannedTap],
+    charged: &[(usize, i64)],
+) -> BTreeMap<u64, HashMap<Vec<u8>, i64>> {
+    let mut by_rider: BTreeMap<u64, HashMap<Vec<u8>, i64>> = BTreeMap::new();
+    for (index, fare) in charged {
+        by_rider
+            .entry(plan[*index].account_id)
+            .or_default()
+            .insert(plan[*index].request.transaction_id.clone(), *fare);
+    }
+    by_rider
+}
+
+/// A rider's statement lines of the simulator's taps (`sim_ids`), read page by page: per
+/// transaction id, the lines and the sum of their amounts; and how many lines those are.
+async fn statement_of(
+    admin: &AdminClient,
+    account_id: u64,
+    sim_ids: &HashSet<Vec<u8>>,
+) -> anyhow::Result<(HashMap<Vec<u8>, (u32, i64)>, u64)> {
+    let mut admin = admin.clone();
+    let mut seen: HashMap<Vec<u8>, (u32, i64)> = HashMap::new();
+    let mut lines_checked = 0u64;
+    let mut after_sequence = 0;
+    loop {
+        let page = admin
+            .get_statement(pb::GetStatementRequest {
+                account_id,
+                after_sequence,
+                limit: 1_000,
+            })
+            .await?
+            .into_inner();
+        if page.lines.is_empty() {
+            break;
+        }
+        for line in &page.lines {
+            if sim_ids.contains(&line.transaction_id) {
+                let entry = seen.entry(line.transaction_id.clone()).or_default();
+                entry.0 += 1;
+                entry.1 += line.amount_minor;
+                lines_checked += 1;
+            }
+        }
+        // 0 marks the last page.
+        if page.next_after_sequence == 0 {
+            break;
+        }
+        after_sequence = page.next_after_sequence;
+    }
+    Ok((seen, lines_checked))
+}
+
+/// Notes each tap the simulator saw charged whose statement lines are not one line of
+/// minus its fare (or none, for a fare of 0).
+fn note_wrong_charges(
+    problems: &mut Vec<String>,
+    account_id: u64,
+    expected: &HashMap<Vec<u8>, i64>,
+    seen: &HashMap<Vec<u8>, (u32, i64)>,
+) {
+    for (id, fare) in expected {
+        let ok = match seen.get(id) {
+            Some((1, amount)) => *amount == -fare,
+            None => *fare == 0,
+            Some(_) => false,
+        };
+        if !ok && problems.len() < PROBLEMS_MAX {
+            problems.push(format!(
+                "rider {account_id}: tap {} charged {fare} but the statement has {:?}",
+                fareway::hex::encode(id),
+                seen.get(id)
+            ));
+        }
+    }
+}
+
+/// Notes each statement line of a tap the simulator did not see accepted, with what it
+/// sent under that id and what it heard back.
+fn note_unseen_charges(
+    problems: &mut Vec<String>,
+    account_id: u64,
+    expected: &HashMap<Vec<u8>, i64>,
+    seen: &HashMap<Vec<u8>, (u32, i64)>,
+    plan: &[PlannedTap],
+    run: &RunResult,
+) {
+    for (id, (count, amount)) in seen {
+        if !expected.contains_key(id) && problems.len() < PROBLEMS_MAX {
+            // What the simulator sent under that id, and what it heard back.
+            let sent: Vec<String> = plan
+                .iter()
+                .enumerate()
+                .filter(|(_, tap)| &tap.request.transaction_id == id)
+                .map(|(index, tap)| {
+                    format!(
+                        "#{index} {:?} {}",
+                        tap.fault,
+                        decision_name(&run.results[index].answer)
+                    )
+                })
+                .collect();
+            problems.push(format!(
+                "rider {account_id}: statement has {count} line(s) of {amount} for tap {} the simulator did not see accepted (sent: {})",
+                fareway::hex::encode(id),
+                sent.join(", ")
+            ));
+        }
+    }
 }
 
 /// Closes a batch per provider (after the baseline close made before the run) and pulls
@@ -229,9 +278,36 @@ pub async fn settlement(
         .try_into()
         .map_err(|_| anyhow::anyhow!("the settlement key is not 32 bytes"))?;
     std::fs::create_dir_all(folder)?;
-    let mut files = Vec::new();
-    let mut netted: BTreeMap<u16, i64> = BTreeMap::new();
-    for batch in &closed.batches {
+    let pulled = pull_batches(engine, &closed.batches, folder, &public_key).await?;
+    let mut charged: BTreeMap<u16, i64> = BTreeMap::new();
+    for (index, fare) in charged_taps(plan, run) {
+        *charged.entry(plan[index].provider_id).or_default() += fare;
+    }
+    let (by_provider, ok) = compare_by_provider(&pulled.netted, &charged);
+    Ok(json!({
+        "ok": ok,
+        "by_provider": by_provider,
+        "files": pulled.files,
+        "signing_key_id": key.key_id,
+    }))
+}
+
+/// The batches pulled: their net totals per provider, and the files written.
+#[derive(Debug, Default)]
+struct PulledBatches {
+    netted: BTreeMap<u16, i64>,
+    files: Vec<String>,
+}
+
+/// Pulls each batch into `folder`, checking its signature with `public_key`.
+async fn pull_batches(
+    engine: &Engine,
+    batches: &[pb::Batch],
+    folder: &std::path::Path,
+    public_key: &[u8; 32],
+) -> anyhow::Result<PulledBatches> {
+    let mut pulled_batches = PulledBatches::default();
+    for batch in batches {
         let mut client = engine.settlement().await?;
         let stream = client
             .pull_batch(pb::PullBatchRequest {
@@ -243,17 +319,25 @@ pub async fn settlement(
             stream,
             batch.batch_id,
             folder,
-            &public_key,
+            public_key,
             |_, _| {},
         )
         .await?;
-        *netted.entry(batch.provider_id as u16).or_default() += pulled.manifest.net_minor;
-        files.push(pulled.file.display().to_string());
+        *pulled_batches
+            .netted
+            .entry(batch.provider_id as u16)
+            .or_default() += pulled.manifest.net_minor;
+        pulled_batches.files.push(pulled.file.display().to_string());
     }
-    let mut charged: BTreeMap<u16, i64> = BTreeMap::new();
-    for (index, fare) in charged_taps(plan, run) {
-        *charged.entry(plan[index].provider_id).or_default() += fare;
-    }
+    Ok(pulled_batches)
+}
+
+/// Per provider, the batches' net total against the fares charged; and whether they are
+/// equal for every provider.
+fn compare_by_provider(
+    netted: &BTreeMap<u16, i64>,
+    charged: &BTreeMap<u16, i64>,
+) -> (Vec<serde_json::Value>, bool) {
     let providers: std::collections::BTreeSet<u16> =
         netted.keys().chain(charged.keys()).copied().collect();
     let by_provider: Vec<serde_json::Value> = providers
@@ -269,12 +353,7 @@ pub async fn settlement(
     let ok = providers
         .iter()
         .all(|p| netted.get(p).copied().unwrap_or(0) == charged.get(p).copied().unwrap_or(0));
-    Ok(json!({
-        "ok": ok,
-        "by_provider": by_provider,
-        "files": files,
-        "signing_key_id": key.key_id,
-    }))
+    (by_provider, ok)
 }
 
 #[cfg(test)]

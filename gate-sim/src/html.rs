@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use crate::plan::Profile;
 use crate::run::{Answer, RunResult};
 
 /// The charts' style: `splot` draws plain SVG with classes, and this colours it.
@@ -92,22 +93,45 @@ fn escape(text: &str) -> String {
 
 /// The whole page.
 pub fn render(report: &serde_json::Value, run: &RunResult) -> String {
+    let mut page = String::new();
+    let _ = write!(
+        page,
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>gate-sim report</title><style>{STYLE}</style></head><body>\n"
+    );
+    write_summary(&mut page, report);
+    for chart in [latency_over_time_chart(run), latency_histogram_chart(run)] {
+        page.push_str(&chart.replace(SPLOT_STYLE_LINK, ""));
+    }
+    write_decisions(&mut page, report);
+    write_faults(&mut page, report);
+    write_invariants(&mut page, report);
+    page.push_str("<p>Details of every check: <code>report.json</code>.</p>\n</body></html>\n");
+    page
+}
+
+/// The chart of p50 and p99 latency by second of the run, as SVG.
+fn latency_over_time_chart(run: &RunResult) -> String {
     let by_second = latency_by_second(run);
     let p50: Vec<(f32, f32)> = by_second.iter().map(|(s, p50, _)| (*s, *p50)).collect();
     let p99: Vec<(f32, f32)> = by_second.iter().map(|(s, _, p99)| (*s, *p99)).collect();
     let mut bounds = p99.clone();
     bounds.push((0.0, 0.0));
-    let over_time = splot::Chart::new()
+    let chart = splot::Chart::new()
         .title("Latency by second of the run: p50 (blue), p99 (red)")
         .domain(splot::Domain::from(&bounds[..]))
         .axis("second of the run", splot::Edge::Bottom)
         .axis("milliseconds", splot::Edge::Left)
         .plot(splot::Plot::line("p50", &p50))
         .plot(splot::Plot::line("p99", &p99));
+    chart.to_string()
+}
+
+/// The chart of taps per latency band, as SVG.
+fn latency_histogram_chart(run: &RunResult) -> String {
     let histogram = latency_histogram(run);
     let mut histogram_bounds = histogram.clone();
     histogram_bounds.push((histogram.first().map_or(0.0, |(x, _)| *x), 0.0));
-    let distribution = splot::Chart::new()
+    let chart = splot::Chart::new()
         .title("Latency histogram")
         .domain(splot::Domain::from(&histogram_bounds[..]))
         .axis(
@@ -116,23 +140,23 @@ pub fn render(report: &serde_json::Value, run: &RunResult) -> String {
         )
         .axis("taps", splot::Edge::Left)
         .plot(splot::Plot::area("taps", &histogram));
+    chart.to_string()
+}
 
-    let mut page = String::new();
-    let _ = write!(
-        page,
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>gate-sim report</title><style>{STYLE}</style></head><body>\n"
-    );
+/// The heading, the run in a sentence (taps, rate, mode, offered load, verdict), how the
+/// codes were minted, and the latency table.
+fn write_summary(page: &mut String, report: &serde_json::Value) {
     let ok = report["invariants"]["ok"] == serde_json::json!(true);
     let _ = write!(
         page,
-        "<h1>gate-sim report</h1>\n<p>{} taps planned, {} answered, {} not sent; <b>{:.0} taps/s</b> over {:.1} s ({}, {}). Invariants: <span class=\"{}\">{}</span>.</p>\n<p>{}</p>\n",
+        "<h1>gate-sim report</h1>\n<p>{} taps planned, {} answered, {} not sent; <b>{:.0} taps/s</b> over {:.1} s ({}, offered {}). Invariants: <span class=\"{}\">{}</span>.</p>\n<p>{}</p>\n",
         report["taps_total"],
         report["taps_answered"],
         report["taps_not_sent"],
         report["taps_per_second"].as_f64().unwrap_or(0.0),
         report["duration_s"].as_f64().unwrap_or(0.0),
         escape(report["mode"].as_str().unwrap_or("")),
-        escape(&report["offered"].to_string()),
+        escape(&offered_load(&report["offered"])),
         if ok { "good" } else { "bad" },
         if ok { "ok" } else { "FAILED" },
         escape(report["codes"].as_str().unwrap_or("")),
@@ -143,16 +167,28 @@ pub fn render(report: &serde_json::Value, run: &RunResult) -> String {
         "<table><tr><th>latency (µs)</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th></tr><tr><td>due time to answer</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
         latency["p50"], latency["p90"], latency["p99"], latency["p999"], latency["max"]
     );
-    for chart in [over_time.to_string(), distribution.to_string()] {
-        page.push_str(&chart.replace(SPLOT_STYLE_LINK, ""));
-    }
+}
+
+/// The report's `offered` object in words ("a rush hour peaking at 3,000 taps/s"), or as
+/// it is when it is not a profile.
+fn offered_load(offered: &serde_json::Value) -> String {
+    Profile::from_json(offered).map_or_else(|| offered.to_string(), |profile| profile.to_string())
+}
+
+/// The decision table: taps per answer.
+fn write_decisions(page: &mut String, report: &serde_json::Value) {
     page.push_str("<h2>Decisions</h2>\n<table><tr><th>answer</th><th>taps</th></tr>\n");
     if let Some(decisions) = report["decisions"].as_object() {
         for (name, count) in decisions {
             let _ = writeln!(page, "<tr><td>{}</td><td>{count}</td></tr>", escape(name));
         }
     }
-    page.push_str("</table>\n<h2>Faults</h2>\n<table><tr><th>fault</th><th>injected</th><th>expected outcome</th></tr>\n");
+    page.push_str("</table>\n");
+}
+
+/// The fault table: injected and answered as expected, marked bad when they differ.
+fn write_faults(page: &mut String, report: &serde_json::Value) {
+    page.push_str("<h2>Faults</h2>\n<table><tr><th>fault</th><th>injected</th><th>expected outcome</th></tr>\n");
     if let Some(faults) = report["faults"].as_object() {
         for (name, counts) in faults {
             let class = if counts["injected"] == counts["expected_outcome"] {
@@ -169,7 +205,12 @@ pub fn render(report: &serde_json::Value, run: &RunResult) -> String {
             );
         }
     }
-    page.push_str("</table>\n<h2>Invariants</h2>\n<table><tr><th>check</th><th>result</th></tr>\n");
+    page.push_str("</table>\n");
+}
+
+/// The invariant table: each check's verdict.
+fn write_invariants(page: &mut String, report: &serde_json::Value) {
+    page.push_str("<h2>Invariants</h2>\n<table><tr><th>check</th><th>result</th></tr>\n");
     if let Some(invariants) = report["invariants"].as_object() {
         for (name, value) in invariants {
             if name == "ok" {
@@ -185,8 +226,5 @@ pub fn render(report: &serde_json::Value, run: &RunResult) -> String {
             let _ = writeln!(page, "<tr><td>{}</td><td>{verdict}</td></tr>", escape(name));
         }
     }
-    page.push_str(
-        "</table>\n<p>Details of every check: <code>report.json</code>.</p>\n</body></html>\n",
-    );
-    page
+    page.push_str("</table>\n");
 }

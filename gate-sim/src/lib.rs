@@ -15,12 +15,16 @@ pub mod rng;
 pub mod run;
 pub mod server_metrics;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use fareway::clock::{Clock as _, SystemClock};
+use fareway::clock::{Clock as _, SystemClock, UnixMillis};
 use fareway_proto::v1 as pb;
+use hdrhistogram::Histogram;
 use serde_json::json;
+
+use plan::PlannedTap;
 
 pub use client::Engine;
 pub use plan::{Fault, FaultRates, Network, Profile};
@@ -83,19 +87,77 @@ pub async fn simulate(engine: &Engine, config: &SimConfig) -> anyhow::Result<Sim
     let started = Instant::now();
     let provisioned = provision::provision(&admin, config.population, config.seed).await?;
     let provision_s = started.elapsed().as_secs_f64();
-    let mut riders = provisioned.riders;
 
     // A run id from the wall clock keeps transaction ids apart across runs on one engine.
     let run_id = SystemClock.now().0;
     let mut settlement = engine.settlement().await?;
-    // Everything settled before this run goes into a baseline batch, not this run's.
+    close_baseline_batches(&mut settlement, run_id).await?;
+
+    let minted = mint_plan(config, provisioned, run_id);
+    wait_for_window(minted.start, minted.plan.len()).await?;
+    let plan = minted.plan;
+    let (played, server_window) = play_window(engine, config, &plan).await?;
+
+    let tally = Tally::of(&plan, &played);
+    let charged_once = check::charged_exactly_once(&admin, &plan, &played).await?;
+    let settled = check::settlement(
+        engine,
+        &mut settlement,
+        (u128::from(run_id) << 64) | 2,
+        &plan,
+        &played,
+        &config.out.join("settlement"),
+    )
+    .await?;
+    let measured = Measured {
+        config,
+        taps_total: plan.len(),
+        elapsed_s: played.elapsed.as_secs_f64(),
+        provision_s,
+        minting_s: minted.minting_s,
+        server_window,
+        tally,
+        charged_once,
+        settled,
+    };
+    let (json, ok) = (measured.report(), measured.ok());
+    write_report(&config.out, &json, &played)?;
+    Ok(SimReport {
+        json,
+        ok,
+        run: played,
+    })
+}
+
+/// Closes everything settled before this run into a baseline batch, so that this run's
+/// batches hold this run's taps alone.
+async fn close_baseline_batches(
+    settlement: &mut client::SettlementClient,
+    run_id: u64,
+) -> anyhow::Result<()> {
     settlement
         .close_batches(pb::CloseBatchesRequest {
             close_id: ((u128::from(run_id) << 64) | 1).to_be_bytes().to_vec(),
             ..Default::default()
         })
         .await?;
+    Ok(())
+}
 
+/// The plan, minted before the timed window, and when that window starts.
+#[derive(Debug)]
+struct Minted {
+    plan: Vec<PlannedTap>,
+    /// The wall-clock start of the timed window.
+    start: UnixMillis,
+    /// How long minting the plan's codes took.
+    minting_s: f64,
+}
+
+/// Makes the plan (minting every code) for a timed window that starts once it is made
+/// (scan times are real times).
+fn mint_plan(config: &SimConfig, provisioned: provision::Provisioned, run_id: u64) -> Minted {
+    let mut riders = provisioned.riders;
     let minting = Instant::now();
     // The timed window starts once the plan is made (scan times are real times): a second,
     // plus 100 us per code expected (minting one takes well under that here).
@@ -116,35 +178,37 @@ pub async fn simulate(engine: &Engine, config: &SimConfig) -> anyhow::Result<Sim
         revoked_issuer: &provisioned.revoked_issuer,
         first_id: u128::from(run_id) << 64 | 1_000,
     });
-    let minting_s = minting.elapsed().as_secs_f64();
+    Minted {
+        plan,
+        start,
+        minting_s: minting.elapsed().as_secs_f64(),
+    }
+}
+
+/// Sleeps until the timed window starts; an error when minting `taps` codes took longer
+/// than the lead time.
+async fn wait_for_window(start: UnixMillis, taps: usize) -> anyhow::Result<()> {
     let wait = start.0.saturating_sub(SystemClock.now().0);
     anyhow::ensure!(
         wait > 0,
-        "minting {} codes took longer than the lead time; plan fewer taps",
-        plan.len()
+        "minting {taps} codes took longer than the lead time; plan fewer taps"
     );
     tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+    Ok(())
+}
 
-    let bar = config.progress.then(|| {
-        let bar = indicatif::ProgressBar::new(plan.len() as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{elapsed_precise} {bar:30} {pos}/{len} taps {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar
-    });
-    let scrape = || async {
-        match &engine.metrics_addr {
-            Some(addr) => server_metrics::scrape(addr).await.map(Some),
-            None => Ok(None),
-        }
-    };
-    let server_before = scrape().await?;
+/// Plays the plan in the timed window (with a progress bar when asked), and the engine's
+/// own latency histogram over it when its metrics address is known.
+async fn play_window(
+    engine: &Engine,
+    config: &SimConfig,
+    plan: &[PlannedTap],
+) -> anyhow::Result<(run::RunResult, Option<server_metrics::Window>)> {
+    let bar = config.progress.then(|| progress_bar(plan.len()));
+    let server_before = scrape_server(engine).await?;
     let played = run::play(
         engine,
-        &plan,
+        plan,
         config.mode,
         config.in_flight_max,
         bar.as_ref(),
@@ -153,123 +217,204 @@ pub async fn simulate(engine: &Engine, config: &SimConfig) -> anyhow::Result<Sim
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
-
-    let server_window = match (server_before, scrape().await?) {
+    let server_window = match (server_before, scrape_server(engine).await?) {
         (Some(before), Some(after)) => Some(server_metrics::Window::between(&before, &after)?),
         _ => None,
     };
+    Ok((played, server_window))
+}
 
-    // What came back.
-    let mut latency = run::new_histogram();
-    let mut decisions: std::collections::BTreeMap<String, u64> = Default::default();
-    let mut answered = 0u64;
-    for result in &played.results {
-        *decisions
-            .entry(check::decision_name(&result.answer))
-            .or_default() += 1;
-        if !matches!(result.answer, run::Answer::NotSent) {
-            answered += 1;
-            let _ = latency.record(result.latency_us.max(1));
+/// A progress bar over the plan's taps.
+fn progress_bar(taps: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(taps as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} {bar:30} {pos}/{len} taps {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// The engine's tap latency histogram, or `None` when its metrics address is unknown.
+async fn scrape_server(engine: &Engine) -> anyhow::Result<Option<server_metrics::Buckets>> {
+    match &engine.metrics_addr {
+        Some(addr) => server_metrics::scrape(addr).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// What came back: the answers by decision, the latency of those answered, each fault's
+/// outcomes, and the answers of valid taps that were not accepted.
+#[derive(Debug)]
+struct Tally {
+    latency: Histogram<u64>,
+    decisions: BTreeMap<String, u64>,
+    answered: u64,
+    /// Per fault: injected, and answered as expected.
+    faults: BTreeMap<Fault, (u64, u64)>,
+    valid_not_accepted: Vec<String>,
+}
+
+impl Tally {
+    /// Counts a played plan's answers.
+    fn of(plan: &[PlannedTap], played: &run::RunResult) -> Tally {
+        let mut latency = run::new_histogram();
+        let mut decisions: BTreeMap<String, u64> = Default::default();
+        let mut answered = 0u64;
+        for result in &played.results {
+            *decisions
+                .entry(check::decision_name(&result.answer))
+                .or_default() += 1;
+            if !matches!(result.answer, run::Answer::NotSent) {
+                answered += 1;
+                let _ = latency.record(result.latency_us.max(1));
+            }
+        }
+        let valid_not_accepted: Vec<String> = plan
+            .iter()
+            .enumerate()
+            .filter(|(_, tap)| tap.fault.is_none() && tap.expected == plan::Expected::Accepted)
+            .filter(|(index, _)| !matches!(played.results[*index].answer, run::Answer::NotSent))
+            .filter(|(index, _)| !check::as_expected(plan, played, *index))
+            .map(|(index, _)| check::decision_name(&played.results[index].answer))
+            .collect();
+        Tally {
+            latency,
+            decisions,
+            answered,
+            faults: check::faults(plan, played),
+            valid_not_accepted,
         }
     }
-    let faults = check::faults(&plan, &played);
-    let valid_not_accepted: Vec<String> = plan
-        .iter()
-        .enumerate()
-        .filter(|(_, tap)| tap.fault.is_none() && tap.expected == plan::Expected::Accepted)
-        .filter(|(index, _)| !matches!(played.results[*index].answer, run::Answer::NotSent))
-        .filter(|(index, _)| !check::as_expected(&plan, &played, *index))
-        .map(|(index, _)| check::decision_name(&played.results[index].answer))
-        .collect();
-    let faults_ok = faults
-        .values()
-        .all(|(injected, expected)| injected == expected);
-    let charged_once = check::charged_exactly_once(&admin, &plan, &played).await?;
-    let settled = check::settlement(
-        engine,
-        &mut settlement,
-        (u128::from(run_id) << 64) | 2,
-        &plan,
-        &played,
-        &config.out.join("settlement"),
-    )
-    .await?;
-    let ok = valid_not_accepted.is_empty()
-        && faults_ok
-        && charged_once["ok"] == json!(true)
-        && settled["ok"] == json!(true);
 
-    let elapsed_s = played.elapsed.as_secs_f64();
+    /// Whether every injected fault got the expected outcome.
+    fn faults_ok(&self) -> bool {
+        self.faults
+            .values()
+            .all(|(injected, expected)| injected == expected)
+    }
+}
+
+/// Everything measured in a run, from which `report.json` is written.
+#[derive(Debug)]
+struct Measured<'a> {
+    config: &'a SimConfig,
+    taps_total: usize,
+    /// How long the timed window took.
+    elapsed_s: f64,
+    provision_s: f64,
+    minting_s: f64,
+    server_window: Option<server_metrics::Window>,
+    tally: Tally,
+    /// [`check::charged_exactly_once`]'s finding.
+    charged_once: serde_json::Value,
+    /// [`check::settlement`]'s finding.
+    settled: serde_json::Value,
+}
+
+impl Measured<'_> {
+    /// Whether every invariant held.
+    fn ok(&self) -> bool {
+        self.tally.valid_not_accepted.is_empty()
+            && self.tally.faults_ok()
+            && self.charged_once["ok"] == json!(true)
+            && self.settled["ok"] == json!(true)
+    }
+
+    /// `report.json`'s content.
+    fn report(&self) -> serde_json::Value {
+        let (config, tally) = (self.config, &self.tally);
+        let taps_total = self.taps_total;
+        let elapsed_s = self.elapsed_s;
+        json!({
+            "taps_total": taps_total,
+            "taps_answered": tally.answered,
+            "taps_not_sent": taps_total as u64 - tally.answered,
+            "taps_per_second": tally.answered as f64 / elapsed_s.max(1e-9),
+            "duration_s": elapsed_s,
+            "mode": format!("{:?}", config.mode).to_lowercase(),
+            "offered": config.profile.to_json(),
+            "seed": config.seed,
+            "riders": config.population.riders,
+            "population": population_json(&config.population),
+            "codes": format!("minted before the timed window: {taps_total} codes in {:.2} s", self.minting_s),
+            "provisioning_s": self.provision_s,
+            "latency_us": latency_json(&tally.latency),
+            "server_latency_us": server_latency_json(self.server_window.as_ref()),
+            "decisions": tally.decisions,
+            "faults": tally.faults.iter().map(|(fault, (injected, expected))| {
+                (fault.name().to_string(), json!({"injected": injected, "expected_outcome": expected}))
+            }).collect::<serde_json::Map<_, _>>(),
+            "invariants": {
+                "ok": self.ok(),
+                "valid_taps_accepted": {
+                    "ok": tally.valid_not_accepted.is_empty(),
+                    "not_accepted": tally.valid_not_accepted.len(),
+                    "first_answers": tally.valid_not_accepted.iter().take(20).collect::<Vec<_>>(),
+                },
+                "faults_as_expected": {"ok": tally.faults_ok()},
+                "charged_exactly_once": self.charged_once,
+                "settlement": self.settled,
+                "audit": "not run by gate-sim (it talks gRPC only): run `fareway audit --data-dir DIR` on the engine's data directory",
+            },
+        })
+    }
+}
+
+/// The report's `population` object.
+fn population_json(population: &Population) -> serde_json::Value {
+    json!({
+        "providers": population.providers,
+        "denied_share": population.denied_share,
+        "broke_share": population.broke_share,
+        "balance_minor": {"low": population.balance_minor.low, "high": population.balance_minor.high, "drawn": "uniformly per rider"},
+        "credit_limit_minor": {"low": population.credit_limit_minor.low, "high": population.credit_limit_minor.high, "drawn": "uniformly per rider"},
+    })
+}
+
+/// The report's `latency_us` object: as the simulator measured it.
+fn latency_json(latency: &Histogram<u64>) -> serde_json::Value {
     let quantile = |q: f64| latency.value_at_quantile(q);
-    let json = json!({
-        "taps_total": plan.len(),
-        "taps_answered": answered,
-        "taps_not_sent": plan.len() as u64 - answered,
-        "taps_per_second": answered as f64 / elapsed_s.max(1e-9),
-        "duration_s": elapsed_s,
-        "mode": format!("{:?}", config.mode).to_lowercase(),
-        "offered": match config.profile {
-            Profile::Constant { rate } => json!({"profile": "constant", "taps_per_second": rate}),
-            Profile::Rush { peak } => json!({"profile": "rush", "peak_taps_per_second": peak}),
-        },
-        "seed": config.seed,
-        "riders": config.population.riders,
-        "population": {
-            "providers": config.population.providers,
-            "denied_share": config.population.denied_share,
-            "broke_share": config.population.broke_share,
-            "balance_minor": {"low": config.population.balance_minor.low, "high": config.population.balance_minor.high, "drawn": "uniformly per rider"},
-            "credit_limit_minor": {"low": config.population.credit_limit_minor.low, "high": config.population.credit_limit_minor.high, "drawn": "uniformly per rider"},
-        },
-        "codes": format!("minted before the timed window: {} codes in {minting_s:.2} s", plan.len()),
-        "provisioning_s": provision_s,
-        "latency_us": {
-            "measured": "from each tap's due time to its answer, by the simulator (open loop)",
+    json!({
+        "measured": "from each tap's due time to its answer, by the simulator (open loop)",
+        "p50": quantile(0.5),
+        "p90": quantile(0.9),
+        "p99": quantile(0.99),
+        "p999": quantile(0.999),
+        "max": latency.max(),
+    })
+}
+
+/// The report's `server_latency_us` object: as the engine measured it, or null when it
+/// was not scraped.
+fn server_latency_json(window: Option<&server_metrics::Window>) -> serde_json::Value {
+    window.map_or(serde_json::Value::Null, |window| {
+        let quantile = |q: f64| window.quantile_us(q).map_or(json!("over 5 s"), |us| json!(us));
+        json!({
+            "measured": "by the engine (fareway_tap_latency_seconds, from a tap's arrival to its answer): the upper bound of the bucket holding each quantile",
+            "taps": window.count(),
             "p50": quantile(0.5),
             "p90": quantile(0.9),
             "p99": quantile(0.99),
             "p999": quantile(0.999),
-            "max": latency.max(),
-        },
-        "server_latency_us": server_window.as_ref().map_or(serde_json::Value::Null, |window| {
-            let quantile = |q: f64| window.quantile_us(q).map_or(json!("over 5 s"), |us| json!(us));
-            json!({
-                "measured": "by the engine (fareway_tap_latency_seconds, from a tap's arrival to its answer): the upper bound of the bucket holding each quantile",
-                "taps": window.count(),
-                "p50": quantile(0.5),
-                "p90": quantile(0.9),
-                "p99": quantile(0.99),
-                "p999": quantile(0.999),
-                "within_5ms": window.share_within(0.005),
-            })
-        }),
-        "decisions": decisions,
-        "faults": faults.iter().map(|(fault, (injected, expected))| {
-            (fault.name().to_string(), json!({"injected": injected, "expected_outcome": expected}))
-        }).collect::<serde_json::Map<_, _>>(),
-        "invariants": {
-            "ok": ok,
-            "valid_taps_accepted": {
-                "ok": valid_not_accepted.is_empty(),
-                "not_accepted": valid_not_accepted.len(),
-                "first_answers": valid_not_accepted.iter().take(20).collect::<Vec<_>>(),
-            },
-            "faults_as_expected": {"ok": faults_ok},
-            "charged_exactly_once": charged_once,
-            "settlement": settled,
-            "audit": "not run by gate-sim (it talks gRPC only): run `fareway audit --data-dir DIR` on the engine's data directory",
-        },
-    });
-    std::fs::write(
-        config.out.join("report.json"),
-        serde_json::to_string_pretty(&json)? + "\n",
-    )?;
-    std::fs::write(config.out.join("report.html"), html::render(&json, &played))?;
-    Ok(SimReport {
-        json,
-        ok,
-        run: played,
+            "within_5ms": window.share_within(0.005),
+        })
     })
+}
+
+/// Writes `report.json` and `report.html` into `out`.
+fn write_report(
+    out: &std::path::Path,
+    json: &serde_json::Value,
+    played: &run::RunResult,
+) -> anyhow::Result<()> {
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(json)? + "\n",
+    )?;
+    std::fs::write(out.join("report.html"), html::render(json, played))?;
+    Ok(())
 }
 
 /// A short text summary of a report, for people.

@@ -1,7 +1,7 @@
 //! `gate-sim`: plays a rush hour against a running engine over gRPC. See
 //! `docs/gate-sim.md`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -106,21 +106,47 @@ fn main() -> ExitCode {
     }
 }
 
+/// Makes a city or plays a run, as the arguments ask; `Ok(false)` when a run broke an
+/// invariant.
 fn run(args: Args) -> anyhow::Result<bool> {
     if let Some(path) = &args.make_city {
-        let text = gate_sim::city::fares_toml(gate_sim::city::CitySpec {
-            lines: args.lines,
-            stations_per_line: args.stations_per_line,
-            bus_routes: args.bus_routes,
-            seed: args.seed,
-        })?;
-        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
-        println!(
-            "city written to {}: give it to the engine as its fares_file, and to gate-sim as --fares",
-            path.display()
-        );
+        make_city(&args, path)?;
         return Ok(true);
     }
+    let engine = engine_of(&args)?;
+    let config = sim_config(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = runtime.block_on(gate_sim::simulate(&engine, &config))?;
+    println!("{}", gate_sim::summary(&report.json));
+    println!(
+        "report: {} and {}",
+        args.out.join("report.json").display(),
+        args.out.join("report.html").display()
+    );
+    Ok(report.ok)
+}
+
+/// Writes a made city's fares file to `path`.
+fn make_city(args: &Args, path: &Path) -> anyhow::Result<()> {
+    let text = gate_sim::city::fares_toml(gate_sim::city::CitySpec {
+        lines: args.lines,
+        stations_per_line: args.stations_per_line,
+        bus_routes: args.bus_routes,
+        seed: args.seed,
+    })?;
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    println!(
+        "city written to {}: give it to the engine as its fares_file, and to gate-sim as --fares",
+        path.display()
+    );
+    Ok(())
+}
+
+/// The engine's address and the three roles' tokens, read from their files.
+fn engine_of(args: &Args) -> anyhow::Result<Engine> {
     let read = |path: &Option<PathBuf>, role: &str| {
         let path = path
             .as_ref()
@@ -129,13 +155,17 @@ fn run(args: Args) -> anyhow::Result<bool> {
             .map(|text| text.trim().to_string())
             .with_context(|| format!("cannot read {}", path.display()))
     };
-    let engine = Engine {
+    Ok(Engine {
         url: args.server.clone(),
         gate_token: read(&args.gate_token_file, "gate")?,
         admin_token: read(&args.admin_token_file, "admin")?,
         finance_token: read(&args.finance_token_file, "finance")?,
         metrics_addr: args.metrics.clone(),
-    };
+    })
+}
+
+/// The run the arguments describe, on the network of their fares file.
+fn sim_config(args: &Args) -> anyhow::Result<SimConfig> {
     anyhow::ensure!(
         (0.0..=0.05).contains(&args.fault_rate),
         "--fault-rate must be 0 to 0.05"
@@ -144,7 +174,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
         .with_context(|| format!("cannot read fares file {}", args.fares.display()))?;
     let fares = fareway::fares::FareTable::from_toml(&fares_text)
         .with_context(|| format!("fares file {}", args.fares.display()))?;
-    let config = SimConfig {
+    Ok(SimConfig {
         population: Population {
             riders: args.riders,
             providers: args.providers,
@@ -171,17 +201,5 @@ fn run(args: Args) -> anyhow::Result<bool> {
         seed: args.seed,
         out: args.out.clone(),
         progress: true,
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let report = runtime.block_on(gate_sim::simulate(&engine, &config))?;
-    println!("{}", gate_sim::summary(&report.json));
-    println!(
-        "report: {} and {}",
-        args.out.join("report.json").display(),
-        args.out.join("report.html").display()
-    );
-    Ok(report.ok)
+    })
 }

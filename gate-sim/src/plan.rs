@@ -222,6 +222,64 @@ impl Profile {
             }
         }
     }
+
+    /// The profile as `report.json`'s `offered` object.
+    pub fn to_json(self) -> serde_json::Value {
+        match self {
+            Profile::Constant { rate } => {
+                serde_json::json!({"profile": "constant", "taps_per_second": rate})
+            }
+            Profile::Rush { peak } => {
+                serde_json::json!({"profile": "rush", "peak_taps_per_second": peak})
+            }
+        }
+    }
+
+    /// A profile read back from `report.json`'s `offered` object (see [`Profile::to_json`]),
+    /// or `None` when it is not one.
+    pub fn from_json(offered: &serde_json::Value) -> Option<Profile> {
+        match offered["profile"].as_str()? {
+            "constant" => Some(Profile::Constant {
+                rate: offered["taps_per_second"].as_f64()?,
+            }),
+            "rush" => Some(Profile::Rush {
+                peak: offered["peak_taps_per_second"].as_f64()?,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// For people: "a constant 500 taps/s", "a rush hour peaking at 3,000 taps/s".
+impl std::fmt::Display for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Profile::Constant { rate } => write!(f, "a constant {} taps/s", readable(rate)),
+            Profile::Rush { peak } => {
+                write!(f, "a rush hour peaking at {} taps/s", readable(peak))
+            }
+        }
+    }
+}
+
+/// A rate for people: whole numbers with thousands separators (3,000), others as they are
+/// (2.5).
+fn readable(rate: f64) -> String {
+    if rate.fract() != 0.0 || rate.abs() >= 1e15 {
+        return rate.to_string();
+    }
+    let digits = (rate.abs() as u64).to_string();
+    let mut grouped = String::new();
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    if rate < 0.0 {
+        grouped.insert(0, '-');
+    }
+    grouped
 }
 
 /// How much fault of each kind to mix in: the chance that a rider's next trip is replaced
@@ -258,103 +316,236 @@ pub struct PlanInput<'a> {
 /// Builds the plan: arrivals are a Poisson process at the profile's rate; each arrival is
 /// a trip by a random rider (a metro journey: entry, then exit a few seconds later at
 /// another station; or a bus ride), with faults mixed in at their rates.
+///
+/// Every draw comes from one generator in a fixed order (the arrival gap, the fault, the
+/// rider, the station, the route, then the trip's own draws), so a seed gives one plan.
 pub fn make_plan(input: PlanInput<'_>) -> Vec<PlannedTap> {
-    let mut rng = Rng::new(input.seed);
-    let mut taps: Vec<PlannedTap> = Vec::new();
-    let mut next_id = input.first_id;
-    let mut id = || {
-        next_id += 1;
-        next_id
+    let PlanInput {
+        riders,
+        network,
+        profile,
+        duration_s,
+        taps_max,
+        faults,
+        seed,
+        start,
+        unknown_issuer,
+        revoked_issuer,
+        first_id,
+    } = input;
+    let kinds = RidersByKind::of(riders);
+    let mut planner = Planner {
+        rng: Rng::new(seed),
+        taps: Vec::new(),
+        next_id: first_id,
+        network,
+        start,
+        duration_ms: duration_s * 1_000.0,
+        seed,
+        unknown_issuer,
+        revoked_issuer,
     };
-    let network = input.network;
-    let good: Vec<usize> = indices(input.riders, RiderKind::Good);
-    let denied: Vec<usize> = indices(input.riders, RiderKind::Denied);
-    let broke: Vec<usize> = indices(input.riders, RiderKind::Broke);
-    assert!(!good.is_empty(), "a run needs riders with money");
-    let mut t = 0.0f64;
-    let duration_ms = input.duration_s * 1_000.0;
+    let mut arrivals = Arrivals::new(profile, duration_s);
     let mut gate_counter = 0u32;
-    // Taps of the trip before this one (the first gap assumes the mean).
-    let (mut taps_before, mut last_trip_taps) = (0usize, 1.6f64);
-    while (taps.len() as u64) < input.taps_max {
-        let rate = input
+    while (planner.taps.len() as u64) < taps_max {
+        let Some(due) = arrivals.next_due(&mut planner.rng, planner.taps.len()) else {
+            break;
+        };
+        gate_counter = gate_counter.wrapping_add(1);
+        let trip = planner.draw_trip(&kinds, riders, faults, due, gate_counter);
+        planner.plan_trip(trip);
+    }
+    in_time_order(planner.taps, taps_max)
+}
+
+/// Trip arrivals: a Poisson process at the profile's rate, in milliseconds from the start
+/// of the timed window.
+#[derive(Debug)]
+struct Arrivals {
+    profile: Profile,
+    duration_s: f64,
+    /// The last arrival.
+    t: f64,
+    /// Taps planned before the last trip.
+    taps_before: usize,
+    /// Taps of the trip before this one (the first gap assumes the mean).
+    last_trip_taps: f64,
+}
+
+impl Arrivals {
+    /// Arrivals from the start of the window.
+    fn new(profile: Profile, duration_s: f64) -> Arrivals {
+        Arrivals {
+            profile,
+            duration_s,
+            t: 0.0,
+            taps_before: 0,
+            last_trip_taps: 1.6,
+        }
+    }
+
+    /// The next trip's due time, given how many taps are planned so far; `None` once it
+    /// falls past the window. One draw.
+    fn next_due(&mut self, rng: &mut Rng, taps_planned: usize) -> Option<u64> {
+        let rate = self
             .profile
-            .rate_at(t / 1_000.0, input.duration_s)
+            .rate_at(self.t / 1_000.0, self.duration_s)
             .max(0.1);
         // The gap after a trip grows with that trip's taps (one to three), so that taps,
         // not trips, arrive at the offered rate: a fixed guess of taps per trip offered
         // about 10% fewer taps than asked, since journeys near the window's end are bus
         // rides.
-        if taps.len() > taps_before {
-            last_trip_taps = (taps.len() - taps_before) as f64;
+        if taps_planned > self.taps_before {
+            self.last_trip_taps = (taps_planned - self.taps_before) as f64;
         }
-        taps_before = taps.len();
-        t += rng.exponential(1_000.0 * last_trip_taps / rate);
-        if t >= duration_ms {
-            break;
+        self.taps_before = taps_planned;
+        self.t += rng.exponential(1_000.0 * self.last_trip_taps / rate);
+        if self.t >= self.duration_s * 1_000.0 {
+            return None;
         }
-        let due = t as u64;
-        let at = input.start.saturating_add(due);
-        gate_counter = gate_counter.wrapping_add(1);
-        // A rider fault needs such a rider: a small city may have none.
-        let fault = match pick_fault(&mut rng, input.faults) {
-            Some(Fault::DeniedRider) if denied.is_empty() => None,
-            Some(Fault::OverCreditLimit) if broke.is_empty() => None,
-            fault => fault,
+        Some(self.t as u64)
+    }
+}
+
+/// The riders' indices by kind, to draw a rider fit for a trip.
+#[derive(Debug)]
+struct RidersByKind {
+    good: Vec<usize>,
+    denied: Vec<usize>,
+    broke: Vec<usize>,
+}
+
+impl RidersByKind {
+    /// Sorts the riders by kind; a run needs at least one good rider.
+    fn of(riders: &[Rider]) -> RidersByKind {
+        let kinds = RidersByKind {
+            good: indices(riders, RiderKind::Good),
+            denied: indices(riders, RiderKind::Denied),
+            broke: indices(riders, RiderKind::Broke),
         };
-        let rider_index = match fault {
-            Some(Fault::DeniedRider) => denied[rng.below(denied.len())],
-            Some(Fault::OverCreditLimit) => broke[rng.below(broke.len())],
-            _ => good[rng.below(good.len())],
-        };
-        let rider = &mut input.riders[rider_index];
-        let (account_id, provider_id) = (rider.account_id, rider.provider_id);
-        let tap =
-            |due_ms: u64, request: pb::TapRequest, fault: Option<Fault>, expected| PlannedTap {
-                due_ms,
-                request,
-                account_id,
-                provider_id,
-                fault,
-                repeats: None,
-                expected,
-            };
-        let station = network.stations[rng.below(network.stations.len())];
-        let route = network.routes[rng.below(network.routes.len())];
-        // Most faults are one bus tap whose code (or rider) is the fault.
-        let fault_code = match fault {
-            Some(Fault::DeniedRider | Fault::OverCreditLimit) => Some(rider.device.code_text(at)),
-            Some(Fault::ForgedSignature) => {
-                let mut bytes = rider.device.code_bytes(at);
-                let last = bytes.len() - 1;
-                bytes[last] ^= 0x01;
-                Some(fareway::token::format::encode_text(&bytes))
-            }
-            Some(Fault::ExpiredCode) => Some(
-                rider
-                    .device
-                    .code_text(UnixMillis(at.0.saturating_sub(600_000))),
-            ),
-            Some(kind @ (Fault::UnknownKey | Fault::RevokedKey)) => {
-                let issuer = if kind == Fault::UnknownKey {
-                    input.unknown_issuer
-                } else {
-                    input.revoked_issuer
-                };
-                let mut device =
-                    crate::provision::device_of(issuer, account_id, input.seed ^ 0xdead);
-                Some(device.code_text(at))
-            }
-            Some(Fault::MalformedCode) => Some("not a rider code!".to_string()),
-            _ => None,
-        };
-        if let (Some(code), Some(kind)) = (fault_code, fault) {
-            let gate = network.bus_reader(route, gate_counter);
-            let bus = request(id(), gate, pb::Direction::Bus, route, at, code);
-            taps.push(tap(due, bus, fault, kind.expected()));
-            continue;
-        }
+        assert!(!kinds.good.is_empty(), "a run needs riders with money");
+        kinds
+    }
+
+    /// The fault drawn, unless it needs a kind of rider the city lacks: a rider fault
+    /// needs such a rider, and a small city may have none.
+    fn possible(&self, fault: Option<Fault>) -> Option<Fault> {
         match fault {
+            Some(Fault::DeniedRider) if self.denied.is_empty() => None,
+            Some(Fault::OverCreditLimit) if self.broke.is_empty() => None,
+            fault => fault,
+        }
+    }
+
+    /// A random rider for a trip with this fault (a deny-listed or broke rider for a rider
+    /// fault, a good one otherwise). One draw.
+    fn pick(&self, rng: &mut Rng, fault: Option<Fault>) -> usize {
+        match fault {
+            Some(Fault::DeniedRider) => self.denied[rng.below(self.denied.len())],
+            Some(Fault::OverCreditLimit) => self.broke[rng.below(self.broke.len())],
+            _ => self.good[rng.below(self.good.len())],
+        }
+    }
+}
+
+/// One trip as drawn: when, which gates, the fault if any, the rider, and the station and
+/// route it may use.
+#[derive(Debug)]
+struct Trip<'r> {
+    /// When it starts, from the start of the timed window.
+    due: u64,
+    /// The same as a wall-clock time (scan times are real times).
+    at: UnixMillis,
+    /// Spreads trips over the gates.
+    gate_counter: u32,
+    fault: Option<Fault>,
+    rider: &'r mut Rider,
+    station: u32,
+    route: u32,
+}
+
+impl Trip<'_> {
+    /// A tap of this trip's rider.
+    fn tap(
+        &self,
+        due_ms: u64,
+        request: pb::TapRequest,
+        fault: Option<Fault>,
+        expected: Expected,
+    ) -> PlannedTap {
+        PlannedTap {
+            due_ms,
+            request,
+            account_id: self.rider.account_id,
+            provider_id: self.rider.provider_id,
+            fault,
+            repeats: None,
+            expected,
+        }
+    }
+}
+
+/// A plan being made: the seeded generator, the taps so far, the next transaction id, and
+/// what every trip needs.
+#[derive(Debug)]
+struct Planner<'a> {
+    rng: Rng,
+    taps: Vec<PlannedTap>,
+    /// The last transaction id used.
+    next_id: u128,
+    network: &'a Network,
+    start: UnixMillis,
+    duration_ms: f64,
+    seed: u64,
+    unknown_issuer: &'a Issuer,
+    revoked_issuer: &'a Issuer,
+}
+
+impl Planner<'_> {
+    /// A new transaction id.
+    fn id(&mut self) -> u128 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Draws a trip due at `due`: its fault, then its rider, station and route (in that
+    /// order: the plan of a seed depends on it).
+    fn draw_trip<'r>(
+        &mut self,
+        kinds: &RidersByKind,
+        riders: &'r mut [Rider],
+        faults: &FaultRates,
+        due: u64,
+        gate_counter: u32,
+    ) -> Trip<'r> {
+        let fault = kinds.possible(pick_fault(&mut self.rng, faults));
+        let rider = &mut riders[kinds.pick(&mut self.rng, fault)];
+        let network = self.network;
+        let station = network.stations[self.rng.below(network.stations.len())];
+        let route = network.routes[self.rng.below(network.routes.len())];
+        Trip {
+            due,
+            at: self.start.saturating_add(due),
+            gate_counter,
+            fault,
+            rider,
+            station,
+            route,
+        }
+    }
+
+    /// Plans a trip's taps: a faulty tap, a tap and its repeat, or a valid trip.
+    fn plan_trip(&mut self, mut trip: Trip<'_>) {
+        // Most faults are one bus tap whose code (or rider) is the fault.
+        if let Some(kind) = trip.fault
+            && let Some(code) = self.fault_code(&mut trip, kind)
+        {
+            let bus = self.bus_request(&trip, code);
+            self.taps
+                .push(trip.tap(trip.due, bus, Some(kind), kind.expected()));
+            return;
+        }
+        match trip.fault {
             // One bus tap, made above.
             Some(
                 Fault::DeniedRider
@@ -365,99 +556,169 @@ pub fn make_plan(input: PlanInput<'_>) -> Vec<PlannedTap> {
                 | Fault::RevokedKey
                 | Fault::MalformedCode,
             ) => {}
-            Some(Fault::UnknownStation) => {
-                let code = rider.device.code_text(at);
-                let gate = network.gate(station, gate_counter, false);
-                taps.push(tap(
-                    due,
-                    request(id(), gate, pb::Direction::Entry, 999_999, at, code),
-                    fault,
-                    Fault::UnknownStation.expected(),
-                ));
-            }
-            // Faults that repeat a tap: a valid bus ride, then its repeat a moment later.
+            Some(Fault::UnknownStation) => self.unknown_station(trip),
             Some(
                 kind @ (Fault::DuplicateScan
                 | Fault::GateRetry
                 | Fault::ReplayOtherGate
                 | Fault::IdConflict),
-            ) => {
-                let code = rider.device.code_text(at);
-                let gate = network.bus_reader(route, gate_counter);
-                let original = request(id(), gate, pb::Direction::Bus, route, at, code);
-                let original_index = taps.len();
-                taps.push(tap(due, original.clone(), None, Expected::Accepted));
-                let later = due + 300 + rng.below(700) as u64;
-                let mut repeat = original;
-                match kind {
-                    Fault::DuplicateScan => repeat.transaction_id = id().to_be_bytes().to_vec(),
-                    Fault::GateRetry => {}
-                    Fault::ReplayOtherGate => {
-                        repeat.transaction_id = id().to_be_bytes().to_vec();
-                        repeat.gate_id += 1;
-                    }
-                    _ => repeat.gate_id += 1,
-                }
-                let mut planned = tap(later, repeat, Some(kind), kind.expected());
-                planned.repeats = Some(original_index);
-                taps.push(planned);
-            }
-            None => {
-                // A journey's exit comes 2 s to a quarter of the run (at most 20 s) after
-                // its entry, within the window: a journey that cannot end in it is a bus ride.
-                let ride_ms = (duration_ms / 4.0).min(20_000.0) as u64;
-                let journey_fits = ride_ms > 2_000 && due + ride_ms < duration_ms as u64;
-                if journey_fits && rng.below(100) < 60 {
-                    // A metro journey: entry now, exit a few seconds later elsewhere.
-                    let mut exit_station = network.stations[rng.below(network.stations.len())];
-                    if exit_station == station && network.stations.len() > 1 {
-                        exit_station = network.stations[(network
-                            .stations
-                            .iter()
-                            .position(|s| *s == station)
-                            .unwrap_or(0)
-                            + 1)
-                            % network.stations.len()];
-                    }
-                    let code = rider.device.code_text(at);
-                    let entry_gate = network.gate(station, gate_counter, false);
-                    taps.push(tap(
-                        due,
-                        request(id(), entry_gate, pb::Direction::Entry, station, at, code),
-                        None,
-                        Expected::Accepted,
-                    ));
-                    let exit_due = due + 2_000 + rng.below((ride_ms - 2_000) as usize) as u64;
-                    let exit_at = input.start.saturating_add(exit_due);
-                    let code = rider.device.code_text(exit_at);
-                    let exit_gate = network.gate(exit_station, gate_counter, true);
-                    taps.push(tap(
-                        exit_due,
-                        request(
-                            id(),
-                            exit_gate,
-                            pb::Direction::Exit,
-                            exit_station,
-                            exit_at,
-                            code,
-                        ),
-                        None,
-                        Expected::Accepted,
-                    ));
-                } else {
-                    let code = rider.device.code_text(at);
-                    let gate = network.bus_reader(route, gate_counter);
-                    taps.push(tap(
-                        due,
-                        request(id(), gate, pb::Direction::Bus, route, at, code),
-                        None,
-                        Expected::Accepted,
-                    ));
-                }
-            }
+            ) => self.tap_and_repeat(trip, kind),
+            None => self.valid_trip(trip),
         }
     }
-    // In time order; a stable sort keeps an original before its repeat at the same time.
+
+    /// The code of a fault that is one bus tap whose code (or rider) is the fault; `None`
+    /// for the other faults.
+    fn fault_code(&self, trip: &mut Trip<'_>, kind: Fault) -> Option<String> {
+        let at = trip.at;
+        let device = &mut trip.rider.device;
+        match kind {
+            Fault::DeniedRider | Fault::OverCreditLimit => Some(device.code_text(at)),
+            Fault::ForgedSignature => {
+                let mut bytes = device.code_bytes(at);
+                let last = bytes.len() - 1;
+                bytes[last] ^= 0x01;
+                Some(fareway::token::format::encode_text(&bytes))
+            }
+            Fault::ExpiredCode => Some(device.code_text(UnixMillis(at.0.saturating_sub(600_000)))),
+            Fault::UnknownKey | Fault::RevokedKey => {
+                let issuer = if kind == Fault::UnknownKey {
+                    self.unknown_issuer
+                } else {
+                    self.revoked_issuer
+                };
+                let mut device =
+                    crate::provision::device_of(issuer, trip.rider.account_id, self.seed ^ 0xdead);
+                Some(device.code_text(at))
+            }
+            Fault::MalformedCode => Some("not a rider code!".to_string()),
+            _ => None,
+        }
+    }
+
+    /// A bus tap request of this trip at its start, under a new id.
+    fn bus_request(&mut self, trip: &Trip<'_>, code: String) -> pb::TapRequest {
+        let gate = self.network.bus_reader(trip.route, trip.gate_counter);
+        request(
+            self.id(),
+            gate,
+            pb::Direction::Bus,
+            trip.route,
+            trip.at,
+            code,
+        )
+    }
+
+    /// An entry at a station the fares file does not have.
+    fn unknown_station(&mut self, trip: Trip<'_>) {
+        let code = trip.rider.device.code_text(trip.at);
+        let gate = self.network.gate(trip.station, trip.gate_counter, false);
+        let entry = request(
+            self.id(),
+            gate,
+            pb::Direction::Entry,
+            999_999,
+            trip.at,
+            code,
+        );
+        let kind = Fault::UnknownStation;
+        self.taps
+            .push(trip.tap(trip.due, entry, Some(kind), kind.expected()));
+    }
+
+    /// A fault that repeats a tap: a valid bus ride, then its repeat a moment later.
+    fn tap_and_repeat(&mut self, trip: Trip<'_>, kind: Fault) {
+        let code = trip.rider.device.code_text(trip.at);
+        let original = self.bus_request(&trip, code);
+        let original_index = self.taps.len();
+        self.taps
+            .push(trip.tap(trip.due, original.clone(), None, Expected::Accepted));
+        let later = trip.due + 300 + self.rng.below(700) as u64;
+        let mut repeat = original;
+        match kind {
+            Fault::DuplicateScan => repeat.transaction_id = self.id().to_be_bytes().to_vec(),
+            Fault::GateRetry => {}
+            Fault::ReplayOtherGate => {
+                repeat.transaction_id = self.id().to_be_bytes().to_vec();
+                repeat.gate_id += 1;
+            }
+            _ => repeat.gate_id += 1,
+        }
+        let mut planned = trip.tap(later, repeat, Some(kind), kind.expected());
+        planned.repeats = Some(original_index);
+        self.taps.push(planned);
+    }
+
+    /// A trip without a fault: a metro journey when one fits in the window (60% of
+    /// trips), a bus ride otherwise.
+    fn valid_trip(&mut self, trip: Trip<'_>) {
+        // A journey's exit comes 2 s to a quarter of the run (at most 20 s) after its
+        // entry, within the window: a journey that cannot end in it is a bus ride.
+        let ride_ms = (self.duration_ms / 4.0).min(20_000.0) as u64;
+        let journey_fits = ride_ms > 2_000 && trip.due + ride_ms < self.duration_ms as u64;
+        if journey_fits && self.rng.below(100) < 60 {
+            self.metro_journey(trip, ride_ms);
+        } else {
+            self.bus_ride(trip);
+        }
+    }
+
+    /// A metro journey: entry now, exit 2 s to `ride_ms` later elsewhere.
+    fn metro_journey(&mut self, trip: Trip<'_>, ride_ms: u64) {
+        let exit_station = self.exit_station(trip.station);
+        let code = trip.rider.device.code_text(trip.at);
+        let entry_gate = self.network.gate(trip.station, trip.gate_counter, false);
+        let entry = request(
+            self.id(),
+            entry_gate,
+            pb::Direction::Entry,
+            trip.station,
+            trip.at,
+            code,
+        );
+        self.taps
+            .push(trip.tap(trip.due, entry, None, Expected::Accepted));
+        let exit_due = trip.due + 2_000 + self.rng.below((ride_ms - 2_000) as usize) as u64;
+        let exit_at = self.start.saturating_add(exit_due);
+        let code = trip.rider.device.code_text(exit_at);
+        let exit_gate = self.network.gate(exit_station, trip.gate_counter, true);
+        let exit = request(
+            self.id(),
+            exit_gate,
+            pb::Direction::Exit,
+            exit_station,
+            exit_at,
+            code,
+        );
+        self.taps
+            .push(trip.tap(exit_due, exit, None, Expected::Accepted));
+    }
+
+    /// A random station to leave a journey at, other than `entry` when the network has
+    /// another. One draw.
+    fn exit_station(&mut self, entry: u32) -> u32 {
+        let network = self.network;
+        let stations = &network.stations;
+        let exit = stations[self.rng.below(stations.len())];
+        if exit == entry && stations.len() > 1 {
+            let entry_position = stations.iter().position(|s| *s == entry).unwrap_or(0);
+            return stations[(entry_position + 1) % stations.len()];
+        }
+        exit
+    }
+
+    /// A valid bus ride: one tap.
+    fn bus_ride(&mut self, trip: Trip<'_>) {
+        let code = trip.rider.device.code_text(trip.at);
+        let bus = self.bus_request(&trip, code);
+        self.taps
+            .push(trip.tap(trip.due, bus, None, Expected::Accepted));
+    }
+}
+
+/// The taps in time order, their `repeats` renumbered, at most `taps_max`; a stable sort
+/// keeps an original before its repeat at the same time.
+fn in_time_order(taps: Vec<PlannedTap>, taps_max: u64) -> Vec<PlannedTap> {
     let mut order: Vec<usize> = (0..taps.len()).collect();
     order.sort_by_key(|index| taps[*index].due_ms);
     let mut position = vec![0; taps.len()];
@@ -468,7 +729,7 @@ pub fn make_plan(input: PlanInput<'_>) -> Vec<PlannedTap> {
     for tap in &mut sorted {
         tap.repeats = tap.repeats.map(|old| position[old]);
     }
-    sorted.truncate(input.taps_max as usize);
+    sorted.truncate(taps_max as usize);
     sorted
 }
 
@@ -602,6 +863,37 @@ pub(crate) mod tests {
                 taps.len()
             );
         }
+    }
+
+    /// The offered load reads back from the report, and reads as words in report.html.
+    #[test]
+    fn a_profile_reads_back_from_the_report_and_in_words() {
+        let words = |profile: Profile| profile.to_string();
+        assert_eq!(
+            words(Profile::Constant { rate: 500.0 }),
+            "a constant 500 taps/s"
+        );
+        assert_eq!(
+            words(Profile::Rush { peak: 3_000.0 }),
+            "a rush hour peaking at 3,000 taps/s"
+        );
+        assert_eq!(
+            words(Profile::Rush { peak: 1_234_567.0 }),
+            "a rush hour peaking at 1,234,567 taps/s"
+        );
+        assert_eq!(
+            words(Profile::Constant { rate: 2.5 }),
+            "a constant 2.5 taps/s"
+        );
+        for profile in [
+            Profile::Constant { rate: 500.0 },
+            Profile::Rush { peak: 3_000.0 },
+        ] {
+            let back = Profile::from_json(&profile.to_json());
+            assert_eq!(back.map(words), Some(words(profile)));
+        }
+        let unknown = serde_json::json!({"profile": "steady", "taps_per_second": 5});
+        assert!(Profile::from_json(&unknown).is_none());
     }
 
     #[test]

@@ -225,9 +225,28 @@ pub async fn provision(
     seed: u64,
 ) -> anyhow::Result<Provisioned> {
     let mut admin_one = admin.clone();
-    for provider_id in 1..=population.providers {
+    register_issuer_keys(&mut admin_one, population.providers, seed).await?;
+    let revoked_issuer = register_and_revoke_a_key(&mut admin_one, seed).await?;
+    let unknown_issuer = Issuer::from_seed(1, seed_of(seed, 8));
+    let kinds = rider_kinds(population, seed);
+    let money = rider_money(population, seed);
+    open_accounts(admin, population, seed, &kinds, money).await?;
+    Ok(Provisioned {
+        riders: riders_with_phones(kinds, population.providers, seed),
+        unknown_issuer,
+        revoked_issuer,
+    })
+}
+
+/// Registers each provider's issuer key.
+async fn register_issuer_keys(
+    admin: &mut AdminClient,
+    providers: u16,
+    seed: u64,
+) -> anyhow::Result<()> {
+    for provider_id in 1..=providers {
         let issuer = issuer_of(provider_id, seed);
-        admin_one
+        admin
             .register_issuer_key(pb::RegisterIssuerKeyRequest {
                 transaction_id: tx(seed, u64::from(provider_id)),
                 provider_id: u32::from(provider_id),
@@ -239,8 +258,13 @@ pub async fn provision(
                 anyhow::anyhow!("registering provider {provider_id}'s key: {status}")
             })?;
     }
+    Ok(())
+}
+
+/// Registers one more key of provider 1 and revokes it, for the revoked-key fault.
+async fn register_and_revoke_a_key(admin: &mut AdminClient, seed: u64) -> anyhow::Result<Issuer> {
     let revoked_issuer = Issuer::from_seed(1, seed_of(seed, 7));
-    admin_one
+    admin
         .register_issuer_key(pb::RegisterIssuerKeyRequest {
             transaction_id: tx(seed, 100),
             provider_id: 1,
@@ -249,7 +273,7 @@ pub async fn provision(
         })
         .await
         .map_err(|status| anyhow::anyhow!("registering the key to revoke: {status}"))?;
-    admin_one
+    admin
         .revoke_issuer_key(pb::RevokeIssuerKeyRequest {
             transaction_id: tx(seed, 101),
             provider_id: 1,
@@ -257,10 +281,14 @@ pub async fn provision(
         })
         .await
         .map_err(|status| anyhow::anyhow!("revoking a key: {status}"))?;
-    let unknown_issuer = Issuer::from_seed(1, seed_of(seed, 8));
+    Ok(revoked_issuer)
+}
 
+/// Each rider's kind, drawn from the seed's own stream: deny-listed, broke or good at
+/// the population's shares.
+fn rider_kinds(population: Population, seed: u64) -> Vec<RiderKind> {
     let mut rng = Rng::new(seed);
-    let kinds: Vec<RiderKind> = (0..population.riders)
+    (0..population.riders)
         .map(|_| {
             let roll = rng.unit();
             if roll < population.denied_share {
@@ -271,60 +299,40 @@ pub async fn provision(
                 RiderKind::Good
             }
         })
-        .collect();
-    // Drawn from their own stream, so that a seed's riders keep their kinds whatever
-    // the spreads.
+        .collect()
+}
+
+/// Each rider's balance and credit limit. Drawn from their own stream, so that a seed's
+/// riders keep their kinds whatever the spreads.
+fn rider_money(population: Population, seed: u64) -> Vec<(i64, i64)> {
     let mut money_rng = Rng::new(seed ^ 0x006d_6f6e_6579);
-    let money: Vec<(i64, i64)> = (0..population.riders)
+    (0..population.riders)
         .map(|_| {
             let balance = population.balance_minor.draw(&mut money_rng);
             (balance, population.credit_limit_minor.draw(&mut money_rng))
         })
-        .collect();
+        .collect()
+}
+
+/// Opens every rider's account, `PROVISION_CALLS_IN_FLIGHT` at a time.
+async fn open_accounts(
+    admin: &AdminClient,
+    population: Population,
+    seed: u64,
+    kinds: &[RiderKind],
+    money: Vec<(i64, i64)>,
+) -> anyhow::Result<()> {
     let calls = tokio_stream::iter(kinds.iter().copied().zip(money).enumerate()).map(
         |(index, (kind, (balance_minor, credit_limit_minor)))| {
-            let mut admin = admin.clone();
             let account_id = account_id_of(seed, index as u64);
-            let provider_id = (index as u64 % u64::from(population.providers)) as u32 + 1;
-            async move {
-                let base = 1_000_000 + account_id * 4;
-                let open = pb::OpenAccountRequest {
-                    transaction_id: tx(seed, base),
-                    account_id,
-                    provider_id,
-                    credit_limit_minor: if kind == RiderKind::Broke {
-                        0
-                    } else {
-                        credit_limit_minor
-                    },
-                };
-                let opened = admin.open_account(open).await?.into_inner();
-                if !opened.accepted && opened.refusal_code != "account_exists" {
-                    return Err(tonic::Status::failed_precondition(format!(
-                        "account {account_id} was not opened: {}",
-                        opened.refusal_code
-                    )));
-                }
-                // A balance of 0 needs no top-up (and the engine refuses one of 0).
-                if kind != RiderKind::Broke && balance_minor > 0 {
-                    admin
-                        .top_up(pb::TopUpRequest {
-                            transaction_id: tx(seed, base + 1),
-                            account_id,
-                            amount_minor: balance_minor,
-                        })
-                        .await?;
-                }
-                if kind == RiderKind::Denied {
-                    admin
-                        .add_deny_list_entry(pb::AccountRequest {
-                            transaction_id: tx(seed, base + 2),
-                            account_id,
-                        })
-                        .await?;
-                }
-                Ok::<_, tonic::Status>(())
+            RiderAccount {
+                account_id,
+                provider_id: (index as u64 % u64::from(population.providers)) as u32 + 1,
+                kind,
+                balance_minor,
+                credit_limit_minor,
             }
+            .open(admin.clone(), seed)
         },
     );
     let results: Vec<Result<(), tonic::Status>> =
@@ -332,15 +340,80 @@ pub async fn provision(
     if let Some(Err(status)) = results.into_iter().find(Result::is_err) {
         anyhow::bail!("provisioning riders failed: {status}");
     }
-    let issuers: Vec<Issuer> = (1..=population.providers)
-        .map(|p| issuer_of(p, seed))
-        .collect();
-    let riders = kinds
+    Ok(())
+}
+
+/// One rider's account as it is to be opened.
+#[derive(Debug, Clone, Copy)]
+struct RiderAccount {
+    account_id: u64,
+    provider_id: u32,
+    kind: RiderKind,
+    balance_minor: i64,
+    credit_limit_minor: i64,
+}
+
+impl RiderAccount {
+    /// Opens the account (one that exists already will do), tops it up and deny-lists it
+    /// as its kind asks, under transaction ids that follow from the seed.
+    async fn open(self, mut admin: AdminClient, seed: u64) -> Result<(), tonic::Status> {
+        let RiderAccount {
+            account_id,
+            provider_id,
+            kind,
+            balance_minor,
+            credit_limit_minor,
+        } = self;
+        let base = 1_000_000 + account_id * 4;
+        let open = pb::OpenAccountRequest {
+            transaction_id: tx(seed, base),
+            account_id,
+            provider_id,
+            credit_limit_minor: if kind == RiderKind::Broke {
+                0
+            } else {
+                credit_limit_minor
+            },
+        };
+        let opened = admin.open_account(open).await?.into_inner();
+        if !opened.accepted && opened.refusal_code != "account_exists" {
+            return Err(tonic::Status::failed_precondition(format!(
+                "account {account_id} was not opened: {}",
+                opened.refusal_code
+            )));
+        }
+        // A balance of 0 needs no top-up (and the engine refuses one of 0).
+        if kind != RiderKind::Broke && balance_minor > 0 {
+            admin
+                .top_up(pb::TopUpRequest {
+                    transaction_id: tx(seed, base + 1),
+                    account_id,
+                    amount_minor: balance_minor,
+                })
+                .await?;
+        }
+        if kind == RiderKind::Denied {
+            admin
+                .add_deny_list_entry(pb::AccountRequest {
+                    transaction_id: tx(seed, base + 2),
+                    account_id,
+                })
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The riders as provisioned, each with a phone holding a credential from its
+/// provider's issuer.
+fn riders_with_phones(kinds: Vec<RiderKind>, providers: u16, seed: u64) -> Vec<Rider> {
+    let issuers: Vec<Issuer> = (1..=providers).map(|p| issuer_of(p, seed)).collect();
+    kinds
         .into_iter()
         .enumerate()
         .map(|(index, kind)| {
             let account_id = account_id_of(seed, index as u64);
-            let provider_index = (index as u64 % u64::from(population.providers)) as usize;
+            let provider_index = (index as u64 % u64::from(providers)) as usize;
             Rider {
                 account_id,
                 provider_id: provider_index as u16 + 1,
@@ -348,12 +421,7 @@ pub async fn provision(
                 device: device_of(&issuers[provider_index], account_id, seed),
             }
         })
-        .collect();
-    Ok(Provisioned {
-        riders,
-        unknown_issuer,
-        revoked_issuer,
-    })
+        .collect()
 }
 
 /// Runs futures from a stream with at most `limit` at once, collecting their outputs.

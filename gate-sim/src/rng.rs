@@ -1,4 +1,6 @@
 //! A small seeded random number generator (SplitMix64): the same seed gives the same run.
+//! The simulator and the end-to-end tests share it, so that every seeded draw in the
+//! workspace comes from one generator.
 
 /// SplitMix64.
 #[derive(Debug, Clone)]
@@ -24,6 +26,11 @@ impl Rng {
         (self.next_u64() % n.max(1) as u64) as usize
     }
 
+    /// A number in `low..high` (`low` when the range is empty).
+    pub fn range(&mut self, low: u64, high: u64) -> u64 {
+        low + self.next_u64() % high.saturating_sub(low).max(1)
+    }
+
     /// A number in `[0, 1)`.
     pub fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
@@ -33,5 +40,27 @@ impl Rng {
     /// arrivals).
     pub fn exponential(&mut self, mean: f64) -> f64 {
         -mean * (1.0 - self.unit()).ln()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `range` stays within its bounds, reaches both ends, and follows the seed.
+    #[test]
+    fn a_range_draw_stays_within_its_bounds_and_follows_the_seed() {
+        let draws = |seed| {
+            let mut rng = Rng::new(seed);
+            (0..400).map(|_| rng.range(20, 24)).collect::<Vec<u64>>()
+        };
+        let first = draws(7);
+        assert_eq!(first, draws(7));
+        assert_ne!(first, draws(8));
+        let mut seen = first.clone();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen, [20, 21, 22, 23]);
+        assert_eq!(Rng::new(1).range(5, 5), 5);
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use fareway_proto::v1 as pb;
 use hdrhistogram::Histogram;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::StreamExt as _;
 
 use crate::client::{Engine, GateClient};
@@ -57,7 +57,7 @@ pub struct RunResult {
 
 /// Taps sent on a stream and not yet answered, by transaction id: plan index, due time,
 /// due offset, and the in-flight permit they hold.
-type Pending = HashMap<Vec<u8>, (usize, Instant, u64, tokio::sync::OwnedSemaphorePermit)>;
+type Pending = HashMap<Vec<u8>, (usize, Instant, u64, OwnedSemaphorePermit)>;
 
 /// Connections used for unary calls (HTTP/2 multiplexes each).
 const UNARY_CONNECTIONS: usize = 4;
@@ -67,6 +67,7 @@ const STREAMS: usize = 8;
 /// Which taps were not sent, so that a repeat of a tap that never reached the engine is
 /// not sent either: its expected answer (a replay, `code_reused`, a conflict) assumes the
 /// original was seen first.
+#[derive(Debug)]
 struct Unsent(Vec<bool>);
 
 impl Unsent {
@@ -77,7 +78,7 @@ impl Unsent {
         index: usize,
         tap: &PlannedTap,
         permits: &Arc<Semaphore>,
-    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    ) -> Option<OwnedSemaphorePermit> {
         let original_unsent = tap.repeats.is_some_and(|original| self.0[original]);
         let permit = if original_unsent {
             None
@@ -89,6 +90,87 @@ impl Unsent {
     }
 }
 
+/// Where the players record each tap's answer, shared with the progress ticker: the
+/// results in plan order, and the latencies since the ticker last looked.
+#[derive(Debug, Clone)]
+struct Recorder {
+    results: Arc<Mutex<Vec<Option<TapResult>>>>,
+    recent: Arc<Mutex<Histogram<u64>>>,
+}
+
+impl Recorder {
+    /// A recorder for a plan of `taps` taps.
+    fn new(taps: usize) -> Recorder {
+        Recorder {
+            results: Arc::new(Mutex::new(vec![None; taps])),
+            recent: Arc::new(Mutex::new(new_histogram())),
+        }
+    }
+
+    /// Records tap `index`'s answer, with its latency from its due time until now.
+    fn record(&self, index: usize, due: Instant, due_ms: u64, answer: Answer) {
+        let latency_us = due.elapsed().as_micros() as u64;
+        let _ = lock(&self.recent).record(latency_us.max(1));
+        lock(&self.results)[index] = Some(TapResult {
+            answer,
+            latency_us,
+            due_ms,
+        });
+    }
+
+    /// Every tap's result in plan order; a tap with none recorded counts as failed.
+    fn take_results(&self) -> Vec<TapResult> {
+        let results = std::mem::take(&mut *lock(&self.results));
+        results
+            .into_iter()
+            .map(|result| {
+                result.unwrap_or(TapResult {
+                    answer: Answer::Failed(tonic::Code::Unknown, "no result recorded".into()),
+                    latency_us: 0,
+                    due_ms: 0,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Locks a mutex, going on past a panic of another holder (the data are counters and
+/// answers, whole at every step).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The timed window's clock and admission, shared by both players: each tap waits for
+/// its due time, then is sent under a permit or recorded as not sent.
+#[derive(Debug)]
+struct TimedWindow {
+    start: Instant,
+    permits: Arc<Semaphore>,
+    unsent: Unsent,
+    recorder: Recorder,
+}
+
+impl TimedWindow {
+    /// Waits until tap `index` is due, then its due instant and a permit to send it;
+    /// `None` (and the tap recorded as not sent) when it may not be sent.
+    async fn admit_when_due(
+        &mut self,
+        index: usize,
+        tap: &PlannedTap,
+    ) -> Option<(Instant, OwnedSemaphorePermit)> {
+        let due = self.start + Duration::from_millis(tap.due_ms);
+        tokio::time::sleep_until(due.into()).await;
+        let Some(permit) = self.unsent.admit(index, tap, &self.permits) else {
+            self.recorder
+                .record(index, due, tap.due_ms, Answer::NotSent);
+            return None;
+        };
+        Some((due, permit))
+    }
+}
+
 /// Plays the plan. `in_flight_max` bounds taps sent and not yet answered.
 pub async fn play(
     engine: &Engine,
@@ -97,189 +179,173 @@ pub async fn play(
     in_flight_max: usize,
     progress: Option<&indicatif::ProgressBar>,
 ) -> anyhow::Result<RunResult> {
-    let results: Arc<Mutex<Vec<Option<TapResult>>>> = Arc::new(Mutex::new(vec![None; plan.len()]));
-    let recent = Arc::new(Mutex::new(new_histogram()));
+    let recorder = Recorder::new(plan.len());
     let permits = Arc::new(Semaphore::new(in_flight_max));
-    let mut unsent = Unsent(vec![false; plan.len()]);
-    let start = Instant::now();
-    let record = {
-        let results = Arc::clone(&results);
-        let recent = Arc::clone(&recent);
-        move |index: usize, due: Instant, due_ms: u64, answer: Answer| {
-            let latency_us = due.elapsed().as_micros() as u64;
-            let _ = recent
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .record(latency_us.max(1));
-            results
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)[index] = Some(TapResult {
-                answer,
-                latency_us,
-                due_ms,
-            });
-        }
+    let unsent = Unsent(vec![false; plan.len()]);
+    let mut window = TimedWindow {
+        start: Instant::now(),
+        permits,
+        unsent,
+        recorder: recorder.clone(),
     };
-    let ticker = progress.map(|bar| {
-        let bar = bar.clone();
-        let recent = Arc::clone(&recent);
-        let results = Arc::clone(&results);
-        tokio::spawn(async move {
-            let mut last_done = 0usize;
-            let mut interval = tokio::time::interval(Duration::from_millis(500));
-            loop {
-                interval.tick().await;
-                let done = results
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .iter()
-                    .filter(|result| result.is_some())
-                    .count();
-                let mut histogram = recent
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let p99_ms = histogram.value_at_quantile(0.99) as f64 / 1_000.0;
-                histogram.reset();
-                drop(histogram);
-                bar.set_position(done as u64);
-                bar.set_message(format!(
-                    "{} taps/s, p99 {p99_ms:.1} ms",
-                    (done - last_done) * 2
-                ));
-                last_done = done;
-            }
-        })
-    });
-
+    let ticker = progress.map(|bar| spawn_ticker(bar.clone(), recorder.clone()));
     match mode {
-        Mode::Unary => {
-            let mut clients = Vec::with_capacity(UNARY_CONNECTIONS);
-            for _ in 0..UNARY_CONNECTIONS {
-                clients.push(engine.gate().await?);
-            }
-            let mut running = tokio::task::JoinSet::new();
-            for (index, tap) in plan.iter().enumerate() {
-                let due = start + Duration::from_millis(tap.due_ms);
-                tokio::time::sleep_until(due.into()).await;
-                let Some(permit) = unsent.admit(index, tap, &permits) else {
-                    record(index, due, tap.due_ms, Answer::NotSent);
-                    continue;
-                };
-                let mut client: GateClient = clients[index % UNARY_CONNECTIONS].clone();
-                let request = tap.request.clone();
-                let record = record.clone();
-                let due_ms = tap.due_ms;
-                running.spawn(async move {
-                    record(index, due, due_ms, unary(&mut client, request).await);
-                    drop(permit);
-                });
-                // Reap finished calls so that the set does not grow with the run.
-                while running.try_join_next().is_some() {}
-            }
-            while running.join_next().await.is_some() {}
-        }
-        Mode::Streaming => {
-            // Each stream: a sender of requests and a reader matching answers by id.
-            let pending: Arc<Mutex<Pending>> = Arc::new(Mutex::new(HashMap::new()));
-            let mut senders = Vec::with_capacity(STREAMS);
-            let mut readers = tokio::task::JoinSet::new();
-            for _ in 0..STREAMS {
-                let mut client = engine.gate().await?;
-                let (sender, receiver) = mpsc::channel::<pb::TapRequest>(in_flight_max.max(1));
-                let mut answers = client
-                    .tap_stream(tokio_stream::wrappers::ReceiverStream::new(receiver))
-                    .await?
-                    .into_inner();
-                let pending = Arc::clone(&pending);
-                let record = record.clone();
-                readers.spawn(async move {
-                    while let Some(answer) = answers.next().await {
-                        let Ok(response) = answer else { break };
-                        let entry = pending
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .remove(&response.transaction_id);
-                        if let Some((index, due, due_ms, _permit)) = entry {
-                            let answer = match &response.error {
-                                Some(error) => Answer::Failed(
-                                    tonic::Code::from(error.code),
-                                    error.message.clone(),
-                                ),
-                                None => Answer::Response(response),
-                            };
-                            record(index, due, due_ms, answer);
-                        }
-                    }
-                });
-                senders.push(sender);
-            }
-            for (index, tap) in plan.iter().enumerate() {
-                let due = start + Duration::from_millis(tap.due_ms);
-                tokio::time::sleep_until(due.into()).await;
-                let Some(permit) = unsent.admit(index, tap, &permits) else {
-                    record(index, due, tap.due_ms, Answer::NotSent);
-                    continue;
-                };
-                // A transaction id is on at most one stream at a time: a retry of an id
-                // still in flight waits its turn as a fresh unary call would.
-                let id = tap.request.transaction_id.clone();
-                let clash = pending
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .contains_key(&id);
-                if clash {
-                    let mut client = engine.gate().await?;
-                    let answer = unary(&mut client, tap.request.clone()).await;
-                    record(index, due, tap.due_ms, answer);
-                    drop(permit);
-                    continue;
-                }
-                pending
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(id, (index, due, tap.due_ms, permit));
-                let stream = tap.request.gate_id as usize % STREAMS;
-                if senders[stream].send(tap.request.clone()).await.is_err() {
-                    anyhow::bail!("a tap stream closed early");
-                }
-            }
-            drop(senders);
-            while readers.join_next().await.is_some() {}
-            // Whatever is still pending got no answer: the stream ended.
-            for (_, (index, due, due_ms, _)) in pending
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .drain()
-            {
-                record(
-                    index,
-                    due,
-                    due_ms,
-                    Answer::Failed(tonic::Code::Unavailable, "no answer on the stream".into()),
-                );
-            }
-        }
+        Mode::Unary => play_unary(engine, plan, &mut window).await?,
+        Mode::Streaming => play_streaming(engine, plan, in_flight_max, &mut window).await?,
     }
-    let elapsed = start.elapsed();
+    let elapsed = window.start.elapsed();
     if let Some(ticker) = ticker {
         ticker.abort();
     }
-    let results = std::mem::take(
-        &mut *results
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
-    );
-    let results = results
-        .into_iter()
-        .map(|result| {
-            result.unwrap_or(TapResult {
-                answer: Answer::Failed(tonic::Code::Unknown, "no result recorded".into()),
-                latency_us: 0,
-                due_ms: 0,
-            })
-        })
-        .collect();
-    Ok(RunResult { results, elapsed })
+    Ok(RunResult {
+        results: recorder.take_results(),
+        elapsed,
+    })
+}
+
+/// Every half second, moves the progress bar to the taps answered and shows the rate
+/// and p99 latency since the last tick.
+fn spawn_ticker(bar: indicatif::ProgressBar, recorder: Recorder) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last_done = 0usize;
+        let mut interval = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            interval.tick().await;
+            let done = lock(&recorder.results)
+                .iter()
+                .filter(|result| result.is_some())
+                .count();
+            let mut histogram = lock(&recorder.recent);
+            let p99_ms = histogram.value_at_quantile(0.99) as f64 / 1_000.0;
+            histogram.reset();
+            drop(histogram);
+            bar.set_position(done as u64);
+            bar.set_message(format!(
+                "{} taps/s, p99 {p99_ms:.1} ms",
+                (done - last_done) * 2
+            ));
+            last_done = done;
+        }
+    })
+}
+
+/// One `Tap` call per tap, spread over a few connections.
+async fn play_unary(
+    engine: &Engine,
+    plan: &[PlannedTap],
+    window: &mut TimedWindow,
+) -> anyhow::Result<()> {
+    let mut clients = Vec::with_capacity(UNARY_CONNECTIONS);
+    for _ in 0..UNARY_CONNECTIONS {
+        clients.push(engine.gate().await?);
+    }
+    let mut running = tokio::task::JoinSet::new();
+    for (index, tap) in plan.iter().enumerate() {
+        let Some((due, permit)) = window.admit_when_due(index, tap).await else {
+            continue;
+        };
+        let mut client: GateClient = clients[index % UNARY_CONNECTIONS].clone();
+        let request = tap.request.clone();
+        let recorder = window.recorder.clone();
+        let due_ms = tap.due_ms;
+        running.spawn(async move {
+            recorder.record(index, due, due_ms, unary(&mut client, request).await);
+            drop(permit);
+        });
+        // Reap finished calls so that the set does not grow with the run.
+        while running.try_join_next().is_some() {}
+    }
+    while running.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Taps on long-lived streams, one per group of gates; a tap whose id is still in flight
+/// goes as a unary call.
+async fn play_streaming(
+    engine: &Engine,
+    plan: &[PlannedTap],
+    in_flight_max: usize,
+    window: &mut TimedWindow,
+) -> anyhow::Result<()> {
+    let pending: Arc<Mutex<Pending>> = Arc::new(Mutex::new(HashMap::new()));
+    let (senders, mut readers) =
+        open_streams(engine, in_flight_max, &pending, &window.recorder).await?;
+    for (index, tap) in plan.iter().enumerate() {
+        let Some((due, permit)) = window.admit_when_due(index, tap).await else {
+            continue;
+        };
+        // A transaction id is on at most one stream at a time: a retry of an id still in
+        // flight waits its turn as a fresh unary call would.
+        let id = tap.request.transaction_id.clone();
+        let clash = lock(&pending).contains_key(&id);
+        if clash {
+            let mut client = engine.gate().await?;
+            let answer = unary(&mut client, tap.request.clone()).await;
+            window.recorder.record(index, due, tap.due_ms, answer);
+            drop(permit);
+            continue;
+        }
+        lock(&pending).insert(id, (index, due, tap.due_ms, permit));
+        let stream = tap.request.gate_id as usize % STREAMS;
+        if senders[stream].send(tap.request.clone()).await.is_err() {
+            anyhow::bail!("a tap stream closed early");
+        }
+    }
+    drop(senders);
+    while readers.join_next().await.is_some() {}
+    // Whatever is still pending got no answer: the stream ended.
+    for (_, (index, due, due_ms, _)) in lock(&pending).drain() {
+        window.recorder.record(
+            index,
+            due,
+            due_ms,
+            Answer::Failed(tonic::Code::Unavailable, "no answer on the stream".into()),
+        );
+    }
+    Ok(())
+}
+
+/// Opens the streams: for each, a sender of requests, and a reader task that matches
+/// answers to pending taps by id.
+async fn open_streams(
+    engine: &Engine,
+    in_flight_max: usize,
+    pending: &Arc<Mutex<Pending>>,
+    recorder: &Recorder,
+) -> anyhow::Result<(Vec<mpsc::Sender<pb::TapRequest>>, tokio::task::JoinSet<()>)> {
+    let mut senders = Vec::with_capacity(STREAMS);
+    let mut readers = tokio::task::JoinSet::new();
+    for _ in 0..STREAMS {
+        let mut client = engine.gate().await?;
+        let (sender, receiver) = mpsc::channel::<pb::TapRequest>(in_flight_max.max(1));
+        let answers = client
+            .tap_stream(tokio_stream::wrappers::ReceiverStream::new(receiver))
+            .await?
+            .into_inner();
+        readers.spawn(read_answers(answers, Arc::clone(pending), recorder.clone()));
+        senders.push(sender);
+    }
+    Ok((senders, readers))
+}
+
+/// Records each answer on a stream against its pending tap, until the stream ends or
+/// fails.
+async fn read_answers(
+    mut answers: tonic::Streaming<pb::TapResponse>,
+    pending: Arc<Mutex<Pending>>,
+    recorder: Recorder,
+) {
+    while let Some(answer) = answers.next().await {
+        let Ok(response) = answer else { break };
+        let entry = lock(&pending).remove(&response.transaction_id);
+        if let Some((index, due, due_ms, _permit)) = entry {
+            let answer = match &response.error {
+                Some(error) => Answer::Failed(tonic::Code::from(error.code), error.message.clone()),
+                None => Answer::Response(response),
+            };
+            recorder.record(index, due, due_ms, answer);
+        }
+    }
 }
 
 /// One `Tap` call's answer.

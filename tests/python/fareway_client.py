@@ -17,6 +17,10 @@ import tempfile
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
 from grpc_tools import protoc
 
 
@@ -34,6 +38,18 @@ def generate_stubs(proto_root, out):
     sys.path.insert(0, out)
 
 
+def services_by_reflection_v1(channel):
+    """The services server reflection v1 lists. grpcio-reflection ships only v1alpha's
+    messages; v1's are the same on the wire, under another package name."""
+    call = channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    answers = call(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+    return sorted(s.name for answer in answers for s in answer.list_services_response.service)
+
+
 def main():
     with open(sys.argv[1], encoding="utf-8") as f:
         given = json.load(f)
@@ -49,6 +65,19 @@ def main():
                 health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
             )
             for service in ["", "fareway.v1.GateService", "fareway.v1.SettlementService"]
+        }
+
+        # Reflection as Python's own client asks it (v1alpha), and as v1.
+        database = ProtoReflectionDescriptorDatabase(channel)
+        seen["reflection"] = {
+            "v1alpha": sorted(database.get_services()),
+            "v1": services_by_reflection_v1(channel),
+            "gate_methods": [
+                method.name
+                for method in database.FindFileContainingSymbol(
+                    "fareway.v1.GateService"
+                ).service[0].method
+            ],
         }
 
         tap = given["tap"]

@@ -2,6 +2,10 @@
 
 use std::path::PathBuf;
 
+/// The simulator's seeded generator: tests that pick random moments can be replayed from
+/// their seed, and the workspace has one generator.
+pub use gate_sim::rng::Rng;
+
 pub mod process;
 pub mod server;
 
@@ -17,29 +21,4 @@ pub fn env_number(name: &str, default: u64) -> u64 {
 /// The workspace's root folder.
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// A small deterministic random number generator (xorshift64*), so tests that pick
-/// random moments can be replayed from their seed.
-#[derive(Debug, Clone)]
-pub struct TestRng(u64);
-
-impl TestRng {
-    /// A generator from a seed (zero is replaced, as xorshift needs a non-zero state).
-    pub fn new(seed: u64) -> TestRng {
-        TestRng(seed.max(1))
-    }
-
-    /// The next number.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// A number in `low..high`.
-    pub fn range(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next_u64() % (high - low).max(1)
-    }
 }

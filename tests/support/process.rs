@@ -23,7 +23,7 @@ pub fn fareway_binary() -> PathBuf {
     let binary = exe.parent().and_then(Path::parent).unwrap().join("fareway");
     assert!(
         binary.exists(),
-        "{} is missing: run `cargo build --release -p fareway` (or the whole workspace's tests) first",
+        "{} is missing: run `cargo build --release -p fareway-cli` (or the whole workspace's tests) first",
         binary.display()
     );
     binary

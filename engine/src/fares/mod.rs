@@ -158,79 +158,10 @@ impl FareTable {
         }
         let file: FaresFile =
             toml::from_str(text).map_err(|err| FareError::Parse(err.to_string()))?;
-        let invalid = |message: String| Err(FareError::Invalid(message));
-        for (name, value) in [
-            ("max_fare_minor", file.max_fare_minor),
-            ("daily_cap_minor", file.daily_cap_minor),
-            ("transfer_discount_minor", file.transfer_discount_minor),
-        ] {
-            if value < 0 {
-                return invalid(format!("{name} must not be negative"));
-            }
-        }
-        if file.fare_band.is_empty() {
-            return invalid("at least one fare_band is needed".into());
-        }
-        let mut bands = Vec::new();
-        for band in &file.fare_band {
-            if band.fare_minor < 0 || band.fare_minor > file.max_fare_minor {
-                return invalid(format!(
-                    "fare_band up to {} m: fare must be 0 to max_fare_minor",
-                    band.up_to_m
-                ));
-            }
-            if bands.last().is_some_and(|(up_to, fare)| {
-                band.up_to_m <= *up_to || Amount(band.fare_minor) < *fare
-            }) {
-                return invalid(
-                    "fare_band entries must grow in distance and not fall in fare".into(),
-                );
-            }
-            bands.push((band.up_to_m, Amount(band.fare_minor)));
-        }
-        let mut station_names = BTreeMap::new();
-        let mut edges: HashMap<StationId, Vec<(StationId, u32)>> = HashMap::new();
-        for line in &file.line {
-            if line.station.len() < 2 {
-                return invalid(format!("line {} needs at least two stations", line.name));
-            }
-            for pair in line.station.windows(2) {
-                if pair[1].at_m <= pair[0].at_m {
-                    return invalid(format!("line {}: at_m must grow along the line", line.name));
-                }
-                let gap = pair[1].at_m - pair[0].at_m;
-                edges.entry(pair[0].id).or_default().push((pair[1].id, gap));
-                edges.entry(pair[1].id).or_default().push((pair[0].id, gap));
-            }
-            for station in &line.station {
-                match station_names.get(&station.id) {
-                    Some(name) if name != &station.name => {
-                        return invalid(format!("station {} has two names", station.id));
-                    }
-                    _ => {
-                        station_names.insert(station.id, station.name.clone());
-                    }
-                }
-            }
-        }
-        if station_names.len() > STATIONS_MAX {
-            return invalid(format!("more than {STATIONS_MAX} stations"));
-        }
-        let mut routes = BTreeMap::new();
-        for route in file.bus_route {
-            if route.fare_minor < 0 || route.fare_minor > file.max_fare_minor {
-                return invalid(format!(
-                    "bus_route {}: fare must be 0 to max_fare_minor",
-                    route.id
-                ));
-            }
-            if routes
-                .insert(route.id, (route.name, Amount(route.fare_minor)))
-                .is_some()
-            {
-                return invalid(format!("bus_route {} is listed twice", route.id));
-            }
-        }
+        check_amounts(&file)?;
+        let bands = fare_bands(&file.fare_band, file.max_fare_minor)?;
+        let (station_names, edges) = metro_network(&file.line)?;
+        let routes = bus_routes(file.bus_route, file.max_fare_minor)?;
         let distances_m = all_pairs_shortest(&station_names, &edges);
         Ok(FareTable {
             max_fare: Amount(file.max_fare_minor),
@@ -334,6 +265,114 @@ impl FareTable {
         let left_under_cap = Amount(self.daily_cap.0.saturating_sub(day.charged_today.0).max(0));
         discounted.min(left_under_cap)
     }
+}
+
+/// A broken rule of the fares file.
+fn invalid<T>(message: String) -> Result<T, FareError> {
+    Err(FareError::Invalid(message))
+}
+
+/// The maximum fare, the daily cap and the transfer discount are not negative.
+fn check_amounts(file: &FaresFile) -> Result<(), FareError> {
+    for (name, value) in [
+        ("max_fare_minor", file.max_fare_minor),
+        ("daily_cap_minor", file.daily_cap_minor),
+        ("transfer_discount_minor", file.transfer_discount_minor),
+    ] {
+        if value < 0 {
+            return invalid(format!("{name} must not be negative"));
+        }
+    }
+    Ok(())
+}
+
+/// The distance bands: at least one, growing in distance, not falling in fare, and none
+/// above the maximum fare.
+fn fare_bands(entries: &[BandEntry], max_fare_minor: i64) -> Result<Vec<(u32, Amount)>, FareError> {
+    if entries.is_empty() {
+        return invalid("at least one fare_band is needed".into());
+    }
+    let mut bands: Vec<(u32, Amount)> = Vec::new();
+    for band in entries {
+        if band.fare_minor < 0 || band.fare_minor > max_fare_minor {
+            return invalid(format!(
+                "fare_band up to {} m: fare must be 0 to max_fare_minor",
+                band.up_to_m
+            ));
+        }
+        if bands
+            .last()
+            .is_some_and(|(up_to, fare)| band.up_to_m <= *up_to || Amount(band.fare_minor) < *fare)
+        {
+            return invalid("fare_band entries must grow in distance and not fall in fare".into());
+        }
+        bands.push((band.up_to_m, Amount(band.fare_minor)));
+    }
+    Ok(bands)
+}
+
+/// Station names by id, and the track between neighbouring stations of every line.
+type MetroNetwork = (
+    BTreeMap<StationId, String>,
+    HashMap<StationId, Vec<(StationId, u32)>>,
+);
+
+/// The metro network of the lines: each line has two stations or more in growing
+/// position, a station has one name on every line, and there are at most
+/// [`STATIONS_MAX`] stations.
+fn metro_network(lines: &[LineEntry]) -> Result<MetroNetwork, FareError> {
+    let mut station_names = BTreeMap::new();
+    let mut edges: HashMap<StationId, Vec<(StationId, u32)>> = HashMap::new();
+    for line in lines {
+        if line.station.len() < 2 {
+            return invalid(format!("line {} needs at least two stations", line.name));
+        }
+        for pair in line.station.windows(2) {
+            if pair[1].at_m <= pair[0].at_m {
+                return invalid(format!("line {}: at_m must grow along the line", line.name));
+            }
+            let gap = pair[1].at_m - pair[0].at_m;
+            edges.entry(pair[0].id).or_default().push((pair[1].id, gap));
+            edges.entry(pair[1].id).or_default().push((pair[0].id, gap));
+        }
+        for station in &line.station {
+            match station_names.get(&station.id) {
+                Some(name) if name != &station.name => {
+                    return invalid(format!("station {} has two names", station.id));
+                }
+                _ => {
+                    station_names.insert(station.id, station.name.clone());
+                }
+            }
+        }
+    }
+    if station_names.len() > STATIONS_MAX {
+        return invalid(format!("more than {STATIONS_MAX} stations"));
+    }
+    Ok((station_names, edges))
+}
+
+/// The bus routes by id: each listed once, with a fare of at most the maximum fare.
+fn bus_routes(
+    entries: Vec<RouteEntry>,
+    max_fare_minor: i64,
+) -> Result<BTreeMap<RouteId, (String, Amount)>, FareError> {
+    let mut routes = BTreeMap::new();
+    for route in entries {
+        if route.fare_minor < 0 || route.fare_minor > max_fare_minor {
+            return invalid(format!(
+                "bus_route {}: fare must be 0 to max_fare_minor",
+                route.id
+            ));
+        }
+        if routes
+            .insert(route.id, (route.name, Amount(route.fare_minor)))
+            .is_some()
+        {
+            return invalid(format!("bus_route {} is listed twice", route.id));
+        }
+    }
+    Ok(routes)
 }
 
 /// Dijkstra from every station: the network is small (at most [`STATIONS_MAX`]).

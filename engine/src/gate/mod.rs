@@ -54,6 +54,9 @@ impl TapReason {
 /// The gate service's answer to a tap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TapAnswer {
+    /// The tap's transaction id, as the gate chose it (for a duplicate scan too, whose
+    /// answer is the original tap's).
+    pub id: TxId,
     /// Whether the gate opens.
     pub accepted: bool,
     /// Why not, when rejected.
@@ -71,8 +74,9 @@ pub struct TapAnswer {
 }
 
 impl TapAnswer {
-    fn rejected_code(reason: Reason) -> TapAnswer {
+    fn rejected_code(id: TxId, reason: Reason) -> TapAnswer {
         TapAnswer {
+            id,
             accepted: false,
             reason: Some(TapReason::Code(reason)),
             fare: Amount::ZERO,
@@ -83,8 +87,8 @@ impl TapAnswer {
         }
     }
 
-    /// The answer a ledger receipt gives.
-    pub fn from_receipt(receipt: &Receipt) -> TapAnswer {
+    /// The answer a ledger receipt gives to the tap with this id.
+    pub fn from_receipt(id: TxId, receipt: &Receipt) -> TapAnswer {
         let record = &receipt.record;
         let (accepted, reason) = match record.outcome {
             Outcome::Accepted => (true, None),
@@ -93,6 +97,7 @@ impl TapAnswer {
             Outcome::Duplicate { .. } => (false, Some(TapReason::Ledger(Refusal::CodeReused))),
         };
         TapAnswer {
+            id,
             accepted,
             reason,
             fare: record.rider_charge(),
@@ -152,9 +157,11 @@ impl Default for ScanTimeLimits {
     }
 }
 
-/// The gate service: shared by every connection.
+/// Decides whether a gate opens: verifies the code and submits the tap to the ledger.
+/// Shared by every connection; the gRPC service (`grpc::gate::GateApi`) and the
+/// in-process benchmark call it.
 #[derive(Debug)]
-pub struct GateService {
+pub struct Gatekeeper {
     verifier: Arc<Verifier>,
     ledger: Arc<Ledger>,
     fares: Arc<FareTable>,
@@ -162,7 +169,7 @@ pub struct GateService {
     scan_time: ScanTimeLimits,
 }
 
-impl GateService {
+impl Gatekeeper {
     /// A gate service over a verifier and a ledger opened with `fares`.
     pub fn new(
         verifier: Arc<Verifier>,
@@ -170,8 +177,8 @@ impl GateService {
         fares: Arc<FareTable>,
         clock: Arc<dyn Clock>,
         scan_time: ScanTimeLimits,
-    ) -> GateService {
-        GateService {
+    ) -> Gatekeeper {
+        Gatekeeper {
             verifier,
             ledger,
             fares,
@@ -201,7 +208,7 @@ impl GateService {
         self.check(&input)?;
         let code = match self.verifier.verify_text(&input.code_text, input.scan_time) {
             Decision::Accepted(code) => code,
-            Decision::Rejected(reason) => return Ok(TapAnswer::rejected_code(reason)),
+            Decision::Rejected(reason) => return Ok(TapAnswer::rejected_code(input.id, reason)),
         };
         let request = Request {
             id: input.id,
@@ -214,7 +221,7 @@ impl GateService {
             }),
         };
         let receipt = self.ledger.submit_async(request).await?;
-        Ok(TapAnswer::from_receipt(&receipt))
+        Ok(TapAnswer::from_receipt(input.id, &receipt))
     }
 
     fn check(&self, input: &TapInput) -> Result<(), GateError> {

@@ -120,15 +120,17 @@ impl AdminApi {
         let path = self.issuer_keys_file.clone();
         let text = toml::to_string(&next.to_file())
             .map_err(|err| Status::internal(format!("cannot encode the key registry: {err}")))?;
-        tokio::task::spawn_blocking(move || write_atomically(&path, &text))
-            .await
-            .map_err(|err| Status::internal(format!("key file task failed: {err}")))?
-            .map_err(|err| {
-                Status::unavailable(format!(
-                    "cannot write issuer key file {}: {err}",
-                    self.issuer_keys_file.display()
-                ))
-            })?;
+        tokio::task::spawn_blocking(move || {
+            crate::files::write_atomically(&path, text.as_bytes(), 0o600)
+        })
+        .await
+        .map_err(|err| Status::internal(format!("key file task failed: {err}")))?
+        .map_err(|err| {
+            Status::unavailable(format!(
+                "cannot write issuer key file {}: {err}",
+                self.issuer_keys_file.display()
+            ))
+        })?;
         self.verifier.set_registry(next);
         Ok(key)
     }
@@ -165,16 +167,6 @@ fn key_status(err: &KeyError) -> Status {
         _ => tonic::Code::InvalidArgument,
     };
     convert::status(code, err.to_string(), err.code())
-}
-
-fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let folder = path.parent().unwrap_or(std::path::Path::new("."));
-    let mut file = tempfile::NamedTempFile::new_in(folder)?;
-    file.write_all(text.as_bytes())?;
-    file.as_file().sync_all()?;
-    file.persist(path).map_err(|err| err.error)?;
-    Ok(())
 }
 
 fn provider_id(value: u32) -> Result<u16, Status> {
@@ -214,7 +206,8 @@ impl pb::admin_service_server::AdminService for AdminApi {
     ) -> Result<Response<pb::Checkpoint>, Status> {
         let _permit = admit(&self.in_flight, &self.metrics, "requests")?;
         let name = checkpoint_name(&request.get_ref().name)?;
-        std::fs::create_dir_all(&self.backup_dir).map_err(|err| {
+        // Owner-only, as the data directory: a checkpoint is every rider's history.
+        crate::ledger::store::create_private_dir(&self.backup_dir).map_err(|err| {
             Status::unavailable(format!(
                 "cannot create the backup folder {}: {err}",
                 self.backup_dir.display()

@@ -34,11 +34,10 @@ impl Authenticator {
             .metadata()
             .get("authorization")
             .ok_or_else(|| Status::unauthenticated("missing authorization: Bearer <token>"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated("authorization must be \"Bearer <token>\""))?;
+        let token =
+            header.to_str().ok().and_then(bearer_token).ok_or_else(|| {
+                Status::unauthenticated("authorization must be \"Bearer <token>\"")
+            })?;
         let presented = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
         let mut found = None;
         // Every configured hash is compared in full, whatever matches, so that the time
@@ -78,6 +77,13 @@ impl Authenticator {
     }
 }
 
+/// The token of a `Bearer` credential. The scheme's name is case-insensitive (RFC 7235,
+/// section 2.1), so `bearer` and `BEARER` are accepted as well.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
+
 /// The client side: adds `authorization: Bearer <token>` to every call (or nothing, for a
 /// client without a token).
 #[derive(Debug, Clone)]
@@ -103,5 +109,20 @@ impl tonic::service::Interceptor for Bearer {
                 .insert("authorization", value.clone());
         }
         Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER abc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+        assert_eq!(bearer_token("abc"), None);
     }
 }

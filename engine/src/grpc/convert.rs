@@ -108,14 +108,14 @@ pub fn tap_input(request: pb::TapRequest) -> Result<TapInput, Status> {
 }
 
 /// The domain's answer as a tap response.
-pub fn tap_response(transaction_id: Vec<u8>, answer: &TapAnswer) -> pb::TapResponse {
+pub fn tap_response(answer: &TapAnswer) -> pb::TapResponse {
     let decision = if answer.accepted {
         pb::TapDecision::Accepted
     } else {
         pb::TapDecision::Rejected
     };
     pb::TapResponse {
-        transaction_id,
+        transaction_id: answer.id.0.to_be_bytes().to_vec(),
         decision: decision as i32,
         reason: answer.reason.map_or(pb::TapReason::Unspecified, tap_reason) as i32,
         reason_code: answer
@@ -157,6 +157,7 @@ pub fn tap_reason(reason: TapReason) -> pb::TapReason {
             Reason::RevokedIssuerKey => P::RevokedIssuerKey,
             Reason::BadCredentialSignature => P::BadCredentialSignature,
             Reason::CredentialExpired => P::CredentialExpired,
+            Reason::WeakDeviceKey => P::WeakDeviceKey,
             Reason::BadCodeSignature => P::BadCodeSignature,
             Reason::CodeExpired => P::CodeExpired,
             Reason::CodeFromFuture => P::CodeFromFuture,

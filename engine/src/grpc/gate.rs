@@ -10,7 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
-use crate::gate::GateService;
+use crate::gate::Gatekeeper;
 use crate::server::metrics::Metrics;
 
 use super::convert;
@@ -18,7 +18,7 @@ use super::convert;
 /// The gate API over the domain's gate service.
 #[derive(Debug, Clone)]
 pub struct GateApi {
-    service: Arc<GateService>,
+    service: Arc<Gatekeeper>,
     in_flight: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     stream_taps_in_flight_max: usize,
@@ -30,7 +30,7 @@ pub struct GateApi {
 impl GateApi {
     /// A gate API sharing the server-wide limit on requests in flight.
     pub fn new(
-        service: Arc<GateService>,
+        service: Arc<Gatekeeper>,
         in_flight: Arc<Semaphore>,
         metrics: Arc<Metrics>,
         stream_taps_in_flight_max: usize,
@@ -48,7 +48,6 @@ impl GateApi {
     /// Answers one tap: the response, or the status of a fault.
     async fn answer(&self, request: pb::TapRequest) -> Result<pb::TapResponse, Status> {
         let started = Instant::now();
-        let transaction_id = request.transaction_id.clone();
         let input = convert::tap_input(request).inspect_err(|_| {
             self.metrics.record_fault("invalid_argument");
         })?;
@@ -65,7 +64,7 @@ impl GateApi {
                         "tap answered"
                     );
                 });
-                Ok(convert::tap_response(transaction_id, &answer))
+                Ok(convert::tap_response(&answer))
             }
             Err(err) => {
                 self.metrics.record_fault(err.code());
@@ -75,6 +74,11 @@ impl GateApi {
         }
     }
 }
+
+/// How long a tap's answer may wait for its stream's client to read it. A gate reads its
+/// answers as they come; one that has not read for this long is broken or hostile, and
+/// its stream is ended so that the permits its taps hold go back to the other gates.
+pub const ANSWER_UNREAD_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A permit from a semaphore at once, or `RESOURCE_EXHAUSTED`: excess load is shed, never
 /// queued.
@@ -114,6 +118,7 @@ impl pb::gate_service_server::GateService for GateApi {
         let stream_in_flight = Arc::new(Semaphore::new(self.stream_taps_in_flight_max));
         let api = self.clone();
         let mut stopping = self.stopping.clone();
+        let (abandon, mut abandoned) = watch::channel(false);
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
@@ -121,6 +126,8 @@ impl pb::gate_service_server::GateService for GateApi {
                     // The server stops: read no more taps; the stream ends once the taps
                     // read are answered (their tasks hold the answer channel).
                     _ = stopping.wait_for(|stop| *stop) => None,
+                    // The client stopped reading its answers: read no more of its taps.
+                    _ = abandoned.wait_for(|gone| *gone) => None,
                 };
                 let request = match next {
                     Some(Ok(request)) => request,
@@ -143,6 +150,7 @@ impl pb::gate_service_server::GateService for GateApi {
                 };
                 let api = api.clone();
                 let answers = answers.clone();
+                let abandon = abandon.clone();
                 tokio::spawn(async move {
                     let transaction_id = request.transaction_id.clone();
                     let answer = match api.answer(request).await {
@@ -150,8 +158,17 @@ impl pb::gate_service_server::GateService for GateApi {
                         Err(status) => convert::tap_error(transaction_id, &status),
                     };
                     // A closed receiver means the client left; the tap is recorded anyway,
-                    // and a retry with the same id gets this answer.
-                    let _ = answers.send(Ok(answer)).await;
+                    // and a retry with the same id gets this answer. A client that leaves
+                    // its answers unread past the bound gives up the stream: its permits
+                    // come back here, so it cannot starve the other gates.
+                    let sent = tokio::time::timeout(ANSWER_UNREAD_MAX, answers.send(Ok(answer)));
+                    if sent.await.is_err() && !abandon.send_replace(true) {
+                        api.metrics.record_fault("answers_unread");
+                        tracing::warn!(
+                            unread_ms = ANSWER_UNREAD_MAX.as_millis() as u64,
+                            "a tap stream's answers went unread; the stream is ended"
+                        );
+                    }
                     drop(permits);
                 });
             }

@@ -1,7 +1,9 @@
 //! `fareway.v1.SettlementService` for the finance team, and the client side of a pull:
 //! [`pull_to_folder`] writes a batch's file and manifest atomically and checks them before
-//! it says done. Closes and pulls read whole batches, so at most
-//! `limits.settlement_jobs_max` run at once; more are refused with `RESOURCE_EXHAUSTED`.
+//! it says done. Pulls read whole batches, so at most `limits.settlement_jobs_max` run at
+//! once; more are refused with `RESOURCE_EXHAUSTED`. Closes have a slot of their own
+//! (they run one at a time anyway), so pulls, however slow their readers, never keep the
+//! finance team from closing.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -9,7 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fareway_proto::v1 as pb;
-use tokio::sync::{Semaphore, mpsc};
+use std::future::Future as _;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -42,12 +45,15 @@ pub const PULL_STALL_MAX: Duration = Duration::from_secs(30);
 pub struct SettlementApi {
     settlement: Arc<Settlement>,
     clock: Arc<dyn Clock>,
-    jobs: Arc<Semaphore>,
+    /// Pulls at once.
+    pulls: Arc<Semaphore>,
+    /// One close at a time, apart from the pulls.
+    closes: Arc<Semaphore>,
     metrics: Arc<Metrics>,
 }
 
 impl SettlementApi {
-    /// The API over `settlement`, running at most `jobs_max` closes and pulls at once.
+    /// The API over `settlement`, running at most `jobs_max` pulls and one close at once.
     pub fn new(
         settlement: Arc<Settlement>,
         clock: Arc<dyn Clock>,
@@ -57,7 +63,8 @@ impl SettlementApi {
         SettlementApi {
             settlement,
             clock,
-            jobs: Arc::new(Semaphore::new(jobs_max)),
+            pulls: Arc::new(Semaphore::new(jobs_max)),
+            closes: Arc::new(Semaphore::new(1)),
             metrics,
         }
     }
@@ -234,6 +241,71 @@ impl std::io::Write for ChunkWriter {
     }
 }
 
+/// How a pull's export ended, as the status its stream ends with.
+fn pull_outcome(
+    batch_id: u64,
+    exported: Result<(), SettlementError>,
+    metrics: &Metrics,
+) -> Result<(), Status> {
+    match exported {
+        Ok(()) => Ok(()),
+        Err(SettlementError::Io(err))
+            if matches!(
+                err.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            tracing::warn!(batch = batch_id, cause = %err, "a settlement pull ended early");
+            Err(convert::status(
+                tonic::Code::DeadlineExceeded,
+                format!("the pull of batch {batch_id} ended before the whole file was sent: {err}"),
+                "client_stalled",
+            ))
+        }
+        Err(err) => {
+            metrics.record_fault(err.code());
+            tracing::error!(batch = batch_id, cause = %err, "a settlement pull failed");
+            Err(settlement_status(&err))
+        }
+    }
+}
+
+/// A pull's messages: the chunks as the export makes them, then its end. The stream ends
+/// OK only when the export says the whole file was sent; otherwise its last item is the
+/// error status (a stalled reader, a failed read, an export that died).
+#[derive(Debug)]
+pub struct PullStream {
+    chunks: ReceiverStream<Result<pb::BatchChunk, Status>>,
+    ended: Option<oneshot::Receiver<Result<(), Status>>>,
+}
+
+impl tokio_stream::Stream for PullStream {
+    type Item = Result<pb::BatchChunk, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.chunks).poll_next(context) {
+            Poll::Ready(None) => {}
+            other => return other,
+        }
+        let Some(ended) = self.ended.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let outcome = match std::pin::Pin::new(ended).poll(context) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(outcome)) => outcome,
+            Poll::Ready(Err(_)) => Err(Status::internal(
+                "the settlement export stopped without saying how it ended",
+            )),
+        };
+        self.ended = None;
+        Poll::Ready(outcome.err().map(Err))
+    }
+}
+
 #[tonic::async_trait]
 impl pb::settlement_service_server::SettlementService for SettlementApi {
     async fn close_batches(
@@ -241,7 +313,7 @@ impl pb::settlement_service_server::SettlementService for SettlementApi {
         request: Request<pb::CloseBatchesRequest>,
     ) -> Result<Response<pb::CloseBatchesResponse>, Status> {
         let close = close_request(request.get_ref())?;
-        let permit = admit(&self.jobs, &self.metrics, "settlement jobs")?;
+        let permit = admit(&self.closes, &self.metrics, "settlement closes")?;
         let settlement = Arc::clone(&self.settlement);
         let now = self.clock.now();
         let closed = tokio::task::spawn_blocking(move || {
@@ -282,14 +354,14 @@ impl pb::settlement_service_server::SettlementService for SettlementApi {
         }))
     }
 
-    type PullBatchStream = ReceiverStream<Result<pb::BatchChunk, Status>>;
+    type PullBatchStream = PullStream;
 
     async fn pull_batch(
         &self,
         request: Request<pb::PullBatchRequest>,
     ) -> Result<Response<Self::PullBatchStream>, Status> {
         let batch_id = request.into_inner().batch_id;
-        let permit = admit(&self.jobs, &self.metrics, "settlement jobs")?;
+        let permit = admit(&self.pulls, &self.metrics, "settlement pulls")?;
         let settlement = Arc::clone(&self.settlement);
         let view = {
             let settlement = Arc::clone(&settlement);
@@ -310,38 +382,24 @@ impl pb::settlement_service_server::SettlementService for SettlementApi {
             .await
             .map_err(|_| Status::cancelled("the client went away"))?;
         let metrics = Arc::clone(&self.metrics);
+        let (outcome, ended) = oneshot::channel();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let mut chunks = ChunkWriter {
                 chunk: Vec::with_capacity(CHUNK_BYTES),
-                sender: sender.clone(),
+                sender,
             };
             let exported = settlement
                 .export(&view.batch, &mut chunks)
                 .and_then(|()| chunks.send().map_err(SettlementError::Io));
-            match exported {
-                Ok(()) => {}
-                Err(SettlementError::Io(err))
-                    if matches!(
-                        err.kind(),
-                        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    tracing::warn!(batch = batch_id, cause = %err, "a settlement pull ended early");
-                    let _ = sender.try_send(Err(convert::status(
-                        tonic::Code::DeadlineExceeded,
-                        format!("the pull of batch {batch_id} ended: {err}"),
-                        "client_stalled",
-                    )));
-                }
-                Err(err) => {
-                    metrics.record_fault(err.code());
-                    tracing::error!(batch = batch_id, cause = %err, "a settlement pull failed");
-                    let _ = sender.blocking_send(Err(settlement_status(&err)));
-                }
-            }
+            // The end goes on its own channel: a data channel full of unread chunks never
+            // keeps it from the client, so a pull cut short can never end OK.
+            let _ = outcome.send(pull_outcome(batch_id, exported, &metrics));
         });
-        Ok(Response::new(ReceiverStream::new(receiver)))
+        Ok(Response::new(PullStream {
+            chunks: ReceiverStream::new(receiver),
+            ended: Some(ended),
+        }))
     }
 
     async fn acknowledge_batch(
@@ -510,4 +568,66 @@ async fn pull_into(
         manifest_file,
         manifest,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::StreamExt as _;
+
+    use super::*;
+
+    fn chunk(byte: u8) -> pb::BatchChunk {
+        pb::BatchChunk {
+            part: Some(pb::batch_chunk::Part::FileData(vec![byte])),
+        }
+    }
+
+    /// Collects a pull's items: the chunks' first bytes, then the end's status code.
+    async fn drain(stream: PullStream) -> (Vec<u8>, Option<tonic::Code>) {
+        let items: Vec<_> = stream.collect().await;
+        let mut bytes = Vec::new();
+        let mut end = None;
+        for item in items {
+            match item {
+                Ok(pb::BatchChunk {
+                    part: Some(pb::batch_chunk::Part::FileData(data)),
+                }) => bytes.push(data[0]),
+                Ok(other) => panic!("unexpected chunk {other:?}"),
+                Err(status) => end = Some(status.code()),
+            }
+        }
+        (bytes, end)
+    }
+
+    fn pull(chunks: &[u8], outcome: Option<Result<(), Status>>) -> PullStream {
+        let (sender, receiver) = mpsc::channel(CHUNKS_AHEAD_MAX);
+        for byte in chunks {
+            sender.try_send(Ok(chunk(*byte))).unwrap();
+        }
+        drop(sender);
+        let (end, ended) = oneshot::channel();
+        if let Some(outcome) = outcome {
+            end.send(outcome).unwrap();
+        }
+        PullStream {
+            chunks: ReceiverStream::new(receiver),
+            ended: Some(ended),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pull_ends_ok_only_when_the_export_sent_the_whole_file() {
+        assert_eq!(drain(pull(&[1, 2], Some(Ok(())))).await, (vec![1, 2], None));
+        // A stalled reader: the chunks already queued (the channel full), then the error.
+        let stalled = Err(Status::deadline_exceeded("the client stopped reading"));
+        assert_eq!(
+            drain(pull(&[1, 2, 3, 4], Some(stalled))).await,
+            (vec![1, 2, 3, 4], Some(tonic::Code::DeadlineExceeded))
+        );
+        // An export that died without a word never ends OK either.
+        assert_eq!(
+            drain(pull(&[1], None)).await,
+            (vec![1], Some(tonic::Code::Internal))
+        );
+    }
 }

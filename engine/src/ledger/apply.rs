@@ -3,16 +3,19 @@
 //! but the requests and the state (no clock, no randomness), so a replica replaying the
 //! same ordered log reaches the same state.
 //!
-//! One [`Batch`] gathers many requests for one atomic, synced RocksDB write. Reads see
-//! the database plus this batch's own earlier changes (an overlay), so two requests in
-//! one batch behave exactly as if they had been written one after the other.
+//! One [`GroupCommit`] gathers many requests for one atomic, durable RocksDB write. Reads
+//! see the database (through the read-only [`LedgerView`]) plus this group commit's own
+//! earlier changes (an overlay), so two requests in one group commit behave exactly as if
+//! they had been written one after the other.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
+use std::sync::Arc;
 
-use rocksdb::{ColumnFamily, DB, WriteBatch};
+use rocksdb::{ColumnFamily, WriteBatch};
 
 use crate::clock::UnixMillis;
-use crate::fares::RiderDay;
+use crate::fares::{FareTable, RiderDay};
 use crate::money::Amount;
 
 use super::codec;
@@ -23,14 +26,15 @@ use super::model::{
 };
 use super::store::{
     CF_ACCOUNTS, CF_CODES, CF_IDS, CF_LOG, CF_META, CF_OPEN_JOURNEYS, CF_POSTINGS,
-    CF_PROVIDER_ENTRIES, CF_REFUNDS, CF_TRAVEL, META_NEXT_SEQUENCE,
+    CF_PROVIDER_ENTRIES, CF_REFUNDS, CF_TRAVEL,
 };
+use super::view::LedgerView;
 use super::{LedgerError, Rules};
 
 /// One day in milliseconds: service days are UTC days.
 const DAY_MS: u64 = 86_400_000;
 
-/// The column families a batch writes, looked up once.
+/// The column families a group commit writes, looked up once.
 struct Handles<'a> {
     accounts: &'a ColumnFamily,
     log: &'a ColumnFamily,
@@ -45,8 +49,8 @@ struct Handles<'a> {
 }
 
 /// Requests applied together, and the writes that will record them.
-pub struct Batch<'a> {
-    db: &'a DB,
+pub struct GroupCommit<'a> {
+    view: &'a LedgerView,
     rules: &'a Rules,
     cfs: Handles<'a>,
     accounts: HashMap<AccountRef, Account>,
@@ -62,33 +66,49 @@ pub struct Batch<'a> {
     write: WriteBatch,
 }
 
-impl std::fmt::Debug for Batch<'_> {
+impl std::fmt::Debug for GroupCommit<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Batch")
+        f.debug_struct("GroupCommit")
             .field("first_sequence", &self.first_sequence)
             .field("next_sequence", &self.next_sequence)
             .finish_non_exhaustive()
     }
 }
 
-impl<'a> Batch<'a> {
-    /// An empty batch on top of the database's current state.
-    pub fn new(db: &'a DB, rules: &'a Rules) -> Result<Batch<'a>, LedgerError> {
-        let next_sequence = read_next_sequence(db)?;
+/// A decided request's results, computed before anything is written.
+struct Applied {
+    outcome: Outcome,
+    effects: Effects,
+    /// Every account whose state the request changes, with its new state.
+    changed: Vec<(AccountRef, Account)>,
+    /// Each posting's account balance after it, in posting order.
+    balances_after: Vec<Amount>,
+    /// The provider that settles it, when it settles.
+    settling_provider: Option<u16>,
+    /// The rider's balance after it, when it concerns a rider.
+    rider_balance_after: Option<Amount>,
+    /// The code's first use, when this request is it.
+    code_use: Option<(CodeFingerprint, CodeUse)>,
+}
+
+impl<'a> GroupCommit<'a> {
+    /// An empty group commit on top of the database's current state.
+    pub fn new(view: &'a LedgerView, rules: &'a Rules) -> Result<GroupCommit<'a>, LedgerError> {
+        let next_sequence = view.next_sequence()?;
         let cfs = Handles {
-            accounts: cf(db, CF_ACCOUNTS)?,
-            log: cf(db, CF_LOG)?,
-            ids: cf(db, CF_IDS)?,
-            postings: cf(db, CF_POSTINGS)?,
-            refunds: cf(db, CF_REFUNDS)?,
-            provider_entries: cf(db, CF_PROVIDER_ENTRIES)?,
-            meta: cf(db, CF_META)?,
-            travel: cf(db, CF_TRAVEL)?,
-            open_journeys: cf(db, CF_OPEN_JOURNEYS)?,
-            codes: cf(db, CF_CODES)?,
+            accounts: view.cf(CF_ACCOUNTS)?,
+            log: view.cf(CF_LOG)?,
+            ids: view.cf(CF_IDS)?,
+            postings: view.cf(CF_POSTINGS)?,
+            refunds: view.cf(CF_REFUNDS)?,
+            provider_entries: view.cf(CF_PROVIDER_ENTRIES)?,
+            meta: view.cf(CF_META)?,
+            travel: view.cf(CF_TRAVEL)?,
+            open_journeys: view.cf(CF_OPEN_JOURNEYS)?,
+            codes: view.cf(CF_CODES)?,
         };
-        Ok(Batch {
-            db,
+        Ok(GroupCommit {
+            view,
             rules,
             cfs,
             accounts: HashMap::new(),
@@ -105,8 +125,8 @@ impl<'a> Batch<'a> {
         })
     }
 
-    /// The sequence of the first transaction this batch records: receipts below it were
-    /// made durable by earlier batches.
+    /// The sequence of the first transaction this group commit records: receipts below it
+    /// were made durable by earlier group commits.
     pub fn first_sequence(&self) -> u64 {
         self.first_sequence
     }
@@ -116,7 +136,7 @@ impl<'a> Batch<'a> {
         self.next_sequence == self.first_sequence
     }
 
-    /// The atomic write that records the batch, ending with the new next sequence.
+    /// The atomic write that records the group commit, ending with the new next sequence.
     pub fn into_write(mut self) -> WriteBatch {
         for account_ref in &self.dirty_accounts {
             if let Some(account) = self.accounts.get(account_ref) {
@@ -138,23 +158,53 @@ impl<'a> Batch<'a> {
         }
         self.write.put_cf(
             self.cfs.meta,
-            META_NEXT_SEQUENCE,
-            self.next_sequence.to_be_bytes(),
+            codec::META_NEXT_SEQUENCE,
+            codec::encode_sequence(self.next_sequence),
         );
         self.write
     }
 
     /// Applies one request. A replay returns the recorded receipt; a conflict is an error.
     /// Everything that can fail (reads, checks) happens before the first write goes into
-    /// the batch, so on any error nothing of this request is in the batch.
+    /// the group commit, so on any error nothing of this request is in it.
     pub fn apply(&mut self, request: &Request) -> Result<Receipt, LedgerError> {
         if let Some((sequence, record)) = self.find(request.id)? {
             return replay(request, sequence, record, |of| self.record_at(of));
         }
         let sequence = self.next_sequence;
-
         // Phase 1: decide, and compute every state this request will write.
-        let (outcome, effects) = match self.decide(request, sequence)? {
+        let (outcome, effects) = self.decide_outcome(request, sequence)?;
+        assert_postings_balance(request.id, &effects.postings);
+        let (mut changed, balances_after) = self.post(&effects.postings)?;
+        let mut settling_provider = None;
+        if outcome == Outcome::Accepted {
+            if let Some(status_change) = self.account_change(request)? {
+                changed.push(status_change);
+            }
+            settling_provider = self.settling_provider(request, &effects.postings)?;
+        }
+        let rider_balance_after = self.rider_balance_after(effects.rider, &changed)?;
+        let applied = Applied {
+            code_use: code_use(request, outcome, sequence),
+            outcome,
+            effects,
+            changed,
+            balances_after,
+            settling_provider,
+            rider_balance_after,
+        };
+        // Phase 2: nothing below can fail; the request's writes go into the group commit.
+        let record = self.record(request, sequence, applied);
+        answer(sequence, record, false, |of| self.record_at(of))
+    }
+
+    /// The request's outcome and the effects it will write.
+    fn decide_outcome(
+        &mut self,
+        request: &Request,
+        sequence: u64,
+    ) -> Result<(Outcome, Effects), LedgerError> {
+        Ok(match self.decide(request, sequence)? {
             Decided::Accepted(effects) => (Outcome::Accepted, effects),
             Decided::Refused(refusal) => (
                 Outcome::Refused(refusal),
@@ -164,32 +214,24 @@ impl<'a> Batch<'a> {
                 },
             ),
             Decided::Duplicate { of } => (Outcome::Duplicate { of }, Effects::default()),
-        };
-        let Effects {
-            postings,
-            rider,
-            travel,
-            journey,
-            opened_journey,
-            closed_journey,
-        } = effects;
-        let sum = postings
-            .iter()
-            .try_fold(Amount::ZERO, |sum, posting| sum.checked_add(posting.amount));
-        if sum != Some(Amount::ZERO) {
-            return Err(LedgerError::Invariant(format!(
-                "postings of {} do not sum to zero",
-                request.id
-            )));
-        }
+        })
+    }
+
+    /// The accounts the postings change, with their new states, and each posting's
+    /// balance after it.
+    #[allow(clippy::type_complexity)]
+    fn post(
+        &mut self,
+        postings: &[Posting],
+    ) -> Result<(Vec<(AccountRef, Account)>, Vec<Amount>), LedgerError> {
         let mut changed: Vec<(AccountRef, Account)> = Vec::with_capacity(postings.len() + 1);
         let mut balances_after = Vec::with_capacity(postings.len());
-        for posting in &postings {
-            let mut account = match changed
+        for posting in postings {
+            let known = changed
                 .iter()
-                .find(|(account, _)| *account == posting.account)
-            {
-                Some((_, account)) => *account,
+                .position(|(account, _)| *account == posting.account);
+            let mut account = match known {
+                Some(index) => changed[index].1,
                 None => self
                     .account(posting.account)?
                     .unwrap_or(system_account(posting.account)),
@@ -199,66 +241,51 @@ impl<'a> Batch<'a> {
                 .checked_add(posting.amount)
                 .ok_or_else(|| LedgerError::Invariant("balance overflow after checks".into()))?;
             balances_after.push(account.balance);
-            match changed
-                .iter_mut()
-                .find(|(account_ref, _)| *account_ref == posting.account)
-            {
-                Some(entry) => entry.1 = account,
+            match known {
+                Some(index) => changed[index].1 = account,
                 None => changed.push((posting.account, account)),
             }
         }
-        let mut settling_provider = None;
-        if outcome == Outcome::Accepted {
-            if let Some(status_change) = self.account_change(request)? {
-                changed.push(status_change);
-            }
-            settling_provider = self.settling_provider(request, &postings)?;
-        }
-        let rider_balance_after = match rider {
-            Some(id) => match changed
-                .iter()
-                .find(|(account, _)| *account == AccountRef::Rider(id))
-            {
-                Some((_, account)) => Some(account.balance),
-                None => self
-                    .account(AccountRef::Rider(id))?
-                    .map(|account| account.balance),
-            },
-            None => None,
-        };
-        // A code is used by the first tap that reaches the ledger with it, whatever its
-        // outcome; a replay or a duplicate does not move its first use.
-        let code_use = match (request.command, outcome) {
-            (
-                Command::Tap(_),
-                Outcome::Refused(Refusal::CodeReused) | Outcome::Duplicate { .. },
-            ) => None,
-            (Command::Tap(tap), _) => Some((
-                tap.code,
-                CodeUse {
-                    gate_id: tap.gate_id,
-                    time: request.time,
-                    sequence,
-                },
-            )),
-            _ => None,
-        };
+        Ok((changed, balances_after))
+    }
 
-        // Phase 2: nothing below can fail; the request's writes go into the batch.
+    /// The rider's balance after the request, when it concerns a rider.
+    fn rider_balance_after(
+        &mut self,
+        rider: Option<u64>,
+        changed: &[(AccountRef, Account)],
+    ) -> Result<Option<Amount>, LedgerError> {
+        let Some(id) = rider else {
+            return Ok(None);
+        };
+        let rider = AccountRef::Rider(id);
+        match changed.iter().find(|(account, _)| *account == rider) {
+            Some((_, account)) => Ok(Some(account.balance)),
+            None => Ok(self.account(rider)?.map(|account| account.balance)),
+        }
+    }
+
+    /// Puts every write of a decided request into the group commit and remembers its
+    /// states for the requests after it. Returns its record. Cannot fail.
+    fn record(&mut self, request: &Request, sequence: u64, applied: Applied) -> Record {
+        let Applied {
+            outcome,
+            effects,
+            changed,
+            balances_after,
+            settling_provider,
+            rider_balance_after,
+            code_use,
+        } = applied;
         self.next_sequence += 1;
         for (account_ref, account) in changed {
-            // Written once per batch in `into_write`: a busy account (an operator's revenue)
-            // changes with nearly every request, and one put of its final state suffices.
+            // Written once per group commit in `into_write`: a busy account (an operator's
+            // revenue) changes with nearly every request, and one put of its final state
+            // suffices.
             self.accounts.insert(account_ref, account);
             self.dirty_accounts.insert(account_ref);
         }
-        for (posting, balance_after) in postings.iter().zip(balances_after) {
-            self.write.put_cf(
-                self.cfs.postings,
-                codec::posting_key(posting.account, sequence),
-                codec::encode_posting(posting.amount, balance_after),
-            );
-        }
+        self.write_postings(sequence, &effects.postings, balances_after);
         if let Some(provider_id) = settling_provider {
             self.write.put_cf(
                 self.cfs.provider_entries,
@@ -269,28 +296,12 @@ impl<'a> Batch<'a> {
         if let (Outcome::Accepted, Command::Refund { original }) = (outcome, request.command) {
             self.write.put_cf(
                 self.cfs.refunds,
-                original.0.to_be_bytes(),
+                codec::refund_key(original),
                 codec::encode_sequence(sequence),
             );
             self.refunded.insert(original, sequence);
         }
-        if let Some((account_id, travel)) = travel {
-            self.travel.insert(account_id, travel);
-            self.dirty_travel.insert(account_id);
-        }
-        if let Some((entered_at, account_id)) = closed_journey {
-            self.write.delete_cf(
-                self.cfs.open_journeys,
-                codec::open_journey_key(entered_at, account_id),
-            );
-        }
-        if let Some((entered_at, account_id, journey_id)) = opened_journey {
-            self.write.put_cf(
-                self.cfs.open_journeys,
-                codec::open_journey_key(entered_at, account_id),
-                codec::encode_sequence(journey_id),
-            );
-        }
+        self.write_travel(&effects);
         if let Some((code, used)) = code_use {
             self.write.put_cf(
                 self.cfs.codes,
@@ -302,30 +313,67 @@ impl<'a> Batch<'a> {
         let record = Record {
             request: *request,
             outcome,
-            postings,
+            postings: effects.postings,
             rider_balance_after,
-            journey,
+            journey: effects.journey,
         };
+        self.write_log(sequence, &record);
+        record
+    }
+
+    /// The postings' index entries, each with its balance after.
+    fn write_postings(&mut self, sequence: u64, postings: &[Posting], balances_after: Vec<Amount>) {
+        for (posting, balance_after) in postings.iter().zip(balances_after) {
+            self.write.put_cf(
+                self.cfs.postings,
+                codec::posting_key(posting.account, sequence),
+                codec::encode_posting(posting.amount, balance_after),
+            );
+        }
+    }
+
+    /// The rider's new travel state and the open-journey index changes.
+    fn write_travel(&mut self, effects: &Effects) {
+        if let Some((account_id, travel)) = effects.travel {
+            self.travel.insert(account_id, travel);
+            self.dirty_travel.insert(account_id);
+        }
+        if let Some((entered_at, account_id)) = effects.closed_journey {
+            self.write.delete_cf(
+                self.cfs.open_journeys,
+                codec::open_journey_key(entered_at, account_id),
+            );
+        }
+        if let Some((entered_at, account_id, journey_id)) = effects.opened_journey {
+            self.write.put_cf(
+                self.cfs.open_journeys,
+                codec::open_journey_key(entered_at, account_id),
+                codec::encode_sequence(journey_id),
+            );
+        }
+    }
+
+    /// The record in the log and its id in the idempotency index.
+    fn write_log(&mut self, sequence: u64, record: &Record) {
         self.write.put_cf(
             self.cfs.log,
-            sequence.to_be_bytes(),
-            codec::encode_record(&record),
+            codec::log_key(sequence),
+            codec::encode_record(record),
         );
         self.write.put_cf(
             self.cfs.ids,
-            request.id.0.to_be_bytes(),
+            codec::id_key(record.request.id),
             codec::encode_sequence(sequence),
         );
-        self.ids.insert(request.id, sequence);
+        self.ids.insert(record.request.id, sequence);
         self.records.insert(sequence, record.clone());
-        answer(sequence, record, false, |of| self.record_at(of))
     }
 
-    /// A record of this batch or of the database, by sequence.
+    /// A record of this group commit or of the database, by sequence.
     fn record_at(&self, sequence: u64) -> Result<Option<Record>, LedgerError> {
         match self.records.get(&sequence) {
             Some(record) => Ok(Some(record.clone())),
-            None => read_record(self.db, sequence),
+            None => self.view.record(sequence),
         }
     }
 
@@ -353,115 +401,129 @@ impl<'a> Batch<'a> {
 
     /// Decides a command on accounts (not a tap): its postings and the rider it concerns,
     /// or why it is refused.
-    #[allow(clippy::type_complexity)]
     fn decide_account_command(
         &mut self,
         request: &Request,
-    ) -> Result<Result<(Vec<Posting>, Option<u64>), Refusal>, LedgerError> {
-        let rider = |id| AccountRef::Rider(id);
-        Ok(match request.command {
+    ) -> Result<AccountDecision, LedgerError> {
+        match request.command {
             Command::OpenAccount {
                 account_id,
                 credit_limit,
                 ..
-            } => {
-                if credit_limit.0 < 0 {
-                    Err(Refusal::InvalidAmount)
-                } else if self.account(rider(account_id))?.is_some() {
-                    Err(Refusal::AccountExists)
-                } else {
-                    Ok((Vec::new(), Some(account_id)))
-                }
-            }
-            Command::SetStatus { account_id, status } => match self.account(rider(account_id))? {
-                None => Err(Refusal::UnknownAccount),
-                Some(account) if account.status == AccountStatus::Closed => {
-                    Err(Refusal::AccountClosed)
-                }
-                Some(account)
-                    if status == AccountStatus::Closed && account.balance != Amount::ZERO =>
-                {
-                    Err(Refusal::BalanceNotZero)
-                }
-                Some(_) => Ok((Vec::new(), Some(account_id))),
-            },
-            Command::TopUp { account_id, amount } => match self.account(rider(account_id))? {
-                _ if amount.0 <= 0 => Err(Refusal::InvalidAmount),
-                None => Err(Refusal::UnknownAccount),
-                Some(account) if account.status == AccountStatus::Closed => {
-                    Err(Refusal::AccountClosed)
-                }
-                Some(account) => self
-                    .transfer(
-                        AccountRef::ProviderClearing(account.provider_id),
-                        rider(account_id),
-                        amount,
-                    )?
-                    .map(|postings| (postings, Some(account_id))),
-            },
+            } => self.decide_open_account(account_id, credit_limit),
+            Command::SetStatus { account_id, status } => self.decide_set_status(account_id, status),
+            Command::TopUp { account_id, amount } => self.decide_top_up(account_id, amount),
             Command::Charge {
                 account_id,
                 operator_id,
                 amount,
-            } => match self.account(rider(account_id))? {
-                _ if amount.0 < 0 => Err(Refusal::InvalidAmount),
-                None => Err(Refusal::UnknownAccount),
-                Some(account) if account.status == AccountStatus::Closed => {
-                    Err(Refusal::AccountClosed)
-                }
-                Some(account) if account.status == AccountStatus::Denied => {
-                    Err(Refusal::AccountDenied)
-                }
-                Some(account) => {
-                    let floor = account
-                        .credit_limit
-                        .checked_neg()
-                        .unwrap_or(Amount(i64::MIN));
-                    match account.balance.checked_sub(amount) {
-                        None => Err(Refusal::BalanceOverflow),
-                        Some(after) if after < floor => Err(Refusal::CreditLimitExceeded),
-                        Some(_) => self
-                            .transfer(
-                                rider(account_id),
-                                AccountRef::OperatorRevenue(operator_id),
-                                amount,
-                            )?
-                            .map(|postings| (postings, Some(account_id))),
-                    }
-                }
-            },
-            Command::Refund { original } => self.decide_refund(original)?,
-            Command::Tap(_) | Command::CloseJourney { .. } => {
-                return Err(LedgerError::Invariant(
-                    "a tap reached the account command path".into(),
-                ));
-            }
+            } => self.decide_charge(account_id, operator_id, amount),
+            Command::Refund { original } => self.decide_refund(original),
             Command::Adjust {
                 account_id,
                 operator_id,
                 amount,
-            } => match self.account(rider(account_id))? {
-                _ if amount.0 == 0 || amount.0 == i64::MIN => Err(Refusal::InvalidAmount),
-                None => Err(Refusal::UnknownAccount),
-                Some(account) if account.status == AccountStatus::Closed => {
-                    Err(Refusal::AccountClosed)
-                }
-                Some(_) => self
-                    .transfer(
-                        AccountRef::OperatorRevenue(operator_id),
-                        rider(account_id),
-                        amount,
-                    )?
-                    .map(|postings| (postings, Some(account_id))),
-            },
+            } => self.decide_adjust(account_id, operator_id, amount),
+            Command::Tap(_) | Command::CloseJourney { .. } => Err(LedgerError::Invariant(
+                "a tap reached the account command path".into(),
+            )),
+        }
+    }
+
+    fn decide_open_account(
+        &mut self,
+        account_id: u64,
+        credit_limit: Amount,
+    ) -> Result<AccountDecision, LedgerError> {
+        Ok(if credit_limit.0 < 0 {
+            Err(Refusal::InvalidAmount)
+        } else if self.account(AccountRef::Rider(account_id))?.is_some() {
+            Err(Refusal::AccountExists)
+        } else {
+            Ok((Vec::new(), Some(account_id)))
         })
     }
 
-    #[allow(clippy::type_complexity)]
-    fn decide_refund(
+    fn decide_set_status(
         &mut self,
-        original: TxId,
-    ) -> Result<Result<(Vec<Posting>, Option<u64>), Refusal>, LedgerError> {
+        account_id: u64,
+        status: AccountStatus,
+    ) -> Result<AccountDecision, LedgerError> {
+        Ok(match self.account(AccountRef::Rider(account_id))? {
+            None => Err(Refusal::UnknownAccount),
+            Some(account) if account.status == AccountStatus::Closed => Err(Refusal::AccountClosed),
+            Some(account) if status == AccountStatus::Closed && account.balance != Amount::ZERO => {
+                Err(Refusal::BalanceNotZero)
+            }
+            Some(_) => Ok((Vec::new(), Some(account_id))),
+        })
+    }
+
+    fn decide_top_up(
+        &mut self,
+        account_id: u64,
+        amount: Amount,
+    ) -> Result<AccountDecision, LedgerError> {
+        let rider = AccountRef::Rider(account_id);
+        Ok(match self.account(rider)? {
+            _ if amount.0 <= 0 => Err(Refusal::InvalidAmount),
+            None => Err(Refusal::UnknownAccount),
+            Some(account) if account.status == AccountStatus::Closed => Err(Refusal::AccountClosed),
+            Some(account) => self
+                .transfer(
+                    AccountRef::ProviderClearing(account.provider_id),
+                    rider,
+                    amount,
+                )?
+                .map(|postings| (postings, Some(account_id))),
+        })
+    }
+
+    fn decide_charge(
+        &mut self,
+        account_id: u64,
+        operator_id: u16,
+        amount: Amount,
+    ) -> Result<AccountDecision, LedgerError> {
+        let rider = AccountRef::Rider(account_id);
+        let account = match self.account(rider)? {
+            _ if amount.0 < 0 => return Ok(Err(Refusal::InvalidAmount)),
+            None => return Ok(Err(Refusal::UnknownAccount)),
+            Some(account) if account.status == AccountStatus::Closed => {
+                return Ok(Err(Refusal::AccountClosed));
+            }
+            Some(account) if account.status == AccountStatus::Denied => {
+                return Ok(Err(Refusal::AccountDenied));
+            }
+            Some(account) => account,
+        };
+        Ok(match account.balance.checked_sub(amount) {
+            None => Err(Refusal::BalanceOverflow),
+            Some(after) if after < credit_floor(&account) => Err(Refusal::CreditLimitExceeded),
+            Some(_) => self
+                .transfer(rider, AccountRef::OperatorRevenue(operator_id), amount)?
+                .map(|postings| (postings, Some(account_id))),
+        })
+    }
+
+    fn decide_adjust(
+        &mut self,
+        account_id: u64,
+        operator_id: u16,
+        amount: Amount,
+    ) -> Result<AccountDecision, LedgerError> {
+        let rider = AccountRef::Rider(account_id);
+        Ok(match self.account(rider)? {
+            _ if amount.0 == 0 || amount.0 == i64::MIN => Err(Refusal::InvalidAmount),
+            None => Err(Refusal::UnknownAccount),
+            Some(account) if account.status == AccountStatus::Closed => Err(Refusal::AccountClosed),
+            Some(_) => self
+                .transfer(AccountRef::OperatorRevenue(operator_id), rider, amount)?
+                .map(|postings| (postings, Some(account_id))),
+        })
+    }
+
+    fn decide_refund(&mut self, original: TxId) -> Result<AccountDecision, LedgerError> {
         let Some((sequence, record)) = self.find(original)? else {
             return Ok(Err(Refusal::UnknownOriginal));
         };
@@ -479,7 +541,14 @@ impl<'a> Batch<'a> {
         if self.refund_of(original)?.is_some() {
             return Ok(Err(Refusal::AlreadyRefunded));
         }
-        debug_assert!(sequence < self.next_sequence);
+        // An id index that points past the log's end is a damaged database, not a bug
+        // here: refused as corruption, in every build.
+        if sequence >= self.next_sequence {
+            return Err(LedgerError::Corrupt {
+                what: "idempotency entry",
+                problem: "points past the log's end",
+            });
+        }
         match self.account(AccountRef::Rider(account_id))? {
             Some(account) if account.status == AccountStatus::Closed => {
                 return Ok(Err(Refusal::AccountClosed));
@@ -519,148 +588,71 @@ impl<'a> Batch<'a> {
             return Err(LedgerError::NoFares);
         };
         if let Some(used) = self.code_use(&tap.code)? {
-            let apart_ms = request.time.0.abs_diff(used.time.0);
-            return Ok(
-                if used.gate_id == tap.gate_id && apart_ms <= self.rules.code_retry_window_ms {
-                    Decided::Duplicate { of: used.sequence }
-                } else {
-                    Decided::Refused(Refusal::CodeReused)
-                },
-            );
+            return Ok(self.reused_code(request, tap, used));
         }
-        let refused = |refusal| Ok(Decided::Refused(refusal));
-        let rider = AccountRef::Rider(tap.account_id);
-        let account = match self.account(rider)? {
-            None => return refused(Refusal::UnknownAccount),
+        let account = match self.account(AccountRef::Rider(tap.account_id))? {
+            None => return Ok(Decided::Refused(Refusal::UnknownAccount)),
             Some(account) if account.status == AccountStatus::Closed => {
-                return refused(Refusal::AccountClosed);
+                return Ok(Decided::Refused(Refusal::AccountClosed));
             }
             Some(account) => account,
         };
-        let (mut travel, day) = self.travel_on(tap.account_id, request.time)?;
-        let now = request.time;
-        let floor = account
-            .credit_limit
-            .checked_neg()
-            .unwrap_or(Amount(i64::MIN));
-        let fits = |fare: Amount| {
-            account
-                .balance
-                .checked_sub(fare)
-                .is_some_and(|after| after >= floor)
+        let (travel, day) = self.travel_on(tap.account_id, request.time)?;
+        let mut trip = Trip {
+            fares,
+            account,
+            rider: tap.account_id,
+            travel,
+            day,
+            now: request.time,
+            sequence,
+            effects: Effects {
+                rider: Some(tap.account_id),
+                ..Effects::default()
+            },
         };
-        let mut effects = Effects {
-            rider: Some(tap.account_id),
-            ..Effects::default()
+        let priced = match tap.kind {
+            TapKind::MetroEntry { station } => trip.enter(station),
+            TapKind::MetroExit { station } => trip.exit(station),
+            TapKind::Bus { route } => trip.ride_bus(route),
         };
-        let (operator_id, fare) = match tap.kind {
-            TapKind::MetroEntry { station } => {
-                if !fares.has_station(station) {
-                    return refused(Refusal::UnknownStation);
-                }
-                if account.status == AccountStatus::Denied {
-                    return refused(Refusal::AccountDenied);
-                }
-                // An entry while a journey is open: that journey never exited, so it is
-                // incomplete and charged now, with this entry's transaction.
-                let mut fare = Amount::ZERO;
-                if let Some(open) = travel.open_journey {
-                    fare = fares.charge(fares.max_fare, open.entered_at.0, day.without_transfer());
-                    effects.closed_journey = Some((open.entered_at, tap.account_id));
-                }
-                // The rider may travel if the shortest trip would still fit in the limit.
-                let needed = fare.checked_add(fares.shortest_trip_fare());
-                if !needed.is_some_and(fits) {
-                    return refused(Refusal::CreditLimitExceeded);
-                }
-                travel.open_journey = Some(OpenJourney {
-                    id: sequence,
-                    station,
-                    entered_at: now,
-                });
-                effects.opened_journey = Some((now, tap.account_id, sequence));
-                effects.journey = Some(Journey {
-                    id: sequence,
-                    entry_station: Some(station),
-                    entered_at: Some(now),
-                });
-                if effects.closed_journey.is_none() {
-                    // Nothing is charged at an entry; only the journey state changes.
-                    effects.travel = Some((tap.account_id, travel));
-                    return Ok(Decided::Accepted(effects));
-                }
-                (fares.metro_operator_id, fare)
-            }
-            TapKind::MetroExit { station } => {
-                if !fares.has_station(station) {
-                    return refused(Refusal::UnknownStation);
-                }
-                // The rider is inside: the exit always opens, even for a deny-listed or
-                // broke rider, and the fare is charged (ride first, pay later).
-                let (base, started_at) = match travel.open_journey.take() {
-                    Some(open) => {
-                        let duration_ms = now.0.saturating_sub(open.entered_at.0);
-                        let base = if duration_ms > fares.incomplete_journey_after_ms {
-                            fares.max_fare
-                        } else {
-                            fares
-                                .metro_fare(open.station, station, duration_ms)
-                                .unwrap_or(fares.max_fare)
-                        };
-                        effects.closed_journey = Some((open.entered_at, tap.account_id));
-                        effects.journey = Some(Journey {
-                            id: open.id,
-                            entry_station: Some(open.station),
-                            entered_at: Some(open.entered_at),
-                        });
-                        (base, open.entered_at)
-                    }
-                    None => {
-                        // An exit with no entry is an incomplete journey.
-                        effects.journey = Some(Journey {
-                            id: sequence,
-                            entry_station: None,
-                            entered_at: None,
-                        });
-                        (fares.max_fare, now)
-                    }
-                };
-                let fare = fares.charge(base, started_at.0, day.totals);
-                travel.last_trip_started_at = Some(started_at);
-                (fares.metro_operator_id, fare)
-            }
-            TapKind::Bus { route } => {
-                let Ok(base) = fares.bus_fare(route) else {
-                    return refused(Refusal::UnknownRoute);
-                };
-                if account.status == AccountStatus::Denied {
-                    return refused(Refusal::AccountDenied);
-                }
-                let fare = fares.charge(base, now.0, day.totals);
-                if !fits(fare) {
-                    return refused(Refusal::CreditLimitExceeded);
-                }
-                effects.journey = Some(Journey {
-                    id: sequence,
-                    entry_station: None,
-                    entered_at: None,
-                });
-                travel.last_trip_started_at = Some(now);
-                (fares.bus_operator_id, fare)
-            }
-        };
-        let Some(charged_today) = travel.charged_today.checked_add(fare) else {
-            return refused(Refusal::BalanceOverflow);
-        };
-        if day.counts {
-            travel.charged_today = charged_today;
+        match priced {
+            ControlFlow::Break(decided) => Ok(decided),
+            ControlFlow::Continue((operator_id, fare)) => self.charge_trip(trip, operator_id, fare),
         }
+    }
+
+    /// A code seen before: the same gate within the retry window is the gate scanning
+    /// twice (the original answer); anything else is a replay.
+    fn reused_code(&self, request: &Request, tap: Tap, used: CodeUse) -> Decided {
+        let apart_ms = request.time.0.abs_diff(used.time.0);
+        if used.gate_id == tap.gate_id && apart_ms <= self.rules.code_retry_window_ms {
+            Decided::Duplicate { of: used.sequence }
+        } else {
+            Decided::Refused(Refusal::CodeReused)
+        }
+    }
+
+    /// Charges a priced trip: the day's total, then the postings.
+    fn charge_trip(
+        &mut self,
+        mut trip: Trip,
+        operator_id: u16,
+        fare: Amount,
+    ) -> Result<Decided, LedgerError> {
+        let Some(charged_today) = trip.travel.charged_today.checked_add(fare) else {
+            return Ok(Decided::Refused(Refusal::BalanceOverflow));
+        };
+        if trip.day.counts {
+            trip.travel.charged_today = charged_today;
+        }
+        let rider = AccountRef::Rider(trip.rider);
         match self.transfer(rider, AccountRef::OperatorRevenue(operator_id), fare)? {
-            Ok(postings) => effects.postings = postings,
-            Err(refusal) => return refused(refusal),
+            Ok(postings) => trip.effects.postings = postings,
+            Err(refusal) => return Ok(Decided::Refused(refusal)),
         }
-        effects.travel = Some((tap.account_id, travel));
-        Ok(Decided::Accepted(effects))
+        trip.effects.travel = Some((trip.rider, trip.travel));
+        Ok(Decided::Accepted(trip.effects))
     }
 
     /// Decides the sweeper's close of a journey entered and never exited.
@@ -727,7 +719,7 @@ impl<'a> Batch<'a> {
         let mut travel = match self.travel.get(&account_id) {
             Some(travel) => *travel,
             None => match self
-                .db
+                .view
                 .get_pinned_cf(self.cfs.travel, codec::rider_key(account_id))?
             {
                 Some(bytes) => codec::decode_travel(&bytes)?,
@@ -758,7 +750,7 @@ impl<'a> Batch<'a> {
             return Ok(Some(*used));
         }
         match self
-            .db
+            .view
             .get_pinned_cf(self.cfs.codes, codec::code_key(code))?
         {
             Some(bytes) => Ok(Some(codec::decode_code_use(&bytes)?)),
@@ -868,7 +860,7 @@ impl<'a> Batch<'a> {
         if let Some(found) = self.accounts.get(&account) {
             return Ok(Some(*found));
         }
-        let found = read_account(self.db, account)?;
+        let found = self.view.account(account)?;
         if let Some(found) = found {
             self.accounts.insert(account, found);
         }
@@ -881,10 +873,10 @@ impl<'a> Batch<'a> {
                 .records
                 .get(sequence)
                 .cloned()
-                .ok_or_else(|| LedgerError::Invariant("batch record missing".into()))?;
+                .ok_or_else(|| LedgerError::Invariant("group commit record missing".into()))?;
             return Ok(Some((*sequence, record)));
         }
-        find_record(self.db, id)
+        self.view.transaction(id)
     }
 
     fn refund_of(&mut self, original: TxId) -> Result<Option<u64>, LedgerError> {
@@ -892,8 +884,8 @@ impl<'a> Batch<'a> {
             return Ok(Some(*sequence));
         }
         match self
-            .db
-            .get_pinned_cf(cf(self.db, CF_REFUNDS)?, original.0.to_be_bytes())?
+            .view
+            .get_pinned_cf(self.cfs.refunds, codec::refund_key(original))?
         {
             Some(bytes) => Ok(Some(codec::decode_sequence(&bytes, "refund entry")?)),
             None => Ok(None),
@@ -946,6 +938,194 @@ impl TravelDay {
     }
 }
 
+/// A command on accounts decided: its postings and the rider it concerns, or why it is
+/// refused.
+type AccountDecision = Result<(Vec<Posting>, Option<u64>), Refusal>;
+
+/// A tap being priced: the rider's state as the tap found it, and what it will change.
+struct Trip {
+    fares: Arc<FareTable>,
+    account: Account,
+    rider: u64,
+    travel: Travel,
+    day: TravelDay,
+    now: UnixMillis,
+    /// The tap's own sequence: a journey it opens is named by it.
+    sequence: u64,
+    effects: Effects,
+}
+
+/// A tap's pricing: `Continue` with the operator and fare to charge, or `Break` with the
+/// decision when nothing is charged (a refusal, or an entry that opens a journey only).
+type Priced = ControlFlow<Decided, (u16, Amount)>;
+
+impl Trip {
+    /// Whether the rider can pay `fare` within the credit limit.
+    fn fits(&self, fare: Amount) -> bool {
+        self.account
+            .balance
+            .checked_sub(fare)
+            .is_some_and(|after| after >= credit_floor(&self.account))
+    }
+
+    /// A tap-in at a metro station: opens a journey (and charges a journey left open).
+    fn enter(&mut self, station: u32) -> Priced {
+        let fares = Arc::clone(&self.fares);
+        if !fares.has_station(station) {
+            return refused(Refusal::UnknownStation);
+        }
+        if self.account.status == AccountStatus::Denied {
+            return refused(Refusal::AccountDenied);
+        }
+        // An entry while a journey is open: that journey never exited, so it is
+        // incomplete and charged now, with this entry's transaction.
+        let mut fare = Amount::ZERO;
+        if let Some(open) = self.travel.open_journey {
+            fare = fares.charge(
+                fares.max_fare,
+                open.entered_at.0,
+                self.day.without_transfer(),
+            );
+            self.effects.closed_journey = Some((open.entered_at, self.rider));
+        }
+        // The rider may travel if the shortest trip would still fit in the limit.
+        let needed = fare.checked_add(fares.shortest_trip_fare());
+        if !needed.is_some_and(|needed| self.fits(needed)) {
+            return refused(Refusal::CreditLimitExceeded);
+        }
+        let (now, sequence) = (self.now, self.sequence);
+        self.travel.open_journey = Some(OpenJourney {
+            id: sequence,
+            station,
+            entered_at: now,
+        });
+        self.effects.opened_journey = Some((now, self.rider, sequence));
+        self.effects.journey = Some(Journey {
+            id: sequence,
+            entry_station: Some(station),
+            entered_at: Some(now),
+        });
+        if self.effects.closed_journey.is_none() {
+            // Nothing is charged at an entry; only the journey state changes.
+            self.effects.travel = Some((self.rider, self.travel));
+            return ControlFlow::Break(Decided::Accepted(std::mem::take(&mut self.effects)));
+        }
+        ControlFlow::Continue((fares.metro_operator_id, fare))
+    }
+
+    /// A tap-out at a metro station: closes the journey and prices it. The rider is
+    /// inside, so the exit always opens, even for a deny-listed or broke rider, and the
+    /// fare is charged (ride first, pay later).
+    fn exit(&mut self, station: u32) -> Priced {
+        let fares = Arc::clone(&self.fares);
+        if !fares.has_station(station) {
+            return refused(Refusal::UnknownStation);
+        }
+        let now = self.now;
+        let (base, started_at) = match self.travel.open_journey.take() {
+            Some(open) => {
+                let duration_ms = now.0.saturating_sub(open.entered_at.0);
+                let base = if duration_ms > fares.incomplete_journey_after_ms {
+                    fares.max_fare
+                } else {
+                    fares
+                        .metro_fare(open.station, station, duration_ms)
+                        .unwrap_or(fares.max_fare)
+                };
+                self.effects.closed_journey = Some((open.entered_at, self.rider));
+                self.effects.journey = Some(Journey {
+                    id: open.id,
+                    entry_station: Some(open.station),
+                    entered_at: Some(open.entered_at),
+                });
+                (base, open.entered_at)
+            }
+            None => {
+                // An exit with no entry is an incomplete journey.
+                self.effects.journey = Some(Journey {
+                    id: self.sequence,
+                    entry_station: None,
+                    entered_at: None,
+                });
+                (fares.max_fare, now)
+            }
+        };
+        let fare = fares.charge(base, started_at.0, self.day.totals);
+        self.travel.last_trip_started_at = Some(started_at);
+        ControlFlow::Continue((fares.metro_operator_id, fare))
+    }
+
+    /// A bus ride: one tap, the route's flat fare.
+    fn ride_bus(&mut self, route: u32) -> Priced {
+        let fares = Arc::clone(&self.fares);
+        let Ok(base) = fares.bus_fare(route) else {
+            return refused(Refusal::UnknownRoute);
+        };
+        if self.account.status == AccountStatus::Denied {
+            return refused(Refusal::AccountDenied);
+        }
+        let fare = fares.charge(base, self.now.0, self.day.totals);
+        if !self.fits(fare) {
+            return refused(Refusal::CreditLimitExceeded);
+        }
+        self.effects.journey = Some(Journey {
+            id: self.sequence,
+            entry_station: None,
+            entered_at: None,
+        });
+        self.travel.last_trip_started_at = Some(self.now);
+        ControlFlow::Continue((fares.bus_operator_id, fare))
+    }
+}
+
+/// Stops pricing a tap with a refusal.
+fn refused(refusal: Refusal) -> Priced {
+    ControlFlow::Break(Decided::Refused(refusal))
+}
+
+/// The lowest balance an account may reach: minus its credit limit.
+fn credit_floor(account: &Account) -> Amount {
+    account
+        .credit_limit
+        .checked_neg()
+        .unwrap_or(Amount(i64::MIN))
+}
+
+/// The code use a request records: a code is used by the first tap that reaches the
+/// ledger with it, whatever its outcome; a replay or a duplicate does not move its first
+/// use.
+fn code_use(
+    request: &Request,
+    outcome: Outcome,
+    sequence: u64,
+) -> Option<(CodeFingerprint, CodeUse)> {
+    match (request.command, outcome) {
+        (Command::Tap(_), Outcome::Refused(Refusal::CodeReused) | Outcome::Duplicate { .. }) => {
+            None
+        }
+        (Command::Tap(tap), _) => Some((
+            tap.code,
+            CodeUse {
+                gate_id: tap.gate_id,
+                time: request.time,
+                sequence,
+            },
+        )),
+        _ => None,
+    }
+}
+
+/// Money is conserved: a transaction's postings sum to zero. Checked before anything of
+/// the request is written (and again by [`codec::decode_record`] on every read back): a
+/// request that breaks it is a bug in the state machine, and the writer stops rather than
+/// record it.
+fn assert_postings_balance(id: TxId, postings: &[Posting]) {
+    assert!(
+        codec::postings_sum_to_zero(postings),
+        "the postings of transaction {id} do not sum to zero: {postings:?}"
+    );
+}
+
 /// The receipt for a request whose id is already recorded, or the conflict. A recorded
 /// duplicate scan is answered with the original tap's record, found by `original`.
 pub fn replay(
@@ -987,52 +1167,6 @@ fn answer(
         record,
         replay: true,
     })
-}
-
-/// The recorded transaction with this id, if any.
-pub fn find_record(db: &DB, id: TxId) -> Result<Option<(u64, Record)>, LedgerError> {
-    let Some(bytes) = db.get_pinned_cf(cf(db, CF_IDS)?, id.0.to_be_bytes())? else {
-        return Ok(None);
-    };
-    let sequence = codec::decode_sequence(&bytes, "idempotency entry")?;
-    let record = read_record(db, sequence)?.ok_or(LedgerError::Corrupt {
-        what: "idempotency entry",
-        problem: "points at a missing record",
-    })?;
-    Ok(Some((sequence, record)))
-}
-
-/// The record at a log sequence.
-pub fn read_record(db: &DB, sequence: u64) -> Result<Option<Record>, LedgerError> {
-    match db.get_pinned_cf(cf(db, CF_LOG)?, sequence.to_be_bytes())? {
-        Some(bytes) => Ok(Some(codec::decode_record(&bytes)?)),
-        None => Ok(None),
-    }
-}
-
-/// An account's stored state.
-pub fn read_account(db: &DB, account: AccountRef) -> Result<Option<Account>, LedgerError> {
-    match db.get_pinned_cf(cf(db, CF_ACCOUNTS)?, codec::account_key(account))? {
-        Some(bytes) => Ok(Some(codec::decode_account(&bytes)?)),
-        None => Ok(None),
-    }
-}
-
-/// The next log sequence to assign.
-pub fn read_next_sequence(db: &DB) -> Result<u64, LedgerError> {
-    let bytes = db
-        .get_pinned_cf(cf(db, CF_META)?, META_NEXT_SEQUENCE)?
-        .ok_or(LedgerError::Corrupt {
-            what: "meta",
-            problem: "next_sequence is missing",
-        })?;
-    codec::decode_sequence(&bytes, "next_sequence")
-}
-
-/// A column family handle that the open step guarantees exists.
-pub fn cf<'d>(db: &'d DB, name: &'static str) -> Result<&'d rocksdb::ColumnFamily, LedgerError> {
-    db.cf_handle(name)
-        .ok_or(LedgerError::MissingColumnFamily(name))
 }
 
 /// The state of an operator or provider account before its first posting. Riders have no

@@ -9,17 +9,16 @@
 //! exactly one settlement entry; every refund is indexed; no record lies beyond
 //! `next_sequence`.
 
-use rocksdb::{DB, IteratorMode};
+use rocksdb::{IteratorMode, ReadOptions, Snapshot};
 
 use super::LedgerError;
-use super::apply::cf;
-use super::codec;
-use super::model::{AccountRef, Command, Outcome, rider_of_postings, settles};
+use super::codec::{self, META_NEXT_SEQUENCE};
+use super::model::{AccountRef, Command, Outcome, Record, rider_of_postings, settles};
 use super::prune;
 use super::store::{
     CF_ACCOUNTS, CF_IDS, CF_LOG, CF_META, CF_POSTINGS, CF_PROVIDER_ENTRIES, CF_REFUNDS,
-    META_NEXT_SEQUENCE,
 };
+use super::view::LedgerView;
 
 /// Most violations listed one by one; the rest are counted.
 pub const VIOLATIONS_LISTED_MAX: usize = 100;
@@ -59,28 +58,40 @@ impl AuditReport {
     }
 }
 
-/// Audits the ledger in `db`. `Err` means the audit could not read; a broken invariant
-/// is a violation in the report.
-pub fn audit(db: &DB) -> Result<AuditReport, LedgerError> {
+/// Audits the ledger behind `db`. `Err` means the audit could not read; a broken
+/// invariant is a violation in the report.
+pub fn audit(db: &LedgerView) -> Result<AuditReport, LedgerError> {
     let mut report = AuditReport::default();
     let snapshot = db.snapshot();
-    let mut read = rocksdb::ReadOptions::default();
-    read.set_snapshot(&snapshot);
-    let next_sequence = match db.get_pinned_cf_opt(cf(db, CF_META)?, META_NEXT_SEQUENCE, &read)? {
-        Some(bytes) => codec::decode_sequence(&bytes, "next_sequence")?,
-        None => {
-            return Err(LedgerError::Corrupt {
-                what: "meta",
-                problem: "next_sequence is missing",
-            });
-        }
-    };
+    let next_sequence = read_next_sequence(db, &snapshot)?;
+    audit_accounts(db, &snapshot, &mut report)?;
+    let counts = audit_log(db, &snapshot, next_sequence, &mut report)?;
+    audit_index_sizes(db, &snapshot, &counts, &mut report)?;
+    Ok(report)
+}
 
-    // Accounts and their postings, both in account-key order, walked side by side.
+fn read_next_sequence(db: &LedgerView, snapshot: &Snapshot<'_>) -> Result<u64, LedgerError> {
+    match db.get_pinned_cf_opt(db.cf(CF_META)?, META_NEXT_SEQUENCE, &reader(snapshot))? {
+        Some(bytes) => codec::decode_sequence(&bytes, "next_sequence"),
+        None => Err(LedgerError::Corrupt {
+            what: "meta",
+            problem: "next_sequence is missing",
+        }),
+    }
+}
+
+/// Accounts and their postings, both in account-key order, walked side by side: each
+/// balance equals its postings' sum, each running balance is right, and the sum over all
+/// accounts is zero.
+fn audit_accounts(
+    db: &LedgerView,
+    snapshot: &Snapshot<'_>,
+    report: &mut AuditReport,
+) -> Result<(), LedgerError> {
     let mut postings = db
-        .iterator_cf_opt(cf(db, CF_POSTINGS)?, reader(&snapshot), IteratorMode::Start)
+        .iterator_cf_opt(db.cf(CF_POSTINGS)?, reader(snapshot), IteratorMode::Start)
         .peekable();
-    for item in db.iterator_cf_opt(cf(db, CF_ACCOUNTS)?, reader(&snapshot), IteratorMode::Start) {
+    for item in db.iterator_cf_opt(db.cf(CF_ACCOUNTS)?, reader(snapshot), IteratorMode::Start) {
         let (key, value) = item?;
         let account_ref = codec::decode_account_key(&key)?;
         let account = codec::decode_account(&value)?;
@@ -132,156 +143,232 @@ pub fn audit(db: &DB) -> Result<AuditReport, LedgerError> {
             report.balance_sum
         ));
     }
+    Ok(())
+}
 
-    // The log, against the indexes.
-    let pruned_below = prune::pruned_below(db, &read)?;
-    let mut indexed_records = 0u64;
-    let mut log_postings = 0u64;
-    let mut settled = 0u64;
-    let mut refunds = 0u64;
-    for item in db.iterator_cf_opt(cf(db, CF_LOG)?, reader(&snapshot), IteratorMode::Start) {
+/// What the log says the indexes must hold.
+#[derive(Debug, Default)]
+struct LogCounts {
+    /// The first sequence whose id is still indexed.
+    pruned_below: u64,
+    /// Records from `pruned_below` on: the id index holds exactly these.
+    indexed_records: u64,
+    postings: u64,
+    settled: u64,
+    refunds: u64,
+}
+
+/// The log, record by record, against the indexes.
+fn audit_log(
+    db: &LedgerView,
+    snapshot: &Snapshot<'_>,
+    next_sequence: u64,
+    report: &mut AuditReport,
+) -> Result<LogCounts, LedgerError> {
+    let read = reader(snapshot);
+    let mut log = LogAudit {
+        db,
+        counts: LogCounts {
+            pruned_below: prune::pruned_below(db, &read)?,
+            ..LogCounts::default()
+        },
+        read,
+        report,
+    };
+    for item in db.iterator_cf_opt(db.cf(CF_LOG)?, reader(snapshot), IteratorMode::Start) {
         let (key, value) = item?;
-        let sequence = codec::decode_sequence(&key, "log key")?;
-        let record = codec::decode_record(&value)?;
-        report.transactions += 1;
+        let sequence = codec::decode_log_key(&key)?;
+        log.report.transactions += 1;
         if sequence >= next_sequence {
-            report.violation(format!(
+            log.report.violation(format!(
                 "record {sequence} lies beyond next_sequence {next_sequence}"
             ));
         }
-        let sum: i128 = record
-            .postings
-            .iter()
-            .map(|posting| i128::from(posting.amount.0))
-            .sum();
-        if sum != 0 {
-            report.violation(format!(
-                "transaction {} (sequence {sequence}) has postings summing to {sum}",
-                record.request.id
-            ));
+        // A record that does not decode (among them one whose postings do not sum to
+        // zero) is a violation; the audit goes on to list the others.
+        let record = match codec::decode_record(&value) {
+            Ok(record) => record,
+            Err(err) => {
+                log.report
+                    .violation(format!("record {sequence} does not decode: {err}"));
+                continue;
+            }
+        };
+        log.id_entry(sequence, &record)?;
+        log.postings(sequence, &record)?;
+        if record.outcome == Outcome::Accepted {
+            log.report.accepted += 1;
+            log.settlement_entry(sequence, &record)?;
+            log.refund_entry(sequence, &record)?;
         }
+    }
+    Ok(log.counts)
+}
+
+/// One pass over the log: the indexes each record must be in, as of one snapshot.
+struct LogAudit<'a, 'r> {
+    db: &'a LedgerView,
+    read: ReadOptions,
+    counts: LogCounts,
+    report: &'r mut AuditReport,
+}
+
+impl LogAudit<'_, '_> {
+    /// Below the pruning cursor an id is forgotten (or, used again, points at a newer
+    /// record); from the cursor on, it points at its record.
+    fn id_entry(&mut self, sequence: u64, record: &Record) -> Result<(), LedgerError> {
+        let db = self.db;
         let id_entry =
-            db.get_pinned_cf_opt(cf(db, CF_IDS)?, record.request.id.0.to_be_bytes(), &read)?;
+            db.get_pinned_cf_opt(db.cf(CF_IDS)?, codec::id_key(record.request.id), &self.read)?;
         let indexed = id_entry
             .map(|bytes| codec::decode_sequence(&bytes, "idempotency entry"))
             .transpose()?;
-        // Below the pruning cursor an id is forgotten (or, used again, points at a newer
-        // record); from the cursor on, it points at its record.
+        let pruned_below = self.counts.pruned_below;
         let indexed_ok = if sequence < pruned_below {
             indexed.is_none_or(|indexed| indexed > sequence)
         } else {
             indexed == Some(sequence)
         };
         if sequence >= pruned_below {
-            indexed_records += 1;
+            self.counts.indexed_records += 1;
         }
         if !indexed_ok {
-            report.violation(format!(
+            self.report.violation(format!(
                 "transaction {} at sequence {sequence} is indexed at {indexed:?} (ids pruned below {pruned_below})",
                 record.request.id
             ));
         }
+        Ok(())
+    }
+
+    /// Each of the record's postings is in the postings index with its amount.
+    fn postings(&mut self, sequence: u64, record: &Record) -> Result<(), LedgerError> {
+        let db = self.db;
         for posting in &record.postings {
-            log_postings += 1;
+            self.counts.postings += 1;
             let key = codec::posting_key(posting.account, sequence);
-            match db.get_pinned_cf_opt(cf(db, CF_POSTINGS)?, key, &read)? {
-                Some(bytes)
-                    if bytes.len() == 16 && bytes[..8] == posting.amount.0.to_be_bytes() => {}
-                _ => report.violation(format!(
+            let indexed = db
+                .get_pinned_cf_opt(db.cf(CF_POSTINGS)?, key, &self.read)?
+                .map(|bytes| codec::decode_posting(&key, &bytes))
+                .transpose();
+            match indexed {
+                Ok(Some((_, _, amount, _))) if amount == posting.amount => {}
+                _ => self.report.violation(format!(
                     "posting of {:?} in transaction {} (sequence {sequence}) is missing or differs",
                     posting.account, record.request.id
                 )),
             }
         }
-        if record.outcome == Outcome::Accepted {
-            report.accepted += 1;
-            if settles(&record.request.command, record.outcome, &record.postings) {
-                settled += 1;
-                let provider = match rider_of_postings(&record.postings) {
-                    Some(id) => db
-                        .get_pinned_cf_opt(
-                            cf(db, CF_ACCOUNTS)?,
-                            codec::account_key(AccountRef::Rider(id)),
-                            &read,
-                        )?
-                        .map(|bytes| codec::decode_account(&bytes))
-                        .transpose()?
-                        .map(|account| account.provider_id),
-                    None => None,
-                };
-                let entry = match provider {
-                    Some(provider) => db
-                        .get_pinned_cf_opt(
-                            cf(db, CF_PROVIDER_ENTRIES)?,
-                            codec::provider_entry_key(provider, sequence),
-                            &read,
-                        )?
-                        .is_some(),
-                    None => false,
-                };
-                if !entry {
-                    report.violation(format!(
-                        "{} at sequence {sequence} has no settlement entry under its rider's provider",
-                        record.request.command.kind()
-                    ));
-                }
-            }
-            if let Command::Refund { original } = record.request.command {
-                refunds += 1;
-                let entry =
-                    db.get_pinned_cf_opt(cf(db, CF_REFUNDS)?, original.0.to_be_bytes(), &read)?;
-                match entry
-                    .map(|bytes| codec::decode_sequence(&bytes, "refund entry"))
-                    .transpose()?
-                {
-                    Some(indexed) if indexed == sequence => {}
-                    other => report.violation(format!(
-                        "refund at sequence {sequence} is indexed at {other:?}"
-                    )),
-                }
-            }
+        Ok(())
+    }
+
+    /// An accepted charge, refund, charged tap or journey close has a settlement entry
+    /// under its rider's provider.
+    fn settlement_entry(&mut self, sequence: u64, record: &Record) -> Result<(), LedgerError> {
+        if !settles(&record.request.command, record.outcome, &record.postings) {
+            return Ok(());
         }
+        self.counts.settled += 1;
+        let db = self.db;
+        let provider = match rider_of_postings(&record.postings) {
+            Some(id) => db
+                .get_pinned_cf_opt(
+                    db.cf(CF_ACCOUNTS)?,
+                    codec::account_key(AccountRef::Rider(id)),
+                    &self.read,
+                )?
+                .map(|bytes| codec::decode_account(&bytes))
+                .transpose()?
+                .map(|account| account.provider_id),
+            None => None,
+        };
+        let entry = match provider {
+            Some(provider) => db
+                .get_pinned_cf_opt(
+                    db.cf(CF_PROVIDER_ENTRIES)?,
+                    codec::provider_entry_key(provider, sequence),
+                    &self.read,
+                )?
+                .is_some(),
+            None => false,
+        };
+        if !entry {
+            self.report.violation(format!(
+                "{} at sequence {sequence} has no settlement entry under its rider's provider",
+                record.request.command.kind()
+            ));
+        }
+        Ok(())
     }
-    if log_postings != report.postings {
-        report.violation(format!(
-            "the log has {log_postings} postings but the postings index has {}",
-            report.postings
-        ));
+
+    /// An accepted refund is indexed under its original.
+    fn refund_entry(&mut self, sequence: u64, record: &Record) -> Result<(), LedgerError> {
+        let Command::Refund { original } = record.request.command else {
+            return Ok(());
+        };
+        self.counts.refunds += 1;
+        let db = self.db;
+        let entry =
+            db.get_pinned_cf_opt(db.cf(CF_REFUNDS)?, codec::refund_key(original), &self.read)?;
+        match entry
+            .map(|bytes| codec::decode_sequence(&bytes, "refund entry"))
+            .transpose()?
+        {
+            Some(indexed) if indexed == sequence => {}
+            other => self.report.violation(format!(
+                "refund at sequence {sequence} is indexed at {other:?}"
+            )),
+        }
+        Ok(())
     }
-    let ids = count(db, &snapshot, CF_IDS)?;
-    if ids != indexed_records {
-        report.violation(format!(
-            "the log has {indexed_records} transactions from sequence {pruned_below} on but the id index has {ids}"
-        ));
-    }
-    let entries = count(db, &snapshot, CF_PROVIDER_ENTRIES)?;
-    if entries != settled {
-        report.violation(format!(
-            "{settled} settling transactions (charges, refunds, charged taps, journey closes) but {entries} settlement entries"
-        ));
-    }
-    let refund_entries = count(db, &snapshot, CF_REFUNDS)?;
-    if refund_entries != refunds {
-        report.violation(format!(
-            "{refunds} refunds but {refund_entries} refund entries"
-        ));
-    }
-    Ok(report)
 }
 
-fn reader(snapshot: &rocksdb::Snapshot<'_>) -> rocksdb::ReadOptions {
-    let mut read = rocksdb::ReadOptions::default();
+/// Each index holds exactly as many entries as the log says.
+fn audit_index_sizes(
+    db: &LedgerView,
+    snapshot: &Snapshot<'_>,
+    counts: &LogCounts,
+    report: &mut AuditReport,
+) -> Result<(), LedgerError> {
+    if counts.postings != report.postings {
+        report.violation(format!(
+            "the log has {} postings but the postings index has {}",
+            counts.postings, report.postings
+        ));
+    }
+    let ids = count(db, snapshot, CF_IDS)?;
+    if ids != counts.indexed_records {
+        report.violation(format!(
+            "the log has {} transactions from sequence {} on but the id index has {ids}",
+            counts.indexed_records, counts.pruned_below
+        ));
+    }
+    let entries = count(db, snapshot, CF_PROVIDER_ENTRIES)?;
+    if entries != counts.settled {
+        report.violation(format!(
+            "{} settling transactions (charges, refunds, charged taps, journey closes) but {entries} settlement entries",
+            counts.settled
+        ));
+    }
+    let refund_entries = count(db, snapshot, CF_REFUNDS)?;
+    if refund_entries != counts.refunds {
+        report.violation(format!(
+            "{} refunds but {refund_entries} refund entries",
+            counts.refunds
+        ));
+    }
+    Ok(())
+}
+
+fn reader(snapshot: &Snapshot<'_>) -> ReadOptions {
+    let mut read = ReadOptions::default();
     read.set_snapshot(snapshot);
     read
 }
 
-fn count(
-    db: &DB,
-    snapshot: &rocksdb::Snapshot<'_>,
-    name: &'static str,
-) -> Result<u64, LedgerError> {
+fn count(db: &LedgerView, snapshot: &Snapshot<'_>, name: &'static str) -> Result<u64, LedgerError> {
     let mut count = 0;
-    for item in db.iterator_cf_opt(cf(db, name)?, reader(snapshot), IteratorMode::Start) {
+    for item in db.iterator_cf_opt(db.cf(name)?, reader(snapshot), IteratorMode::Start) {
         item?;
         count += 1;
     }

@@ -1,6 +1,8 @@
-//! Byte layouts of the ledger's keys and values, all big-endian with fixed widths, as
-//! documented in `docs/storage.md`. Keys sort in the order that scans need: an account's
-//! postings by sequence, a provider's entries by sequence.
+//! Byte layouts of every key and value in the ledger's RocksDB, all big-endian with fixed
+//! widths, as documented in `docs/storage.md`. This is the one place a key is spelled out:
+//! other modules build and read keys only through these functions. Keys sort in the order
+//! that scans need: the log by sequence, an account's postings by sequence, a provider's
+//! entries by sequence.
 //!
 //! Decoding never trusts a stored length beyond its bound: a value that does not parse is
 //! reported as corruption, never a panic.
@@ -23,6 +25,34 @@ const OUTCOME_DUPLICATE: u8 = 0xFE;
 pub const ACCOUNT_KEY_LEN: usize = 9;
 /// The version byte at the start of every value, so a later layout can be told apart.
 const VALUE_VERSION: u8 = 1;
+
+/// Meta key: the on-disk format version (u32, big-endian).
+pub const META_FORMAT_VERSION: &[u8] = b"format_version";
+/// Meta key: the next log sequence (u64, big-endian).
+pub const META_NEXT_SEQUENCE: &[u8] = b"next_sequence";
+/// Meta key: the first log sequence whose id entry has not been pruned (u64, big-endian;
+/// absent means 1).
+pub const META_IDS_PRUNED_BELOW: &[u8] = b"ids_pruned_below";
+
+/// The key of a log record: its sequence.
+pub fn log_key(sequence: u64) -> [u8; 8] {
+    sequence.to_be_bytes()
+}
+
+/// The sequence a log key names.
+pub fn decode_log_key(key: &[u8]) -> Result<u64, LedgerError> {
+    decode_sequence(key, "log key")
+}
+
+/// The key of an idempotency entry: the transaction id.
+pub fn id_key(id: TxId) -> [u8; 16] {
+    id.0.to_be_bytes()
+}
+
+/// The key of a refund entry: the refunded charge's id.
+pub fn refund_key(original: TxId) -> [u8; 16] {
+    original.0.to_be_bytes()
+}
 
 /// The key of an account: a kind byte, then the id.
 pub fn account_key(account: AccountRef) -> [u8; ACCOUNT_KEY_LEN] {
@@ -132,13 +162,106 @@ pub fn provider_entry_key(provider_id: u16, sequence: u64) -> [u8; 10] {
     key
 }
 
+/// The first key of a provider's settlement entries after `after_sequence`.
+pub fn provider_entries_after(provider_id: u16, after_sequence: u64) -> [u8; 10] {
+    provider_entry_key(provider_id, after_sequence.saturating_add(1))
+}
+
+/// The first key of the next provider's entries (to skip over one provider's entries), or
+/// `None` after the last provider id.
+pub fn next_provider_entries(provider_id: u16) -> Option<[u8; 2]> {
+    provider_id.checked_add(1).map(u16::to_be_bytes)
+}
+
+/// Reads a provider's settlement entry key: (provider, sequence).
+pub fn decode_provider_entry_key(key: &[u8]) -> Result<(u16, u64), LedgerError> {
+    let mut reader = Reader::new(key, "settlement entry key");
+    let provider_id = reader.u16()?;
+    let sequence = reader.u64()?;
+    reader.end()?;
+    Ok((provider_id, sequence))
+}
+
+/// The `settlement` column family's keys: a one-byte kind, then the kind's key. Its values
+/// are settlement's own (JSON and fixed-width heads, see `crate::settlement`).
+pub mod settlement_keys {
+    /// Batch id (8) → the batch (JSON).
+    pub const BATCH: u8 = b'B';
+    /// Provider id (2) → the provider's position: through sequence (8) + last batch id (8).
+    pub const HEAD: u8 = b'H';
+    /// Close id (16) → the close's request and batches (JSON).
+    pub const CLOSE: u8 = b'C';
+    /// Batch id (8) → its acknowledgement (JSON).
+    pub const ACK: u8 = b'A';
+    /// The next batch id (8).
+    pub const NEXT_BATCH_ID: &[u8] = b"N";
+
+    /// A batch's key.
+    pub fn batch(id: u64) -> [u8; 9] {
+        with_kind(BATCH, id.to_be_bytes())
+    }
+
+    /// A batch acknowledgement's key.
+    pub fn ack(id: u64) -> [u8; 9] {
+        with_kind(ACK, id.to_be_bytes())
+    }
+
+    /// A provider's position's key.
+    pub fn head(provider_id: u16) -> [u8; 3] {
+        with_kind(HEAD, provider_id.to_be_bytes())
+    }
+
+    /// The provider a position's key names, if the key is one.
+    pub fn head_provider(key: &[u8]) -> Option<u16> {
+        match key {
+            [HEAD, high, low] => Some(u16::from_be_bytes([*high, *low])),
+            _ => None,
+        }
+    }
+
+    /// A close's key.
+    pub fn close(id: u128) -> [u8; 17] {
+        with_kind(CLOSE, id.to_be_bytes())
+    }
+
+    /// A provider's position: the last sequence its batches cover, and its last batch.
+    pub fn encode_head(through_sequence: u64, batch_id: u64) -> [u8; 16] {
+        let mut head = [0u8; 16];
+        head[..8].copy_from_slice(&through_sequence.to_be_bytes());
+        head[8..].copy_from_slice(&batch_id.to_be_bytes());
+        head
+    }
+
+    fn with_kind<const N: usize, const M: usize>(kind: u8, rest: [u8; N]) -> [u8; M] {
+        let mut key = [0u8; M];
+        key[0] = kind;
+        key[1..].copy_from_slice(&rest);
+        key
+    }
+}
+
 /// A transaction record (the value in the log, keyed by sequence).
 pub fn encode_record(record: &Record) -> Vec<u8> {
     let mut writer = Writer::default();
     writer.u8(VALUE_VERSION);
     writer.u128(record.request.id.0);
     writer.u64(record.request.time.0);
-    match record.request.command {
+    write_command(&mut writer, &record.request.command);
+    write_outcome(&mut writer, record.outcome);
+    match record.rider_balance_after {
+        Some(balance) => {
+            writer.u8(1);
+            writer.i64(balance.0);
+        }
+        None => writer.u8(0),
+    }
+    write_postings(&mut writer, &record.postings);
+    write_journey(&mut writer, record.journey);
+    writer.0
+}
+
+fn write_command(writer: &mut Writer, command: &Command) {
+    match *command {
         Command::OpenAccount {
             account_id,
             provider_id,
@@ -183,19 +306,7 @@ pub fn encode_record(record: &Record) -> Vec<u8> {
             writer.u16(operator_id);
             writer.i64(amount.0);
         }
-        Command::Tap(tap) => {
-            writer.u8(7);
-            writer.u64(tap.account_id);
-            writer.u32(tap.gate_id);
-            writer.bytes(&tap.code);
-            let (kind, place) = match tap.kind {
-                TapKind::MetroEntry { station } => (1, station),
-                TapKind::MetroExit { station } => (2, station),
-                TapKind::Bus { route } => (3, route),
-            };
-            writer.u8(kind);
-            writer.u32(place);
-        }
+        Command::Tap(tap) => write_tap(writer, &tap),
         Command::CloseJourney {
             account_id,
             journey_id,
@@ -205,7 +316,24 @@ pub fn encode_record(record: &Record) -> Vec<u8> {
             writer.u64(journey_id);
         }
     }
-    match record.outcome {
+}
+
+fn write_tap(writer: &mut Writer, tap: &Tap) {
+    writer.u8(7);
+    writer.u64(tap.account_id);
+    writer.u32(tap.gate_id);
+    writer.bytes(&tap.code);
+    let (kind, place) = match tap.kind {
+        TapKind::MetroEntry { station } => (1, station),
+        TapKind::MetroExit { station } => (2, station),
+        TapKind::Bus { route } => (3, route),
+    };
+    writer.u8(kind);
+    writer.u32(place);
+}
+
+fn write_outcome(writer: &mut Writer, outcome: Outcome) {
+    match outcome {
         Outcome::Accepted => writer.u8(0),
         Outcome::Refused(refusal) => writer.u8(refusal_code(refusal)),
         Outcome::Duplicate { of } => {
@@ -213,20 +341,30 @@ pub fn encode_record(record: &Record) -> Vec<u8> {
             writer.u64(of);
         }
     }
-    match record.rider_balance_after {
-        Some(balance) => {
-            writer.u8(1);
-            writer.i64(balance.0);
-        }
-        None => writer.u8(0),
-    }
-    debug_assert!(record.postings.len() <= POSTINGS_PER_TRANSACTION_MAX);
-    writer.u8(record.postings.len() as u8);
-    for posting in &record.postings {
+}
+
+/// The postings, behind a one-byte count. The state machine never makes more than
+/// [`POSTINGS_PER_TRANSACTION_MAX`] (each fits in the count byte) and their sum is zero;
+/// a record that breaks either is a bug and is never written.
+fn write_postings(writer: &mut Writer, postings: &[Posting]) {
+    assert!(
+        postings.len() <= POSTINGS_PER_TRANSACTION_MAX,
+        "{} postings in one transaction; at most {POSTINGS_PER_TRANSACTION_MAX}",
+        postings.len()
+    );
+    assert!(
+        postings_sum_to_zero(postings),
+        "postings that do not sum to zero reached the codec: {postings:?}"
+    );
+    writer.u8(postings.len() as u8);
+    for posting in postings {
         writer.bytes(&account_key(posting.account));
         writer.i64(posting.amount.0);
     }
-    match record.journey {
+}
+
+fn write_journey(writer: &mut Writer, journey: Option<Journey>) {
+    match journey {
         None => writer.u8(0),
         Some(journey) => {
             writer.u8(1);
@@ -241,17 +379,52 @@ pub fn encode_record(record: &Record) -> Vec<u8> {
             }
         }
     }
-    writer.0
 }
 
-/// Reads a transaction record.
+/// Whether postings sum to zero (an overflowing sum does not).
+pub fn postings_sum_to_zero(postings: &[Posting]) -> bool {
+    postings
+        .iter()
+        .try_fold(Amount::ZERO, |sum, posting| sum.checked_add(posting.amount))
+        == Some(Amount::ZERO)
+}
+
+/// Reads a transaction record. A record whose postings do not sum to zero is refused as
+/// corrupt: money conservation is checked again on every read back.
 pub fn decode_record(bytes: &[u8]) -> Result<Record, LedgerError> {
     let what = "transaction record";
     let mut reader = Reader::new(bytes, what);
     reader.version()?;
     let id = TxId(reader.u128()?);
     let time = UnixMillis(reader.u64()?);
-    let command = match reader.u8()? {
+    let command = read_command(&mut reader)?;
+    let outcome = match reader.u8()? {
+        0 => Outcome::Accepted,
+        OUTCOME_DUPLICATE => Outcome::Duplicate { of: reader.u64()? },
+        code => {
+            Outcome::Refused(refusal_from(code).ok_or_else(|| corrupt(what, "unknown refusal"))?)
+        }
+    };
+    let rider_balance_after = match reader.u8()? {
+        0 => None,
+        1 => Some(Amount(reader.i64()?)),
+        _ => return Err(corrupt(what, "bad balance flag")),
+    };
+    let postings = read_postings(&mut reader)?;
+    let journey = read_journey(&mut reader)?;
+    reader.end()?;
+    Ok(Record {
+        request: Request { id, time, command },
+        outcome,
+        postings,
+        rider_balance_after,
+        journey,
+    })
+}
+
+fn read_command(reader: &mut Reader<'_>) -> Result<Command, LedgerError> {
+    let what = "transaction record";
+    Ok(match reader.u8()? {
         1 => Command::OpenAccount {
             account_id: reader.u64()?,
             provider_id: reader.u16()?,
@@ -278,43 +451,37 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record, LedgerError> {
             operator_id: reader.u16()?,
             amount: Amount(reader.i64()?),
         },
-        7 => {
-            let account_id = reader.u64()?;
-            let gate_id = reader.u32()?;
-            let code = reader.array::<16>()?;
-            let kind = reader.u8()?;
-            let place = reader.u32()?;
-            let kind = match kind {
-                1 => TapKind::MetroEntry { station: place },
-                2 => TapKind::MetroExit { station: place },
-                3 => TapKind::Bus { route: place },
-                _ => return Err(corrupt(what, "unknown tap kind")),
-            };
-            Command::Tap(Tap {
-                account_id,
-                gate_id,
-                code,
-                kind,
-            })
-        }
+        7 => Command::Tap(read_tap(reader)?),
         8 => Command::CloseJourney {
             account_id: reader.u64()?,
             journey_id: reader.u64()?,
         },
         _ => return Err(corrupt(what, "unknown command")),
+    })
+}
+
+fn read_tap(reader: &mut Reader<'_>) -> Result<Tap, LedgerError> {
+    let account_id = reader.u64()?;
+    let gate_id = reader.u32()?;
+    let code = reader.array::<16>()?;
+    let kind = reader.u8()?;
+    let place = reader.u32()?;
+    let kind = match kind {
+        1 => TapKind::MetroEntry { station: place },
+        2 => TapKind::MetroExit { station: place },
+        3 => TapKind::Bus { route: place },
+        _ => return Err(corrupt("transaction record", "unknown tap kind")),
     };
-    let outcome = match reader.u8()? {
-        0 => Outcome::Accepted,
-        OUTCOME_DUPLICATE => Outcome::Duplicate { of: reader.u64()? },
-        code => {
-            Outcome::Refused(refusal_from(code).ok_or_else(|| corrupt(what, "unknown refusal"))?)
-        }
-    };
-    let rider_balance_after = match reader.u8()? {
-        0 => None,
-        1 => Some(Amount(reader.i64()?)),
-        _ => return Err(corrupt(what, "bad balance flag")),
-    };
+    Ok(Tap {
+        account_id,
+        gate_id,
+        code,
+        kind,
+    })
+}
+
+fn read_postings(reader: &mut Reader<'_>) -> Result<Vec<Posting>, LedgerError> {
+    let what = "transaction record";
     let count = usize::from(reader.u8()?);
     if count > POSTINGS_PER_TRANSACTION_MAX {
         return Err(corrupt(what, "too many postings"));
@@ -327,7 +494,15 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record, LedgerError> {
             amount: Amount(reader.i64()?),
         });
     }
-    let journey = match reader.u8()? {
+    if !postings_sum_to_zero(&postings) {
+        return Err(corrupt(what, "postings do not sum to zero"));
+    }
+    Ok(postings)
+}
+
+fn read_journey(reader: &mut Reader<'_>) -> Result<Option<Journey>, LedgerError> {
+    let what = "transaction record";
+    Ok(match reader.u8()? {
         0 => None,
         1 => {
             let id = reader.u64()?;
@@ -343,14 +518,6 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record, LedgerError> {
             })
         }
         _ => return Err(corrupt(what, "bad journey flag")),
-    };
-    reader.end()?;
-    Ok(Record {
-        request: Request { id, time, command },
-        outcome,
-        postings,
-        rider_balance_after,
-        journey,
     })
 }
 

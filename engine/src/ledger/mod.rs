@@ -11,9 +11,11 @@
 pub mod apply;
 pub mod audit;
 pub mod codec;
+pub mod durability;
 pub mod model;
 pub mod prune;
 pub mod store;
+pub mod view;
 pub mod writer;
 
 use std::path::Path;
@@ -22,18 +24,20 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::thread::JoinHandle;
 
-use rocksdb::{DB, Direction, IteratorMode};
+use rocksdb::{Direction, IteratorMode};
 use tokio::sync::oneshot;
 
 use crate::clock::UnixMillis;
 use crate::fares::FareTable;
 use crate::money::Amount;
 
+pub use durability::{Durability, LocalWal};
 pub use model::{
     Account, AccountRef, AccountStatus, Command, Journey, OpenJourney, Outcome, Posting, Receipt,
     Record, Refusal, Request, Tap, TapKind, Travel, TxId,
 };
 pub use store::StoreConfig;
+pub use view::{LedgerView, SettlementColumn, SettlementWrite};
 pub use writer::WriterStats;
 
 /// Errors of the ledger: faults, not refusals (a refused charge is a [`Receipt`]).
@@ -142,7 +146,7 @@ pub struct LedgerConfig {
     /// Requests that may wait for the writer; past this, callers get `Overloaded` at once.
     pub queue_depth_max: usize,
     /// Most requests in one group commit.
-    pub batch_size_max: usize,
+    pub group_commit_requests_max: usize,
     /// How long a transaction id is remembered (see [`prune`]). Longer than any gate
     /// stays offline and retries.
     pub id_retention_ms: u64,
@@ -154,7 +158,7 @@ impl Default for LedgerConfig {
             store: StoreConfig::default(),
             sync_writes: true,
             queue_depth_max: 16_384,
-            batch_size_max: 2_048,
+            group_commit_requests_max: 2_048,
             id_retention_ms: 30 * 86_400_000,
         }
     }
@@ -197,7 +201,7 @@ pub const STATEMENT_PAGE_LINES_MAX: usize = 1_000;
 /// An open ledger: the database and its writer thread.
 #[derive(Debug)]
 pub struct Ledger {
-    db: Arc<DB>,
+    view: LedgerView,
     queue: Option<SyncSender<writer::Job>>,
     writer: Option<JoinHandle<()>>,
     stats: Arc<WriterStats>,
@@ -213,40 +217,43 @@ impl Ledger {
     }
 
     /// Opens (or creates) the ledger in `dir` and starts its writer, deciding taps by
-    /// `rules`.
+    /// `rules`, durable through the local write-ahead log.
     pub fn open_with_rules(
         dir: &Path,
         config: LedgerConfig,
         rules: Rules,
     ) -> Result<Ledger, LedgerError> {
         assert!(
-            config.queue_depth_max > 0 && config.batch_size_max > 0,
+            config.queue_depth_max > 0 && config.group_commit_requests_max > 0,
             "ledger limits must be positive"
         );
         let db = Arc::new(store::open(dir, &config.store)?);
+        let durability = LocalWal::new(Arc::clone(&db), config.sync_writes);
+        Ledger::start(LedgerView::new(db), Box::new(durability), config, rules)
+    }
+
+    /// Starts the writer over an opened database with the given durability step.
+    fn start(
+        view: LedgerView,
+        durability: Box<dyn Durability>,
+        config: LedgerConfig,
+        rules: Rules,
+    ) -> Result<Ledger, LedgerError> {
         let (queue, receiver) = std::sync::mpsc::sync_channel(config.queue_depth_max);
         let stats = Arc::new(WriterStats::default());
         let writer = {
-            let db = Arc::clone(&db);
+            let view = view.clone();
             let stats = Arc::clone(&stats);
+            let requests_max = config.group_commit_requests_max;
             std::thread::Builder::new()
                 .name("ledger-writer".into())
-                .spawn(move || {
-                    writer::run(
-                        db,
-                        rules,
-                        receiver,
-                        config.sync_writes,
-                        config.batch_size_max,
-                        stats,
-                    )
-                })
+                .spawn(move || writer::run(view, durability, rules, receiver, requests_max, stats))
                 .map_err(|err| {
                     LedgerError::Invariant(format!("cannot start the writer thread: {err}"))
                 })?
         };
         Ok(Ledger {
-            db,
+            view,
             queue: Some(queue),
             writer: Some(writer),
             stats,
@@ -259,42 +266,41 @@ impl Ledger {
     /// async code uses [`Ledger::submit_async`] (this one panics inside a tokio runtime,
     /// which must never block a worker).
     pub fn submit(&self, request: Request) -> Result<Receipt, LedgerError> {
-        match self.enqueue(request)? {
-            Queued::Answered(receipt) => Ok(receipt),
-            Queued::Waiting(answer) => answer.blocking_recv().map_err(|_| LedgerError::Closed)?,
-        }
+        self.enqueue(request)?
+            .blocking_recv()
+            .map_err(|_| LedgerError::Closed)?
     }
 
     /// Submits a request and awaits its durable answer.
     pub async fn submit_async(&self, request: Request) -> Result<Receipt, LedgerError> {
-        match self.enqueue(request)? {
-            Queued::Answered(receipt) => Ok(receipt),
-            Queued::Waiting(answer) => answer.await.map_err(|_| LedgerError::Closed)?,
-        }
+        self.enqueue(request)?
+            .await
+            .map_err(|_| LedgerError::Closed)?
     }
 
-    /// A replay is answered from the database at once (it needs no write); anything else
-    /// joins the writer's queue, or is refused when the queue is full.
-    fn enqueue(&self, request: Request) -> Result<Queued, LedgerError> {
-        if let Some((sequence, record)) = apply::find_record(&self.db, request.id)? {
-            return apply::replay(&request, sequence, record, |of| {
-                apply::read_record(&self.db, of)
-            })
-            .map(Queued::Answered);
-        }
-        let queue = self.queue.as_ref().ok_or(LedgerError::Closed)?;
+    /// Joins the writer's queue, or is refused when the queue is full. The writer alone
+    /// looks the id up (a replay is answered from its record without a write), so a tap
+    /// costs one look-up of its id, on the writer's thread, not on the caller's.
+    fn enqueue(
+        &self,
+        request: Request,
+    ) -> Result<oneshot::Receiver<Result<Receipt, LedgerError>>, LedgerError> {
         let (reply, answer) = oneshot::channel();
+        self.send(writer::Job::Apply(writer::Submission { request, reply }))?;
+        Ok(answer)
+    }
+
+    /// Puts a job on the writer's queue at once, or refuses it.
+    fn send(&self, job: writer::Job) -> Result<(), LedgerError> {
+        let queue = self.queue.as_ref().ok_or(LedgerError::Closed)?;
         self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
-        match queue.try_send(writer::Job::Apply(writer::Submission { request, reply })) {
-            Ok(()) => Ok(Queued::Waiting(answer)),
-            Err(err) => {
-                self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                match err {
-                    TrySendError::Full(_) => Err(LedgerError::Overloaded(self.queue_depth_max)),
-                    TrySendError::Disconnected(_) => Err(LedgerError::Closed),
-                }
+        queue.try_send(job).map_err(|err| {
+            self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+            match err {
+                TrySendError::Full(_) => LedgerError::Overloaded(self.queue_depth_max),
+                TrySendError::Disconnected(_) => LedgerError::Closed,
             }
-        }
+        })
     }
 
     /// Forgets the ids of transactions older than the retention at time `now`, a slice at a
@@ -302,33 +308,23 @@ impl Ledger {
     /// number of ids forgotten. Blocks the calling thread (from async code, call it in
     /// `spawn_blocking`).
     pub fn prune_expired_ids(&self, now: UnixMillis) -> Result<u64, LedgerError> {
-        let queue = self.queue.as_ref().ok_or(LedgerError::Closed)?;
         let (reply, answer) = oneshot::channel();
-        let before = now.saturating_sub(self.id_retention_ms);
-        self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
-        let job = writer::Job::PruneIds {
-            before,
+        self.send(writer::Job::PruneIds {
+            before: now.saturating_sub(self.id_retention_ms),
             records_max: PRUNE_RECORDS_PER_JOB_MAX,
             reply,
-        };
-        if let Err(err) = queue.try_send(job) {
-            self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
-            return Err(match err {
-                TrySendError::Full(_) => LedgerError::Overloaded(self.queue_depth_max),
-                TrySendError::Disconnected(_) => LedgerError::Closed,
-            });
-        }
+        })?;
         answer.blocking_recv().map_err(|_| LedgerError::Closed)?
     }
 
     /// The recorded transaction with this id.
     pub fn transaction(&self, id: TxId) -> Result<Option<(u64, Record)>, LedgerError> {
-        apply::find_record(&self.db, id)
+        self.view.transaction(id)
     }
 
     /// An account's state.
     pub fn account(&self, account: AccountRef) -> Result<Option<Account>, LedgerError> {
-        apply::read_account(&self.db, account)
+        self.view.account(account)
     }
 
     /// A page of an account's statement: up to `limit` lines (at most
@@ -342,10 +338,10 @@ impl Ledger {
         let limit = limit.min(STATEMENT_PAGE_LINES_MAX);
         let start = codec::posting_key(account, after_sequence.saturating_add(1));
         let prefix = codec::account_key(account);
-        let postings = apply::cf(&self.db, store::CF_POSTINGS)?;
+        let postings = self.view.cf(store::CF_POSTINGS)?;
         let mut lines = Vec::new();
         for item in self
-            .db
+            .view
             .iterator_cf(postings, IteratorMode::From(&start, Direction::Forward))
         {
             let (key, value) = item?;
@@ -353,7 +349,7 @@ impl Ledger {
                 break;
             }
             let (_, sequence, amount, balance_after) = codec::decode_posting(&key, &value)?;
-            let record = apply::read_record(&self.db, sequence)?.ok_or(LedgerError::Corrupt {
+            let record = self.view.record(sequence)?.ok_or(LedgerError::Corrupt {
                 what: "posting",
                 problem: "points at a missing record",
             })?;
@@ -374,9 +370,9 @@ impl Ledger {
         entered_before: UnixMillis,
         limit: usize,
     ) -> Result<Vec<(u64, u64, UnixMillis)>, LedgerError> {
-        let index = apply::cf(&self.db, store::CF_OPEN_JOURNEYS)?;
+        let index = self.view.cf(store::CF_OPEN_JOURNEYS)?;
         let mut found = Vec::new();
-        for item in self.db.iterator_cf(index, IteratorMode::Start) {
+        for item in self.view.iterator_cf(index, IteratorMode::Start) {
             let (key, value) = item?;
             let (entered_at, account_id, journey_id) = codec::decode_open_journey(&key, &value)?;
             if entered_at >= entered_before || found.len() >= limit {
@@ -398,13 +394,19 @@ impl Ledger {
     /// meanwhile. The checkpoint is a data directory: `fareway audit` checks it and
     /// `fareway serve` runs on it.
     pub fn checkpoint(&self, path: &Path) -> Result<(), LedgerError> {
-        rocksdb::checkpoint::Checkpoint::new(&self.db)?.create_checkpoint(path)?;
-        Ok(())
+        self.view.checkpoint(path)
     }
 
-    /// The database, for modules that read it directly (settlement, audit).
-    pub fn db(&self) -> &DB {
-        &self.db
+    /// The read-only view of the database, for modules that read it directly
+    /// (settlement, the audit).
+    pub fn view(&self) -> &LedgerView {
+        &self.view
+    }
+
+    /// Settlement's own column family, the one part of the database written outside the
+    /// writer.
+    pub fn settlement_column(&self) -> SettlementColumn {
+        self.view.settlement_column()
     }
 
     /// Stops taking requests, lets the writer finish what is queued, and waits for it.
@@ -422,11 +424,6 @@ impl Drop for Ledger {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-enum Queued {
-    Answered(Receipt),
-    Waiting(oneshot::Receiver<Result<Receipt, LedgerError>>),
 }
 
 #[cfg(test)]

@@ -254,96 +254,128 @@ impl Request {
         if caller_timed && self.time != other.time {
             return Some("time");
         }
-        use Command::*;
-        match (self.command, other.command) {
-            (
-                OpenAccount {
-                    account_id: a,
-                    provider_id: p,
-                    credit_limit: c,
-                },
-                OpenAccount {
-                    account_id: a2,
-                    provider_id: p2,
-                    credit_limit: c2,
-                },
-            ) => first_of(&[
-                (a != a2, "account_id"),
-                (p != p2, "provider_id"),
-                (c != c2, "credit_limit"),
-            ]),
-            (
-                SetStatus {
-                    account_id: a,
-                    status: s,
-                },
-                SetStatus {
-                    account_id: a2,
-                    status: s2,
-                },
-            ) => first_of(&[(a != a2, "account_id"), (s != s2, "status")]),
-            (
-                TopUp {
-                    account_id: a,
-                    amount: m,
-                },
-                TopUp {
-                    account_id: a2,
-                    amount: m2,
-                },
-            ) => first_of(&[(a != a2, "account_id"), (m != m2, "amount")]),
-            (
-                Charge {
-                    account_id: a,
-                    operator_id: o,
-                    amount: m,
-                },
-                Charge {
-                    account_id: a2,
-                    operator_id: o2,
-                    amount: m2,
-                },
-            )
-            | (
-                Adjust {
-                    account_id: a,
-                    operator_id: o,
-                    amount: m,
-                },
-                Adjust {
-                    account_id: a2,
-                    operator_id: o2,
-                    amount: m2,
-                },
-            ) => first_of(&[
-                (a != a2, "account_id"),
-                (o != o2, "operator_id"),
-                (m != m2, "amount"),
-            ]),
-            (Refund { original: r }, Refund { original: r2 }) => first_of(&[(r != r2, "original")]),
-            (Tap(tap), Tap(tap2)) => first_of(&[
-                (tap.account_id != tap2.account_id, "account_id"),
-                (tap.gate_id != tap2.gate_id, "gate_id"),
-                (tap.code != tap2.code, "code"),
-                (
-                    std::mem::discriminant(&tap.kind) != std::mem::discriminant(&tap2.kind),
-                    "direction",
-                ),
-                (tap.kind != tap2.kind, "place"),
-            ]),
-            (
-                CloseJourney {
-                    account_id: a,
-                    journey_id: j,
-                },
-                CloseJourney {
-                    account_id: a2,
-                    journey_id: j2,
-                },
-            ) => first_of(&[(a != a2, "account_id"), (j != j2, "journey_id")]),
-            _ => Some("kind"),
-        }
+        // Each step answers only for a pair of commands of the kinds it knows.
+        let (mine, theirs) = (self.command, other.command);
+        account_command_difference(mine, theirs)
+            .or_else(|| money_command_difference(mine, theirs))
+            .or_else(|| travel_command_difference(mine, theirs))
+            .unwrap_or(Some("kind"))
     }
+}
+
+/// For two account commands of one kind (open, set status, top up), `Some` of their
+/// first differing field, if any; `None` for any other pair.
+fn account_command_difference(mine: Command, theirs: Command) -> Option<Option<&'static str>> {
+    use Command::{OpenAccount, SetStatus, TopUp};
+    let difference = match (mine, theirs) {
+        (
+            OpenAccount {
+                account_id: a,
+                provider_id: p,
+                credit_limit: c,
+            },
+            OpenAccount {
+                account_id: a2,
+                provider_id: p2,
+                credit_limit: c2,
+            },
+        ) => first_of(&[
+            (a != a2, "account_id"),
+            (p != p2, "provider_id"),
+            (c != c2, "credit_limit"),
+        ]),
+        (
+            SetStatus {
+                account_id: a,
+                status: s,
+            },
+            SetStatus {
+                account_id: a2,
+                status: s2,
+            },
+        ) => first_of(&[(a != a2, "account_id"), (s != s2, "status")]),
+        (
+            TopUp {
+                account_id: a,
+                amount: m,
+            },
+            TopUp {
+                account_id: a2,
+                amount: m2,
+            },
+        ) => first_of(&[(a != a2, "account_id"), (m != m2, "amount")]),
+        _ => return None,
+    };
+    Some(difference)
+}
+
+/// For two money commands of one kind (charge, adjust, refund), `Some` of their first
+/// differing field, if any; `None` for any other pair.
+fn money_command_difference(mine: Command, theirs: Command) -> Option<Option<&'static str>> {
+    use Command::{Adjust, Charge, Refund};
+    let difference = match (mine, theirs) {
+        (
+            Charge {
+                account_id: a,
+                operator_id: o,
+                amount: m,
+            },
+            Charge {
+                account_id: a2,
+                operator_id: o2,
+                amount: m2,
+            },
+        )
+        | (
+            Adjust {
+                account_id: a,
+                operator_id: o,
+                amount: m,
+            },
+            Adjust {
+                account_id: a2,
+                operator_id: o2,
+                amount: m2,
+            },
+        ) => first_of(&[
+            (a != a2, "account_id"),
+            (o != o2, "operator_id"),
+            (m != m2, "amount"),
+        ]),
+        (Refund { original: r }, Refund { original: r2 }) => first_of(&[(r != r2, "original")]),
+        _ => return None,
+    };
+    Some(difference)
+}
+
+/// For two travel commands of one kind (tap, close journey), `Some` of their first
+/// differing field, if any; `None` for any other pair.
+fn travel_command_difference(mine: Command, theirs: Command) -> Option<Option<&'static str>> {
+    use Command::CloseJourney;
+    let difference = match (mine, theirs) {
+        (Command::Tap(tap), Command::Tap(tap2)) => first_of(&[
+            (tap.account_id != tap2.account_id, "account_id"),
+            (tap.gate_id != tap2.gate_id, "gate_id"),
+            (tap.code != tap2.code, "code"),
+            (
+                std::mem::discriminant(&tap.kind) != std::mem::discriminant(&tap2.kind),
+                "direction",
+            ),
+            (tap.kind != tap2.kind, "place"),
+        ]),
+        (
+            CloseJourney {
+                account_id: a,
+                journey_id: j,
+            },
+            CloseJourney {
+                account_id: a2,
+                journey_id: j2,
+            },
+        ) => first_of(&[(a != a2, "account_id"), (j != j2, "journey_id")]),
+        _ => return None,
+    };
+    Some(difference)
 }
 
 fn first_of(checks: &[(bool, &'static str)]) -> Option<&'static str> {

@@ -9,18 +9,19 @@
 //! Runs on the writer thread (as a [`super::writer::Job`]), between batches, so it never
 //! races with a request.
 
-use rocksdb::{DB, Direction, IteratorMode, WriteBatch, WriteOptions};
+use rocksdb::{Direction, IteratorMode, WriteBatch};
 
 use crate::clock::UnixMillis;
 
 use super::LedgerError;
-use super::apply::cf;
-use super::codec;
-use super::store::{CF_IDS, CF_LOG, CF_META, META_IDS_PRUNED_BELOW};
+use super::codec::{self, META_IDS_PRUNED_BELOW};
+use super::durability::Durability;
+use super::store::{CF_IDS, CF_LOG, CF_META};
+use super::view::LedgerView;
 
 /// The first log sequence whose id has not been pruned.
-pub fn pruned_below(db: &DB, read: &rocksdb::ReadOptions) -> Result<u64, LedgerError> {
-    match db.get_pinned_cf_opt(cf(db, CF_META)?, META_IDS_PRUNED_BELOW, read)? {
+pub fn pruned_below(view: &LedgerView, read: &rocksdb::ReadOptions) -> Result<u64, LedgerError> {
+    match view.get_pinned_cf_opt(view.cf(CF_META)?, META_IDS_PRUNED_BELOW, read)? {
         Some(bytes) => codec::decode_sequence(&bytes, "ids_pruned_below"),
         None => Ok(1),
     }
@@ -31,49 +32,51 @@ pub fn pruned_below(db: &DB, read: &rocksdb::ReadOptions) -> Result<u64, LedgerE
 /// record that is new enough, so an id is kept at least until every older one is gone.
 /// Returns how many ids were forgotten; 0 means there is nothing (more) to prune.
 pub fn prune_ids(
-    db: &DB,
+    view: &LedgerView,
+    durability: &mut dyn Durability,
     before: UnixMillis,
     records_max: usize,
-    write_options: &WriteOptions,
 ) -> Result<u64, LedgerError> {
-    let cursor = pruned_below(db, &rocksdb::ReadOptions::default())?;
-    let ids = cf(db, CF_IDS)?;
-    let mut batch = WriteBatch::default();
+    let cursor = pruned_below(view, &rocksdb::ReadOptions::default())?;
+    let ids = view.cf(CF_IDS)?;
+    let mut write = WriteBatch::default();
     let mut next_cursor = cursor;
     let mut pruned = 0u64;
-    let start = cursor.to_be_bytes();
-    for item in db
+    let start = codec::log_key(cursor);
+    for item in view
         .iterator_cf(
-            cf(db, CF_LOG)?,
+            view.cf(CF_LOG)?,
             IteratorMode::From(&start, Direction::Forward),
         )
         .take(records_max)
     {
         let (key, value) = item?;
-        let sequence = codec::decode_sequence(&key, "log key")?;
+        let sequence = codec::decode_log_key(&key)?;
         let record = codec::decode_record(&value)?;
         if record.request.time >= before {
             break;
         }
         // The id may have been used again after an earlier prune: only forget it if it
         // still points at this record.
-        let points_here = match db.get_pinned_cf(ids, record.request.id.0.to_be_bytes())? {
+        let id_key = codec::id_key(record.request.id);
+        let points_here = match view.get_pinned_cf(ids, id_key)? {
             Some(bytes) => codec::decode_sequence(&bytes, "idempotency entry")? == sequence,
             None => false,
         };
         if points_here {
-            batch.delete_cf(ids, record.request.id.0.to_be_bytes());
+            write.delete_cf(ids, id_key);
             pruned += 1;
         }
         next_cursor = sequence + 1;
     }
     if next_cursor != cursor {
-        batch.put_cf(
-            cf(db, CF_META)?,
+        write.put_cf(
+            view.cf(CF_META)?,
             META_IDS_PRUNED_BELOW,
-            next_cursor.to_be_bytes(),
+            codec::encode_sequence(next_cursor),
         );
-        db.write_opt(batch, write_options)?;
+        // No requests: forgetting ids is local housekeeping, decided by time on each node.
+        durability.commit(&[], write)?;
     }
     Ok(pruned)
 }

@@ -9,6 +9,7 @@ use rocksdb::{
 };
 
 use super::LedgerError;
+use super::codec::{self, META_FORMAT_VERSION, META_NEXT_SEQUENCE};
 
 /// Accounts: account key (9 bytes) → account value.
 pub const CF_ACCOUNTS: &str = "accounts";
@@ -26,7 +27,7 @@ pub const CF_REFUNDS: &str = "refunds";
 /// refund, fare-charging tap and journey close, by the provider that owes (or is owed)
 /// it, in ledger order.
 pub const CF_PROVIDER_ENTRIES: &str = "provider_entries";
-/// Metadata: named keys (see the `META_*` constants).
+/// Metadata: named keys (the `META_*` constants in [`super::codec`]).
 pub const CF_META: &str = "meta";
 /// Travel state: rider account id (8) → the rider's open journey and today's totals.
 pub const CF_TRAVEL: &str = "travel";
@@ -55,15 +56,6 @@ pub const COLUMN_FAMILIES: [&str; 11] = [
     CF_SETTLEMENT,
 ];
 
-/// Meta key: the on-disk format version (u32, big-endian).
-pub const META_FORMAT_VERSION: &[u8] = b"format_version";
-/// Meta key: the next log sequence (u64, big-endian).
-pub const META_NEXT_SEQUENCE: &[u8] = b"next_sequence";
-
-/// Meta key: the first log sequence whose id entry has not been pruned (u64, big-endian;
-/// absent means 1).
-pub const META_IDS_PRUNED_BELOW: &[u8] = b"ids_pruned_below";
-
 /// The on-disk format this build reads and writes. Bump it on any incompatible change.
 /// Version 2 added taps: the `travel`, `open_journeys` and `codes` column families and
 /// journeys in records. Version 3 added the `settlement` column family.
@@ -80,6 +72,9 @@ pub struct StoreConfig {
     pub block_cache_bytes: usize,
     /// All memtables together, in bytes.
     pub write_buffers_bytes: usize,
+    /// Table files RocksDB keeps open: each is a descriptor, which the server shares with
+    /// its connections (`server::transport::DescriptorBudget`).
+    pub open_files_max: usize,
     /// Make a new ledger when the directory holds none: true for a first start. A
     /// restart after a storage failure sets it false, so that a data directory gone
     /// missing (its disk not mounted) is an error rather than a new, empty ledger that
@@ -92,6 +87,7 @@ impl Default for StoreConfig {
         StoreConfig {
             block_cache_bytes: 64 << 20,
             write_buffers_bytes: 64 << 20,
+            open_files_max: 1_024,
             create: true,
         }
     }
@@ -113,7 +109,7 @@ fn options(config: &StoreConfig) -> (Options, BlockBasedOptions) {
     // acknowledged (we sync before answering), so nothing acknowledged is lost.
     options.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
     options.set_max_total_wal_size(256 << 20);
-    options.set_max_open_files(1024);
+    options.set_max_open_files(i32::try_from(config.open_files_max).unwrap_or(i32::MAX));
     // Flushes and compactions write their files out as they go (1 MiB at a time) rather
     // than leaving hundreds of dirty megabytes in the page cache: on ext4 an fsync of the
     // write-ahead log can otherwise wait for all of them, and a gate's answer with it.
@@ -154,25 +150,11 @@ pub fn open(dir: &Path, config: &StoreConfig) -> Result<DB, LedgerError> {
         return Err(LedgerError::NoLedger { path: shown });
     }
     if has_ledger {
-        let existing = DB::list_cf(&options, dir).map_err(|source| LedgerError::Open {
-            path: shown.clone(),
-            source,
+        refuse_foreign_database(dir, &options, &shown)?;
+    } else {
+        create_private_dir(dir).map_err(|err| {
+            LedgerError::Invariant(format!("cannot create the data directory {shown}: {err}"))
         })?;
-        if let Some(unknown) = existing
-            .iter()
-            .find(|name| name.as_str() != "default" && !COLUMN_FAMILIES.contains(&name.as_str()))
-        {
-            return Err(LedgerError::UnknownFormat {
-                path: shown,
-                detail: format!("it has column family {unknown:?}, unknown to this build"),
-            });
-        }
-        if !existing.iter().any(|name| name == CF_META) {
-            return Err(LedgerError::UnknownFormat {
-                path: shown,
-                detail: "it is a RocksDB database but not a Fareway ledger".into(),
-            });
-        }
     }
     let descriptors = COLUMN_FAMILIES
         .iter()
@@ -183,61 +165,107 @@ pub fn open(dir: &Path, config: &StoreConfig) -> Result<DB, LedgerError> {
             source,
         }
     })?;
+    check_format_version(&db, &shown)?;
+    Ok(db)
+}
+
+/// Makes `dir` (and its missing parents) readable by its owner only: the ledger holds
+/// every rider's balance and history, which no other user of the machine should read.
+/// RocksDB would make it with the process's umask instead. An existing folder is left as
+/// it is.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Refuses a RocksDB database that is not a Fareway ledger, or has column families this
+/// build does not know (a newer format), before opening it would add ours to it.
+fn refuse_foreign_database(dir: &Path, options: &Options, shown: &str) -> Result<(), LedgerError> {
+    let existing = DB::list_cf(options, dir).map_err(|source| LedgerError::Open {
+        path: shown.to_string(),
+        source,
+    })?;
+    if let Some(unknown) = existing
+        .iter()
+        .find(|name| name.as_str() != "default" && !COLUMN_FAMILIES.contains(&name.as_str()))
+    {
+        return Err(LedgerError::UnknownFormat {
+            path: shown.to_string(),
+            detail: format!("it has column family {unknown:?}, unknown to this build"),
+        });
+    }
+    if !existing.iter().any(|name| name == CF_META) {
+        return Err(LedgerError::UnknownFormat {
+            path: shown.to_string(),
+            detail: "it is a RocksDB database but not a Fareway ledger".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Initialises a new ledger's format version and sequence, upgrades a version this build
+/// upgrades in place, and refuses any other version.
+fn check_format_version(db: &DB, shown: &str) -> Result<(), LedgerError> {
     let meta = db
         .cf_handle(CF_META)
         .ok_or(LedgerError::MissingColumnFamily(CF_META))?;
-    match db.get_cf(meta, META_FORMAT_VERSION)? {
-        None => {
-            // Only a brand-new ledger lacks a format version. Anything with records but no
-            // version is refused: initialising it would restart the sequence and overwrite
-            // the log.
-            let log = db
-                .cf_handle(CF_LOG)
-                .ok_or(LedgerError::MissingColumnFamily(CF_LOG))?;
-            if db
-                .iterator_cf(log, rocksdb::IteratorMode::Start)
-                .next()
-                .is_some()
-            {
-                return Err(LedgerError::UnknownFormat {
-                    path: shown,
-                    detail: "it holds transactions but no format version".into(),
-                });
-            }
-            let mut write = rocksdb::WriteOptions::default();
-            write.set_sync(true);
-            let mut batch = rocksdb::WriteBatch::default();
-            batch.put_cf(meta, META_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
-            batch.put_cf(meta, META_NEXT_SEQUENCE, 1u64.to_be_bytes());
-            db.write_opt(batch, &write)?;
-        }
-        Some(bytes) => {
-            let found = <[u8; 4]>::try_from(bytes.as_slice())
-                .map(u32::from_be_bytes)
-                .ok();
-            if found == Some(FORMAT_VERSION_UPGRADED) {
-                let mut write = rocksdb::WriteOptions::default();
-                write.set_sync(true);
-                db.put_cf_opt(
-                    meta,
-                    META_FORMAT_VERSION,
-                    FORMAT_VERSION.to_be_bytes(),
-                    &write,
-                )?;
-                tracing::info!(
-                    path = %shown,
-                    from = FORMAT_VERSION_UPGRADED,
-                    to = FORMAT_VERSION,
-                    "ledger data directory upgraded"
-                );
-            } else if found != Some(FORMAT_VERSION) {
-                return Err(LedgerError::FormatVersion {
-                    path: shown,
-                    found: found.map_or_else(|| format!("{bytes:?}"), |v| v.to_string()),
-                    supported: FORMAT_VERSION,
-                });
-            }
-        }
+    let mut synced = rocksdb::WriteOptions::default();
+    synced.set_sync(true);
+    let Some(bytes) = db.get_cf(meta, META_FORMAT_VERSION)? else {
+        return initialise(db, shown, &synced);
+    };
+    let found = <[u8; 4]>::try_from(bytes.as_slice())
+        .map(u32::from_be_bytes)
+        .ok();
+    if found == Some(FORMAT_VERSION_UPGRADED) {
+        db.put_cf_opt(
+            meta,
+            META_FORMAT_VERSION,
+            FORMAT_VERSION.to_be_bytes(),
+            &synced,
+        )?;
+        tracing::info!(
+            path = %shown,
+            from = FORMAT_VERSION_UPGRADED,
+            to = FORMAT_VERSION,
+            "ledger data directory upgraded"
+        );
+    } else if found != Some(FORMAT_VERSION) {
+        return Err(LedgerError::FormatVersion {
+            path: shown.to_string(),
+            found: found.map_or_else(|| format!("{bytes:?}"), |v| v.to_string()),
+            supported: FORMAT_VERSION,
+        });
     }
-    Ok(db)
+    Ok(())
+}
+
+/// Writes a brand-new ledger's format version and first sequence. Only a new ledger lacks
+/// a format version: anything with records but no version is refused, because
+/// initialising it would restart the sequence and overwrite the log.
+fn initialise(db: &DB, shown: &str, synced: &rocksdb::WriteOptions) -> Result<(), LedgerError> {
+    let meta = db
+        .cf_handle(CF_META)
+        .ok_or(LedgerError::MissingColumnFamily(CF_META))?;
+    let log = db
+        .cf_handle(CF_LOG)
+        .ok_or(LedgerError::MissingColumnFamily(CF_LOG))?;
+    if db
+        .iterator_cf(log, rocksdb::IteratorMode::Start)
+        .next()
+        .is_some()
+    {
+        return Err(LedgerError::UnknownFormat {
+            path: shown.to_string(),
+            detail: "it holds transactions but no format version".into(),
+        });
+    }
+    let mut write = rocksdb::WriteBatch::default();
+    write.put_cf(meta, META_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
+    write.put_cf(meta, META_NEXT_SEQUENCE, codec::encode_sequence(1));
+    db.write_opt(write, synced)?;
+    Ok(())
 }

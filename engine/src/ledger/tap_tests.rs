@@ -81,7 +81,7 @@ fn balance(ledger: &Ledger, account: AccountRef) -> i64 {
 }
 
 fn assert_audit_ok(ledger: &Ledger) {
-    let report = audit::audit(ledger.db()).unwrap();
+    let report = audit::audit(ledger.view()).unwrap();
     assert!(report.ok(), "audit failed: {:?}", report.violations);
     assert_eq!(report.balance_sum, 0);
 }
@@ -415,13 +415,13 @@ fn a_charged_tap_can_be_refunded_once_and_settles_with_the_riders_provider() {
         nothing.record.outcome,
         Outcome::Refused(Refusal::NotRefundable)
     );
-    let report = audit::audit(ledger.db()).unwrap();
+    let report = audit::audit(ledger.view()).unwrap();
     assert!(report.ok(), "{:?}", report.violations);
     // The bus tap and its refund are settlement entries of provider 1; the entry is not.
-    let entries: Vec<u64> = ledger
-        .db()
+    let view = ledger.view();
+    let entries: Vec<u64> = view
         .iterator_cf(
-            ledger.db().cf_handle(store::CF_PROVIDER_ENTRIES).unwrap(),
+            view.cf(store::CF_PROVIDER_ENTRIES).unwrap(),
             rocksdb::IteratorMode::Start,
         )
         .map(|item| {

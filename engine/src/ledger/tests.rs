@@ -47,7 +47,7 @@ fn balance(ledger: &Ledger, account: AccountRef) -> i64 {
 }
 
 fn assert_audit_ok(ledger: &Ledger) -> audit::AuditReport {
-    let report = audit::audit(ledger.db()).unwrap();
+    let report = audit::audit(ledger.view()).unwrap();
     assert!(report.ok(), "audit failed: {:?}", report.violations);
     assert_eq!(report.balance_sum, 0);
     report
@@ -398,7 +398,9 @@ fn concurrent_callers_share_group_commits_and_each_id_is_charged_once() {
     // Group commit: 16 callers at once share writes, so there are far fewer writes than
     // requests that reached the writer.
     let stats = ledger.stats();
-    let batches = stats.batches.load(std::sync::atomic::Ordering::Relaxed);
+    let batches = stats
+        .group_commits
+        .load(std::sync::atomic::Ordering::Relaxed);
     let requests = stats.requests.load(std::sync::atomic::Ordering::Relaxed);
     assert!(
         requests >= 2 * batches,
@@ -412,7 +414,7 @@ fn a_full_queue_refuses_at_once_with_overloaded() {
     let dir = tempfile::tempdir().unwrap();
     let config = LedgerConfig {
         queue_depth_max: 1,
-        batch_size_max: 1,
+        group_commit_requests_max: 1,
         ..LedgerConfig::default()
     };
     let ledger = Ledger::open(dir.path(), config).unwrap();
@@ -453,10 +455,12 @@ fn everything_survives_a_reopen_and_a_wrong_format_is_refused() {
         assert!(ledger.submit(request(2, charge(5, 10))).unwrap().replay);
         let receipt = ledger.submit(request(3, charge(5, 10))).unwrap();
         assert_eq!(receipt.sequence, 3);
-        let meta = ledger.db().cf_handle(store::CF_META).unwrap();
-        ledger
-            .db()
-            .put_cf(meta, store::META_FORMAT_VERSION, 99u32.to_be_bytes())
+    }
+    {
+        // Another build's format, written behind the ledger's back.
+        let db = store::open(dir.path(), &StoreConfig::default()).unwrap();
+        let meta = db.cf_handle(store::CF_META).unwrap();
+        db.put_cf(meta, codec::META_FORMAT_VERSION, 99u32.to_be_bytes())
             .unwrap();
     }
     let err = Ledger::open(dir.path(), LedgerConfig::default()).unwrap_err();
@@ -518,26 +522,29 @@ fn an_open_that_must_not_create_refuses_a_directory_without_a_ledger() {
 
 #[test]
 fn the_audit_names_a_balance_that_disagrees_with_its_postings() {
-    let (_dir, ledger) = open();
+    let (dir, ledger) = open();
     open_rider(&ledger, 1, 5, 1_000);
     ledger.submit(request(2, charge(5, 10))).unwrap();
+    drop(ledger);
     // Tamper with the stored balance behind the ledger's back.
-    let accounts = ledger.db().cf_handle(store::CF_ACCOUNTS).unwrap();
     let tampered = Account {
         status: AccountStatus::Active,
         provider_id: 1,
         credit_limit: Amount(1_000),
         balance: Amount(-11),
     };
-    ledger
-        .db()
-        .put_cf(
+    {
+        let db = store::open(dir.path(), &StoreConfig::default()).unwrap();
+        let accounts = db.cf_handle(store::CF_ACCOUNTS).unwrap();
+        db.put_cf(
             accounts,
             codec::account_key(AccountRef::Rider(5)),
             codec::encode_account(&tampered),
         )
         .unwrap();
-    let report = audit::audit(ledger.db()).unwrap();
+    }
+    let view = LedgerView::open(dir.path(), &StoreConfig::default()).unwrap();
+    let report = audit::audit(&view).unwrap();
     assert!(!report.ok());
     assert!(
         report
@@ -631,7 +638,7 @@ mod conservation {
                     (other, _) => prop_assert!(false, "unexpected answer {:?}", other),
                 }
             }
-            let report = audit::audit(ledger.db()).unwrap();
+            let report = audit::audit(ledger.view()).unwrap();
             prop_assert!(report.ok(), "{:?}", report.violations);
             prop_assert_eq!(report.transactions, first_answers.len() as u64);
         }

@@ -1,27 +1,29 @@
 //! Group commit: one writer thread, fed by a bounded queue, applies every waiting request
-//! in one [`Batch`] and makes it durable with one synced write, then answers them all.
+//! in one [`GroupCommit`] and makes it durable in one step (the [`Durability`] seam: a
+//! synced write-ahead log in embedded mode), then answers them all.
 //! Many concurrent callers thus share one fsync, and the ledger's state changes in one
 //! thread only, in one order (the log's).
 //!
-//! A caller is answered only after its batch's write-ahead log entry is on disk. When the
-//! write fails, every request the batch would have recorded gets the error, and its
-//! outcome is unknown: RocksDB may or may not replay the batch from its log after a
-//! restart, so the caller retries with the same id and gets either a replay or a fresh
-//! answer, never a second charge. The next batch starts again from the database.
+//! A caller is answered only after its group commit is durable. When that fails, every
+//! request the group commit would have recorded gets the error, and its outcome is
+//! unknown: RocksDB may or may not replay the write from its log after a restart, so the
+//! caller retries with the same id and gets either a replay or a fresh answer, never a
+//! second charge. The next group commit starts again from the database.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Instant;
 
-use rocksdb::{DB, WriteOptions};
 use tokio::sync::oneshot;
 
 use crate::clock::UnixMillis;
 
-use super::apply::Batch;
+use super::apply::GroupCommit;
+use super::durability::Durability;
 use super::model::{Receipt, Request};
 use super::prune;
+use super::view::LedgerView;
 use super::{LedgerError, Rules};
 
 /// A request waiting in the queue, with where to send its answer.
@@ -36,7 +38,7 @@ pub struct Submission {
 /// Work for the writer thread, in queue order.
 #[derive(Debug)]
 pub enum Job {
-    /// Apply a request (group-committed with its neighbours).
+    /// Apply a request (in one group commit with its neighbours).
     Apply(Submission),
     /// Forget the ids of transactions made before a time (see [`prune::prune_ids`]).
     PruneIds {
@@ -54,8 +56,8 @@ pub enum Job {
 pub struct WriterStats {
     /// Requests waiting in the queue now.
     pub queue_depth: AtomicUsize,
-    /// Batches written.
-    pub batches: AtomicU64,
+    /// Group commits written.
+    pub group_commits: AtomicU64,
     /// Requests answered by the writer (not counting fast-path replays).
     pub requests: AtomicU64,
     /// Total time spent in synced writes, in microseconds.
@@ -69,16 +71,14 @@ pub struct WriterStats {
 
 /// Runs the writer loop until every sender is gone and the queue is drained.
 pub fn run(
-    db: Arc<DB>,
+    view: LedgerView,
+    mut durability: Box<dyn Durability>,
     rules: Rules,
     queue: Receiver<Job>,
-    sync: bool,
-    batch_size_max: usize,
+    group_commit_requests_max: usize,
     stats: Arc<WriterStats>,
 ) {
-    let mut write_options = WriteOptions::default();
-    write_options.set_sync(sync);
-    let mut pending = Vec::with_capacity(batch_size_max);
+    let mut pending = Vec::with_capacity(group_commit_requests_max);
     while let Ok(first) = queue.recv() {
         let mut next = Some(first);
         while let Some(job) = next.take() {
@@ -89,83 +89,113 @@ pub fn run(
                     records_max,
                     reply,
                 } => {
-                    let _ = reply.send(prune::prune_ids(&db, before, records_max, &write_options));
+                    let pruned = prune::prune_ids(&view, durability.as_mut(), before, records_max);
+                    let _ = reply.send(pruned);
                 }
                 Job::Apply(submission) => {
                     pending.push(submission);
-                    while pending.len() < batch_size_max {
-                        match queue.try_recv() {
-                            Ok(Job::Apply(submission)) => {
-                                stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                                pending.push(submission);
-                            }
-                            // Anything else runs after this batch, in queue order.
-                            Ok(other) => {
-                                next = Some(other);
-                                break;
-                            }
-                            Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                        }
-                    }
-                    let answers = commit(&db, &rules, &pending, &write_options, &stats);
-                    stats
-                        .requests
-                        .fetch_add(pending.len() as u64, Ordering::Relaxed);
-                    for (submission, answer) in pending.drain(..).zip(answers) {
-                        // A caller that gave up waiting has dropped its receiver; its
-                        // transaction is still recorded, and a retry with the same id gets
-                        // this same receipt.
-                        let _ = submission.reply.send(answer);
-                    }
+                    next = gather(&queue, &mut pending, group_commit_requests_max, &stats);
+                    commit_and_answer(&view, durability.as_mut(), &rules, &mut pending, &stats);
                 }
             }
         }
     }
 }
 
-/// Applies and durably writes one batch; returns one answer per submission, in order.
+/// Takes more waiting requests into `pending`, up to the group commit's limit, without
+/// waiting. Returns a job of another kind that came next: it runs after this group
+/// commit, in queue order.
+fn gather(
+    queue: &Receiver<Job>,
+    pending: &mut Vec<Submission>,
+    group_commit_requests_max: usize,
+    stats: &WriterStats,
+) -> Option<Job> {
+    while pending.len() < group_commit_requests_max {
+        match queue.try_recv() {
+            Ok(Job::Apply(submission)) => {
+                stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                pending.push(submission);
+            }
+            Ok(other) => return Some(other),
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => return None,
+        }
+    }
+    None
+}
+
+/// Commits the pending requests and sends each its answer, emptying `pending`.
+fn commit_and_answer(
+    view: &LedgerView,
+    durability: &mut dyn Durability,
+    rules: &Rules,
+    pending: &mut Vec<Submission>,
+    stats: &WriterStats,
+) {
+    let answers = commit(view, durability, rules, pending, stats);
+    stats
+        .requests
+        .fetch_add(pending.len() as u64, Ordering::Relaxed);
+    for (submission, answer) in pending.drain(..).zip(answers) {
+        // A caller that gave up waiting has dropped its receiver; its transaction is still
+        // recorded, and a retry with the same id gets this same receipt.
+        let _ = submission.reply.send(answer);
+    }
+}
+
+/// Applies one group commit and makes it durable; returns one answer per submission, in
+/// order.
 fn commit(
-    db: &DB,
+    view: &LedgerView,
+    durability: &mut dyn Durability,
     rules: &Rules,
     pending: &[Submission],
-    write_options: &WriteOptions,
     stats: &WriterStats,
 ) -> Vec<Result<Receipt, LedgerError>> {
-    let mut batch = match Batch::new(db, rules) {
-        Ok(batch) => batch,
+    let mut group = match GroupCommit::new(view, rules) {
+        Ok(group) => group,
         Err(err) => return pending.iter().map(|_| Err(err.clone())).collect(),
     };
     let answers: Vec<_> = pending
         .iter()
-        .map(|submission| batch.apply(&submission.request))
+        .map(|submission| group.apply(&submission.request))
         .collect();
-    if batch.is_empty() {
+    if group.is_empty() {
         return answers;
     }
-    let first_new_sequence = batch.first_sequence();
+    let first_new_sequence = group.first_sequence();
+    let requests: Vec<Request> = pending
+        .iter()
+        .map(|submission| submission.request)
+        .collect();
     let started = Instant::now();
-    let written = db
-        .write_opt(batch.into_write(), write_options)
-        .map_err(LedgerError::from);
-    let elapsed_us = started.elapsed().as_micros() as u64;
-    stats.batches.fetch_add(1, Ordering::Relaxed);
-    stats.write_time_us.fetch_add(elapsed_us, Ordering::Relaxed);
-    stats
-        .write_time_us_max
-        .fetch_max(elapsed_us, Ordering::Relaxed);
+    let written = durability.commit(&requests, group.into_write());
+    record_write_time(stats, started);
     match written {
         Ok(()) => answers,
         Err(err) => {
             stats.write_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(cause = %err, requests = pending.len(), "ledger batch write failed");
+            tracing::error!(cause = %err, requests = pending.len(), "ledger group commit failed");
             answers
                 .into_iter()
                 .map(|answer| match answer {
-                    // A replay of an id recorded in an earlier batch is still true.
+                    // A replay of an id recorded in an earlier group commit is still true,
+                    // and so is a request's own refusal (a conflict): neither wrote.
                     Ok(receipt) if receipt.sequence < first_new_sequence => Ok(receipt),
-                    _ => Err(err.clone()),
+                    Ok(_) => Err(err.clone()),
+                    Err(own) => Err(own),
                 })
                 .collect()
         }
     }
+}
+
+/// Counts one durable write and its time.
+fn record_write_time(stats: &WriterStats, started: Instant) {
+    let elapsed_us = started.elapsed().as_micros() as u64;
+    stats.group_commits.fetch_add(1, Ordering::Relaxed);
+    stats.write_time_us.fetch_add(elapsed_us, Ordering::Relaxed);
+    stats
+        .write_time_us_max
+        .fetch_max(elapsed_us, Ordering::Relaxed);
 }

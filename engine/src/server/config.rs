@@ -69,7 +69,7 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Where gRPC listens.
     pub listen: SocketAddr,
-    /// Where the Prometheus `/metrics` endpoint listens; none turns it off.
+    /// Where the Prometheus `/metrics` endpoint listens; left out, metrics are off.
     pub metrics_listen: Option<SocketAddr>,
     /// The network and fares (TOML, `docs/fares.md`).
     pub fares_file: PathBuf,
@@ -104,8 +104,10 @@ pub struct Limits {
     pub requests_in_flight_max: usize,
     /// Ledger requests waiting for the writer.
     pub ledger_queue_depth_max: usize,
-    /// Most requests in one group commit.
-    pub ledger_batch_size_max: usize,
+    /// Most requests in one group commit (`ledger_batch_size_max` is the old name, still
+    /// read).
+    #[serde(alias = "ledger_batch_size_max")]
+    pub ledger_group_commit_requests_max: usize,
     /// Taps of one stream being worked on at once.
     pub stream_taps_in_flight_max: usize,
     /// How long a graceful shutdown waits for calls in flight before it stops anyway.
@@ -114,8 +116,17 @@ pub struct Limits {
     pub block_cache_mib: usize,
     /// RocksDB memtables, in MiB.
     pub write_buffers_mib: usize,
-    /// Settlement closes and pulls being worked on at once (each reads a whole batch).
+    /// Settlement pulls being worked on at once (each reads a whole batch); a close has
+    /// a slot of its own.
     pub settlement_jobs_max: usize,
+    /// gRPC connections open at once; past it, a new connection is closed at accept. Cut
+    /// down at start when the process's open-file limit leaves no room for it beside the
+    /// ledger's files (`server::transport`).
+    pub connections_max: usize,
+    /// A connection that sends nothing this long after it is accepted is closed.
+    pub handshake_timeout_ms: u64,
+    /// HTTP/2 streams (calls) open at once on one connection.
+    pub streams_per_connection_max: u32,
 }
 
 impl Default for Limits {
@@ -124,12 +135,19 @@ impl Default for Limits {
         Limits {
             requests_in_flight_max: 4_096,
             ledger_queue_depth_max: ledger.queue_depth_max,
-            ledger_batch_size_max: ledger.batch_size_max,
+            ledger_group_commit_requests_max: ledger.group_commit_requests_max,
             stream_taps_in_flight_max: 512,
             shutdown_grace_ms: 10_000,
             block_cache_mib: ledger.store.block_cache_bytes >> 20,
             write_buffers_mib: ledger.store.write_buffers_bytes >> 20,
             settlement_jobs_max: 2,
+            // A city's gates over a few station controllers, with room; each costs a
+            // descriptor, and the ledger's files need theirs.
+            connections_max: 1_024,
+            // A client that means to talk sends its HTTP/2 preface at once.
+            handshake_timeout_ms: 10_000,
+            // A gate needs a stream or two; a station controller a few hundred taps.
+            streams_per_connection_max: 256,
         }
     }
 }
@@ -226,7 +244,8 @@ impl Default for ServerConfig {
         ServerConfig {
             data_dir: PathBuf::from("fareway-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            // Off unless asked for: an endpoint nobody configured is a port nobody watches.
+            metrics_listen: None,
             fares_file: PathBuf::from("fares.toml"),
             issuer_keys_file: PathBuf::from("issuer-keys.toml"),
             backup_dir: PathBuf::from("fareway-backups"),
@@ -292,10 +311,13 @@ impl ServerConfig {
             path: shown.clone(),
             source,
         };
-        if std::fs::metadata(path).map_err(read_error)?.len() > CONFIG_FILE_BYTES_MAX {
-            return Err(ConfigError::TooLarge { path: shown });
-        }
-        let text = std::fs::read_to_string(path).map_err(read_error)?;
+        let text = match crate::files::read_bounded(path, CONFIG_FILE_BYTES_MAX) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::FileTooLarge => {
+                return Err(ConfigError::TooLarge { path: shown });
+            }
+            Err(err) => return Err(read_error(err)),
+        };
         let mut config = ServerConfig::from_toml(&text).map_err(|err| match err {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: shown.clone(),
@@ -346,7 +368,10 @@ impl ServerConfig {
                 "limits.ledger_queue_depth_max",
                 limits.ledger_queue_depth_max,
             ),
-            ("limits.ledger_batch_size_max", limits.ledger_batch_size_max),
+            (
+                "limits.ledger_group_commit_requests_max",
+                limits.ledger_group_commit_requests_max,
+            ),
             (
                 "limits.stream_taps_in_flight_max",
                 limits.stream_taps_in_flight_max,
@@ -354,6 +379,15 @@ impl ServerConfig {
             ("limits.block_cache_mib", limits.block_cache_mib),
             ("limits.write_buffers_mib", limits.write_buffers_mib),
             ("limits.settlement_jobs_max", limits.settlement_jobs_max),
+            ("limits.connections_max", limits.connections_max),
+            (
+                "limits.handshake_timeout_ms",
+                limits.handshake_timeout_ms as usize,
+            ),
+            (
+                "limits.streams_per_connection_max",
+                limits.streams_per_connection_max as usize,
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
@@ -370,7 +404,17 @@ impl ServerConfig {
                 "taps.journey_sweep_interval_ms must be at least 1".into(),
             ));
         }
+        self.check_relationships()?;
+        let mut hashes = std::collections::HashSet::new();
         for (index, token) in self.token.iter().enumerate() {
+            // One token, one role: the same hash twice would give one token whichever
+            // role the file listed last.
+            if !hashes.insert(token.sha256.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "token {index} ({}): the same token hash is listed twice; a token has one role",
+                    token.name
+                )));
+            }
             let hex_ok = token.sha256.len() == 64
                 && token
                     .sha256
@@ -386,11 +430,45 @@ impl ServerConfig {
         Ok(())
     }
 
+    /// Checks the settings that only make sense together, each for its reason.
+    fn check_relationships(&self) -> Result<(), ConfigError> {
+        let (limits, taps) = (&self.limits, &self.taps);
+        let rules = [
+            (
+                taps.id_retention_ms > taps.scan_time_past_max_ms,
+                "taps.id_retention_ms must be longer than taps.scan_time_past_max_ms: a gate \
+                 may retry a tap that long after its scan, and a retry whose id was forgotten \
+                 would be charged a second time",
+            ),
+            (
+                taps.id_retention_ms > taps.code_retry_window_ms,
+                "taps.id_retention_ms must be longer than taps.code_retry_window_ms: a gate's \
+                 retry within the window must find its original answer",
+            ),
+            (
+                limits.stream_taps_in_flight_max <= limits.requests_in_flight_max,
+                "limits.stream_taps_in_flight_max must not exceed \
+                 limits.requests_in_flight_max: every tap of a stream also holds one of the \
+                 server's requests in flight",
+            ),
+            (
+                limits.ledger_group_commit_requests_max <= limits.ledger_queue_depth_max,
+                "limits.ledger_group_commit_requests_max must not exceed \
+                 limits.ledger_queue_depth_max: a group commit takes its requests from the \
+                 queue",
+            ),
+        ];
+        match rules.into_iter().find(|(holds, _)| !holds) {
+            Some((_, reason)) => Err(ConfigError::Invalid(reason.to_string())),
+            None => Ok(()),
+        }
+    }
+
     /// The ledger's settings.
     pub fn ledger_config(&self) -> LedgerConfig {
         let mut config = LedgerConfig {
             queue_depth_max: self.limits.ledger_queue_depth_max,
-            batch_size_max: self.limits.ledger_batch_size_max,
+            group_commit_requests_max: self.limits.ledger_group_commit_requests_max,
             id_retention_ms: self.taps.id_retention_ms,
             ..LedgerConfig::default()
         };
@@ -484,6 +562,73 @@ mod tests {
             missing_key.to_string().contains("key_file"),
             "{missing_key}"
         );
+    }
+
+    #[test]
+    fn metrics_are_off_unless_metrics_listen_is_set() {
+        assert_eq!(ServerConfig::from_toml("").unwrap().metrics_listen, None);
+        let on = ServerConfig::from_toml("metrics_listen = \"127.0.0.1:9464\"").unwrap();
+        assert_eq!(
+            on.metrics_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
+        );
+    }
+
+    #[test]
+    fn limits_that_contradict_each_other_are_refused_with_the_reason() {
+        let forgets_retries = ServerConfig::from_toml(
+            "[taps]\nid_retention_ms = 60000\nscan_time_past_max_ms = 600000",
+        )
+        .unwrap_err();
+        assert!(
+            forgets_retries
+                .to_string()
+                .contains("charged a second time"),
+            "{forgets_retries}"
+        );
+        let stream_over_all = ServerConfig::from_toml(
+            "[limits]\nrequests_in_flight_max = 10\nstream_taps_in_flight_max = 11",
+        )
+        .unwrap_err();
+        assert!(
+            stream_over_all
+                .to_string()
+                .contains("limits.stream_taps_in_flight_max"),
+            "{stream_over_all}"
+        );
+        let group_over_queue = ServerConfig::from_toml(
+            "[limits]\nledger_queue_depth_max = 8\nledger_group_commit_requests_max = 9",
+        )
+        .unwrap_err();
+        assert!(
+            group_over_queue
+                .to_string()
+                .contains("ledger_group_commit_requests_max"),
+            "{group_over_queue}"
+        );
+        // The old name of the group commit limit is still read.
+        let old_name = ServerConfig::from_toml("[limits]\nledger_batch_size_max = 64").unwrap();
+        assert_eq!(old_name.limits.ledger_group_commit_requests_max, 64);
+    }
+
+    #[test]
+    fn one_token_hash_under_two_roles_is_refused() {
+        let hash = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let text = format!(
+            "[[token]]\nrole = \"gate\"\nsha256 = \"{hash}\"\n\
+             [[token]]\nrole = \"admin\"\nsha256 = \"{hash}\"\n"
+        );
+        let twice = ServerConfig::from_toml(&text).unwrap_err();
+        assert!(twice.to_string().contains("listed twice"), "{twice}");
+    }
+
+    #[test]
+    fn a_configuration_that_is_not_a_regular_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let zero = dir.path().join("server.toml");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let err = ServerConfig::load(&zero).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 
     #[test]

@@ -27,10 +27,97 @@ pub struct Metrics {
     faults: Family<[(&'static str, &'static str); 1], Counter>,
     shed: Counter,
     ledger_queue_depth: Gauge,
-    ledger_batches: Gauge,
+    ledger_group_commits: Gauge,
     ledger_requests: Gauge,
     ledger_sync_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     ledger_sync_seconds_max: Gauge<f64, std::sync::atomic::AtomicU64>,
+    connections: ConnectionMetrics,
+}
+
+/// The listener's counters (`server::transport`).
+#[derive(Debug)]
+struct ConnectionMetrics {
+    open: Gauge,
+    refused: Counter,
+    accept_failures: Counter,
+    /// One warning per [`WARNING_INTERVAL`] about failed accepts, however many fail.
+    accept_warnings: WarningLimiter,
+    /// One warning per [`WARNING_INTERVAL`] about refused connections.
+    refusal_warnings: WarningLimiter,
+}
+
+impl ConnectionMetrics {
+    fn register(registry: &mut Registry) -> ConnectionMetrics {
+        let open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "gRPC connections open now",
+            open.clone(),
+        );
+        let refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept because limits.connections_max were open",
+            refused.clone(),
+        );
+        let accept_failures = Counter::default();
+        registry.register(
+            "accept_failures",
+            "Failed accepts on the gRPC listener (the descriptor limit reached)",
+            accept_failures.clone(),
+        );
+        ConnectionMetrics {
+            open,
+            refused,
+            accept_failures,
+            accept_warnings: WarningLimiter::default(),
+            refusal_warnings: WarningLimiter::default(),
+        }
+    }
+}
+
+/// How often a repeated warning is logged at most: a client that misbehaves on purpose
+/// must not be able to flood the log; the metrics count every occurrence.
+pub const WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Lets one warning of a kind through per [`WARNING_INTERVAL`], and counts the ones held
+/// back so that the next warning can say how many there were.
+#[derive(Debug)]
+pub struct WarningLimiter {
+    started: std::time::Instant,
+    /// Milliseconds after `started` of the last warning let through, plus one (0: none).
+    last_ms: std::sync::atomic::AtomicU64,
+    held_back: std::sync::atomic::AtomicU64,
+}
+
+impl Default for WarningLimiter {
+    fn default() -> Self {
+        WarningLimiter {
+            started: std::time::Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+            held_back: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl WarningLimiter {
+    /// `Some(n)` when a warning may be logged now, `n` being how many were held back
+    /// since the last one; `None` when this one is held back.
+    pub fn allow(&self) -> Option<u64> {
+        let now_ms = self.started.elapsed().as_millis() as u64 + 1;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let due = last == 0 || now_ms.saturating_sub(last) >= WARNING_INTERVAL.as_millis() as u64;
+        if due
+            && self
+                .last_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.held_back.swap(0, Ordering::Relaxed));
+        }
+        self.held_back.fetch_add(1, Ordering::Relaxed);
+        None
+    }
 }
 
 impl Default for Metrics {
@@ -81,11 +168,11 @@ impl Metrics {
             "Requests waiting for the ledger's writer",
             ledger_queue_depth.clone(),
         );
-        let ledger_batches = Gauge::default();
+        let ledger_group_commits = Gauge::default();
         registry.register(
-            "ledger_batches",
+            "ledger_group_commits",
             "Group commits written since start",
-            ledger_batches.clone(),
+            ledger_group_commits.clone(),
         );
         let ledger_requests = Gauge::default();
         registry.register(
@@ -105,6 +192,7 @@ impl Metrics {
             "The longest synced ledger write since start",
             ledger_sync_seconds_max.clone(),
         );
+        let connections = ConnectionMetrics::register(&mut registry);
         Metrics {
             registry,
             taps,
@@ -112,10 +200,36 @@ impl Metrics {
             faults,
             shed,
             ledger_queue_depth,
-            ledger_batches,
+            ledger_group_commits,
             ledger_requests,
             ledger_sync_seconds,
             ledger_sync_seconds_max,
+            connections,
+        }
+    }
+
+    /// The gauge of open connections (a connection increments it, and decrements it
+    /// when it closes).
+    pub fn connections_open(&self) -> Gauge {
+        self.connections.open.clone()
+    }
+
+    /// Counts a connection closed at accept because every slot was taken.
+    pub fn record_connection_refused(&self) {
+        self.connections.refused.inc();
+        if let Some(held_back) = self.connections.refusal_warnings.allow() {
+            tracing::warn!(
+                held_back,
+                "a connection was refused: limits.connections_max are open"
+            );
+        }
+    }
+
+    /// Counts a failed accept (most often the process's descriptor limit).
+    pub fn record_accept_failure(&self, err: &std::io::Error) {
+        self.connections.accept_failures.inc();
+        if let Some(held_back) = self.connections.accept_warnings.allow() {
+            tracing::warn!(cause = %err, held_back, "accepting a connection failed");
         }
     }
 
@@ -148,8 +262,8 @@ impl Metrics {
         let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
         self.ledger_queue_depth
             .set(gauge(ledger.queue_depth.load(Ordering::Relaxed) as u64));
-        self.ledger_batches
-            .set(gauge(ledger.batches.load(Ordering::Relaxed)));
+        self.ledger_group_commits
+            .set(gauge(ledger.group_commits.load(Ordering::Relaxed)));
         self.ledger_requests
             .set(gauge(ledger.requests.load(Ordering::Relaxed)));
         self.ledger_sync_seconds

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod metrics;
+pub mod transport;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,8 +19,8 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
-use crate::fares::FareTable;
-use crate::gate::GateService;
+use crate::fares::{FARES_FILE_BYTES_MAX, FareTable};
+use crate::gate::Gatekeeper;
 use crate::grpc;
 use crate::ledger::{Ledger, Rules};
 use crate::settlement::Settlement;
@@ -36,7 +37,7 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// The metrics address, if metrics are on.
     pub metrics_addr: Option<SocketAddr>,
-    gate: Arc<GateService>,
+    gate: Arc<Gatekeeper>,
     health: tonic_health::server::HealthReporter,
     stop: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -66,13 +67,120 @@ async fn start_as(
     clock: Arc<dyn Clock>,
     start: Start,
 ) -> anyhow::Result<RunningServer> {
+    refuse_restart_without_key(&config, start)?;
+    let budget = descriptor_budget(&config)?;
+    let (gate, ledger, verifier) = open_gatekeeper(&config, &clock, start, &budget).await?;
+    let metrics = Arc::new(Metrics::new());
+    let settlement = open_settlement(&config, &ledger)?;
+    let (stop, stopped) = watch::channel(false);
+    let in_flight = Arc::new(Semaphore::new(config.limits.requests_in_flight_max));
+    let apis = Apis {
+        gate: grpc::gate::GateApi::new(
+            Arc::clone(&gate),
+            Arc::clone(&in_flight),
+            Arc::clone(&metrics),
+            config.limits.stream_taps_in_flight_max,
+            stopped.clone(),
+        ),
+        admin: grpc::admin::AdminApi::new(
+            Arc::clone(&ledger),
+            verifier,
+            Arc::clone(&clock),
+            config.issuer_keys_file.clone(),
+            config.backup_dir.clone(),
+            in_flight,
+            Arc::clone(&metrics),
+        ),
+        settlement: grpc::settlement::SettlementApi::new(
+            settlement,
+            clock,
+            config.limits.settlement_jobs_max,
+            Arc::clone(&metrics),
+        ),
+    };
+    let (health, routes) = routes_with_health(apis, &config).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let metrics_server = serve_metrics(&config, &ledger, &metrics, stopped.clone()).await?;
+    let incoming = transport::GuardedIncoming::new(
+        listener,
+        budget.connections_max,
+        Duration::from_millis(config.limits.handshake_timeout_ms),
+        Arc::clone(&metrics),
+    );
+    let server = serve_grpc(&config, incoming, routes, stopped.clone())?;
+    let sweeper = tokio::spawn(sweep_journeys(
+        Arc::clone(&gate),
+        Duration::from_millis(config.taps.journey_sweep_interval_ms),
+        stopped,
+    ));
+    drop(ledger);
+    let metrics_addr = metrics_server.as_ref().map(|(addr, _)| *addr);
+    tracing::info!(
+        %addr,
+        metrics = %metrics::describe(metrics_addr),
+        data_dir = %config.data_dir.display(),
+        "fareway serving"
+    );
+    Ok(RunningServer {
+        addr,
+        metrics_addr,
+        gate,
+        health,
+        stop,
+        server,
+        sweeper,
+        metrics_server: metrics_server.map(|(_, task)| task),
+        grace: Duration::from_millis(config.limits.shutdown_grace_ms),
+    })
+}
+
+/// A restart never makes a new settlement key: a missing key file means its disk is not
+/// mounted (or was emptied), and a new key would sign batches no provider expects.
+fn refuse_restart_without_key(config: &ServerConfig, start: Start) -> anyhow::Result<()> {
     if start == Start::Again && !config.settlement.key_file.exists() {
         anyhow::bail!(
             "the settlement key file {} is gone, and a restart does not make a new one: is the disk that holds it mounted?",
             config.settlement.key_file.display()
         );
     }
-    let fares_text = std::fs::read_to_string(&config.fares_file)
+    Ok(())
+}
+
+/// How the process's descriptors are shared between the ledger's files and connections,
+/// with a warning when the limit cuts the configured connections down.
+fn descriptor_budget(config: &ServerConfig) -> anyhow::Result<transport::DescriptorBudget> {
+    let limit = transport::open_files_limit().unwrap_or(u64::MAX);
+    let wanted = config.limits.connections_max;
+    let budget = transport::DescriptorBudget::share(
+        limit,
+        crate::ledger::StoreConfig::default().open_files_max,
+        wanted,
+    )
+    .map_err(anyhow::Error::msg)?;
+    if budget.connections_max < wanted {
+        tracing::warn!(
+            open_files_limit = limit,
+            connections_max = budget.connections_max,
+            configured = wanted,
+            ledger_files_max = budget.ledger_files_max,
+            "the open-file limit leaves room for fewer connections than limits.connections_max; raise it (ulimit -n)"
+        );
+    }
+    Ok(budget)
+}
+
+/// Loads the fares and the issuer keys, opens the ledger (making it only on the first
+/// start), and puts the gatekeeper over them.
+async fn open_gatekeeper(
+    config: &ServerConfig,
+    clock: &Arc<dyn Clock>,
+    start: Start,
+    budget: &transport::DescriptorBudget,
+) -> anyhow::Result<(Arc<Gatekeeper>, Arc<Ledger>, Arc<Verifier>)> {
+    let fares_text = crate::files::read_bounded(&config.fares_file, FARES_FILE_BYTES_MAX as u64)
         .with_context(|| format!("cannot read fares file {}", config.fares_file.display()))?;
     let fares = Arc::new(
         FareTable::from_toml(&fares_text)
@@ -86,6 +194,7 @@ async fn start_as(
     };
     let mut ledger_config = config.ledger_config();
     ledger_config.store.create = start == Start::First;
+    ledger_config.store.open_files_max = budget.ledger_files_max;
     let data_dir = config.data_dir.clone();
     let ledger = tokio::task::spawn_blocking(move || {
         Ledger::open_with_rules(&data_dir, ledger_config, rules)
@@ -93,14 +202,19 @@ async fn start_as(
     .await
     .context("ledger open task failed")??;
     let ledger = Arc::new(ledger);
-    let gate = Arc::new(GateService::new(
+    let gate = Arc::new(Gatekeeper::new(
         Arc::clone(&verifier),
         Arc::clone(&ledger),
         fares,
-        Arc::clone(&clock),
+        Arc::clone(clock),
         config.scan_time_limits(),
     ));
-    let metrics = Arc::new(Metrics::new());
+    Ok((gate, ledger, verifier))
+}
+
+/// Settlement over the ledger, with its signing key (made on the first start if there is
+/// none).
+fn open_settlement(config: &ServerConfig, ledger: &Arc<Ledger>) -> anyhow::Result<Arc<Settlement>> {
     let (settlement_key, key_created) = SettlementKey::load_or_create(&config.settlement.key_file)?;
     if key_created {
         tracing::warn!(
@@ -109,36 +223,25 @@ async fn start_as(
             "made a new settlement signing key: give providers its public key"
         );
     }
-    let settlement = Arc::new(Settlement::new(
-        Arc::clone(&ledger),
+    Ok(Arc::new(Settlement::new(
+        Arc::clone(ledger),
         settlement_key,
         config.settlement.currency.clone(),
-    ));
-    let settlement_api = grpc::settlement::SettlementApi::new(
-        settlement,
-        Arc::clone(&clock),
-        config.limits.settlement_jobs_max,
-        Arc::clone(&metrics),
-    );
-    let in_flight = Arc::new(Semaphore::new(config.limits.requests_in_flight_max));
-    let authenticator = grpc::auth::Authenticator::new(&config.token);
-    let (stop, stopped) = watch::channel(false);
-    let gate_api = grpc::gate::GateApi::new(
-        Arc::clone(&gate),
-        Arc::clone(&in_flight),
-        Arc::clone(&metrics),
-        config.limits.stream_taps_in_flight_max,
-        stopped.clone(),
-    );
-    let admin_api = grpc::admin::AdminApi::new(
-        Arc::clone(&ledger),
-        verifier,
-        clock,
-        config.issuer_keys_file.clone(),
-        config.backup_dir.clone(),
-        in_flight,
-        Arc::clone(&metrics),
-    );
+    )))
+}
+
+/// The three services a server answers, before routing.
+struct Apis {
+    gate: grpc::gate::GateApi,
+    admin: grpc::admin::AdminApi,
+    settlement: grpc::settlement::SettlementApi,
+}
+
+/// Every service's route, with the health service saying each serves.
+async fn routes_with_health(
+    apis: Apis,
+    config: &ServerConfig,
+) -> anyhow::Result<(tonic_health::server::HealthReporter, tonic::service::Routes)> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<fareway_proto::v1::gate_service_server::GateServiceServer<grpc::gate::GateApi>>()
@@ -151,78 +254,75 @@ async fn start_as(
             grpc::settlement::SettlementApi,
         >>()
         .await;
+    let authenticator = grpc::auth::Authenticator::new(&config.token);
     let routes = grpc::routes(
-        gate_api,
-        admin_api,
-        settlement_api,
+        apis.gate,
+        apis.admin,
+        apis.settlement,
         &authenticator,
         health_service,
     )
     .context("cannot build server reflection")?;
+    Ok((health, routes))
+}
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
+/// Completes when the server is told to stop (or the sender is dropped).
+async fn wait_for_stop(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+/// The Prometheus endpoint, when configured: its address and its task.
+async fn serve_metrics(
+    config: &ServerConfig,
+    ledger: &Arc<Ledger>,
+    metrics: &Arc<Metrics>,
+    stopped: watch::Receiver<bool>,
+) -> anyhow::Result<Option<(SocketAddr, JoinHandle<std::io::Result<()>>)>> {
+    let Some(metrics_listen) = config.metrics_listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(metrics_listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
-    let wait_for_stop = |mut stopped: watch::Receiver<bool>| async move {
-        // Either a stop or a dropped sender ends the wait.
-        let _ = stopped.wait_for(|stop| *stop).await;
-    };
+        .with_context(|| format!("cannot listen for metrics on {metrics_listen}"))?;
+    let metrics_addr = listener.local_addr()?;
+    let ledger = Arc::clone(ledger);
+    let metrics = Arc::clone(metrics);
+    let render = Arc::new(move || metrics.render(ledger.stats()));
+    let task = tokio::spawn(metrics::serve(listener, render, wait_for_stop(stopped)));
+    Ok(Some((metrics_addr, task)))
+}
 
-    let metrics_server = match config.metrics_listen {
-        Some(metrics_listen) => {
-            let listener = tokio::net::TcpListener::bind(metrics_listen)
-                .await
-                .with_context(|| format!("cannot listen for metrics on {metrics_listen}"))?;
-            let metrics_addr = listener.local_addr()?;
-            let ledger = Arc::clone(&ledger);
-            let metrics = Arc::clone(&metrics);
-            let render = Arc::new(move || metrics.render(ledger.stats()));
-            let shutdown = wait_for_stop(stopped.clone());
-            Some((
-                metrics_addr,
-                tokio::spawn(metrics::serve(listener, render, shutdown)),
-            ))
-        }
-        None => None,
-    };
+/// How often the server pings a connection that has been quiet, and how long it waits
+/// for the answer before closing it: a gate that vanished (power cut, cable pulled) frees
+/// its connection's slot within a minute.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// See [`KEEPALIVE_INTERVAL`].
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Largest header block a request may send: a token and a few names.
+pub const HEADER_LIST_BYTES_MAX: u32 = 16 << 10;
 
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let shutdown = wait_for_stop(stopped.clone());
-    let mut builder = tonic::transport::Server::builder();
+/// The gRPC server on the guarded listener (with TLS when configured), until told to stop.
+fn serve_grpc(
+    config: &ServerConfig,
+    incoming: transport::GuardedIncoming,
+    routes: tonic::service::Routes,
+    stopped: watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<Result<(), tonic::transport::Error>>> {
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(config.limits.streams_per_connection_max)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .http2_max_header_list_size(HEADER_LIST_BYTES_MAX);
     if let Some(tls) = &config.tls {
         builder = builder
             .tls_config(tls_config(tls)?)
             .context("the TLS configuration is not usable")?;
     }
-    let server = tokio::spawn(
+    Ok(tokio::spawn(
         builder
             .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, shutdown),
-    );
-    let sweeper = tokio::spawn(sweep_journeys(
-        Arc::clone(&gate),
-        Duration::from_millis(config.taps.journey_sweep_interval_ms),
-        stopped,
-    ));
-    drop(ledger);
-    tracing::info!(
-        %addr,
-        metrics = %metrics::describe(metrics_server.as_ref().map(|(addr, _)| *addr)),
-        data_dir = %config.data_dir.display(),
-        "fareway serving"
-    );
-    Ok(RunningServer {
-        addr,
-        metrics_addr: metrics_server.as_ref().map(|(addr, _)| *addr),
-        gate,
-        health,
-        stop,
-        server,
-        sweeper,
-        metrics_server: metrics_server.map(|(_, task)| task),
-        grace: Duration::from_millis(config.limits.shutdown_grace_ms),
-    })
+            .serve_with_incoming_shutdown(incoming, wait_for_stop(stopped)),
+    ))
 }
 
 /// How often the engine tries to start again after a storage failure.
@@ -302,7 +402,7 @@ impl RunningServer {
     }
 
     /// The gate service (for in-process checks and benchmarks).
-    pub fn gate(&self) -> &Arc<GateService> {
+    pub fn gate(&self) -> &Arc<Gatekeeper> {
         &self.gate
     }
 
@@ -376,7 +476,7 @@ fn tls_config(tls: &TlsSettings) -> anyhow::Result<tonic::transport::ServerTlsCo
 
 /// Every interval, closes journeys entered and never exited, until told to stop.
 async fn sweep_journeys(
-    gate: Arc<GateService>,
+    gate: Arc<Gatekeeper>,
     interval: Duration,
     mut stopped: watch::Receiver<bool>,
 ) {

@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 use std::io::Write;
 
-use rocksdb::{DB, ReadOptions, Snapshot};
+use rocksdb::{ReadOptions, Snapshot};
 
 use super::SettlementError;
 use super::model::{Batch, Totals, rfc3339};
@@ -18,7 +18,7 @@ use crate::fares::{RouteId, StationId};
 use crate::ledger::codec;
 use crate::ledger::model::rider_of_postings;
 use crate::ledger::store::{CF_LOG, CF_PROVIDER_ENTRIES};
-use crate::ledger::{AccountRef, Command, Record, TapKind, TxId};
+use crate::ledger::{AccountRef, Command, LedgerView, Record, Tap, TapKind, TxId};
 use crate::money::Amount;
 
 /// The file format version, the header's second field.
@@ -74,7 +74,7 @@ struct LogReader<'a> {
 
 impl LogReader<'_> {
     fn read(&mut self, sequence: u64) -> Result<Record, SettlementError> {
-        let key = codec::encode_sequence(sequence);
+        let key = codec::log_key(sequence);
         if self.log.key() != Some(key.as_slice()) {
             self.log.seek(key);
         }
@@ -106,15 +106,15 @@ fn read_options(snapshot: Option<&Snapshot<'_>>) -> ReadOptions {
 /// Calls `each(sequence, record)` for the provider's entries with `after < sequence <=
 /// through`, in ledger order, until it returns `false`.
 pub fn for_each_entry(
-    db: &DB,
+    db: &LedgerView,
     snapshot: Option<&Snapshot<'_>>,
     provider_id: u16,
     after: u64,
     through: u64,
     mut each: impl FnMut(u64, Record) -> Result<bool, SettlementError>,
 ) -> Result<(), SettlementError> {
-    let entries_cf = crate::ledger::apply::cf(db, CF_PROVIDER_ENTRIES)?;
-    let log_cf = crate::ledger::apply::cf(db, CF_LOG)?;
+    let entries_cf = db.cf(CF_PROVIDER_ENTRIES)?;
+    let log_cf = db.cf(CF_LOG)?;
     let mut entry_options = read_options(snapshot);
     entry_options.set_iterate_upper_bound(codec::provider_entry_key(
         provider_id,
@@ -143,12 +143,12 @@ pub fn for_each_entry(
 }
 
 fn entry_sequence(key: &[u8], provider_id: u16) -> Result<u64, SettlementError> {
-    let corrupt = || SettlementError::Corrupt("a settlement entry key is malformed".into());
-    let (provider, sequence) = key.split_at_checked(2).ok_or_else(corrupt)?;
-    if provider != provider_id.to_be_bytes() {
-        return Err(corrupt());
+    match codec::decode_provider_entry_key(key)? {
+        (provider, sequence) if provider == provider_id => Ok(sequence),
+        _ => Err(SettlementError::Corrupt(
+            "a settlement entry key is malformed".into(),
+        )),
     }
-    Ok(codec::decode_sequence(sequence, "settlement entry")?)
 }
 
 /// Writes the batch's CSV file to `out` and returns its totals. `snapshot` pins the
@@ -158,7 +158,7 @@ fn entry_sequence(key: &[u8], provider_id: u16) -> Result<u64, SettlementError> 
 /// (numbers, hex ids, fixed words, RFC 3339 times, a checked currency code and cut-off),
 /// and one reused line buffer keeps the export at a few allocations per line.
 pub fn write_file(
-    db: &DB,
+    db: &LedgerView,
     snapshot: Option<&Snapshot<'_>>,
     batch: &Batch,
     out: impl Write,
@@ -166,20 +166,7 @@ pub fn write_file(
     let mut out = std::io::BufWriter::with_capacity(64 << 10, out);
     let mut line = String::with_capacity(256);
     let mut times = TimeText::default();
-    write_record(
-        &mut line,
-        &[
-            HEADER,
-            &FILE_FORMAT_VERSION.to_string(),
-            &batch.provider_id.to_string(),
-            &batch.id.to_string(),
-            &batch.after_sequence.to_string(),
-            &batch.through_sequence.to_string(),
-            &batch.cutoff.describe(),
-            &batch.currency,
-            &rfc3339(batch.created_at),
-        ],
-    );
+    header_record(&mut line, batch);
     out.write_all(line.as_bytes())?;
     let mut totals = Totals::default();
     for_each_entry(
@@ -193,40 +180,72 @@ pub fn write_file(
             totals.add(detail.amount).ok_or_else(|| {
                 SettlementError::Corrupt(format!("batch {} totals overflow", batch.id))
             })?;
-            line.clear();
-            // Writing to a String cannot fail.
-            let _ = write!(
-                line,
-                "{DETAIL},{},{},{},{},{},{},{},{},{},{},",
-                totals.line_count,
-                detail.sequence,
-                detail.transaction_id,
-                times.format(detail.time),
-                detail.kind,
-                detail.account,
-                detail.operator,
-                detail.mode,
-                OrEmpty(detail.gate),
-                OrEmpty(detail.entry_station),
-            );
-            if let Some(entered_at) = detail.entry_time {
-                line.push_str(times.format(entered_at));
-            }
-            let _ = write!(line, ",{},", OrEmpty(detail.exit_station));
-            if let Some(exited_at) = detail.exit_time {
-                line.push_str(times.format(exited_at));
-            }
-            let _ = write!(line, ",{},{},", OrEmpty(detail.route), detail.amount);
-            if let Some(original) = detail.refund_of {
-                let _ = write!(line, "{original}");
-            }
-            line.push('\n');
+            detail_record(&mut line, totals.line_count, &detail, &mut times);
             out.write_all(line.as_bytes())?;
             Ok(true)
         },
     )?;
+    trailer_record(&mut line, &totals);
+    out.write_all(line.as_bytes())?;
+    out.flush()?;
+    Ok(totals)
+}
+
+/// The header record: what the batch is, so that a file can be checked on its own.
+fn header_record(line: &mut String, batch: &Batch) {
     write_record(
-        &mut line,
+        line,
+        &[
+            HEADER,
+            &FILE_FORMAT_VERSION.to_string(),
+            &batch.provider_id.to_string(),
+            &batch.id.to_string(),
+            &batch.after_sequence.to_string(),
+            &batch.through_sequence.to_string(),
+            &batch.cutoff.describe(),
+            &batch.currency,
+            &rfc3339(batch.created_at),
+        ],
+    );
+}
+
+/// Detail record number `number` (from 1), written into the reused `line` field by field,
+/// without a CSV writer and with few allocations: a batch can hold millions of lines.
+fn detail_record(line: &mut String, number: u64, detail: &DetailLine, times: &mut TimeText) {
+    line.clear();
+    // Writing to a String cannot fail.
+    let _ = write!(
+        line,
+        "{DETAIL},{},{},{},{},{},{},{},{},{},{},",
+        number,
+        detail.sequence,
+        detail.transaction_id,
+        times.format(detail.time),
+        detail.kind,
+        detail.account,
+        detail.operator,
+        detail.mode,
+        OrEmpty(detail.gate),
+        OrEmpty(detail.entry_station),
+    );
+    if let Some(entered_at) = detail.entry_time {
+        line.push_str(times.format(entered_at));
+    }
+    let _ = write!(line, ",{},", OrEmpty(detail.exit_station));
+    if let Some(exited_at) = detail.exit_time {
+        line.push_str(times.format(exited_at));
+    }
+    let _ = write!(line, ",{},{},", OrEmpty(detail.route), detail.amount);
+    if let Some(original) = detail.refund_of {
+        let _ = write!(line, "{original}");
+    }
+    line.push('\n');
+}
+
+/// The trailer record: the totals of the lines above it.
+fn trailer_record(line: &mut String, totals: &Totals) {
+    write_record(
+        line,
         &[
             TRAILER,
             &totals.line_count.to_string(),
@@ -235,9 +254,6 @@ pub fn write_file(
             &totals.net().to_string(),
         ],
     );
-    out.write_all(line.as_bytes())?;
-    out.flush()?;
-    Ok(totals)
 }
 
 /// One record of plain fields: comma-separated, newline-terminated.
@@ -299,11 +315,10 @@ pub fn detail_line(sequence: u64, record: &Record) -> Result<DetailLine, Settlem
             _ => None,
         })
         .ok_or_else(not_settling)?;
-    let time = record.request.time;
     let mut line = DetailLine {
         sequence,
         transaction_id: record.request.id,
-        time,
+        time: record.request.time,
         kind: "",
         account,
         operator,
@@ -317,49 +332,64 @@ pub fn detail_line(sequence: u64, record: &Record) -> Result<DetailLine, Settlem
         amount: record.rider_charge(),
         refund_of: None,
     };
-    let journey_entry = |line: &mut DetailLine| {
-        if let Some(journey) = record.journey {
-            line.entry_station = journey.entry_station;
-            line.entry_time = journey.entered_at;
-        }
-    };
+    if !describe_command(&mut line, record) {
+        return Err(not_settling());
+    }
+    Ok(line)
+}
+
+/// Fills in what the record's command did: its kind, and the mode, gate, stations, route
+/// or refunded transaction that go with it. Returns false for a command that does not
+/// settle.
+fn describe_command(line: &mut DetailLine, record: &Record) -> bool {
     match record.request.command {
         Command::Charge { .. } => line.kind = "charge",
         Command::Refund { original } => {
             line.kind = "refund";
             line.refund_of = Some(original);
         }
-        Command::Tap(tap) => {
-            line.gate = Some(tap.gate_id);
-            match tap.kind {
-                TapKind::Bus { route } => {
-                    line.kind = "bus";
-                    line.mode = "bus";
-                    line.route = Some(route);
-                }
-                TapKind::MetroExit { station } => {
-                    line.mode = "metro";
-                    line.exit_station = Some(station);
-                    line.exit_time = Some(time);
-                    let entered = record.journey.is_some_and(|j| j.entry_station.is_some());
-                    line.kind = if entered { "metro" } else { "metro_no_entry" };
-                    journey_entry(&mut line);
-                }
-                // An entry charges only for the rider's previous journey, entered and never
-                // exited; the record describes the new journey, so the old one's stations
-                // are not on the line (they are in the rider's statement).
-                TapKind::MetroEntry { .. } => {
-                    line.kind = "metro_not_exited_next_entry";
-                    line.mode = "metro";
-                }
-            }
-        }
+        Command::Tap(tap) => describe_tap(line, record, tap),
         Command::CloseJourney { .. } => {
             line.kind = "metro_not_exited";
             line.mode = "metro";
-            journey_entry(&mut line);
+            journey_entry(line, record);
         }
-        _ => return Err(not_settling()),
+        _ => return false,
     }
-    Ok(line)
+    true
+}
+
+/// Fills in a tap: its gate, and by its kind the mode and the stations or the route.
+fn describe_tap(line: &mut DetailLine, record: &Record, tap: Tap) {
+    line.gate = Some(tap.gate_id);
+    match tap.kind {
+        TapKind::Bus { route } => {
+            line.kind = "bus";
+            line.mode = "bus";
+            line.route = Some(route);
+        }
+        TapKind::MetroExit { station } => {
+            line.mode = "metro";
+            line.exit_station = Some(station);
+            line.exit_time = Some(record.request.time);
+            let entered = record.journey.is_some_and(|j| j.entry_station.is_some());
+            line.kind = if entered { "metro" } else { "metro_no_entry" };
+            journey_entry(line, record);
+        }
+        // An entry charges only for the rider's previous journey, entered and never
+        // exited; the record describes the new journey, so the old one's stations
+        // are not on the line (they are in the rider's statement).
+        TapKind::MetroEntry { .. } => {
+            line.kind = "metro_not_exited_next_entry";
+            line.mode = "metro";
+        }
+    }
+}
+
+/// Where and when the record's metro journey was entered, when the record knows it.
+fn journey_entry(line: &mut DetailLine, record: &Record) {
+    if let Some(journey) = record.journey {
+        line.entry_station = journey.entry_station;
+        line.entry_time = journey.entered_at;
+    }
 }

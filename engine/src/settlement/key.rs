@@ -5,12 +5,11 @@
 //! its owner only. A server whose configured key file does not exist creates one (and
 //! logs the new key's id); a file that exists but does not parse stops the server.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use ring::signature::{ED25519, Ed25519KeyPair, UnparsedPublicKey};
 
+use crate::files::write_atomically;
 use crate::token::format::PUBLIC_KEY_LEN;
 use crate::token::key_id_of;
 use crate::token::mint::{SEED_LEN, ed25519_from_seed, public_key_of, random_seed};
@@ -74,7 +73,8 @@ impl SettlementKey {
             path: shown.clone(),
             source,
         };
-        match std::fs::read_to_string(path) {
+        // 64 hex digits and a line break; anything much larger is not a key file.
+        match crate::files::read_bounded(path, 4_096) {
             Ok(text) => {
                 use std::os::unix::fs::PermissionsExt as _;
                 let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
@@ -90,31 +90,24 @@ impl SettlementKey {
                     })?;
                 Ok((SettlementKey::from_seed(seed), false))
             }
+            // A dangling symbolic link is a key file whose target is gone (a disk not
+            // mounted): a new key written over the link would sign batches no provider
+            // expects, so it is refused like a restart's missing key.
+            Err(err)
+                if err.kind() == std::io::ErrorKind::NotFound
+                    && std::fs::symlink_metadata(path).is_ok() =>
+            {
+                Err(io(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "it is a symbolic link to a missing file; a new key is not made over it",
+                )))
+            }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                // Written whole under a temporary name, synced, then renamed into place and
-                // the folder synced: a crash leaves no key file or a whole one.
+                // Written whole and readable by its owner only: a crash leaves no key file
+                // or a whole one.
                 let seed = random_seed().map_err(|_| KeyFileError::Random)?;
-                let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
-                let folder = folder.unwrap_or(Path::new("."));
-                let partial = folder.join(format!(
-                    ".{}.partial",
-                    path.file_name()
-                        .map_or("settlement.key".into(), |n| n.to_string_lossy())
-                ));
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&partial)
-                    .map_err(io)?;
-                file.write_all(format!("{}\n", crate::hex::encode(&seed)).as_bytes())
-                    .map_err(io)?;
-                file.sync_all().map_err(io)?;
-                std::fs::rename(&partial, path).map_err(io)?;
-                std::fs::File::open(folder)
-                    .and_then(|dir| dir.sync_all())
-                    .map_err(io)?;
+                let text = format!("{}\n", crate::hex::encode(&seed));
+                write_atomically(path, text.as_bytes(), 0o600).map_err(io)?;
                 Ok((SettlementKey::from_seed(seed), true))
             }
             Err(err) => Err(io(err)),
@@ -186,5 +179,21 @@ mod tests {
             SettlementKey::load_or_create(&path),
             Err(KeyFileError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn a_dangling_key_link_is_refused_not_replaced_by_a_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("settlement.key");
+        std::os::unix::fs::symlink(dir.path().join("gone/settlement.key"), &path).unwrap();
+        let err = SettlementKey::load_or_create(&path).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        // The link is still a link: no key was written over it.
+        assert!(
+            std::fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
     }
 }

@@ -6,8 +6,11 @@
 //!
 //! Closing reads a RocksDB snapshot, so taps keep flowing: the ledger's writer never
 //! waits for settlement. One close runs at a time; its batches, the providers' new
-//! positions and the close id are written in one synced batch, so a crash leaves either
+//! positions and the close id are written in one synced write, so a crash leaves either
 //! no batch or complete ones.
+//!
+//! Settlement reads the ledger through its read-only [`LedgerView`] and writes only its
+//! own column family, through [`crate::ledger::SettlementColumn`].
 //!
 //! This module never sees protobuf types and never reads the wall clock.
 
@@ -23,12 +26,13 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use ring::digest::{Context, SHA256};
-use rocksdb::{DB, IteratorMode, WriteBatch, WriteOptions};
+use rocksdb::{IteratorMode, Snapshot};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::UnixMillis;
+use crate::ledger::codec::{self, settlement_keys as keys};
 use crate::ledger::store::{CF_PROVIDER_ENTRIES, CF_SETTLEMENT};
-use crate::ledger::{Ledger, LedgerError, TxId};
+use crate::ledger::{Ledger, LedgerError, LedgerView, SettlementWrite, TxId};
 
 use self::key::SettlementKey;
 use self::manifest::Manifest;
@@ -103,43 +107,6 @@ impl SettlementError {
     }
 }
 
-/// Keys in the `settlement` column family: a one-byte kind, then the kind's key.
-mod keys {
-    /// Batch id (8) → the batch (JSON).
-    pub const BATCH: u8 = b'B';
-    /// Provider id (2) → the provider's position: through sequence (8) + last batch id (8).
-    pub const HEAD: u8 = b'H';
-    /// Close id (16) → the close's request and batches (JSON).
-    pub const CLOSE: u8 = b'C';
-    /// Batch id (8) → its acknowledgement (JSON).
-    pub const ACK: u8 = b'A';
-    /// The next batch id (8).
-    pub const NEXT_BATCH_ID: &[u8] = b"N";
-
-    pub fn batch(id: u64) -> [u8; 9] {
-        with_kind(BATCH, id.to_be_bytes())
-    }
-
-    pub fn ack(id: u64) -> [u8; 9] {
-        with_kind(ACK, id.to_be_bytes())
-    }
-
-    pub fn head(provider_id: u16) -> [u8; 3] {
-        with_kind(HEAD, provider_id.to_be_bytes())
-    }
-
-    pub fn close(id: u128) -> [u8; 17] {
-        with_kind(CLOSE, id.to_be_bytes())
-    }
-
-    fn with_kind<const N: usize, const M: usize>(kind: u8, rest: [u8; N]) -> [u8; M] {
-        let mut key = [0u8; M];
-        key[0] = kind;
-        key[1..].copy_from_slice(&rest);
-        key
-    }
-}
-
 /// A close as stored under its id: what was asked, and what it made.
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredClose {
@@ -189,8 +156,8 @@ impl Settlement {
         &self.key
     }
 
-    fn db(&self) -> &DB {
-        self.ledger.db()
+    fn db(&self) -> &LedgerView {
+        self.ledger.view()
     }
 
     /// Closes one batch per provider at the request's cut-off, at time `now`, or returns
@@ -209,44 +176,12 @@ impl Settlement {
         let mut providers = request.providers.clone();
         providers.sort_unstable();
         providers.dedup();
-        let db = self.db();
-        let cf = crate::ledger::apply::cf(db, CF_SETTLEMENT)?;
-        if let Some(bytes) = db.get_cf(cf, keys::close(request.id.0))? {
-            let stored: StoredClose = decode(&bytes, "close")?;
-            let field = if stored.providers != providers {
-                Some("providers")
-            } else if stored.cutoff != request.cutoff {
-                Some("cutoff")
-            } else {
-                None
-            };
-            if let Some(field) = field {
-                return Err(SettlementError::Conflict {
-                    id: request.id,
-                    field,
-                });
-            }
-            let batches = stored
-                .batch_ids
-                .iter()
-                .map(|id| self.batch(*id)?.ok_or(SettlementError::UnknownBatch(*id)))
-                .collect::<Result<_, _>>()?;
-            return Ok(Closed {
-                batches,
-                replay: true,
-            });
+        if let Some(closed) = self.earlier_close(request, &providers)? {
+            return Ok(closed);
         }
-
+        let db = self.db();
         let snapshot = db.snapshot();
-        let last_sequence = {
-            let meta = crate::ledger::apply::cf(db, crate::ledger::store::CF_META)?;
-            let next = snapshot
-                .get_cf(meta, crate::ledger::store::META_NEXT_SEQUENCE)?
-                .map(|bytes| crate::ledger::codec::decode_sequence(&bytes, "next sequence"))
-                .transpose()?
-                .unwrap_or(1);
-            next.saturating_sub(1)
-        };
+        let last_sequence = last_sequence(db, &snapshot)?;
         if let Cutoff::Sequence(requested) = request.cutoff
             && requested > last_sequence
         {
@@ -263,64 +198,22 @@ impl Settlement {
         if providers.is_empty() {
             providers = known;
         }
-        let mut next_id = match db.get_cf(cf, keys::NEXT_BATCH_ID)? {
-            Some(bytes) => crate::ledger::codec::decode_sequence(&bytes, "next batch id")?,
-            None => 1,
+        let column = self.ledger.settlement_column();
+        let mut write = column.new_write()?;
+        let closing = Closing {
+            request,
+            now,
+            snapshot: &snapshot,
+            last_sequence,
         };
-        let mut write = WriteBatch::default();
-        let mut batches = Vec::with_capacity(providers.len());
-        for provider_id in providers {
-            let after = self.head(provider_id)?.through_sequence;
-            let through = match request.cutoff {
-                Cutoff::Now => last_sequence.max(after),
-                Cutoff::Sequence(sequence) => sequence.max(after),
-                Cutoff::Time(time) => {
-                    time_cutoff(db, &snapshot, provider_id, after, last_sequence, time)?
-                }
-            };
-            let mut batch = Batch {
-                id: next_id,
-                provider_id,
-                after_sequence: after,
-                through_sequence: through,
-                cutoff: request.cutoff,
-                created_at: now,
-                currency: self.currency.clone(),
-                totals: Default::default(),
-                file_bytes: 0,
-                file_sha256: String::new(),
-                key_id: String::new(),
-                signature: String::new(),
-                close_id: request.id.to_string(),
-            };
-            let mut hashing = HashingWriter::new(std::io::sink());
-            batch.totals = file::write_file(db, Some(&snapshot), &batch, &mut hashing)?;
-            (batch.file_bytes, batch.file_sha256) = hashing.finish();
-            let mut manifest = Manifest::of(&batch);
-            manifest.sign(&self.key);
-            batch.key_id = manifest.signature.key_id;
-            batch.signature = manifest.signature.value;
-            write.put_cf(cf, keys::batch(batch.id), encode(&batch));
-            let mut head = [0u8; 16];
-            head[..8].copy_from_slice(&through.to_be_bytes());
-            head[8..].copy_from_slice(&batch.id.to_be_bytes());
-            write.put_cf(cf, keys::head(provider_id), head);
-            next_id += 1;
-            batches.push(BatchView {
-                batch,
-                acknowledged_at: None,
-            });
-        }
+        let batches = self.close_batches(&closing, &providers, &mut write)?;
         let stored = StoredClose {
             providers: asked,
             cutoff: request.cutoff,
             batch_ids: batches.iter().map(|view| view.batch.id).collect(),
         };
-        write.put_cf(cf, keys::close(request.id.0), encode(&stored));
-        write.put_cf(cf, keys::NEXT_BATCH_ID, next_id.to_be_bytes());
-        let mut synced = WriteOptions::default();
-        synced.set_sync(true);
-        db.write_opt(write, &synced)?;
+        write.put(keys::close(request.id.0), encode(&stored));
+        column.commit(write)?;
         tracing::info!(
             close = %request.id,
             batches = batches.len(),
@@ -333,41 +226,147 @@ impl Settlement {
         })
     }
 
+    /// The batches an earlier close with this id made, or a conflict if it asked for
+    /// something else; `None` for a new close id.
+    fn earlier_close(
+        &self,
+        request: &CloseRequest,
+        providers: &[u16],
+    ) -> Result<Option<Closed>, SettlementError> {
+        let db = self.db();
+        let Some(bytes) = db.get_cf(db.cf(CF_SETTLEMENT)?, keys::close(request.id.0))? else {
+            return Ok(None);
+        };
+        let stored: StoredClose = decode(&bytes, "close")?;
+        let field = if stored.providers != providers {
+            Some("providers")
+        } else if stored.cutoff != request.cutoff {
+            Some("cutoff")
+        } else {
+            None
+        };
+        if let Some(field) = field {
+            return Err(SettlementError::Conflict {
+                id: request.id,
+                field,
+            });
+        }
+        let batches = stored
+            .batch_ids
+            .iter()
+            .map(|id| self.batch(*id)?.ok_or(SettlementError::UnknownBatch(*id)))
+            .collect::<Result<_, _>>()?;
+        Ok(Some(Closed {
+            batches,
+            replay: true,
+        }))
+    }
+
+    /// One new batch per provider, in order, each put into `write` with the provider's
+    /// new position; the next batch id last.
+    fn close_batches(
+        &self,
+        closing: &Closing<'_, '_>,
+        providers: &[u16],
+        write: &mut SettlementWrite<'_>,
+    ) -> Result<Vec<BatchView>, SettlementError> {
+        let db = self.db();
+        let mut next_id = match db.get_cf(db.cf(CF_SETTLEMENT)?, keys::NEXT_BATCH_ID)? {
+            Some(bytes) => codec::decode_sequence(&bytes, "next batch id")?,
+            None => 1,
+        };
+        let mut batches = Vec::with_capacity(providers.len());
+        for provider_id in providers {
+            let batch = self.close_batch(closing, *provider_id, next_id)?;
+            write.put(keys::batch(batch.id), encode(&batch));
+            write.put(
+                keys::head(batch.provider_id),
+                keys::encode_head(batch.through_sequence, batch.id),
+            );
+            next_id += 1;
+            batches.push(BatchView {
+                batch,
+                acknowledged_at: None,
+            });
+        }
+        write.put(keys::NEXT_BATCH_ID, codec::encode_sequence(next_id));
+        Ok(batches)
+    }
+
+    /// A provider's new batch: its range up to the cut-off, its file's totals and hash,
+    /// and the manifest's signature.
+    fn close_batch(
+        &self,
+        closing: &Closing<'_, '_>,
+        provider_id: u16,
+        id: u64,
+    ) -> Result<Batch, SettlementError> {
+        let db = self.db();
+        let after = self.head(provider_id)?.through_sequence;
+        let last_sequence = closing.last_sequence;
+        let through = match closing.request.cutoff {
+            Cutoff::Now => last_sequence.max(after),
+            Cutoff::Sequence(sequence) => sequence.max(after),
+            Cutoff::Time(time) => time_cutoff(
+                db,
+                closing.snapshot,
+                provider_id,
+                after,
+                last_sequence,
+                time,
+            )?,
+        };
+        let mut batch = Batch {
+            id,
+            provider_id,
+            after_sequence: after,
+            through_sequence: through,
+            cutoff: closing.request.cutoff,
+            created_at: closing.now,
+            currency: self.currency.clone(),
+            totals: Default::default(),
+            file_bytes: 0,
+            file_sha256: String::new(),
+            key_id: String::new(),
+            signature: String::new(),
+            close_id: closing.request.id.to_string(),
+        };
+        let mut hashing = HashingWriter::new(std::io::sink());
+        batch.totals = file::write_file(db, Some(closing.snapshot), &batch, &mut hashing)?;
+        (batch.file_bytes, batch.file_sha256) = hashing.finish();
+        let mut manifest = Manifest::of(&batch);
+        manifest.sign(&self.key);
+        batch.key_id = manifest.signature.key_id;
+        batch.signature = manifest.signature.value;
+        Ok(batch)
+    }
+
     /// Providers with settlement entries (up to the snapshot) or earlier batches, in
     /// order. The entries are skipped over one provider at a time: a seek per provider.
-    fn known_providers(
-        &self,
-        snapshot: &rocksdb::Snapshot<'_>,
-    ) -> Result<Vec<u16>, SettlementError> {
+    fn known_providers(&self, snapshot: &Snapshot<'_>) -> Result<Vec<u16>, SettlementError> {
         let db = self.db();
         let mut providers = BTreeSet::new();
-        let entries = crate::ledger::apply::cf(db, CF_PROVIDER_ENTRIES)?;
+        let entries = db.cf(CF_PROVIDER_ENTRIES)?;
         let mut options = rocksdb::ReadOptions::default();
         options.set_snapshot(snapshot);
         let mut iterator = db.raw_iterator_cf_opt(entries, options);
         iterator.seek_to_first();
         while let Some(key) = iterator.key() {
-            let provider = key
-                .get(..2)
-                .map(|bytes| u16::from_be_bytes([bytes[0], bytes[1]]))
-                .ok_or_else(|| {
-                    SettlementError::Corrupt("a settlement entry key is short".into())
-                })?;
+            let (provider, _) = codec::decode_provider_entry_key(key)?;
             providers.insert(provider);
-            match provider.checked_add(1) {
-                Some(next) => iterator.seek(next.to_be_bytes()),
+            match codec::next_provider_entries(provider) {
+                Some(next) => iterator.seek(next),
                 None => break,
             }
         }
         iterator.status()?;
-        let cf = crate::ledger::apply::cf(db, CF_SETTLEMENT)?;
-        for item in db.prefix_iterator_cf(cf, [keys::HEAD]) {
+        for item in db.prefix_iterator_cf(db.cf(CF_SETTLEMENT)?, [keys::HEAD]) {
             let (key, _) = item?;
             if key.first() != Some(&keys::HEAD) {
                 break;
             }
-            if let Some(bytes) = key.get(1..3) {
-                providers.insert(u16::from_be_bytes([bytes[0], bytes[1]]));
+            if let Some(provider) = keys::head_provider(&key) {
+                providers.insert(provider);
             }
         }
         Ok(providers.into_iter().collect())
@@ -375,11 +374,10 @@ impl Settlement {
 
     fn head(&self, provider_id: u16) -> Result<Head, SettlementError> {
         let db = self.db();
-        let cf = crate::ledger::apply::cf(db, CF_SETTLEMENT)?;
-        match db.get_cf(cf, keys::head(provider_id))? {
+        match db.get_cf(db.cf(CF_SETTLEMENT)?, keys::head(provider_id))? {
             None => Ok(Head::default()),
             Some(bytes) => Ok(Head {
-                through_sequence: crate::ledger::codec::decode_sequence(
+                through_sequence: codec::decode_sequence(
                     bytes.get(..8).unwrap_or_default(),
                     "settlement head",
                 )?,
@@ -390,7 +388,7 @@ impl Settlement {
     /// A batch and its acknowledgement.
     pub fn batch(&self, id: u64) -> Result<Option<BatchView>, SettlementError> {
         let db = self.db();
-        let cf = crate::ledger::apply::cf(db, CF_SETTLEMENT)?;
+        let cf = db.cf(CF_SETTLEMENT)?;
         let Some(bytes) = db.get_cf(cf, keys::batch(id))? else {
             return Ok(None);
         };
@@ -416,7 +414,7 @@ impl Settlement {
     ) -> Result<Vec<BatchView>, SettlementError> {
         let limit = limit.min(LIST_BATCHES_MAX);
         let db = self.db();
-        let cf = crate::ledger::apply::cf(db, CF_SETTLEMENT)?;
+        let cf = db.cf(CF_SETTLEMENT)?;
         let start = keys::batch(after_id.saturating_add(1));
         let mut found = Vec::new();
         for item in db.iterator_cf(cf, IteratorMode::From(&start, rocksdb::Direction::Forward)) {
@@ -424,7 +422,7 @@ impl Settlement {
             if key.first() != Some(&keys::BATCH) || found.len() >= limit {
                 break;
             }
-            let id = crate::ledger::codec::decode_sequence(&key[1..], "batch key")?;
+            let id = codec::decode_sequence(&key[1..], "batch key")?;
             let view = self.batch(id)?.ok_or(SettlementError::UnknownBatch(id))?;
             if provider_id.is_none_or(|provider| provider == view.batch.provider_id) {
                 found.push(view);
@@ -458,32 +456,6 @@ impl Settlement {
         Ok(())
     }
 
-    /// Writes the batch's CSV file and manifest into `folder`, each under a temporary
-    /// name first, synced, then renamed into place. Returns their paths.
-    pub fn write_files(
-        &self,
-        batch: &Batch,
-        folder: &std::path::Path,
-    ) -> Result<(std::path::PathBuf, std::path::PathBuf), SettlementError> {
-        let name = model::file_name(batch.provider_id, batch.id);
-        let file = folder.join(&name);
-        let manifest_file = folder.join(model::manifest_name(&name));
-        let partial = folder.join(format!(".{name}.partial"));
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&partial)?);
-        self.export(batch, &mut out)?;
-        out.into_inner()
-            .map_err(|err| err.into_error())?
-            .sync_all()?;
-        let partial_manifest = folder.join(format!(".{}.partial", model::manifest_name(&name)));
-        std::fs::write(&partial_manifest, self.manifest(batch))?;
-        std::fs::File::open(&partial_manifest)?.sync_all()?;
-        // The manifest first: a CSV file under a batch's name always has its manifest.
-        std::fs::rename(&partial_manifest, &manifest_file)?;
-        std::fs::rename(&partial, &file)?;
-        std::fs::File::open(folder)?.sync_all()?;
-        Ok((file, manifest_file))
-    }
-
     /// Records the provider's receipt of a batch's file, checked by its SHA-256. Once
     /// acknowledged, a batch stays acknowledged at its first time.
     pub fn acknowledge(
@@ -505,21 +477,43 @@ impl Settlement {
         }
         let _one_at_a_time = self.ack_lock.lock().unwrap_or_else(PoisonError::into_inner);
         let db = self.db();
-        let cf = crate::ledger::apply::cf(db, CF_SETTLEMENT)?;
-        if db.get_cf(cf, keys::ack(id))?.is_none() {
-            let mut synced = WriteOptions::default();
-            synced.set_sync(true);
-            db.put_cf_opt(cf, keys::ack(id), encode(&StoredAck { at: now }), &synced)?;
+        if db.get_cf(db.cf(CF_SETTLEMENT)?, keys::ack(id))?.is_none() {
+            let column = self.ledger.settlement_column();
+            let mut write = column.new_write()?;
+            write.put(keys::ack(id), encode(&StoredAck { at: now }));
+            column.commit(write)?;
         }
         self.batch(id)?.ok_or(SettlementError::UnknownBatch(id))
     }
 }
 
+/// What one close works from: its request, its time, and the ledger as of its start.
+struct Closing<'a, 'db> {
+    request: &'a CloseRequest,
+    now: UnixMillis,
+    snapshot: &'a Snapshot<'db>,
+    /// The ledger's last recorded sequence in the snapshot.
+    last_sequence: u64,
+}
+
+/// The ledger's last recorded sequence as of `snapshot`.
+fn last_sequence(db: &LedgerView, snapshot: &Snapshot<'_>) -> Result<u64, SettlementError> {
+    let next = snapshot
+        .get_cf(
+            db.cf(crate::ledger::store::CF_META)?,
+            codec::META_NEXT_SEQUENCE,
+        )?
+        .map(|bytes| codec::decode_sequence(&bytes, "next sequence"))
+        .transpose()?
+        .unwrap_or(1);
+    Ok(next.saturating_sub(1))
+}
+
 /// The last sequence a time cut-off takes for a provider: its entries after `after`, in
 /// ledger order, up to the first one recorded after `cutoff` (exclusive).
 fn time_cutoff(
-    db: &DB,
-    snapshot: &rocksdb::Snapshot<'_>,
+    db: &LedgerView,
+    snapshot: &Snapshot<'_>,
     provider_id: u16,
     after: u64,
     last_sequence: u64,

@@ -82,10 +82,86 @@ pub fn reconcile(
     batch_file: impl Read,
     reply: impl Read,
 ) -> Result<ReconcileReport, ReconcileError> {
-    let mut report = ReconcileReport::default();
-    // Transaction id → (amount, seen in the reply at this line).
-    let mut batch: HashMap<String, (i64, Option<u64>)> = HashMap::new();
-    let mut order = Vec::new();
+    let (mut batch, batch_net) = read_batch(batch_file)?;
+    let mut report = ReconcileReport {
+        batch_net,
+        ..ReconcileReport::default()
+    };
+    compare_reply(reply, &mut batch, &mut report)?;
+    report.missing = batch.missing();
+    Ok(report)
+}
+
+/// The batch file's detail lines, each marked once the reply names it.
+struct BatchLines {
+    /// Transaction id → (amount, seen in the reply at this line).
+    by_id: HashMap<String, (i64, Option<u64>)>,
+    /// The transaction ids in the file's order, so that missing lines are listed in it.
+    order: Vec<String>,
+}
+
+impl BatchLines {
+    /// Records what one parsed reply line says of the batch: a match, a mismatch (another
+    /// amount, or rejected), a transaction not in the batch, or a repeat.
+    fn compare(
+        &mut self,
+        line: u64,
+        id: String,
+        amount: i64,
+        status: String,
+        report: &mut ReconcileReport,
+    ) {
+        match self.by_id.get_mut(&id) {
+            None => report.extra.push((line, id, amount)),
+            Some((_, Some(first))) => {
+                let first = *first;
+                report.bad_lines.push((
+                    line,
+                    format!("transaction {id} is repeated (first on line {first})"),
+                ));
+            }
+            Some((batch_amount, seen)) => {
+                *seen = Some(line);
+                if status == "settled" {
+                    report.reply_settled = report.reply_settled.saturating_add(amount);
+                }
+                if amount == *batch_amount && status == "settled" {
+                    report.matched += 1;
+                } else {
+                    report.mismatched.push(Mismatch {
+                        reply_line: line,
+                        transaction_id: id,
+                        batch_amount: *batch_amount,
+                        reply_amount: amount,
+                        status,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The batch lines that the reply never named, in the file's order: (transaction id,
+    /// amount).
+    fn missing(self) -> Vec<(String, i64)> {
+        let BatchLines { by_id, order } = self;
+        order
+            .into_iter()
+            .filter_map(|id| match by_id.get(&id) {
+                Some((amount, None)) => Some((id, *amount)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Reads the batch file's detail lines (other records are skipped) and sums its net
+/// amount. A batch file that does not read is an error, not a finding.
+fn read_batch(batch_file: impl Read) -> Result<(BatchLines, i64), ReconcileError> {
+    let mut batch = BatchLines {
+        by_id: HashMap::new(),
+        order: Vec::new(),
+    };
+    let mut net: i64 = 0;
     let mut csv = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -106,14 +182,22 @@ pub fn reconcile(
         let amount: i64 = amount
             .parse()
             .map_err(|_| bad(format!("amount {amount:?} is not a whole number")))?;
-        report.batch_net = report
-            .batch_net
+        net = net
             .checked_add(amount)
             .ok_or_else(|| bad("the batch total overflows".into()))?;
-        order.push(id.to_string());
-        batch.insert(id.to_string(), (amount, None));
+        batch.order.push(id.to_string());
+        batch.by_id.insert(id.to_string(), (amount, None));
     }
+    Ok((batch, net))
+}
 
+/// Reads the reply line by line and records every finding in `report`: lines that do not
+/// parse are bad lines, and the rest is still compared with the batch.
+fn compare_reply(
+    reply: impl Read,
+    batch: &mut BatchLines,
+    report: &mut ReconcileReport,
+) -> Result<(), ReconcileError> {
     // Line by line, so that line numbers are exact: a field of this format never holds a
     // line end, and a line that is not one CSV record is a bad line.
     let mut first = true;
@@ -145,50 +229,12 @@ pub fn reconcile(
                 ),
             ));
         }
-        let parsed = parse_reply_line(&record);
-        let (id, amount, status) = match parsed {
-            Ok(fields) => fields,
-            Err(problem) => {
-                report.bad_lines.push((line, problem));
-                continue;
-            }
-        };
-        match batch.get_mut(&id) {
-            None => report.extra.push((line, id, amount)),
-            Some((_, Some(first))) => {
-                let first = *first;
-                report.bad_lines.push((
-                    line,
-                    format!("transaction {id} is repeated (first on line {first})"),
-                ));
-            }
-            Some((batch_amount, seen)) => {
-                *seen = Some(line);
-                if status == "settled" {
-                    report.reply_settled = report.reply_settled.saturating_add(amount);
-                }
-                if amount == *batch_amount && status == "settled" {
-                    report.matched += 1;
-                } else {
-                    report.mismatched.push(Mismatch {
-                        reply_line: line,
-                        transaction_id: id,
-                        batch_amount: *batch_amount,
-                        reply_amount: amount,
-                        status,
-                    });
-                }
-            }
+        match parse_reply_line(&record) {
+            Ok((id, amount, status)) => batch.compare(line, id, amount, status, report),
+            Err(problem) => report.bad_lines.push((line, problem)),
         }
     }
-    report.missing = order
-        .into_iter()
-        .filter_map(|id| match batch.get(&id) {
-            Some((amount, None)) => Some((id, *amount)),
-            _ => None,
-        })
-        .collect();
-    Ok(report)
+    Ok(())
 }
 
 /// One line as one CSV record (fields trimmed), or why it is not one.

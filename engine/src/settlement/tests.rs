@@ -331,7 +331,7 @@ fn every_entry_lands_in_exactly_one_batch_across_closes_with_concurrent_charges(
     assert_eq!(seen, settling);
     assert_eq!(netted, owed);
     assert_eq!(owed.len(), 3);
-    let report = crate::ledger::audit::audit(ledger.db()).unwrap();
+    let report = crate::ledger::audit::audit(ledger.view()).unwrap();
     assert!(report.ok(), "{:?}", report.violations);
 }
 
@@ -556,7 +556,7 @@ fn a_version_2_data_directory_is_upgraded_in_place() {
         let meta = db.cf_handle(crate::ledger::store::CF_META).unwrap();
         db.put_cf(
             meta,
-            crate::ledger::store::META_FORMAT_VERSION,
+            crate::ledger::codec::META_FORMAT_VERSION,
             2u32.to_be_bytes(),
         )
         .unwrap();
@@ -784,7 +784,7 @@ mod random_histories {
             batches.extend(close(&settlement, close_id, &[], Cutoff::Now).batches);
 
             // Money is conserved.
-            let report = crate::ledger::audit::audit(ledger.db()).unwrap();
+            let report = crate::ledger::audit::audit(ledger.view()).unwrap();
             prop_assert!(report.ok(), "{:?}", report.violations);
             prop_assert_eq!(report.balance_sum, 0);
 

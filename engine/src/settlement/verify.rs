@@ -118,22 +118,63 @@ pub fn verify(
     content
 }
 
+/// Checks the file's records: the header against the manifest, the detail lines in order,
+/// the trailer against the lines, the totals against the manifest, and nothing after.
 fn check_content(manifest: &Manifest, file: impl Read) -> Result<(), VerifyError> {
-    let mut csv = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(file);
-    let mut record = csv::StringRecord::new();
-    let mut number = 0u64;
-    let content = |record: u64, problem: String| VerifyError::Content { record, problem };
-    let mut next = |record: &mut csv::StringRecord, number: &mut u64| {
-        *number += 1;
-        csv.read_record(record)
-            .map_err(|err| content(*number, format!("not CSV: {err}")))
-    };
-    if !next(&mut record, &mut number)? {
+    let mut records = Records::new(file);
+    if !records.read_next()? {
         return Err(content(1, "the file is empty".into()));
     }
+    check_header(manifest, &records.record)?;
+    let totals = sum_details(&mut records)?;
+    check_trailer(&records.record, records.number, &totals)?;
+    check_totals(manifest, &totals, records.number)?;
+    if records.read_next()? {
+        return Err(content(
+            records.number,
+            "there is more after the trailer".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A content error at record `record`.
+fn content(record: u64, problem: String) -> VerifyError {
+    VerifyError::Content { record, problem }
+}
+
+/// The file's CSV records, read one at a time, and the current one's number (from 1).
+struct Records<R> {
+    csv: csv::Reader<R>,
+    record: csv::StringRecord,
+    number: u64,
+}
+
+impl<R: Read> Records<R> {
+    fn new(file: R) -> Records<R> {
+        let csv = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(file);
+        Records {
+            csv,
+            record: csv::StringRecord::new(),
+            number: 0,
+        }
+    }
+
+    /// Reads the next record into `record`; false at the end of the file.
+    fn read_next(&mut self) -> Result<bool, VerifyError> {
+        self.number += 1;
+        let number = self.number;
+        self.csv
+            .read_record(&mut self.record)
+            .map_err(|err| content(number, format!("not CSV: {err}")))
+    }
+}
+
+/// The header (record 1) must say what the manifest says.
+fn check_header(manifest: &Manifest, record: &csv::StringRecord) -> Result<(), VerifyError> {
     let expected_header = [
         HEADER.to_string(),
         FILE_FORMAT_VERSION.to_string(),
@@ -151,11 +192,21 @@ fn check_content(manifest: &Manifest, file: impl Read) -> Result<(), VerifyError
             format!("the header {record:?} does not match the manifest"),
         ));
     }
+    Ok(())
+}
+
+/// Reads the detail lines up to the trailer, checking that they are numbered in order, and
+/// sums their amounts. The trailer is left as the current record.
+fn sum_details<R: Read>(records: &mut Records<R>) -> Result<Totals, VerifyError> {
     let mut totals = Totals::default();
     loop {
-        if !next(&mut record, &mut number)? {
-            return Err(content(number, "the file ends without a trailer".into()));
+        if !records.read_next()? {
+            return Err(content(
+                records.number,
+                "the file ends without a trailer".into(),
+            ));
         }
+        let (record, number) = (&records.record, records.number);
         match record.get(0) {
             Some(DETAIL) => {
                 let line = totals.line_count + 1;
@@ -173,12 +224,20 @@ fn check_content(manifest: &Manifest, file: impl Read) -> Result<(), VerifyError
                     .add(Amount(amount))
                     .ok_or_else(|| content(number, "the totals overflow".into()))?;
             }
-            Some(TRAILER) => break,
+            Some(TRAILER) => return Ok(totals),
             other => {
                 return Err(content(number, format!("unexpected record type {other:?}")));
             }
         }
     }
+}
+
+/// The trailer (record `number`) must hold the totals of the lines above it.
+fn check_trailer(
+    record: &csv::StringRecord,
+    number: u64,
+    totals: &Totals,
+) -> Result<(), VerifyError> {
     let expected_trailer = [
         TRAILER.to_string(),
         totals.line_count.to_string(),
@@ -197,6 +256,11 @@ fn check_content(manifest: &Manifest, file: impl Read) -> Result<(), VerifyError
             ),
         ));
     }
+    Ok(())
+}
+
+/// The file's totals must be the manifest's (reported at the trailer, record `number`).
+fn check_totals(manifest: &Manifest, totals: &Totals, number: u64) -> Result<(), VerifyError> {
     let matches_manifest = totals.line_count == manifest.line_count
         && totals.charge_count == manifest.charge_count
         && totals.refund_count == manifest.refund_count
@@ -208,9 +272,6 @@ fn check_content(manifest: &Manifest, file: impl Read) -> Result<(), VerifyError
             number,
             "the totals do not match the manifest".into(),
         ));
-    }
-    if next(&mut record, &mut number)? {
-        return Err(content(number, "there is more after the trailer".into()));
     }
     Ok(())
 }

@@ -130,11 +130,13 @@ pub fn parse(bytes: &[u8]) -> Result<ParsedCode<'_>, Reason> {
     let account_id = reader.u64();
     let expires_at = UnixMillis(reader.u64());
     let device_public_key = reader.array::<PUBLIC_KEY_LEN>();
-    debug_assert_eq!(reader.offset, CREDENTIAL_BODY_LEN);
+    // The layout adds up: every field read, none twice (a fixed cost, checked in every
+    // build; the input's length was checked above, so no input can fail it).
+    assert_eq!(reader.offset, CREDENTIAL_BODY_LEN, "credential layout");
     reader.offset = CREDENTIAL_LEN;
     let sequence = reader.u32();
     let generated_at = UnixMillis(reader.u64());
-    debug_assert_eq!(reader.offset, CODE_BODY_LEN);
+    assert_eq!(reader.offset, CODE_BODY_LEN, "code layout");
     Ok(ParsedCode {
         credential: Credential {
             flags,
@@ -177,7 +179,7 @@ pub fn credential_body(credential: &Credential) -> [u8; CREDENTIAL_BODY_LEN] {
     writer.put(&credential.account_id.to_be_bytes());
     writer.put(&credential.expires_at.0.to_be_bytes());
     writer.put(&credential.device_public_key);
-    debug_assert_eq!(writer.offset, CREDENTIAL_BODY_LEN);
+    assert_eq!(writer.offset, CREDENTIAL_BODY_LEN, "credential layout");
     body
 }
 
@@ -191,7 +193,7 @@ pub fn code_body(credential: &[u8; CREDENTIAL_LEN], code: &CodeFields) -> [u8; C
     writer.put(credential);
     writer.put(&code.sequence.to_be_bytes());
     writer.put(&code.generated_at.0.to_be_bytes());
-    debug_assert_eq!(writer.offset, CODE_BODY_LEN);
+    assert_eq!(writer.offset, CODE_BODY_LEN, "code layout");
     body
 }
 

@@ -3,13 +3,15 @@
 //! revoked key stays listed so that its credentials are refused with a clear reason.
 //!
 //! The registry is loaded from a TOML file the operator controls (`docs/configuration.md`)
-//! and holds public keys only.
+//! and holds public keys only. Every key that enters it has passed [`check_public_key`], so
+//! a weak key (one that lets anybody forge signatures) can never be registered.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use curve25519_dalek::edwards::CompressedEdwardsY;
 use serde::{Deserialize, Serialize};
 
 use super::format::PUBLIC_KEY_LEN;
@@ -89,6 +91,16 @@ pub enum KeyError {
         /// The key's id.
         key_id: u32,
     },
+    /// A public key is 32 bytes but not a safe Ed25519 key (see [`check_public_key`]).
+    #[error("issuer key {key_id} of provider {provider_id} is refused: {weakness}")]
+    WeakPublicKey {
+        /// The provider the key was listed under.
+        provider_id: u16,
+        /// The key's id, derived from its bytes.
+        key_id: u32,
+        /// What is wrong with it.
+        weakness: WeakKey,
+    },
 }
 
 impl KeyError {
@@ -104,6 +116,7 @@ impl KeyError {
             KeyError::Duplicate { .. } => "duplicate_entry",
             KeyError::BadProviderName { .. } => "bad_provider_name",
             KeyError::UnknownKey { .. } => "unknown_issuer_key",
+            KeyError::WeakPublicKey { .. } => "weak_public_key",
         }
     }
 }
@@ -180,17 +193,18 @@ impl IssuerRegistry {
     /// Reads a registry file.
     pub fn load(path: &Path) -> Result<IssuerRegistry, KeyError> {
         let shown = path.display().to_string();
-        let metadata = std::fs::metadata(path).map_err(|source| KeyError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        if metadata.len() > REGISTRY_FILE_BYTES_MAX {
-            return Err(KeyError::TooLarge { path: shown });
-        }
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
-            path: shown.clone(),
-            source,
-        })?;
+        let text = match crate::files::read_bounded(path, REGISTRY_FILE_BYTES_MAX) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::FileTooLarge => {
+                return Err(KeyError::TooLarge { path: shown });
+            }
+            Err(source) => {
+                return Err(KeyError::Read {
+                    path: shown,
+                    source,
+                });
+            }
+        };
         IssuerRegistry::from_toml(&text).map_err(|err| match err {
             KeyError::Parse { message, .. } => KeyError::Parse {
                 path: shown,
@@ -271,8 +285,14 @@ impl IssuerRegistry {
         Ok(())
     }
 
-    /// Adds an issuer key of a listed provider.
+    /// Adds an issuer key of a listed provider. Every way into the registry (the file, the
+    /// admin API) comes through here, so this is where a weak key is refused.
     pub fn add_key(&mut self, key: IssuerKey) -> Result<(), KeyError> {
+        check_public_key(&key.public_key).map_err(|weakness| KeyError::WeakPublicKey {
+            provider_id: key.provider_id,
+            key_id: key.key_id,
+            weakness,
+        })?;
         if !self.providers.contains_key(&key.provider_id) {
             return Err(KeyError::UnknownProvider {
                 provider_id: key.provider_id,
@@ -340,6 +360,43 @@ pub fn is_valid_provider_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
+/// Why a 32-byte string is refused as an Ed25519 public key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WeakKey {
+    /// The bytes are not the encoding of any point on the curve.
+    #[error("not a point on the Ed25519 curve")]
+    NotOnCurve,
+    /// The bytes name a curve point, but not in its one canonical encoding (a y
+    /// coordinate of p or more, or a sign bit set on x = 0).
+    #[error("not the canonical encoding of its point")]
+    NonCanonical,
+    /// The point's order divides 8 (the identity among them). Under such a key anybody can
+    /// sign anything: S = 0 with R one of the eight small-order points verifies for any
+    /// message (for the identity, R = identity), unless the verifier refuses the key, and
+    /// `ring` does not.
+    #[error("a point of small order")]
+    SmallOrder,
+}
+
+/// Checks that `public_key` is a safe Ed25519 public key: the canonical encoding of a
+/// curve point whose order does not divide 8. `ring` verifies signatures under any key
+/// that decodes, so every key the engine trusts (issuer keys, and the device key each
+/// credential carries) passes here first; libsodium refuses the same keys.
+pub fn check_public_key(public_key: &[u8; PUBLIC_KEY_LEN]) -> Result<(), WeakKey> {
+    let point = CompressedEdwardsY(*public_key)
+        .decompress()
+        .ok_or(WeakKey::NotOnCurve)?;
+    // Decompressing reduces y modulo p and ignores a sign bit on x = 0, so a second
+    // encoding of a point decompresses too; compressing again gives the one canonical form.
+    if point.compress().as_bytes() != public_key {
+        return Err(WeakKey::NonCanonical);
+    }
+    if point.is_small_order() {
+        return Err(WeakKey::SmallOrder);
+    }
+    Ok(())
+}
+
 /// Decodes a base64url (no padding) Ed25519 public key.
 pub fn decode_public_key(text: &str) -> Option<[u8; PUBLIC_KEY_LEN]> {
     if text.len() > 64 {
@@ -356,20 +413,50 @@ pub fn encode_public_key(public_key: &[u8; PUBLIC_KEY_LEN]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::token::mint::{Device, Issuer};
+
+    /// A real public key (from a fixed seed): the registry refuses bytes that are not one.
+    fn sample_key() -> [u8; PUBLIC_KEY_LEN] {
+        Issuer::from_seed(1, [7; 32]).public_key()
+    }
 
     fn sample() -> String {
-        let key = [7u8; 32];
+        registry_text(&sample_key())
+    }
+
+    /// A registry file of one provider and one key.
+    fn registry_text(key: &[u8; PUBLIC_KEY_LEN]) -> String {
         format!(
             "[[provider]]\nid = 1\nname = \"alipay\"\n\n[[issuer_key]]\nprovider_id = 1\nkey_id = {}\npublic_key = \"{}\"\n",
-            key_id_of(&key),
-            encode_public_key(&key)
+            key_id_of(key),
+            encode_public_key(key)
         )
     }
+
+    /// The identity point: the key that makes R = identity, S = 0 verify for any message.
+    const IDENTITY: [u8; PUBLIC_KEY_LEN] = {
+        let mut bytes = [0u8; PUBLIC_KEY_LEN];
+        bytes[0] = 1;
+        bytes
+    };
+
+    /// The eight points of order dividing 8, canonically encoded: the identity, the point
+    /// of order 2, the two of order 4 and the four of order 8.
+    const SMALL_ORDER_HEX: [&str; 8] = [
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+        "0000000000000000000000000000000000000000000000000000000000000080",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+    ];
 
     #[test]
     fn a_registry_file_round_trips() {
         let registry = IssuerRegistry::from_toml(&sample()).unwrap();
-        let key = registry.key(1, key_id_of(&[7u8; 32])).unwrap();
+        let key = registry.key(1, key_id_of(&sample_key())).unwrap();
         assert!(!key.revoked);
         let text = toml::to_string(&registry.to_file()).unwrap();
         assert_eq!(IssuerRegistry::from_toml(&text).unwrap(), registry);
@@ -377,7 +464,10 @@ mod tests {
 
     #[test]
     fn a_wrong_key_id_is_refused() {
-        let text = sample().replace(&format!("key_id = {}", key_id_of(&[7u8; 32])), "key_id = 5");
+        let text = sample().replace(
+            &format!("key_id = {}", key_id_of(&sample_key())),
+            "key_id = 5",
+        );
         assert!(matches!(
             IssuerRegistry::from_toml(&text),
             Err(KeyError::KeyIdMismatch { listed: 5, .. })
@@ -400,7 +490,73 @@ mod tests {
             registry.revoke(1, 99).unwrap_err().code(),
             "unknown_issuer_key"
         );
-        registry.revoke(1, key_id_of(&[7u8; 32])).unwrap();
-        assert!(registry.key(1, key_id_of(&[7u8; 32])).unwrap().revoked);
+        registry.revoke(1, key_id_of(&sample_key())).unwrap();
+        assert!(registry.key(1, key_id_of(&sample_key())).unwrap().revoked);
+    }
+
+    #[test]
+    fn real_keys_pass_the_check() {
+        assert_eq!(check_public_key(&sample_key()), Ok(()));
+        let seeded = Device::public_key_of(&Device::key_from_seed(&[3; 32]));
+        assert_eq!(check_public_key(&seeded), Ok(()));
+        let random = Device::public_key_of(&Device::generate_key().unwrap());
+        assert_eq!(check_public_key(&random), Ok(()));
+    }
+
+    #[test]
+    fn every_small_order_point_is_refused() {
+        for hex in SMALL_ORDER_HEX {
+            let key = crate::hex::decode_32(hex).unwrap();
+            assert_eq!(check_public_key(&key), Err(WeakKey::SmallOrder), "{hex}");
+        }
+        // The identity and the all-zero key by name, as the ones an attacker tries first.
+        assert_eq!(check_public_key(&IDENTITY), Err(WeakKey::SmallOrder));
+        assert_eq!(check_public_key(&[0; 32]), Err(WeakKey::SmallOrder));
+    }
+
+    #[test]
+    fn bytes_that_are_no_curve_point_are_refused() {
+        assert_eq!(check_public_key(&[7; 32]), Err(WeakKey::NotOnCurve));
+        let mut y_is_2 = [0u8; 32];
+        y_is_2[0] = 2;
+        assert_eq!(check_public_key(&y_is_2), Err(WeakKey::NotOnCurve));
+    }
+
+    #[test]
+    fn a_second_encoding_of_a_point_is_refused() {
+        // y = 3 names a point of large order; p + 3 (still below 2^255) names the same one.
+        let mut canonical = [0u8; 32];
+        canonical[0] = 3;
+        assert_eq!(check_public_key(&canonical), Ok(()));
+        let mut y_plus_p = [0xff; 32];
+        y_plus_p[0] = 0xf0;
+        y_plus_p[31] = 0x7f;
+        assert_eq!(check_public_key(&y_plus_p), Err(WeakKey::NonCanonical));
+        // The identity with the sign bit of x set, though x = 0: "negative zero".
+        let mut negative_zero = IDENTITY;
+        negative_zero[31] |= 0x80;
+        assert_eq!(check_public_key(&negative_zero), Err(WeakKey::NonCanonical));
+    }
+
+    #[test]
+    fn the_registry_refuses_a_weak_issuer_key_from_its_file_and_from_add_key() {
+        let text = registry_text(&IDENTITY);
+        let err = IssuerRegistry::from_toml(&text).unwrap_err();
+        assert_eq!(err.code(), "weak_public_key");
+        assert!(err.to_string().contains("small order"), "{err}");
+
+        // The admin API's path: a listed provider, a key that is not a point. Nothing changes.
+        let mut registry = IssuerRegistry::from_toml(&sample()).unwrap();
+        let before = registry.clone();
+        let err = registry.add_key(IssuerKey::new(1, [7; 32])).unwrap_err();
+        assert!(matches!(
+            err,
+            KeyError::WeakPublicKey {
+                provider_id: 1,
+                weakness: WeakKey::NotOnCurve,
+                ..
+            }
+        ));
+        assert_eq!(registry, before);
     }
 }

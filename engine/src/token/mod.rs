@@ -12,7 +12,7 @@ pub mod vectors;
 pub mod verifier;
 
 pub use format::{CodeFields, Credential};
-pub use keys::{IssuerKey, IssuerRegistry, KeyError, Provider};
+pub use keys::{IssuerKey, IssuerRegistry, KeyError, Provider, WeakKey, check_public_key};
 pub use verifier::{Decision, VerifiedCode, Verifier, VerifierConfig};
 
 /// Why a code was rejected. Each has a stable code string (see [`Reason::code`]) that
@@ -37,6 +37,9 @@ pub enum Reason {
     BadCredentialSignature,
     /// The credential's expiry time has passed.
     CredentialExpired,
+    /// The credential's device key is not a safe Ed25519 public key (not a curve point,
+    /// not canonically encoded, or of small order), so a signature under it proves nothing.
+    WeakDeviceKey,
     /// The device's signature over the code does not verify.
     BadCodeSignature,
     /// The code was made longer ago than the validity window allows.
@@ -49,7 +52,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order the verifier checks them.
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::TooLong,
         Reason::BadEncoding,
         Reason::UnsupportedVersion,
@@ -59,6 +62,7 @@ impl Reason {
         Reason::RevokedIssuerKey,
         Reason::BadCredentialSignature,
         Reason::CredentialExpired,
+        Reason::WeakDeviceKey,
         Reason::BadCodeSignature,
         Reason::CodeExpired,
         Reason::CodeFromFuture,
@@ -77,16 +81,12 @@ impl Reason {
             Reason::RevokedIssuerKey => "revoked_issuer_key",
             Reason::BadCredentialSignature => "bad_credential_signature",
             Reason::CredentialExpired => "credential_expired",
+            Reason::WeakDeviceKey => "weak_device_key",
             Reason::BadCodeSignature => "bad_code_signature",
             Reason::CodeExpired => "code_expired",
             Reason::CodeFromFuture => "code_from_future",
             Reason::AccountDenied => "account_denied",
         }
-    }
-
-    /// The reason with this code string, if any.
-    pub fn from_code(code: &str) -> Option<Reason> {
-        Reason::ALL.into_iter().find(|reason| reason.code() == code)
     }
 
     /// A sentence for people (support staff, `token inspect`).
@@ -101,6 +101,7 @@ impl Reason {
             Reason::RevokedIssuerKey => "the issuer key that signed the credential is revoked",
             Reason::BadCredentialSignature => "the provider's signature on the credential is wrong",
             Reason::CredentialExpired => "the credential has expired",
+            Reason::WeakDeviceKey => "the credential's device key is not a safe public key",
             Reason::BadCodeSignature => "the phone's signature on the code is wrong",
             Reason::CodeExpired => "the code is older than the validity window",
             Reason::CodeFromFuture => {

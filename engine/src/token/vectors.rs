@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::clock::UnixMillis;
 
 use super::Reason;
-use super::format::{self, CODE_LEN, CREDENTIAL_BODY_LEN, CodeFields, TEXT_LEN_MAX};
+use super::format::{
+    self, CODE_LEN, CREDENTIAL_BODY_LEN, CodeFields, PUBLIC_KEY_LEN, TEXT_LEN_MAX, encode_text,
+};
 use super::keys::{IssuerRegistry, Provider, RegistryFile};
 use super::mint::{Device, Issuer};
 use super::verifier::{Decision, VerifiedCode, Verifier, VerifierConfig};
@@ -100,16 +102,138 @@ pub struct AcceptedFields {
 pub const BASE_TIME_MS: u64 = 1_800_000_000_000;
 const DAY_MS: u64 = 86_400_000;
 const DENIED_ACCOUNT: u64 = 6_666;
+/// The identity point's encoding: a small-order device key, under which a signature with
+/// R = identity and S = 0 verifies for any message in a verifier that does not check keys.
+const IDENTITY_POINT: [u8; PUBLIC_KEY_LEN] = {
+    let mut bytes = [0u8; PUBLIC_KEY_LEN];
+    bytes[0] = 1;
+    bytes
+};
 
 /// Makes the vector file from fixed seeds. Same output on every run and machine.
+///
+/// The steps below append their vectors in the published order; a new vector goes at the
+/// end, so that the existing ones keep their place in the file.
 pub fn generate() -> VectorFile {
-    let config = VerifierConfig::default();
-    let metro_pay = Issuer::from_seed(1, [0x01; 32]);
-    let metro_pay_revoked = Issuer::from_seed(1, [0x02; 32]);
-    let city_wallet = Issuer::from_seed(2, [0x03; 32]);
-    let unregistered = Issuer::from_seed(1, [0x04; 32]);
-    let unknown_provider = Issuer::from_seed(9, [0x05; 32]);
+    let fixture = Fixture::new();
+    let registry = registry_of(&fixture);
+    let cases = [
+        valid_codes(&fixture),
+        text_faults(&fixture),
+        layout_faults(&fixture),
+        issuer_key_faults(&fixture),
+        credential_faults(&fixture),
+        code_faults(&fixture),
+        account_faults(&fixture),
+        device_key_faults(&fixture),
+    ];
+    let vectors = cases.into_iter().flatten().map(Case::into_vector).collect();
+    VectorFile {
+        format: "fareway-qr".into(),
+        format_version: format::FORMAT_VERSION,
+        generated_by: "fareway token vectors --out tests/vectors/qr-v1.json".into(),
+        code_validity_ms: fixture.config.code_validity_ms,
+        clock_skew_ms: fixture.config.clock_skew_ms,
+        registry: registry.to_file(),
+        deny_list: vec![DENIED_ACCOUNT],
+        issuer_seeds: issuer_seeds(&fixture),
+        vectors,
+    }
+}
 
+/// One vector before it is judged: its input and the outcome declared for it.
+struct Case {
+    name: &'static str,
+    description: &'static str,
+    text: String,
+    at: UnixMillis,
+    /// `None` for a code that must be accepted.
+    expected: Option<Reason>,
+}
+
+impl Case {
+    /// The published vector. The expected outcome is declared with each case, not taken
+    /// from the verifier, so a broken verifier cannot write its own mistakes into the file.
+    fn into_vector(self) -> Vector {
+        let decision = match self.expected {
+            None => Decision::Accepted(expected_fields(&self.text)),
+            Some(reason) => Decision::Rejected(reason),
+        };
+        vector(self.name, self.description, self.text, self.at, decision)
+    }
+}
+
+fn case(
+    name: &'static str,
+    description: &'static str,
+    text: String,
+    at: UnixMillis,
+    expected: Option<Reason>,
+) -> Case {
+    Case {
+        name,
+        description,
+        text,
+        at,
+        expected,
+    }
+}
+
+/// The fixed keys, times and valid code that the vectors are made from.
+struct Fixture {
+    config: VerifierConfig,
+    metro_pay: Issuer,
+    metro_pay_revoked: Issuer,
+    city_wallet: Issuer,
+    unregistered: Issuer,
+    unknown_provider: Issuer,
+    /// The verification time of most vectors.
+    now: UnixMillis,
+    /// When every credential expires.
+    expires: UnixMillis,
+    /// When most codes were made: a second before `now`.
+    made: UnixMillis,
+    /// The fields of most codes.
+    fields: CodeFields,
+    /// The code that most faults are made from: metro-pay's, for account 1001.
+    valid: Vec<u8>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let now = UnixMillis(BASE_TIME_MS);
+        let made = now.saturating_sub(1_000);
+        let mut fixture = Fixture {
+            config: VerifierConfig::default(),
+            metro_pay: Issuer::from_seed(1, [0x01; 32]),
+            metro_pay_revoked: Issuer::from_seed(1, [0x02; 32]),
+            city_wallet: Issuer::from_seed(2, [0x03; 32]),
+            unregistered: Issuer::from_seed(1, [0x04; 32]),
+            unknown_provider: Issuer::from_seed(9, [0x05; 32]),
+            now,
+            expires: UnixMillis(BASE_TIME_MS + 7 * DAY_MS),
+            made,
+            fields: CodeFields {
+                sequence: 41,
+                generated_at: made,
+            },
+            valid: Vec::new(),
+        };
+        fixture.valid = fixture.code(&fixture.metro_pay, 1_001, 0x11, fixture.fields);
+        fixture
+    }
+
+    /// A code of a credential that `issuer` made for `account`, whose device key comes
+    /// from a seed of `device_seed` bytes.
+    fn code(&self, issuer: &Issuer, account: u64, device_seed: u8, fields: CodeFields) -> Vec<u8> {
+        let key = Device::key_from_seed(&[device_seed; 32]);
+        let credential = issuer.issue(account, self.expires, 0, Device::public_key_of(&key));
+        Device::new(key, credential, 0).code_bytes_with(fields)
+    }
+}
+
+/// Two providers with three keys, one of them revoked.
+fn registry_of(fixture: &Fixture) -> IssuerRegistry {
     let mut registry = IssuerRegistry::default();
     for (id, name) in [(1, "metro-pay"), (2, "city-wallet")] {
         registry
@@ -119,270 +243,286 @@ pub fn generate() -> VectorFile {
             })
             .unwrap_or_else(|err| unreachable!("fixed providers are valid: {err}"));
     }
-    for issuer in [&metro_pay, &metro_pay_revoked, &city_wallet] {
+    for issuer in [
+        &fixture.metro_pay,
+        &fixture.metro_pay_revoked,
+        &fixture.city_wallet,
+    ] {
         registry
             .add_key(issuer.issuer_key())
             .unwrap_or_else(|err| unreachable!("fixed keys are valid: {err}"));
     }
     registry
-        .revoke(1, metro_pay_revoked.key_id())
+        .revoke(1, fixture.metro_pay_revoked.key_id())
         .unwrap_or_else(|err| unreachable!("the key was just added: {err}"));
+    registry
+}
 
-    let now = UnixMillis(BASE_TIME_MS);
-    let expires = UnixMillis(BASE_TIME_MS + 7 * DAY_MS);
-    let made = now.saturating_sub(1_000);
-    let code = |issuer: &Issuer, account: u64, device_seed: u8, fields: CodeFields| {
-        let key = Device::key_from_seed(&[device_seed; 32]);
-        let credential = issuer.issue(account, expires, 0, Device::public_key_of(&key));
-        Device::new(key, credential, 0).code_bytes_with(fields)
-    };
-    let fields = CodeFields {
-        sequence: 41,
-        generated_at: made,
-    };
-    let valid = code(&metro_pay, 1_001, 0x11, fields);
-    let text = |bytes: &[u8]| format::encode_text(bytes);
-
-    let mut cases: Vec<(&str, &str, String, UnixMillis, Option<Reason>)> = vec![
-        (
-            "valid",
-            "a fresh code of an active key",
-            text(&valid),
-            now,
-            None,
-        ),
-        (
-            "valid_second_provider",
-            "a fresh code of another provider",
-            text(&code(
-                &city_wallet,
-                2_002,
-                0x12,
-                CodeFields {
-                    sequence: 7,
-                    generated_at: made,
-                },
-            )),
-            now,
-            None,
-        ),
-        (
-            "valid_at_validity_edge",
-            "a code exactly code_validity_ms old is still accepted",
-            text(&valid),
-            made.saturating_add(config.code_validity_ms),
-            None,
-        ),
-        (
-            "valid_at_skew_edge",
-            "a code exactly clock_skew_ms in the future is still accepted",
-            text(&valid),
-            made.saturating_sub(config.clock_skew_ms),
-            None,
-        ),
-        (
-            "too_long",
-            "a text longer than any code",
-            "0".repeat(TEXT_LEN_MAX + 1),
-            now,
-            Some(Reason::TooLong),
-        ),
-        (
-            "bad_encoding_character",
-            "a character outside the Base45 alphabet",
-            "FAREWAY~CODE".into(),
-            now,
-            Some(Reason::BadEncoding),
-        ),
-        (
-            "bad_encoding_value",
-            "a Base45 triple above 65535",
-            "ZZZ".into(),
-            now,
-            Some(Reason::BadEncoding),
-        ),
-        (
-            "bad_encoding_pair",
-            "a final Base45 pair above 255",
-            "ZZ".into(),
-            now,
-            Some(Reason::BadEncoding),
-        ),
-        (
-            "bad_encoding_length",
-            "a Base45 text whose length leaves one character over",
-            "0".into(),
-            now,
-            Some(Reason::BadEncoding),
-        ),
-        (
-            "empty",
-            "no bytes at all",
-            String::new(),
-            now,
-            Some(Reason::Truncated),
-        ),
-    ];
-    let mut wrong_version = valid.clone();
-    wrong_version[0] = 2;
-    cases.push((
-        "unsupported_version",
-        "format version 2",
-        text(&wrong_version),
-        now,
-        Some(Reason::UnsupportedVersion),
-    ));
-    cases.push((
-        "truncated",
-        "the last two bytes are missing",
-        text(&valid[..CODE_LEN - 2]),
-        now,
-        Some(Reason::Truncated),
-    ));
-    let mut trailing = valid.clone();
-    trailing.extend_from_slice(&[0, 0]);
-    cases.push((
-        "trailing_bytes",
-        "two bytes after the code's end",
-        text(&trailing),
-        now,
-        Some(Reason::TrailingBytes),
-    ));
-    cases.push((
-        "unknown_issuer_key",
-        "signed by a key the registry does not list",
-        text(&code(&unregistered, 1_003, 0x13, fields)),
-        now,
-        Some(Reason::UnknownIssuerKey),
-    ));
-    cases.push((
-        "unknown_provider",
-        "a provider id the registry does not list",
-        text(&code(&unknown_provider, 1_004, 0x14, fields)),
-        now,
-        Some(Reason::UnknownIssuerKey),
-    ));
-    cases.push((
-        "revoked_issuer_key",
-        "signed by a revoked key",
-        text(&code(&metro_pay_revoked, 1_005, 0x15, fields)),
-        now,
-        Some(Reason::RevokedIssuerKey),
-    ));
-    // A rider who edits the account id in a credential and re-signs the code with their own
-    // device key: only the issuer's signature catches it.
-    let mut forged = valid.clone();
-    forged[8..16].copy_from_slice(&9_999u64.to_be_bytes());
-    let device = Device::key_from_seed(&[0x11; 32]);
-    let body_len = format::CODE_BODY_LEN;
-    let forged_signature = device.sign(&forged[..body_len]);
-    forged[body_len..].copy_from_slice(forged_signature.as_ref());
-    cases.push((
-        "bad_credential_signature",
-        "the account id was changed after the issuer signed",
-        text(&forged),
-        now,
-        Some(Reason::BadCredentialSignature),
-    ));
-    let last_moment = expires.saturating_sub(1);
-    cases.push((
-        "valid_just_before_credential_expiry",
-        "a fresh code verified one millisecond before the credential expires",
-        text(&code(
-            &metro_pay,
-            1_001,
-            0x11,
-            CodeFields {
-                sequence: 42,
-                generated_at: last_moment.saturating_sub(1_000),
-            },
-        )),
-        last_moment,
-        None,
-    ));
-    cases.push((
-        "credential_expired",
-        "verified at the credential's expiry time",
-        text(&valid),
-        expires,
-        Some(Reason::CredentialExpired),
-    ));
-    let mut bad_code_signature = valid.clone();
-    bad_code_signature[CODE_LEN - 1] ^= 0x01;
-    cases.push((
-        "bad_code_signature",
-        "one bit of the device signature flipped",
-        text(&bad_code_signature),
-        now,
-        Some(Reason::BadCodeSignature),
-    ));
-    let mut sequence_edited = valid.clone();
-    sequence_edited[CREDENTIAL_BODY_LEN + 64 + 3] ^= 0x01;
-    cases.push((
-        "bad_code_signature_sequence_edited",
-        "the sequence number was changed after the device signed",
-        text(&sequence_edited),
-        now,
-        Some(Reason::BadCodeSignature),
-    ));
-    cases.push((
-        "code_expired",
-        "verified one millisecond after the validity window",
-        text(&valid),
-        made.saturating_add(config.code_validity_ms + 1),
-        Some(Reason::CodeExpired),
-    ));
-    cases.push((
-        "code_from_future",
-        "made one millisecond beyond the allowed clock skew",
-        text(&valid),
-        made.saturating_sub(config.clock_skew_ms + 1),
-        Some(Reason::CodeFromFuture),
-    ));
-    cases.push((
-        "account_denied",
-        "a valid code of a deny-listed account",
-        text(&code(&metro_pay, DENIED_ACCOUNT, 0x16, fields)),
-        now,
-        Some(Reason::AccountDenied),
-    ));
-
-    let vectors = cases
-        .into_iter()
-        .map(|(name, description, text, at, expected)| {
-            // The expected outcome is declared with each case, not taken from the verifier,
-            // so a broken verifier cannot write its own mistakes into the published file.
-            let decision = match expected {
-                None => Decision::Accepted(expected_fields(&text)),
-                Some(reason) => Decision::Rejected(reason),
-            };
-            vector(name, description, text, at, decision)
-        })
-        .collect();
-
+/// Every issuer key's seed, registered or not.
+fn issuer_seeds(fixture: &Fixture) -> Vec<SeedEntry> {
     let seed_entry = |issuer: &Issuer, seed: u8, registered: bool| SeedEntry {
         provider_id: issuer.provider_id(),
         key_id: issuer.key_id(),
         seed_hex: format!("{seed:02x}").repeat(32),
         registered,
     };
-    VectorFile {
-        format: "fareway-qr".into(),
-        format_version: format::FORMAT_VERSION,
-        generated_by: "fareway token vectors --out tests/vectors/qr-v1.json".into(),
-        code_validity_ms: config.code_validity_ms,
-        clock_skew_ms: config.clock_skew_ms,
-        registry: registry.to_file(),
-        deny_list: vec![DENIED_ACCOUNT],
-        issuer_seeds: vec![
-            seed_entry(&metro_pay, 0x01, true),
-            seed_entry(&metro_pay_revoked, 0x02, true),
-            seed_entry(&city_wallet, 0x03, true),
-            seed_entry(&unregistered, 0x04, false),
-            seed_entry(&unknown_provider, 0x05, false),
-        ],
-        vectors,
-    }
+    vec![
+        seed_entry(&fixture.metro_pay, 0x01, true),
+        seed_entry(&fixture.metro_pay_revoked, 0x02, true),
+        seed_entry(&fixture.city_wallet, 0x03, true),
+        seed_entry(&fixture.unregistered, 0x04, false),
+        seed_entry(&fixture.unknown_provider, 0x05, false),
+    ]
+}
+
+/// Fresh codes, and the edges of the code's time window.
+fn valid_codes(f: &Fixture) -> Vec<Case> {
+    let second_provider = CodeFields {
+        sequence: 7,
+        generated_at: f.made,
+    };
+    vec![
+        case(
+            "valid",
+            "a fresh code of an active key",
+            encode_text(&f.valid),
+            f.now,
+            None,
+        ),
+        case(
+            "valid_second_provider",
+            "a fresh code of another provider",
+            encode_text(&f.code(&f.city_wallet, 2_002, 0x12, second_provider)),
+            f.now,
+            None,
+        ),
+        case(
+            "valid_at_validity_edge",
+            "a code exactly code_validity_ms old is still accepted",
+            encode_text(&f.valid),
+            f.made.saturating_add(f.config.code_validity_ms),
+            None,
+        ),
+        case(
+            "valid_at_skew_edge",
+            "a code exactly clock_skew_ms in the future is still accepted",
+            encode_text(&f.valid),
+            f.made.saturating_sub(f.config.clock_skew_ms),
+            None,
+        ),
+    ]
+}
+
+/// Texts that are no code's Base45 text, or no bytes at all.
+fn text_faults(f: &Fixture) -> Vec<Case> {
+    vec![
+        case(
+            "too_long",
+            "a text longer than any code",
+            "0".repeat(TEXT_LEN_MAX + 1),
+            f.now,
+            Some(Reason::TooLong),
+        ),
+        case(
+            "bad_encoding_character",
+            "a character outside the Base45 alphabet",
+            "FAREWAY~CODE".into(),
+            f.now,
+            Some(Reason::BadEncoding),
+        ),
+        case(
+            "bad_encoding_value",
+            "a Base45 triple above 65535",
+            "ZZZ".into(),
+            f.now,
+            Some(Reason::BadEncoding),
+        ),
+        case(
+            "bad_encoding_pair",
+            "a final Base45 pair above 255",
+            "ZZ".into(),
+            f.now,
+            Some(Reason::BadEncoding),
+        ),
+        case(
+            "bad_encoding_length",
+            "a Base45 text whose length leaves one character over",
+            "0".into(),
+            f.now,
+            Some(Reason::BadEncoding),
+        ),
+        case(
+            "empty",
+            "no bytes at all",
+            String::new(),
+            f.now,
+            Some(Reason::Truncated),
+        ),
+    ]
+}
+
+/// Bytes of the wrong version or length.
+fn layout_faults(f: &Fixture) -> Vec<Case> {
+    let mut wrong_version = f.valid.clone();
+    wrong_version[0] = 2;
+    let mut trailing = f.valid.clone();
+    trailing.extend_from_slice(&[0, 0]);
+    vec![
+        case(
+            "unsupported_version",
+            "format version 2",
+            encode_text(&wrong_version),
+            f.now,
+            Some(Reason::UnsupportedVersion),
+        ),
+        case(
+            "truncated",
+            "the last two bytes are missing",
+            encode_text(&f.valid[..CODE_LEN - 2]),
+            f.now,
+            Some(Reason::Truncated),
+        ),
+        case(
+            "trailing_bytes",
+            "two bytes after the code's end",
+            encode_text(&trailing),
+            f.now,
+            Some(Reason::TrailingBytes),
+        ),
+    ]
+}
+
+/// Credentials of keys the registry does not list, or lists as revoked.
+fn issuer_key_faults(f: &Fixture) -> Vec<Case> {
+    vec![
+        case(
+            "unknown_issuer_key",
+            "signed by a key the registry does not list",
+            encode_text(&f.code(&f.unregistered, 1_003, 0x13, f.fields)),
+            f.now,
+            Some(Reason::UnknownIssuerKey),
+        ),
+        case(
+            "unknown_provider",
+            "a provider id the registry does not list",
+            encode_text(&f.code(&f.unknown_provider, 1_004, 0x14, f.fields)),
+            f.now,
+            Some(Reason::UnknownIssuerKey),
+        ),
+        case(
+            "revoked_issuer_key",
+            "signed by a revoked key",
+            encode_text(&f.code(&f.metro_pay_revoked, 1_005, 0x15, f.fields)),
+            f.now,
+            Some(Reason::RevokedIssuerKey),
+        ),
+    ]
+}
+
+/// A forged credential, and the edge of a credential's expiry.
+fn credential_faults(f: &Fixture) -> Vec<Case> {
+    // A rider who edits the account id in a credential and re-signs the code with their own
+    // device key: only the issuer's signature catches it.
+    let mut forged = f.valid.clone();
+    forged[8..16].copy_from_slice(&9_999u64.to_be_bytes());
+    let device = Device::key_from_seed(&[0x11; 32]);
+    let body_len = format::CODE_BODY_LEN;
+    let forged_signature = device.sign(&forged[..body_len]);
+    forged[body_len..].copy_from_slice(forged_signature.as_ref());
+    let last_moment = f.expires.saturating_sub(1);
+    let at_last_moment = CodeFields {
+        sequence: 42,
+        generated_at: last_moment.saturating_sub(1_000),
+    };
+    vec![
+        case(
+            "bad_credential_signature",
+            "the account id was changed after the issuer signed",
+            encode_text(&forged),
+            f.now,
+            Some(Reason::BadCredentialSignature),
+        ),
+        case(
+            "valid_just_before_credential_expiry",
+            "a fresh code verified one millisecond before the credential expires",
+            encode_text(&f.code(&f.metro_pay, 1_001, 0x11, at_last_moment)),
+            last_moment,
+            None,
+        ),
+        case(
+            "credential_expired",
+            "verified at the credential's expiry time",
+            encode_text(&f.valid),
+            f.expires,
+            Some(Reason::CredentialExpired),
+        ),
+    ]
+}
+
+/// Codes whose device signature does not verify, and codes outside the time window.
+fn code_faults(f: &Fixture) -> Vec<Case> {
+    let mut bad_code_signature = f.valid.clone();
+    bad_code_signature[CODE_LEN - 1] ^= 0x01;
+    let mut sequence_edited = f.valid.clone();
+    sequence_edited[CREDENTIAL_BODY_LEN + 64 + 3] ^= 0x01;
+    vec![
+        case(
+            "bad_code_signature",
+            "one bit of the device signature flipped",
+            encode_text(&bad_code_signature),
+            f.now,
+            Some(Reason::BadCodeSignature),
+        ),
+        case(
+            "bad_code_signature_sequence_edited",
+            "the sequence number was changed after the device signed",
+            encode_text(&sequence_edited),
+            f.now,
+            Some(Reason::BadCodeSignature),
+        ),
+        case(
+            "code_expired",
+            "verified one millisecond after the validity window",
+            encode_text(&f.valid),
+            f.made.saturating_add(f.config.code_validity_ms + 1),
+            Some(Reason::CodeExpired),
+        ),
+        case(
+            "code_from_future",
+            "made one millisecond beyond the allowed clock skew",
+            encode_text(&f.valid),
+            f.made.saturating_sub(f.config.clock_skew_ms + 1),
+            Some(Reason::CodeFromFuture),
+        ),
+    ]
+}
+
+/// A valid code of a deny-listed account.
+fn account_faults(f: &Fixture) -> Vec<Case> {
+    vec![case(
+        "account_denied",
+        "a valid code of a deny-listed account",
+        encode_text(&f.code(&f.metro_pay, DENIED_ACCOUNT, 0x16, f.fields)),
+        f.now,
+        Some(Reason::AccountDenied),
+    )]
+}
+
+/// A credential the issuer really signed for a small-order device key, and a code under
+/// it "signed" with R = identity, S = 0: a verifier that does not refuse weak keys (ring
+/// alone, for one) accepts it, whatever the code says.
+fn device_key_faults(f: &Fixture) -> Vec<Case> {
+    let credential = f.metro_pay.issue(1_006, f.expires, 0, IDENTITY_POINT);
+    let mut forged = format::code_body(&credential.bytes, &f.fields).to_vec();
+    forged.extend_from_slice(&IDENTITY_POINT); // R
+    forged.extend_from_slice(&[0; 32]); // S
+    vec![case(
+        "weak_device_key",
+        "the device key is the identity point and the code is signed with R = identity, S = 0",
+        encode_text(&forged),
+        f.now,
+        Some(Reason::WeakDeviceKey),
+    )]
 }
 
 /// The fields an accepted case must yield, read straight from its layout.

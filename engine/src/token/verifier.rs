@@ -3,8 +3,13 @@
 //! Checks run in the order documented in `docs/qr-token.md` and stop at the first failure.
 //! A credential whose issuer signature has verified is remembered in a bounded cache
 //! keyed by the SHA-256 of its issuer key and its bytes, so a repeat rider costs one signature check (the
-//! device's) instead of two. The cache only skips the signature: revocation, expiry and
-//! the deny list are checked on every scan.
+//! device's) instead of two. The cache only skips the signature: revocation, expiry, the
+//! device key's strength and the deny list are checked on every scan.
+//!
+//! `ring` verifies a signature under any public key that decodes, including the small-order
+//! points, under which anybody can sign anything (for the identity key, R = identity and
+//! S = 0 verifies for every message). So every key is checked with [`check_public_key`]
+//! before a signature under it counts.
 //!
 //! This module never panics on input and never holds a private key.
 
@@ -17,7 +22,7 @@ use crate::clock::UnixMillis;
 
 use super::Reason;
 use super::format::{self, ParsedCode};
-use super::keys::{IssuerRegistry, KeyError};
+use super::keys::{IssuerRegistry, KeyError, check_public_key};
 
 /// How the verifier judges time, and how much it remembers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,6 +223,7 @@ impl Verifier {
         if now >= credential.expires_at {
             return Err(Reason::CredentialExpired);
         }
+        check_public_key(&credential.device_public_key).map_err(|_| Reason::WeakDeviceKey)?;
         UnparsedPublicKey::new(&ED25519, &credential.device_public_key)
             .verify(code.code_body, code.device_signature)
             .map_err(|_| Reason::BadCodeSignature)?;
@@ -249,6 +255,9 @@ impl Verifier {
         issuer_public_key: &[u8; format::PUBLIC_KEY_LEN],
     ) -> Result<(), Reason> {
         let verify = || {
+            // The registry refuses weak keys when they are added; this is the second line,
+            // for a key that got past it. A cache entry exists only for a key that passed.
+            check_public_key(issuer_public_key).map_err(|_| Reason::BadCredentialSignature)?;
             UnparsedPublicKey::new(&ED25519, issuer_public_key)
                 .verify(code.credential_body, code.issuer_signature)
                 .map_err(|_| Reason::BadCredentialSignature)
@@ -276,9 +285,11 @@ impl Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::token::format::CODE_LEN;
+    use crate::token::format::{
+        CODE_LEN, CREDENTIAL_BODY_LEN, CREDENTIAL_LEN, CodeFields, Credential, SIGNATURE_LEN,
+    };
     use crate::token::keys::Provider;
-    use crate::token::mint::{Device, Issuer};
+    use crate::token::mint::{Device, Issuer, SignedCredential};
 
     const NOW: UnixMillis = UnixMillis(1_800_000_000_000);
 
@@ -385,6 +396,90 @@ mod tests {
         };
         assert_eq!(fingerprint(&code), fingerprint(&code));
         assert_ne!(fingerprint(&code), fingerprint(&other));
+    }
+
+    /// The identity point's encoding, the simplest small-order key.
+    const IDENTITY: [u8; format::PUBLIC_KEY_LEN] = {
+        let mut bytes = [0u8; format::PUBLIC_KEY_LEN];
+        bytes[0] = 1;
+        bytes
+    };
+
+    /// The signature R = identity, S = 0: under the identity key it verifies for any message.
+    fn identity_signature() -> [u8; SIGNATURE_LEN] {
+        let mut signature = [0u8; SIGNATURE_LEN];
+        signature[..32].copy_from_slice(&IDENTITY);
+        signature
+    }
+
+    /// A code under a credential the issuer really signed, for the identity as device key,
+    /// "signed" with R = identity, S = 0.
+    fn forgery(issuer: &Issuer, account_id: u64, sequence: u32) -> Vec<u8> {
+        let credential = issuer.issue(account_id, NOW.saturating_add(3_600_000), 0, IDENTITY);
+        let fields = CodeFields {
+            sequence,
+            generated_at: NOW,
+        };
+        let mut code = format::code_body(&credential.bytes, &fields).to_vec();
+        code.extend_from_slice(&identity_signature());
+        code
+    }
+
+    #[test]
+    fn a_forgery_under_a_small_order_device_key_is_rejected_with_its_reason() {
+        let (verifier, issuer, _device) = setup();
+        for (account_id, sequence) in [(77, 1), (78, 2)] {
+            let code = forgery(&issuer, account_id, sequence);
+            // ring alone accepts it, whatever the content: only the key check stops it.
+            let parsed = format::parse(&code).unwrap();
+            assert!(
+                UnparsedPublicKey::new(&ED25519, &IDENTITY)
+                    .verify(parsed.code_body, parsed.device_signature)
+                    .is_ok()
+            );
+            assert_eq!(
+                verifier.verify_bytes(&code, NOW),
+                Decision::Rejected(Reason::WeakDeviceKey)
+            );
+        }
+        // The documented order: the credential's expiry is checked before its device key.
+        let later = NOW.saturating_add(3_600_000);
+        assert_eq!(
+            verifier.verify_bytes(&forgery(&issuer, 77, 1), later),
+            Decision::Rejected(Reason::CredentialExpired)
+        );
+    }
+
+    #[test]
+    fn a_weak_issuer_key_is_refused_even_if_it_got_into_the_registry() {
+        let (verifier, _issuer, _device) = setup();
+        // A credential "signed" with R = identity, S = 0, checked against the identity as
+        // issuer key: ring would accept the signature.
+        let key = Device::key_from_seed(&[4; 32]);
+        let body = format::credential_body(&Credential {
+            flags: 0,
+            provider_id: 1,
+            issuer_key_id: 0,
+            account_id: 77,
+            expires_at: NOW.saturating_add(3_600_000),
+            device_public_key: Device::public_key_of(&key),
+        });
+        let mut credential = [0u8; CREDENTIAL_LEN];
+        credential[..CREDENTIAL_BODY_LEN].copy_from_slice(&body);
+        credential[CREDENTIAL_BODY_LEN..].copy_from_slice(&identity_signature());
+        let signed = SignedCredential { bytes: credential };
+        let code = Device::new(key, signed, 0).code_bytes(NOW);
+        let parsed = format::parse(&code).unwrap();
+        assert!(
+            UnparsedPublicKey::new(&ED25519, &IDENTITY)
+                .verify(parsed.credential_body, parsed.issuer_signature)
+                .is_ok()
+        );
+        assert_eq!(
+            verifier.check_credential_signature(&parsed, &IDENTITY),
+            Err(Reason::BadCredentialSignature)
+        );
+        assert!(verifier.verified_credentials.as_ref().unwrap().is_empty());
     }
 
     #[test]
