@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use fareway::grpc::gate::ANSWER_UNREAD_MAX;
 use fareway_proto::v1 as pb;
 use fareway_tests::server::{
     ADMIN_TOKEN, GATE_TOKEN, GateClient, T, TestServer, open_rider, phone, tap,
@@ -185,4 +186,77 @@ impl tonic::codec::Encoder for RawEncoder {
         buf.put(item);
         Ok(())
     }
+}
+
+/// A client whose streams never read their answers (a zero receive window) holds at most
+/// its connection's share of the requests in flight: another gate's tap is still
+/// admitted and answered meanwhile; and once the answers have gone unread for
+/// `ANSWER_UNREAD_MAX`, its streams are ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_cannot_take_every_permit() {
+    let server = TestServer::start(|config| {
+        config.limits.requests_in_flight_max = 64;
+        config.limits.connection_requests_in_flight_max = 16;
+        config.limits.stream_taps_in_flight_max = 16;
+    })
+    .await;
+    let mut admin = server.admin(Some(ADMIN_TOKEN)).await;
+    open_rider(&mut admin, 10, 1, 1, 10_000).await;
+    open_rider(&mut admin, 20, 2, 1, 10_000).await;
+
+    // Eight streams on one connection that reads nothing: the server cannot send a
+    // byte of their answers, so every tap it admits keeps its permits.
+    let stalled = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr()))
+        .unwrap()
+        .initial_stream_window_size(Some(0))
+        .connect()
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for stream in 0..8u128 {
+        let mut client = pb::gate_service_client::GateServiceClient::with_interceptor(
+            stalled.clone(),
+            fareway_tests::server::Bearer::new(Some(GATE_TOKEN)).unwrap(),
+        );
+        let taps: Vec<pb::TapRequest> = (0..40u128)
+            .map(|n| {
+                let code = phone(1, 1).code_text(T);
+                tap(
+                    1_000 + stream * 100 + n,
+                    9,
+                    pb::Direction::Bus,
+                    501,
+                    T,
+                    code,
+                )
+            })
+            .collect();
+        let answers = client
+            .tap_stream(tokio_stream::iter(taps))
+            .await
+            .unwrap()
+            .into_inner();
+        held.push((client, answers));
+    }
+    // Long enough for the server to read every tap it will admit.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    let mut gate = server.gate(Some(GATE_TOKEN)).await;
+    let answer = bus_tap(&mut gate, 100, 2).await;
+    assert_eq!(answer.balance_after_minor, Some(9_800), "{answer:?}");
+
+    // Once their answers have gone unread past the bound, the streams are ended and
+    // their permits returned: the engine says so in its faults.
+    let unread = "fareway_faults_total{code=\"answers_unread\"}";
+    let deadline = Instant::now() + ANSWER_UNREAD_MAX + Duration::from_secs(5);
+    loop {
+        let metrics = server.metrics_text().await;
+        if metrics.lines().any(|line| line.starts_with(unread)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no stream was ended:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(held);
+    server.stop().await;
 }

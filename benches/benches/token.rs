@@ -27,6 +27,16 @@ fn verification(c: &mut Criterion) {
         })
     });
 
+    // The weak-key check every scan makes of the credential's device key (a point
+    // decompression and a multiplication by 8), beside the verify it protects.
+    let device_key: [u8; 32] = public_key
+        .as_slice()
+        .try_into()
+        .unwrap_or_else(|err| unreachable!("{err}"));
+    group.bench_function("check_public_key", |b| {
+        b.iter(|| fareway::token::check_public_key(black_box(&device_key)).is_ok())
+    });
+
     let (registry, issuer) = registry_and_issuer();
     let mut rider = device(&issuer, 42);
     let code = rider.code_bytes(NOW);

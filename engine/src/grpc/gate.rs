@@ -1,6 +1,7 @@
 //! `fareway.v1.GateService`: unary and streaming taps.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use fareway_proto::v1 as pb;
@@ -15,11 +16,53 @@ use crate::server::metrics::Metrics;
 
 use super::convert;
 
+/// Each connection's share of the requests in flight: a semaphore per peer address,
+/// made on its first request and forgotten once no request of it holds one. One client
+/// (a gate whose firmware stopped reading, or a hostile one) then holds at most its share,
+/// and the other connections' taps are still admitted.
+#[derive(Debug)]
+pub struct ConnectionShares {
+    per_connection: usize,
+    shares: std::sync::Mutex<std::collections::HashMap<SocketAddr, Weak<Semaphore>>>,
+}
+
+impl ConnectionShares {
+    /// Shares of `per_connection` requests each.
+    pub fn new(per_connection: usize) -> ConnectionShares {
+        ConnectionShares {
+            per_connection,
+            shares: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The share of the connection from `peer` (a share of its own for a caller whose
+    /// address is unknown, as in-process calls are).
+    pub fn of(&self, peer: Option<SocketAddr>) -> Arc<Semaphore> {
+        let Some(peer) = peer else {
+            return Arc::new(Semaphore::new(self.per_connection));
+        };
+        let mut shares = self
+            .shares
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(share) = shares.get(&peer).and_then(Weak::upgrade) {
+            return share;
+        }
+        // Forget the connections that hold nothing any more before adding one, so that
+        // the map never holds more than the connections with work in flight.
+        shares.retain(|_, share| share.strong_count() > 0);
+        let share = Arc::new(Semaphore::new(self.per_connection));
+        shares.insert(peer, Arc::downgrade(&share));
+        share
+    }
+}
+
 /// The gate API over the domain's gate service.
 #[derive(Debug, Clone)]
 pub struct GateApi {
     service: Arc<Gatekeeper>,
     in_flight: Arc<Semaphore>,
+    shares: Arc<ConnectionShares>,
     metrics: Arc<Metrics>,
     stream_taps_in_flight_max: usize,
     /// Becomes true when the server stops: open tap streams then end, so that a graceful
@@ -28,10 +71,12 @@ pub struct GateApi {
 }
 
 impl GateApi {
-    /// A gate API sharing the server-wide limit on requests in flight.
+    /// A gate API sharing the server-wide limit on requests in flight, of which each
+    /// connection may hold its share.
     pub fn new(
         service: Arc<Gatekeeper>,
         in_flight: Arc<Semaphore>,
+        shares: Arc<ConnectionShares>,
         metrics: Arc<Metrics>,
         stream_taps_in_flight_max: usize,
         stopping: watch::Receiver<bool>,
@@ -39,6 +84,7 @@ impl GateApi {
         GateApi {
             service,
             in_flight,
+            shares,
             metrics,
             stream_taps_in_flight_max,
             stopping,
@@ -103,7 +149,9 @@ impl pb::gate_service_server::GateService for GateApi {
         &self,
         request: Request<pb::TapRequest>,
     ) -> Result<Response<pb::TapResponse>, Status> {
-        let _permit = admit(&self.in_flight, &self.metrics, "requests")?;
+        let connection = self.shares.of(request.remote_addr());
+        let _own = admit(&connection, &self.metrics, "requests on this connection")?;
+        let _all = admit(&self.in_flight, &self.metrics, "requests")?;
         self.answer(request.into_inner()).await.map(Response::new)
     }
 
@@ -113,6 +161,7 @@ impl pb::gate_service_server::GateService for GateApi {
         &self,
         request: Request<Streaming<pb::TapRequest>>,
     ) -> Result<Response<Self::TapStreamStream>, Status> {
+        let connection = self.shares.of(request.remote_addr());
         let mut inbound = request.into_inner();
         let (answers, receiver) = mpsc::channel(self.stream_taps_in_flight_max);
         let stream_in_flight = Arc::new(Semaphore::new(self.stream_taps_in_flight_max));
@@ -136,7 +185,12 @@ impl pb::gate_service_server::GateService for GateApi {
                 };
                 let permits = admit(&stream_in_flight, &api.metrics, "taps on this stream")
                     .and_then(|stream| {
-                        admit(&api.in_flight, &api.metrics, "requests").map(|all| (stream, all))
+                        let own = admit(&connection, &api.metrics, "requests on this connection")?;
+                        Ok((stream, own))
+                    })
+                    .and_then(|(stream, own)| {
+                        admit(&api.in_flight, &api.metrics, "requests")
+                            .map(|all| (stream, own, all))
                     });
                 let permits = match permits {
                     Ok(permits) => permits,

@@ -110,6 +110,10 @@ pub struct Limits {
     pub ledger_group_commit_requests_max: usize,
     /// Taps of one stream being worked on at once.
     pub stream_taps_in_flight_max: usize,
+    /// Gate requests (taps, and taps on streams) of one connection being worked on at
+    /// once: one client's share of `requests_in_flight_max`, so that a client that stops
+    /// reading cannot hold every permit.
+    pub connection_requests_in_flight_max: usize,
     /// How long a graceful shutdown waits for calls in flight before it stops anyway.
     pub shutdown_grace_ms: u64,
     /// RocksDB block cache, in MiB.
@@ -137,6 +141,9 @@ impl Default for Limits {
             ledger_queue_depth_max: ledger.queue_depth_max,
             ledger_group_commit_requests_max: ledger.group_commit_requests_max,
             stream_taps_in_flight_max: 512,
+            // A quarter of the whole: a station controller's streams, and three more like
+            // it could stall without starving the rest.
+            connection_requests_in_flight_max: 1_024,
             shutdown_grace_ms: 10_000,
             block_cache_mib: ledger.store.block_cache_bytes >> 20,
             write_buffers_mib: ledger.store.write_buffers_bytes >> 20,
@@ -376,6 +383,10 @@ impl ServerConfig {
                 "limits.stream_taps_in_flight_max",
                 limits.stream_taps_in_flight_max,
             ),
+            (
+                "limits.connection_requests_in_flight_max",
+                limits.connection_requests_in_flight_max,
+            ),
             ("limits.block_cache_mib", limits.block_cache_mib),
             ("limits.write_buffers_mib", limits.write_buffers_mib),
             ("limits.settlement_jobs_max", limits.settlement_jobs_max),
@@ -446,10 +457,15 @@ impl ServerConfig {
                  retry within the window must find its original answer",
             ),
             (
-                limits.stream_taps_in_flight_max <= limits.requests_in_flight_max,
+                limits.stream_taps_in_flight_max <= limits.connection_requests_in_flight_max,
                 "limits.stream_taps_in_flight_max must not exceed \
-                 limits.requests_in_flight_max: every tap of a stream also holds one of the \
-                 server's requests in flight",
+                 limits.connection_requests_in_flight_max: every tap of a stream also holds \
+                 one of its connection's requests in flight",
+            ),
+            (
+                limits.connection_requests_in_flight_max <= limits.requests_in_flight_max,
+                "limits.connection_requests_in_flight_max must not exceed \
+                 limits.requests_in_flight_max: a connection's share is part of the whole",
             ),
             (
                 limits.ledger_group_commit_requests_max <= limits.ledger_queue_depth_max,
@@ -586,15 +602,25 @@ mod tests {
                 .contains("charged a second time"),
             "{forgets_retries}"
         );
-        let stream_over_all = ServerConfig::from_toml(
-            "[limits]\nrequests_in_flight_max = 10\nstream_taps_in_flight_max = 11",
+        let stream_over_connection = ServerConfig::from_toml(
+            "[limits]\nconnection_requests_in_flight_max = 10\nstream_taps_in_flight_max = 11",
         )
         .unwrap_err();
         assert!(
-            stream_over_all
+            stream_over_connection
                 .to_string()
                 .contains("limits.stream_taps_in_flight_max"),
-            "{stream_over_all}"
+            "{stream_over_connection}"
+        );
+        let connection_over_all = ServerConfig::from_toml(
+            "[limits]\nrequests_in_flight_max = 600\nstream_taps_in_flight_max = 500",
+        )
+        .unwrap_err();
+        assert!(
+            connection_over_all
+                .to_string()
+                .contains("limits.connection_requests_in_flight_max"),
+            "{connection_over_all}"
         );
         let group_over_queue = ServerConfig::from_toml(
             "[limits]\nledger_queue_depth_max = 8\nledger_group_commit_requests_max = 9",

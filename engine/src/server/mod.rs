@@ -78,6 +78,9 @@ async fn start_as(
         gate: grpc::gate::GateApi::new(
             Arc::clone(&gate),
             Arc::clone(&in_flight),
+            Arc::new(grpc::gate::ConnectionShares::new(
+                config.limits.connection_requests_in_flight_max,
+            )),
             Arc::clone(&metrics),
             config.limits.stream_taps_in_flight_max,
             stopped.clone(),

@@ -3,13 +3,15 @@
 //! Checks run in the order documented in `docs/qr-token.md` and stop at the first failure.
 //! A credential whose issuer signature has verified is remembered in a bounded cache
 //! keyed by the SHA-256 of its issuer key and its bytes, so a repeat rider costs one signature check (the
-//! device's) instead of two. The cache only skips the signature: revocation, expiry, the
-//! device key's strength and the deny list are checked on every scan.
+//! device's) instead of two. The cache only skips the signature and the device key's
+//! strength (judged once with it): revocation, expiry and the deny list are checked on
+//! every scan.
 //!
 //! `ring` verifies a signature under any public key that decodes, including the small-order
 //! points, under which anybody can sign anything (for the identity key, R = identity and
 //! S = 0 verifies for every message). So every key is checked with [`check_public_key`]
-//! before a signature under it counts.
+//! before a signature under it counts: issuer keys when the registry takes them, a
+//! credential's device key when its issuer signature is verified.
 //!
 //! This module never panics on input and never holds a private key.
 
@@ -219,11 +221,13 @@ impl Verifier {
             }
             key.public_key
         };
-        self.check_credential_signature(&code, &issuer_public_key)?;
+        let device_key_strong = self.check_credential_signature(&code, &issuer_public_key)?;
         if now >= credential.expires_at {
             return Err(Reason::CredentialExpired);
         }
-        check_public_key(&credential.device_public_key).map_err(|_| Reason::WeakDeviceKey)?;
+        if !device_key_strong {
+            return Err(Reason::WeakDeviceKey);
+        }
         UnparsedPublicKey::new(&ED25519, &credential.device_public_key)
             .verify(code.code_body, code.device_signature)
             .map_err(|_| Reason::BadCodeSignature)?;
@@ -249,18 +253,22 @@ impl Verifier {
         })
     }
 
+    /// Checks the issuer's signature over the credential, and judges the credential's
+    /// device key with it: returns whether that key is strong. Both are remembered
+    /// together in the cache (an entry only for a strong key), so a repeat rider pays for
+    /// neither; the weak-key check costs a fifth of a verify (`docs/PERFORMANCE.md`).
+    /// Issuer keys need no check here: they reach the verifier only through the registry,
+    /// which refuses weak ones.
     fn check_credential_signature(
         &self,
         code: &ParsedCode<'_>,
         issuer_public_key: &[u8; format::PUBLIC_KEY_LEN],
-    ) -> Result<(), Reason> {
+    ) -> Result<bool, Reason> {
         let verify = || {
-            // The registry refuses weak keys when they are added; this is the second line,
-            // for a key that got past it. A cache entry exists only for a key that passed.
-            check_public_key(issuer_public_key).map_err(|_| Reason::BadCredentialSignature)?;
             UnparsedPublicKey::new(&ED25519, issuer_public_key)
                 .verify(code.credential_body, code.issuer_signature)
-                .map_err(|_| Reason::BadCredentialSignature)
+                .map_err(|_| Reason::BadCredentialSignature)?;
+            Ok(check_public_key(&code.credential.device_public_key).is_ok())
         };
         let Some(cache) = &self.verified_credentials else {
             return verify();
@@ -274,22 +282,22 @@ impl Verifier {
         let mut cache_key = [0u8; 32];
         cache_key.copy_from_slice(digest.as_ref());
         if cache.get(&cache_key).is_some() {
-            return Ok(());
+            return Ok(true);
         }
-        verify()?;
-        cache.insert(cache_key, ());
-        Ok(())
+        let device_key_strong = verify()?;
+        if device_key_strong {
+            cache.insert(cache_key, ());
+        }
+        Ok(device_key_strong)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::token::format::{
-        CODE_LEN, CREDENTIAL_BODY_LEN, CREDENTIAL_LEN, CodeFields, Credential, SIGNATURE_LEN,
-    };
+    use crate::token::format::{CODE_LEN, CodeFields, SIGNATURE_LEN};
     use crate::token::keys::Provider;
-    use crate::token::mint::{Device, Issuer, SignedCredential};
+    use crate::token::mint::{Device, Issuer};
 
     const NOW: UnixMillis = UnixMillis(1_800_000_000_000);
 
@@ -448,38 +456,6 @@ mod tests {
             verifier.verify_bytes(&forgery(&issuer, 77, 1), later),
             Decision::Rejected(Reason::CredentialExpired)
         );
-    }
-
-    #[test]
-    fn a_weak_issuer_key_is_refused_even_if_it_got_into_the_registry() {
-        let (verifier, _issuer, _device) = setup();
-        // A credential "signed" with R = identity, S = 0, checked against the identity as
-        // issuer key: ring would accept the signature.
-        let key = Device::key_from_seed(&[4; 32]);
-        let body = format::credential_body(&Credential {
-            flags: 0,
-            provider_id: 1,
-            issuer_key_id: 0,
-            account_id: 77,
-            expires_at: NOW.saturating_add(3_600_000),
-            device_public_key: Device::public_key_of(&key),
-        });
-        let mut credential = [0u8; CREDENTIAL_LEN];
-        credential[..CREDENTIAL_BODY_LEN].copy_from_slice(&body);
-        credential[CREDENTIAL_BODY_LEN..].copy_from_slice(&identity_signature());
-        let signed = SignedCredential { bytes: credential };
-        let code = Device::new(key, signed, 0).code_bytes(NOW);
-        let parsed = format::parse(&code).unwrap();
-        assert!(
-            UnparsedPublicKey::new(&ED25519, &IDENTITY)
-                .verify(parsed.credential_body, parsed.issuer_signature)
-                .is_ok()
-        );
-        assert_eq!(
-            verifier.check_credential_signature(&parsed, &IDENTITY),
-            Err(Reason::BadCredentialSignature)
-        );
-        assert!(verifier.verified_credentials.as_ref().unwrap().is_empty());
     }
 
     #[test]
