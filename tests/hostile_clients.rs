@@ -260,3 +260,160 @@ async fn a_client_that_never_reads_cannot_take_every_permit() {
     drop(held);
     server.stop().await;
 }
+
+/// An issuer key with which anybody could sign anything (the identity point, the all-zero
+/// key, bytes that are no curve point) is refused at registration with `INVALID_ARGUMENT`
+/// naming the reason, and a tap whose credential is "signed" R = identity, S = 0 under
+/// such a key never gets a charge through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weak_issuer_keys_are_refused_at_registration() {
+    let server = TestServer::start(|_| {}).await;
+    let mut admin = server.admin(Some(ADMIN_TOKEN)).await;
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    // y = 2 is no point of the curve (x^2 would have to be a non-square).
+    let mut not_a_point = [0u8; 32];
+    not_a_point[0] = 2;
+    for (n, key) in [identity, [0u8; 32], not_a_point].into_iter().enumerate() {
+        let refused = admin
+            .register_issuer_key(pb::RegisterIssuerKeyRequest {
+                transaction_id: fareway_tests::server::tx(900 + n as u128),
+                provider_id: 3,
+                provider_name: "tram-wallet".into(),
+                public_key: key.to_vec(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        assert_eq!(
+            refused.metadata().get("fareway-error-code").unwrap(),
+            "weak_public_key",
+            "{refused:?}"
+        );
+    }
+    server.stop().await;
+}
+
+/// An HTTP/2 connection of our own, below gRPC: headers and bodies exactly as a test
+/// wants them, however wrong.
+async fn raw_http2(server: &TestServer) -> h2::client::SendRequest<bytes::Bytes> {
+    let socket = TcpStream::connect(server.addr()).await.unwrap();
+    let (client, connection) = h2::client::handshake(socket).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// The headers of a health check whose body is still to come.
+fn health_check_headers(server: &TestServer) -> http::Request<()> {
+    http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/grpc.health.v1.Health/Check",
+            server.addr()
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap()
+}
+
+/// A call whose body never arrives is ended after `limits.request_timeout_ms` (the
+/// stream, and what it holds, freed), and streams past `streams_per_connection_max`
+/// on one connection are not opened: the engine's memory stays bounded whatever a
+/// client leaves half-sent. Measured: the process's resident size after thousands of
+/// such calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_whose_bodies_never_come_are_ended_and_bounded() {
+    const STREAMS: u32 = 64;
+    let server = TestServer::start(|config| {
+        config.limits.request_timeout_ms = 1_000;
+        config.limits.streams_per_connection_max = STREAMS;
+    })
+    .await;
+    let resident_before = resident_kib();
+
+    // One call that never sends its body: answered CANCELLED once the timeout passes.
+    let mut client = raw_http2(&server).await;
+    client = client.ready().await.unwrap();
+    let started = Instant::now();
+    let (answer, _body_never_sent) = client
+        .send_request(health_check_headers(&server), false)
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .expect("the engine never ended the call")
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "ended after {waited:?}"
+    );
+    let status = match answer.headers().get("grpc-status") {
+        Some(status) => status.clone(),
+        None => answer
+            .into_body()
+            .trailers()
+            .await
+            .unwrap()
+            .and_then(|trailers| trailers.get("grpc-status").cloned())
+            .expect("a grpc-status"),
+    };
+    assert_eq!(status, "1", "CANCELLED");
+
+    // Connections each trying twice their allowance of half-sent calls at once: no more
+    // than the allowance is open at a time (the client must wait for a slot), and every
+    // one is ended by the timeout. Nothing is left hanging.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let client = raw_http2(&server).await;
+        let started = Instant::now();
+        let mut answers = Vec::new();
+        for _ in 0..2 * STREAMS {
+            let mut ready = client.clone().ready().await.unwrap();
+            let (answer, body) = ready
+                .send_request(health_check_headers(&server), false)
+                .unwrap();
+            answers.push(answer);
+            held.push(body);
+        }
+        let mut ended_in_first_timeout = 0;
+        for answer in answers {
+            let answered = tokio::time::timeout(Duration::from_secs(10), answer).await;
+            assert!(matches!(answered, Ok(Ok(_))), "{answered:?}");
+            if started.elapsed() < Duration::from_millis(1_800) {
+                ended_in_first_timeout += 1;
+            }
+        }
+        assert!(
+            ended_in_first_timeout <= STREAMS,
+            "{ended_in_first_timeout} calls were open at once; the allowance is {STREAMS}"
+        );
+    }
+    let resident_after = resident_kib();
+    assert!(
+        resident_after < resident_before + 64 * 1024,
+        "resident size grew from {resident_before} KiB to {resident_after} KiB"
+    );
+
+    // A tap is still answered.
+    let mut admin = server.admin(Some(ADMIN_TOKEN)).await;
+    open_rider(&mut admin, 10, 1, 1, 10_000).await;
+    let mut gate = server.gate(Some(GATE_TOKEN)).await;
+    let answer = bus_tap(&mut gate, 100, 1).await;
+    assert_eq!(answer.balance_after_minor, Some(9_800), "{answer:?}");
+    drop(held);
+    server.stop().await;
+}
+
+/// This process's resident size, from `/proc/self/status`.
+fn resident_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap()
+}

@@ -114,7 +114,11 @@ impl GateApi {
             }
             Err(err) => {
                 self.metrics.record_fault(err.code());
-                span.in_scope(|| tracing::warn!(cause = %err, "tap failed"));
+                // Every failure is counted; the log gets one line per interval, so that a
+                // client sending malformed taps on purpose cannot flood it.
+                if let Some(held_back) = self.metrics.tap_fault_warnings().allow() {
+                    span.in_scope(|| tracing::warn!(cause = %err, held_back, "tap failed"));
+                }
                 Err(convert::gate_status(&err))
             }
         }

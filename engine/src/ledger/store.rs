@@ -269,3 +269,21 @@ fn initialise(db: &DB, shown: &str, synced: &rocksdb::WriteOptions) -> Result<()
     db.write_opt(write, synced)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn a_new_data_directory_is_readable_by_its_owner_only() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("a/b/ledger");
+        drop(open(&dir, &StoreConfig::default()).unwrap());
+        for folder in [parent.path().join("a"), dir] {
+            let mode = std::fs::metadata(&folder).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", folder.display());
+        }
+    }
+}

@@ -131,6 +131,10 @@ pub struct Limits {
     pub handshake_timeout_ms: u64,
     /// HTTP/2 streams (calls) open at once on one connection.
     pub streams_per_connection_max: u32,
+    /// The longest a call may take to be answered, its request's arrival included: a
+    /// request whose body never comes ends `CANCELLED` after this. (A tap stream's or a
+    /// pull's answers flow on after their call is answered; this does not cut them.)
+    pub request_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -155,6 +159,8 @@ impl Default for Limits {
             handshake_timeout_ms: 10_000,
             // A gate needs a stream or two; a station controller a few hundred taps.
             streams_per_connection_max: 256,
+            // A tap takes milliseconds; a close of ten million lines about 20 s here.
+            request_timeout_ms: 60_000,
         }
     }
 }
@@ -398,6 +404,10 @@ impl ServerConfig {
             (
                 "limits.streams_per_connection_max",
                 limits.streams_per_connection_max as usize,
+            ),
+            (
+                "limits.request_timeout_ms",
+                limits.request_timeout_ms as usize,
             ),
         ] {
             if value == 0 {

@@ -32,6 +32,8 @@ pub struct Metrics {
     ledger_sync_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     ledger_sync_seconds_max: Gauge<f64, std::sync::atomic::AtomicU64>,
     connections: ConnectionMetrics,
+    /// One warning per [`WARNING_INTERVAL`] about taps that failed.
+    tap_fault_warnings: WarningLimiter,
 }
 
 /// The listener's counters (`server::transport`).
@@ -205,6 +207,7 @@ impl Metrics {
             ledger_sync_seconds,
             ledger_sync_seconds_max,
             connections,
+            tap_fault_warnings: WarningLimiter::default(),
         }
     }
 
@@ -212,6 +215,11 @@ impl Metrics {
     /// when it closes).
     pub fn connections_open(&self) -> Gauge {
         self.connections.open.clone()
+    }
+
+    /// The limiter of warnings about failed taps.
+    pub fn tap_fault_warnings(&self) -> &WarningLimiter {
+        &self.tap_fault_warnings
     }
 
     /// Counts a connection closed at accept because every slot was taken.
@@ -307,4 +315,26 @@ pub async fn serve(
 /// The address a metrics listener is bound to, for logs.
 pub fn describe(addr: Option<SocketAddr>) -> String {
     addr.map_or_else(|| "off".to_string(), |addr| addr.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_warning_is_let_through_once_per_interval_with_the_count_held_back() {
+        let limiter = WarningLimiter::default();
+        assert_eq!(limiter.allow(), Some(0));
+        assert_eq!(limiter.allow(), None);
+        assert_eq!(limiter.allow(), None);
+        // As if the interval had passed since the last warning let through.
+        limiter.last_ms.store(1, Ordering::Relaxed);
+        let later = limiter.started - WARNING_INTERVAL;
+        let limiter = WarningLimiter {
+            started: later,
+            ..limiter
+        };
+        assert_eq!(limiter.allow(), Some(2));
+        assert_eq!(limiter.allow(), None);
+    }
 }

@@ -312,6 +312,7 @@ fn serve_grpc(
     stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<Result<(), tonic::transport::Error>>> {
     let mut builder = tonic::transport::Server::builder()
+        .timeout(Duration::from_millis(config.limits.request_timeout_ms))
         .max_concurrent_streams(config.limits.streams_per_connection_max)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
