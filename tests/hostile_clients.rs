@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use fareway::grpc::gate::ANSWER_UNREAD_MAX;
 use fareway_proto::v1 as pb;
 use fareway_tests::server::{
-    ADMIN_TOKEN, GATE_TOKEN, GateClient, T, TestServer, open_rider, phone, tap,
+    ADMIN_TOKEN, FINANCE_TOKEN, GATE_TOKEN, GateClient, T, TestServer, open_rider, phone, tap, tx,
 };
 use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpStream;
+use tokio_stream::StreamExt as _;
 
 /// The connection limit of these tests: the least an engine starts with.
 const CONNECTIONS: usize = fareway::server::transport::CONNECTIONS_MIN;
@@ -124,6 +125,11 @@ async fn a_tap_far_larger_than_any_tap_is_refused() {
     );
     let refused = gate.tap(huge).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+    let metrics = server.metrics_text().await;
+    assert!(
+        metrics.contains("fareway_faults_total{code=\"message_too_large\"} 1"),
+        "{metrics}"
+    );
     let answer = bus_tap(&mut gate, 101, 1).await;
     assert_eq!(answer.balance_after_minor, Some(9_800), "{answer:?}");
     server.stop().await;
@@ -148,6 +154,11 @@ async fn a_request_that_does_not_parse_is_invalid_argument() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    let metrics = server.metrics_text().await;
+    assert!(
+        metrics.contains("fareway_faults_total{code=\"unparsable_message\"} 1"),
+        "{metrics}"
+    );
     server.stop().await;
 }
 
@@ -277,7 +288,7 @@ async fn weak_issuer_keys_are_refused_at_registration() {
     for (n, key) in [identity, [0u8; 32], not_a_point].into_iter().enumerate() {
         let refused = admin
             .register_issuer_key(pb::RegisterIssuerKeyRequest {
-                transaction_id: fareway_tests::server::tx(900 + n as u128),
+                transaction_id: tx(900 + n as u128),
                 provider_id: 3,
                 provider_name: "tram-wallet".into(),
                 public_key: key.to_vec(),
@@ -416,4 +427,148 @@ fn resident_kib() -> u64 {
         .and_then(|value| value.split_whitespace().next())
         .and_then(|kib| kib.parse().ok())
         .unwrap()
+}
+
+/// Closes a batch of provider 1 far larger than the windows and the pull's chunks ahead
+/// can hold: 64 riders, 100 bus taps each (a stream of them per rider, within a stream's
+/// limit in flight).
+async fn settle_a_large_batch(server: &TestServer) -> pb::Batch {
+    let mut admin = server.admin(Some(ADMIN_TOKEN)).await;
+    let mut gate = server.gate(Some(GATE_TOKEN)).await;
+    for account_id in 1..=64u64 {
+        open_rider(
+            &mut admin,
+            u128::from(account_id) * 10,
+            account_id,
+            1,
+            1_000_000,
+        )
+        .await;
+        let mut device = phone(account_id, 1);
+        let taps: Vec<_> = (0..100u128)
+            .map(|n| {
+                let id = 10_000 + u128::from(account_id) * 1_000 + n;
+                tap(id, 7, pb::Direction::Bus, 501, T, device.code_text(T))
+            })
+            .collect();
+        let answers: Vec<_> = gate
+            .tap_stream(tokio_stream::iter(taps))
+            .await
+            .unwrap()
+            .into_inner()
+            .collect()
+            .await;
+        for answer in answers {
+            let answer = answer.unwrap();
+            assert_eq!(
+                answer.decision,
+                pb::TapDecision::Accepted as i32,
+                "{answer:?}"
+            );
+        }
+    }
+    let batch = server
+        .settlement(Some(FINANCE_TOKEN))
+        .await
+        .close_batches(pb::CloseBatchesRequest {
+            close_id: tx(1),
+            providers: vec![1],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .batches
+        .remove(0);
+    assert!(batch.file_bytes > 512 * 1024, "{} bytes", batch.file_bytes);
+    batch
+}
+
+/// Starts pulling a batch on a connection with the smallest windows HTTP/2 allows, and
+/// reads nothing: the caller decides when, if ever.
+async fn pull_without_reading(
+    server: &TestServer,
+    batch_id: u64,
+) -> tonic::Streaming<pb::BatchChunk> {
+    let slow = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr()))
+        .unwrap()
+        .initial_stream_window_size(Some(65_535))
+        .initial_connection_window_size(Some(65_535))
+        .connect()
+        .await
+        .unwrap();
+    pb::settlement_service_client::SettlementServiceClient::with_interceptor(
+        slow,
+        fareway_tests::server::Bearer::new(Some(FINANCE_TOKEN)).unwrap(),
+    )
+    .pull_batch(pb::PullBatchRequest { batch_id })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+/// A settlement pull whose client stops reading never ends OK with part of the file:
+/// after `limits.pull_stall_ms` it ends `DEADLINE_EXCEEDED` (`client_stalled`), after
+/// the chunks already on their way. (It ended OK with a truncated file before.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_pull_never_ends_ok_with_part_of_the_file() {
+    let server = TestServer::start(|config| config.limits.pull_stall_ms = 1_000).await;
+    let batch = settle_a_large_batch(&server).await;
+    let mut pulled = pull_without_reading(&server, batch.batch_id).await;
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let mut received = 0u64;
+    let end = loop {
+        match pulled.next().await {
+            Some(Ok(pb::BatchChunk {
+                part: Some(pb::batch_chunk::Part::FileData(data)),
+            })) => received += data.len() as u64,
+            Some(Ok(_)) => {}
+            Some(Err(status)) => break Some(status),
+            None => break None,
+        }
+    };
+    let status = end.expect("a pull cut short ended OK");
+    assert!(
+        received < batch.file_bytes,
+        "{received} of {}",
+        batch.file_bytes
+    );
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(
+        status.metadata().get("fareway-error-code").unwrap(),
+        "client_stalled"
+    );
+    server.stop().await;
+}
+
+/// Pulls that hold every pull slot (their clients read nothing) do not keep the finance
+/// team from closing: a close has a slot of its own. (Closes were refused before.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_is_not_starved_by_stalled_pulls() {
+    let server = TestServer::start(|config| config.limits.settlement_jobs_max = 1).await;
+    let batch = settle_a_large_batch(&server).await;
+    let _stalled = pull_without_reading(&server, batch.batch_id).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut settlement = server.settlement(Some(FINANCE_TOKEN)).await;
+    let second_pull = settlement
+        .pull_batch(pb::PullBatchRequest {
+            batch_id: batch.batch_id,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        second_pull.code(),
+        tonic::Code::ResourceExhausted,
+        "{second_pull:?}"
+    );
+    let closed = settlement
+        .close_batches(pb::CloseBatchesRequest {
+            close_id: tx(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!closed.batches.is_empty(), "{closed:?}");
+    server.stop().await;
 }

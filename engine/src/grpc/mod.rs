@@ -13,6 +13,7 @@ pub mod admin;
 pub mod auth;
 pub mod convert;
 pub mod gate;
+pub mod refusals;
 pub mod settlement;
 
 use fareway_proto::v1 as pb;

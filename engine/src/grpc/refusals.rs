@@ -96,23 +96,38 @@ mod tests {
 
     fn headers(status: &str, message: &str) -> http::HeaderMap {
         let mut headers = http::HeaderMap::new();
-        headers.insert("grpc-status", status.parse().unwrap_or_else(|_| unreachable!()));
-        headers.insert("grpc-message", message.parse().unwrap_or_else(|_| unreachable!()));
+        headers.insert(
+            "grpc-status",
+            status.parse().unwrap_or_else(|_| unreachable!()),
+        );
+        headers.insert(
+            "grpc-message",
+            message.parse().unwrap_or_else(|_| unreachable!()),
+        );
         headers
     }
 
     #[test]
     fn only_tonics_own_refusals_are_counted() {
         assert_eq!(
-            refusal_code(&headers("11", "Error,%20decoded%20message%20length%20too%20large")),
+            refusal_code(&headers(
+                "11",
+                "Error,%20decoded%20message%20length%20too%20large"
+            )),
             Some("message_too_large")
         );
         assert_eq!(
-            refusal_code(&headers("3", "the%20message%20does%20not%20parse%20as%20protobuf")),
+            refusal_code(&headers(
+                "3",
+                "the%20message%20does%20not%20parse%20as%20protobuf"
+            )),
             Some("unparsable_message")
         );
         // A handler's INVALID_ARGUMENT is counted by the handler, not again here.
-        assert_eq!(refusal_code(&headers("3", "gate_id:%20must%20not%20be%20zero")), None);
+        assert_eq!(
+            refusal_code(&headers("3", "gate_id:%20must%20not%20be%20zero")),
+            None
+        );
         assert_eq!(refusal_code(&headers("0", "")), None);
         assert_eq!(refusal_code(&http::HeaderMap::new()), None);
     }

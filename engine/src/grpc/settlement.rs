@@ -36,9 +36,6 @@ pub const CHUNKS_AHEAD_MAX: usize = 4;
 pub const LIST_BATCHES_DEFAULT: usize = 100;
 /// Providers one close may name.
 pub const CLOSE_PROVIDERS_MAX: usize = 1_000;
-/// How long a pull waits for a client that stopped reading before it gives up (and frees
-/// its job slot).
-pub const PULL_STALL_MAX: Duration = Duration::from_secs(30);
 
 /// The settlement API.
 #[derive(Debug, Clone)]
@@ -49,6 +46,9 @@ pub struct SettlementApi {
     pulls: Arc<Semaphore>,
     /// One close at a time, apart from the pulls.
     closes: Arc<Semaphore>,
+    /// How long a pull waits for a client that stopped reading before it gives up (and
+    /// frees its slot).
+    pull_stall_max: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -58,6 +58,7 @@ impl SettlementApi {
         settlement: Arc<Settlement>,
         clock: Arc<dyn Clock>,
         jobs_max: usize,
+        pull_stall_max: Duration,
         metrics: Arc<Metrics>,
     ) -> SettlementApi {
         SettlementApi {
@@ -65,6 +66,7 @@ impl SettlementApi {
             clock,
             pulls: Arc::new(Semaphore::new(jobs_max)),
             closes: Arc::new(Semaphore::new(1)),
+            pull_stall_max,
             metrics,
         }
     }
@@ -183,8 +185,9 @@ pub fn batch_message(view: &BatchView) -> pb::Batch {
 
 /// Hands a pulled file to the gRPC stream in chunks, waiting while the client is
 /// [`CHUNKS_AHEAD_MAX`] chunks behind. A client that went away, or that read nothing for
-/// [`PULL_STALL_MAX`], ends the export.
+/// `stall_max`, ends the export.
 struct ChunkWriter {
+    stall_max: Duration,
     chunk: Vec<u8>,
     sender: mpsc::Sender<Result<pb::BatchChunk, Status>>,
 }
@@ -210,7 +213,7 @@ impl ChunkWriter {
                     ));
                 }
                 Err(mpsc::error::TrySendError::Full(back)) => {
-                    if started.elapsed() > PULL_STALL_MAX {
+                    if started.elapsed() > self.stall_max {
                         return Err(std::io::Error::new(
                             std::io::ErrorKind::TimedOut,
                             "the client stopped reading",
@@ -382,10 +385,12 @@ impl pb::settlement_service_server::SettlementService for SettlementApi {
             .await
             .map_err(|_| Status::cancelled("the client went away"))?;
         let metrics = Arc::clone(&self.metrics);
+        let stall_max = self.pull_stall_max;
         let (outcome, ended) = oneshot::channel();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let mut chunks = ChunkWriter {
+                stall_max,
                 chunk: Vec::with_capacity(CHUNK_BYTES),
                 sender,
             };

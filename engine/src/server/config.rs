@@ -123,6 +123,9 @@ pub struct Limits {
     /// Settlement pulls being worked on at once (each reads a whole batch); a close has
     /// a slot of its own.
     pub settlement_jobs_max: usize,
+    /// How long a settlement pull waits for a client that reads nothing before it ends
+    /// the pull (`DEADLINE_EXCEEDED`) and frees its slot.
+    pub pull_stall_ms: u64,
     /// gRPC connections open at once; past it, a new connection is closed at accept. Cut
     /// down at start when the process's open-file limit leaves no room for it beside the
     /// ledger's files (`server::transport`).
@@ -152,6 +155,8 @@ impl Default for Limits {
             block_cache_mib: ledger.store.block_cache_bytes >> 20,
             write_buffers_mib: ledger.store.write_buffers_bytes >> 20,
             settlement_jobs_max: 2,
+            // A finance client reads as it writes; half a minute is a stalled one.
+            pull_stall_ms: 30_000,
             // A city's gates over a few station controllers, with room; each costs a
             // descriptor, and the ledger's files need theirs.
             connections_max: 1_024,
@@ -409,6 +414,7 @@ impl ServerConfig {
                 "limits.request_timeout_ms",
                 limits.request_timeout_ms as usize,
             ),
+            ("limits.pull_stall_ms", limits.pull_stall_ms as usize),
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));

@@ -98,6 +98,7 @@ async fn start_as(
             settlement,
             clock,
             config.limits.settlement_jobs_max,
+            Duration::from_millis(config.limits.pull_stall_ms),
             Arc::clone(&metrics),
         ),
     };
@@ -113,7 +114,7 @@ async fn start_as(
         Duration::from_millis(config.limits.handshake_timeout_ms),
         Arc::clone(&metrics),
     );
-    let server = serve_grpc(&config, incoming, routes, stopped.clone())?;
+    let server = serve_grpc(&config, incoming, routes, &metrics, stopped.clone())?;
     let sweeper = tokio::spawn(sweep_journeys(
         Arc::clone(&gate),
         Duration::from_millis(config.taps.journey_sweep_interval_ms),
@@ -309,6 +310,7 @@ fn serve_grpc(
     config: &ServerConfig,
     incoming: transport::GuardedIncoming,
     routes: tonic::service::Routes,
+    metrics: &Arc<Metrics>,
     stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<Result<(), tonic::transport::Error>>> {
     let mut builder = tonic::transport::Server::builder()
@@ -316,7 +318,8 @@ fn serve_grpc(
         .max_concurrent_streams(config.limits.streams_per_connection_max)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .http2_max_header_list_size(HEADER_LIST_BYTES_MAX);
+        .http2_max_header_list_size(HEADER_LIST_BYTES_MAX)
+        .layer(grpc::refusals::CountRefusals::new(Arc::clone(metrics)));
     if let Some(tls) = &config.tls {
         builder = builder
             .tls_config(tls_config(tls)?)
