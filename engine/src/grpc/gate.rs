@@ -5,9 +5,8 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use fareway_proto::v1 as pb;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
@@ -15,6 +14,7 @@ use crate::gate::Gatekeeper;
 use crate::server::metrics::Metrics;
 
 use super::convert;
+use super::ending::EndingStream;
 
 /// Each connection's share of the requests in flight: a semaphore per peer address,
 /// made on its first request and forgotten once no request of it holds one. One client
@@ -125,6 +125,98 @@ impl GateApi {
     }
 }
 
+impl GateApi {
+    /// Reads a stream's taps and answers each as soon as it is ready, until the client
+    /// ends the stream, the server stops, or the client leaves its answers unread past
+    /// [`ANSWER_UNREAD_MAX`]; returns how the stream ends.
+    async fn read_stream(
+        self,
+        mut inbound: Streaming<pb::TapRequest>,
+        connection: Arc<Semaphore>,
+        answers: mpsc::Sender<Result<pb::TapResponse, Status>>,
+    ) -> Result<(), Status> {
+        let stream_in_flight = Arc::new(Semaphore::new(self.stream_taps_in_flight_max));
+        let mut stopping = self.stopping.clone();
+        let (abandon, mut abandoned) = watch::channel(false);
+        loop {
+            let next = tokio::select! {
+                next = inbound.next() => next,
+                // The server stops: read no more taps; the stream ends once the taps
+                // read are answered (their tasks hold the answer channel).
+                _ = stopping.wait_for(|stop| *stop) => None,
+                // The client stopped reading its answers: read no more of its taps.
+                _ = abandoned.wait_for(|gone| *gone) => None,
+            };
+            let request = match next {
+                Some(Ok(request)) => request,
+                // The client went away or broke the protocol: stop reading.
+                Some(Err(_)) | None => break,
+            };
+            let permits =
+                admit(&stream_in_flight, &self.metrics, "taps on this stream").and_then(|stream| {
+                    let own = admit(&connection, &self.metrics, "requests on this connection")?;
+                    let all = admit(&self.in_flight, &self.metrics, "requests")?;
+                    Ok([stream, own, all])
+                });
+            match permits {
+                Ok(permits) => self.answer_on_stream(request, permits, &answers, &abandon),
+                Err(status) => {
+                    let answer = convert::tap_error(request.transaction_id, &status);
+                    if answers.send(Ok(answer)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        if *abandoned.borrow() {
+            return Err(convert::status(
+                tonic::Code::ResourceExhausted,
+                format!(
+                    "this stream's answers went unread for {} ms; its taps are recorded and a retry with the same transaction id gets its answer",
+                    ANSWER_UNREAD_MAX.as_millis()
+                ),
+                "answers_unread",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Answers one tap of a stream in a task of its own, holding its permits until its
+    /// answer is handed to the stream (or the client is given up on).
+    fn answer_on_stream(
+        &self,
+        request: pb::TapRequest,
+        permits: [OwnedSemaphorePermit; 3],
+        answers: &mpsc::Sender<Result<pb::TapResponse, Status>>,
+        abandon: &watch::Sender<bool>,
+    ) {
+        let (api, answers, abandon) = (self.clone(), answers.clone(), abandon.clone());
+        tokio::spawn(async move {
+            let transaction_id = request.transaction_id.clone();
+            let answer = match api.answer(request).await {
+                Ok(answer) => answer,
+                Err(status) => convert::tap_error(transaction_id, &status),
+            };
+            // A closed receiver means the client left; the tap is recorded anyway, and a
+            // retry with the same id gets this answer. A client that leaves its answers
+            // unread past the bound gives up the stream: its permits come back here, so it
+            // cannot starve the other gates.
+            let sent = tokio::time::timeout(ANSWER_UNREAD_MAX, answers.send(Ok(answer)));
+            if sent.await.is_err() && !abandon.send_replace(true) {
+                api.metrics.record_fault("answers_unread");
+                if let Some(held_back) = api.metrics.tap_fault_warnings().allow() {
+                    tracing::warn!(
+                        unread_ms = ANSWER_UNREAD_MAX.as_millis() as u64,
+                        held_back,
+                        "a tap stream's answers went unread; the stream is ended"
+                    );
+                }
+            }
+            drop(permits);
+        });
+    }
+}
+
 /// How long a tap's answer may wait for its stream's client to read it. A gate reads its
 /// answers as they come; one that has not read for this long is broken or hostile, and
 /// its stream is ended so that the permits its taps hold go back to the other gates.
@@ -159,79 +251,24 @@ impl pb::gate_service_server::GateService for GateApi {
         self.answer(request.into_inner()).await.map(Response::new)
     }
 
-    type TapStreamStream = ReceiverStream<Result<pb::TapResponse, Status>>;
+    /// The answers as they are ready, then the stream's end: an error status when the
+    /// client left its answers unread past [`ANSWER_UNREAD_MAX`].
+    type TapStreamStream = EndingStream<pb::TapResponse>;
 
     async fn tap_stream(
         &self,
         request: Request<Streaming<pb::TapRequest>>,
     ) -> Result<Response<Self::TapStreamStream>, Status> {
         let connection = self.shares.of(request.remote_addr());
-        let mut inbound = request.into_inner();
+        let inbound = request.into_inner();
         let (answers, receiver) = mpsc::channel(self.stream_taps_in_flight_max);
-        let stream_in_flight = Arc::new(Semaphore::new(self.stream_taps_in_flight_max));
+        let (end, ended) = oneshot::channel();
         let api = self.clone();
-        let mut stopping = self.stopping.clone();
-        let (abandon, mut abandoned) = watch::channel(false);
         tokio::spawn(async move {
-            loop {
-                let next = tokio::select! {
-                    next = inbound.next() => next,
-                    // The server stops: read no more taps; the stream ends once the taps
-                    // read are answered (their tasks hold the answer channel).
-                    _ = stopping.wait_for(|stop| *stop) => None,
-                    // The client stopped reading its answers: read no more of its taps.
-                    _ = abandoned.wait_for(|gone| *gone) => None,
-                };
-                let request = match next {
-                    Some(Ok(request)) => request,
-                    // The client went away or broke the protocol: stop reading.
-                    Some(Err(_)) | None => break,
-                };
-                let permits = admit(&stream_in_flight, &api.metrics, "taps on this stream")
-                    .and_then(|stream| {
-                        let own = admit(&connection, &api.metrics, "requests on this connection")?;
-                        Ok((stream, own))
-                    })
-                    .and_then(|(stream, own)| {
-                        admit(&api.in_flight, &api.metrics, "requests")
-                            .map(|all| (stream, own, all))
-                    });
-                let permits = match permits {
-                    Ok(permits) => permits,
-                    Err(status) => {
-                        let answer = convert::tap_error(request.transaction_id, &status);
-                        if answers.send(Ok(answer)).await.is_err() {
-                            break;
-                        }
-                        continue;
-                    }
-                };
-                let api = api.clone();
-                let answers = answers.clone();
-                let abandon = abandon.clone();
-                tokio::spawn(async move {
-                    let transaction_id = request.transaction_id.clone();
-                    let answer = match api.answer(request).await {
-                        Ok(answer) => answer,
-                        Err(status) => convert::tap_error(transaction_id, &status),
-                    };
-                    // A closed receiver means the client left; the tap is recorded anyway,
-                    // and a retry with the same id gets this answer. A client that leaves
-                    // its answers unread past the bound gives up the stream: its permits
-                    // come back here, so it cannot starve the other gates.
-                    let sent = tokio::time::timeout(ANSWER_UNREAD_MAX, answers.send(Ok(answer)));
-                    if sent.await.is_err() && !abandon.send_replace(true) {
-                        api.metrics.record_fault("answers_unread");
-                        tracing::warn!(
-                            unread_ms = ANSWER_UNREAD_MAX.as_millis() as u64,
-                            "a tap stream's answers went unread; the stream is ended"
-                        );
-                    }
-                    drop(permits);
-                });
-            }
+            let outcome = api.read_stream(inbound, connection, answers).await;
+            let _ = end.send(outcome);
         });
-        Ok(Response::new(ReceiverStream::new(receiver)))
+        Ok(Response::new(EndingStream::new(receiver, ended)))
     }
 }
 

@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod auth;
 pub mod convert;
+pub mod ending;
 pub mod gate;
 pub mod refusals;
 pub mod settlement;

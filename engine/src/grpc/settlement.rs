@@ -11,10 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fareway_proto::v1 as pb;
-use std::future::Future as _;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::clock::{Clock, UnixMillis};
@@ -25,6 +23,7 @@ use crate::settlement::{LIST_BATCHES_MAX, Settlement, SettlementError};
 use crate::token::format::PUBLIC_KEY_LEN;
 
 use super::convert::{self, invalid, ledger_status};
+use super::ending::EndingStream;
 use super::gate::admit;
 
 /// Bytes in one chunk of a pulled file.
@@ -273,42 +272,6 @@ fn pull_outcome(
     }
 }
 
-/// A pull's messages: the chunks as the export makes them, then its end. The stream ends
-/// OK only when the export says the whole file was sent; otherwise its last item is the
-/// error status (a stalled reader, a failed read, an export that died).
-#[derive(Debug)]
-pub struct PullStream {
-    chunks: ReceiverStream<Result<pb::BatchChunk, Status>>,
-    ended: Option<oneshot::Receiver<Result<(), Status>>>,
-}
-
-impl tokio_stream::Stream for PullStream {
-    type Item = Result<pb::BatchChunk, Status>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        context: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        use std::task::Poll;
-        match std::pin::Pin::new(&mut self.chunks).poll_next(context) {
-            Poll::Ready(None) => {}
-            other => return other,
-        }
-        let Some(ended) = self.ended.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let outcome = match std::pin::Pin::new(ended).poll(context) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Ok(outcome)) => outcome,
-            Poll::Ready(Err(_)) => Err(Status::internal(
-                "the settlement export stopped without saying how it ended",
-            )),
-        };
-        self.ended = None;
-        Poll::Ready(outcome.err().map(Err))
-    }
-}
-
 #[tonic::async_trait]
 impl pb::settlement_service_server::SettlementService for SettlementApi {
     async fn close_batches(
@@ -357,7 +320,10 @@ impl pb::settlement_service_server::SettlementService for SettlementApi {
         }))
     }
 
-    type PullBatchStream = PullStream;
+    /// The chunks as the export makes them, then its end: OK only when the export says
+    /// the whole file was sent (a stalled reader, a failed read or an export that died
+    /// ends with an error status).
+    type PullBatchStream = EndingStream<pb::BatchChunk>;
 
     async fn pull_batch(
         &self,
@@ -401,10 +367,7 @@ impl pb::settlement_service_server::SettlementService for SettlementApi {
             // keeps it from the client, so a pull cut short can never end OK.
             let _ = outcome.send(pull_outcome(batch_id, exported, &metrics));
         });
-        Ok(Response::new(PullStream {
-            chunks: ReceiverStream::new(receiver),
-            ended: Some(ended),
-        }))
+        Ok(Response::new(EndingStream::new(receiver, ended)))
     }
 
     async fn acknowledge_batch(
@@ -573,66 +536,4 @@ async fn pull_into(
         manifest_file,
         manifest,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use tokio_stream::StreamExt as _;
-
-    use super::*;
-
-    fn chunk(byte: u8) -> pb::BatchChunk {
-        pb::BatchChunk {
-            part: Some(pb::batch_chunk::Part::FileData(vec![byte])),
-        }
-    }
-
-    /// Collects a pull's items: the chunks' first bytes, then the end's status code.
-    async fn drain(stream: PullStream) -> (Vec<u8>, Option<tonic::Code>) {
-        let items: Vec<_> = stream.collect().await;
-        let mut bytes = Vec::new();
-        let mut end = None;
-        for item in items {
-            match item {
-                Ok(pb::BatchChunk {
-                    part: Some(pb::batch_chunk::Part::FileData(data)),
-                }) => bytes.push(data[0]),
-                Ok(other) => panic!("unexpected chunk {other:?}"),
-                Err(status) => end = Some(status.code()),
-            }
-        }
-        (bytes, end)
-    }
-
-    fn pull(chunks: &[u8], outcome: Option<Result<(), Status>>) -> PullStream {
-        let (sender, receiver) = mpsc::channel(CHUNKS_AHEAD_MAX);
-        for byte in chunks {
-            sender.try_send(Ok(chunk(*byte))).unwrap();
-        }
-        drop(sender);
-        let (end, ended) = oneshot::channel();
-        if let Some(outcome) = outcome {
-            end.send(outcome).unwrap();
-        }
-        PullStream {
-            chunks: ReceiverStream::new(receiver),
-            ended: Some(ended),
-        }
-    }
-
-    #[tokio::test]
-    async fn a_pull_ends_ok_only_when_the_export_sent_the_whole_file() {
-        assert_eq!(drain(pull(&[1, 2], Some(Ok(())))).await, (vec![1, 2], None));
-        // A stalled reader: the chunks already queued (the channel full), then the error.
-        let stalled = Err(Status::deadline_exceeded("the client stopped reading"));
-        assert_eq!(
-            drain(pull(&[1, 2, 3, 4], Some(stalled))).await,
-            (vec![1, 2, 3, 4], Some(tonic::Code::DeadlineExceeded))
-        );
-        // An export that died without a word never ends OK either.
-        assert_eq!(
-            drain(pull(&[1], None)).await,
-            (vec![1], Some(tonic::Code::Internal))
-        );
-    }
 }
