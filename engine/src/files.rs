@@ -1,6 +1,8 @@
 //! Files written whole: [`write_atomically`] replaces a file so that a crash or a full disk
 //! leaves either the old file (or none) or the whole new one, never a torn mix. Key files,
-//! the issuer key registry and the command line's outputs are written through it.
+//! the issuer key registry and the command line's outputs are written through it. Files
+//! the operator controls are read through [`read_bounded`], and private folders made with
+//! [`create_private_dir`].
 //!
 //! This module holds only the mechanics of a safe write. It must never know what a file
 //! means (no formats, no domain types), never write in place over a file that a reader or
@@ -64,6 +66,18 @@ pub fn read_bounded(path: &Path, bytes_max: u64) -> std::io::Result<String> {
         ));
     }
     Ok(text)
+}
+
+/// Makes `dir` (and its missing parents) readable by its owner only: the ledger's data
+/// directory and its backups hold every rider's balance and history, which no other user
+/// of the machine should read. (RocksDB, or `create_dir_all`, would use the process's
+/// umask instead.) An existing folder is left as it is.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// The folder that holds `path`: its parent, or the current folder for a bare file name.

@@ -207,7 +207,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         let _permit = admit(&self.in_flight, &self.metrics, "requests")?;
         let name = checkpoint_name(&request.get_ref().name)?;
         // Owner-only, as the data directory: a checkpoint is every rider's history.
-        crate::ledger::store::create_private_dir(&self.backup_dir).map_err(|err| {
+        crate::files::create_private_dir(&self.backup_dir).map_err(|err| {
             Status::unavailable(format!(
                 "cannot create the backup folder {}: {err}",
                 self.backup_dir.display()

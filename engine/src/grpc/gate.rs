@@ -123,9 +123,7 @@ impl GateApi {
             }
         }
     }
-}
 
-impl GateApi {
     /// Reads a stream's taps and answers each as soon as it is ready, until the client
     /// ends the stream, the server stops, or the client leaves its answers unread past
     /// [`ANSWER_UNREAD_MAX`]; returns how the stream ends.

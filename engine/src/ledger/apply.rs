@@ -174,7 +174,6 @@ impl<'a> GroupCommit<'a> {
         let sequence = self.next_sequence;
         // Phase 1: decide, and compute every state this request will write.
         let (outcome, effects) = self.decide_outcome(request, sequence)?;
-        assert_postings_balance(request.id, &effects.postings);
         let (mut changed, balances_after) = self.post(&effects.postings)?;
         let mut settling_provider = None;
         if outcome == Outcome::Accepted {
@@ -1115,20 +1114,9 @@ fn code_use(
     }
 }
 
-/// Money is conserved: a transaction's postings sum to zero. Checked before anything of
-/// the request is written (and again by [`codec::decode_record`] on every read back): a
-/// request that breaks it is a bug in the state machine, and the writer stops rather than
-/// record it.
-fn assert_postings_balance(id: TxId, postings: &[Posting]) {
-    assert!(
-        codec::postings_sum_to_zero(postings),
-        "the postings of transaction {id} do not sum to zero: {postings:?}"
-    );
-}
-
 /// The receipt for a request whose id is already recorded, or the conflict. A recorded
 /// duplicate scan is answered with the original tap's record, found by `original`.
-pub fn replay(
+fn replay(
     request: &Request,
     sequence: u64,
     record: Record,

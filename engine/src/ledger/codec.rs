@@ -162,11 +162,6 @@ pub fn provider_entry_key(provider_id: u16, sequence: u64) -> [u8; 10] {
     key
 }
 
-/// The first key of a provider's settlement entries after `after_sequence`.
-pub fn provider_entries_after(provider_id: u16, after_sequence: u64) -> [u8; 10] {
-    provider_entry_key(provider_id, after_sequence.saturating_add(1))
-}
-
 /// The first key of the next provider's entries (to skip over one provider's entries), or
 /// `None` after the last provider id.
 pub fn next_provider_entries(provider_id: u16) -> Option<[u8; 2]> {
@@ -255,7 +250,7 @@ pub fn encode_record(record: &Record) -> Vec<u8> {
         }
         None => writer.u8(0),
     }
-    write_postings(&mut writer, &record.postings);
+    write_postings(&mut writer, record.request.id, &record.postings);
     write_journey(&mut writer, record.journey);
     writer.0
 }
@@ -344,9 +339,11 @@ fn write_outcome(writer: &mut Writer, outcome: Outcome) {
 }
 
 /// The postings, behind a one-byte count. The state machine never makes more than
-/// [`POSTINGS_PER_TRANSACTION_MAX`] (each fits in the count byte) and their sum is zero;
-/// a record that breaks either is a bug and is never written.
-fn write_postings(writer: &mut Writer, postings: &[Posting]) {
+/// [`POSTINGS_PER_TRANSACTION_MAX`] (each fits in the count byte), and money is conserved:
+/// their sum is zero. A record that breaks either is a bug in the state machine, and the
+/// writer stops here rather than record it (every record is encoded before its group
+/// commit is written; [`decode_record`] checks the sum again on every read back).
+fn write_postings(writer: &mut Writer, id: TxId, postings: &[Posting]) {
     assert!(
         postings.len() <= POSTINGS_PER_TRANSACTION_MAX,
         "{} postings in one transaction; at most {POSTINGS_PER_TRANSACTION_MAX}",
@@ -354,7 +351,7 @@ fn write_postings(writer: &mut Writer, postings: &[Posting]) {
     );
     assert!(
         postings_sum_to_zero(postings),
-        "postings that do not sum to zero reached the codec: {postings:?}"
+        "the postings of transaction {id} do not sum to zero: {postings:?}"
     );
     writer.u8(postings.len() as u8);
     for posting in postings {

@@ -152,9 +152,10 @@ pub fn open(dir: &Path, config: &StoreConfig) -> Result<DB, LedgerError> {
     if has_ledger {
         refuse_foreign_database(dir, &options, &shown)?;
     } else {
-        create_private_dir(dir).map_err(|err| {
-            LedgerError::Invariant(format!("cannot create the data directory {shown}: {err}"))
-        })?;
+        // Owner-only before RocksDB makes it with the umask. A folder that cannot be made
+        // is reported by the open just below, as `open_failed` with RocksDB's reason (not
+        // as a broken invariant, which would call a full or read-only disk a bug).
+        let _ = crate::files::create_private_dir(dir);
     }
     let descriptors = COLUMN_FAMILIES
         .iter()
@@ -167,18 +168,6 @@ pub fn open(dir: &Path, config: &StoreConfig) -> Result<DB, LedgerError> {
     })?;
     check_format_version(&db, &shown)?;
     Ok(db)
-}
-
-/// Makes `dir` (and its missing parents) readable by its owner only: the ledger holds
-/// every rider's balance and history, which no other user of the machine should read.
-/// RocksDB would make it with the process's umask instead. An existing folder is left as
-/// it is.
-pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
 }
 
 /// Refuses a RocksDB database that is not a Fareway ledger, or has column families this

@@ -35,6 +35,31 @@ pub struct Submission {
     pub reply: oneshot::Sender<Result<Receipt, LedgerError>>,
 }
 
+/// The group commit being gathered: its requests in queue order (as the state machine
+/// and the durability step take them), and where each one's answer goes.
+struct Pending {
+    requests: Vec<Request>,
+    replies: Vec<oneshot::Sender<Result<Receipt, LedgerError>>>,
+}
+
+impl Pending {
+    fn with_capacity(capacity: usize) -> Pending {
+        Pending {
+            requests: Vec::with_capacity(capacity),
+            replies: Vec::with_capacity(capacity),
+        }
+    }
+
+    fn push(&mut self, submission: Submission) {
+        self.requests.push(submission.request);
+        self.replies.push(submission.reply);
+    }
+
+    fn len(&self) -> usize {
+        self.requests.len()
+    }
+}
+
 /// Work for the writer thread, in queue order.
 #[derive(Debug)]
 pub enum Job {
@@ -78,7 +103,7 @@ pub fn run(
     group_commit_requests_max: usize,
     stats: Arc<WriterStats>,
 ) {
-    let mut pending = Vec::with_capacity(group_commit_requests_max);
+    let mut pending = Pending::with_capacity(group_commit_requests_max);
     while let Ok(first) = queue.recv() {
         let mut next = Some(first);
         while let Some(job) = next.take() {
@@ -107,7 +132,7 @@ pub fn run(
 /// commit, in queue order.
 fn gather(
     queue: &Receiver<Job>,
-    pending: &mut Vec<Submission>,
+    pending: &mut Pending,
     group_commit_requests_max: usize,
     stats: &WriterStats,
 ) -> Option<Job> {
@@ -129,53 +154,50 @@ fn commit_and_answer(
     view: &LedgerView,
     durability: &mut dyn Durability,
     rules: &Rules,
-    pending: &mut Vec<Submission>,
+    pending: &mut Pending,
     stats: &WriterStats,
 ) {
-    let answers = commit(view, durability, rules, pending, stats);
+    let answers = commit(view, durability, rules, &pending.requests, stats);
     stats
         .requests
         .fetch_add(pending.len() as u64, Ordering::Relaxed);
-    for (submission, answer) in pending.drain(..).zip(answers) {
+    pending.requests.clear();
+    for (reply, answer) in pending.replies.drain(..).zip(answers) {
         // A caller that gave up waiting has dropped its receiver; its transaction is still
         // recorded, and a retry with the same id gets this same receipt.
-        let _ = submission.reply.send(answer);
+        let _ = reply.send(answer);
     }
 }
 
-/// Applies one group commit and makes it durable; returns one answer per submission, in
+/// Applies one group commit and makes it durable; returns one answer per request, in
 /// order.
 fn commit(
     view: &LedgerView,
     durability: &mut dyn Durability,
     rules: &Rules,
-    pending: &[Submission],
+    requests: &[Request],
     stats: &WriterStats,
 ) -> Vec<Result<Receipt, LedgerError>> {
     let mut group = match GroupCommit::new(view, rules) {
         Ok(group) => group,
-        Err(err) => return pending.iter().map(|_| Err(err.clone())).collect(),
+        Err(err) => return requests.iter().map(|_| Err(err.clone())).collect(),
     };
-    let answers: Vec<_> = pending
+    let answers: Vec<_> = requests
         .iter()
-        .map(|submission| group.apply(&submission.request))
+        .map(|request| group.apply(request))
         .collect();
     if group.is_empty() {
         return answers;
     }
     let first_new_sequence = group.first_sequence();
-    let requests: Vec<Request> = pending
-        .iter()
-        .map(|submission| submission.request)
-        .collect();
     let started = Instant::now();
-    let written = durability.commit(&requests, group.into_write());
+    let written = durability.commit(requests, group.into_write());
     record_write_time(stats, started);
     match written {
         Ok(()) => answers,
         Err(err) => {
             stats.write_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(cause = %err, requests = pending.len(), "ledger group commit failed");
+            tracing::error!(cause = %err, requests = requests.len(), "ledger group commit failed");
             answers
                 .into_iter()
                 .map(|answer| match answer {
