@@ -25,6 +25,16 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("opening {}", args.data_dir.display()))?;
     let report = audit(&view).with_context(|| format!("auditing {}", args.data_dir.display()))?;
     print_report(&report);
+    // A cluster shard's replica: where it is in its shard's log, and its state's digest,
+    // which every replica of the shard at the same sequence shares.
+    let applied = fareway::ledger::replica::applied_stream_sequence(&view)?;
+    if applied > 0 {
+        let digest = fareway::ledger::audit::state_digest(&view)?;
+        println!(
+            "audit: shard replica at log sequence {applied}, state digest {}",
+            fareway::hex::encode(&digest)
+        );
+    }
     Ok(if report.ok() {
         ExitCode::SUCCESS
     } else {

@@ -4,6 +4,7 @@
 
 mod audit;
 mod checkpoint;
+mod cluster;
 mod connection;
 mod demo;
 mod keys;
@@ -39,6 +40,10 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Ask a running engine for a checkpoint of its ledger (a backup) while taps go on.
     Checkpoint(checkpoint::CheckpointArgs),
+    /// Cluster mode: make a cluster's streams and buckets (`init`), or show each shard's
+    /// leader and replicas (`status`).
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Run the main job end to end on a temporary data directory and print a report.
     Demo(demo::DemoArgs),
     /// Run the engine: gRPC gate, admin and settlement services, health, reflection and
@@ -70,6 +75,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(command) => token::run(command),
         Command::Audit(args) => audit::run(args),
         Command::Checkpoint(args) => checkpoint::run(args),
+        Command::Cluster(command) => cluster::run(command),
         Command::Demo(args) => demo::run(args),
         Command::Settle(command) => settle::run(command),
         Command::Serve(_) => unreachable!("served above"),

@@ -40,6 +40,9 @@ pub fn run(args: ServeArgs, log_json: bool) -> anyhow::Result<ExitCode> {
         .thread_name("fareway-server")
         .build()
         .context("cannot start the async runtime")?;
+    if let Some(cluster) = config.cluster.clone() {
+        return runtime.block_on(serve_cluster_node(config, cluster));
+    }
     runtime.block_on(async move {
         let announce = |running: &server::RunningServer| -> anyhow::Result<()> {
             let mut stdout = std::io::stdout().lock();
@@ -59,4 +62,21 @@ pub fn run(args: ServeArgs, log_json: bool) -> anyhow::Result<ExitCode> {
         .await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Runs a cluster node until SIGTERM or Ctrl-C; prints `listening on ADDR` once it
+/// accepts calls.
+async fn serve_cluster_node(
+    config: ServerConfig,
+    cluster: fareway::cluster::ClusterConfig,
+) -> anyhow::Result<ExitCode> {
+    let node = fareway::cluster::node::start(config, cluster, Arc::new(SystemClock)).await?;
+    {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "listening on {}", node.addr)?;
+        stdout.flush()?;
+    }
+    server::shutdown_signal().await;
+    node.stop().await?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,8 @@
 //! types they share. See `ARCHITECTURE.md` for the map.
 
 pub mod clock;
+pub mod cluster;
+pub mod commands;
 pub mod fares;
 pub mod files;
 pub mod gate;

@@ -238,8 +238,9 @@ pub async fn provision(
     })
 }
 
-/// Registers each provider's issuer key.
-async fn register_issuer_keys(
+/// Registers the simulator's issuer keys of `providers` providers for `seed` (what
+/// [`provision`] does first); a cluster test registers them on every node.
+pub async fn register_issuer_keys(
     admin: &mut AdminClient,
     providers: u16,
     seed: u64,

@@ -195,6 +195,19 @@ pub fn config_file_text(config: &ServerConfig) -> String {
             token.name
         ));
     }
+    if let Some(cluster) = &config.cluster {
+        text.push_str(&format!(
+            "\n[cluster]\nnode_id = {:?}\nnats_urls = {:?}\nshards = {}\nshards_held = {:?}\nreplicas = {}\nlease_ttl_ms = {}\nlease_renew_ms = {}\nrequest_timeout_ms = {}\n",
+            cluster.node_id,
+            cluster.nats_urls,
+            cluster.shards,
+            cluster.shards_held,
+            cluster.replicas,
+            cluster.lease_ttl_ms,
+            cluster.lease_renew_ms,
+            cluster.request_timeout_ms
+        ));
+    }
     // The text must be what the server reads back.
     assert_eq!(
         toml::from_str::<ServerConfig>(&text).expect("the configuration file parses"),

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use crate::clock::{Clock, UnixMillis};
+use crate::commands::Commands;
 use crate::fares::FareTable;
 use crate::ledger::{Command, Ledger, LedgerError, Outcome, Receipt, Refusal, Request, Tap};
 use crate::ledger::{TapKind, TxId};
@@ -163,7 +164,7 @@ impl Default for ScanTimeLimits {
 #[derive(Debug)]
 pub struct Gatekeeper {
     verifier: Arc<Verifier>,
-    ledger: Arc<Ledger>,
+    commands: Commands,
     fares: Arc<FareTable>,
     clock: Arc<dyn Clock>,
     scan_time: ScanTimeLimits,
@@ -178,9 +179,21 @@ impl Gatekeeper {
         clock: Arc<dyn Clock>,
         scan_time: ScanTimeLimits,
     ) -> Gatekeeper {
+        Gatekeeper::with_commands(verifier, Commands::Local(ledger), fares, clock, scan_time)
+    }
+
+    /// A gate service that sends its taps to `commands` (the local ledger, or the shards'
+    /// leaders in cluster mode), whose ledgers decide by `fares`.
+    pub fn with_commands(
+        verifier: Arc<Verifier>,
+        commands: Commands,
+        fares: Arc<FareTable>,
+        clock: Arc<dyn Clock>,
+        scan_time: ScanTimeLimits,
+    ) -> Gatekeeper {
         Gatekeeper {
             verifier,
-            ledger,
+            commands,
             fares,
             clock,
             scan_time,
@@ -192,9 +205,9 @@ impl Gatekeeper {
         &self.verifier
     }
 
-    /// The ledger.
-    pub fn ledger(&self) -> &Arc<Ledger> {
-        &self.ledger
+    /// Where taps go.
+    pub fn commands(&self) -> &Commands {
+        &self.commands
     }
 
     /// The engine's clock.
@@ -220,7 +233,7 @@ impl Gatekeeper {
                 kind: input.kind,
             }),
         };
-        let receipt = self.ledger.submit_async(request).await?;
+        let receipt = self.commands.submit(request).await?;
         Ok(TapAnswer::from_receipt(input.id, &receipt))
     }
 
@@ -259,11 +272,20 @@ impl Gatekeeper {
     /// close has a transaction id and a time derived from the journey, so two sweepers, or
     /// a sweep repeated after a crash, close a journey once. Returns how many it closed.
     pub async fn sweep_journeys(&self) -> Result<usize, GateError> {
+        let mut closed = 0;
+        for ledger in self.commands.led() {
+            closed += self.sweep_ledger(ledger).await?;
+        }
+        Ok(closed)
+    }
+
+    /// One pass of the sweeper over one ledger this process writes.
+    async fn sweep_ledger(&self, ledger: Arc<Ledger>) -> Result<usize, GateError> {
         let limit_ms = self.fares.incomplete_journey_after_ms;
         let stale_before = self.clock.now().saturating_sub(limit_ms);
-        let ledger = Arc::clone(&self.ledger);
+        let reader = Arc::clone(&ledger);
         let stale = tokio::task::spawn_blocking(move || {
-            ledger.open_journeys_before(stale_before, SWEEP_JOURNEYS_PER_PASS_MAX)
+            reader.open_journeys_before(stale_before, SWEEP_JOURNEYS_PER_PASS_MAX)
         })
         .await
         .map_err(|err| LedgerError::Invariant(format!("sweeper task failed: {err}")))??;
@@ -277,7 +299,7 @@ impl Gatekeeper {
                     journey_id,
                 },
             };
-            let receipt = self.ledger.submit_async(request).await?;
+            let receipt = ledger.submit_async(request).await?;
             if receipt.record.outcome == Outcome::Accepted && !receipt.replay {
                 closed += 1;
             }

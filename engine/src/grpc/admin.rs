@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use crate::clock::Clock;
+use crate::commands::Commands;
 use crate::ledger::{
     AccountRef, AccountStatus, Command, Ledger, LedgerError, Outcome, Receipt,
     STATEMENT_PAGE_LINES_MAX,
@@ -31,7 +32,7 @@ pub const STATEMENT_PAGE_LINES_DEFAULT: usize = 100;
 /// The admin API.
 #[derive(Debug, Clone)]
 pub struct AdminApi {
-    ledger: Arc<Ledger>,
+    commands: Commands,
     verifier: Arc<Verifier>,
     clock: Arc<dyn Clock>,
     issuer_keys_file: PathBuf,
@@ -43,9 +44,10 @@ pub struct AdminApi {
 }
 
 impl AdminApi {
-    /// The admin API over the ledger and the verifier's key registry.
+    /// The admin API over the ledger (or the shards' leaders) and the verifier's key
+    /// registry.
     pub fn new(
-        ledger: Arc<Ledger>,
+        commands: Commands,
         verifier: Arc<Verifier>,
         clock: Arc<dyn Clock>,
         issuer_keys_file: PathBuf,
@@ -54,7 +56,7 @@ impl AdminApi {
         metrics: Arc<Metrics>,
     ) -> AdminApi {
         AdminApi {
-            ledger,
+            commands,
             verifier,
             clock,
             issuer_keys_file,
@@ -63,6 +65,16 @@ impl AdminApi {
             metrics,
             key_file_lock: Arc::new(tokio::sync::Mutex::new(())),
         }
+    }
+
+    /// The embedded ledger, for calls that read it whole; in cluster mode they are not
+    /// built yet, and say so.
+    fn local_ledger(&self, what: &str) -> Result<&Arc<Ledger>, Status> {
+        self.commands.local().ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "{what} are served in embedded mode only; in cluster mode read a shard replica with `fareway audit`"
+            ))
+        })
     }
 
     async fn submit(
@@ -77,7 +89,7 @@ impl AdminApi {
             time: self.clock.now(),
             command,
         };
-        let receipt = self.ledger.submit_async(request).await.map_err(|err| {
+        let receipt = self.commands.submit(request).await.map_err(|err| {
             self.metrics.record_fault(err.code());
             tracing::warn!(tx = %id, kind = command.kind(), cause = %err, "admin request failed");
             ledger_status(&err)
@@ -220,7 +232,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
                 path.display()
             )));
         }
-        let ledger = Arc::clone(&self.ledger);
+        let ledger = Arc::clone(self.local_ledger("checkpoints")?);
         let target = path.clone();
         blocking(move || ledger.checkpoint(&target)).await?;
         tracing::info!(path = %path.display(), "checkpoint created");
@@ -300,8 +312,8 @@ impl pb::admin_service_server::AdminService for AdminApi {
     ) -> Result<Response<pb::Balance>, Status> {
         let _permit = admit(&self.in_flight, &self.metrics, "requests")?;
         let account_id = request.into_inner().account_id;
-        let ledger = Arc::clone(&self.ledger);
-        let account = blocking(move || ledger.account(AccountRef::Rider(account_id)))
+        let commands = self.commands.clone();
+        let account = blocking(move || commands.account(AccountRef::Rider(account_id)))
             .await?
             .ok_or_else(|| Status::not_found(format!("no account {account_id}")))?;
         let status = match account.status {
@@ -333,12 +345,12 @@ impl pb::admin_service_server::AdminService for AdminApi {
         };
         let account_id = request.account_id;
         let after = request.after_sequence;
-        let ledger = Arc::clone(&self.ledger);
+        let commands = self.commands.clone();
         let (exists, lines) = blocking(move || {
             let account = AccountRef::Rider(account_id);
             Ok((
-                ledger.account(account)?.is_some(),
-                ledger.statement(account, after, limit)?,
+                commands.account(account)?.is_some(),
+                commands.statement(account, after, limit)?,
             ))
         })
         .await?;

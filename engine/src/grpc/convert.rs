@@ -35,10 +35,15 @@ pub fn invalid(field: &str, problem: &str) -> Status {
 /// A ledger fault as a status.
 pub fn ledger_status(err: &LedgerError) -> Status {
     use tonic::Code;
+    if let LedgerError::Remote { code, message } = err {
+        return remote_status(code, message);
+    }
     let code = match err {
         LedgerError::Overloaded(_) => Code::ResourceExhausted,
         LedgerError::Conflict { .. } => Code::AlreadyExists,
-        LedgerError::Closed | LedgerError::Storage(_) => Code::Unavailable,
+        LedgerError::Closed | LedgerError::Storage(_) | LedgerError::Unavailable(_) => {
+            Code::Unavailable
+        }
         LedgerError::NoFares => Code::FailedPrecondition,
         LedgerError::Open { .. }
         | LedgerError::NoLedger { .. }
@@ -46,9 +51,24 @@ pub fn ledger_status(err: &LedgerError) -> Status {
         | LedgerError::FormatVersion { .. }
         | LedgerError::MissingColumnFamily(_)
         | LedgerError::Corrupt { .. }
-        | LedgerError::Invariant(_) => Code::Internal,
+        | LedgerError::Invariant(_)
+        | LedgerError::Remote { .. } => Code::Internal,
     };
     status(code, err.to_string(), err.code())
+}
+
+/// The status of an error a shard's leader answered a forwarded command with: the same
+/// status the leader's own node would have given, from the error's stable code.
+fn remote_status(code: &str, message: &str) -> Status {
+    use tonic::Code;
+    let (grpc_code, stable_code) = match code {
+        "overloaded" => (Code::ResourceExhausted, "overloaded"),
+        "id_conflict" => (Code::AlreadyExists, "id_conflict"),
+        "closed" | "storage" | "unavailable" => (Code::Unavailable, "unavailable"),
+        "no_fares" => (Code::FailedPrecondition, "no_fares"),
+        _ => (Code::Internal, "remote"),
+    };
+    status(grpc_code, message.to_string(), stable_code)
 }
 
 /// A gate fault as a status.

@@ -39,11 +39,12 @@ pub const BACK_OFFICE_MESSAGE_BYTES_MAX: usize = 64 << 10;
 pub const PUBLIC_MESSAGE_BYTES_MAX: usize = 4 << 10;
 
 /// Every service, with its role check and its request size limit, as tonic routes. The
-/// role check runs on the headers, before any of the body is read.
+/// role check runs on the headers, before any of the body is read. Without settlement
+/// (cluster mode, for now), its calls are `UNIMPLEMENTED`.
 pub fn routes(
     gate: gate::GateApi,
     admin: admin::AdminApi,
-    settlement: settlement::SettlementApi,
+    settlement: Option<settlement::SettlementApi>,
     authenticator: &auth::Authenticator,
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
@@ -63,14 +64,15 @@ pub fn routes(
             .max_decoding_message_size(BACK_OFFICE_MESSAGE_BYTES_MAX),
         authenticator.require(ADMIN_ROLES),
     );
-    let settlement = InterceptedService::new(
-        pb::settlement_service_server::SettlementServiceServer::new(settlement)
-            .max_decoding_message_size(BACK_OFFICE_MESSAGE_BYTES_MAX),
-        authenticator.require(SETTLEMENT_ROLES),
-    );
-    Ok(Routes::new(gate)
-        .add_service(admin)
-        .add_service(settlement)
+    let mut routes = Routes::new(gate).add_service(admin);
+    if let Some(settlement) = settlement {
+        routes = routes.add_service(InterceptedService::new(
+            pb::settlement_service_server::SettlementServiceServer::new(settlement)
+                .max_decoding_message_size(BACK_OFFICE_MESSAGE_BYTES_MAX),
+            authenticator.require(SETTLEMENT_ROLES),
+        ));
+    }
+    Ok(routes
         .add_service(health.max_decoding_message_size(PUBLIC_MESSAGE_BYTES_MAX))
         .add_service(reflection_v1.max_decoding_message_size(PUBLIC_MESSAGE_BYTES_MAX))
         .add_service(reflection_v1alpha.max_decoding_message_size(PUBLIC_MESSAGE_BYTES_MAX)))

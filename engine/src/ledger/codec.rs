@@ -13,8 +13,8 @@ use crate::money::Amount;
 use super::LedgerError;
 use super::model::{
     Account, AccountRef, AccountStatus, CodeFingerprint, CodeUse, Command, Journey, OpenJourney,
-    Outcome, POSTINGS_PER_TRANSACTION_MAX, Posting, Record, Refusal, Request, Tap, TapKind, Travel,
-    TxId,
+    Outcome, POSTINGS_PER_TRANSACTION_MAX, Posting, Receipt, Record, Refusal, Request, Tap,
+    TapKind, Travel, TxId,
 };
 
 /// The stored code of an outcome that is a duplicate (followed by the original's sequence).
@@ -33,6 +33,11 @@ pub const META_NEXT_SEQUENCE: &[u8] = b"next_sequence";
 /// Meta key: the first log sequence whose id entry has not been pruned (u64, big-endian;
 /// absent means 1).
 pub const META_IDS_PRUNED_BELOW: &[u8] = b"ids_pruned_below";
+
+/// Meta key (cluster mode): the sequence of the last message of the shard's stream applied
+/// to this replica (u64, big-endian; absent means 0). Written in the same batch as the
+/// state that message produced, so a restart goes on from the next message.
+pub const META_APPLIED_STREAM_SEQUENCE: &[u8] = b"applied_stream_sequence";
 
 /// The key of a log record: its sequence.
 pub fn log_key(sequence: u64) -> [u8; 8] {
@@ -420,7 +425,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record, LedgerError> {
 }
 
 fn read_command(reader: &mut Reader<'_>) -> Result<Command, LedgerError> {
-    let what = "transaction record";
+    let what = reader.what;
     Ok(match reader.u8()? {
         1 => Command::OpenAccount {
             account_id: reader.u64()?,
@@ -467,7 +472,7 @@ fn read_tap(reader: &mut Reader<'_>) -> Result<Tap, LedgerError> {
         1 => TapKind::MetroEntry { station: place },
         2 => TapKind::MetroExit { station: place },
         3 => TapKind::Bus { route: place },
-        _ => return Err(corrupt("transaction record", "unknown tap kind")),
+        _ => return Err(corrupt(reader.what, "unknown tap kind")),
     };
     Ok(Tap {
         account_id,
@@ -658,6 +663,148 @@ fn refusal_code(refusal: Refusal) -> u8 {
 
 fn refusal_from(code: u8) -> Option<Refusal> {
     Refusal::ALL.get(usize::from(code).checked_sub(1)?).copied()
+}
+
+/// The version byte of a shard log entry (see [`encode_log_entry`]).
+pub const LOG_ENTRY_VERSION: u8 = 1;
+/// Most requests in one shard log entry: its count is a `u16`.
+pub const LOG_ENTRY_REQUESTS_MAX: usize = u16::MAX as usize;
+/// Most bytes one request takes in a log entry (a tap: id, time, kind, account, gate,
+/// code, direction, place), so that a group commit's limit can be set under the log's
+/// message size limit.
+pub const LOG_ENTRY_REQUEST_BYTES_MAX: usize = 16 + 8 + 1 + 8 + 4 + 16 + 1 + 4;
+
+/// One message of a shard's log in cluster mode: one group commit's requests, in the order
+/// the leader applied them. Layout: version `u8` (1), count `u16`, then each request as
+/// id `u128`, time `u64` and its command (the layout of a transaction record's command).
+/// Replaying the requests in order on the state before them gives the state after them.
+pub fn encode_log_entry(requests: &[Request]) -> Vec<u8> {
+    assert!(
+        requests.len() <= LOG_ENTRY_REQUESTS_MAX,
+        "{} requests in one log entry; at most {LOG_ENTRY_REQUESTS_MAX}",
+        requests.len()
+    );
+    let mut writer = Writer::default();
+    writer.u8(LOG_ENTRY_VERSION);
+    writer.u16(requests.len() as u16);
+    for request in requests {
+        write_request(&mut writer, request);
+    }
+    writer.0
+}
+
+/// Reads a shard log entry; see [`encode_log_entry`]. An entry of another version, or one
+/// that does not parse, is an error naming what was found: a replica never guesses.
+pub fn decode_log_entry(bytes: &[u8]) -> Result<Vec<Request>, LedgerError> {
+    let what = "shard log entry";
+    let mut reader = Reader::new(bytes, what);
+    if reader.u8()? != LOG_ENTRY_VERSION {
+        return Err(corrupt(what, "unknown log entry version"));
+    }
+    let count = usize::from(reader.u16()?);
+    let mut requests = Vec::with_capacity(count);
+    for _ in 0..count {
+        requests.push(read_request(&mut reader)?);
+    }
+    reader.end()?;
+    Ok(requests)
+}
+
+/// A request forwarded to a shard's leader: version `u8` (1) and the request as in a log
+/// entry.
+pub fn encode_request(request: &Request) -> Vec<u8> {
+    let mut writer = Writer::default();
+    writer.u8(LOG_ENTRY_VERSION);
+    write_request(&mut writer, request);
+    writer.0
+}
+
+/// Reads a forwarded request; see [`encode_request`].
+pub fn decode_request(bytes: &[u8]) -> Result<Request, LedgerError> {
+    let mut reader = Reader::new(bytes, "forwarded request");
+    if reader.u8()? != LOG_ENTRY_VERSION {
+        return Err(corrupt("forwarded request", "unknown version"));
+    }
+    let request = read_request(&mut reader)?;
+    reader.end()?;
+    Ok(request)
+}
+
+/// A leader's answer to a forwarded request: version `u8` (1), then `0`, the sequence
+/// `u64`, the replay flag `u8` and the transaction record; or `1`, the error's code and
+/// message, each a `u16` length and UTF-8.
+pub fn encode_answer(answer: &Result<Receipt, LedgerError>) -> Vec<u8> {
+    let mut writer = Writer::default();
+    writer.u8(LOG_ENTRY_VERSION);
+    match answer {
+        Ok(receipt) => {
+            writer.u8(0);
+            writer.u64(receipt.sequence);
+            writer.u8(u8::from(receipt.replay));
+            writer.bytes(&encode_record(&receipt.record));
+        }
+        Err(err) => {
+            writer.u8(1);
+            for text in [err.code().to_string(), err.to_string()] {
+                let text = &text.as_bytes()[..text.len().min(usize::from(u16::MAX))];
+                writer.u16(text.len() as u16);
+                writer.bytes(text);
+            }
+        }
+    }
+    writer.0
+}
+
+/// Reads a leader's answer; see [`encode_answer`]. The leader's error comes back as
+/// [`LedgerError::Remote`] with its code and message.
+pub fn decode_answer(bytes: &[u8]) -> Result<Result<Receipt, LedgerError>, LedgerError> {
+    let what = "leader's answer";
+    let mut reader = Reader::new(bytes, what);
+    if reader.u8()? != LOG_ENTRY_VERSION {
+        return Err(corrupt(what, "unknown version"));
+    }
+    match reader.u8()? {
+        0 => {
+            let sequence = reader.u64()?;
+            let replay = match reader.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(corrupt(what, "bad replay flag")),
+            };
+            let record = decode_record(reader.bytes)?;
+            Ok(Ok(Receipt {
+                sequence,
+                record,
+                replay,
+            }))
+        }
+        1 => {
+            let mut text = || -> Result<String, LedgerError> {
+                let len = usize::from(reader.u16()?);
+                String::from_utf8(reader.take(len)?.to_vec())
+                    .map_err(|_| corrupt(what, "error text is not UTF-8"))
+            };
+            let code = text()?;
+            let message = text()?;
+            reader.end()?;
+            Ok(Err(LedgerError::Remote { code, message }))
+        }
+        _ => Err(corrupt(what, "unknown answer kind")),
+    }
+}
+
+fn write_request(writer: &mut Writer, request: &Request) {
+    writer.u128(request.id.0);
+    writer.u64(request.time.0);
+    write_command(writer, &request.command);
+}
+
+fn read_request(reader: &mut Reader<'_>) -> Result<Request, LedgerError> {
+    Ok(Request {
+        id: TxId(reader.u128()?),
+        time: UnixMillis(reader.u64()?),
+        command: read_command(reader)?,
+    })
 }
 
 /// A corruption error for a value that does not parse.

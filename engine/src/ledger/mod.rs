@@ -14,6 +14,7 @@ pub mod codec;
 pub mod durability;
 pub mod model;
 pub mod prune;
+pub mod replica;
 pub mod store;
 pub mod view;
 pub mod writer;
@@ -36,6 +37,7 @@ pub use model::{
     Account, AccountRef, AccountStatus, Command, Journey, OpenJourney, Outcome, Posting, Receipt,
     Record, Refusal, Request, Tap, TapKind, Travel, TxId,
 };
+pub use replica::{LogAppend, Replica};
 pub use store::StoreConfig;
 pub use view::{LedgerView, SettlementColumn, SettlementWrite};
 pub use writer::WriterStats;
@@ -113,6 +115,20 @@ pub enum LedgerError {
     /// A tap reached a ledger opened without a fares table.
     #[error("the ledger has no fares table, so it cannot price taps")]
     NoFares,
+    /// Cluster mode: the command's shard cannot take it now (no leader, a leader that
+    /// stepped down, a log append whose outcome is unknown). The caller retries with the
+    /// same id.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Cluster mode: the shard's leader refused or failed the command; its code and
+    /// message, as that node's [`LedgerError::code`] and text said.
+    #[error("the shard's leader answered: {message}")]
+    Remote {
+        /// The leader's error code.
+        code: String,
+        /// The leader's message.
+        message: String,
+    },
 }
 
 impl LedgerError {
@@ -131,6 +147,8 @@ impl LedgerError {
             LedgerError::Corrupt { .. } => "corrupt",
             LedgerError::Invariant(_) => "invariant",
             LedgerError::NoFares => "no_fares",
+            LedgerError::Unavailable(_) => "unavailable",
+            LedgerError::Remote { .. } => "remote",
         }
     }
 }
@@ -335,32 +353,7 @@ impl Ledger {
         after_sequence: u64,
         limit: usize,
     ) -> Result<Vec<StatementLine>, LedgerError> {
-        let limit = limit.min(STATEMENT_PAGE_LINES_MAX);
-        let start = codec::posting_key(account, after_sequence.saturating_add(1));
-        let prefix = codec::account_key(account);
-        let postings = self.view.cf(store::CF_POSTINGS)?;
-        let mut lines = Vec::new();
-        for item in self
-            .view
-            .iterator_cf(postings, IteratorMode::From(&start, Direction::Forward))
-        {
-            let (key, value) = item?;
-            if !key.starts_with(&prefix) || lines.len() >= limit {
-                break;
-            }
-            let (_, sequence, amount, balance_after) = codec::decode_posting(&key, &value)?;
-            let record = self.view.record(sequence)?.ok_or(LedgerError::Corrupt {
-                what: "posting",
-                problem: "points at a missing record",
-            })?;
-            lines.push(StatementLine {
-                sequence,
-                record,
-                amount,
-                balance_after,
-            });
-        }
-        Ok(lines)
+        statement(&self.view, account, after_sequence, limit)
     }
 
     /// Up to `limit` open journeys entered before `entered_before`, oldest first: (rider,
@@ -424,6 +417,38 @@ impl Drop for Ledger {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// A page of an account's statement read from `view`; see [`Ledger::statement`].
+pub fn statement(
+    view: &LedgerView,
+    account: AccountRef,
+    after_sequence: u64,
+    limit: usize,
+) -> Result<Vec<StatementLine>, LedgerError> {
+    let limit = limit.min(STATEMENT_PAGE_LINES_MAX);
+    let start = codec::posting_key(account, after_sequence.saturating_add(1));
+    let prefix = codec::account_key(account);
+    let postings = view.cf(store::CF_POSTINGS)?;
+    let mut lines = Vec::new();
+    for item in view.iterator_cf(postings, IteratorMode::From(&start, Direction::Forward)) {
+        let (key, value) = item?;
+        if !key.starts_with(&prefix) || lines.len() >= limit {
+            break;
+        }
+        let (_, sequence, amount, balance_after) = codec::decode_posting(&key, &value)?;
+        let record = view.record(sequence)?.ok_or(LedgerError::Corrupt {
+            what: "posting",
+            problem: "points at a missing record",
+        })?;
+        lines.push(StatementLine {
+            sequence,
+            record,
+            amount,
+            balance_after,
+        });
+    }
+    Ok(lines)
 }
 
 #[cfg(test)]

@@ -94,6 +94,9 @@ pub struct ServerConfig {
     pub tls: Option<TlsSettings>,
     /// Accepted bearer tokens.
     pub token: Vec<TokenEntry>,
+    /// Cluster mode (`docs/cluster.md`): present, the node holds shards replicated
+    /// through NATS JetStream, and `data_dir` holds one replica per shard.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// Limits on work in flight. Excess is refused at once with `RESOURCE_EXHAUSTED`.
@@ -274,6 +277,7 @@ impl Default for ServerConfig {
             settlement: SettlementSettings::default(),
             tls: None,
             token: Vec::new(),
+            cluster: None,
         }
     }
 }

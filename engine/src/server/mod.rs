@@ -19,6 +19,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
+use crate::commands::Commands;
 use crate::fares::{FARES_FILE_BYTES_MAX, FareTable};
 use crate::gate::Gatekeeper;
 use crate::grpc;
@@ -86,7 +87,7 @@ async fn start_as(
             stopped.clone(),
         ),
         admin: grpc::admin::AdminApi::new(
-            Arc::clone(&ledger),
+            Commands::Local(Arc::clone(&ledger)),
             verifier,
             Arc::clone(&clock),
             config.issuer_keys_file.clone(),
@@ -94,13 +95,13 @@ async fn start_as(
             in_flight,
             Arc::clone(&metrics),
         ),
-        settlement: grpc::settlement::SettlementApi::new(
+        settlement: Some(grpc::settlement::SettlementApi::new(
             settlement,
             clock,
             config.limits.settlement_jobs_max,
             Duration::from_millis(config.limits.pull_stall_ms),
             Arc::clone(&metrics),
-        ),
+        )),
     };
     let (health, routes) = routes_with_health(apis, &config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -155,7 +156,9 @@ fn refuse_restart_without_key(config: &ServerConfig, start: Start) -> anyhow::Re
 
 /// How the process's descriptors are shared between the ledger's files and connections,
 /// with a warning when the limit cuts the configured connections down.
-fn descriptor_budget(config: &ServerConfig) -> anyhow::Result<transport::DescriptorBudget> {
+pub(crate) fn descriptor_budget(
+    config: &ServerConfig,
+) -> anyhow::Result<transport::DescriptorBudget> {
     let limit = transport::open_files_limit().unwrap_or(u64::MAX);
     let wanted = config.limits.connections_max;
     let budget = transport::DescriptorBudget::share(
@@ -184,18 +187,7 @@ async fn open_gatekeeper(
     start: Start,
     budget: &transport::DescriptorBudget,
 ) -> anyhow::Result<(Arc<Gatekeeper>, Arc<Ledger>, Arc<Verifier>)> {
-    let fares_text = crate::files::read_bounded(&config.fares_file, FARES_FILE_BYTES_MAX as u64)
-        .with_context(|| format!("cannot read fares file {}", config.fares_file.display()))?;
-    let fares = Arc::new(
-        FareTable::from_toml(&fares_text)
-            .with_context(|| format!("fares file {}", config.fares_file.display()))?,
-    );
-    let registry = IssuerRegistry::load(&config.issuer_keys_file)?;
-    let verifier = Arc::new(Verifier::new(config.verifier_config(), registry));
-    let rules = Rules {
-        fares: Some(Arc::clone(&fares)),
-        code_retry_window_ms: config.taps.code_retry_window_ms,
-    };
+    let (fares, verifier, rules) = load_rules(config)?;
     let mut ledger_config = config.ledger_config();
     ledger_config.store.create = start == Start::First;
     ledger_config.store.open_files_max = budget.ledger_files_max;
@@ -216,6 +208,25 @@ async fn open_gatekeeper(
     Ok((gate, ledger, verifier))
 }
 
+/// The fares, the verifier over the issuer keys, and the ledger's rules, as configured.
+pub(crate) fn load_rules(
+    config: &ServerConfig,
+) -> anyhow::Result<(Arc<FareTable>, Arc<Verifier>, Rules)> {
+    let fares_text = crate::files::read_bounded(&config.fares_file, FARES_FILE_BYTES_MAX as u64)
+        .with_context(|| format!("cannot read fares file {}", config.fares_file.display()))?;
+    let fares = Arc::new(
+        FareTable::from_toml(&fares_text)
+            .with_context(|| format!("fares file {}", config.fares_file.display()))?,
+    );
+    let registry = IssuerRegistry::load(&config.issuer_keys_file)?;
+    let verifier = Arc::new(Verifier::new(config.verifier_config(), registry));
+    let rules = Rules {
+        fares: Some(Arc::clone(&fares)),
+        code_retry_window_ms: config.taps.code_retry_window_ms,
+    };
+    Ok((fares, verifier, rules))
+}
+
 /// Settlement over the ledger, with its signing key (made on the first start if there is
 /// none).
 fn open_settlement(config: &ServerConfig, ledger: &Arc<Ledger>) -> anyhow::Result<Arc<Settlement>> {
@@ -234,15 +245,15 @@ fn open_settlement(config: &ServerConfig, ledger: &Arc<Ledger>) -> anyhow::Resul
     )))
 }
 
-/// The three services a server answers, before routing.
-struct Apis {
-    gate: grpc::gate::GateApi,
-    admin: grpc::admin::AdminApi,
-    settlement: grpc::settlement::SettlementApi,
+/// The services a server answers, before routing (no settlement in cluster mode yet).
+pub(crate) struct Apis {
+    pub(crate) gate: grpc::gate::GateApi,
+    pub(crate) admin: grpc::admin::AdminApi,
+    pub(crate) settlement: Option<grpc::settlement::SettlementApi>,
 }
 
 /// Every service's route, with the health service saying each serves.
-async fn routes_with_health(
+pub(crate) async fn routes_with_health(
     apis: Apis,
     config: &ServerConfig,
 ) -> anyhow::Result<(tonic_health::server::HealthReporter, tonic::service::Routes)> {
@@ -253,11 +264,13 @@ async fn routes_with_health(
     health
         .set_serving::<fareway_proto::v1::admin_service_server::AdminServiceServer<grpc::admin::AdminApi>>()
         .await;
-    health
-        .set_serving::<fareway_proto::v1::settlement_service_server::SettlementServiceServer<
-            grpc::settlement::SettlementApi,
-        >>()
-        .await;
+    if apis.settlement.is_some() {
+        health
+            .set_serving::<fareway_proto::v1::settlement_service_server::SettlementServiceServer<
+                grpc::settlement::SettlementApi,
+            >>()
+            .await;
+    }
     let authenticator = grpc::auth::Authenticator::new(&config.token);
     let routes = grpc::routes(
         apis.gate,
@@ -271,7 +284,7 @@ async fn routes_with_health(
 }
 
 /// Completes when the server is told to stop (or the sender is dropped).
-async fn wait_for_stop(mut stopped: watch::Receiver<bool>) {
+pub(crate) async fn wait_for_stop(mut stopped: watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
 }
 
@@ -306,7 +319,7 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 pub const HEADER_LIST_BYTES_MAX: u32 = 16 << 10;
 
 /// The gRPC server on the guarded listener (with TLS when configured), until told to stop.
-fn serve_grpc(
+pub(crate) fn serve_grpc(
     config: &ServerConfig,
     incoming: transport::GuardedIncoming,
     routes: tonic::service::Routes,
@@ -397,7 +410,10 @@ pub async fn run_until_stopped(
 impl RunningServer {
     /// Completes once a ledger write has failed (polled every 100 ms).
     pub async fn storage_failed(&self) {
-        let stats = self.gate.ledger().stats();
+        let Some(ledger) = self.gate.commands().local() else {
+            return std::future::pending().await;
+        };
+        let stats = ledger.stats();
         let mut ticks = tokio::time::interval(Duration::from_millis(100));
         while stats
             .write_failures
@@ -446,7 +462,9 @@ impl RunningServer {
             let _ = tokio::time::timeout(grace, task).await;
         }
         // The ledger closes when its last holder goes: its writer drains the queue first.
-        let ledger = Arc::clone(gate.ledger());
+        let Some(ledger) = gate.commands().local().cloned() else {
+            return server_result;
+        };
         drop(gate);
         match Arc::try_unwrap(ledger) {
             Ok(mut ledger) => tokio::task::spawn_blocking(move || ledger.shutdown())
@@ -482,7 +500,7 @@ fn tls_config(tls: &TlsSettings) -> anyhow::Result<tonic::transport::ServerTlsCo
 }
 
 /// Every interval, closes journeys entered and never exited, until told to stop.
-async fn sweep_journeys(
+pub(crate) async fn sweep_journeys(
     gate: Arc<Gatekeeper>,
     interval: Duration,
     mut stopped: watch::Receiver<bool>,

@@ -1,0 +1,204 @@
+//! A shard's log: a JetStream stream with one subject, 3 replicas, file storage; one
+//! message per group commit (`ledger::codec::encode_log_entry`).
+//!
+//! Appends are fenced: each names the sequence it expects to follow
+//! (`Nats-Expected-Last-Subject-Sequence`), so a leader that lost its lease, whatever it
+//! believes, cannot append once another leader has. Each carries a message id unique to
+//! the leader's term and position; an append whose answer did not come is sent again
+//! with the same id and the same expected sequence, and the server's answer settles it:
+//! stored once (a duplicate's acknowledgement names the first), or refused because
+//! another message follows. The outcome is never guessed.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishErrorKind, stream};
+use tokio::runtime::Handle;
+use tokio_stream::StreamExt as _;
+
+use crate::ledger::{LedgerError, LogAppend, Replica, Request, codec};
+
+use super::names;
+
+/// Times an append whose answer did not come is sent again before its outcome is called
+/// unknown.
+pub const APPEND_TRIES: usize = 3;
+
+/// Makes shard `shard`'s stream, or checks the one there.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    shard: u32,
+    replicas: usize,
+) -> anyhow::Result<()> {
+    let config = stream::Config {
+        name: names::stream(shard),
+        subjects: vec![names::log_subject(shard)],
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        // Retries of an append within this window are recognised by their message id.
+        duplicate_window: Duration::from_secs(120),
+        // The log is the ledger: nobody deletes from it.
+        deny_delete: true,
+        allow_direct: true,
+        ..Default::default()
+    };
+    js.get_or_create_stream(config).await.map_err(|err| {
+        anyhow::anyhow!("cannot make or open stream {}: {err}", names::stream(shard))
+    })?;
+    Ok(())
+}
+
+/// The last sequence of shard `shard`'s stream (0 when it is empty).
+pub async fn last_sequence(js: &jetstream::Context, shard: u32) -> Result<u64, LedgerError> {
+    let mut stream = js
+        .get_stream(names::stream(shard))
+        .await
+        .map_err(|err| unavailable(shard, "open the stream", err))?;
+    let info = stream
+        .info()
+        .await
+        .map_err(|err| unavailable(shard, "read the stream's state", err))?;
+    Ok(info.state.last_sequence)
+}
+
+/// The leader's appends to shard `shard`'s stream, called from the ledger's writer thread.
+#[derive(Debug)]
+pub struct ShardLog {
+    js: jetstream::Context,
+    runtime: Handle,
+    shard: u32,
+    /// Unique to this leader's term: the node and its lease revision.
+    term: String,
+}
+
+impl ShardLog {
+    /// Appends for shard `shard` in the term `term` (node id and lease revision), on
+    /// `runtime`.
+    pub fn new(js: jetstream::Context, runtime: Handle, shard: u32, term: String) -> ShardLog {
+        ShardLog {
+            js,
+            runtime,
+            shard,
+            term,
+        }
+    }
+
+    async fn append_async(&self, after: u64, payload: Vec<u8>) -> Result<u64, LedgerError> {
+        let message_id = format!("{}-{after}", self.term);
+        let payload = bytes::Bytes::from(payload);
+        for _ in 0..APPEND_TRIES {
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(&message_id)
+                .expected_last_subject_sequence(after);
+            let answer = match self
+                .js
+                .send_publish(names::log_subject(self.shard), publish)
+                .await
+            {
+                Ok(pending) => pending.await,
+                Err(err) => Err(err),
+            };
+            match answer {
+                Ok(ack) => return Ok(ack.sequence),
+                Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => {
+                    return Err(LedgerError::Unavailable(format!(
+                        "shard {}: another leader appended after sequence {after}; this node steps down",
+                        self.shard
+                    )));
+                }
+                Err(err) => {
+                    tracing::warn!(shard = self.shard, after, cause = %err, "log append unanswered; sending it again")
+                }
+            }
+        }
+        Err(LedgerError::Unavailable(format!(
+            "shard {}: the log append after sequence {after} went unanswered {APPEND_TRIES} times; its outcome is settled by replay",
+            self.shard
+        )))
+    }
+}
+
+impl LogAppend for ShardLog {
+    fn append(&mut self, after: u64, requests: &[Request]) -> Result<u64, LedgerError> {
+        let payload = codec::encode_log_entry(requests);
+        self.runtime.block_on(self.append_async(after, payload))
+    }
+}
+
+/// Applies shard `shard`'s stream to `replica` from its applied sequence until the stream's
+/// end as it was when this started, and returns the applied sequence then. A message that
+/// does not decode stops it with an error naming the sequence.
+pub async fn catch_up(
+    js: &jetstream::Context,
+    shard: u32,
+    replica: &Replica,
+) -> Result<u64, LedgerError> {
+    let end = last_sequence(js, shard).await?;
+    let mut applied = replica.applied_stream_sequence()?;
+    if applied >= end {
+        return Ok(applied);
+    }
+    let mut messages = follow(js, shard, applied + 1).await?;
+    while applied < end {
+        applied = apply_message(shard, replica, messages.next().await)?;
+    }
+    Ok(applied)
+}
+
+/// The stream's messages from `start`, in order, as they come.
+pub async fn follow(
+    js: &jetstream::Context,
+    shard: u32,
+    start: u64,
+) -> Result<jetstream::consumer::pull::Ordered, LedgerError> {
+    let stream = js
+        .get_stream(names::stream(shard))
+        .await
+        .map_err(|err| unavailable(shard, "open the stream", err))?;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|err| unavailable(shard, "follow the stream", err))?;
+    consumer
+        .messages()
+        .await
+        .map_err(|err| unavailable(shard, "read the stream", err))
+}
+
+/// Applies one message as the follower's stream gave it; returns its sequence. A message
+/// that does not decode is an error naming its sequence: a replica never skips one.
+pub fn apply_message(
+    shard: u32,
+    replica: &Replica,
+    message: Option<Result<jetstream::Message, jetstream::consumer::pull::OrderedError>>,
+) -> Result<u64, LedgerError> {
+    let message = match message {
+        Some(Ok(message)) => message,
+        Some(Err(err)) => return Err(unavailable(shard, "read the stream", err)),
+        None => {
+            return Err(LedgerError::Unavailable(format!(
+                "shard {shard}: the stream ended"
+            )));
+        }
+    };
+    let sequence = message
+        .info()
+        .map_err(|err| unavailable(shard, "read a message's sequence", err))?
+        .stream_sequence;
+    let requests = codec::decode_log_entry(&message.payload).map_err(|err| {
+        LedgerError::Invariant(format!(
+            "shard {shard}: log message {sequence} cannot be applied: {err}"
+        ))
+    })?;
+    replica.apply_logged(sequence, &requests)?;
+    Ok(sequence)
+}
+
+fn unavailable(shard: u32, what: &str, err: impl std::fmt::Display) -> LedgerError {
+    LedgerError::Unavailable(format!("shard {shard}: cannot {what}: {err}"))
+}

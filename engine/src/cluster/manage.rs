@@ -1,0 +1,147 @@
+//! Making a cluster and looking at it: `fareway cluster init` makes each shard's stream,
+//! the lease and replica buckets, and records the shard count; `fareway cluster status`
+//! says, for each shard, its leader, its log's last sequence, and how far each replica
+//! has applied it. Every node checks the recorded shard count before it starts.
+
+use async_nats::jetstream::{self, kv};
+
+use super::config::ClusterConfig;
+use super::{lease, log, names};
+
+/// The bucket where each replica reports the sequence it applied (one key per shard and
+/// node), for `cluster status` and the audit.
+pub const REPLICA_BUCKET: &str = "fareway_replicas";
+
+/// Makes the cluster's streams and buckets and records its shard count. Running it again
+/// with the same count changes nothing; with another count it refuses.
+pub async fn init(js: &jetstream::Context, config: &ClusterConfig) -> anyhow::Result<()> {
+    let settings = bucket(
+        js,
+        names::CLUSTER_BUCKET,
+        config.replicas,
+        std::time::Duration::ZERO,
+    )
+    .await?;
+    match settings.get(names::SHARDS_KEY).await? {
+        Some(found) => check_count(&found, config.shards)?,
+        None => {
+            settings
+                .create(names::SHARDS_KEY, config.shards.to_string().into())
+                .await
+                .map_err(|err| anyhow::anyhow!("cannot record the shard count: {err}"))?;
+        }
+    }
+    lease::ensure_bucket(js, config.lease_ttl(), config.replicas).await?;
+    bucket(
+        js,
+        REPLICA_BUCKET,
+        config.replicas,
+        std::time::Duration::from_secs(60),
+    )
+    .await?;
+    for shard in 0..config.shards {
+        log::ensure_stream(js, shard, config.replicas).await?;
+    }
+    Ok(())
+}
+
+/// Refuses to go on unless the cluster was made with this node's shard count.
+pub async fn check_shard_count(
+    js: &jetstream::Context,
+    config: &ClusterConfig,
+) -> anyhow::Result<()> {
+    let settings = js
+        .get_key_value(names::CLUSTER_BUCKET)
+        .await
+        .map_err(|err| {
+            anyhow::anyhow!("the cluster has not been made (run `fareway cluster init`): {err}")
+        })?;
+    let found = settings.get(names::SHARDS_KEY).await?.ok_or_else(|| {
+        anyhow::anyhow!("the cluster records no shard count (run `fareway cluster init`)")
+    })?;
+    check_count(&found, config.shards)
+}
+
+fn check_count(found: &[u8], configured: u32) -> anyhow::Result<()> {
+    let text = String::from_utf8_lossy(found);
+    match text.parse::<u32>() {
+        Ok(count) if count == configured => Ok(()),
+        Ok(count) => anyhow::bail!(
+            "the cluster was made with {count} shards, but this node is configured with {configured} (cluster.shards); a shard count is fixed when a cluster is made"
+        ),
+        Err(_) => anyhow::bail!("the cluster's recorded shard count {text:?} is not a number"),
+    }
+}
+
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    replicas: usize,
+    max_age: std::time::Duration,
+) -> anyhow::Result<kv::Store> {
+    if let Ok(store) = js.get_key_value(name).await {
+        return Ok(store);
+    }
+    js.create_key_value(kv::Config {
+        bucket: name.into(),
+        history: 1,
+        max_age,
+        num_replicas: replicas,
+        storage: jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|err| anyhow::anyhow!("cannot make bucket {name}: {err}"))
+}
+
+/// The key under which a node reports what it applied of a shard.
+pub fn replica_key(shard: u32, node_id: &str) -> String {
+    format!("shard-{shard}.{node_id}")
+}
+
+/// One shard as `cluster status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardStatus {
+    /// The shard.
+    pub shard: u32,
+    /// The node holding its lease, if any.
+    pub leader: Option<String>,
+    /// The last sequence of its log.
+    pub stream_sequence: u64,
+    /// Each replica's node and the sequence it reported applied (within the last minute).
+    pub replicas: Vec<(String, u64)>,
+}
+
+/// Every shard's status.
+pub async fn status(
+    js: &jetstream::Context,
+    config: &ClusterConfig,
+) -> anyhow::Result<Vec<ShardStatus>> {
+    check_shard_count(js, config).await?;
+    let leases = js.get_key_value(names::LEASE_BUCKET).await?;
+    let reports = js.get_key_value(REPLICA_BUCKET).await?;
+    let mut shards = Vec::new();
+    for shard in 0..config.shards {
+        let mut replicas = Vec::new();
+        let mut keys = reports.keys().await?;
+        while let Some(key) = tokio_stream::StreamExt::next(&mut keys).await {
+            let key = key?;
+            let Some(node) = key
+                .strip_prefix(&format!("shard-{shard}."))
+                .map(str::to_owned)
+            else {
+                continue;
+            };
+            if let Some(value) = reports.get(&key).await? {
+                replicas.push((node, String::from_utf8_lossy(&value).parse().unwrap_or(0)));
+            }
+        }
+        shards.push(ShardStatus {
+            shard,
+            leader: lease::holder(&leases, shard).await,
+            stream_sequence: log::last_sequence(js, shard).await?,
+            replicas,
+        });
+    }
+    Ok(shards)
+}

@@ -1,0 +1,105 @@
+//! Cluster mode: shards of the ledger replicated through NATS JetStream, failover by
+//! replay. `docs/cluster.md` is the design; in short:
+//!
+//! - Rider accounts map to a fixed number of shards ([`shard_of`]); each shard is an
+//!   ordinary ledger (its own RocksDB, the same state machine) with its own operator and
+//!   provider sub-accounts, so every command touches one shard.
+//! - A shard's log is a JetStream stream ([`log`]): one message per group commit. The
+//!   shard's leader appends each group commit, fenced by the sequence it expects to
+//!   follow, before it writes locally; followers apply the stream as hot standbys.
+//! - One node leads a shard at a time, by a lease in a key-value bucket ([`lease`]).
+//! - Every node serves the gRPC API and forwards commands to the shard's leader over NATS
+//!   request-reply ([`router`]).
+//!
+//! Embedded mode (the default) uses none of this.
+
+pub mod config;
+pub mod lease;
+pub mod log;
+pub mod manage;
+pub mod node;
+pub mod router;
+pub mod shard;
+
+pub use config::ClusterConfig;
+
+use crate::ledger::{Command, Request, TxId};
+
+/// The shard a rider account belongs to: the account id modulo the cluster's shard count.
+/// Account ids are issued in sequence, so the shards fill evenly.
+pub fn shard_of(account_id: u64, shards: u32) -> u32 {
+    (account_id % u64::from(shards.max(1))) as u32
+}
+
+/// The account whose shard a command goes to; `None` for a refund, which names only the
+/// charge it reverses (its shard is the charge's).
+pub fn command_account(command: &Command) -> Option<u64> {
+    match *command {
+        Command::OpenAccount { account_id, .. }
+        | Command::SetStatus { account_id, .. }
+        | Command::TopUp { account_id, .. }
+        | Command::Charge { account_id, .. }
+        | Command::Adjust { account_id, .. }
+        | Command::CloseJourney { account_id, .. } => Some(account_id),
+        Command::Tap(tap) => Some(tap.account_id),
+        Command::Refund { .. } => None,
+    }
+}
+
+/// The refunded charge of a refund request.
+pub fn refunded(request: &Request) -> Option<TxId> {
+    match request.command {
+        Command::Refund { original } => Some(original),
+        _ => None,
+    }
+}
+
+/// The names of everything a cluster keeps in NATS, in one place.
+pub mod names {
+    /// The stream that holds shard `shard`'s log.
+    pub fn stream(shard: u32) -> String {
+        format!("FAREWAY_SHARD_{shard}")
+    }
+
+    /// The subject of shard `shard`'s log messages.
+    pub fn log_subject(shard: u32) -> String {
+        format!("fareway.shard.{shard}.log")
+    }
+
+    /// The subject on which shard `shard`'s leader takes forwarded commands.
+    pub fn submit_subject(shard: u32) -> String {
+        format!("fareway.shard.{shard}.submit")
+    }
+
+    /// The key-value bucket of the shards' leases.
+    pub const LEASE_BUCKET: &str = "fareway_leases";
+
+    /// The key of shard `shard`'s lease.
+    pub fn lease_key(shard: u32) -> String {
+        format!("shard-{shard}")
+    }
+
+    /// The key-value bucket of the cluster's own settings.
+    pub const CLUSTER_BUCKET: &str = "fareway_cluster";
+
+    /// The key of the shard count, written once by `fareway cluster init`.
+    pub const SHARDS_KEY: &str = "shards";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accounts_spread_over_shards_by_their_remainder() {
+        assert_eq!(shard_of(0, 4), 0);
+        assert_eq!(shard_of(5, 4), 1);
+        assert_eq!(shard_of(1_000_003, 4), 3);
+        assert_eq!(shard_of(7, 1), 0);
+        let mut counts = [0u32; 3];
+        for account in 1..=3_000 {
+            counts[shard_of(account, 3) as usize] += 1;
+        }
+        assert_eq!(counts, [1_000, 1_000, 1_000]);
+    }
+}

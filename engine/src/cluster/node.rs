@@ -1,0 +1,228 @@
+//! A cluster node: `fareway serve --config FILE` with a `[cluster]` section. It opens a
+//! replica of every shard it holds (`DATA_DIR/shard-N`), follows or leads each, and
+//! serves the gate and admin APIs (with health and reflection) for every shard, sending
+//! each command to its shard's leader.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use crate::clock::Clock;
+use crate::commands::Commands;
+use crate::gate::Gatekeeper;
+use crate::grpc;
+use crate::ledger::Replica;
+use crate::server::config::ServerConfig;
+use crate::server::metrics::Metrics;
+use crate::server::{self, Apis, transport};
+
+use super::config::ClusterConfig;
+use super::router::{Router, ShardSlot};
+use super::shard::{self, ShardContext};
+use super::{manage, names};
+
+/// A node that is running.
+#[derive(Debug)]
+pub struct RunningNode {
+    /// The gRPC address.
+    pub addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+/// Starts a node; returns once it listens. Its shards lead or follow in the background.
+pub async fn start(
+    config: ServerConfig,
+    cluster: ClusterConfig,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<RunningNode> {
+    cluster.check().map_err(anyhow::Error::msg)?;
+    let client = cluster.connect().await.context("cannot connect to NATS")?;
+    let js = jetstream::new(client.clone());
+    manage::check_shard_count(&js, &cluster).await?;
+    let (fares, verifier, rules) = server::load_rules(&config)?;
+    let slots = open_replicas(&config, &cluster, rules).await?;
+    let router = Arc::new(Router::new(cluster.shards, client.clone(), slots.clone()));
+    let commands = Commands::Cluster(Arc::clone(&router));
+    let gate = Arc::new(Gatekeeper::with_commands(
+        Arc::clone(&verifier),
+        commands.clone(),
+        fares,
+        Arc::clone(&clock),
+        config.scan_time_limits(),
+    ));
+    let (stop, stopped) = watch::channel(false);
+    let metrics = Arc::new(Metrics::new());
+    let apis = apis(
+        &config,
+        &gate,
+        commands,
+        verifier,
+        clock,
+        &metrics,
+        stopped.clone(),
+    );
+    let (_health, routes) = server::routes_with_health(apis, &config).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let budget = server::descriptor_budget(&config)?;
+    let incoming = transport::GuardedIncoming::new(
+        listener,
+        budget.connections_max,
+        Duration::from_millis(config.limits.handshake_timeout_ms),
+        Arc::clone(&metrics),
+    );
+    let server = server::serve_grpc(&config, incoming, routes, &metrics, stopped.clone())?;
+    let context = shard_context(&cluster, client, js, &config).await?;
+    let mut tasks: Vec<JoinHandle<()>> = slots
+        .iter()
+        .map(|slot| {
+            tokio::spawn(shard::run(
+                context.clone(),
+                Arc::clone(slot),
+                stopped.clone(),
+            ))
+        })
+        .collect();
+    tasks.push(tokio::spawn(report_applied(
+        context,
+        slots,
+        stopped.clone(),
+    )));
+    tasks.push(tokio::spawn(server::sweep_journeys(
+        gate,
+        Duration::from_millis(config.taps.journey_sweep_interval_ms),
+        stopped,
+    )));
+    tracing::info!(%addr, node = cluster.node_id, shards = cluster.shards, held = ?cluster.held(), "fareway cluster node serving");
+    Ok(RunningNode {
+        addr,
+        stop,
+        tasks,
+        server,
+    })
+}
+
+impl RunningNode {
+    /// Stops: the server stops taking calls, each led shard's lease is released (so
+    /// another node takes over at once), and the shards' writers drain.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.server.await.context("server task failed")??;
+        Ok(())
+    }
+}
+
+/// Opens a replica of each shard this node holds.
+async fn open_replicas(
+    config: &ServerConfig,
+    cluster: &ClusterConfig,
+    rules: crate::ledger::Rules,
+) -> anyhow::Result<Vec<Arc<ShardSlot>>> {
+    let mut slots = Vec::new();
+    for shard in cluster.held() {
+        let dir = config.data_dir.join(format!("shard-{shard}"));
+        let ledger_config = config.ledger_config();
+        let rules = rules.clone();
+        let replica =
+            tokio::task::spawn_blocking(move || Replica::open(&dir, ledger_config, rules))
+                .await
+                .context("replica open task failed")?
+                .with_context(|| format!("cannot open the replica of shard {shard}"))?;
+        slots.push(Arc::new(ShardSlot::new(shard, Arc::new(replica))));
+    }
+    Ok(slots)
+}
+
+/// The gate and admin APIs over the cluster's commands.
+fn apis(
+    config: &ServerConfig,
+    gate: &Arc<Gatekeeper>,
+    commands: Commands,
+    verifier: Arc<crate::token::Verifier>,
+    clock: Arc<dyn Clock>,
+    metrics: &Arc<Metrics>,
+    stopped: watch::Receiver<bool>,
+) -> Apis {
+    let in_flight = Arc::new(Semaphore::new(config.limits.requests_in_flight_max));
+    Apis {
+        gate: grpc::gate::GateApi::new(
+            Arc::clone(gate),
+            Arc::clone(&in_flight),
+            Arc::new(grpc::gate::ConnectionShares::new(
+                config.limits.connection_requests_in_flight_max,
+            )),
+            Arc::clone(metrics),
+            config.limits.stream_taps_in_flight_max,
+            stopped,
+        ),
+        admin: grpc::admin::AdminApi::new(
+            commands,
+            verifier,
+            clock,
+            config.issuer_keys_file.clone(),
+            config.backup_dir.clone(),
+            in_flight,
+            Arc::clone(metrics),
+        ),
+        settlement: None,
+    }
+}
+
+async fn shard_context(
+    cluster: &ClusterConfig,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    config: &ServerConfig,
+) -> anyhow::Result<ShardContext> {
+    let leases = js
+        .get_key_value(names::LEASE_BUCKET)
+        .await
+        .context("the lease bucket is missing (run `fareway cluster init`)")?;
+    let reports = js
+        .get_key_value(manage::REPLICA_BUCKET)
+        .await
+        .context("the replica bucket is missing (run `fareway cluster init`)")?;
+    Ok(ShardContext {
+        node_id: cluster.node_id.clone(),
+        client,
+        js,
+        leases,
+        reports,
+        renew: cluster.lease_renew(),
+        forwarded_in_flight_max: config.limits.ledger_queue_depth_max,
+    })
+}
+
+/// Every renewal interval, reports what each replica applied, for `cluster status`.
+async fn report_applied(
+    context: ShardContext,
+    slots: Vec<Arc<ShardSlot>>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(context.renew);
+    loop {
+        tokio::select! {
+            () = shard::until_stopped(&mut stopped) => return,
+            _ = ticks.tick() => {}
+        }
+        for slot in &slots {
+            let Ok(applied) = slot.replica.applied_stream_sequence() else {
+                continue;
+            };
+            let key = manage::replica_key(slot.shard, &context.node_id);
+            let _ = context.reports.put(key, applied.to_string().into()).await;
+        }
+    }
+}

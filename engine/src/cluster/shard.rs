@@ -1,0 +1,246 @@
+//! One shard on one node: follow the shard's log as a hot standby, take the lease when
+//! it is free, catch up to the log's end, lead until the lease or an append is lost,
+//! then follow again. A node restarted, or new, starts by following from its applied
+//! sequence, so it leads only once it holds the whole log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use tokio::sync::{Semaphore, watch};
+use tokio_stream::StreamExt as _;
+
+use crate::ledger::{Ledger, LedgerError, codec};
+
+use super::lease::{self, Held};
+use super::log::{self, ShardLog};
+use super::names;
+use super::router::ShardSlot;
+
+/// What a shard runner needs from its node.
+#[derive(Debug, Clone)]
+pub struct ShardContext {
+    /// This node's id.
+    pub node_id: String,
+    /// The node's NATS connection.
+    pub client: async_nats::Client,
+    /// JetStream over it.
+    pub js: jetstream::Context,
+    /// The lease bucket.
+    pub leases: kv::Store,
+    /// The bucket where replicas report what they applied.
+    pub reports: kv::Store,
+    /// How often a leader renews, and a follower looks for a free lease.
+    pub renew: Duration,
+    /// Most forwarded commands a leader works on at once.
+    pub forwarded_in_flight_max: usize,
+}
+
+/// Why a node stopped leading a shard.
+#[derive(Debug)]
+enum StepDown {
+    /// Told to stop: the lease is released.
+    Stop,
+    /// The lease was lost or an append failed.
+    Deposed(String),
+}
+
+/// Runs shard `slot` on this node until `stop` turns true.
+pub async fn run(context: ShardContext, slot: Arc<ShardSlot>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let held = match follow_until_lease(&context, &slot, &mut stop).await {
+            Ok(Some(held)) => held,
+            Ok(None) => return,
+            Err(err) => {
+                tracing::warn!(shard = slot.shard, cause = %err, "following the shard's log failed; trying again");
+                if sleep_or_stop(context.renew, &mut stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        match lead(&context, &slot, held, &mut stop).await {
+            Ok(StepDown::Stop) => return,
+            Ok(StepDown::Deposed(why)) => {
+                tracing::warn!(shard = slot.shard, why, "stepped down as leader; following")
+            }
+            Err(err) => {
+                tracing::warn!(shard = slot.shard, cause = %err, "could not lead; following")
+            }
+        }
+    }
+}
+
+/// Applies the log as it comes, and every renewal interval tries to take the lease.
+/// Returns the lease once taken, or `None` when told to stop.
+async fn follow_until_lease(
+    context: &ShardContext,
+    slot: &ShardSlot,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Option<Held>, LedgerError> {
+    let start = slot.replica.applied_stream_sequence()? + 1;
+    let mut messages = log::follow(&context.js, slot.shard, start).await?;
+    let mut ticks = tokio::time::interval(context.renew);
+    loop {
+        tokio::select! {
+            () = until_stopped(stop) => return Ok(None),
+            message = messages.next() => {
+                log::apply_message(slot.shard, &slot.replica, message)?;
+            }
+            _ = ticks.tick() => {
+                match lease::try_take(&context.leases, slot.shard, &context.node_id).await {
+                    Ok(Some(held)) => return Ok(Some(held)),
+                    Ok(None) => {}
+                    Err(err) => tracing::debug!(shard = slot.shard, cause = %err, "lease not taken"),
+                }
+            }
+        }
+    }
+}
+
+/// Catches up to the log's end, then leads until told to stop or deposed.
+async fn lead(
+    context: &ShardContext,
+    slot: &Arc<ShardSlot>,
+    mut held: Held,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<StepDown, LedgerError> {
+    let caught_up_to = log::catch_up(&context.js, slot.shard, &slot.replica).await?;
+    let term = format!("{}-{}", context.node_id, held.revision);
+    let shard_log = ShardLog::new(
+        context.js.clone(),
+        tokio::runtime::Handle::current(),
+        slot.shard,
+        term,
+    );
+    let ledger = Arc::new(slot.replica.lead(Box::new(shard_log))?);
+    slot.set_leader(Some(Arc::clone(&ledger)));
+    tracing::info!(
+        shard = slot.shard,
+        node = context.node_id,
+        applied = caught_up_to,
+        "leading the shard"
+    );
+    let serving = tokio::spawn(serve_forwarded(context.clone(), Arc::clone(slot)));
+    let outcome = hold(context, slot.shard, &ledger, &mut held, stop).await;
+    serving.abort();
+    slot.set_leader(None);
+    if matches!(outcome, StepDown::Stop) {
+        lease::release(&context.leases, slot.shard, held).await;
+    }
+    close_ledger(ledger).await;
+    Ok(outcome)
+}
+
+/// Renews the lease and watches the writer until told to stop or deposed.
+async fn hold(
+    context: &ShardContext,
+    shard: u32,
+    ledger: &Ledger,
+    held: &mut Held,
+    stop: &mut watch::Receiver<bool>,
+) -> StepDown {
+    let mut ticks = tokio::time::interval(context.renew);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            () = until_stopped(stop) => return StepDown::Stop,
+            _ = ticks.tick() => {}
+        }
+        if ledger
+            .stats()
+            .write_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+        {
+            return StepDown::Deposed("a log append failed".into());
+        }
+        match lease::renew(&context.leases, shard, &context.node_id, *held).await {
+            Ok(renewed) => *held = renewed,
+            Err(err) => return StepDown::Deposed(format!("the lease was not renewed: {err}")),
+        }
+    }
+}
+
+/// Waits for every caller of a ledger that stopped leading to let go, then shuts its
+/// writer down, so that following never writes beside it.
+async fn close_ledger(mut ledger: Arc<Ledger>) {
+    loop {
+        match Arc::try_unwrap(ledger) {
+            Ok(mut ledger) => {
+                let _ = tokio::task::spawn_blocking(move || ledger.shutdown()).await;
+                return;
+            }
+            Err(still_shared) => {
+                ledger = still_shared;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Answers commands other nodes forward to this shard's leader, while it leads.
+async fn serve_forwarded(context: ShardContext, slot: Arc<ShardSlot>) {
+    let subject = names::submit_subject(slot.shard);
+    let mut requests = match context
+        .client
+        .queue_subscribe(subject.clone(), "leader".into())
+        .await
+    {
+        Ok(requests) => requests,
+        Err(err) => {
+            tracing::error!(shard = slot.shard, cause = %err, "cannot take forwarded commands");
+            return;
+        }
+    };
+    let permits = Arc::new(Semaphore::new(context.forwarded_in_flight_max));
+    while let Some(message) = requests.next().await {
+        let Some(reply) = message.reply.clone() else {
+            continue;
+        };
+        let answer_to = context.client.clone();
+        let slot = Arc::clone(&slot);
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            let busy = Err(LedgerError::Overloaded(context.forwarded_in_flight_max));
+            let _ = answer_to
+                .publish(reply, codec::encode_answer(&busy).into())
+                .await;
+            continue;
+        };
+        tokio::spawn(async move {
+            let answer = answer_forwarded(&slot, &message.payload).await;
+            let _ = answer_to
+                .publish(reply, codec::encode_answer(&answer).into())
+                .await;
+            drop(permit);
+        });
+    }
+}
+
+/// The answer to one forwarded command.
+async fn answer_forwarded(
+    slot: &ShardSlot,
+    payload: &[u8],
+) -> Result<crate::ledger::Receipt, LedgerError> {
+    let request = codec::decode_request(payload)?;
+    let ledger = slot.leader().ok_or_else(|| {
+        LedgerError::Unavailable(format!(
+            "this node no longer leads shard {}; retry",
+            slot.shard
+        ))
+    })?;
+    ledger.submit_async(request).await
+}
+
+/// Sleeps, or returns true at once when told to stop.
+async fn sleep_or_stop(duration: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        () = until_stopped(stop) => true,
+        () = tokio::time::sleep(duration) => false,
+    }
+}
+
+/// Completes once `stop` turns true (or its sender is gone).
+pub async fn until_stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}

@@ -1,0 +1,71 @@
+//! Where the gate and admin services send ledger commands: the local ledger (embedded
+//! mode) or the shard's leader (cluster mode, through [`Router`]).
+
+use std::sync::Arc;
+
+use crate::cluster::router::Router;
+use crate::ledger::{Account, AccountRef, Ledger, LedgerError, Receipt, Request, StatementLine};
+
+/// The ledger behind the services.
+#[derive(Debug, Clone)]
+pub enum Commands {
+    /// Embedded: one ledger in this process.
+    Local(Arc<Ledger>),
+    /// Cluster: shards, each led by one node.
+    Cluster(Arc<Router>),
+}
+
+impl Commands {
+    /// Submits a request and awaits its durable answer.
+    pub async fn submit(&self, request: Request) -> Result<Receipt, LedgerError> {
+        match self {
+            Commands::Local(ledger) => ledger.submit_async(request).await,
+            Commands::Cluster(router) => router.submit(request).await,
+        }
+    }
+
+    /// An account's state. Blocks on a read (from async code, call it in
+    /// `spawn_blocking`).
+    pub fn account(&self, account: AccountRef) -> Result<Option<Account>, LedgerError> {
+        match self {
+            Commands::Local(ledger) => ledger.account(account),
+            Commands::Cluster(router) => router.account(account),
+        }
+    }
+
+    /// A page of an account's statement (in cluster mode, from this node's replica of the
+    /// rider's shard). Blocks on reads.
+    pub fn statement(
+        &self,
+        account: AccountRef,
+        after_sequence: u64,
+        limit: usize,
+    ) -> Result<Vec<StatementLine>, LedgerError> {
+        match self {
+            Commands::Local(ledger) => ledger.statement(account, after_sequence, limit),
+            Commands::Cluster(router) => crate::ledger::statement(
+                router.replica_of(account)?.view(),
+                account,
+                after_sequence,
+                limit,
+            ),
+        }
+    }
+
+    /// The ledger of embedded mode: statements and checkpoints read it whole.
+    pub fn local(&self) -> Option<&Arc<Ledger>> {
+        match self {
+            Commands::Local(ledger) => Some(ledger),
+            Commands::Cluster(_) => None,
+        }
+    }
+
+    /// The ledgers this process writes now: the one ledger, or the shards it leads. The
+    /// journey sweeper closes their journeys.
+    pub fn led(&self) -> Vec<Arc<Ledger>> {
+        match self {
+            Commands::Local(ledger) => vec![Arc::clone(ledger)],
+            Commands::Cluster(router) => router.held().filter_map(|slot| slot.leader()).collect(),
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! A replica of one shard's ledger in cluster mode (`docs/cluster.md`).
+//!
+//! The shard's state is a function of its log: a stream of messages, each one group
+//! commit's requests. A follower applies each message with the same [`GroupCommit`] the
+//! leader ran, and records the message's stream sequence in the same write batch as the
+//! state it produced, so that a restart goes on from the next message and a crash never
+//! leaves a half-applied message. The leader runs the ordinary writer, whose durability
+//! step appends the group commit to the log ([`LogAppend`]) and writes locally only once
+//! the append is acknowledged.
+//!
+//! The log is the durable copy, so local writes are not synced: a replica that loses its
+//! last writes in a crash replays them from the log.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{DB, WriteBatch, WriteOptions};
+
+use super::apply::GroupCommit;
+use super::codec;
+use super::durability::Durability;
+use super::model::Request;
+use super::store::{self, CF_META};
+use super::view::LedgerView;
+use super::{Ledger, LedgerConfig, LedgerError, Rules};
+
+/// The shard log's append step, as the leader's durability uses it.
+pub trait LogAppend: Send + 'static {
+    /// Appends one group commit's requests as the message that follows stream sequence
+    /// `after`, and returns the new message's sequence once the log holds it durably. Fails
+    /// when another message follows `after` already (another leader appended: this one
+    /// is deposed), or when the outcome is unknown.
+    fn append(&mut self, after: u64, requests: &[Request]) -> Result<u64, LedgerError>;
+}
+
+/// One replica of a shard's ledger: its RocksDB, and what it applied of the log.
+#[derive(Debug)]
+pub struct Replica {
+    db: Arc<DB>,
+    view: LedgerView,
+    rules: Rules,
+    config: LedgerConfig,
+    unsynced: WriteOptionsDebug,
+}
+
+/// RocksDB's write options, which do not implement `Debug`.
+struct WriteOptionsDebug(WriteOptions);
+
+impl std::fmt::Debug for WriteOptionsDebug {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteOptions")
+    }
+}
+
+impl Replica {
+    /// Opens (or, when `config.store.create` says so, makes) a replica's data directory.
+    pub fn open(dir: &Path, config: LedgerConfig, rules: Rules) -> Result<Replica, LedgerError> {
+        let db = Arc::new(store::open(dir, &config.store)?);
+        Ok(Replica {
+            view: LedgerView::new(Arc::clone(&db)),
+            db,
+            rules,
+            config,
+            unsynced: WriteOptionsDebug(WriteOptions::default()),
+        })
+    }
+
+    /// The read-only view of the replica's state.
+    pub fn view(&self) -> &LedgerView {
+        &self.view
+    }
+
+    /// The sequence of the last log message applied here (0 before the first).
+    pub fn applied_stream_sequence(&self) -> Result<u64, LedgerError> {
+        applied_stream_sequence(&self.view)
+    }
+
+    /// Applies the log message at `stream_sequence`, made of `requests`. A message at or
+    /// below the applied sequence was applied already and is skipped (a redelivery).
+    pub fn apply_logged(
+        &self,
+        stream_sequence: u64,
+        requests: &[Request],
+    ) -> Result<(), LedgerError> {
+        if stream_sequence <= self.applied_stream_sequence()? {
+            return Ok(());
+        }
+        let mut group = GroupCommit::new(&self.view, &self.rules)?;
+        for request in requests {
+            // The answers went to the leader's callers; a replica only needs the state.
+            let _ = group.apply(request);
+        }
+        let write = with_applied_sequence(&self.view, group.into_write(), stream_sequence)?;
+        self.db.write_opt(write, &self.unsynced.0)?;
+        Ok(())
+    }
+
+    /// Starts leading: a ledger whose writer appends every group commit to the log through
+    /// `log` before it writes here. The replica must have applied the whole log first.
+    /// After the ledger's first failed write (`stats().write_failures`), it refuses every
+    /// request: its state may be behind the log, so the caller shuts it down and follows.
+    pub fn lead(&self, log: Box<dyn LogAppend>) -> Result<Ledger, LedgerError> {
+        let durability = Replicated {
+            db: Arc::clone(&self.db),
+            view: self.view.clone(),
+            log,
+            applied: self.applied_stream_sequence()?,
+            failed: false,
+            unsynced: WriteOptions::default(),
+        };
+        Ledger::start(
+            self.view.clone(),
+            Box::new(durability),
+            self.config,
+            self.rules.clone(),
+        )
+    }
+}
+
+/// The applied stream sequence recorded in `view`.
+pub fn applied_stream_sequence(view: &LedgerView) -> Result<u64, LedgerError> {
+    let meta = view.cf(CF_META)?;
+    match view.get_cf(meta, codec::META_APPLIED_STREAM_SEQUENCE)? {
+        Some(bytes) => codec::decode_sequence(&bytes, "applied stream sequence"),
+        None => Ok(0),
+    }
+}
+
+/// `write`, ending with the stream sequence it applies.
+fn with_applied_sequence(
+    view: &LedgerView,
+    mut write: WriteBatch,
+    stream_sequence: u64,
+) -> Result<WriteBatch, LedgerError> {
+    write.put_cf(
+        view.cf(CF_META)?,
+        codec::META_APPLIED_STREAM_SEQUENCE,
+        codec::encode_sequence(stream_sequence),
+    );
+    Ok(write)
+}
+
+/// The leader's durability: the log append, then the local write.
+struct Replicated {
+    db: Arc<DB>,
+    view: LedgerView,
+    log: Box<dyn LogAppend>,
+    /// The stream sequence of the last message this replica applied.
+    applied: u64,
+    /// An append failed: this replica's state may be behind the log.
+    failed: bool,
+    unsynced: WriteOptions,
+}
+
+impl Durability for Replicated {
+    fn commit(&mut self, requests: &[Request], write: WriteBatch) -> Result<(), LedgerError> {
+        if self.failed {
+            return Err(LedgerError::Unavailable(
+                "this node stepped down as the shard's leader after a failed log append; retry"
+                    .into(),
+            ));
+        }
+        if requests.is_empty() {
+            // A write that no request produced (pruning ids) would not be in the log, and
+            // replicas would differ.
+            return Err(LedgerError::Invariant(
+                "a write without requests cannot be replicated".into(),
+            ));
+        }
+        let sequence = match self.log.append(self.applied, requests) {
+            Ok(sequence) => sequence,
+            Err(err) => {
+                self.failed = true;
+                return Err(err);
+            }
+        };
+        let write = with_applied_sequence(&self.view, write, sequence)?;
+        self.db.write_opt(write, &self.unsynced)?;
+        self.applied = sequence;
+        Ok(())
+    }
+}

@@ -1,0 +1,387 @@
+//! Cluster mode on real parts: a 3-server NATS JetStream cluster on 127.0.0.1 (started by
+//! the test, temporary storage, `sync_interval: always`) and real `fareway serve` nodes.
+//!
+//! - Appends are fenced: a leader that is behind the log cannot append, and catches up
+//!   by replay to the same state digest; a log message that does not decode stops a
+//!   replica with an error naming its sequence.
+//! - A node configured with another shard count than the cluster's refuses to start.
+//! - Under load from the simulator's gates (every unanswered tap retried with the same
+//!   id), the leader of a shard is killed with SIGKILL and started again later: the shard
+//!   fails over, every accepted tap is charged exactly once, open journeys survive, every
+//!   shard's audit passes (money conserved per shard and in total), and the replicas of
+//!   each shard have the same state digest.
+//!
+//! `FAREWAY_CLUSTER_SOAK_S` makes the load phase longer (10 s by default), for a soak.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test, with its location
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fareway::clock::UnixMillis;
+use fareway::cluster::log::{ShardLog, catch_up};
+use fareway::cluster::{ClusterConfig, manage, names};
+use fareway::fares::FareTable;
+use fareway::ledger::{
+    AccountRef, Command, LedgerConfig, LedgerError, LedgerView, Outcome, Replica, Request, Rules,
+    StoreConfig, TxId, audit,
+};
+use fareway::money::Amount;
+use fareway_tests::nats::NatsCluster;
+use fareway_tests::process::{
+    Played, ServerProcess, engine_at, fareway_binary, plan_phase, play_with_retries,
+    provision_sample_city,
+};
+use fareway_tests::server::{config_file_text, write_config};
+use fareway_tests::{env_number, workspace_root};
+
+fn cluster_config(nats: &NatsCluster, node_id: &str, shards: u32) -> ClusterConfig {
+    ClusterConfig {
+        node_id: node_id.into(),
+        nats_urls: nats.urls(),
+        shards,
+        lease_ttl_ms: 2_000,
+        lease_renew_ms: 500,
+        ..ClusterConfig::default()
+    }
+}
+
+/// Makes the cluster, retrying while the servers elect their JetStream leader.
+async fn init(config: &ClusterConfig) {
+    let started = Instant::now();
+    loop {
+        let made = async { manage::init(&config.jetstream().await?, config).await }.await;
+        match made {
+            Ok(()) => return,
+            Err(err) if started.elapsed() < Duration::from_secs(30) => {
+                eprintln!("cluster not ready yet: {err:#}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(err) => panic!("the cluster could not be made: {err:#}"),
+        }
+    }
+}
+
+fn rules() -> Rules {
+    let text = std::fs::read_to_string(workspace_root().join("docs/sample-city.toml")).unwrap();
+    Rules {
+        fares: Some(Arc::new(FareTable::from_toml(&text).unwrap())),
+        code_retry_window_ms: 60_000,
+    }
+}
+
+fn open_replica(dir: &Path) -> Replica {
+    Replica::open(dir, LedgerConfig::default(), rules()).unwrap()
+}
+
+fn request(id: u128, command: Command) -> Request {
+    Request {
+        id: TxId(id),
+        time: UnixMillis(1_700_000_000_000),
+        command,
+    }
+}
+
+fn digest(view: &LedgerView) -> String {
+    fareway::hex::encode(&audit::state_digest(view).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_leader_cannot_append_and_catches_up_by_replay() {
+    let nats = NatsCluster::start(3);
+    let config = cluster_config(&nats, "a", 1);
+    init(&config).await;
+    let js = config.jetstream().await.unwrap();
+    let folder = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Handle::current();
+
+    // Replica A leads and records an account with money on it.
+    let a = open_replica(&folder.path().join("a"));
+    let leader = a
+        .lead(Box::new(ShardLog::new(
+            js.clone(),
+            runtime.clone(),
+            0,
+            "a-1".into(),
+        )))
+        .unwrap();
+    let open = Command::OpenAccount {
+        account_id: 1,
+        provider_id: 1,
+        credit_limit: Amount(0),
+    };
+    let top_up = Command::TopUp {
+        account_id: 1,
+        amount: Amount(1_000),
+    };
+    for (id, command) in [(1, open), (2, top_up)] {
+        let receipt = leader.submit_async(request(id, command)).await.unwrap();
+        assert_eq!(receipt.record.outcome, Outcome::Accepted);
+    }
+    assert_eq!(a.applied_stream_sequence().unwrap(), 2);
+
+    // Replica B believes it leads from an empty log: its append is fenced off, nothing is
+    // written, and its ledger refuses everything after.
+    let b = open_replica(&folder.path().join("b"));
+    let mut stale = b
+        .lead(Box::new(ShardLog::new(
+            js.clone(),
+            runtime.clone(),
+            0,
+            "b-1".into(),
+        )))
+        .unwrap();
+    let fenced = stale.submit_async(request(3, open)).await.unwrap_err();
+    assert!(
+        matches!(&fenced, LedgerError::Unavailable(message) if message.contains("another leader appended after sequence 0")),
+        "{fenced}"
+    );
+    let after = stale.submit_async(request(4, top_up)).await.unwrap_err();
+    assert!(matches!(after, LedgerError::Unavailable(_)), "{after}");
+    tokio::task::block_in_place(|| stale.shutdown());
+    assert_eq!(b.applied_stream_sequence().unwrap(), 0);
+    assert_eq!(b.view().account(AccountRef::Rider(1)).unwrap(), None);
+
+    // B follows: it replays the log to A's state, byte for byte.
+    assert_eq!(catch_up(&js, 0, &b).await.unwrap(), 2);
+    let balance = |replica: &Replica| {
+        replica
+            .view()
+            .account(AccountRef::Rider(1))
+            .unwrap()
+            .unwrap()
+            .balance
+    };
+    assert_eq!(balance(&b), Amount(1_000));
+    assert_eq!(balance(&a), Amount(1_000));
+    assert_eq!(digest(b.view()), digest(a.view()));
+    let report = audit::audit(b.view()).unwrap();
+    assert!(report.ok(), "{:?}", report.violations);
+    assert_eq!(report.balance_sum, 0);
+
+    // A message no build can decode stops a replica, naming its sequence.
+    js.send_publish(
+        names::log_subject(0),
+        async_nats::jetstream::message::PublishMessage::build()
+            .payload(bytes::Bytes::from_static(b"\x09not a log entry")),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let c = open_replica(&folder.path().join("c"));
+    let refused = catch_up(&js, 0, &c).await.unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("log message 3 cannot be applied")
+            && refused.to_string().contains("unknown log entry version"),
+        "{refused}"
+    );
+    drop(leader);
+}
+
+/// A node's configuration in `folder`, for the cluster's node `node_id`.
+fn node_config(folder: &Path, cluster: ClusterConfig) -> PathBuf {
+    // No issuer keys: the simulator registers its own, on every node.
+    let no_keys = folder.join("no-keys.toml");
+    std::fs::write(&no_keys, "provider = []\nissuer_key = []\n").unwrap();
+    let config = write_config(folder, |config| {
+        config.issuer_keys_file = no_keys;
+        config.metrics_listen = None;
+        config.cluster = Some(cluster);
+    });
+    let file = folder.join("node.toml");
+    std::fs::write(&file, config_file_text(&config)).unwrap();
+    file
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_shard_count_refuses_to_start() {
+    let nats = NatsCluster::start(3);
+    init(&cluster_config(&nats, "n0", 2)).await;
+    let folder = tempfile::tempdir().unwrap();
+    let file = node_config(folder.path(), cluster_config(&nats, "n9", 3));
+    let output = std::process::Command::new(fareway_binary())
+        .args(["serve", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        said.contains("the cluster was made with 2 shards, but this node is configured with 3"),
+        "{said}"
+    );
+}
+
+/// Waits until every replica of every shard reports the log's last sequence applied.
+async fn wait_for_replicas(config: &ClusterConfig, replicas_per_shard: &[usize]) {
+    let js = config.jetstream().await.unwrap();
+    let started = Instant::now();
+    loop {
+        let status = manage::status(&js, config).await.unwrap();
+        let caught_up = status.iter().all(|shard| {
+            shard
+                .replicas
+                .iter()
+                .filter(|(_, applied)| *applied == shard.stream_sequence)
+                .count()
+                >= replicas_per_shard[shard.shard as usize]
+        });
+        if caught_up {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "replicas did not catch up: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn leader_of(config: &ClusterConfig, shard: u32) -> String {
+    let js = config.jetstream().await.unwrap();
+    let started = Instant::now();
+    loop {
+        let status = manage::status(&js, config).await.unwrap();
+        if let Some(leader) = &status[shard as usize].leader {
+            return leader.clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "shard {shard} has no leader"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_leader_killed_under_load_fails_over_and_charges_once() {
+    let load_s = env_number("FAREWAY_CLUSTER_SOAK_S", 10) as f64;
+    let nats = NatsCluster::start(3);
+    let base = cluster_config(&nats, "n0", 2);
+    init(&base).await;
+    let folder = tempfile::tempdir().unwrap();
+    // The gates talk to n0, which holds shard 0 only; n1 and n2 hold both shards, so
+    // shard 1's leader is n1 or n2, and killing it leaves the gates' node standing.
+    let mut files = Vec::new();
+    for (index, held) in [vec![0], vec![], vec![]].into_iter().enumerate() {
+        let node_folder = folder.path().join(format!("n{index}"));
+        std::fs::create_dir_all(&node_folder).unwrap();
+        let mut cluster = cluster_config(&nats, &format!("n{index}"), 2);
+        cluster.shards_held = held;
+        files.push(node_config(&node_folder, cluster));
+    }
+    let localhost = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let start = |index: usize, listen| {
+        ServerProcess::start(
+            &files[index],
+            listen,
+            &folder.path().join(format!("n{index}.log")),
+        )
+    };
+    let mut nodes: Vec<Option<ServerProcess>> =
+        (0..3).map(|index| Some(start(index, localhost))).collect();
+    let addrs: Vec<_> = nodes
+        .iter()
+        .map(|node| node.as_ref().unwrap().addr)
+        .collect();
+    let gates = engine_at(addrs[0]);
+    leader_of(&base, 0).await;
+    leader_of(&base, 1).await;
+
+    // Every node verifies codes itself: each learns the simulator's issuer keys.
+    let (mut provisioned, network) = provision_sample_city(&gates, 200, 7).await;
+    for addr in &addrs[1..] {
+        let mut admin = engine_at(*addr).admin().await.unwrap();
+        gate_sim::provision::register_issuer_keys(&mut admin, 2, 7)
+            .await
+            .unwrap();
+    }
+
+    let (plan, start_at) = plan_phase(&mut provisioned, &network, 300.0, load_s, 1);
+    let victim: usize = leader_of(&base, 1).await[1..].parse().unwrap();
+    let kill_after = Duration::from_secs_f64(load_s * 0.4);
+    let failover = async {
+        tokio::time::sleep(kill_after).await;
+        let killed = nodes[victim].take().unwrap();
+        let killed_at = Instant::now();
+        tokio::task::block_in_place(|| killed.kill());
+        let new_leader = loop {
+            let leader = leader_of(&base, 1).await;
+            if leader != format!("n{victim}") {
+                break leader;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let took = killed_at.elapsed();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::task::block_in_place(|| nodes[victim] = Some(start(victim, addrs[victim])));
+        (new_leader, took)
+    };
+    let ((run, retried), (new_leader, took)) =
+        tokio::join!(play_with_retries(&gates, &plan, start_at, 16), failover);
+    eprintln!(
+        "killed n{victim} (shard 1's leader) after {kill_after:?}; {new_leader} took the lease {took:?} later; {retried} of {} taps retried",
+        plan.len()
+    );
+    assert!(took < Duration::from_secs(5), "failover took {took:?}");
+    let accepted = run
+        .results
+        .iter()
+        .filter(|result| {
+            matches!(&result.answer, gate_sim::run::Answer::Response(response) if response.decision == fareway_proto::v1::TapDecision::Accepted as i32)
+        })
+        .count();
+    assert!(
+        accepted > plan.len() / 2,
+        "only {accepted} of {} accepted",
+        plan.len()
+    );
+
+    // Every replica catches up (the restarted node too); then each accepted tap is in its
+    // rider's statement exactly once, read from a node that holds both shards.
+    wait_for_replicas(&base, &[3, 2]).await;
+    let mut played = Played::default();
+    played.add(plan, run);
+    let survivor = if victim == 1 { 2 } else { 1 };
+    played
+        .assert_charged_exactly_once(&engine_at(addrs[survivor]), "after the failover")
+        .await;
+
+    // Stop every node, then audit every replica: money is conserved per shard and in
+    // total, and the replicas of each shard agree.
+    for node in &mut nodes {
+        node.take().unwrap().kill();
+    }
+    let mut digests: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    let mut total: i128 = 0;
+    for (index, shards) in [(0, vec![0]), (1, vec![0, 1]), (2, vec![0, 1])] {
+        for shard in shards {
+            let dir = folder.path().join(format!("n{index}/data/shard-{shard}"));
+            let view = LedgerView::open(&dir, &StoreConfig::default()).unwrap();
+            let report = audit::audit(&view).unwrap();
+            assert!(
+                report.ok(),
+                "n{index} shard {shard}: {:?}",
+                report.violations
+            );
+            assert_eq!(
+                report.balance_sum, 0,
+                "n{index} shard {shard}: money is conserved"
+            );
+            total += report.balance_sum;
+            digests.entry(shard).or_default().push(digest(&view));
+        }
+    }
+    assert_eq!(total, 0);
+    for (shard, of_replicas) in &digests {
+        assert!(
+            of_replicas.windows(2).all(|pair| pair[0] == pair[1]),
+            "shard {shard}: replicas differ: {of_replicas:?}"
+        );
+    }
+}
