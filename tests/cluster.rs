@@ -215,6 +215,23 @@ async fn a_node_with_another_shard_count_refuses_to_start() {
         said.contains("the cluster was made with 2 shards, but this node is configured with 3"),
         "{said}"
     );
+
+    // Replicas replay requests under their own rules: the first node records the rules'
+    // digest, and a node whose rules differ is refused.
+    let js = cluster_config(&nats, "n0", 2).jetstream().await.unwrap();
+    let mut config = write_config(folder.path(), |_| {});
+    manage::check_rules(&js, &config).await.unwrap();
+    manage::check_rules(&js, &config).await.unwrap();
+    config.taps.code_retry_window_ms += 1;
+    let refused = manage::check_rules(&js, &config)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("differ from the cluster's")
+            && refused.contains("would price the same taps differently"),
+        "{refused}"
+    );
 }
 
 /// Waits until every replica of every shard reports the log's last sequence applied.

@@ -146,3 +146,79 @@ impl ClusterConfig {
         Ok(async_nats::jetstream::new(client))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named() -> ClusterConfig {
+        ClusterConfig {
+            node_id: "node-1".into(),
+            ..ClusterConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_defaults_with_a_name_are_valid_and_hold_every_shard() {
+        assert_eq!(named().check(), Ok(()));
+        assert_eq!(named().held(), vec![0, 1, 2, 3]);
+        let some = ClusterConfig {
+            shards_held: vec![3, 1, 3],
+            ..named()
+        };
+        assert_eq!(some.held(), vec![1, 3]);
+    }
+
+    #[test]
+    fn each_bad_setting_is_refused_by_name() {
+        let cases = [
+            (ClusterConfig::default(), "cluster.node_id"),
+            (
+                ClusterConfig {
+                    node_id: "a b".into(),
+                    ..named()
+                },
+                "cluster.node_id",
+            ),
+            (
+                ClusterConfig {
+                    nats_urls: vec![],
+                    ..named()
+                },
+                "cluster.nats_urls",
+            ),
+            (
+                ClusterConfig {
+                    shards: 0,
+                    ..named()
+                },
+                "cluster.shards must be 1 to 1024",
+            ),
+            (
+                ClusterConfig {
+                    shards_held: vec![4],
+                    ..named()
+                },
+                "names shard 4",
+            ),
+            (
+                ClusterConfig {
+                    lease_renew_ms: 2_000,
+                    ..named()
+                },
+                "at most half",
+            ),
+            (
+                ClusterConfig {
+                    replicas: 0,
+                    ..named()
+                },
+                "cluster.replicas",
+            ),
+        ];
+        for (config, expected) in cases {
+            let refused = config.check().unwrap_err();
+            assert!(refused.contains(expected), "{refused}");
+        }
+    }
+}

@@ -85,7 +85,7 @@ impl ShardLog {
     async fn append_async(&self, after: u64, payload: Vec<u8>) -> Result<u64, LedgerError> {
         let message_id = format!("{}-{after}", self.term);
         let payload = bytes::Bytes::from(payload);
-        for _ in 0..APPEND_TRIES {
+        for attempt in 0..APPEND_TRIES {
             let publish = jetstream::message::PublishMessage::build()
                 .payload(payload.clone())
                 .message_id(&message_id)
@@ -99,6 +99,14 @@ impl ShardLog {
                 Err(err) => Err(err),
             };
             match answer {
+                // A duplicate on the first try means this term already appended after
+                // `after` and this replica did not record it: it is behind its log.
+                Ok(ack) if ack.duplicate && attempt == 0 => {
+                    return Err(LedgerError::Unavailable(format!(
+                        "shard {}: the log already holds this leader's message after sequence {after}; this node steps down and replays it",
+                        self.shard
+                    )));
+                }
                 Ok(ack) => return Ok(ack.sequence),
                 Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => {
                     return Err(LedgerError::Unavailable(format!(

@@ -94,6 +94,40 @@ async fn bucket(
     .map_err(|err| anyhow::anyhow!("cannot make bucket {name}: {err}"))
 }
 
+/// The key of the digest of the rules every replica decides by.
+pub const RULES_KEY: &str = "rules";
+
+/// Replicas replay requests, not their effects, so every node must decide by the same
+/// rules (the fares file and the code retry window): the first node to start records
+/// their digest, and a node with other rules refuses to start, naming both digests.
+pub async fn check_rules(
+    js: &jetstream::Context,
+    config: &crate::server::config::ServerConfig,
+) -> anyhow::Result<()> {
+    let fares = crate::files::read_bounded(
+        &config.fares_file,
+        crate::fares::FARES_FILE_BYTES_MAX as u64,
+    )?;
+    let mut input = fares.into_bytes();
+    input.extend_from_slice(&config.taps.code_retry_window_ms.to_be_bytes());
+    let digest = crate::hex::encode(ring::digest::digest(&ring::digest::SHA256, &input).as_ref());
+    let settings = js.get_key_value(names::CLUSTER_BUCKET).await?;
+    let found = match settings.create(RULES_KEY, digest.clone().into()).await {
+        Ok(_) => return Ok(()),
+        Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => settings
+            .get(RULES_KEY)
+            .await?
+            .map(|value| String::from_utf8_lossy(&value).into_owned())
+            .unwrap_or_default(),
+        Err(err) => anyhow::bail!("cannot record the rules' digest: {err}"),
+    };
+    anyhow::ensure!(
+        found == digest,
+        "this node's fares file and code retry window (digest {digest}) differ from the cluster's (digest {found}): replicas would price the same taps differently. A fare change is a new cluster for now"
+    );
+    Ok(())
+}
+
 /// The key under which a node reports what it applied of a shard.
 pub fn replica_key(shard: u32, node_id: &str) -> String {
     format!("shard-{shard}.{node_id}")

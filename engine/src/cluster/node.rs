@@ -46,7 +46,9 @@ pub async fn start(
     let client = cluster.connect().await.context("cannot connect to NATS")?;
     let js = jetstream::new(client.clone());
     manage::check_shard_count(&js, &cluster).await?;
+    check_group_commit_fits(&config, &client)?;
     let (fares, verifier, rules) = server::load_rules(&config)?;
+    manage::check_rules(&js, &config).await?;
     let slots = open_replicas(&config, &cluster, rules).await?;
     let router = Arc::new(Router::new(cluster.shards, client.clone(), slots.clone()));
     let commands = Commands::Cluster(Arc::clone(&router));
@@ -122,6 +124,23 @@ impl RunningNode {
         self.server.await.context("server task failed")??;
         Ok(())
     }
+}
+
+/// A group commit is one log message: its most requests must fit the count's 16 bits and
+/// the servers' payload limit.
+fn check_group_commit_fits(
+    config: &ServerConfig,
+    client: &async_nats::Client,
+) -> anyhow::Result<()> {
+    use crate::ledger::codec::{LOG_ENTRY_REQUEST_BYTES_MAX, LOG_ENTRY_REQUESTS_MAX};
+    let requests_max = config.limits.ledger_group_commit_requests_max;
+    let payload_max = client.server_info().max_payload;
+    let bytes_max = 3 + requests_max.saturating_mul(LOG_ENTRY_REQUEST_BYTES_MAX);
+    anyhow::ensure!(
+        requests_max <= LOG_ENTRY_REQUESTS_MAX && bytes_max <= payload_max,
+        "limits.ledger_group_commit_requests_max = {requests_max} makes log messages of up to {bytes_max} bytes; the NATS servers take at most {payload_max} (and a message at most {LOG_ENTRY_REQUESTS_MAX} requests)"
+    );
+    Ok(())
 }
 
 /// Opens a replica of each shard this node holds.

@@ -281,4 +281,32 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn a_leaders_error_keeps_its_status_across_the_hop() {
+        use tonic::Code;
+        let remote = |code: &str| LedgerError::Remote {
+            code: code.into(),
+            message: format!("the leader said {code}"),
+        };
+        let cases = [
+            ("overloaded", Code::ResourceExhausted, "overloaded"),
+            ("id_conflict", Code::AlreadyExists, "id_conflict"),
+            ("unavailable", Code::Unavailable, "unavailable"),
+            ("storage", Code::Unavailable, "unavailable"),
+            ("no_fares", Code::FailedPrecondition, "no_fares"),
+            ("corrupt", Code::Internal, "remote"),
+        ];
+        for (code, status_code, stable) in cases {
+            let status = ledger_status(&remote(code));
+            assert_eq!(status.code(), status_code, "{code}");
+            assert_eq!(status.message(), format!("the leader said {code}"));
+            assert_eq!(status.metadata().get(ERROR_CODE_METADATA).unwrap(), stable);
+        }
+        let no_leader = ledger_status(&LedgerError::Unavailable(
+            "shard 1 has no leader now".into(),
+        ));
+        assert_eq!(no_leader.code(), Code::Unavailable);
+        assert_eq!(no_leader.message(), "shard 1 has no leader now");
+    }
 }

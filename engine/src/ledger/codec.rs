@@ -746,9 +746,9 @@ pub fn encode_answer(answer: &Result<Receipt, LedgerError>) -> Vec<u8> {
         Err(err) => {
             writer.u8(1);
             for text in [err.code().to_string(), err.to_string()] {
-                let text = &text.as_bytes()[..text.len().min(usize::from(u16::MAX))];
+                let text = cut_at_char(&text, usize::from(u16::MAX));
                 writer.u16(text.len() as u16);
-                writer.bytes(text);
+                writer.bytes(text.as_bytes());
             }
         }
     }
@@ -791,6 +791,15 @@ pub fn decode_answer(bytes: &[u8]) -> Result<Result<Receipt, LedgerError>, Ledge
         }
         _ => Err(corrupt(what, "unknown answer kind")),
     }
+}
+
+/// The longest prefix of `text` of at most `bytes_max` bytes that ends on a character.
+fn cut_at_char(text: &str, bytes_max: usize) -> &str {
+    let mut end = text.len().min(bytes_max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 fn write_request(writer: &mut Writer, request: &Request) {
@@ -899,6 +908,101 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_log_entry_of_another_version_or_cut_short_is_refused_by_name() {
+        let entry = encode_log_entry(&[Request {
+            id: TxId(1),
+            time: UnixMillis(2),
+            command: Command::TopUp {
+                account_id: 3,
+                amount: Amount(4),
+            },
+        }]);
+        let mut other_version = entry.clone();
+        other_version[0] = 2;
+        let refused = decode_log_entry(&other_version).unwrap_err().to_string();
+        assert!(
+            refused.contains("shard log entry: unknown log entry version"),
+            "{refused}"
+        );
+        let cut = decode_log_entry(&entry[..entry.len() - 1])
+            .unwrap_err()
+            .to_string();
+        assert!(cut.contains("shard log entry: truncated"), "{cut}");
+        let mut longer = entry.clone();
+        longer.push(0);
+        assert!(decode_log_entry(&longer).is_err());
+        assert_eq!(
+            decode_log_entry(&[LOG_ENTRY_VERSION, 0, 0]).unwrap(),
+            Vec::new()
+        );
+    }
+
+    #[test]
+    fn a_leaders_long_error_is_cut_on_a_character_and_still_decodes() {
+        // "ledger invariant broken: " (25 bytes) and 65,509 more make 65,534; the next
+        // character is two bytes, across the 65,535-byte limit.
+        let text = format!("{}{}", "a".repeat(65_509), "é".repeat(40));
+        let answer = encode_answer(&Err(LedgerError::Invariant(text)));
+        match decode_answer(&answer).unwrap() {
+            Err(LedgerError::Remote { code, message }) => {
+                assert_eq!(code, "invariant");
+                assert_eq!(message.len(), 65_534);
+                assert!(message.ends_with('a'));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cut_at_char("aé", 2), "a");
+        assert_eq!(cut_at_char("aé", 3), "aé");
+    }
+
+    #[test]
+    fn a_leaders_answer_round_trips_with_its_error_code() {
+        let receipt = Receipt {
+            sequence: 42,
+            record: Record {
+                request: Request {
+                    id: TxId(9),
+                    time: UnixMillis(10),
+                    command: Command::TopUp {
+                        account_id: 3,
+                        amount: Amount(500),
+                    },
+                },
+                outcome: Outcome::Accepted,
+                postings: vec![
+                    Posting {
+                        account: AccountRef::Rider(3),
+                        amount: Amount(500),
+                    },
+                    Posting {
+                        account: AccountRef::ProviderClearing(1),
+                        amount: Amount(-500),
+                    },
+                ],
+                rider_balance_after: Some(Amount(500)),
+                journey: None,
+            },
+            replay: true,
+        };
+        let answer = decode_answer(&encode_answer(&Ok(receipt.clone()))).unwrap();
+        assert_eq!(answer.unwrap(), receipt);
+        let conflict = LedgerError::Conflict {
+            id: TxId(9),
+            field: "amount",
+        };
+        match decode_answer(&encode_answer(&Err(conflict))).unwrap() {
+            Err(LedgerError::Remote { code, message }) => {
+                assert_eq!(code, "id_conflict");
+                assert_eq!(
+                    message,
+                    "transaction 00000000000000000000000000000009 was already used with a different amount"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn every_command_round_trips() {
         let commands = [
             Command::OpenAccount {
@@ -950,6 +1054,23 @@ mod tests {
                 journey_id: 5,
             },
         ];
+        // A shard log entry carries every command, in order, and nothing else.
+        let requests: Vec<Request> = commands
+            .iter()
+            .enumerate()
+            .map(|(index, command)| Request {
+                id: TxId(u128::MAX - index as u128),
+                time: UnixMillis(1_700_000_000_000 + index as u64),
+                command: *command,
+            })
+            .collect();
+        let entry = encode_log_entry(&requests);
+        assert_eq!(entry[..3], [LOG_ENTRY_VERSION, 0, requests.len() as u8]);
+        assert!(entry.len() <= 3 + requests.len() * LOG_ENTRY_REQUEST_BYTES_MAX);
+        assert_eq!(decode_log_entry(&entry).unwrap(), requests);
+        for request in &requests {
+            assert_eq!(decode_request(&encode_request(request)).unwrap(), *request);
+        }
         for (index, command) in commands.into_iter().enumerate() {
             let record = Record {
                 request: Request {

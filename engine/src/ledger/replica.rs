@@ -174,8 +174,14 @@ impl Durability for Replicated {
                 return Err(err);
             }
         };
-        let write = with_applied_sequence(&self.view, write, sequence)?;
-        self.db.write_opt(write, &self.unsynced)?;
+        // From here the log holds the group commit: a local write that fails leaves this
+        // replica behind its log, and only a replay (after stepping down) repairs it.
+        let written = with_applied_sequence(&self.view, write, sequence)
+            .and_then(|write| Ok(self.db.write_opt(write, &self.unsynced)?));
+        if written.is_err() {
+            self.failed = true;
+        }
+        written?;
         self.applied = sequence;
         Ok(())
     }
