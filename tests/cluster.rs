@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::Context;
 use fareway::clock::UnixMillis;
 use fareway::cluster::log::{ShardLog, catch_up};
 use fareway::cluster::{ClusterConfig, manage, names};
@@ -235,11 +236,10 @@ async fn a_node_with_another_shard_count_refuses_to_start() {
 }
 
 /// Waits until every replica of every shard reports the log's last sequence applied.
-async fn wait_for_replicas(config: &ClusterConfig, replicas_per_shard: &[usize]) {
-    let js = config.jetstream().await.unwrap();
+async fn wait_for_replicas(js: &Context, config: &ClusterConfig, replicas_per_shard: &[usize]) {
     let started = Instant::now();
     loop {
-        let status = manage::status(&js, config).await.unwrap();
+        let status = manage::status(js, config).await.unwrap();
         let caught_up = status.iter().all(|shard| {
             shard
                 .replicas
@@ -259,11 +259,10 @@ async fn wait_for_replicas(config: &ClusterConfig, replicas_per_shard: &[usize])
     }
 }
 
-async fn leader_of(config: &ClusterConfig, shard: u32) -> String {
-    let js = config.jetstream().await.unwrap();
+async fn leader_of(js: &Context, config: &ClusterConfig, shard: u32) -> String {
     let started = Instant::now();
     loop {
-        let status = manage::status(&js, config).await.unwrap();
+        let status = manage::status(js, config).await.unwrap();
         if let Some(leader) = &status[shard as usize].leader {
             return leader.clone();
         }
@@ -307,8 +306,10 @@ async fn a_shard_leader_killed_under_load_fails_over_and_charges_once() {
         .map(|node| node.as_ref().unwrap().addr)
         .collect();
     let gates = engine_at(addrs[0]);
-    leader_of(&base, 0).await;
-    leader_of(&base, 1).await;
+    // One connection for the test's own looks at the cluster.
+    let js = base.jetstream().await.unwrap();
+    leader_of(&js, &base, 0).await;
+    leader_of(&js, &base, 1).await;
 
     // Every node verifies codes itself: each learns the simulator's issuer keys.
     let (mut provisioned, network) = provision_sample_city(&gates, 200, 7).await;
@@ -320,7 +321,7 @@ async fn a_shard_leader_killed_under_load_fails_over_and_charges_once() {
     }
 
     let (plan, start_at) = plan_phase(&mut provisioned, &network, 300.0, load_s, 1);
-    let victim: usize = leader_of(&base, 1).await[1..].parse().unwrap();
+    let victim: usize = leader_of(&js, &base, 1).await[1..].parse().unwrap();
     let kill_after = Duration::from_secs_f64(load_s * 0.4);
     let failover = async {
         tokio::time::sleep(kill_after).await;
@@ -328,7 +329,7 @@ async fn a_shard_leader_killed_under_load_fails_over_and_charges_once() {
         let killed_at = Instant::now();
         tokio::task::block_in_place(|| killed.kill());
         let new_leader = loop {
-            let leader = leader_of(&base, 1).await;
+            let leader = leader_of(&js, &base, 1).await;
             if leader != format!("n{victim}") {
                 break leader;
             }
@@ -361,7 +362,7 @@ async fn a_shard_leader_killed_under_load_fails_over_and_charges_once() {
 
     // Every replica catches up (the restarted node too); then each accepted tap is in its
     // rider's statement exactly once, read from a node that holds both shards.
-    wait_for_replicas(&base, &[3, 2]).await;
+    wait_for_replicas(&js, &base, &[3, 2]).await;
     let mut played = Played::default();
     played.add(plan, run);
     let survivor = if victim == 1 { 2 } else { 1 };

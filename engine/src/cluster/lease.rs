@@ -7,30 +7,9 @@
 //! The lease only decides who tries to lead. Safety does not rest on it: the log's
 //! fenced appends refuse a deposed leader even before it notices its lease is gone.
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::kv;
 
 use super::names;
-
-/// Makes the lease bucket, or opens the one there.
-pub async fn ensure_bucket(
-    js: &jetstream::Context,
-    ttl: std::time::Duration,
-    replicas: usize,
-) -> anyhow::Result<kv::Store> {
-    if let Ok(store) = js.get_key_value(names::LEASE_BUCKET).await {
-        return Ok(store);
-    }
-    js.create_key_value(kv::Config {
-        bucket: names::LEASE_BUCKET.into(),
-        history: 1,
-        max_age: ttl,
-        num_replicas: replicas,
-        storage: jetstream::stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .map_err(|err| anyhow::anyhow!("cannot make the lease bucket: {err}"))
-}
 
 /// A lease this node holds: the revision of its last write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,14 +3,12 @@
 //! says, for each shard, its leader, its log's last sequence, and how far each replica
 //! has applied it. Every node checks the recorded shard count before it starts.
 
+use std::collections::BTreeMap;
+
 use async_nats::jetstream::{self, kv};
 
 use super::config::ClusterConfig;
 use super::{lease, log, names};
-
-/// The bucket where each replica reports the sequence it applied (one key per shard and
-/// node), for `cluster status` and the audit.
-pub const REPLICA_BUCKET: &str = "fareway_replicas";
 
 /// Makes the cluster's streams and buckets and records its shard count. Running it again
 /// with the same count changes nothing; with another count it refuses.
@@ -31,10 +29,11 @@ pub async fn init(js: &jetstream::Context, config: &ClusterConfig) -> anyhow::Re
                 .map_err(|err| anyhow::anyhow!("cannot record the shard count: {err}"))?;
         }
     }
-    lease::ensure_bucket(js, config.lease_ttl(), config.replicas).await?;
+    // Leases expire unless renewed: the bucket's entries live for the lease's TTL.
+    bucket(js, names::LEASE_BUCKET, config.replicas, config.lease_ttl()).await?;
     bucket(
         js,
-        REPLICA_BUCKET,
+        names::REPLICA_BUCKET,
         config.replicas,
         std::time::Duration::from_secs(60),
     )
@@ -73,6 +72,8 @@ fn check_count(found: &[u8], configured: u32) -> anyhow::Result<()> {
     }
 }
 
+/// Makes a key-value bucket that keeps one value per key (for `max_age`; zero is for
+/// ever), or opens the one there.
 async fn bucket(
     js: &jetstream::Context,
     name: &str,
@@ -94,9 +95,6 @@ async fn bucket(
     .map_err(|err| anyhow::anyhow!("cannot make bucket {name}: {err}"))
 }
 
-/// The key of the digest of the rules every replica decides by.
-pub const RULES_KEY: &str = "rules";
-
 /// Replicas replay requests, not their effects, so every node must decide by the same
 /// rules (the fares file and the code retry window): the first node to start records
 /// their digest, and a node with other rules refuses to start, naming both digests.
@@ -112,10 +110,13 @@ pub async fn check_rules(
     input.extend_from_slice(&config.taps.code_retry_window_ms.to_be_bytes());
     let digest = crate::hex::encode(ring::digest::digest(&ring::digest::SHA256, &input).as_ref());
     let settings = js.get_key_value(names::CLUSTER_BUCKET).await?;
-    let found = match settings.create(RULES_KEY, digest.clone().into()).await {
+    let found = match settings
+        .create(names::RULES_KEY, digest.clone().into())
+        .await
+    {
         Ok(_) => return Ok(()),
         Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => settings
-            .get(RULES_KEY)
+            .get(names::RULES_KEY)
             .await?
             .map(|value| String::from_utf8_lossy(&value).into_owned())
             .unwrap_or_default(),
@@ -126,11 +127,6 @@ pub async fn check_rules(
         "this node's fares file and code retry window (digest {digest}) differ from the cluster's (digest {found}): replicas would price the same taps differently. A fare change is a new cluster for now"
     );
     Ok(())
-}
-
-/// The key under which a node reports what it applied of a shard.
-pub fn replica_key(shard: u32, node_id: &str) -> String {
-    format!("shard-{shard}.{node_id}")
 }
 
 /// One shard as `cluster status` shows it.
@@ -146,6 +142,26 @@ pub struct ShardStatus {
     pub replicas: Vec<(String, u64)>,
 }
 
+/// Every replica's report (within the last minute), by shard: node and applied sequence.
+async fn replica_reports(reports: &kv::Store) -> anyhow::Result<BTreeMap<u32, Vec<(String, u64)>>> {
+    let mut by_shard: BTreeMap<u32, Vec<(String, u64)>> = BTreeMap::new();
+    let mut keys = reports.keys().await?;
+    while let Some(key) = tokio_stream::StreamExt::next(&mut keys).await {
+        let key = key?;
+        let (Some((shard, node_id)), Some(value)) =
+            (names::parse_replica_key(&key), reports.get(&key).await?)
+        else {
+            continue;
+        };
+        let applied = String::from_utf8_lossy(&value).parse().unwrap_or(0);
+        by_shard
+            .entry(shard)
+            .or_default()
+            .push((node_id.to_owned(), applied));
+    }
+    Ok(by_shard)
+}
+
 /// Every shard's status.
 pub async fn status(
     js: &jetstream::Context,
@@ -153,28 +169,15 @@ pub async fn status(
 ) -> anyhow::Result<Vec<ShardStatus>> {
     check_shard_count(js, config).await?;
     let leases = js.get_key_value(names::LEASE_BUCKET).await?;
-    let reports = js.get_key_value(REPLICA_BUCKET).await?;
+    let reports = js.get_key_value(names::REPLICA_BUCKET).await?;
+    let replicas = replica_reports(&reports).await?;
     let mut shards = Vec::new();
     for shard in 0..config.shards {
-        let mut replicas = Vec::new();
-        let mut keys = reports.keys().await?;
-        while let Some(key) = tokio_stream::StreamExt::next(&mut keys).await {
-            let key = key?;
-            let Some(node) = key
-                .strip_prefix(&format!("shard-{shard}."))
-                .map(str::to_owned)
-            else {
-                continue;
-            };
-            if let Some(value) = reports.get(&key).await? {
-                replicas.push((node, String::from_utf8_lossy(&value).parse().unwrap_or(0)));
-            }
-        }
         shards.push(ShardStatus {
             shard,
             leader: lease::holder(&leases, shard).await,
             stream_sequence: log::last_sequence(js, shard).await?,
-            replicas,
+            replicas: replicas.get(&shard).cloned().unwrap_or_default(),
         });
     }
     Ok(shards)

@@ -23,7 +23,7 @@ pub mod shard;
 
 pub use config::ClusterConfig;
 
-use crate::ledger::{Command, Request, TxId};
+use crate::ledger::{Command, TxId};
 
 /// The shard a rider account belongs to: the account id modulo the cluster's shard count.
 /// Account ids are issued in sequence, so the shards fill evenly.
@@ -31,26 +31,26 @@ pub fn shard_of(account_id: u64, shards: u32) -> u32 {
     (account_id % u64::from(shards.max(1))) as u32
 }
 
-/// The account whose shard a command goes to; `None` for a refund, which names only the
-/// charge it reverses (its shard is the charge's).
-pub fn command_account(command: &Command) -> Option<u64> {
+/// What decides a command's shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteBy {
+    /// The rider account the command names.
+    Account(u64),
+    /// A refund names only the charge it reverses: its shard is the charge's.
+    Charge(TxId),
+}
+
+/// What decides `command`'s shard.
+pub fn route_by(command: &Command) -> RouteBy {
     match *command {
         Command::OpenAccount { account_id, .. }
         | Command::SetStatus { account_id, .. }
         | Command::TopUp { account_id, .. }
         | Command::Charge { account_id, .. }
         | Command::Adjust { account_id, .. }
-        | Command::CloseJourney { account_id, .. } => Some(account_id),
-        Command::Tap(tap) => Some(tap.account_id),
-        Command::Refund { .. } => None,
-    }
-}
-
-/// The refunded charge of a refund request.
-pub fn refunded(request: &Request) -> Option<TxId> {
-    match request.command {
-        Command::Refund { original } => Some(original),
-        _ => None,
+        | Command::CloseJourney { account_id, .. } => RouteBy::Account(account_id),
+        Command::Tap(tap) => RouteBy::Account(tap.account_id),
+        Command::Refund { original } => RouteBy::Charge(original),
     }
 }
 
@@ -84,6 +84,24 @@ pub mod names {
 
     /// The key of the shard count, written once by `fareway cluster init`.
     pub const SHARDS_KEY: &str = "shards";
+
+    /// The key of the digest of the rules every replica decides by.
+    pub const RULES_KEY: &str = "rules";
+
+    /// The bucket where each replica reports the sequence it applied (one key per shard
+    /// and node), for `cluster status`.
+    pub const REPLICA_BUCKET: &str = "fareway_replicas";
+
+    /// The key under which node `node_id` reports what it applied of shard `shard`.
+    pub fn replica_key(shard: u32, node_id: &str) -> String {
+        format!("shard-{shard}.{node_id}")
+    }
+
+    /// The shard and node of a key written by [`replica_key`].
+    pub fn parse_replica_key(key: &str) -> Option<(u32, &str)> {
+        let (shard, node_id) = key.strip_prefix("shard-")?.split_once('.')?;
+        Some((shard.parse().ok()?, node_id))
+    }
 }
 
 #[cfg(test)]
@@ -101,5 +119,14 @@ mod tests {
             counts[shard_of(account, 3) as usize] += 1;
         }
         assert_eq!(counts, [1_000, 1_000, 1_000]);
+    }
+
+    #[test]
+    fn a_replica_key_names_its_shard_and_node() {
+        let key = names::replica_key(12, "node-3");
+        assert_eq!(key, "shard-12.node-3");
+        assert_eq!(names::parse_replica_key(&key), Some((12, "node-3")));
+        assert_eq!(names::parse_replica_key("shard-x.node-3"), None);
+        assert_eq!(names::parse_replica_key("lease-1.node-3"), None);
     }
 }

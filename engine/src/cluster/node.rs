@@ -9,17 +9,16 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
 use crate::commands::Commands;
 use crate::gate::Gatekeeper;
-use crate::grpc;
 use crate::ledger::Replica;
+use crate::server;
 use crate::server::config::ServerConfig;
 use crate::server::metrics::Metrics;
-use crate::server::{self, Apis, transport};
 
 use super::config::ClusterConfig;
 use super::router::{Router, ShardSlot};
@@ -51,37 +50,27 @@ pub async fn start(
     manage::check_rules(&js, &config).await?;
     let slots = open_replicas(&config, &cluster, rules).await?;
     let router = Arc::new(Router::new(cluster.shards, client.clone(), slots.clone()));
-    let commands = Commands::Cluster(Arc::clone(&router));
     let gate = Arc::new(Gatekeeper::with_commands(
         Arc::clone(&verifier),
-        commands.clone(),
+        Commands::Cluster(Arc::clone(&router)),
         fares,
         Arc::clone(&clock),
         config.scan_time_limits(),
     ));
     let (stop, stopped) = watch::channel(false);
     let metrics = Arc::new(Metrics::new());
-    let apis = apis(
+    let apis = server::apis(
         &config,
         &gate,
-        commands,
         verifier,
         clock,
         &metrics,
         stopped.clone(),
+        None,
     );
     let (_health, routes) = server::routes_with_health(apis, &config).await?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
     let budget = server::descriptor_budget(&config)?;
-    let incoming = transport::GuardedIncoming::new(
-        listener,
-        budget.connections_max,
-        Duration::from_millis(config.limits.handshake_timeout_ms),
-        Arc::clone(&metrics),
-    );
+    let (addr, incoming) = server::listen_guarded(&config, &budget, &metrics).await?;
     let server = server::serve_grpc(&config, incoming, routes, &metrics, stopped.clone())?;
     let context = shard_context(&cluster, client, js, &config).await?;
     let mut tasks: Vec<JoinHandle<()>> = slots
@@ -164,41 +153,6 @@ async fn open_replicas(
     Ok(slots)
 }
 
-/// The gate and admin APIs over the cluster's commands.
-fn apis(
-    config: &ServerConfig,
-    gate: &Arc<Gatekeeper>,
-    commands: Commands,
-    verifier: Arc<crate::token::Verifier>,
-    clock: Arc<dyn Clock>,
-    metrics: &Arc<Metrics>,
-    stopped: watch::Receiver<bool>,
-) -> Apis {
-    let in_flight = Arc::new(Semaphore::new(config.limits.requests_in_flight_max));
-    Apis {
-        gate: grpc::gate::GateApi::new(
-            Arc::clone(gate),
-            Arc::clone(&in_flight),
-            Arc::new(grpc::gate::ConnectionShares::new(
-                config.limits.connection_requests_in_flight_max,
-            )),
-            Arc::clone(metrics),
-            config.limits.stream_taps_in_flight_max,
-            stopped,
-        ),
-        admin: grpc::admin::AdminApi::new(
-            commands,
-            verifier,
-            clock,
-            config.issuer_keys_file.clone(),
-            config.backup_dir.clone(),
-            in_flight,
-            Arc::clone(metrics),
-        ),
-        settlement: None,
-    }
-}
-
 async fn shard_context(
     cluster: &ClusterConfig,
     client: async_nats::Client,
@@ -210,7 +164,7 @@ async fn shard_context(
         .await
         .context("the lease bucket is missing (run `fareway cluster init`)")?;
     let reports = js
-        .get_key_value(manage::REPLICA_BUCKET)
+        .get_key_value(names::REPLICA_BUCKET)
         .await
         .context("the replica bucket is missing (run `fareway cluster init`)")?;
     Ok(ShardContext {
@@ -240,7 +194,7 @@ async fn report_applied(
             let Ok(applied) = slot.replica.applied_stream_sequence() else {
                 continue;
             };
-            let key = manage::replica_key(slot.shard, &context.node_id);
+            let key = names::replica_key(slot.shard, &context.node_id);
             let _ = context.reports.put(key, applied.to_string().into()).await;
         }
     }

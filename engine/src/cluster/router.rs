@@ -8,11 +8,9 @@ use std::sync::{Arc, RwLock};
 
 use async_nats::RequestErrorKind;
 
-use crate::ledger::{
-    Account, AccountRef, Ledger, LedgerError, Receipt, Replica, Request, TxId, codec,
-};
+use crate::ledger::{Account, AccountRef, Ledger, LedgerError, Receipt, Replica, Request, codec};
 
-use super::{command_account, names, refunded, shard_of};
+use super::{RouteBy, names, route_by, shard_of};
 
 /// One shard this node holds: its replica, and its ledger while this node leads it.
 #[derive(Debug)]
@@ -39,12 +37,11 @@ impl ShardSlot {
         self.leader.read().ok().and_then(|leader| leader.clone())
     }
 
-    /// Starts (`Some`) or stops (`None`) answering as the shard's leader; returns the
-    /// ledger that led until now.
-    pub fn set_leader(&self, ledger: Option<Arc<Ledger>>) -> Option<Arc<Ledger>> {
+    /// Starts (`Some`) or stops (`None`) answering as the shard's leader.
+    pub fn set_leader(&self, ledger: Option<Arc<Ledger>>) {
         match self.leader.write() {
-            Ok(mut leader) => std::mem::replace(&mut *leader, ledger),
-            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), ledger),
+            Ok(mut leader) => *leader = ledger,
+            Err(poisoned) => *poisoned.into_inner() = ledger,
         }
     }
 }
@@ -70,11 +67,6 @@ impl Router {
     /// The shards this node holds.
     pub fn held(&self) -> impl Iterator<Item = &Arc<ShardSlot>> {
         self.held.values()
-    }
-
-    /// The cluster's shard count.
-    pub fn shards(&self) -> u32 {
-        self.shards
     }
 
     /// Submits a request to its shard's leader and awaits the durable answer.
@@ -111,10 +103,10 @@ impl Router {
     /// The shard a request goes to. A refund goes where its charge is: the first shard
     /// this node holds that recorded it.
     fn shard_of_request(&self, request: &Request) -> Result<u32, LedgerError> {
-        if let Some(account_id) = command_account(&request.command) {
-            return Ok(shard_of(account_id, self.shards));
-        }
-        let original = refunded(request).unwrap_or(TxId(0));
+        let original = match route_by(&request.command) {
+            RouteBy::Account(account_id) => return Ok(shard_of(account_id, self.shards)),
+            RouteBy::Charge(original) => original,
+        };
         for slot in self.held.values() {
             if slot.replica.view().transaction(original)?.is_some() {
                 return Ok(slot.shard);

@@ -14,7 +14,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rocksdb::{DB, WriteBatch, WriteOptions};
+use rocksdb::{DB, WriteBatch};
 
 use super::apply::GroupCommit;
 use super::codec;
@@ -40,16 +40,6 @@ pub struct Replica {
     view: LedgerView,
     rules: Rules,
     config: LedgerConfig,
-    unsynced: WriteOptionsDebug,
-}
-
-/// RocksDB's write options, which do not implement `Debug`.
-struct WriteOptionsDebug(WriteOptions);
-
-impl std::fmt::Debug for WriteOptionsDebug {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WriteOptions")
-    }
 }
 
 impl Replica {
@@ -61,7 +51,6 @@ impl Replica {
             db,
             rules,
             config,
-            unsynced: WriteOptionsDebug(WriteOptions::default()),
         })
     }
 
@@ -91,7 +80,8 @@ impl Replica {
             let _ = group.apply(request);
         }
         let write = with_applied_sequence(&self.view, group.into_write(), stream_sequence)?;
-        self.db.write_opt(write, &self.unsynced.0)?;
+        // RocksDB's default write does not sync: the log is the durable copy.
+        self.db.write(write)?;
         Ok(())
     }
 
@@ -106,7 +96,6 @@ impl Replica {
             log,
             applied: self.applied_stream_sequence()?,
             failed: false,
-            unsynced: WriteOptions::default(),
         };
         Ledger::start(
             self.view.clone(),
@@ -149,7 +138,6 @@ struct Replicated {
     applied: u64,
     /// An append failed: this replica's state may be behind the log.
     failed: bool,
-    unsynced: WriteOptions,
 }
 
 impl Durability for Replicated {
@@ -177,7 +165,7 @@ impl Durability for Replicated {
         // From here the log holds the group commit: a local write that fails leaves this
         // replica behind its log, and only a replay (after stepping down) repairs it.
         let written = with_applied_sequence(&self.view, write, sequence)
-            .and_then(|write| Ok(self.db.write_opt(write, &self.unsynced)?));
+            .and_then(|write| Ok(self.db.write(write)?));
         if written.is_err() {
             self.failed = true;
         }

@@ -19,7 +19,6 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
-use crate::commands::Commands;
 use crate::fares::{FARES_FILE_BYTES_MAX, FareTable};
 use crate::gate::Gatekeeper;
 use crate::grpc;
@@ -74,47 +73,18 @@ async fn start_as(
     let metrics = Arc::new(Metrics::new());
     let settlement = open_settlement(&config, &ledger)?;
     let (stop, stopped) = watch::channel(false);
-    let in_flight = Arc::new(Semaphore::new(config.limits.requests_in_flight_max));
-    let apis = Apis {
-        gate: grpc::gate::GateApi::new(
-            Arc::clone(&gate),
-            Arc::clone(&in_flight),
-            Arc::new(grpc::gate::ConnectionShares::new(
-                config.limits.connection_requests_in_flight_max,
-            )),
-            Arc::clone(&metrics),
-            config.limits.stream_taps_in_flight_max,
-            stopped.clone(),
-        ),
-        admin: grpc::admin::AdminApi::new(
-            Commands::Local(Arc::clone(&ledger)),
-            verifier,
-            Arc::clone(&clock),
-            config.issuer_keys_file.clone(),
-            config.backup_dir.clone(),
-            in_flight,
-            Arc::clone(&metrics),
-        ),
-        settlement: Some(grpc::settlement::SettlementApi::new(
-            settlement,
-            clock,
-            config.limits.settlement_jobs_max,
-            Duration::from_millis(config.limits.pull_stall_ms),
-            Arc::clone(&metrics),
-        )),
-    };
-    let (health, routes) = routes_with_health(apis, &config).await?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
-    let metrics_server = serve_metrics(&config, &ledger, &metrics, stopped.clone()).await?;
-    let incoming = transport::GuardedIncoming::new(
-        listener,
-        budget.connections_max,
-        Duration::from_millis(config.limits.handshake_timeout_ms),
-        Arc::clone(&metrics),
+    let apis = apis(
+        &config,
+        &gate,
+        verifier,
+        clock,
+        &metrics,
+        stopped.clone(),
+        Some(settlement),
     );
+    let (health, routes) = routes_with_health(apis, &config).await?;
+    let (addr, incoming) = listen_guarded(&config, &budget, &metrics).await?;
+    let metrics_server = serve_metrics(&config, &ledger, &metrics, stopped.clone()).await?;
     let server = serve_grpc(&config, incoming, routes, &metrics, stopped.clone())?;
     let sweeper = tokio::spawn(sweep_journeys(
         Arc::clone(&gate),
@@ -243,6 +213,70 @@ fn open_settlement(config: &ServerConfig, ledger: &Arc<Ledger>) -> anyhow::Resul
         settlement_key,
         config.settlement.currency.clone(),
     )))
+}
+
+/// The gate and admin APIs every server answers (embedded, or a cluster node, whose admin
+/// commands go where its gatekeeper's do), and settlement where it is served.
+pub(crate) fn apis(
+    config: &ServerConfig,
+    gate: &Arc<Gatekeeper>,
+    verifier: Arc<Verifier>,
+    clock: Arc<dyn Clock>,
+    metrics: &Arc<Metrics>,
+    stopped: watch::Receiver<bool>,
+    settlement: Option<Arc<Settlement>>,
+) -> Apis {
+    let in_flight = Arc::new(Semaphore::new(config.limits.requests_in_flight_max));
+    Apis {
+        gate: grpc::gate::GateApi::new(
+            Arc::clone(gate),
+            Arc::clone(&in_flight),
+            Arc::new(grpc::gate::ConnectionShares::new(
+                config.limits.connection_requests_in_flight_max,
+            )),
+            Arc::clone(metrics),
+            config.limits.stream_taps_in_flight_max,
+            stopped,
+        ),
+        admin: grpc::admin::AdminApi::new(
+            gate.commands().clone(),
+            verifier,
+            Arc::clone(&clock),
+            config.issuer_keys_file.clone(),
+            config.backup_dir.clone(),
+            in_flight,
+            Arc::clone(metrics),
+        ),
+        settlement: settlement.map(|settlement| {
+            grpc::settlement::SettlementApi::new(
+                settlement,
+                clock,
+                config.limits.settlement_jobs_max,
+                Duration::from_millis(config.limits.pull_stall_ms),
+                Arc::clone(metrics),
+            )
+        }),
+    }
+}
+
+/// Listens for gRPC where configured, behind the connection guard; returns the address
+/// (with the real port when the configuration said port 0).
+pub(crate) async fn listen_guarded(
+    config: &ServerConfig,
+    budget: &transport::DescriptorBudget,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<(SocketAddr, transport::GuardedIncoming)> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let incoming = transport::GuardedIncoming::new(
+        listener,
+        budget.connections_max,
+        Duration::from_millis(config.limits.handshake_timeout_ms),
+        Arc::clone(metrics),
+    );
+    Ok((addr, incoming))
 }
 
 /// The services a server answers, before routing (no settlement in cluster mode yet).
