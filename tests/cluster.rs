@@ -30,6 +30,8 @@ use fareway::ledger::{
     StoreConfig, TxId, audit,
 };
 use fareway::money::Amount;
+use fareway::settlement::key::SettlementKey;
+use fareway_proto::v1 as pb;
 use fareway_tests::nats::NatsCluster;
 use fareway_tests::process::{
     Played, ServerProcess, engine_at, fareway_binary, plan_phase, play_with_retries,
@@ -184,8 +186,10 @@ async fn a_stale_leader_cannot_append_and_catches_up_by_replay() {
     drop(leader);
 }
 
-/// A node's configuration in `folder`, for the cluster's node `node_id`.
-fn node_config(folder: &Path, cluster: ClusterConfig) -> PathBuf {
+/// A node's configuration in `folder`, for the cluster's node `node_id`, signing
+/// settlement manifests with the key in `settlement_key` (every node of a cluster has the
+/// same one).
+fn node_config(folder: &Path, cluster: ClusterConfig, settlement_key: &Path) -> PathBuf {
     // No issuer keys: the simulator registers its own, on every node.
     let no_keys = folder.join("no-keys.toml");
     std::fs::write(&no_keys, "provider = []\nissuer_key = []\n").unwrap();
@@ -193,6 +197,7 @@ fn node_config(folder: &Path, cluster: ClusterConfig) -> PathBuf {
         config.issuer_keys_file = no_keys;
         config.metrics_listen = None;
         config.cluster = Some(cluster);
+        config.settlement.key_file = settlement_key.to_path_buf();
     });
     let file = folder.join("node.toml");
     std::fs::write(&file, config_file_text(&config)).unwrap();
@@ -204,7 +209,11 @@ async fn a_node_with_another_shard_count_refuses_to_start() {
     let nats = NatsCluster::start(3);
     init(&cluster_config(&nats, "n0", 2)).await;
     let folder = tempfile::tempdir().unwrap();
-    let file = node_config(folder.path(), cluster_config(&nats, "n9", 3));
+    let file = node_config(
+        folder.path(),
+        cluster_config(&nats, "n9", 3),
+        &folder.path().join("settlement.key"),
+    );
     let output = std::process::Command::new(fareway_binary())
         .args(["serve", "--config"])
         .arg(&file)
@@ -274,6 +283,74 @@ async fn leader_of(js: &Context, config: &ClusterConfig, shard: u32) -> String {
     }
 }
 
+/// Settlement across shards: a node that lacks a shard's replica cannot close; a node that
+/// holds every shard closes one batch per provider whose totals are the fares the gates
+/// saw charged; the same close asked of another node answers the same batches, and the
+/// files pulled from either node are byte-identical and signed.
+async fn assert_settled_alike(
+    [partial, closer, other]: [std::net::SocketAddr; 3],
+    plan: &[gate_sim::plan::PlannedTap],
+    run: &gate_sim::run::RunResult,
+    folder: &Path,
+) {
+    let close = |id: u128| pb::CloseBatchesRequest {
+        close_id: id.to_be_bytes().to_vec(),
+        ..Default::default()
+    };
+    let refused = engine_at(partial)
+        .settlement()
+        .await
+        .unwrap()
+        .close_batches(close(9))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("holds no replica of shard 1"),
+        "{refused:?}"
+    );
+    let by_sequence = engine_at(closer)
+        .settlement()
+        .await
+        .unwrap()
+        .close_batches(pb::CloseBatchesRequest {
+            cutoff_sequence: Some(5),
+            ..close(8)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(by_sequence.code(), tonic::Code::InvalidArgument);
+
+    let mut pulled = Vec::new();
+    for (node, name) in [(closer, "closer"), (other, "other")] {
+        let engine = engine_at(node);
+        let mut client = engine.settlement().await.unwrap();
+        let into = folder.join(format!("settled-{name}"));
+        let report = gate_sim::check::settlement(&engine, &mut client, 1, plan, run, &into)
+            .await
+            .unwrap();
+        assert_eq!(report["ok"], true, "{report:#}");
+        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&into)
+            .unwrap()
+            .map(|entry| {
+                let path = entry.unwrap().path();
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                (name, std::fs::read(&path).unwrap())
+            })
+            .collect();
+        files.sort();
+        pulled.push(files);
+    }
+    assert!(!pulled[0].is_empty());
+    assert_eq!(pulled[0], pulled[1], "the nodes' files differ");
+    let csv = String::from_utf8(pulled[0][0].1.clone()).unwrap();
+    assert!(csv.starts_with("H,2,"), "{csv}");
+    assert!(
+        csv.contains("\nS,0,0,") && csv.contains("\nS,1,0,"),
+        "{csv}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_leader_killed_under_load_fails_over_and_charges_once() {
     let load_s = env_number("FAREWAY_CLUSTER_SOAK_S", 10) as f64;
@@ -281,6 +358,8 @@ async fn a_shard_leader_killed_under_load_fails_over_and_charges_once() {
     let base = cluster_config(&nats, "n0", 2);
     init(&base).await;
     let folder = tempfile::tempdir().unwrap();
+    let settlement_key = folder.path().join("settlement.key");
+    SettlementKey::load_or_create(&settlement_key).unwrap();
     // The gates talk to n0, which holds shard 0 only; n1 and n2 hold both shards, so
     // shard 1's leader is n1 or n2, and killing it leaves the gates' node standing.
     let mut files = Vec::new();
@@ -289,7 +368,7 @@ async fn a_shard_leader_killed_under_load_fails_over_and_charges_once() {
         std::fs::create_dir_all(&node_folder).unwrap();
         let mut cluster = cluster_config(&nats, &format!("n{index}"), 2);
         cluster.shards_held = held;
-        files.push(node_config(&node_folder, cluster));
+        files.push(node_config(&node_folder, cluster, &settlement_key));
     }
     let localhost = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let start = |index: usize, listen| {
@@ -363,9 +442,16 @@ async fn a_shard_leader_killed_under_load_fails_over_and_charges_once() {
     // Every replica catches up (the restarted node too); then each accepted tap is in its
     // rider's statement exactly once, read from a node that holds both shards.
     wait_for_replicas(&js, &base, &[3, 2]).await;
+    let survivor = if victim == 1 { 2 } else { 1 };
+    assert_settled_alike(
+        [addrs[0], addrs[survivor], addrs[victim]],
+        &plan,
+        &run,
+        folder.path(),
+    )
+    .await;
     let mut played = Played::default();
     played.add(plan, run);
-    let survivor = if victim == 1 { 2 } else { 1 };
     played
         .assert_charged_exactly_once(&engine_at(addrs[survivor]), "after the failover")
         .await;

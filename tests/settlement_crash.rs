@@ -19,12 +19,12 @@ use std::time::Duration;
 
 use fareway::ledger::audit::audit;
 use fareway::ledger::{Ledger, LedgerConfig, TxId};
-use fareway::settlement::Settlement;
 use fareway::settlement::file::for_each_entry;
 use fareway::settlement::key::SettlementKey;
 use fareway::settlement::manifest::Manifest;
 use fareway::settlement::model::{CloseRequest, Cutoff};
 use fareway::settlement::verify::verify;
+use fareway::settlement::{Settlement, SettlementBook};
 use fareway_tests::{Rng, env_number};
 
 const CHARGES_PER_CYCLE: u64 = 160_000;

@@ -21,10 +21,10 @@ use fareway::ledger::{
     Command, Ledger, LedgerConfig, LedgerError, Request, Rules, Tap, TapKind, TxId,
 };
 use fareway::money::Amount;
-use fareway::settlement::Settlement;
 use fareway::settlement::key::SettlementKey;
 use fareway::settlement::manifest::Manifest;
 use fareway::settlement::model::{CloseRequest, Cutoff};
+use fareway::settlement::{Settlement, SettlementBook};
 use fareway_benches::{NOW, proc_status_kib};
 
 /// Riders tapping; each taps about TAPS / RIDERS times.

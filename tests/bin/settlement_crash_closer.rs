@@ -18,9 +18,9 @@ use anyhow::Context as _;
 use fareway::clock::UnixMillis;
 use fareway::ledger::{Command, Ledger, LedgerConfig, LedgerError, Request, TxId};
 use fareway::money::Amount;
-use fareway::settlement::Settlement;
 use fareway::settlement::key::SettlementKey;
 use fareway::settlement::model::{CloseRequest, Cutoff};
+use fareway::settlement::{Settlement, SettlementBook};
 
 /// The riders, and the provider of each.
 pub const RIDERS: u64 = 30;

@@ -41,7 +41,7 @@ pub async fn init(js: &jetstream::Context, config: &ClusterConfig) -> anyhow::Re
     for shard in 0..config.shards {
         log::ensure_stream(js, shard, config.replicas).await?;
     }
-    Ok(())
+    super::settlement::ensure_stream(js, config.replicas).await
 }
 
 /// Refuses to go on unless the cluster was made with this node's shard count.

@@ -19,6 +19,7 @@ pub mod log;
 pub mod manage;
 pub mod node;
 pub mod router;
+pub mod settlement;
 pub mod shard;
 
 pub use config::ClusterConfig;
@@ -70,6 +71,12 @@ pub mod names {
     pub fn submit_subject(shard: u32) -> String {
         format!("fareway.shard.{shard}.submit")
     }
+
+    /// The stream of settlement closes and acknowledgements.
+    pub const SETTLEMENT_STREAM: &str = "FAREWAY_SETTLEMENT";
+
+    /// Its one subject.
+    pub const SETTLEMENT_SUBJECT: &str = "fareway.settlement";
 
     /// The key-value bucket of the shards' leases.
     pub const LEASE_BUCKET: &str = "fareway_leases";

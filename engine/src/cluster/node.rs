@@ -22,6 +22,7 @@ use crate::server::metrics::Metrics;
 
 use super::config::ClusterConfig;
 use super::router::{Router, ShardSlot};
+use super::settlement::ClusterSettlement;
 use super::shard::{self, ShardContext};
 use super::{manage, names};
 
@@ -57,6 +58,7 @@ pub async fn start(
         Arc::clone(&clock),
         config.scan_time_limits(),
     ));
+    let settlement = open_settlement(&config, &cluster, &js, &slots).await?;
     let (stop, stopped) = watch::channel(false);
     let metrics = Arc::new(Metrics::new());
     let apis = server::apis(
@@ -66,7 +68,7 @@ pub async fn start(
         clock,
         &metrics,
         stopped.clone(),
-        None,
+        Some(settlement),
     );
     let (_health, routes) = server::routes_with_health(apis, &config).await?;
     let budget = server::descriptor_budget(&config)?;
@@ -151,6 +153,33 @@ async fn open_replicas(
         slots.push(Arc::new(ShardSlot::new(shard, Arc::new(replica))));
     }
     Ok(slots)
+}
+
+/// Settlement over every shard this node holds (closes and pulls need all of them), with
+/// the deployment's settlement key: every node signs with the same one.
+async fn open_settlement(
+    config: &ServerConfig,
+    cluster: &ClusterConfig,
+    js: &jetstream::Context,
+    slots: &[Arc<ShardSlot>],
+) -> anyhow::Result<Arc<ClusterSettlement>> {
+    js.get_stream(names::SETTLEMENT_STREAM)
+        .await
+        .context("the settlement stream is missing (run `fareway cluster init`)")?;
+    let replicas = slots
+        .iter()
+        .map(|slot| (slot.shard, Arc::clone(&slot.replica)))
+        .collect();
+    Ok(Arc::new(ClusterSettlement::new(
+        js.clone(),
+        server::settlement_key(config)?,
+        config.settlement.currency.clone(),
+        cluster.shards,
+        replicas,
+        // A replica that trails its log by more than a few request timeouts is not one
+        // to settle from.
+        cluster.request_timeout() * 5,
+    )))
 }
 
 async fn shard_context(

@@ -19,7 +19,7 @@ use crate::clock::{Clock, UnixMillis};
 use crate::server::metrics::Metrics;
 use crate::settlement::manifest::Manifest;
 use crate::settlement::model::{BatchView, CloseRequest, Cutoff, LATEST_TIME, manifest_name};
-use crate::settlement::{LIST_BATCHES_MAX, Settlement, SettlementError};
+use crate::settlement::{LIST_BATCHES_MAX, SettlementBook, SettlementError};
 use crate::token::format::PUBLIC_KEY_LEN;
 
 use super::convert::{self, invalid, ledger_status};
@@ -39,7 +39,7 @@ pub const CLOSE_PROVIDERS_MAX: usize = 1_000;
 /// The settlement API.
 #[derive(Debug, Clone)]
 pub struct SettlementApi {
-    settlement: Arc<Settlement>,
+    settlement: Arc<dyn SettlementBook>,
     clock: Arc<dyn Clock>,
     /// Pulls at once.
     pulls: Arc<Semaphore>,
@@ -54,7 +54,7 @@ pub struct SettlementApi {
 impl SettlementApi {
     /// The API over `settlement`, running at most `jobs_max` pulls and one close at once.
     pub fn new(
-        settlement: Arc<Settlement>,
+        settlement: Arc<dyn SettlementBook>,
         clock: Arc<dyn Clock>,
         jobs_max: usize,
         pull_stall_max: Duration,
@@ -90,7 +90,10 @@ pub fn settlement_status(err: &SettlementError) -> Status {
             Code::FailedPrecondition
         }
         SettlementError::Ledger(err) => return ledger_status(err),
-        SettlementError::Storage(_) | SettlementError::Io(_) => Code::Unavailable,
+        SettlementError::Storage(_) | SettlementError::Io(_) | SettlementError::Unavailable(_) => {
+            Code::Unavailable
+        }
+        SettlementError::CutoffUnsupported(_) => Code::InvalidArgument,
         SettlementError::Corrupt(_) => Code::Internal,
     };
     convert::status(code, err.to_string(), err.code())

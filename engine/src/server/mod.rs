@@ -23,8 +23,8 @@ use crate::fares::{FARES_FILE_BYTES_MAX, FareTable};
 use crate::gate::Gatekeeper;
 use crate::grpc;
 use crate::ledger::{Ledger, Rules};
-use crate::settlement::Settlement;
 use crate::settlement::key::SettlementKey;
+use crate::settlement::{Settlement, SettlementBook};
 use crate::token::{IssuerRegistry, Verifier};
 
 use self::config::{ServerConfig, TlsSettings};
@@ -197,9 +197,17 @@ pub(crate) fn load_rules(
     Ok((fares, verifier, rules))
 }
 
-/// Settlement over the ledger, with its signing key (made on the first start if there is
-/// none).
+/// Settlement over the ledger, with its signing key.
 fn open_settlement(config: &ServerConfig, ledger: &Arc<Ledger>) -> anyhow::Result<Arc<Settlement>> {
+    Ok(Arc::new(Settlement::new(
+        Arc::clone(ledger),
+        settlement_key(config)?,
+        config.settlement.currency.clone(),
+    )))
+}
+
+/// The key that signs settlement manifests, made on the first start if there is none.
+pub(crate) fn settlement_key(config: &ServerConfig) -> anyhow::Result<SettlementKey> {
     let (settlement_key, key_created) = SettlementKey::load_or_create(&config.settlement.key_file)?;
     if key_created {
         tracing::warn!(
@@ -208,11 +216,7 @@ fn open_settlement(config: &ServerConfig, ledger: &Arc<Ledger>) -> anyhow::Resul
             "made a new settlement signing key: give providers its public key"
         );
     }
-    Ok(Arc::new(Settlement::new(
-        Arc::clone(ledger),
-        settlement_key,
-        config.settlement.currency.clone(),
-    )))
+    Ok(settlement_key)
 }
 
 /// The gate and admin APIs every server answers (embedded, or a cluster node, whose admin
@@ -224,7 +228,7 @@ pub(crate) fn apis(
     clock: Arc<dyn Clock>,
     metrics: &Arc<Metrics>,
     stopped: watch::Receiver<bool>,
-    settlement: Option<Arc<Settlement>>,
+    settlement: Option<Arc<dyn SettlementBook>>,
 ) -> Apis {
     let in_flight = Arc::new(Semaphore::new(config.limits.requests_in_flight_max));
     Apis {

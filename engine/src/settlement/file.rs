@@ -12,7 +12,7 @@ use std::io::Write;
 use rocksdb::{ReadOptions, Snapshot};
 
 use super::SettlementError;
-use super::model::{Batch, Totals, rfc3339};
+use super::model::{Batch, ShardRange, Totals, rfc3339};
 use crate::clock::UnixMillis;
 use crate::fares::{RouteId, StationId};
 use crate::ledger::codec;
@@ -21,11 +21,15 @@ use crate::ledger::store::{CF_LOG, CF_PROVIDER_ENTRIES};
 use crate::ledger::{AccountRef, Command, LedgerView, Record, Tap, TapKind, TxId};
 use crate::money::Amount;
 
-/// The file format version, the header's second field.
+/// The file format version of an embedded engine's batch, the header's second field.
 pub const FILE_FORMAT_VERSION: u32 = 1;
+/// The file format version of a cluster's batch: shard records before each shard's lines.
+pub const JOINED_FILE_FORMAT_VERSION: u32 = 2;
 
-/// The first field of each record: header, detail, trailer.
+/// The first field of each record: header, shard (cluster files), detail, trailer.
 pub const HEADER: &str = "H";
+/// See [`HEADER`].
+pub const SHARD: &str = "S";
 /// See [`HEADER`].
 pub const DETAIL: &str = "D";
 /// See [`HEADER`].
@@ -151,15 +155,27 @@ fn entry_sequence(key: &[u8], provider_id: u16) -> Result<u64, SettlementError> 
     }
 }
 
-/// Writes the batch's CSV file to `out` and returns its totals. `snapshot` pins the
-/// ledger's view while a batch is being closed; a pull of a closed batch needs none.
+/// Where a batch's entries are read: a ledger, pinned by `snapshot` while a batch is being
+/// closed (a pull of a closed batch needs none: the log never changes below a batch's
+/// range).
+#[derive(Clone, Copy)]
+#[allow(missing_debug_implementations)] // a RocksDB snapshot has no Debug
+pub struct Source<'a> {
+    /// The ledger (an embedded engine's, or one shard replica's).
+    pub view: &'a LedgerView,
+    /// The snapshot the close reads, if any.
+    pub snapshot: Option<&'a Snapshot<'a>>,
+}
+
+/// Writes the batch's CSV file to `out` and returns its totals. An embedded batch reads
+/// one source; a cluster batch reads one per shard, in the order of `batch.shards`, and
+/// writes each shard's range (an `S` record) before its lines (file format 2).
 ///
 /// Records are written by hand, not through a CSV writer: no field can need quoting
 /// (numbers, hex ids, fixed words, RFC 3339 times, a checked currency code and cut-off),
 /// and one reused line buffer keeps the export at a few allocations per line.
 pub fn write_file(
-    db: &LedgerView,
-    snapshot: Option<&Snapshot<'_>>,
+    sources: &[Source<'_>],
     batch: &Batch,
     out: impl Write,
 ) -> Result<Totals, SettlementError> {
@@ -169,42 +185,97 @@ pub fn write_file(
     header_record(&mut line, batch);
     out.write_all(line.as_bytes())?;
     let mut totals = Totals::default();
-    for_each_entry(
-        db,
-        snapshot,
-        batch.provider_id,
-        batch.after_sequence,
-        batch.through_sequence,
-        |sequence, record| {
-            let detail = detail_line(sequence, &record)?;
-            totals.add(detail.amount).ok_or_else(|| {
-                SettlementError::Corrupt(format!("batch {} totals overflow", batch.id))
-            })?;
-            detail_record(&mut line, totals.line_count, &detail, &mut times);
+    for (source, range) in sources_and_ranges(sources, batch)? {
+        if batch.is_joined() {
+            shard_record(&mut line, &range);
             out.write_all(line.as_bytes())?;
-            Ok(true)
-        },
-    )?;
+        }
+        for_each_entry(
+            source.view,
+            source.snapshot,
+            batch.provider_id,
+            range.after_sequence,
+            range.through_sequence,
+            |sequence, record| {
+                let detail = detail_line(sequence, &record)?;
+                totals.add(detail.amount).ok_or_else(|| {
+                    SettlementError::Corrupt(format!("batch {} totals overflow", batch.id))
+                })?;
+                detail_record(&mut line, totals.line_count, &detail, &mut times);
+                out.write_all(line.as_bytes())?;
+                Ok(true)
+            },
+        )?;
+    }
     trailer_record(&mut line, &totals);
     out.write_all(line.as_bytes())?;
     out.flush()?;
     Ok(totals)
 }
 
-/// The header record: what the batch is, so that a file can be checked on its own.
+/// Pairs each source with the range it is read over: the batch's own range for an
+/// embedded batch, each shard's for a cluster batch.
+fn sources_and_ranges<'s, 'a>(
+    sources: &'s [Source<'a>],
+    batch: &Batch,
+) -> Result<Vec<(&'s Source<'a>, ShardRange)>, SettlementError> {
+    let ranges = if batch.is_joined() {
+        batch.shards.clone()
+    } else {
+        vec![ShardRange {
+            shard: 0,
+            after_sequence: batch.after_sequence,
+            through_sequence: batch.through_sequence,
+        }]
+    };
+    if ranges.len() != sources.len() {
+        return Err(SettlementError::Corrupt(format!(
+            "batch {} spans {} ledgers, but {} were given to read it",
+            batch.id,
+            ranges.len(),
+            sources.len()
+        )));
+    }
+    Ok(sources.iter().zip(ranges).collect())
+}
+
+/// The header record: what the batch is, so that a file can be checked on its own. A
+/// cluster batch has no single sequence range: its fields 5 and 6 are empty and each
+/// shard's range is in its `S` record.
 fn header_record(line: &mut String, batch: &Batch) {
+    let (after, through) = if batch.is_joined() {
+        (String::new(), String::new())
+    } else {
+        (
+            batch.after_sequence.to_string(),
+            batch.through_sequence.to_string(),
+        )
+    };
     write_record(
         line,
         &[
             HEADER,
-            &FILE_FORMAT_VERSION.to_string(),
+            &batch.file_format_version().to_string(),
             &batch.provider_id.to_string(),
             &batch.id.to_string(),
-            &batch.after_sequence.to_string(),
-            &batch.through_sequence.to_string(),
+            &after,
+            &through,
             &batch.cutoff.describe(),
             &batch.currency,
             &rfc3339(batch.created_at),
+        ],
+    );
+}
+
+/// A shard's range in a cluster batch's file, before that shard's detail lines.
+fn shard_record(line: &mut String, range: &ShardRange) {
+    write_record(
+        line,
+        &[
+            SHARD,
+            &range.shard.to_string(),
+            &range.after_sequence.to_string(),
+            &range.through_sequence.to_string(),
         ],
     );
 }

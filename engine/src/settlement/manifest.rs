@@ -9,13 +9,15 @@
 use serde::{Deserialize, Serialize};
 
 use super::key::{self, ALGORITHM, SettlementKey};
-use super::model::{Batch, file_name, rfc3339};
+use super::model::{Batch, ShardRange, file_name, rfc3339};
 use crate::token::format::PUBLIC_KEY_LEN;
 
 /// The manifest format's name and version, the first line of the signed message.
 pub const MANIFEST_FORMAT: &str = "fareway-settlement-manifest";
-/// The manifest format version.
+/// The manifest format version of an embedded engine's batch.
 pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+/// The manifest format version of a cluster's batch: it adds `shards`.
+pub const JOINED_MANIFEST_FORMAT_VERSION: u32 = 2;
 
 /// A batch's manifest, as written to `*.manifest.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +59,10 @@ pub struct Manifest {
     pub total_refunded_minor: i64,
     /// Charged less refunded: what the provider owes.
     pub net_minor: i64,
+    /// A cluster batch's range on each shard, in shard order (format version 2 only;
+    /// `after_sequence` and `through_sequence` are then 0).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardRange>,
     /// Who signed it.
     pub signature: Signature,
 }
@@ -97,7 +103,11 @@ impl Manifest {
     pub fn of(batch: &Batch) -> Manifest {
         Manifest {
             format: MANIFEST_FORMAT.into(),
-            format_version: MANIFEST_FORMAT_VERSION,
+            format_version: if batch.is_joined() {
+                JOINED_MANIFEST_FORMAT_VERSION
+            } else {
+                MANIFEST_FORMAT_VERSION
+            },
             batch_id: batch.id,
             provider_id: batch.provider_id,
             after_sequence: batch.after_sequence,
@@ -114,6 +124,7 @@ impl Manifest {
             total_charged_minor: batch.totals.total_charged.minor(),
             total_refunded_minor: batch.totals.total_refunded.minor(),
             net_minor: batch.totals.net().minor(),
+            shards: batch.shards.clone(),
             signature: Signature {
                 algorithm: ALGORITHM.into(),
                 key_id: batch.key_id.clone(),
@@ -123,10 +134,11 @@ impl Manifest {
     }
 
     /// The bytes the signature covers: `FORMAT-vVERSION`, then one `name=value` line per
-    /// field in the order of the JSON, ending with the signature's algorithm and key id
-    /// (every line ends with a newline).
+    /// field in the order of the JSON (each shard of a cluster batch as
+    /// `shard.N=AFTER..THROUGH`), ending with the signature's algorithm and key id (every
+    /// line ends with a newline).
     pub fn signed_message(&self) -> Vec<u8> {
-        let fields: [(&str, String); 18] = [
+        let fields: [(&str, String); 16] = [
             ("batch_id", self.batch_id.to_string()),
             ("provider_id", self.provider_id.to_string()),
             ("after_sequence", self.after_sequence.to_string()),
@@ -146,16 +158,25 @@ impl Manifest {
                 self.total_refunded_minor.to_string(),
             ),
             ("net_minor", self.net_minor.to_string()),
-            ("signature.algorithm", self.signature.algorithm.clone()),
-            ("signature.key_id", self.signature.key_id.clone()),
         ];
         let mut message = format!("{}-v{}\n", self.format, self.format_version);
-        for (name, value) in fields {
+        let mut line = |name: &str, value: &str| {
             message.push_str(name);
             message.push('=');
-            message.push_str(&value);
+            message.push_str(value);
             message.push('\n');
+        };
+        for (name, value) in &fields {
+            line(name, value);
         }
+        for range in &self.shards {
+            line(
+                &format!("shard.{}", range.shard),
+                &format!("{}..{}", range.after_sequence, range.through_sequence),
+            );
+        }
+        line("signature.algorithm", &self.signature.algorithm);
+        line("signature.key_id", &self.signature.key_id);
         message.into_bytes()
     }
 

@@ -88,6 +88,13 @@ pub enum SettlementError {
     /// Stored data does not hold together.
     #[error("settlement data is corrupt: {0}")]
     Corrupt(String),
+    /// A cut-off this deployment cannot take (a ledger sequence, in a cluster).
+    #[error("{0}")]
+    CutoffUnsupported(String),
+    /// Something settlement needs is out of reach for now (a cluster's log, a shard
+    /// replica still catching up): retry.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl SettlementError {
@@ -103,8 +110,94 @@ impl SettlementError {
             SettlementError::Storage(_) => "storage",
             SettlementError::Io(_) => "io",
             SettlementError::Corrupt(_) => "corrupt",
+            SettlementError::CutoffUnsupported(_) => "cutoff_unsupported",
+            SettlementError::Unavailable(_) => "unavailable",
         }
     }
+}
+
+/// Where batches are closed, kept and pulled: an embedded engine's ledger
+/// ([`Settlement`]), or a cluster's shards (`cluster::settlement`). The gRPC service and
+/// the command line see only this.
+pub trait SettlementBook: Send + Sync + std::fmt::Debug {
+    /// The key that signs manifests.
+    fn key(&self) -> &SettlementKey;
+
+    /// Closes one batch per provider at the request's cut-off, at time `now`, or returns
+    /// the batches an earlier close with the same id made. Blocks while it reads the
+    /// entries (from async code, call it in `spawn_blocking`).
+    fn close(&self, request: &CloseRequest, now: UnixMillis) -> Result<Closed, SettlementError>;
+
+    /// A batch and its acknowledgement.
+    fn batch(&self, id: u64) -> Result<Option<BatchView>, SettlementError>;
+
+    /// Up to `limit` batches (at most [`LIST_BATCHES_MAX`]) with an id greater than
+    /// `after_id`, of one provider or all, oldest first.
+    fn list(
+        &self,
+        provider_id: Option<u16>,
+        after_id: u64,
+        limit: usize,
+    ) -> Result<Vec<BatchView>, SettlementError>;
+
+    /// Writes the batch's CSV file to `out`, byte for byte as at its close. A file that
+    /// comes out different (a damaged ledger) is reported as corrupt once written: the
+    /// reader's hash check rejects it too.
+    fn export(&self, batch: &Batch, out: &mut dyn Write) -> Result<(), SettlementError>;
+
+    /// Records the provider's receipt of a batch's file, checked by its SHA-256. Once
+    /// acknowledged, a batch stays acknowledged at its first time.
+    fn acknowledge(
+        &self,
+        id: u64,
+        file_sha256: &str,
+        now: UnixMillis,
+    ) -> Result<BatchView, SettlementError>;
+
+    /// The batch's manifest file.
+    fn manifest(&self, batch: &Batch) -> Vec<u8> {
+        Manifest::of(batch).to_bytes()
+    }
+}
+
+/// Streams the batch's file once from `sources` to learn its totals, length and hash,
+/// and signs its manifest with `key`.
+pub fn seal(
+    batch: &mut Batch,
+    sources: &[file::Source<'_>],
+    key: &SettlementKey,
+) -> Result<(), SettlementError> {
+    let mut hashing = HashingWriter::new(std::io::sink());
+    batch.totals = file::write_file(sources, batch, &mut hashing)?;
+    (batch.file_bytes, batch.file_sha256) = hashing.finish();
+    let mut manifest = Manifest::of(batch);
+    manifest.sign(key);
+    batch.key_id = manifest.signature.key_id;
+    batch.signature = manifest.signature.value;
+    Ok(())
+}
+
+/// Writes a closed batch's file from `sources` to `out`, and checks it came out as at its
+/// close.
+pub fn export_checked(
+    sources: &[file::Source<'_>],
+    batch: &Batch,
+    out: &mut dyn Write,
+) -> Result<(), SettlementError> {
+    let mut hashing = HashingWriter::new(out);
+    file::write_file(sources, batch, &mut hashing)?;
+    let (bytes, sha256) = hashing.finish();
+    if bytes != batch.file_bytes || sha256 != batch.file_sha256 {
+        tracing::error!(
+            batch = batch.id,
+            "a pulled settlement file differs from its close"
+        );
+        return Err(SettlementError::Corrupt(format!(
+            "batch {}'s file came out different from its close ({bytes} bytes, SHA-256 {sha256})",
+            batch.id
+        )));
+    }
+    Ok(())
 }
 
 /// A close as stored under its id: what was asked, and what it made.
@@ -151,79 +244,15 @@ impl Settlement {
         }
     }
 
-    /// The key that signs manifests.
-    pub fn key(&self) -> &SettlementKey {
-        &self.key
-    }
-
     fn db(&self) -> &LedgerView {
         self.ledger.view()
     }
 
-    /// Closes one batch per provider at the request's cut-off, at time `now`, or returns
-    /// the batches an earlier close with the same id made. Blocks while it reads the
-    /// entries (from async code, call it in `spawn_blocking`).
-    pub fn close(
-        &self,
-        request: &CloseRequest,
-        now: UnixMillis,
-    ) -> Result<Closed, SettlementError> {
-        let _one_at_a_time = self
-            .close_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        // The same providers in any order, named once or twice, are the same close.
-        let mut providers = request.providers.clone();
-        providers.sort_unstable();
-        providers.dedup();
-        if let Some(closed) = self.earlier_close(request, &providers)? {
-            return Ok(closed);
+    fn source<'a>(&'a self, snapshot: Option<&'a Snapshot<'a>>) -> file::Source<'a> {
+        file::Source {
+            view: self.db(),
+            snapshot,
         }
-        let db = self.db();
-        let snapshot = db.snapshot();
-        let last_sequence = last_sequence(db, &snapshot)?;
-        if let Cutoff::Sequence(requested) = request.cutoff
-            && requested > last_sequence
-        {
-            return Err(SettlementError::CutoffAhead {
-                requested,
-                last: last_sequence,
-            });
-        }
-        let known = self.known_providers(&snapshot)?;
-        if let Some(unknown) = providers.iter().find(|p| known.binary_search(p).is_err()) {
-            return Err(SettlementError::UnknownProvider(*unknown));
-        }
-        let asked = providers.clone();
-        if providers.is_empty() {
-            providers = known;
-        }
-        let column = self.ledger.settlement_column();
-        let mut write = column.new_write()?;
-        let closing = Closing {
-            request,
-            now,
-            snapshot: &snapshot,
-            last_sequence,
-        };
-        let batches = self.close_batches(&closing, &providers, &mut write)?;
-        let stored = StoredClose {
-            providers: asked,
-            cutoff: request.cutoff,
-            batch_ids: batches.iter().map(|view| view.batch.id).collect(),
-        };
-        write.put(keys::close(request.id.0), encode(&stored));
-        column.commit(write)?;
-        tracing::info!(
-            close = %request.id,
-            batches = batches.len(),
-            cutoff = %request.cutoff.describe(),
-            "settlement batches closed"
-        );
-        Ok(Closed {
-            batches,
-            replay: false,
-        })
     }
 
     /// The batches an earlier close with this id made, or a conflict if it asked for
@@ -330,14 +359,13 @@ impl Settlement {
             key_id: String::new(),
             signature: String::new(),
             close_id: closing.request.id.to_string(),
+            shards: Vec::new(),
         };
-        let mut hashing = HashingWriter::new(std::io::sink());
-        batch.totals = file::write_file(db, Some(closing.snapshot), &batch, &mut hashing)?;
-        (batch.file_bytes, batch.file_sha256) = hashing.finish();
-        let mut manifest = Manifest::of(&batch);
-        manifest.sign(&self.key);
-        batch.key_id = manifest.signature.key_id;
-        batch.signature = manifest.signature.value;
+        seal(
+            &mut batch,
+            &[self.source(Some(closing.snapshot))],
+            &self.key,
+        )?;
         Ok(batch)
     }
 
@@ -345,21 +373,7 @@ impl Settlement {
     /// order. The entries are skipped over one provider at a time: a seek per provider.
     fn known_providers(&self, snapshot: &Snapshot<'_>) -> Result<Vec<u16>, SettlementError> {
         let db = self.db();
-        let mut providers = BTreeSet::new();
-        let entries = db.cf(CF_PROVIDER_ENTRIES)?;
-        let mut options = rocksdb::ReadOptions::default();
-        options.set_snapshot(snapshot);
-        let mut iterator = db.raw_iterator_cf_opt(entries, options);
-        iterator.seek_to_first();
-        while let Some(key) = iterator.key() {
-            let (provider, _) = codec::decode_provider_entry_key(key)?;
-            providers.insert(provider);
-            match codec::next_provider_entries(provider) {
-                Some(next) => iterator.seek(next),
-                None => break,
-            }
-        }
-        iterator.status()?;
+        let mut providers = providers_with_entries(db, snapshot)?;
         for item in db.prefix_iterator_cf(db.cf(CF_SETTLEMENT)?, [keys::HEAD]) {
             let (key, _) = item?;
             if key.first() != Some(&keys::HEAD) {
@@ -384,9 +398,77 @@ impl Settlement {
             }),
         }
     }
+}
+
+impl SettlementBook for Settlement {
+    fn key(&self) -> &SettlementKey {
+        &self.key
+    }
+
+    /// Closes one batch per provider at the request's cut-off, at time `now`, or returns
+    /// the batches an earlier close with the same id made. Blocks while it reads the
+    /// entries (from async code, call it in `spawn_blocking`).
+    fn close(&self, request: &CloseRequest, now: UnixMillis) -> Result<Closed, SettlementError> {
+        let _one_at_a_time = self
+            .close_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // The same providers in any order, named once or twice, are the same close.
+        let mut providers = request.providers.clone();
+        providers.sort_unstable();
+        providers.dedup();
+        if let Some(closed) = self.earlier_close(request, &providers)? {
+            return Ok(closed);
+        }
+        let db = self.db();
+        let snapshot = db.snapshot();
+        let last_sequence = last_sequence(db, &snapshot)?;
+        if let Cutoff::Sequence(requested) = request.cutoff
+            && requested > last_sequence
+        {
+            return Err(SettlementError::CutoffAhead {
+                requested,
+                last: last_sequence,
+            });
+        }
+        let known = self.known_providers(&snapshot)?;
+        if let Some(unknown) = providers.iter().find(|p| known.binary_search(p).is_err()) {
+            return Err(SettlementError::UnknownProvider(*unknown));
+        }
+        let asked = providers.clone();
+        if providers.is_empty() {
+            providers = known;
+        }
+        let column = self.ledger.settlement_column();
+        let mut write = column.new_write()?;
+        let closing = Closing {
+            request,
+            now,
+            snapshot: &snapshot,
+            last_sequence,
+        };
+        let batches = self.close_batches(&closing, &providers, &mut write)?;
+        let stored = StoredClose {
+            providers: asked,
+            cutoff: request.cutoff,
+            batch_ids: batches.iter().map(|view| view.batch.id).collect(),
+        };
+        write.put(keys::close(request.id.0), encode(&stored));
+        column.commit(write)?;
+        tracing::info!(
+            close = %request.id,
+            batches = batches.len(),
+            cutoff = %request.cutoff.describe(),
+            "settlement batches closed"
+        );
+        Ok(Closed {
+            batches,
+            replay: false,
+        })
+    }
 
     /// A batch and its acknowledgement.
-    pub fn batch(&self, id: u64) -> Result<Option<BatchView>, SettlementError> {
+    fn batch(&self, id: u64) -> Result<Option<BatchView>, SettlementError> {
         let db = self.db();
         let cf = db.cf(CF_SETTLEMENT)?;
         let Some(bytes) = db.get_cf(cf, keys::batch(id))? else {
@@ -406,7 +488,7 @@ impl Settlement {
 
     /// Up to `limit` batches (at most [`LIST_BATCHES_MAX`]) with an id greater than
     /// `after_id`, of one provider or all, oldest first.
-    pub fn list(
+    fn list(
         &self,
         provider_id: Option<u16>,
         after_id: u64,
@@ -431,34 +513,13 @@ impl Settlement {
         Ok(found)
     }
 
-    /// The batch's manifest file.
-    pub fn manifest(&self, batch: &Batch) -> Vec<u8> {
-        Manifest::of(batch).to_bytes()
-    }
-
-    /// Writes the batch's CSV file to `out`, byte for byte as at its close. A file that
-    /// comes out different (a damaged ledger) is reported as corrupt once written: the
-    /// reader's hash check rejects it too.
-    pub fn export(&self, batch: &Batch, out: impl Write) -> Result<(), SettlementError> {
-        let mut hashing = HashingWriter::new(out);
-        file::write_file(self.db(), None, batch, &mut hashing)?;
-        let (bytes, sha256) = hashing.finish();
-        if bytes != batch.file_bytes || sha256 != batch.file_sha256 {
-            tracing::error!(
-                batch = batch.id,
-                "a pulled settlement file differs from its close"
-            );
-            return Err(SettlementError::Corrupt(format!(
-                "batch {}'s file came out different from its close ({bytes} bytes, SHA-256 {sha256})",
-                batch.id
-            )));
-        }
-        Ok(())
+    fn export(&self, batch: &Batch, out: &mut dyn Write) -> Result<(), SettlementError> {
+        export_checked(&[self.source(None)], batch, out)
     }
 
     /// Records the provider's receipt of a batch's file, checked by its SHA-256. Once
     /// acknowledged, a batch stays acknowledged at its first time.
-    pub fn acknowledge(
+    fn acknowledge(
         &self,
         id: u64,
         file_sha256: &str,
@@ -496,8 +557,32 @@ struct Closing<'a, 'db> {
     last_sequence: u64,
 }
 
+/// Providers with settlement entries in the ledger as of `snapshot`. The entries are
+/// skipped over one provider at a time: a seek per provider.
+pub fn providers_with_entries(
+    db: &LedgerView,
+    snapshot: &Snapshot<'_>,
+) -> Result<BTreeSet<u16>, SettlementError> {
+    let mut providers = BTreeSet::new();
+    let entries = db.cf(CF_PROVIDER_ENTRIES)?;
+    let mut options = rocksdb::ReadOptions::default();
+    options.set_snapshot(snapshot);
+    let mut iterator = db.raw_iterator_cf_opt(entries, options);
+    iterator.seek_to_first();
+    while let Some(key) = iterator.key() {
+        let (provider, _) = codec::decode_provider_entry_key(key)?;
+        providers.insert(provider);
+        match codec::next_provider_entries(provider) {
+            Some(next) => iterator.seek(next),
+            None => break,
+        }
+    }
+    iterator.status()?;
+    Ok(providers)
+}
+
 /// The ledger's last recorded sequence as of `snapshot`.
-fn last_sequence(db: &LedgerView, snapshot: &Snapshot<'_>) -> Result<u64, SettlementError> {
+pub fn last_sequence(db: &LedgerView, snapshot: &Snapshot<'_>) -> Result<u64, SettlementError> {
     let next = snapshot
         .get_cf(
             db.cf(crate::ledger::store::CF_META)?,
@@ -511,7 +596,7 @@ fn last_sequence(db: &LedgerView, snapshot: &Snapshot<'_>) -> Result<u64, Settle
 
 /// The last sequence a time cut-off takes for a provider: its entries after `after`, in
 /// ledger order, up to the first one recorded after `cutoff` (exclusive).
-fn time_cutoff(
+pub fn time_cutoff(
     db: &LedgerView,
     snapshot: &Snapshot<'_>,
     provider_id: u16,

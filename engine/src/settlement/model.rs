@@ -128,6 +128,40 @@ pub struct Batch {
     pub signature: String,
     /// The close request that made it, lowercase hex.
     pub close_id: String,
+    /// In a cluster, the batch's range on each shard's ledger, in shard order (the file
+    /// joins them; `after_sequence` and `through_sequence` are then 0). Empty for an
+    /// embedded engine's batch, so its stored form and manifest stay as they were.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardRange>,
+}
+
+impl Batch {
+    /// True for a cluster batch, whose file joins its shards' ranges.
+    pub fn is_joined(&self) -> bool {
+        !self.shards.is_empty()
+    }
+
+    /// The version its file is written in.
+    pub fn file_format_version(&self) -> u32 {
+        if self.is_joined() {
+            super::file::JOINED_FILE_FORMAT_VERSION
+        } else {
+            super::file::FILE_FORMAT_VERSION
+        }
+    }
+}
+
+/// A cluster batch's range on one shard's ledger: entries with `after_sequence < sequence
+/// <= through_sequence` of that shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardRange {
+    /// The shard.
+    pub shard: u32,
+    /// See [`Batch::after_sequence`].
+    pub after_sequence: u64,
+    /// See [`Batch::through_sequence`].
+    pub through_sequence: u64,
 }
 
 /// A batch and whether the provider acknowledged it.

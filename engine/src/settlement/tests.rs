@@ -819,3 +819,91 @@ mod random_histories {
         }
     }
 }
+
+/// A cluster batch joins its shards' ledgers in shard order (file format 2): exact bytes,
+/// a signed version 2 manifest that `verify` accepts, and a shard record the manifest
+/// does not name is caught.
+#[test]
+fn a_joined_batch_writes_each_shard_after_its_range_and_verifies() {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let (shard0, _) = open_at(dirs[0].path());
+    let (shard1, _) = open_at(dirs[1].path());
+    rider(&shard0, 2, 1);
+    rider(&shard1, 3, 1);
+    submit(&shard0, 1, T, charge(2, 150));
+    submit(&shard1, 2, UnixMillis(T.0 + MINUTE_MS), charge(3, 250));
+    let mut batch = Batch {
+        id: 4,
+        provider_id: 1,
+        after_sequence: 0,
+        through_sequence: 0,
+        cutoff: Cutoff::Now,
+        created_at: T,
+        currency: "EUR".into(),
+        totals: Default::default(),
+        file_bytes: 0,
+        file_sha256: String::new(),
+        key_id: String::new(),
+        signature: String::new(),
+        close_id: TxId(5).to_string(),
+        shards: vec![
+            model::ShardRange {
+                shard: 0,
+                after_sequence: 0,
+                through_sequence: 3,
+            },
+            model::ShardRange {
+                shard: 1,
+                after_sequence: 0,
+                through_sequence: 3,
+            },
+        ],
+    };
+    let sources = [
+        file::Source {
+            view: shard0.view(),
+            snapshot: None,
+        },
+        file::Source {
+            view: shard1.view(),
+            snapshot: None,
+        },
+    ];
+    seal(&mut batch, &sources, &key()).unwrap();
+    let mut bytes = Vec::new();
+    export_checked(&sources, &batch, &mut bytes).unwrap();
+    let text = String::from_utf8(bytes.clone()).unwrap();
+    assert_eq!(
+        text,
+        "H,2,1,4,,,now,EUR,2027-01-15T08:00:00.000Z\n\
+         S,0,0,3\n\
+         D,1,3,00000000000000000000000000000001,2027-01-15T08:00:00.000Z,charge,2,1,,,,,,,,150,\n\
+         S,1,0,3\n\
+         D,2,3,00000000000000000000000000000002,2027-01-15T08:01:00.000Z,charge,3,1,,,,,,,,250,\n\
+         T,2,400,0,400\n"
+    );
+    let manifest = Manifest::from_bytes(&Manifest::of(&batch).to_bytes()).unwrap();
+    assert_eq!(manifest.format_version, 2);
+    verify(&manifest, bytes.as_slice(), &key().public_key()).unwrap();
+
+    // Another manifest's shards do not verify against the signature, and a file whose
+    // shard record differs from its manifest is refused at that record.
+    let mut moved = manifest.clone();
+    moved.shards[1].through_sequence = 2;
+    assert!(matches!(
+        moved.verify(&key().public_key()),
+        Err(SignatureError::Invalid(_))
+    ));
+    let forged = text.replace("S,1,0,3", "S,1,1,3");
+    let err = verify(&manifest, forged.as_bytes(), &key().public_key()).unwrap_err();
+    assert!(matches!(err, VerifyError::Hash { .. }), "{err}");
+    // A manifest signed for these bytes but naming another range for shard 1.
+    let mut other = Manifest::of(&batch);
+    other.shards[1].after_sequence = 1;
+    other.sign(&key());
+    let err = verify(&other, text.as_bytes(), &key().public_key()).unwrap_err();
+    assert!(
+        err.to_string().contains("is not the manifest's next shard"),
+        "{err}"
+    );
+}

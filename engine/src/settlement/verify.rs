@@ -7,7 +7,9 @@ use std::io::{Read, Write as _};
 use std::path::{Path, PathBuf};
 
 use super::HashingWriter;
-use super::file::{DETAIL, FILE_FORMAT_VERSION, HEADER, TRAILER};
+use super::file::{
+    DETAIL, FILE_FORMAT_VERSION, HEADER, JOINED_FILE_FORMAT_VERSION, SHARD, TRAILER,
+};
 use super::manifest::{Manifest, SignatureError};
 use super::model::{Totals, manifest_name};
 use crate::money::Amount;
@@ -126,7 +128,7 @@ fn check_content(manifest: &Manifest, file: impl Read) -> Result<(), VerifyError
         return Err(content(1, "the file is empty".into()));
     }
     check_header(manifest, &records.record)?;
-    let totals = sum_details(&mut records)?;
+    let totals = sum_details(manifest, &mut records)?;
     check_trailer(&records.record, records.number, &totals)?;
     check_totals(manifest, &totals, records.number)?;
     if records.read_next()? {
@@ -173,15 +175,25 @@ impl<R: Read> Records<R> {
     }
 }
 
-/// The header (record 1) must say what the manifest says.
+/// The header (record 1) must say what the manifest says. A cluster batch's header has
+/// no sequences (its shard records do).
 fn check_header(manifest: &Manifest, record: &csv::StringRecord) -> Result<(), VerifyError> {
+    let (version, after, through) = if manifest.shards.is_empty() {
+        (
+            FILE_FORMAT_VERSION,
+            manifest.after_sequence.to_string(),
+            manifest.through_sequence.to_string(),
+        )
+    } else {
+        (JOINED_FILE_FORMAT_VERSION, String::new(), String::new())
+    };
     let expected_header = [
         HEADER.to_string(),
-        FILE_FORMAT_VERSION.to_string(),
+        version.to_string(),
         manifest.provider_id.to_string(),
         manifest.batch_id.to_string(),
-        manifest.after_sequence.to_string(),
-        manifest.through_sequence.to_string(),
+        after,
+        through,
         manifest.cutoff.clone(),
         manifest.currency.clone(),
         manifest.created_at.clone(),
@@ -195,10 +207,15 @@ fn check_header(manifest: &Manifest, record: &csv::StringRecord) -> Result<(), V
     Ok(())
 }
 
-/// Reads the detail lines up to the trailer, checking that they are numbered in order, and
-/// sums their amounts. The trailer is left as the current record.
-fn sum_details<R: Read>(records: &mut Records<R>) -> Result<Totals, VerifyError> {
+/// Reads the detail lines up to the trailer, checking that they are numbered in order (and,
+/// in a cluster batch, that each shard's record is the manifest's, in order), and sums
+/// their amounts. The trailer is left as the current record.
+fn sum_details<R: Read>(
+    manifest: &Manifest,
+    records: &mut Records<R>,
+) -> Result<Totals, VerifyError> {
     let mut totals = Totals::default();
+    let mut shards = manifest.shards.iter();
     loop {
         if !records.read_next()? {
             return Err(content(
@@ -208,6 +225,24 @@ fn sum_details<R: Read>(records: &mut Records<R>) -> Result<Totals, VerifyError>
         }
         let (record, number) = (&records.record, records.number);
         match record.get(0) {
+            Some(SHARD) => {
+                let expected = shards.next().map(|range| {
+                    [
+                        SHARD.to_string(),
+                        range.shard.to_string(),
+                        range.after_sequence.to_string(),
+                        range.through_sequence.to_string(),
+                    ]
+                });
+                if !expected
+                    .is_some_and(|fields| record.iter().eq(fields.iter().map(String::as_str)))
+                {
+                    return Err(content(
+                        number,
+                        format!("the shard record {record:?} is not the manifest's next shard"),
+                    ));
+                }
+            }
             Some(DETAIL) => {
                 let line = totals.line_count + 1;
                 if record.get(1) != Some(line.to_string().as_str()) {
@@ -223,6 +258,12 @@ fn sum_details<R: Read>(records: &mut Records<R>) -> Result<Totals, VerifyError>
                 totals
                     .add(Amount(amount))
                     .ok_or_else(|| content(number, "the totals overflow".into()))?;
+            }
+            Some(TRAILER) if shards.next().is_some() => {
+                return Err(content(
+                    number,
+                    "the file ends before every shard of the manifest".into(),
+                ));
             }
             Some(TRAILER) => return Ok(totals),
             other => {
