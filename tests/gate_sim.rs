@@ -23,6 +23,7 @@ async fn a_short_rush_hour_keeps_every_invariant_unary_and_streaming() {
     let running = server::start(config, Arc::new(SystemClock)).await.unwrap();
     let engine = Engine {
         url: format!("http://{}", running.addr),
+        more_urls: Vec::new(),
         gate_token: GATE_TOKEN.into(),
         admin_token: ADMIN_TOKEN.into(),
         finance_token: FINANCE_TOKEN.into(),
@@ -57,6 +58,7 @@ async fn a_short_rush_hour_keeps_every_invariant_unary_and_streaming() {
             taps_max: 10_000,
             mode,
             in_flight_max: 512,
+            retry_for: std::time::Duration::ZERO,
             faults: gate_sim::every_fault_at(0.02),
             seed,
             out: folder.path().join(format!("out-{seed}")),

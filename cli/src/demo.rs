@@ -194,6 +194,7 @@ fn sim_config(args: &DemoArgs) -> anyhow::Result<SimConfig> {
             Mode::Streaming
         },
         in_flight_max: 2_048,
+        retry_for: std::time::Duration::ZERO,
         faults: gate_sim::every_fault_at(args.fault_rate),
         seed: args.seed,
         out: args.out.clone(),
@@ -224,6 +225,7 @@ async fn run_engine(
     let running = server::start(config, Arc::new(SystemClock)).await?;
     let engine = Engine {
         url: format!("http://{}", running.addr),
+        more_urls: Vec::new(),
         gate_token: tokens.gate,
         admin_token: tokens.admin,
         finance_token: tokens.finance,

@@ -15,11 +15,15 @@ pub type AdminClient =
 pub type SettlementClient =
     pb::settlement_service_client::SettlementServiceClient<InterceptedService<Channel, Bearer>>;
 
-/// The engine's address and the tokens of the three roles.
+/// The engine's address (or a cluster's nodes' addresses) and the tokens of the three
+/// roles.
 #[derive(Debug, Clone)]
 pub struct Engine {
     /// `http://HOST:PORT`.
     pub url: String,
+    /// A cluster's other nodes, `http://HOST:PORT` each: gates spread their connections
+    /// over `url` and these, and a retried tap goes to the next node.
+    pub more_urls: Vec<String>,
     /// A gate token.
     pub gate_token: String,
     /// An admin token.
@@ -32,25 +36,49 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// How many nodes the engine has (1 unless it is a cluster).
+    pub fn nodes(&self) -> usize {
+        1 + self.more_urls.len()
+    }
+
+    /// Node `node`'s address (counting round the nodes).
+    fn url_of(&self, node: usize) -> &str {
+        match node % self.nodes() {
+            0 => &self.url,
+            other => &self.more_urls[other - 1],
+        }
+    }
+
     /// A new connection (HTTP/2 multiplexes many calls on it).
     pub async fn channel(&self) -> anyhow::Result<Channel> {
-        let endpoint = tonic::transport::Endpoint::from_shared(self.url.clone())?
+        self.channel_to(0).await
+    }
+
+    /// A new connection to node `node` (counting round the nodes).
+    pub async fn channel_to(&self, node: usize) -> anyhow::Result<Channel> {
+        let url = self.url_of(node);
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())?
             .tcp_nodelay(true)
             .connect_timeout(std::time::Duration::from_secs(5));
         endpoint
             .connect()
             .await
-            .map_err(|err| anyhow::anyhow!("cannot connect to {}: {err}", self.url))
+            .map_err(|err| anyhow::anyhow!("cannot connect to {url}: {err}"))
+    }
+
+    /// A gate client on a new connection to node `node` (counting round the nodes).
+    pub async fn gate_on(&self, node: usize) -> anyhow::Result<GateClient> {
+        Ok(
+            pb::gate_service_client::GateServiceClient::with_interceptor(
+                self.channel_to(node).await?,
+                Bearer::new(Some(&self.gate_token))?,
+            ),
+        )
     }
 
     /// A gate client on a new connection.
     pub async fn gate(&self) -> anyhow::Result<GateClient> {
-        Ok(
-            pb::gate_service_client::GateServiceClient::with_interceptor(
-                self.channel().await?,
-                Bearer::new(Some(&self.gate_token))?,
-            ),
-        )
+        self.gate_on(0).await
     }
 
     /// An admin client on a new connection.

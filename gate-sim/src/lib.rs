@@ -49,6 +49,9 @@ pub struct SimConfig {
     pub mode: Mode,
     /// Most taps in flight; past it a tap is not sent (and counted).
     pub in_flight_max: usize,
+    /// How long a gate goes on sending a tap left unanswered again (same transaction id,
+    /// next node); zero never does. Unary calls only.
+    pub retry_for: std::time::Duration,
     /// The fault mix.
     pub faults: FaultRates,
     /// The seed.
@@ -211,6 +214,7 @@ async fn play_window(
         plan,
         config.mode,
         config.in_flight_max,
+        config.retry_for,
         bar.as_ref(),
     )
     .await?;

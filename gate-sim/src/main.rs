@@ -157,6 +157,7 @@ fn engine_of(args: &Args) -> anyhow::Result<Engine> {
     };
     Ok(Engine {
         url: args.server.clone(),
+        more_urls: Vec::new(),
         gate_token: read(&args.gate_token_file, "gate")?,
         admin_token: read(&args.admin_token_file, "admin")?,
         finance_token: read(&args.finance_token_file, "finance")?,
@@ -197,6 +198,7 @@ fn sim_config(args: &Args) -> anyhow::Result<SimConfig> {
             Mode::Unary
         },
         in_flight_max: args.in_flight_max,
+        retry_for: std::time::Duration::ZERO,
         faults: gate_sim::every_fault_at(args.fault_rate),
         seed: args.seed,
         out: args.out.clone(),

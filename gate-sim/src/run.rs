@@ -171,14 +171,22 @@ impl TimedWindow {
     }
 }
 
-/// Plays the plan. `in_flight_max` bounds taps sent and not yet answered.
+/// Plays the plan. `in_flight_max` bounds taps sent and not yet answered. With a
+/// `retry_for` above zero (unary calls only), a tap left unanswered (`UNAVAILABLE`, or its
+/// node unreachable) is sent again with the same transaction id to the next node, as a
+/// gate does during a cluster's failover, until answered or `retry_for` has passed.
 pub async fn play(
     engine: &Engine,
     plan: &[PlannedTap],
     mode: Mode,
     in_flight_max: usize,
+    retry_for: Duration,
     progress: Option<&indicatif::ProgressBar>,
 ) -> anyhow::Result<RunResult> {
+    anyhow::ensure!(
+        retry_for.is_zero() || mode == Mode::Unary,
+        "retrying gates make unary calls"
+    );
     let recorder = Recorder::new(plan.len());
     let permits = Arc::new(Semaphore::new(in_flight_max));
     let unsent = Unsent(vec![false; plan.len()]);
@@ -190,7 +198,7 @@ pub async fn play(
     };
     let ticker = progress.map(|bar| spawn_ticker(bar.clone(), recorder.clone()));
     match mode {
-        Mode::Unary => play_unary(engine, plan, &mut window).await?,
+        Mode::Unary => play_unary(engine, plan, retry_for, &mut window).await?,
         Mode::Streaming => play_streaming(engine, plan, in_flight_max, &mut window).await?,
     }
     let elapsed = window.start.elapsed();
@@ -229,27 +237,31 @@ fn spawn_ticker(bar: indicatif::ProgressBar, recorder: Recorder) -> tokio::task:
     })
 }
 
-/// One `Tap` call per tap, spread over a few connections.
+/// One `Tap` call per tap, spread over a few connections (at least one per node).
 async fn play_unary(
     engine: &Engine,
     plan: &[PlannedTap],
+    retry_for: Duration,
     window: &mut TimedWindow,
 ) -> anyhow::Result<()> {
-    let mut clients = Vec::with_capacity(UNARY_CONNECTIONS);
-    for _ in 0..UNARY_CONNECTIONS {
-        clients.push(engine.gate().await?);
+    let connections = UNARY_CONNECTIONS.max(engine.nodes());
+    let mut clients = Vec::with_capacity(connections);
+    for node in 0..connections {
+        clients.push(engine.gate_on(node).await?);
     }
+    let clients = Arc::new(clients);
     let mut running = tokio::task::JoinSet::new();
     for (index, tap) in plan.iter().enumerate() {
         let Some((due, permit)) = window.admit_when_due(index, tap).await else {
             continue;
         };
-        let mut client: GateClient = clients[index % UNARY_CONNECTIONS].clone();
+        let clients = Arc::clone(&clients);
         let request = tap.request.clone();
         let recorder = window.recorder.clone();
         let due_ms = tap.due_ms;
         running.spawn(async move {
-            recorder.record(index, due, due_ms, unary(&mut client, request).await);
+            let answer = unary_with_retries(&clients, index, request, retry_for).await;
+            recorder.record(index, due, due_ms, answer);
             drop(permit);
         });
         // Reap finished calls so that the set does not grow with the run.
@@ -345,6 +357,34 @@ async fn read_answers(
             };
             recorder.record(index, due, due_ms, answer);
         }
+    }
+}
+
+/// Pause between a tap's tries.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// A `Tap` call on client `first` (counting round `clients`), sent again to the next one
+/// while it is left unanswered and `retry_for` has not passed.
+async fn unary_with_retries(
+    clients: &[GateClient],
+    first: usize,
+    request: pb::TapRequest,
+    retry_for: Duration,
+) -> Answer {
+    let started = Instant::now();
+    let mut attempt = first;
+    loop {
+        let mut client = clients[attempt % clients.len()].clone();
+        let answer = unary(&mut client, request.clone()).await;
+        let unanswered = matches!(
+            &answer,
+            Answer::Failed(tonic::Code::Unavailable | tonic::Code::Unknown, _)
+        );
+        if !unanswered || started.elapsed() + RETRY_PAUSE > retry_for {
+            return answer;
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+        attempt += 1;
     }
 }
 

@@ -225,6 +225,7 @@ pub fn process_config(
 pub fn engine_at(addr: SocketAddr) -> Engine {
     Engine {
         url: format!("http://{addr}"),
+        more_urls: Vec::new(),
         gate_token: crate::server::GATE_TOKEN.into(),
         admin_token: crate::server::ADMIN_TOKEN.into(),
         finance_token: crate::server::FINANCE_TOKEN.into(),

@@ -29,6 +29,13 @@ pub async fn init(js: &jetstream::Context, config: &ClusterConfig) -> anyhow::Re
                 .map_err(|err| anyhow::anyhow!("cannot record the shard count: {err}"))?;
         }
     }
+    bucket(
+        js,
+        names::KEY_BUCKET,
+        config.replicas,
+        std::time::Duration::ZERO,
+    )
+    .await?;
     // Leases expire unless renewed: the bucket's entries live for the lease's TTL.
     bucket(js, names::LEASE_BUCKET, config.replicas, config.lease_ttl()).await?;
     bucket(

