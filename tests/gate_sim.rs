@@ -63,6 +63,7 @@ async fn a_short_rush_hour_keeps_every_invariant_unary_and_streaming() {
             seed,
             out: folder.path().join(format!("out-{seed}")),
             progress: false,
+            window_started: None,
         };
         let report = gate_sim::simulate(&engine, &config).await.unwrap();
         let json = &report.json;

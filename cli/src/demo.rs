@@ -27,49 +27,67 @@ const SAMPLE_CITY: &str = include_str!("../../docs/sample-city.toml");
 pub struct DemoArgs {
     /// Riders to provision.
     #[arg(long, default_value_t = 2_000)]
-    riders: u64,
+    pub(crate) riders: u64,
     /// Seconds of rush hour.
     #[arg(long, default_value_t = 30.0)]
-    duration: f64,
-    /// Offered taps per second at the peak of the rush hour.
-    #[arg(long, default_value_t = 3_000.0)]
-    rush_peak: f64,
+    pub(crate) duration: f64,
+    /// Offered taps per second at the peak of the rush hour (default 3,000; with
+    /// `--cluster`, 1,500: on one 2-core machine the cluster's 3 NATS servers and 3 nodes
+    /// share the cores).
+    #[arg(long)]
+    pub(crate) rush_peak: Option<f64>,
     /// One call per tap instead of streams.
     #[arg(long)]
-    unary: bool,
+    pub(crate) unary: bool,
     /// Share of trips replaced by each kind of fault.
     #[arg(long, default_value_t = 0.005)]
-    fault_rate: f64,
+    pub(crate) fault_rate: f64,
     /// The seed.
     #[arg(long, default_value_t = 1)]
-    seed: u64,
+    pub(crate) seed: u64,
     /// Keep the engine's data directory here (it must not exist or be empty) instead of
     /// a temporary one.
     #[arg(long)]
-    data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
     /// Where the report and the settlement files go (made if missing; files of an earlier
     /// run with the same names are replaced).
     #[arg(long, default_value = "fareway-demo-output")]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
+    /// Run a cluster instead: 3 nats-servers and 3 engine nodes on 127.0.0.1, with a
+    /// shard's leader killed (SIGKILL) in the middle of the rush hour and started again
+    /// (`docs/cluster.md`). Needs `nats-server` (`.ci/setup` installs it).
+    #[arg(long)]
+    pub(crate) cluster: bool,
+}
+
+impl DemoArgs {
+    /// The rush hour's peak, taps per second.
+    pub(crate) fn rush_peak(&self) -> f64 {
+        self.rush_peak
+            .unwrap_or(if self.cluster { 1_500.0 } else { 3_000.0 })
+    }
 }
 
 /// The three roles' token secrets, as the simulator presents them.
-struct TokenSecrets {
-    gate: String,
-    admin: String,
-    finance: String,
+pub(crate) struct TokenSecrets {
+    pub(crate) gate: String,
+    pub(crate) admin: String,
+    pub(crate) finance: String,
 }
 
 /// Where the demo's own files went.
 #[derive(Debug)]
-struct Outputs {
-    report: PathBuf,
-    html: PathBuf,
-    public_key: PathBuf,
+pub(crate) struct Outputs {
+    pub(crate) report: PathBuf,
+    pub(crate) html: PathBuf,
+    pub(crate) public_key: PathBuf,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     check_args(&args)?;
+    if args.cluster {
+        return super::cluster_demo::run(&args);
+    }
     let temp = tempfile::tempdir().context("making a temporary folder")?;
     let data_dir = new_data_dir(args.data_dir.clone(), temp.path())?;
     std::fs::create_dir_all(&args.out)
@@ -97,9 +115,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Refuses arguments the demo cannot run with.
-fn check_args(args: &DemoArgs) -> anyhow::Result<()> {
+pub(crate) fn check_args(args: &DemoArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.riders >= 10 && args.duration > 0.0 && args.rush_peak > 0.0,
+        args.riders >= 10 && args.duration > 0.0 && args.rush_peak() > 0.0,
         "need at least 10 riders, a positive duration and a positive rush peak"
     );
     anyhow::ensure!(
@@ -126,7 +144,10 @@ fn new_data_dir(asked: Option<PathBuf>, temp: &Path) -> anyhow::Result<PathBuf> 
 
 /// Writes the engine's files into `folder` and returns its checked configuration and the
 /// secrets of the tokens it accepts.
-fn engine_config(folder: &Path, data_dir: &Path) -> anyhow::Result<(ServerConfig, TokenSecrets)> {
+pub(crate) fn engine_config(
+    folder: &Path,
+    data_dir: &Path,
+) -> anyhow::Result<(ServerConfig, TokenSecrets)> {
     // The engine's files: the sample city, no issuer keys yet (the simulator registers
     // them), a settlement key, and a fresh token per role.
     let fares_file = folder.join("fares.toml");
@@ -178,13 +199,13 @@ fn new_token(role: Role) -> anyhow::Result<(TokenEntry, String)> {
 }
 
 /// The simulator's run: the sample city's riders in a rush hour, as the arguments ask.
-fn sim_config(args: &DemoArgs) -> anyhow::Result<SimConfig> {
+pub(crate) fn sim_config(args: &DemoArgs) -> anyhow::Result<SimConfig> {
     let fares = fareway::fares::FareTable::from_toml(SAMPLE_CITY)?;
     Ok(SimConfig {
         population: Population::standard(args.riders, 2),
         network: Network::of(&fares, 8),
         profile: Profile::Rush {
-            peak: args.rush_peak,
+            peak: args.rush_peak(),
         },
         duration_s: args.duration,
         taps_max: 10_000_000,
@@ -199,6 +220,7 @@ fn sim_config(args: &DemoArgs) -> anyhow::Result<SimConfig> {
         seed: args.seed,
         out: args.out.clone(),
         progress: true,
+        window_started: None,
     })
 }
 
@@ -209,7 +231,7 @@ fn print_plan(args: &DemoArgs, data_dir: &Path) {
         data_dir.display(),
         args.riders,
         args.duration,
-        args.rush_peak,
+        args.rush_peak(),
         if args.unary { "unary" } else { "streaming" },
         args.fault_rate
     );
@@ -238,7 +260,7 @@ async fn run_engine(
 }
 
 /// The running engine's settlement public key, which checks its settlement files.
-async fn settlement_public_key(engine: &Engine) -> anyhow::Result<Vec<u8>> {
+pub(crate) async fn settlement_public_key(engine: &Engine) -> anyhow::Result<Vec<u8>> {
     let mut settlement = engine.settlement().await?;
     let key = settlement
         .get_signing_key(fareway_proto::v1::GetSigningKeyRequest {})
@@ -258,7 +280,7 @@ fn audit_data_dir(data_dir: &Path) -> anyhow::Result<AuditReport> {
 
 /// Adds the audit to the report's invariants. Returns whether the run's invariants and the
 /// audit both hold.
-fn record_audit(report: &mut SimReport, audit: &AuditReport) -> bool {
+pub(crate) fn record_audit(report: &mut SimReport, audit: &AuditReport) -> bool {
     report.json["invariants"]["audit"] = serde_json::json!({
         "ok": audit.ok(),
         "accounts": audit.accounts,
@@ -273,7 +295,11 @@ fn record_audit(report: &mut SimReport, audit: &AuditReport) -> bool {
 
 /// Writes the report (JSON and HTML) and the settlement public key into `out`, each whole
 /// (readable by all, 0644): a file of an earlier run is replaced, never left half written.
-fn write_outputs(out: &Path, report: &SimReport, public_key: &[u8]) -> anyhow::Result<Outputs> {
+pub(crate) fn write_outputs(
+    out: &Path,
+    report: &SimReport,
+    public_key: &[u8],
+) -> anyhow::Result<Outputs> {
     let outputs = Outputs {
         report: out.join("report.json"),
         html: out.join("report.html"),
@@ -289,7 +315,7 @@ fn write_outputs(out: &Path, report: &SimReport, public_key: &[u8]) -> anyhow::R
 }
 
 /// Prints the run's summary, the audit, and where the files are.
-fn print_summary(report: &SimReport, audit: &AuditReport, outputs: &Outputs, ok: bool) {
+pub(crate) fn print_summary(report: &SimReport, audit: &AuditReport, outputs: &Outputs, ok: bool) {
     println!("{}", gate_sim::summary(&report.json));
     super::audit::print_report(audit);
     println!(

@@ -5,6 +5,7 @@
 mod audit;
 mod checkpoint;
 mod cluster;
+mod cluster_demo;
 mod connection;
 mod demo;
 mod keys;

@@ -33,6 +33,16 @@ impl Commands {
         }
     }
 
+    /// Waits until what this node reads of `account` includes every command answered
+    /// before the call (in cluster mode: until its replica of the account's shard has
+    /// applied the shard's log as it is now). Embedded reads always do.
+    pub async fn read_barrier(&self, account: AccountRef) -> Result<(), LedgerError> {
+        match self {
+            Commands::Local(_) => Ok(()),
+            Commands::Cluster(router) => router.read_barrier(account).await,
+        }
+    }
+
     /// A page of an account's statement (in cluster mode, from this node's replica of the
     /// rider's shard). Blocks on reads.
     pub fn statement(

@@ -60,6 +60,9 @@ pub struct SimConfig {
     pub out: PathBuf,
     /// Show a progress bar.
     pub progress: bool,
+    /// Told when the timed window starts (a demo that injects a fault into it waits for
+    /// this).
+    pub window_started: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 /// The outcome of a run: the report (as written to `report.json`) and whether every
@@ -72,6 +75,8 @@ pub struct SimReport {
     pub ok: bool,
     /// Every tap's answer and latency (what `report.html` is drawn from).
     pub run: run::RunResult,
+    /// The taps played, in the order of `run.results`.
+    pub plan: Vec<PlannedTap>,
 }
 
 /// Every kind of fault at the same share of trips.
@@ -98,6 +103,9 @@ pub async fn simulate(engine: &Engine, config: &SimConfig) -> anyhow::Result<Sim
 
     let minted = mint_plan(config, provisioned, run_id);
     wait_for_window(minted.start, minted.plan.len()).await?;
+    if let Some(started) = &config.window_started {
+        started.notify_one();
+    }
     let plan = minted.plan;
     let (played, server_window) = play_window(engine, config, &plan).await?;
 
@@ -129,6 +137,7 @@ pub async fn simulate(engine: &Engine, config: &SimConfig) -> anyhow::Result<Sim
         json,
         ok,
         run: played,
+        plan,
     })
 }
 

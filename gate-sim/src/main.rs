@@ -203,5 +203,6 @@ fn sim_config(args: &Args) -> anyhow::Result<SimConfig> {
         seed: args.seed,
         out: args.out.clone(),
         progress: true,
+        window_started: None,
     })
 }

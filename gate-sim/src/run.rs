@@ -118,6 +118,13 @@ impl Recorder {
         });
     }
 
+    /// Waits until tap `index` has its answer.
+    async fn answered(&self, index: usize) {
+        while lock(&self.results)[index].is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Every tap's result in plan order; a tap with none recorded counts as failed.
     fn take_results(&self) -> Vec<TapResult> {
         let results = std::mem::take(&mut *lock(&self.results));
@@ -259,7 +266,14 @@ async fn play_unary(
         let request = tap.request.clone();
         let recorder = window.recorder.clone();
         let due_ms = tap.due_ms;
+        let original = tap.repeats;
         running.spawn(async move {
+            // A repeat's expected answer assumes its original was decided first: while a
+            // gate still resends the original, the repeat waits (and the wait counts in
+            // its latency).
+            if let Some(original) = original {
+                recorder.answered(original).await;
+            }
             let answer = unary_with_retries(&clients, index, request, retry_for).await;
             recorder.record(index, due, due_ms, answer);
             drop(permit);

@@ -47,6 +47,8 @@ impl LocalNats {
     /// Starts `size` servers with their files in `folder`, and waits until each takes
     /// clients.
     pub fn start(size: usize, folder: &Path) -> anyhow::Result<LocalNats> {
+        std::fs::create_dir_all(folder)
+            .with_context(|| format!("cannot make folder {}", folder.display()))?;
         let client_ports = (0..size)
             .map(|_| free_port())
             .collect::<Result<Vec<_>, _>>()?;

@@ -51,7 +51,12 @@ pub async fn start(
     let (fares, verifier, rules) = server::load_rules(&config)?;
     manage::check_rules(&js, &config).await?;
     let slots = open_replicas(&config, &cluster, rules).await?;
-    let router = Arc::new(Router::new(cluster.shards, client.clone(), slots.clone()));
+    let router = Arc::new(Router::new(
+        cluster.shards,
+        client.clone(),
+        slots.clone(),
+        cluster.request_timeout(),
+    ));
     let gate = Arc::new(Gatekeeper::with_commands(
         Arc::clone(&verifier),
         Commands::Cluster(Arc::clone(&router)),
@@ -231,6 +236,7 @@ async fn shard_context(
         reports,
         renew: cluster.lease_renew(),
         forwarded_in_flight_max: config.limits.ledger_queue_depth_max,
+        leading: Arc::default(),
     })
 }
 

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use async_nats::RequestErrorKind;
 
@@ -51,16 +52,26 @@ impl ShardSlot {
 pub struct Router {
     shards: u32,
     client: async_nats::Client,
+    js: async_nats::jetstream::Context,
     held: BTreeMap<u32, Arc<ShardSlot>>,
+    /// How long a read waits for this node's replica to catch up.
+    read_wait_max: Duration,
 }
 
 impl Router {
     /// A router over the shards this node holds.
-    pub fn new(shards: u32, client: async_nats::Client, held: Vec<Arc<ShardSlot>>) -> Router {
+    pub fn new(
+        shards: u32,
+        client: async_nats::Client,
+        held: Vec<Arc<ShardSlot>>,
+        read_wait_max: Duration,
+    ) -> Router {
         Router {
             shards,
+            js: async_nats::jetstream::new(client.clone()),
             client,
             held: held.into_iter().map(|slot| (slot.shard, slot)).collect(),
+            read_wait_max,
         }
     }
 
@@ -82,6 +93,27 @@ impl Router {
     /// follower's may trail the leader by the messages not yet applied).
     pub fn account(&self, account: AccountRef) -> Result<Option<Account>, LedgerError> {
         self.replica_of(account)?.view().account(account)
+    }
+
+    /// Waits until this node's replica of the account's shard has applied the shard's log
+    /// as it is now, so that a read after it sees every command answered before the call.
+    pub async fn read_barrier(&self, account: AccountRef) -> Result<(), LedgerError> {
+        let replica = self.replica_of(account)?;
+        let AccountRef::Rider(account_id) = account else {
+            return Ok(());
+        };
+        let shard = shard_of(account_id, self.shards);
+        let end = super::log::last_sequence(&self.js, shard).await?;
+        let deadline = tokio::time::Instant::now() + self.read_wait_max;
+        while replica.applied_stream_sequence()? < end {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(LedgerError::Unavailable(format!(
+                    "this node's replica of shard {shard} has not caught up with its log; retry"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(())
     }
 
     /// This node's replica of a rider account's shard.

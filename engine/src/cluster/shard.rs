@@ -4,6 +4,7 @@
 //! sequence, so it leads only once it holds the whole log.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
@@ -34,6 +35,9 @@ pub struct ShardContext {
     pub renew: Duration,
     /// Most forwarded commands a leader works on at once.
     pub forwarded_in_flight_max: usize,
+    /// Shards this node leads now: a node that leads more waits longer before it takes a
+    /// free lease, so that leaders spread over the nodes.
+    pub leading: Arc<AtomicUsize>,
 }
 
 /// Why a node stopped leading a shard.
@@ -88,6 +92,12 @@ async fn follow_until_lease(
                 log::apply_message(slot.shard, &slot.replica, message)?;
             }
             _ = ticks.tick() => {
+                if lease::holder(&context.leases, slot.shard).await.is_some() {
+                    continue;
+                }
+                // A free lease: a node that leads fewer shards tries first.
+                let leading = context.leading.load(Ordering::Relaxed) as u32;
+                tokio::time::sleep(context.renew / 5 * leading).await;
                 match lease::try_take(&context.leases, slot.shard, &context.node_id).await {
                     Ok(Some(held)) => return Ok(Some(held)),
                     Ok(None) => {}
@@ -115,6 +125,7 @@ async fn lead(
     );
     let ledger = Arc::new(slot.replica.lead(Box::new(shard_log))?);
     slot.set_leader(Some(Arc::clone(&ledger)));
+    context.leading.fetch_add(1, Ordering::Relaxed);
     tracing::info!(
         shard = slot.shard,
         node = context.node_id,
@@ -125,6 +136,7 @@ async fn lead(
     let outcome = hold(context, slot.shard, &ledger, &mut held, stop).await;
     serving.abort();
     slot.set_leader(None);
+    context.leading.fetch_sub(1, Ordering::Relaxed);
     if matches!(outcome, StepDown::Stop) {
         lease::release(&context.leases, slot.shard, held).await;
     }

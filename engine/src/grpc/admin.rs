@@ -332,6 +332,10 @@ impl pb::admin_service_server::AdminService for AdminApi {
     ) -> Result<Response<pb::Balance>, Status> {
         let _permit = admit(&self.in_flight, &self.metrics, "requests")?;
         let account_id = request.into_inner().account_id;
+        self.commands
+            .read_barrier(AccountRef::Rider(account_id))
+            .await
+            .map_err(|err| ledger_status(&err))?;
         let commands = self.commands.clone();
         let account = blocking(move || commands.account(AccountRef::Rider(account_id)))
             .await?
@@ -365,6 +369,10 @@ impl pb::admin_service_server::AdminService for AdminApi {
         };
         let account_id = request.account_id;
         let after = request.after_sequence;
+        self.commands
+            .read_barrier(AccountRef::Rider(account_id))
+            .await
+            .map_err(|err| ledger_status(&err))?;
         let commands = self.commands.clone();
         let (exists, lines) = blocking(move || {
             let account = AccountRef::Rider(account_id);

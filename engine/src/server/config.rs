@@ -325,6 +325,52 @@ impl ConfigError {
 }
 
 impl ServerConfig {
+    /// The configuration as a file's text, for programs that start servers (the cluster
+    /// demo, the tests): the paths, addresses, settlement, tokens and cluster section.
+    /// An error when a setting it does not write differs from its default, so that the
+    /// file always reads back as this configuration.
+    pub fn file_text(&self) -> Result<String, String> {
+        let mut text = format!(
+            "data_dir = {:?}\nlisten = \"{}\"\nfares_file = {:?}\nissuer_keys_file = {:?}\nbackup_dir = {:?}\n",
+            self.data_dir, self.listen, self.fares_file, self.issuer_keys_file, self.backup_dir
+        );
+        if let Some(metrics) = self.metrics_listen {
+            text.push_str(&format!("metrics_listen = \"{metrics}\"\n"));
+        }
+        text.push_str(&format!(
+            "\n[settlement]\nkey_file = {:?}\ncurrency = \"{}\"\n",
+            self.settlement.key_file, self.settlement.currency
+        ));
+        for token in &self.token {
+            text.push_str(&format!(
+                "\n[[token]]\nrole = \"{}\"\nsha256 = \"{}\"\nname = \"{}\"\n",
+                token.role.name(),
+                token.sha256,
+                token.name
+            ));
+        }
+        if let Some(cluster) = &self.cluster {
+            text.push_str(&format!(
+                "\n[cluster]\nnode_id = {:?}\nnats_urls = {:?}\nshards = {}\nshards_held = {:?}\nreplicas = {}\nlease_ttl_ms = {}\nlease_renew_ms = {}\nrequest_timeout_ms = {}\n",
+                cluster.node_id,
+                cluster.nats_urls,
+                cluster.shards,
+                cluster.shards_held,
+                cluster.replicas,
+                cluster.lease_ttl_ms,
+                cluster.lease_renew_ms,
+                cluster.request_timeout_ms
+            ));
+        }
+        match toml::from_str::<ServerConfig>(&text) {
+            Ok(read_back) if read_back == *self => Ok(text),
+            Ok(_) => Err("the configuration has a setting the file text does not write".into()),
+            Err(err) => Err(format!(
+                "the configuration's file text does not parse: {err}"
+            )),
+        }
+    }
+
     /// Reads and checks a configuration file; relative paths in it are made relative to
     /// the file's folder.
     pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
