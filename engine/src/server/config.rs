@@ -361,6 +361,11 @@ impl ServerConfig {
                 cluster.lease_renew_ms,
                 cluster.request_timeout_ms
             ));
+            if let (Some(user), Some(password)) = (&cluster.nats_user, &cluster.nats_password) {
+                text.push_str(&format!(
+                    "nats_user = {user:?}\nnats_password = {password:?}\n"
+                ));
+            }
         }
         match toml::from_str::<ServerConfig>(&text) {
             Ok(read_back) if read_back == *self => Ok(text),
