@@ -496,73 +496,221 @@ async fn assert_keys_shared(
     );
 }
 
+/// Three `fareway serve` nodes on a 3-server NATS cluster (lease TTL 2 s, renewed every
+/// 0.5 s), one settlement key for all, the sample city provisioned through n0, whose gates
+/// the tests drive.
+struct TestCluster {
+    nats: NatsCluster,
+    base: ClusterConfig,
+    folder: tempfile::TempDir,
+    files: Vec<PathBuf>,
+    /// The shards each node holds.
+    held: Vec<Vec<u32>>,
+    nodes: Vec<Option<ServerProcess>>,
+    addrs: Vec<std::net::SocketAddr>,
+    js: Context,
+    provisioned: gate_sim::provision::Provisioned,
+    network: gate_sim::Network,
+}
+
+impl TestCluster {
+    /// Starts the cluster with `shards` shards, node `i` holding `held[i]` (empty: all).
+    async fn start(shards: u32, held: [Vec<u32>; 3]) -> TestCluster {
+        let nats = NatsCluster::start(3);
+        let base = cluster_config(&nats, "n0", shards);
+        init(&base).await;
+        let folder = tempfile::tempdir().unwrap();
+        let settlement_key = folder.path().join("settlement.key");
+        SettlementKey::load_or_create(&settlement_key).unwrap();
+        let mut files = Vec::new();
+        let mut held_shards = Vec::new();
+        for (index, held) in held.into_iter().enumerate() {
+            let node_folder = folder.path().join(format!("n{index}"));
+            std::fs::create_dir_all(&node_folder).unwrap();
+            let mut cluster = cluster_config(&nats, &format!("n{index}"), shards);
+            cluster.shards_held = held;
+            held_shards.push(cluster.held());
+            files.push(node_config(&node_folder, cluster, &settlement_key));
+        }
+        let localhost = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let nodes: Vec<_> = files
+            .iter()
+            .enumerate()
+            .map(|(index, file)| {
+                let log = folder.path().join(format!("n{index}.log"));
+                Some(ServerProcess::start(file, localhost, &log))
+            })
+            .collect();
+        let addrs: Vec<_> = nodes
+            .iter()
+            .map(|node| node.as_ref().unwrap().addr)
+            .collect();
+        let js = base.jetstream().await.unwrap();
+        for shard in 0..shards {
+            leader_of(&js, &base, shard).await;
+        }
+        // Every node verifies codes itself, with the issuer keys the cluster shares: the
+        // simulator registers them at n0 only.
+        let (provisioned, network) = provision_sample_city(&engine_at(addrs[0]), 200, 7).await;
+        TestCluster {
+            nats,
+            base,
+            folder,
+            files,
+            held: held_shards,
+            nodes,
+            addrs,
+            js,
+            provisioned,
+            network,
+        }
+    }
+
+    /// Node `index` (while it runs).
+    fn node(&self, index: usize) -> &ServerProcess {
+        self.nodes[index].as_ref().unwrap()
+    }
+
+    /// Kills node `index` with SIGKILL.
+    fn kill(&mut self, index: usize) {
+        let node = self.nodes[index].take().unwrap();
+        tokio::task::block_in_place(|| node.kill());
+    }
+
+    /// Starts node `index` again on its address.
+    fn restart(&mut self, index: usize) {
+        let log = self.folder.path().join(format!("n{index}.log"));
+        let node = tokio::task::block_in_place(|| {
+            ServerProcess::start(&self.files[index], self.addrs[index], &log)
+        });
+        self.nodes[index] = Some(node);
+    }
+
+    /// The index of shard `shard`'s leader once it is not `not`.
+    async fn leader(&self, shard: u32, not: Option<usize>) -> usize {
+        let started = Instant::now();
+        loop {
+            let leader: usize = leader_of(&self.js, &self.base, shard).await[1..]
+                .parse()
+                .unwrap();
+            if Some(leader) != not {
+                return leader;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "shard {shard} kept leader n{leader}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// After the run: every replica catches up; every accepted tap is charged exactly
+    /// once (read at node `reader`); then, the nodes stopped, every replica's audit passes
+    /// (money conserved per shard and in total) and the replicas of each shard agree.
+    async fn assert_whole(&mut self, played: &Played, reader: usize) {
+        let shards = self.base.shards;
+        let replicas: Vec<usize> = (0..shards)
+            .map(|shard| {
+                self.held
+                    .iter()
+                    .filter(|held| held.contains(&shard))
+                    .count()
+            })
+            .collect();
+        wait_for_replicas(&self.js, &self.base, &replicas).await;
+        played
+            .assert_charged_exactly_once(&engine_at(self.addrs[reader]), "after the faults")
+            .await;
+        for index in 0..3 {
+            if self.nodes[index].is_some() {
+                self.kill(index);
+            }
+        }
+        let mut digests: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        let mut total: i128 = 0;
+        for (index, held) in self.held.iter().enumerate() {
+            for shard in held {
+                let dir = self
+                    .folder
+                    .path()
+                    .join(format!("n{index}/data/shard-{shard}"));
+                let view = LedgerView::open(&dir, &StoreConfig::default()).unwrap();
+                let report = audit::audit(&view).unwrap();
+                assert!(
+                    report.ok(),
+                    "n{index} shard {shard}: {:?}",
+                    report.violations
+                );
+                assert_eq!(
+                    report.balance_sum, 0,
+                    "n{index} shard {shard}: money is conserved"
+                );
+                total += report.balance_sum;
+                digests.entry(*shard).or_default().push(digest(&view));
+            }
+        }
+        assert_eq!(total, 0);
+        for (shard, of_replicas) in &digests {
+            assert!(
+                of_replicas.windows(2).all(|pair| pair[0] == pair[1]),
+                "shard {shard}: replicas differ: {of_replicas:?}"
+            );
+        }
+    }
+}
+
+/// Latency of the taps due in `[from_ms, to_ms)` of a played phase: (count, p50, p99) in
+/// milliseconds, from each tap's due time to its answer, retries included.
+fn latency_between(played: &Played, from_ms: u64, to_ms: u64) -> (usize, u64, u64) {
+    let mut latencies: Vec<u64> = played
+        .results
+        .iter()
+        .filter(|result| (from_ms..to_ms).contains(&result.due_ms))
+        .map(|result| result.latency_us / 1_000)
+        .collect();
+    latencies.sort_unstable();
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    (latencies.len(), at(0.5), at(0.99))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_leader_killed_under_load_fails_over_and_charges_once() {
     let load_s = env_number("FAREWAY_CLUSTER_SOAK_S", 10) as f64;
-    let nats = NatsCluster::start(3);
-    let base = cluster_config(&nats, "n0", 2);
-    init(&base).await;
-    let folder = tempfile::tempdir().unwrap();
-    let settlement_key = folder.path().join("settlement.key");
-    SettlementKey::load_or_create(&settlement_key).unwrap();
     // The gates talk to n0, which holds shard 0 only; n1 and n2 hold both shards, so
     // shard 1's leader is n1 or n2, and killing it leaves the gates' node standing.
-    let mut files = Vec::new();
-    for (index, held) in [vec![0], vec![], vec![]].into_iter().enumerate() {
-        let node_folder = folder.path().join(format!("n{index}"));
-        std::fs::create_dir_all(&node_folder).unwrap();
-        let mut cluster = cluster_config(&nats, &format!("n{index}"), 2);
-        cluster.shards_held = held;
-        files.push(node_config(&node_folder, cluster, &settlement_key));
-    }
-    let localhost = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let start = |index: usize, listen| {
-        ServerProcess::start(
-            &files[index],
-            listen,
-            &folder.path().join(format!("n{index}.log")),
-        )
-    };
-    let mut nodes: Vec<Option<ServerProcess>> =
-        (0..3).map(|index| Some(start(index, localhost))).collect();
-    let addrs: Vec<_> = nodes
-        .iter()
-        .map(|node| node.as_ref().unwrap().addr)
-        .collect();
-    let gates = engine_at(addrs[0]);
-    // One connection for the test's own looks at the cluster.
-    let js = base.jetstream().await.unwrap();
-    leader_of(&js, &base, 0).await;
-    leader_of(&js, &base, 1).await;
-
-    // Every node verifies codes itself, with the issuer keys the cluster shares: the
-    // simulator registers them at n0 only.
-    let (mut provisioned, network) = provision_sample_city(&gates, 200, 7).await;
-
-    let (plan, start_at) = plan_phase(&mut provisioned, &network, 300.0, load_s, 1);
-    let victim: usize = leader_of(&js, &base, 1).await[1..].parse().unwrap();
+    let mut cluster = TestCluster::start(2, [vec![0], vec![], vec![]]).await;
+    let victim = cluster.leader(1, None).await;
     let kill_after = Duration::from_secs_f64(load_s * 0.4);
+    let shared = Arc::new(tokio::sync::Mutex::new(None::<(usize, Duration)>));
+    let addrs = cluster.addrs.clone();
+    let play = {
+        let (plan, start_at) =
+            plan_phase(&mut cluster.provisioned, &cluster.network, 300.0, load_s, 1);
+        let gates = engine_at(addrs[0]);
+        async move {
+            let (run, retried) = play_with_retries(&gates, &plan, start_at, 16).await;
+            (plan, run, retried)
+        }
+    };
     let failover = async {
         tokio::time::sleep(kill_after).await;
-        let killed = nodes[victim].take().unwrap();
+        cluster.kill(victim);
         let killed_at = Instant::now();
-        tokio::task::block_in_place(|| killed.kill());
-        let new_leader = loop {
-            let leader = leader_of(&js, &base, 1).await;
-            if leader != format!("n{victim}") {
-                break leader;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let new_leader = cluster.leader(1, Some(victim)).await;
         let took = killed_at.elapsed();
+        *shared.lock().await = Some((new_leader, took));
         tokio::time::sleep(Duration::from_secs(2)).await;
-        tokio::task::block_in_place(|| nodes[victim] = Some(start(victim, addrs[victim])));
-        (new_leader, took)
+        cluster.restart(victim);
     };
-    let ((run, retried), (new_leader, took)) =
-        tokio::join!(play_with_retries(&gates, &plan, start_at, 16), failover);
+    let ((plan, run, retried), ()) = tokio::join!(play, failover);
+    let (new_leader, took) = shared.lock().await.unwrap();
     eprintln!(
-        "killed n{victim} (shard 1's leader) after {kill_after:?}; {new_leader} took the lease {took:?} later; {retried} of {} taps retried",
+        "killed n{victim} (shard 1's leader) after {kill_after:?}; n{new_leader} took the lease {took:?} later; {retried} of {} taps retried",
         plan.len()
     );
     assert!(took < Duration::from_secs(5), "failover took {took:?}");
@@ -579,54 +727,147 @@ async fn a_shard_leader_killed_under_load_fails_over_and_charges_once() {
         plan.len()
     );
 
-    // Every replica catches up (the restarted node too); then each accepted tap is in its
-    // rider's statement exactly once, read from a node that holds both shards.
-    wait_for_replicas(&js, &base, &[3, 2]).await;
+    // Every replica catches up (the restarted node too); settlement and the shared keys
+    // are checked on the nodes; then every accepted tap is charged once and the replicas
+    // audit and agree.
+    let replicas: Vec<usize> = vec![3, 2];
+    wait_for_replicas(&cluster.js, &cluster.base, &replicas).await;
     let survivor = if victim == 1 { 2 } else { 1 };
     assert_settled_alike(
         [addrs[0], addrs[survivor], addrs[victim]],
         &plan,
         &run,
-        folder.path(),
+        cluster.folder.path(),
     )
     .await;
     let mut played = Played::default();
     played.add(plan, run);
-    played
-        .assert_charged_exactly_once(&engine_at(addrs[survivor]), "after the failover")
-        .await;
-    assert_keys_shared(&mut provisioned, &network, addrs[survivor], addrs[victim]).await;
+    cluster.assert_whole(&played, survivor).await;
+}
 
-    // Stop every node, then audit every replica: money is conserved per shard and in
-    // total, and the replicas of each shard agree.
-    for node in &mut nodes {
-        node.take().unwrap().kill();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_keys_are_enforced_on_every_node() {
+    let mut cluster = TestCluster::start(2, [vec![], vec![], vec![]]).await;
+    let (network, addrs) = (cluster.network.clone(), cluster.addrs.clone());
+    assert_keys_shared(&mut cluster.provisioned, &network, addrs[1], addrs[2]).await;
+}
+
+/// NATS servers fail under load: one is killed with SIGKILL and started again, then
+/// another is paused (SIGSTOP) for ten seconds and resumed. The cluster goes on with the
+/// other two (the taps' latency during the pause is printed); every accepted tap is
+/// charged once and the replicas audit and agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_servers_killed_or_paused_under_load_lose_nothing() {
+    let mut cluster = TestCluster::start(2, [vec![], vec![], vec![]]).await;
+    let load_s = 18.0;
+    let (plan, start_at) = plan_phase(&mut cluster.provisioned, &cluster.network, 150.0, load_s, 2);
+    let gates = engine_at(cluster.addrs[0]);
+    // Beside the taps, a bare JetStream publisher on the same servers: what NATS itself
+    // does through the same faults.
+    let probe = tokio::spawn(publish_probe(cluster.base.clone(), load_s));
+    let faults = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        cluster.nats.kill(2);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::task::block_in_place(|| cluster.nats.start_server(2));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        cluster.nats.signal(1, "STOP");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        cluster.nats.signal(1, "CONT");
+    };
+    let ((run, retried), ()) = tokio::join!(play_with_retries(&gates, &plan, start_at, 16), faults);
+    let mut played = Played::default();
+    played.add(plan, run);
+    let (before, before_p50, before_p99) = latency_between(&played, 0, 2_000);
+    let (paused, paused_p50, paused_p99) = latency_between(&played, 6_000, 16_000);
+    eprintln!(
+        "{retried} taps retried; latency before the faults: {before} taps, p50 {before_p50} ms, p99 {before_p99} ms; while a server was paused: {paused} taps, p50 {paused_p50} ms, p99 {paused_p99} ms"
+    );
+    let published = probe.await.unwrap();
+    let probe_stats = |from: u64, to: u64| {
+        let mut in_window: Vec<u64> = published
+            .iter()
+            .filter(|(at, _)| (from..to).contains(at))
+            .map(|(_, took)| *took)
+            .collect();
+        in_window.sort_unstable();
+        let at = |q: f64| {
+            in_window
+                .get(((in_window.len() as f64 * q) as usize).min(in_window.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0)
+        };
+        (in_window.len(), at(0.5), at(0.99))
+    };
+    eprintln!(
+        "bare JetStream publishes (R3, acknowledged) in the same run: before the faults {:?}, while a server was paused {:?} (count, p50 ms, p99 ms)",
+        probe_stats(0, 2_000),
+        probe_stats(6_000, 16_000)
+    );
+    cluster.assert_whole(&played, 1).await;
+}
+
+/// Publishes to a 3-replica stream of its own every 20 ms for `seconds`, each awaited for
+/// its acknowledgement: (when it was sent, ms from the start; how long it took, ms).
+async fn publish_probe(config: ClusterConfig, seconds: f64) -> Vec<(u64, u64)> {
+    let js = config.jetstream().await.unwrap();
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: "PROBE".into(),
+        subjects: vec!["probe".into()],
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let mut published = Vec::new();
+    while started.elapsed().as_secs_f64() < seconds {
+        let sent = Instant::now();
+        let acked = async { js.publish("probe", vec![0u8; 200].into()).await?.await };
+        let _ = tokio::time::timeout(Duration::from_secs(15), acked).await;
+        published.push((
+            (sent - started).as_millis() as u64,
+            sent.elapsed().as_millis() as u64,
+        ));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut digests: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-    let mut total: i128 = 0;
-    for (index, shards) in [(0, vec![0]), (1, vec![0, 1]), (2, vec![0, 1])] {
-        for shard in shards {
-            let dir = folder.path().join(format!("n{index}/data/shard-{shard}"));
-            let view = LedgerView::open(&dir, &StoreConfig::default()).unwrap();
-            let report = audit::audit(&view).unwrap();
-            assert!(
-                report.ok(),
-                "n{index} shard {shard}: {:?}",
-                report.violations
-            );
-            assert_eq!(
-                report.balance_sum, 0,
-                "n{index} shard {shard}: money is conserved"
-            );
-            total += report.balance_sum;
-            digests.entry(shard).or_default().push(digest(&view));
-        }
-    }
-    assert_eq!(total, 0);
-    for (shard, of_replicas) in &digests {
-        assert!(
-            of_replicas.windows(2).all(|pair| pair[0] == pair[1]),
-            "shard {shard}: replicas differ: {of_replicas:?}"
-        );
-    }
+    published
+}
+
+/// A shard's leader paused (SIGSTOP) past its lease, then resumed, under load: another
+/// node leads meanwhile; the resumed node's appends are fenced, so it steps down and
+/// follows; every accepted tap is charged once and the replicas audit and agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_paused_past_its_lease_cannot_append_when_resumed() {
+    // n0 (the gates' node) holds shard 0 only, so shard 1's leader is n1 or n2.
+    let mut cluster = TestCluster::start(2, [vec![0], vec![], vec![]]).await;
+    let paused = cluster.leader(1, None).await;
+    let load_s = 10.0;
+    let (plan, start_at) = plan_phase(&mut cluster.provisioned, &cluster.network, 200.0, load_s, 3);
+    let gates = engine_at(cluster.addrs[0]);
+    let pause = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        cluster.node(paused).signal("STOP");
+        let new_leader = cluster.leader(1, Some(paused)).await;
+        // Past the lease: the other node has led for a while when the paused one wakes.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        cluster.node(paused).signal("CONT");
+        new_leader
+    };
+    let ((run, retried), new_leader) =
+        tokio::join!(play_with_retries(&gates, &plan, start_at, 16), pause);
+    eprintln!(
+        "paused n{paused} (shard 1's leader); n{new_leader} led meanwhile; {retried} taps retried"
+    );
+    let mut played = Played::default();
+    played.add(plan, run);
+    // The resumed node follows again: its own log says it stepped down.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log =
+        std::fs::read_to_string(cluster.folder.path().join(format!("n{paused}.log"))).unwrap();
+    assert!(
+        log.contains("stepped down as leader"),
+        "n{paused} never stepped down"
+    );
+    cluster.assert_whole(&played, new_leader).await;
 }

@@ -32,6 +32,21 @@ impl NatsCluster {
         self.servers.node_credentials()
     }
 
+    /// Kills server `index` with SIGKILL.
+    pub fn kill(&mut self, index: usize) {
+        self.servers.kill(index).unwrap();
+    }
+
+    /// Starts server `index` again, on its ports and storage.
+    pub fn start_server(&mut self, index: usize) {
+        self.servers.start_server(index).unwrap();
+    }
+
+    /// Sends server `index` the signal `name` (`STOP`, `CONT`).
+    pub fn signal(&self, index: usize, name: &str) {
+        crate::process::signal(self.servers.pid(index).unwrap(), name);
+    }
+
     /// A user that is not a node's.
     pub fn gate_credentials(&self) -> &Credentials {
         self.servers.gate_credentials()

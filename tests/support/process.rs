@@ -74,6 +74,11 @@ impl ServerProcess {
         }
     }
 
+    /// Sends it a signal by name (`STOP`, `CONT`).
+    pub fn signal(&self, name: &str) {
+        signal(self.child.id(), name);
+    }
+
     /// Kills it with SIGKILL and waits for it.
     pub fn kill(mut self) {
         self.child.kill().unwrap(); // SIGKILL
@@ -171,10 +176,10 @@ pub async fn play_with_retries(
                 if due > now {
                     tokio::time::sleep(Duration::from_millis(due - now)).await;
                 }
-                answers.push((
-                    index,
-                    tap_until_answered(&engine, &mut connection, &tap.request).await,
-                ));
+                let (answer, retries) =
+                    tap_until_answered(&engine, &mut connection, &tap.request).await;
+                let latency_ms = SystemClock.now().0.saturating_sub(due);
+                answers.push((index, (answer, retries, latency_ms)));
             }
             answers
         });
@@ -182,11 +187,11 @@ pub async fn play_with_retries(
     let mut results = vec![None; plan.len()];
     let mut retried = 0;
     while let Some(answers) = workers.join_next().await {
-        for (index, (answer, retries)) in answers.expect("a gate worker finishes") {
+        for (index, (answer, retries, latency_ms)) in answers.expect("a gate worker finishes") {
             retried += u64::from(retries > 0);
             results[index] = Some(TapResult {
                 answer,
-                latency_us: 0,
+                latency_us: latency_ms * 1_000,
                 due_ms: plan[index].due_ms,
             });
         }
@@ -199,6 +204,16 @@ pub async fn play_with_retries(
         elapsed: started.elapsed(),
     };
     (run, retried)
+}
+
+/// Sends process `pid` the signal `name` (`STOP`, `CONT`, `KILL`).
+pub fn signal(pid: u32, name: &str) {
+    let sent = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{name} {pid} failed");
 }
 
 /// The configuration of a `fareway serve` process written into `folder` (its data in

@@ -123,9 +123,16 @@ impl ClusterConfig {
 
     /// Connects to NATS as this node.
     pub async fn connect(&self) -> anyhow::Result<async_nats::Client> {
+        // A server that stops answering (a paused process, a cut link) leaves the TCP
+        // connection open: pings every renewal interval find it within a few, and the
+        // client moves to another server. A connection attempt that gets no greeting
+        // within a renewal interval goes on to the next server (the default 5 s would
+        // outlast the lease).
         let mut options = async_nats::ConnectOptions::new()
             .name(format!("fareway-{}", self.node_id))
-            .request_timeout(Some(self.request_timeout()));
+            .request_timeout(Some(self.request_timeout()))
+            .ping_interval(self.lease_renew())
+            .connection_timeout(self.lease_renew());
         if let (Some(user), Some(password)) = (&self.nats_user, &self.nats_password) {
             options = options.user_and_password(user.clone(), password.clone());
         }
