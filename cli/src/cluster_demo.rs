@@ -84,10 +84,15 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     };
     let played = runtime.block_on(async {
         let js = cluster.jetstream().await?;
-        let (report, failover) = tokio::join!(
-            gate_sim::simulate(&engine, &sim),
+        let chaos = async {
+            if args.no_failover {
+                return Ok(None);
+            }
             kill_a_leader(&mut nodes, &js, &cluster, &window_started, args.duration)
-        );
+                .await
+                .map(Some)
+        };
+        let (report, failover) = tokio::join!(gate_sim::simulate(&engine, &sim), chaos);
         let key = demo::settlement_public_key(&engine).await;
         anyhow::Ok((report?, failover?, key?))
     });
@@ -96,9 +101,9 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let (mut report, failover, public_key) = played?;
 
     let audits = audit_replicas(temp.path())?;
-    let ok = record_cluster(&mut report, &failover, &audits);
+    let ok = record_cluster(&mut report, failover.as_ref(), &audits);
     let outputs = demo::write_outputs(&args.out, &report, &public_key)?;
-    print_summary(&report, &failover, &audits, &outputs, ok);
+    print_summary(&report, failover.as_ref(), &audits, &outputs, ok);
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
@@ -361,8 +366,11 @@ fn audit_replicas(folder: &Path) -> anyhow::Result<ReplicaAudits> {
 /// Adds the failover and the replicas' audits to the report. Returns whether every
 /// invariant holds: the simulator's, every replica's audit, money conserved per shard and
 /// in total, and the replicas of each shard alike.
-fn record_cluster(report: &mut SimReport, failover: &Failover, audits: &ReplicaAudits) -> bool {
-    let first_accepted = first_accepted_after(report, failover);
+fn record_cluster(
+    report: &mut SimReport,
+    failover: Option<&Failover>,
+    audits: &ReplicaAudits,
+) -> bool {
     let mut shards = Vec::new();
     let mut total: i128 = 0;
     let mut audits_ok = true;
@@ -389,17 +397,21 @@ fn record_cluster(report: &mut SimReport, failover: &Failover, audits: &ReplicaA
         }));
     }
     audits_ok &= total == 0;
-    report.json["cluster"] = json!({
-        "nodes": NODES,
-        "shards": SHARDS,
-        "failover": {
+    let failover = failover.map(|failover| {
+        let first_accepted = first_accepted_after(report, failover);
+        json!({
             "shard": failover.shard,
             "killed": failover.killed,
             "new_leader": failover.new_leader,
             "killed_at_s": failover.killed_at.as_secs_f64(),
             "new_leader_after_s": failover.new_leader_after.as_secs_f64(),
             "first_accepted_tap_after_s": first_accepted.map(|after| after.as_secs_f64()),
-        },
+        })
+    });
+    report.json["cluster"] = json!({
+        "nodes": NODES,
+        "shards": SHARDS,
+        "failover": failover,
     });
     report.json["invariants"]["audit"] = json!({
         "ok": audits_ok,
@@ -414,12 +426,31 @@ fn record_cluster(report: &mut SimReport, failover: &Failover, audits: &ReplicaA
 /// Prints the run's summary, the failover, each shard's audit, and where the files are.
 fn print_summary(
     report: &SimReport,
-    failover: &Failover,
+    failover: Option<&Failover>,
     audits: &ReplicaAudits,
     outputs: &demo::Outputs,
     ok: bool,
 ) {
     println!("{}", gate_sim::summary(&report.json));
+    if let Some(failover) = failover {
+        print_failover(report, failover);
+    }
+    print_audits(audits);
+    println!(
+        "report: {} and {}",
+        outputs.report.display(),
+        outputs.html.display()
+    );
+    if let Some(files) = report.json["invariants"]["settlement"]["files"].as_array() {
+        for file in files {
+            println!("settlement file: {}", file.as_str().unwrap_or_default());
+        }
+    }
+    println!("settlement public key: {}", outputs.public_key.display());
+    println!("invariants: {}", if ok { "ok" } else { "FAILED" });
+}
+
+fn print_failover(report: &SimReport, failover: &Failover) {
     let first = &report.json["cluster"]["failover"]["first_accepted_tap_after_s"];
     println!(
         "failover: {} (leader of shard {}) killed {:.1} s into the window; {} took the lease {:.2} s later; the shard's first accepted tap came {} after the kill",
@@ -432,6 +463,9 @@ fn print_summary(
             .as_f64()
             .map_or("never".to_string(), |s| format!("{s:.2} s"))
     );
+}
+
+fn print_audits(audits: &ReplicaAudits) {
     for (shard, replicas) in audits {
         let alike = replicas.windows(2).all(|pair| pair[0].2 == pair[1].2);
         let (_, audit, digest) = &replicas[0];
@@ -450,16 +484,4 @@ fn print_summary(
             &digest[..digest.len().min(16)]
         );
     }
-    println!(
-        "report: {} and {}",
-        outputs.report.display(),
-        outputs.html.display()
-    );
-    if let Some(files) = report.json["invariants"]["settlement"]["files"].as_array() {
-        for file in files {
-            println!("settlement file: {}", file.as_str().unwrap_or_default());
-        }
-    }
-    println!("settlement public key: {}", outputs.public_key.display());
-    println!("invariants: {}", if ok { "ok" } else { "FAILED" });
 }

@@ -58,6 +58,9 @@ pub struct DemoArgs {
     /// (`docs/cluster.md`). Needs `nats-server` (`.ci/setup` installs it).
     #[arg(long)]
     pub(crate) cluster: bool,
+    /// With `--cluster`: kill no leader (to measure the cluster's throughput).
+    #[arg(long, requires = "cluster")]
+    pub(crate) no_failover: bool,
 }
 
 impl DemoArgs {
