@@ -84,16 +84,31 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     };
     let played = runtime.block_on(async {
         let js = cluster.jetstream().await?;
+        // The simulator and the fault run side by side; a simulation that fails before
+        // its window starts tells the fault not to wait for it.
+        let simulated = tokio::sync::Notify::new();
+        let simulate = async {
+            let report = gate_sim::simulate(&engine, &sim).await;
+            simulated.notify_one();
+            report
+        };
         let chaos = async {
             if args.no_failover {
                 return Ok(None);
             }
-            kill_a_leader(&mut nodes, &js, &cluster, &window_started, args.duration)
+            tokio::select! {
+                () = window_started.notified() => {}
+                () = simulated.notified() => return Ok(None),
+            }
+            kill_a_leader(&mut nodes, &js, &cluster, args.duration)
                 .await
                 .map(Some)
         };
-        let (report, failover) = tokio::join!(gate_sim::simulate(&engine, &sim), chaos);
+        let (report, failover) = tokio::join!(simulate, chaos);
         let key = demo::settlement_public_key(&engine).await;
+        // Stopped with SIGKILL, the nodes keep what they applied: let every replica
+        // apply its shard's whole log first, so that the replicas can be compared.
+        wait_for_replicas(&js, &cluster).await?;
         anyhow::Ok((report?, failover?, key?))
     });
     nodes.stop();
@@ -184,36 +199,27 @@ impl Nodes {
 
     /// Starts node `index` and waits until it takes calls.
     fn start_node(&mut self, index: usize) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.logs[index])?;
-        let child = Command::new(std::env::current_exe()?)
-            .args(["serve", "--config"])
-            .arg(&self.files[index])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("cannot start an engine node")?;
-        self.children[index] = Some(child);
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.ports[index])).is_err() {
-            if let Some(Some(child)) = self.children.get_mut(index)
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                anyhow::bail!(
-                    "node n{index} stopped ({status}); its log: {}",
-                    self.logs[index].display()
-                );
-            }
-            anyhow::ensure!(
-                started.elapsed() < READY_MAX,
-                "node n{index} did not start; its log: {}",
-                self.logs[index].display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let (file, log, port) = self.node_files(index);
+        self.children[index] = Some(spawn_node(index, &file, &log, port)?);
         Ok(())
+    }
+
+    /// Starts node `index` again, without holding up the tasks that run beside it.
+    async fn restart(&mut self, index: usize) -> anyhow::Result<()> {
+        let (file, log, port) = self.node_files(index);
+        let child = tokio::task::spawn_blocking(move || spawn_node(index, &file, &log, port))
+            .await
+            .context("the node start task failed")??;
+        self.children[index] = Some(child);
+        Ok(())
+    }
+
+    fn node_files(&self, index: usize) -> (PathBuf, PathBuf, u16) {
+        (
+            self.files[index].clone(),
+            self.logs[index].clone(),
+            self.ports[index],
+        )
     }
 
     /// Kills node `index` with SIGKILL.
@@ -240,6 +246,63 @@ impl Drop for Nodes {
     }
 }
 
+/// Starts `fareway serve --config FILE` (this same binary) as node `index`, its log in
+/// `log`, and waits until it takes calls on `port`.
+fn spawn_node(index: usize, file: &Path, log: &Path, port: u16) -> anyhow::Result<Child> {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["serve", "--config"])
+        .arg(file)
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .context("cannot start an engine node")?;
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            anyhow::bail!(
+                "node n{index} stopped ({status}); its log: {}",
+                log.display()
+            );
+        }
+        if started.elapsed() >= READY_MAX {
+            let _ = child.kill();
+            anyhow::bail!("node n{index} did not start; its log: {}", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(child)
+}
+
+/// Waits until every replica of every shard has applied its shard's whole log.
+async fn wait_for_replicas(
+    js: &async_nats::jetstream::Context,
+    cluster: &ClusterConfig,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let status = manage::status(js, cluster).await?;
+        let caught_up = status.iter().all(|shard| {
+            shard.replicas.len() >= NODES
+                && shard
+                    .replicas
+                    .iter()
+                    .all(|(_, applied)| *applied == shard.stream_sequence)
+        });
+        if caught_up {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < READY_MAX,
+            "the replicas did not catch up with their logs: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// What happened when the shard's leader was killed.
 #[derive(Debug)]
 struct Failover {
@@ -252,16 +315,15 @@ struct Failover {
     new_leader_after: Duration,
 }
 
-/// Waits for the timed window, kills shard 0's leader at 40% of it, waits for another
-/// node to take the shard's lease, and starts the killed node again 2 seconds later.
+/// From the start of the timed window: kills shard 0's leader at 40% of it, waits for
+/// another node to take the shard's lease, and starts the killed node again 2 seconds
+/// later.
 async fn kill_a_leader(
     nodes: &mut Nodes,
     js: &async_nats::jetstream::Context,
     cluster: &ClusterConfig,
-    window_started: &tokio::sync::Notify,
     duration_s: f64,
 ) -> anyhow::Result<Failover> {
-    window_started.notified().await;
     let window_start = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(duration_s * 0.4)).await;
     let leaders: Vec<String> = manage::status(js, cluster)
@@ -279,13 +341,13 @@ async fn kill_a_leader(
         .and_then(|index| index.parse().ok())
         .with_context(|| format!("the leader {killed:?} is not one of the demo's nodes"))?;
     let killed_at = Instant::now();
-    tokio::task::block_in_place(|| nodes.kill(index))?;
+    nodes.kill(index)?;
     println!("killed {killed}, the leader of shard {VICTIM_SHARD} (SIGKILL)");
     let new_leader = leader_of(js, cluster, Some(&killed)).await?;
     let new_leader_after = killed_at.elapsed();
     println!("{new_leader} leads shard {VICTIM_SHARD} {new_leader_after:.2?} after the kill");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    tokio::task::block_in_place(|| nodes.start_node(index))?;
+    nodes.restart(index).await?;
     println!("started {killed} again; it follows and catches up");
     Ok(Failover {
         shard: VICTIM_SHARD,

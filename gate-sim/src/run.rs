@@ -267,6 +267,7 @@ async fn play_unary(
         let recorder = window.recorder.clone();
         let due_ms = tap.due_ms;
         let original = tap.repeats;
+        let nodes = engine.nodes();
         running.spawn(async move {
             // A repeat's expected answer assumes its original was decided first: while a
             // gate still resends the original, the repeat waits (and the wait counts in
@@ -274,7 +275,11 @@ async fn play_unary(
             if let Some(original) = original {
                 recorder.answered(original).await;
             }
-            let answer = unary_with_retries(&clients, index, request, retry_for).await;
+            let to = Connections {
+                clients: clients.as_slice(),
+                nodes,
+            };
+            let answer = unary_with_retries(to, index, request, retry_for).await;
             recorder.record(index, due, due_ms, answer);
             drop(permit);
         });
@@ -377,19 +382,51 @@ async fn read_answers(
 /// Pause between a tap's tries.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
-/// A `Tap` call on client `first` (counting round `clients`), sent again to the next one
-/// while it is left unanswered and `retry_for` has not passed.
+/// How long a retrying gate waits for one try's answer (a node that stopped answering
+/// keeps its connection open).
+const TRY_MAX: Duration = Duration::from_secs(2);
+
+/// The unary connections, connection `c` to node `c % nodes`.
+#[derive(Clone, Copy)]
+struct Connections<'a> {
+    clients: &'a [GateClient],
+    nodes: usize,
+}
+
+impl Connections<'_> {
+    /// The connection after `connection` that goes to another node (when there is one).
+    fn next(&self, connection: usize) -> usize {
+        let count = self.clients.len();
+        let mut next = (connection + 1) % count;
+        while self.nodes > 1 && next % self.nodes == connection % self.nodes {
+            next = (next + 1) % count;
+        }
+        next
+    }
+}
+
+/// A `Tap` call on connection `first` (counting round them); with `retry_for` above
+/// zero, each try waits at most [`TRY_MAX`], and a tap left unanswered is sent again on a
+/// connection to another node until `retry_for` has passed.
 async fn unary_with_retries(
-    clients: &[GateClient],
+    to: Connections<'_>,
     first: usize,
     request: pb::TapRequest,
     retry_for: Duration,
 ) -> Answer {
     let started = Instant::now();
-    let mut attempt = first;
+    let mut connection = first % to.clients.len();
     loop {
-        let mut client = clients[attempt % clients.len()].clone();
-        let answer = unary(&mut client, request.clone()).await;
+        let mut client = to.clients[connection].clone();
+        let answer = if retry_for.is_zero() {
+            unary(&mut client, request.clone()).await
+        } else {
+            tokio::time::timeout(TRY_MAX, unary(&mut client, request.clone()))
+                .await
+                .unwrap_or_else(|_| {
+                    Answer::Failed(tonic::Code::Unavailable, "no answer in time".into())
+                })
+        };
         let unanswered = matches!(
             &answer,
             Answer::Failed(tonic::Code::Unavailable | tonic::Code::Unknown, _)
@@ -398,7 +435,7 @@ async fn unary_with_retries(
             return answer;
         }
         tokio::time::sleep(RETRY_PAUSE).await;
-        attempt += 1;
+        connection = to.next(connection);
     }
 }
 

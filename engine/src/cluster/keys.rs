@@ -13,6 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use tokio::sync::watch;
@@ -23,6 +24,9 @@ use crate::token::verifier::Verifier;
 
 /// The key holding the registry.
 pub const REGISTRY_KEY: &str = "registry";
+
+/// How long a node waits before it watches the registry again after a watch failed.
+const WATCH_RETRY: Duration = Duration::from_millis(500);
 
 /// Times a change is made again after another node's change came first.
 const CHANGE_TRIES: usize = 5;
@@ -44,12 +48,19 @@ pub struct SharedKeys {
     bucket: kv::Store,
     /// This node's key file, kept in step with the bucket.
     file: PathBuf,
+    /// The bucket revision of the registry enforced here: an older one delivered late
+    /// (the watcher trails this node's own change) is not enforced over it.
+    enforced: Arc<tokio::sync::Mutex<u64>>,
 }
 
 impl SharedKeys {
     /// The shared registry in `bucket`, mirrored into `file`.
     pub fn new(bucket: kv::Store, file: PathBuf) -> SharedKeys {
-        SharedKeys { bucket, file }
+        SharedKeys {
+            bucket,
+            file,
+            enforced: Arc::default(),
+        }
     }
 
     /// Enforces the cluster's registry on `verifier` (seeding the bucket with the
@@ -57,12 +68,15 @@ impl SharedKeys {
     pub async fn load_or_seed(&self, verifier: &Verifier) -> Result<u64, SharedKeyError> {
         let text = encode(&verifier.registry())?;
         match self.bucket.create(REGISTRY_KEY, text.into()).await {
-            Ok(revision) => return Ok(revision),
+            Ok(revision) => {
+                *self.enforced.lock().await = revision;
+                return Ok(revision);
+            }
             Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {}
             Err(err) => return Err(unavailable(err)),
         }
         let (registry, revision) = self.read().await?;
-        self.enforce(verifier, registry).await;
+        self.enforce(verifier, registry, revision).await;
         Ok(revision)
     }
 
@@ -82,8 +96,8 @@ impl SharedKeys {
                 .update(REGISTRY_KEY, text.into(), revision)
                 .await
             {
-                Ok(_) => {
-                    self.enforce(verifier, registry).await;
+                Ok(written) => {
+                    self.enforce(verifier, registry, written).await;
                     return Ok(result);
                 }
                 Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
@@ -95,33 +109,41 @@ impl SharedKeys {
         )))
     }
 
-    /// Enforces every registry the bucket holds after revision `after`, until `stop`.
-    pub async fn follow(
-        self,
-        verifier: Arc<Verifier>,
-        after: u64,
-        mut stop: watch::Receiver<bool>,
-    ) {
-        let mut updates = match self
-            .bucket
-            .watch_from_revision(REGISTRY_KEY, after + 1)
-            .await
-        {
-            Ok(updates) => updates,
-            Err(err) => {
-                tracing::error!(cause = %err, "cannot watch the cluster's issuer keys; this node keeps the ones it has");
-                return;
+    /// Enforces every registry the bucket holds after the one enforced here, until
+    /// `stop`. A watch that fails or ends is made again from the last revision enforced, so
+    /// that no change (a revocation above all) is missed for good.
+    pub async fn follow(self, verifier: Arc<Verifier>, mut stop: watch::Receiver<bool>) {
+        loop {
+            let from = *self.enforced.lock().await + 1;
+            match self.bucket.watch_from_revision(REGISTRY_KEY, from).await {
+                Ok(updates) => self.enforce_updates(&verifier, updates, &mut stop).await,
+                Err(err) => {
+                    tracing::error!(cause = %err, "cannot watch the cluster's issuer keys; trying again");
+                }
             }
-        };
+            tokio::select! {
+                () = super::shard::until_stopped(&mut stop) => return,
+                () = tokio::time::sleep(WATCH_RETRY) => {}
+            }
+        }
+    }
+
+    /// Enforces each registry `updates` delivers, until it fails or ends, or `stop`.
+    async fn enforce_updates(
+        &self,
+        verifier: &Verifier,
+        mut updates: kv::Watch,
+        stop: &mut watch::Receiver<bool>,
+    ) {
         loop {
             let update = tokio::select! {
-                () = super::shard::until_stopped(&mut stop) => return,
+                () = super::shard::until_stopped(stop) => return,
                 update = updates.next() => update,
             };
             match update {
                 Some(Ok(entry)) if entry.operation == kv::Operation::Put => {
                     match decode(&entry.value) {
-                        Ok(registry) => self.enforce(&verifier, registry).await,
+                        Ok(registry) => self.enforce(verifier, registry, entry.revision).await,
                         Err(err) => {
                             tracing::error!(revision = entry.revision, cause = %err, "the cluster's issuer keys do not parse; this node keeps the ones it has");
                         }
@@ -129,9 +151,13 @@ impl SharedKeys {
                 }
                 Some(Ok(_)) => {}
                 Some(Err(err)) => {
-                    tracing::warn!(cause = %err, "watching the cluster's issuer keys failed");
+                    tracing::warn!(cause = %err, "watching the cluster's issuer keys failed; watching again");
+                    return;
                 }
-                None => return,
+                None => {
+                    tracing::warn!("the watch of the cluster's issuer keys ended; watching again");
+                    return;
+                }
             }
         }
     }
@@ -148,8 +174,14 @@ impl SharedKeys {
         Ok((decode(&entry.value)?, entry.revision))
     }
 
-    /// Enforces `registry` here and writes it to this node's key file.
-    async fn enforce(&self, verifier: &Verifier, registry: IssuerRegistry) {
+    /// Enforces `registry` (the bucket's at `revision`) here and writes it to this node's
+    /// key file, unless a newer one is enforced already.
+    async fn enforce(&self, verifier: &Verifier, registry: IssuerRegistry, revision: u64) {
+        let mut enforced = self.enforced.lock().await;
+        if revision <= *enforced {
+            return;
+        }
+        *enforced = revision;
         let text = encode(&registry).unwrap_or_default();
         verifier.set_registry(registry);
         let file = self.file.clone();
@@ -170,10 +202,14 @@ fn encode(registry: &IssuerRegistry) -> Result<String, SharedKeyError> {
         .map_err(|err| SharedKeyError::Unavailable(format!("cannot encode the registry: {err}")))
 }
 
+/// The registry in the bucket's bytes. One that does not parse is the cluster's fault,
+/// not the caller's: it is reported as unavailable, never as a bad request.
 fn decode(bytes: &[u8]) -> Result<IssuerRegistry, SharedKeyError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|_| SharedKeyError::Unavailable("the shared registry is not UTF-8".into()))?;
-    Ok(IssuerRegistry::from_toml(text)?)
+    IssuerRegistry::from_toml(text).map_err(|err| {
+        SharedKeyError::Unavailable(format!("the shared registry does not parse: {err}"))
+    })
 }
 
 fn unavailable(err: impl std::fmt::Display) -> SharedKeyError {

@@ -116,24 +116,43 @@ pub async fn check_rules(
     let mut input = fares.into_bytes();
     input.extend_from_slice(&config.taps.code_retry_window_ms.to_be_bytes());
     let digest = crate::hex::encode(ring::digest::digest(&ring::digest::SHA256, &input).as_ref());
-    let settings = js.get_key_value(names::CLUSTER_BUCKET).await?;
-    let found = match settings
-        .create(names::RULES_KEY, digest.clone().into())
-        .await
-    {
-        Ok(_) => return Ok(()),
-        Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => settings
-            .get(names::RULES_KEY)
-            .await?
-            .map(|value| String::from_utf8_lossy(&value).into_owned())
-            .unwrap_or_default(),
-        Err(err) => anyhow::bail!("cannot record the rules' digest: {err}"),
-    };
+    let found = recorded_or_first(js, names::RULES_KEY, &digest).await?;
     anyhow::ensure!(
         found == digest,
         "this node's fares file and code retry window (digest {digest}) differ from the cluster's (digest {found}): replicas would price the same taps differently. A fare change is a new cluster for now"
     );
     Ok(())
+}
+
+/// Every node signs settlement manifests with the same key (a batch is signed once, by the
+/// node that closed it, and `GetSigningKey` must answer alike everywhere): the first node
+/// to start records its key id, and a node with another key refuses to start.
+pub async fn check_settlement_key(js: &jetstream::Context, key_id: &str) -> anyhow::Result<()> {
+    let found = recorded_or_first(js, names::SETTLEMENT_KEY_KEY, key_id).await?;
+    anyhow::ensure!(
+        found == key_id,
+        "this node's settlement key (id {key_id}) is not the cluster's (id {found}): every node signs with the same key; copy the cluster's key file to settlement.key_file"
+    );
+    Ok(())
+}
+
+/// The value recorded under `key` in the cluster's bucket, recording `value` there first
+/// when there is none.
+async fn recorded_or_first(
+    js: &jetstream::Context,
+    key: &str,
+    value: &str,
+) -> anyhow::Result<String> {
+    let settings = js.get_key_value(names::CLUSTER_BUCKET).await?;
+    match settings.create(key, value.to_string().into()).await {
+        Ok(_) => Ok(value.to_string()),
+        Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => Ok(settings
+            .get(key)
+            .await?
+            .map(|found| String::from_utf8_lossy(&found).into_owned())
+            .unwrap_or_default()),
+        Err(err) => anyhow::bail!("cannot record {key} in the cluster's settings: {err}"),
+    }
 }
 
 /// One shard as `cluster status` shows it.

@@ -80,8 +80,11 @@ pub mod names {
     /// The stream of settlement closes and acknowledgements.
     pub const SETTLEMENT_STREAM: &str = "FAREWAY_SETTLEMENT";
 
-    /// Its one subject.
-    pub const SETTLEMENT_SUBJECT: &str = "fareway.settlement";
+    /// The subject of its closes.
+    pub const SETTLEMENT_CLOSE_SUBJECT: &str = "fareway.settlement.close";
+
+    /// The subject of its acknowledgements.
+    pub const SETTLEMENT_ACK_SUBJECT: &str = "fareway.settlement.ack";
 
     /// The key-value bucket of the shards' leases.
     pub const LEASE_BUCKET: &str = "fareway_leases";
@@ -99,6 +102,9 @@ pub mod names {
 
     /// The key of the digest of the rules every replica decides by.
     pub const RULES_KEY: &str = "rules";
+
+    /// The key of the settlement key's id every node signs with.
+    pub const SETTLEMENT_KEY_KEY: &str = "settlement-key";
 
     /// The bucket where each replica reports the sequence it applied (one key per shard
     /// and node), for `cluster status`.

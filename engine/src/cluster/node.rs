@@ -65,7 +65,7 @@ pub async fn start(
         config.scan_time_limits(),
     ));
     let settlement = open_settlement(&config, &cluster, &js, &slots).await?;
-    let (shared_keys, keys_revision) = open_shared_keys(&config, &js, &verifier).await?;
+    let shared_keys = open_shared_keys(&config, &js, &verifier).await?;
     let (stop, stopped) = watch::channel(false);
     let metrics = Arc::new(Metrics::new());
     let mut apis = server::apis(
@@ -93,11 +93,7 @@ pub async fn start(
             ))
         })
         .collect();
-    tasks.push(tokio::spawn(shared_keys.follow(
-        verifier,
-        keys_revision,
-        stopped.clone(),
-    )));
+    tasks.push(tokio::spawn(shared_keys.follow(verifier, stopped.clone())));
     tasks.push(tokio::spawn(report_applied(
         context,
         slots,
@@ -183,9 +179,11 @@ async fn open_settlement(
         .iter()
         .map(|slot| (slot.shard, Arc::clone(&slot.replica)))
         .collect();
+    let key = server::settlement_key(config)?;
+    manage::check_settlement_key(js, &key.key_id()).await?;
     Ok(Arc::new(ClusterSettlement::new(
         js.clone(),
-        server::settlement_key(config)?,
+        key,
         config.settlement.currency.clone(),
         cluster.shards,
         replicas,
@@ -196,22 +194,22 @@ async fn open_settlement(
 }
 
 /// The cluster's issuer key registry, enforced here before the node serves (this node's
-/// key file seeds it when the cluster has none yet), and the revision enforced.
+/// key file seeds it when the cluster has none yet).
 async fn open_shared_keys(
     config: &ServerConfig,
     js: &jetstream::Context,
     verifier: &crate::token::Verifier,
-) -> anyhow::Result<(SharedKeys, u64)> {
+) -> anyhow::Result<SharedKeys> {
     let bucket = js
         .get_key_value(names::KEY_BUCKET)
         .await
         .context("the issuer key bucket is missing (run `fareway cluster init`)")?;
     let shared = SharedKeys::new(bucket, config.issuer_keys_file.clone());
-    let revision = shared
+    shared
         .load_or_seed(verifier)
         .await
         .context("cannot load the cluster's issuer keys")?;
-    Ok((shared, revision))
+    Ok(shared)
 }
 
 async fn shard_context(

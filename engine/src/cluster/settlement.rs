@@ -6,9 +6,10 @@
 //! message holding its batches: for each provider and shard the range of that shard's
 //! ledger sequences it covers, and the joined file's totals, hash and signature. So a
 //! close is all or nothing across the shards, and every node that reads the stream sees
-//! the same batches. Closes are appended fenced by the stream's last sequence, so two
-//! nodes closing at once cannot both take the same batch ids or ranges: the second one
-//! reads the first's close and tries again.
+//! the same batches. Closes are appended fenced by the last close's sequence (closes and
+//! acknowledgements have a subject each, so acknowledgements never fence a close out), so
+//! two nodes closing at once cannot both take the same batch ids or ranges: the second
+//! one reads the first's close and tries again.
 //!
 //! Where a shard's range ends is decided once, by the closing node, from its own replicas
 //! (a cut-off at *now* is each shard's log as it was when the close began: the node waits
@@ -39,7 +40,7 @@ use crate::settlement::{
 
 use super::names;
 
-/// Times a close is computed again after another close or acknowledgement came first.
+/// Times a close is computed again after another close came first.
 const CLOSE_TRIES: usize = 3;
 
 /// How often a node looks whether its replicas have applied what a close or pull needs.
@@ -68,6 +69,8 @@ enum Entry {
 struct Book {
     /// The last stream sequence folded in.
     folded: u64,
+    /// The stream sequence of the last close: the next close is fenced on it.
+    last_close: u64,
     closes: HashMap<String, (Vec<u16>, Cutoff, Vec<u64>)>,
     batches: BTreeMap<u64, Batch>,
     acks: HashMap<u64, UnixMillis>,
@@ -86,6 +89,19 @@ impl Book {
                 cutoff,
                 batches,
             } => {
+                self.last_close = sequence;
+                // Fences keep these out; were one to come, every node skips it alike.
+                let stale = batches
+                    .iter()
+                    .any(|batch| batch.id < self.next_batch_id.max(1));
+                if self.closes.contains_key(&id) || stale {
+                    tracing::error!(
+                        close = id,
+                        sequence,
+                        "a settlement close repeats an id or a batch id; skipped"
+                    );
+                    return;
+                }
                 let ids = batches.iter().map(|batch| batch.id).collect();
                 for batch in batches {
                     self.next_batch_id = self.next_batch_id.max(batch.id + 1);
@@ -109,12 +125,14 @@ impl Book {
         })
     }
 
-    /// Where provider `provider`'s next batch starts on `shard`.
-    fn after(&self, provider: u16, shard: u32) -> u64 {
-        self.heads
-            .get(&provider)
-            .and_then(|ranges| ranges.iter().find(|range| range.shard == shard))
-            .map_or(0, |range| range.through_sequence)
+    /// What a close starts from: the providers' positions and the next batch id, and
+    /// the close it must follow.
+    fn positions(&self) -> Positions {
+        Positions {
+            heads: self.heads.clone(),
+            next_batch_id: self.next_batch_id.max(1),
+            last_close: self.last_close,
+        }
     }
 
     /// The batches an earlier close with this id made, or a conflict if it asked for
@@ -151,6 +169,25 @@ impl Book {
     }
 }
 
+/// A copy of the book's positions, so that a close seals its files without holding the
+/// book (the fence on `last_close` keeps the copy honest).
+#[derive(Debug)]
+struct Positions {
+    heads: BTreeMap<u16, Vec<ShardRange>>,
+    next_batch_id: u64,
+    last_close: u64,
+}
+
+impl Positions {
+    /// Where provider `provider`'s next batch starts on `shard`.
+    fn after(&self, provider: u16, shard: u32) -> u64 {
+        self.heads
+            .get(&provider)
+            .and_then(|ranges| ranges.iter().find(|range| range.shard == shard))
+            .map_or(0, |range| range.through_sequence)
+    }
+}
+
 /// Settlement over a cluster's shards, as one node serves it.
 #[derive(Debug)]
 pub struct ClusterSettlement {
@@ -170,7 +207,10 @@ pub struct ClusterSettlement {
 pub async fn ensure_stream(js: &jetstream::Context, replicas: usize) -> anyhow::Result<()> {
     let config = stream::Config {
         name: names::SETTLEMENT_STREAM.into(),
-        subjects: vec![names::SETTLEMENT_SUBJECT.into()],
+        subjects: vec![
+            names::SETTLEMENT_CLOSE_SUBJECT.into(),
+            names::SETTLEMENT_ACK_SUBJECT.into(),
+        ],
         storage: stream::StorageType::File,
         num_replicas: replicas,
         duplicate_window: Duration::from_secs(120),
@@ -316,19 +356,18 @@ impl ClusterSettlement {
                 snapshot: Some(snapshot),
             })
             .collect();
-        let (entry, folded) = {
-            let book = self.book();
-            let batches = self.close_batches(&book, request, providers, &sources, now)?;
-            let entry = Entry::Close {
-                id: request.id.to_string(),
-                providers: providers.to_vec(),
-                cutoff: request.cutoff,
-                batches,
-            };
-            (entry, book.folded)
+        let positions = self.book().positions();
+        let batches = self.close_batches(&positions, request, providers, &sources, now)?;
+        let entry = Entry::Close {
+            id: request.id.to_string(),
+            providers: providers.to_vec(),
+            cutoff: request.cutoff,
+            batches,
         };
+        let subject = names::SETTLEMENT_CLOSE_SUBJECT;
+        let fence = Some(positions.last_close);
         if !self
-            .append(&entry, &request.id.to_string(), Some(folded))
+            .append(&entry, subject, &request.id.to_string(), fence)
             .await?
         {
             return Ok(None);
@@ -345,13 +384,13 @@ impl ClusterSettlement {
     /// the book's next id, each sealed over every shard's range.
     fn close_batches(
         &self,
-        book: &Book,
+        positions: &Positions,
         request: &CloseRequest,
         providers: &[u16],
         sources: &[Source<'_>],
         now: UnixMillis,
     ) -> Result<Vec<Batch>, SettlementError> {
-        let mut known: BTreeSet<u16> = book.heads.keys().copied().collect();
+        let mut known: BTreeSet<u16> = positions.heads.keys().copied().collect();
         for source in sources {
             if let Some(snapshot) = source.snapshot {
                 known.extend(settlement::providers_with_entries(source.view, snapshot)?);
@@ -366,11 +405,11 @@ impl ClusterSettlement {
             providers.to_vec()
         };
         let mut batches = Vec::with_capacity(providers.len());
-        for (id, provider_id) in (book.next_batch_id.max(1)..).zip(providers) {
+        for (id, provider_id) in (positions.next_batch_id..).zip(providers) {
             let shards = (0..)
                 .zip(sources)
                 .map(|(shard, source)| {
-                    shard_range(book, request.cutoff, provider_id, shard, source)
+                    shard_range(positions, request.cutoff, provider_id, shard, source)
                 })
                 .collect::<Result<_, _>>()?;
             let mut batch = Batch {
@@ -395,12 +434,13 @@ impl ClusterSettlement {
         Ok(batches)
     }
 
-    /// Appends `entry`, when `after` is given only if the stream's last sequence is still
-    /// `after`; false if another message came first. A retry of the same append (same
-    /// message id) is recognised by the server.
+    /// Appends `entry` to `subject`, when `after` is given only if that subject's last
+    /// message is still at stream sequence `after`; false if another came first. A retry
+    /// of the same append (same message id) is recognised by the server.
     async fn append(
         &self,
         entry: &Entry,
+        subject: &'static str,
         message_id: &str,
         after: Option<u64>,
     ) -> Result<bool, SettlementError> {
@@ -411,13 +451,9 @@ impl ClusterSettlement {
             .payload(payload.into())
             .message_id(message_id);
         if let Some(after) = after {
-            publish = publish.expected_last_sequence(after);
+            publish = publish.expected_last_subject_sequence(after);
         }
-        let answer = match self
-            .js
-            .send_publish(names::SETTLEMENT_SUBJECT, publish)
-            .await
-        {
+        let answer = match self.js.send_publish(subject, publish).await {
             Ok(pending) => pending.await,
             Err(err) => Err(err),
         };
@@ -437,13 +473,13 @@ impl ClusterSettlement {
 
 /// Provider `provider`'s range on `shard` for a close at `cutoff`.
 fn shard_range(
-    book: &Book,
+    positions: &Positions,
     cutoff: Cutoff,
     provider: u16,
     shard: u32,
     source: &Source<'_>,
 ) -> Result<ShardRange, SettlementError> {
-    let after = book.after(provider, shard);
+    let after = positions.after(provider, shard);
     let snapshot = source.snapshot.ok_or_else(|| {
         SettlementError::Corrupt("a close reads its shards through snapshots".into())
     })?;
@@ -484,7 +520,7 @@ impl SettlementBook for ClusterSettlement {
             }
         }
         Err(SettlementError::Unavailable(format!(
-            "other closes or acknowledgements came first {CLOSE_TRIES} times; retry close {}",
+            "other closes came first {CLOSE_TRIES} times; retry close {}",
             request.id
         )))
     }
@@ -554,7 +590,9 @@ impl SettlementBook for ClusterSettlement {
             at: now,
         };
         self.block_on(async {
-            self.append(&entry, &format!("ack-{id}"), None).await?;
+            let subject = names::SETTLEMENT_ACK_SUBJECT;
+            self.append(&entry, subject, &format!("ack-{id}"), None)
+                .await?;
             self.refresh().await
         })?;
         self.book()

@@ -85,19 +85,23 @@ async fn follow_until_lease(
     let start = slot.replica.applied_stream_sequence()? + 1;
     let mut messages = log::follow(&context.js, slot.shard, start).await?;
     let mut ticks = tokio::time::interval(context.renew);
+    // When this node will try to take a lease it saw free: a node that leads fewer shards
+    // tries first. The log goes on being applied meanwhile.
+    let mut take_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             () = until_stopped(stop) => return Ok(None),
             message = messages.next() => {
                 log::apply_message(slot.shard, &slot.replica, message)?;
             }
-            _ = ticks.tick() => {
-                if lease::holder(&context.leases, slot.shard).await.is_some() {
-                    continue;
+            _ = ticks.tick(), if take_at.is_none() => {
+                if lease::holder(&context.leases, slot.shard).await.is_none() {
+                    let leading = context.leading.load(Ordering::Relaxed) as u32;
+                    take_at = Some(tokio::time::Instant::now() + context.renew / 5 * leading);
                 }
-                // A free lease: a node that leads fewer shards tries first.
-                let leading = context.leading.load(Ordering::Relaxed) as u32;
-                tokio::time::sleep(context.renew / 5 * leading).await;
+            }
+            () = until(take_at) => {
+                take_at = None;
                 match lease::try_take(&context.leases, slot.shard, &context.node_id).await {
                     Ok(Some(held)) => return Ok(Some(held)),
                     Ok(None) => {}
@@ -105,6 +109,14 @@ async fn follow_until_lease(
                 }
             }
         }
+    }
+}
+
+/// Sleeps until `at`, or for ever when there is none.
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
