@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::Context;
 use fareway::clock::{Clock as _, SystemClock, UnixMillis};
+use fareway::cluster::local::ServerTls;
 use fareway::cluster::log::{self, ShardLog, catch_up};
 use fareway::cluster::{ClusterConfig, manage, names};
 use fareway::fares::FareTable;
@@ -33,6 +34,7 @@ use fareway::money::Amount;
 use fareway::settlement::key::SettlementKey;
 use fareway::token::IssuerKey;
 use fareway_proto::v1 as pb;
+use fareway_tests::certs::{Ca, write};
 use fareway_tests::nats::NatsCluster;
 use fareway_tests::process::{
     Played, ServerProcess, engine_at, fareway_binary, plan_phase, play_with_retries,
@@ -40,6 +42,7 @@ use fareway_tests::process::{
 };
 use fareway_tests::server::{config_file_text, write_config};
 use fareway_tests::{env_number, workspace_root};
+use rcgen::ExtendedKeyUsagePurpose;
 
 fn cluster_config(nats: &NatsCluster, node_id: &str, shards: u32) -> ClusterConfig {
     let node = nats.node_credentials();
@@ -255,6 +258,55 @@ async fn only_nodes_may_write_the_log_or_read_a_lease() {
         log::last_sequence(&js, 0).await.unwrap(),
         stored_before,
         "a gate's message was stored in the log"
+    );
+}
+
+/// With TLS required by the servers (certificates made by the test), a node that trusts
+/// their authority makes the cluster and uses it (its 3-replica streams replicate over
+/// TLS routes too); a client without TLS, or one that does not trust the servers'
+/// authority, cannot connect at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_speak_tls_to_servers_that_require_it() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = Ca::new("fareway nats CA");
+    let (cert, key) = ca.issue(
+        &["127.0.0.1", "localhost"],
+        &[
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    );
+    let tls = ServerTls {
+        cert_file: write(certs.path(), "server.pem", &cert),
+        key_file: write(certs.path(), "server.key", &key),
+        ca_file: write(certs.path(), "ca.pem", &ca.pem()),
+    };
+    let nats = NatsCluster::start_with(3, Some(&tls));
+    let mut config = cluster_config(&nats, "n0", 1);
+    config.nats_ca_file = Some(tls.ca_file.clone());
+    init(&config).await;
+    let js = config.jetstream().await.unwrap();
+    let leases = js.get_key_value(names::LEASE_BUCKET).await.unwrap();
+    leases.put(names::lease_key(0), "n0".into()).await.unwrap();
+    assert_eq!(
+        leases.get(names::lease_key(0)).await.unwrap().as_deref(),
+        Some(&b"n0"[..])
+    );
+
+    let mut plain = config.clone();
+    plain.nats_ca_file = None;
+    let refused = plain.connect().await;
+    assert!(refused.is_err(), "a client without TLS connected");
+    let mut stranger = config.clone();
+    stranger.nats_ca_file = Some(write(
+        certs.path(),
+        "other-ca.pem",
+        &Ca::new("someone else").pem(),
+    ));
+    let refused = stranger.connect().await;
+    assert!(
+        refused.is_err(),
+        "a client that does not trust the servers' authority connected"
     );
 }
 

@@ -5,45 +5,13 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test, with its location
 
-use std::path::Path;
-
 use fareway::grpc::auth::Bearer;
 use fareway::server::config::TlsSettings;
 use fareway_proto::v1 as pb;
+use fareway_tests::certs::{Ca, write};
 use fareway_tests::server::{GATE_TOKEN, T, TestServer, phone, tap};
-use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-};
+use rcgen::ExtendedKeyUsagePurpose;
 use tonic::transport::{ClientTlsConfig, Endpoint, Identity};
-
-/// A certificate authority.
-struct Ca {
-    cert: Certificate,
-    key: KeyPair,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let cert = params.self_signed(&key).unwrap();
-        Ca { cert, key }
-    }
-
-    /// A certificate for `names`, for a server or a client: (certificate PEM, key PEM).
-    fn issue(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
-        let mut params = CertificateParams::new(names).unwrap();
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
 
 /// A gate's call over TLS (with a client certificate when given): the tap's status code,
 /// `UNAVAILABLE` when no connection could be made.
@@ -78,12 +46,6 @@ async fn tap_over_tls(
     }
 }
 
-fn write(folder: &Path, name: &str, text: &str) -> std::path::PathBuf {
-    let path = folder.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_gate_client_certificates_works_end_to_end() {
     let certs = tempfile::tempdir().unwrap();
@@ -91,18 +53,19 @@ async fn tls_with_gate_client_certificates_works_end_to_end() {
     let gates_ca = Ca::new("fareway gates CA");
     let (server_cert, server_key) = ca.issue(
         &["localhost", "127.0.0.1"],
-        ExtendedKeyUsagePurpose::ServerAuth,
+        &[ExtendedKeyUsagePurpose::ServerAuth],
     );
-    let gate_identity = gates_ca.issue(&["gate-7"], ExtendedKeyUsagePurpose::ClientAuth);
-    let stranger = Ca::new("someone else").issue(&["gate-7"], ExtendedKeyUsagePurpose::ClientAuth);
+    let gate_identity = gates_ca.issue(&["gate-7"], &[ExtendedKeyUsagePurpose::ClientAuth]);
+    let stranger =
+        Ca::new("someone else").issue(&["gate-7"], &[ExtendedKeyUsagePurpose::ClientAuth]);
     let tls = TlsSettings {
         cert_file: write(certs.path(), "server.pem", &server_cert),
         key_file: write(certs.path(), "server.key", &server_key),
-        client_ca_file: Some(write(certs.path(), "gates-ca.pem", &gates_ca.cert.pem())),
+        client_ca_file: Some(write(certs.path(), "gates-ca.pem", &gates_ca.pem())),
     };
     let server = TestServer::start(|config| config.tls = Some(tls)).await;
     let url = format!("https://localhost:{}", server.addr().port());
-    let server_ca = ca.cert.pem();
+    let server_ca = ca.pem();
 
     // With the gates' certificate: the call goes through (account 1 does not exist: the
     // tap is an answer, rejected, not an error).

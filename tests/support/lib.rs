@@ -6,6 +6,7 @@ use std::path::PathBuf;
 /// their seed, and the workspace has one generator.
 pub use gate_sim::rng::Rng;
 
+pub mod certs;
 pub mod nats;
 pub mod process;
 pub mod server;

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // test support: a failed unwrap fails the test, with its location
 
-use fareway::cluster::local::{Credentials, LocalNats};
+use fareway::cluster::local::{Credentials, LocalNats, ServerTls};
 
 /// A running NATS cluster; its servers stop and its storage goes when it is dropped.
 #[derive(Debug)]
@@ -15,9 +15,15 @@ pub struct NatsCluster {
 impl NatsCluster {
     /// Starts `size` servers routed to each other, and waits until each takes clients.
     pub fn start(size: usize) -> NatsCluster {
+        NatsCluster::start_with(size, None)
+    }
+
+    /// Like [`NatsCluster::start`], with TLS required of every client and route when
+    /// `tls` is given.
+    pub fn start_with(size: usize, tls: Option<&ServerTls>) -> NatsCluster {
         let folder = tempfile::tempdir().unwrap();
         NatsCluster {
-            servers: LocalNats::start(size, folder.path()).unwrap(),
+            servers: LocalNats::start_with(size, folder.path(), tls).unwrap(),
             _folder: folder,
         }
     }

@@ -32,6 +32,10 @@ pub struct ClusterConfig {
     pub nats_user: Option<String>,
     /// See `nats_user`.
     pub nats_password: Option<String>,
+    /// The certificate authority (PEM) that signs the NATS servers' certificates: when
+    /// set, the node speaks to the servers over TLS only, checking their certificates
+    /// against it.
+    pub nats_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -47,6 +51,7 @@ impl Default for ClusterConfig {
             request_timeout_ms: 2_000,
             nats_user: None,
             nats_password: None,
+            nats_ca_file: None,
         }
     }
 }
@@ -135,6 +140,11 @@ impl ClusterConfig {
             .connection_timeout(self.lease_renew());
         if let (Some(user), Some(password)) = (&self.nats_user, &self.nats_password) {
             options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(ca_file) = &self.nats_ca_file {
+            options = options
+                .add_root_certificates(ca_file.clone())
+                .require_tls(true);
         }
         let urls: Vec<async_nats::ServerAddr> = self
             .nats_urls

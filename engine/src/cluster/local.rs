@@ -73,6 +73,18 @@ struct Users {
     route: Credentials,
 }
 
+/// The certificate every server presents (to clients and to each other's routes) and the
+/// authority that signs it, as PEM files.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The servers' certificate (for 127.0.0.1; usable for server and client auth).
+    pub cert_file: PathBuf,
+    /// Its private key.
+    pub key_file: PathBuf,
+    /// The authority that signs it; routes check each other against it.
+    pub ca_file: PathBuf,
+}
+
 /// Running NATS servers routed to each other; they are killed when this is dropped.
 #[derive(Debug)]
 pub struct LocalNats {
@@ -84,6 +96,16 @@ impl LocalNats {
     /// Starts `size` servers with their files in `folder`, and waits until each takes
     /// clients.
     pub fn start(size: usize, folder: &Path) -> anyhow::Result<LocalNats> {
+        LocalNats::start_with(size, folder, None)
+    }
+
+    /// Like [`LocalNats::start`], with TLS required of every client and route when `tls`
+    /// is given.
+    pub fn start_with(
+        size: usize,
+        folder: &Path,
+        tls: Option<&ServerTls>,
+    ) -> anyhow::Result<LocalNats> {
         std::fs::create_dir_all(folder)
             .with_context(|| format!("cannot make folder {}", folder.display()))?;
         let users = Users {
@@ -112,7 +134,8 @@ impl LocalNats {
             let config_file = folder.join(format!("nats-{index}.conf"));
             let store = folder.join(format!("nats-store-{index}"));
             let ports = (client_ports[index], route_ports[index]);
-            let text = server_config(index, ports, &routes, &store, &users);
+            let tls_block = tls.map(tls_block).unwrap_or_default();
+            let text = server_config(index, ports, &routes, &store, &users, &tls_block);
             write_private(&config_file, &text)?;
             servers.push(Server {
                 config_file,
@@ -208,10 +231,12 @@ fn server_config(
     routes: &[String],
     store: &Path,
     users: &Users,
+    tls_block: &str,
 ) -> String {
     format!(
         r#"server_name: "fareway-nats-{index}"
 listen: "127.0.0.1:{client_port}"
+{tls_block}
 jetstream {{
   store_dir: {store:?}
   sync_interval: always
@@ -232,6 +257,7 @@ cluster {{
   name: "fareway-local"
   listen: "127.0.0.1:{route_port}"
   authorization {{ user: "{route}", password: "{route_password}" }}
+  {tls_block}
   routes: [{routes}]
 }}
 "#,
@@ -242,6 +268,15 @@ cluster {{
         route = users.route.user,
         route_password = users.route.password,
         routes = routes.join(", ")
+    )
+}
+
+/// A `tls` block: used for clients (at the top) and for routes (in `cluster`), so that
+/// every connection is encrypted and each server's certificate checked.
+fn tls_block(tls: &ServerTls) -> String {
+    format!(
+        "tls {{ cert_file: {:?}, key_file: {:?}, ca_file: {:?}, timeout: 2 }}",
+        tls.cert_file, tls.key_file, tls.ca_file
     )
 }
 

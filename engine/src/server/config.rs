@@ -366,6 +366,9 @@ impl ServerConfig {
                     "nats_user = {user:?}\nnats_password = {password:?}\n"
                 ));
             }
+            if let Some(ca_file) = &cluster.nats_ca_file {
+                text.push_str(&format!("nats_ca_file = {ca_file:?}\n"));
+            }
         }
         match toml::from_str::<ServerConfig>(&text) {
             Ok(read_back) if read_back == *self => Ok(text),
@@ -411,7 +414,13 @@ impl ServerConfig {
             [&mut tls.cert_file, &mut tls.key_file]
                 .into_iter()
                 .chain(tls.client_ca_file.as_mut())
-        })) {
+        }))
+        .chain(
+            config
+                .cluster
+                .iter_mut()
+                .filter_map(|cluster| cluster.nats_ca_file.as_mut()),
+        ) {
             if file.is_relative() {
                 *file = base.join(&*file);
             }
