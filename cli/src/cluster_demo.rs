@@ -84,6 +84,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     };
     let played = runtime.block_on(async {
         let js = cluster.jetstream().await?;
+        wait_for_leaders(&js, &cluster).await?;
         // The simulator and the fault run side by side; a simulation that fails before
         // its window starts tells the fault not to wait for it.
         let simulated = tokio::sync::Notify::new();
@@ -277,6 +278,34 @@ fn spawn_node(index: usize, file: &Path, log: &Path, port: u16) -> anyhow::Resul
     Ok(child)
 }
 
+/// Waits until every shard has a leader (nodes take no lease in their first lease TTL,
+/// so that leaders spread over the nodes), and says where they are.
+async fn wait_for_leaders(
+    js: &async_nats::jetstream::Context,
+    cluster: &ClusterConfig,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let status = manage::status(js, cluster).await?;
+        if status.iter().all(|shard| shard.leader.is_some()) {
+            let leaders: Vec<String> = status
+                .iter()
+                .map(|shard| {
+                    let leader = shard.leader.as_deref().unwrap_or_default();
+                    format!("shard {} {leader}", shard.shard)
+                })
+                .collect();
+            println!("leaders: {}", leaders.join(", "));
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < READY_MAX,
+            "the shards got no leaders: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until every replica of every shard has applied its shard's whole log.
 async fn wait_for_replicas(
     js: &async_nats::jetstream::Context,
@@ -326,15 +355,6 @@ async fn kill_a_leader(
 ) -> anyhow::Result<Failover> {
     let window_start = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(duration_s * 0.4)).await;
-    let leaders: Vec<String> = manage::status(js, cluster)
-        .await?
-        .iter()
-        .map(|shard| {
-            let leader = shard.leader.as_deref().unwrap_or("none");
-            format!("shard {} {leader}", shard.shard)
-        })
-        .collect();
-    println!("leaders: {}", leaders.join(", "));
     let killed = leader_of(js, cluster, None).await?;
     let index: usize = killed
         .strip_prefix('n')

@@ -24,7 +24,7 @@ use super::config::ClusterConfig;
 use super::keys::SharedKeys;
 use super::router::{Router, ShardSlot};
 use super::settlement::ClusterSettlement;
-use super::shard::{self, ShardContext};
+use super::shard::{self, ShardContext, Taking};
 use super::{manage, names};
 
 /// A node that is running.
@@ -235,6 +235,7 @@ async fn shard_context(
         renew: cluster.lease_renew(),
         forwarded_in_flight_max: config.limits.ledger_queue_depth_max,
         leading: Arc::default(),
+        taking: Arc::new(Taking::new(cluster.lease_ttl())),
     })
 }
 

@@ -38,6 +38,46 @@ pub struct ShardContext {
     /// Shards this node leads now: a node that leads more waits longer before it takes a
     /// free lease, so that leaders spread over the nodes.
     pub leading: Arc<AtomicUsize>,
+    /// How the node's shards share out taking leases (see [`Taking`]).
+    pub taking: Arc<Taking>,
+}
+
+/// How a node takes free leases so that leaders spread over the nodes of a cluster whose
+/// nodes start one after another: a node takes no lease in its first lease TTL (the
+/// others started meanwhile look too), and at most one per renewal interval (so that
+/// one node does not take every free lease at the same tick).
+#[derive(Debug)]
+pub struct Taking {
+    started: tokio::time::Instant,
+    join_period: Duration,
+    last: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Taking {
+    /// For a node starting now, with the cluster's lease TTL.
+    pub fn new(lease_ttl: Duration) -> Taking {
+        Taking {
+            started: tokio::time::Instant::now(),
+            join_period: lease_ttl,
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Whether this node may take a lease now (and, if so, it counts as taken now).
+    fn may_take(&self, renew: Duration) -> bool {
+        if self.started.elapsed() < self.join_period {
+            return false;
+        }
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|at| at.elapsed() < renew) {
+            return false;
+        }
+        *last = Some(tokio::time::Instant::now());
+        true
+    }
 }
 
 /// Why a node stopped leading a shard.
@@ -102,6 +142,9 @@ async fn follow_until_lease(
             }
             () = until(take_at) => {
                 take_at = None;
+                if !context.taking.may_take(context.renew) {
+                    continue;
+                }
                 match lease::try_take(&context.leases, slot.shard, &context.node_id).await {
                     Ok(Some(held)) => return Ok(Some(held)),
                     Ok(None) => {}
