@@ -714,20 +714,24 @@ impl TestCluster {
 /// Latency of the taps due in `[from_ms, to_ms)` of a played phase: (count, p50, p99) in
 /// milliseconds, from each tap's due time to its answer, retries included.
 fn latency_between(played: &Played, from_ms: u64, to_ms: u64) -> (usize, u64, u64) {
-    let mut latencies: Vec<u64> = played
-        .results
-        .iter()
-        .filter(|result| (from_ms..to_ms).contains(&result.due_ms))
-        .map(|result| result.latency_us / 1_000)
-        .collect();
-    latencies.sort_unstable();
+    count_p50_p99(
+        played
+            .results
+            .iter()
+            .filter(|result| (from_ms..to_ms).contains(&result.due_ms))
+            .map(|result| result.latency_us / 1_000)
+            .collect(),
+    )
+}
+
+/// How many values, their median and their 99th percentile.
+fn count_p50_p99(mut values: Vec<u64>) -> (usize, u64, u64) {
+    values.sort_unstable();
     let at = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
+        let index = ((values.len() as f64 * q) as usize).min(values.len().saturating_sub(1));
+        values.get(index).copied().unwrap_or(0)
     };
-    (latencies.len(), at(0.5), at(0.99))
+    (values.len(), at(0.5), at(0.99))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -837,19 +841,13 @@ async fn nats_servers_killed_or_paused_under_load_lose_nothing() {
     );
     let published = probe.await.unwrap();
     let probe_stats = |from: u64, to: u64| {
-        let mut in_window: Vec<u64> = published
-            .iter()
-            .filter(|(at, _)| (from..to).contains(at))
-            .map(|(_, took)| *took)
-            .collect();
-        in_window.sort_unstable();
-        let at = |q: f64| {
-            in_window
-                .get(((in_window.len() as f64 * q) as usize).min(in_window.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or(0)
-        };
-        (in_window.len(), at(0.5), at(0.99))
+        count_p50_p99(
+            published
+                .iter()
+                .filter(|(at, _)| (from..to).contains(at))
+                .map(|(_, took)| *took)
+                .collect(),
+        )
     };
     eprintln!(
         "bare JetStream publishes (R3, acknowledged) in the same run: before the faults {:?}, while a server was paused {:?} (count, p50 ms, p99 ms)",

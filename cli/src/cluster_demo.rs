@@ -284,26 +284,19 @@ async fn wait_for_leaders(
     js: &async_nats::jetstream::Context,
     cluster: &ClusterConfig,
 ) -> anyhow::Result<()> {
-    let started = Instant::now();
-    loop {
-        let status = manage::status(js, cluster).await?;
-        if status.iter().all(|shard| shard.leader.is_some()) {
-            let leaders: Vec<String> = status
-                .iter()
-                .map(|shard| {
-                    let leader = shard.leader.as_deref().unwrap_or_default();
-                    format!("shard {} {leader}", shard.shard)
-                })
-                .collect();
-            println!("leaders: {}", leaders.join(", "));
-            return Ok(());
-        }
-        anyhow::ensure!(
-            started.elapsed() < READY_MAX,
-            "the shards got no leaders: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let status = wait_for_status(js, cluster, "every shard to have a leader", |status| {
+        status.iter().all(|shard| shard.leader.is_some())
+    })
+    .await?;
+    let leaders: Vec<String> = status
+        .iter()
+        .map(|shard| {
+            let leader = shard.leader.as_deref().unwrap_or_default();
+            format!("shard {} {leader}", shard.shard)
+        })
+        .collect();
+    println!("leaders: {}", leaders.join(", "));
+    Ok(())
 }
 
 /// Waits until every replica of every shard has applied its shard's whole log.
@@ -311,22 +304,37 @@ async fn wait_for_replicas(
     js: &async_nats::jetstream::Context,
     cluster: &ClusterConfig,
 ) -> anyhow::Result<()> {
-    let started = Instant::now();
-    loop {
-        let status = manage::status(js, cluster).await?;
-        let caught_up = status.iter().all(|shard| {
+    let what = "every replica to apply its shard's log";
+    wait_for_status(js, cluster, what, |status| {
+        status.iter().all(|shard| {
             shard.replicas.len() >= NODES
                 && shard
                     .replicas
                     .iter()
                     .all(|(_, applied)| *applied == shard.stream_sequence)
-        });
-        if caught_up {
-            return Ok(());
+        })
+    })
+    .await?;
+    Ok(())
+}
+
+/// The cluster's status once `done` holds of it (polled every 100 ms, at most
+/// [`READY_MAX`]).
+async fn wait_for_status(
+    js: &async_nats::jetstream::Context,
+    cluster: &ClusterConfig,
+    what: &str,
+    done: impl Fn(&[manage::ShardStatus]) -> bool,
+) -> anyhow::Result<Vec<manage::ShardStatus>> {
+    let started = Instant::now();
+    loop {
+        let status = manage::status(js, cluster).await?;
+        if done(&status) {
+            return Ok(status);
         }
         anyhow::ensure!(
             started.elapsed() < READY_MAX,
-            "the replicas did not catch up with their logs: {status:?}"
+            "waited {READY_MAX:?} for {what}: {status:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -518,18 +526,7 @@ fn print_summary(
         print_failover(report, failover);
     }
     print_audits(audits);
-    println!(
-        "report: {} and {}",
-        outputs.report.display(),
-        outputs.html.display()
-    );
-    if let Some(files) = report.json["invariants"]["settlement"]["files"].as_array() {
-        for file in files {
-            println!("settlement file: {}", file.as_str().unwrap_or_default());
-        }
-    }
-    println!("settlement public key: {}", outputs.public_key.display());
-    println!("invariants: {}", if ok { "ok" } else { "FAILED" });
+    demo::print_outputs(report, outputs, ok);
 }
 
 fn print_failover(report: &SimReport, failover: &Failover) {

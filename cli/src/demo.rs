@@ -321,6 +321,11 @@ pub(crate) fn write_outputs(
 pub(crate) fn print_summary(report: &SimReport, audit: &AuditReport, outputs: &Outputs, ok: bool) {
     println!("{}", gate_sim::summary(&report.json));
     super::audit::print_report(audit);
+    print_outputs(report, outputs, ok);
+}
+
+/// Prints where the report, the settlement files and the key are, and the verdict.
+pub(crate) fn print_outputs(report: &SimReport, outputs: &Outputs, ok: bool) {
     println!(
         "report: {} and {}",
         outputs.report.display(),

@@ -145,19 +145,7 @@ impl Book {
         let Some((asked, cutoff, ids)) = self.closes.get(&request.id.to_string()) else {
             return Ok(None);
         };
-        let field = if asked != providers {
-            Some("providers")
-        } else if *cutoff != request.cutoff {
-            Some("cutoff")
-        } else {
-            None
-        };
-        if let Some(field) = field {
-            return Err(SettlementError::Conflict {
-                id: request.id,
-                field,
-            });
-        }
+        settlement::check_same_close(request, providers, asked, *cutoff)?;
         let batches = ids
             .iter()
             .map(|id| self.view(*id).ok_or(SettlementError::UnknownBatch(*id)))
@@ -575,13 +563,7 @@ impl SettlementBook for ClusterSettlement {
         now: UnixMillis,
     ) -> Result<BatchView, SettlementError> {
         let view = self.batch(id)?.ok_or(SettlementError::UnknownBatch(id))?;
-        if !view.batch.file_sha256.eq_ignore_ascii_case(file_sha256) {
-            return Err(SettlementError::HashMismatch {
-                batch: id,
-                given: file_sha256.to_string(),
-                expected: view.batch.file_sha256,
-            });
-        }
+        settlement::check_receipt(&view, file_sha256)?;
         if view.acknowledged_at.is_some() {
             return Ok(view);
         }

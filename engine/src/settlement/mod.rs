@@ -200,6 +200,39 @@ pub fn export_checked(
     Ok(())
 }
 
+/// A close id used again must ask for what it asked the first time (`asked`, `cutoff`):
+/// the same providers and cut-off, or a conflict naming the first field that differs.
+pub fn check_same_close(
+    request: &CloseRequest,
+    providers: &[u16],
+    asked: &[u16],
+    cutoff: Cutoff,
+) -> Result<(), SettlementError> {
+    let field = if asked != providers {
+        "providers"
+    } else if cutoff != request.cutoff {
+        "cutoff"
+    } else {
+        return Ok(());
+    };
+    Err(SettlementError::Conflict {
+        id: request.id,
+        field,
+    })
+}
+
+/// An acknowledgement must name the batch's file: its SHA-256 (hex, any case).
+pub fn check_receipt(view: &BatchView, file_sha256: &str) -> Result<(), SettlementError> {
+    if view.batch.file_sha256.eq_ignore_ascii_case(file_sha256) {
+        return Ok(());
+    }
+    Err(SettlementError::HashMismatch {
+        batch: view.batch.id,
+        given: file_sha256.to_string(),
+        expected: view.batch.file_sha256.clone(),
+    })
+}
+
 /// A close as stored under its id: what was asked, and what it made.
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredClose {
@@ -267,19 +300,7 @@ impl Settlement {
             return Ok(None);
         };
         let stored: StoredClose = decode(&bytes, "close")?;
-        let field = if stored.providers != providers {
-            Some("providers")
-        } else if stored.cutoff != request.cutoff {
-            Some("cutoff")
-        } else {
-            None
-        };
-        if let Some(field) = field {
-            return Err(SettlementError::Conflict {
-                id: request.id,
-                field,
-            });
-        }
+        check_same_close(request, providers, &stored.providers, stored.cutoff)?;
         let batches = stored
             .batch_ids
             .iter()
@@ -526,13 +547,7 @@ impl SettlementBook for Settlement {
         now: UnixMillis,
     ) -> Result<BatchView, SettlementError> {
         let view = self.batch(id)?.ok_or(SettlementError::UnknownBatch(id))?;
-        if !view.batch.file_sha256.eq_ignore_ascii_case(file_sha256) {
-            return Err(SettlementError::HashMismatch {
-                batch: id,
-                given: file_sha256.to_string(),
-                expected: view.batch.file_sha256,
-            });
-        }
+        check_receipt(&view, file_sha256)?;
         if view.acknowledged_at.is_some() {
             return Ok(view);
         }
