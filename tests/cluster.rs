@@ -310,6 +310,59 @@ async fn nodes_speak_tls_to_servers_that_require_it() {
     );
 }
 
+/// A cluster node serves `/metrics` when `metrics_listen` is set: its ledger gauges sum
+/// the shards it leads (here the one shard, after one account was opened through it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serves_the_metrics_of_the_shards_it_leads() {
+    let nats = NatsCluster::start(3);
+    let cluster = cluster_config(&nats, "n0", 1);
+    init(&cluster).await;
+    let folder = tempfile::tempdir().unwrap();
+    let config = write_config(folder.path(), |config| {
+        config.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        config.cluster = Some(cluster.clone());
+    });
+    let node = fareway::cluster::node::start(config, cluster.clone(), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let js = cluster.jetstream().await.unwrap();
+    leader_of(&js, &cluster, 0).await;
+    let mut admin = engine_at(node.addr).admin().await.unwrap();
+    admin
+        .open_account(pb::OpenAccountRequest {
+            transaction_id: 1u128.to_be_bytes().to_vec(),
+            account_id: 42,
+            provider_id: 1,
+            credit_limit_minor: 0,
+        })
+        .await
+        .unwrap();
+    let text = scrape(node.metrics_addr.unwrap()).await;
+    assert!(
+        text.lines().any(|line| line == "fareway_ledger_requests 1"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|line| line == "fareway_ledger_group_commits 1"),
+        "{text}"
+    );
+    node.stop().await.unwrap();
+}
+
+/// The body of `GET /metrics` at `addr`.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    text
+}
+
 /// A node's configuration in `folder`, for the cluster's node `node_id`, signing
 /// settlement manifests with the key in `settlement_key` (every node of a cluster has the
 /// same one).

@@ -32,6 +32,8 @@ use super::{manage, names};
 pub struct RunningNode {
     /// The gRPC address.
     pub addr: SocketAddr,
+    /// The Prometheus endpoint's address, when configured.
+    pub metrics_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -82,6 +84,9 @@ pub async fn start(
     let budget = server::descriptor_budget(&config)?;
     let (addr, incoming) = server::listen_guarded(&config, &budget, &metrics).await?;
     let server = server::serve_grpc(&config, incoming, routes, &metrics, stopped.clone())?;
+    let metrics_server =
+        server::serve_metrics(&config, render_led(&router, &metrics), stopped.clone()).await?;
+    let metrics_addr = metrics_server.as_ref().map(|(addr, _)| *addr);
     let context = shard_context(&cluster, client, js, &config).await?;
     let mut tasks: Vec<JoinHandle<()>> = slots
         .iter()
@@ -105,8 +110,14 @@ pub async fn start(
         stopped,
     )));
     tracing::info!(%addr, node = cluster.node_id, shards = cluster.shards, held = ?cluster.held(), "fareway cluster node serving");
+    if let Some((_, task)) = metrics_server {
+        tasks.push(tokio::spawn(async move {
+            let _ = task.await;
+        }));
+    }
     Ok(RunningNode {
         addr,
+        metrics_addr,
         stop,
         tasks,
         server,
@@ -124,6 +135,37 @@ impl RunningNode {
         self.server.await.context("server task failed")??;
         Ok(())
     }
+}
+
+/// The node's metrics: its own counters, and the ledger gauges summed over the shards it
+/// leads now (a shard's writer counts from when this node began to lead it).
+fn render_led(
+    router: &Arc<Router>,
+    metrics: &Arc<Metrics>,
+) -> Arc<dyn Fn() -> String + Send + Sync> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (router, metrics) = (Arc::clone(router), Arc::clone(metrics));
+    Arc::new(move || {
+        let total = crate::ledger::WriterStats::default();
+        for ledger in router.held().filter_map(|slot| slot.leader()) {
+            let stats = ledger.stats();
+            total
+                .queue_depth
+                .fetch_add(stats.queue_depth.load(Relaxed), Relaxed);
+            for (sum, part) in [
+                (&total.group_commits, &stats.group_commits),
+                (&total.requests, &stats.requests),
+                (&total.write_time_us, &stats.write_time_us),
+                (&total.write_failures, &stats.write_failures),
+            ] {
+                sum.fetch_add(part.load(Relaxed), Relaxed);
+            }
+            total
+                .write_time_us_max
+                .fetch_max(stats.write_time_us_max.load(Relaxed), Relaxed);
+        }
+        metrics.render(&total)
+    })
 }
 
 /// A group commit is one log message: its most requests must fit the count's 16 bits and

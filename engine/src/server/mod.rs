@@ -84,7 +84,11 @@ async fn start_as(
     );
     let (health, routes) = routes_with_health(apis, &config).await?;
     let (addr, incoming) = listen_guarded(&config, &budget, &metrics).await?;
-    let metrics_server = serve_metrics(&config, &ledger, &metrics, stopped.clone()).await?;
+    let render = {
+        let (ledger, metrics) = (Arc::clone(&ledger), Arc::clone(&metrics));
+        Arc::new(move || metrics.render(ledger.stats()))
+    };
+    let metrics_server = serve_metrics(&config, render, stopped.clone()).await?;
     let server = serve_grpc(&config, incoming, routes, &metrics, stopped.clone())?;
     let sweeper = tokio::spawn(sweep_journeys(
         Arc::clone(&gate),
@@ -326,11 +330,11 @@ pub(crate) async fn wait_for_stop(mut stopped: watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
 }
 
-/// The Prometheus endpoint, when configured: its address and its task.
-async fn serve_metrics(
+/// The Prometheus endpoint, when configured, answering with what `render` makes: its
+/// address and its task.
+pub(crate) async fn serve_metrics(
     config: &ServerConfig,
-    ledger: &Arc<Ledger>,
-    metrics: &Arc<Metrics>,
+    render: Arc<dyn Fn() -> String + Send + Sync>,
     stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<(SocketAddr, JoinHandle<std::io::Result<()>>)>> {
     let Some(metrics_listen) = config.metrics_listen else {
@@ -340,9 +344,6 @@ async fn serve_metrics(
         .await
         .with_context(|| format!("cannot listen for metrics on {metrics_listen}"))?;
     let metrics_addr = listener.local_addr()?;
-    let ledger = Arc::clone(ledger);
-    let metrics = Arc::clone(metrics);
-    let render = Arc::new(move || metrics.render(ledger.stats()));
     let task = tokio::spawn(metrics::serve(listener, render, wait_for_stop(stopped)));
     Ok(Some((metrics_addr, task)))
 }
