@@ -64,20 +64,20 @@ impl SharedKeys {
     }
 
     /// Enforces the cluster's registry on `verifier` (seeding the bucket with the
-    /// verifier's own when it has none); returns the revision it enforced.
-    pub async fn load_or_seed(&self, verifier: &Verifier) -> Result<u64, SharedKeyError> {
+    /// verifier's own when it has none).
+    pub async fn load_or_seed(&self, verifier: &Verifier) -> Result<(), SharedKeyError> {
         let text = encode(&verifier.registry())?;
         match self.bucket.create(REGISTRY_KEY, text.into()).await {
             Ok(revision) => {
                 *self.enforced.lock().await = revision;
-                return Ok(revision);
+                return Ok(());
             }
             Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {}
             Err(err) => return Err(unavailable(err)),
         }
         let (registry, revision) = self.read().await?;
         self.enforce(verifier, registry, revision).await;
-        Ok(revision)
+        Ok(())
     }
 
     /// Changes the cluster's registry by `change` and enforces it on `verifier`; returns

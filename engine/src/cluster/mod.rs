@@ -34,6 +34,26 @@ pub fn shard_of(account_id: u64, shards: u32) -> u32 {
     (account_id % u64::from(shards.max(1))) as u32
 }
 
+/// How often a node looks whether its replica has applied what a read, a close or a pull
+/// waits for.
+const WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Waits until `done` holds, looking every few milliseconds, for at most `max`: whether it
+/// came to hold.
+pub async fn wait_until<E>(
+    max: std::time::Duration,
+    done: impl Fn() -> Result<bool, E>,
+) -> Result<bool, E> {
+    let deadline = tokio::time::Instant::now() + max;
+    while !done()? {
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(WAIT_POLL).await;
+    }
+    Ok(true)
+}
+
 /// What decides a command's shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteBy {

@@ -104,14 +104,14 @@ impl Router {
         };
         let shard = shard_of(account_id, self.shards);
         let end = super::log::last_sequence(&self.js, shard).await?;
-        let deadline = tokio::time::Instant::now() + self.read_wait_max;
-        while replica.applied_stream_sequence()? < end {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(LedgerError::Unavailable(format!(
-                    "this node's replica of shard {shard} has not caught up with its log; retry"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+        let caught_up = super::wait_until(self.read_wait_max, || {
+            Ok::<_, LedgerError>(replica.applied_stream_sequence()? >= end)
+        })
+        .await?;
+        if !caught_up {
+            return Err(LedgerError::Unavailable(format!(
+                "this node's replica of shard {shard} has not caught up with its log; retry"
+            )));
         }
         Ok(())
     }

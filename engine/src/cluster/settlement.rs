@@ -43,9 +43,6 @@ use super::names;
 /// Times a close is computed again after another close came first.
 const CLOSE_TRIES: usize = 3;
 
-/// How often a node looks whether its replicas have applied what a close or pull needs.
-const CATCH_UP_POLL: Duration = Duration::from_millis(10);
-
 /// One message of the settlement stream.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -294,17 +291,13 @@ impl ClusterSettlement {
         what: &str,
         done: impl Fn(&Replica) -> Result<bool, SettlementError>,
     ) -> Result<(), SettlementError> {
-        let deadline = tokio::time::Instant::now() + self.catch_up_max;
-        while !done(replica)? {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(SettlementError::Unavailable(format!(
-                    "this node's replica of shard {shard} has not applied {what} within {} ms; retry",
-                    self.catch_up_max.as_millis()
-                )));
-            }
-            tokio::time::sleep(CATCH_UP_POLL).await;
+        if super::wait_until(self.catch_up_max, || done(replica)).await? {
+            return Ok(());
         }
-        Ok(())
+        Err(SettlementError::Unavailable(format!(
+            "this node's replica of shard {shard} has not applied {what} within {} ms; retry",
+            self.catch_up_max.as_millis()
+        )))
     }
 
     /// One try at a close: computes its batches from the book as read, and appends them
