@@ -15,7 +15,6 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test, with its location
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +27,7 @@ use fareway::cluster::{ClusterConfig, manage, names};
 use fareway::fares::FareTable;
 use fareway::ledger::{
     AccountRef, Command, LedgerConfig, LedgerError, LedgerView, Outcome, Replica, Request, Rules,
-    StoreConfig, TxId, audit,
+    ShardId, StoreConfig, TxId, audit,
 };
 use fareway::money::Amount;
 use fareway::settlement::key::SettlementKey;
@@ -82,8 +81,14 @@ fn rules() -> Rules {
     }
 }
 
-fn open_replica(dir: &Path) -> Replica {
-    Replica::open(dir, LedgerConfig::default(), rules()).unwrap()
+fn open_replica(dir: &Path, shard: u32, shards: u32) -> Replica {
+    Replica::open(
+        dir,
+        ShardId { shard, shards },
+        LedgerConfig::default(),
+        rules(),
+    )
+    .unwrap()
 }
 
 fn request(id: u128, command: Command) -> Request {
@@ -108,7 +113,7 @@ async fn a_stale_leader_cannot_append_and_catches_up_by_replay() {
     let runtime = tokio::runtime::Handle::current();
 
     // Replica A leads and records an account with money on it.
-    let a = open_replica(&folder.path().join("a"));
+    let a = open_replica(&folder.path().join("a"), 0, 1);
     let leader = a
         .lead(Box::new(ShardLog::new(
             js.clone(),
@@ -134,7 +139,7 @@ async fn a_stale_leader_cannot_append_and_catches_up_by_replay() {
 
     // Replica B believes it leads from an empty log: its append is fenced off, nothing is
     // written, and its ledger refuses everything after.
-    let b = open_replica(&folder.path().join("b"));
+    let b = open_replica(&folder.path().join("b"), 0, 1);
     let mut stale = b
         .lead(Box::new(ShardLog::new(
             js.clone(),
@@ -181,7 +186,7 @@ async fn a_stale_leader_cannot_append_and_catches_up_by_replay() {
     .unwrap()
     .await
     .unwrap();
-    let c = open_replica(&folder.path().join("c"));
+    let c = open_replica(&folder.path().join("c"), 0, 1);
     let refused = catch_up(&js, 0, &c).await.unwrap_err();
     assert!(
         refused
@@ -731,37 +736,112 @@ impl TestCluster {
                 self.kill(index);
             }
         }
-        let mut digests: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-        let mut total: i128 = 0;
-        for (index, held) in self.held.iter().enumerate() {
-            for shard in held {
-                let dir = self
-                    .folder
-                    .path()
-                    .join(format!("n{index}/data/shard-{shard}"));
-                let view = LedgerView::open(&dir, &StoreConfig::default()).unwrap();
-                let report = audit::audit(&view).unwrap();
-                assert!(
-                    report.ok(),
-                    "n{index} shard {shard}: {:?}",
-                    report.violations
-                );
-                assert_eq!(
-                    report.balance_sum, 0,
-                    "n{index} shard {shard}: money is conserved"
-                );
-                total += report.balance_sum;
-                digests.entry(*shard).or_default().push(digest(&view));
-            }
-        }
-        assert_eq!(total, 0);
-        for (shard, of_replicas) in &digests {
-            assert!(
-                of_replicas.windows(2).all(|pair| pair[0] == pair[1]),
-                "shard {shard}: replicas differ: {of_replicas:?}"
-            );
+        let dirs = self.held.iter().enumerate().flat_map(|(index, held)| {
+            held.iter()
+                .map(move |shard| format!("n{index}/data/shard-{shard}"))
+        });
+        let said = cluster_audit(self.folder.path(), dirs, true);
+        assert!(
+            said.contains("cluster: balances of every shard sum to 0; ok"),
+            "{said}"
+        );
+    }
+}
+
+/// Runs `fareway audit` on the replicas in `dirs` (relative to `folder`); returns what it
+/// printed, once its exit status is `ok`'s.
+fn cluster_audit(folder: &Path, dirs: impl IntoIterator<Item = String>, ok: bool) -> String {
+    let mut audit = std::process::Command::new(fareway_binary());
+    audit.arg("audit").current_dir(folder);
+    for dir in dirs {
+        audit.args(["--data-dir", &dir]);
+    }
+    let output = audit.output().unwrap();
+    let said = String::from_utf8_lossy(&output.stdout).into_owned();
+    let complained = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.success(), ok, "{said}{complained}");
+    said
+}
+
+/// `fareway audit` of a cluster's replicas sums the shards and names the replicas of a
+/// shard that applied the same log sequence but hold other states; a replica's directory
+/// opened as another shard is refused.
+#[test]
+fn the_cluster_audit_names_replicas_that_differ() {
+    let folder = tempfile::tempdir().unwrap();
+    let open = |account_id| Command::OpenAccount {
+        account_id,
+        provider_id: 1,
+        credit_limit: Amount(0),
+    };
+    let top_up = |account_id, amount| Command::TopUp {
+        account_id,
+        amount: Amount(amount),
+    };
+    // Shard 0's replicas agree on message 1 and differ on message 2; shard 1 has one.
+    let logs: [(&str, u32, Vec<Command>); 3] = [
+        ("s0-a", 0, vec![open(2), top_up(2, 1_000)]),
+        ("s0-b", 0, vec![open(2), top_up(2, 500)]),
+        ("s1", 1, vec![open(1), top_up(1, 300)]),
+    ];
+    for (dir, shard, commands) in &logs {
+        let replica = open_replica(&folder.path().join(dir), *shard, 2);
+        for (index, command) in commands.iter().enumerate() {
+            let id = index as u128 + 1;
+            replica
+                .apply_logged(index as u64 + 1, &[request(id, *command)])
+                .unwrap();
         }
     }
+
+    let said = cluster_audit(folder.path(), ["s0-a".into(), "s1".into()], true);
+    assert!(
+        said.contains("shard 0: replicas at log sequences [2], audits ok"),
+        "{said}"
+    );
+    assert!(
+        said.contains("cluster: balances of every shard sum to 0; ok"),
+        "{said}"
+    );
+
+    let said = cluster_audit(
+        folder.path(),
+        ["s0-a".into(), "s0-b".into(), "s1".into()],
+        false,
+    );
+    let a =
+        digest(&LedgerView::open(&folder.path().join("s0-a"), &StoreConfig::default()).unwrap());
+    let b =
+        digest(&LedgerView::open(&folder.path().join("s0-b"), &StoreConfig::default()).unwrap());
+    assert!(
+        said.contains(&format!(
+            "cluster: PROBLEM shard 0: replicas that applied the same log differ: at log sequence 2: s0-a has {a}, s0-b has {b}"
+        )),
+        "{said}"
+    );
+
+    let said = cluster_audit(folder.path(), ["s1".into()], true);
+    assert!(
+        said.contains("cluster: no replica given of shards [0]"),
+        "{said}"
+    );
+
+    let refused = Replica::open(
+        &folder.path().join("s1"),
+        ShardId {
+            shard: 0,
+            shards: 2,
+        },
+        LedgerConfig::default(),
+        rules(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        refused
+            .contains("holds the replica of shard 1 of 2, but this node opens it as shard 0 of 2"),
+        "{refused}"
+    );
 }
 
 /// Latency of the taps due in `[from_ms, to_ms)` of a played phase: (count, p50, p99) in

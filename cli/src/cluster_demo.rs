@@ -12,17 +12,16 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::audit::{self, ClusterAudit};
 use anyhow::Context as _;
 use fareway::cluster::local::{LocalNats, free_port};
 use fareway::cluster::{ClusterConfig, manage, shard_of};
-use fareway::ledger::audit::{self, AuditReport};
-use fareway::ledger::{LedgerView, StoreConfig};
 use fareway::server::config::ServerConfig;
 use gate_sim::run::Answer;
 use gate_sim::{Engine, Mode, SimReport};
 use serde_json::json;
 
-use super::demo::{self, DemoArgs};
+use crate::demo::{self, DemoArgs};
 
 /// Nodes, and NATS servers.
 const NODES: usize = 3;
@@ -432,25 +431,12 @@ fn first_accepted_after(report: &SimReport, failover: &Failover) -> Option<Durat
         .map(|answered_us| Duration::from_micros(answered_us - killed_at_us))
 }
 
-/// Each replica's audit, by shard: `(node, report, state digest)`.
-type ReplicaAudits = Vec<(u32, Vec<(usize, AuditReport, String)>)>;
-
-/// Audits every replica of every shard (the nodes have stopped).
-fn audit_replicas(folder: &Path) -> anyhow::Result<ReplicaAudits> {
-    let mut audits = Vec::new();
-    for shard in 0..SHARDS {
-        let mut replicas = Vec::new();
-        for node in 0..NODES {
-            let dir = folder.join(format!("n{node}/shard-{shard}"));
-            let view = LedgerView::open(&dir, &StoreConfig::default())
-                .with_context(|| format!("opening {} for the audit", dir.display()))?;
-            let report = audit::audit(&view)?;
-            let digest = fareway::hex::encode(&audit::state_digest(&view)?);
-            replicas.push((node, report, digest));
-        }
-        audits.push((shard, replicas));
-    }
-    Ok(audits)
+/// Audits every replica of every shard (the nodes have stopped), as `fareway audit` does.
+fn audit_replicas(folder: &Path) -> anyhow::Result<ClusterAudit> {
+    let dirs: Vec<_> = (0..SHARDS)
+        .flat_map(|shard| (0..NODES).map(move |node| folder.join(format!("n{node}/shard-{shard}"))))
+        .collect();
+    audit::audit_dirs(&dirs)
 }
 
 /// Adds the failover and the replicas' audits to the report. Returns whether every
@@ -459,34 +445,29 @@ fn audit_replicas(folder: &Path) -> anyhow::Result<ReplicaAudits> {
 fn record_cluster(
     report: &mut SimReport,
     failover: Option<&Failover>,
-    audits: &ReplicaAudits,
+    audits: &ClusterAudit,
 ) -> bool {
-    let mut shards = Vec::new();
-    let mut total: i128 = 0;
-    let mut audits_ok = true;
-    for (shard, replicas) in audits {
-        let alike = replicas.windows(2).all(|pair| pair[0].2 == pair[1].2);
-        let ok = alike && replicas.iter().all(|(_, audit, _)| audit.ok());
-        audits_ok &= ok;
-        total += replicas
-            .first()
-            .map_or(0, |(_, audit, _)| audit.balance_sum);
-        shards.push(json!({
-            "shard": shard,
-            "ok": ok,
-            "replicas_alike": alike,
-            "replicas": replicas.iter().map(|(node, audit, digest)| json!({
-                "node": format!("n{node}"),
-                "ok": audit.ok(),
-                "accounts": audit.accounts,
-                "transactions": audit.transactions,
-                "balance_sum": i64::try_from(audit.balance_sum).ok(),
-                "violations": audit.violations,
-                "state_digest": digest,
-            })).collect::<Vec<_>>(),
-        }));
-    }
-    audits_ok &= total == 0;
+    let shards: Vec<_> = audits
+        .by_shard()
+        .into_iter()
+        .map(|(shard, replicas)| {
+            json!({
+                "shard": shard,
+                "ok": replicas.iter().all(|replica| replica.report.ok()),
+                "replicas": replicas.iter().map(|replica| json!({
+                    "data_dir": replica.dir.display().to_string(),
+                    "ok": replica.report.ok(),
+                    "applied_log_sequence": replica.applied,
+                    "accounts": replica.report.accounts,
+                    "transactions": replica.report.transactions,
+                    "balance_sum": i64::try_from(replica.report.balance_sum).ok(),
+                    "violations": replica.report.violations,
+                    "state_digest": replica.digest,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let audits_ok = audits.ok() && audits.missing_shards.is_empty();
     let failover = failover.map(|failover| {
         let first_accepted = first_accepted_after(report, failover);
         json!({
@@ -505,7 +486,8 @@ fn record_cluster(
     });
     report.json["invariants"]["audit"] = json!({
         "ok": audits_ok,
-        "balance_sum": i64::try_from(total).ok(),
+        "balance_sum": i64::try_from(audits.balance_sum).ok(),
+        "problems": audits.problems,
         "shards": shards,
     });
     let ok = report.ok && audits_ok;
@@ -517,7 +499,7 @@ fn record_cluster(
 fn print_summary(
     report: &SimReport,
     failover: Option<&Failover>,
-    audits: &ReplicaAudits,
+    audits: &ClusterAudit,
     outputs: &demo::Outputs,
     ok: bool,
 ) {
@@ -525,7 +507,7 @@ fn print_summary(
     if let Some(failover) = failover {
         print_failover(report, failover);
     }
-    print_audits(audits);
+    audit::print_cluster(audits);
     demo::print_outputs(report, outputs, ok);
 }
 
@@ -542,25 +524,4 @@ fn print_failover(report: &SimReport, failover: &Failover) {
             .as_f64()
             .map_or("never".to_string(), |s| format!("{s:.2} s"))
     );
-}
-
-fn print_audits(audits: &ReplicaAudits) {
-    for (shard, replicas) in audits {
-        let alike = replicas.windows(2).all(|pair| pair[0].2 == pair[1].2);
-        let (_, audit, digest) = &replicas[0];
-        println!(
-            "shard {shard}: {} replicas, audits {}, {} accounts, {} transactions, balances sum to {}, replicas {} (state digest {})",
-            replicas.len(),
-            if replicas.iter().all(|(_, audit, _)| audit.ok()) {
-                "ok"
-            } else {
-                "FAILED"
-            },
-            audit.accounts,
-            audit.transactions,
-            audit.balance_sum,
-            if alike { "alike" } else { "DIFFER" },
-            &digest[..digest.len().min(16)]
-        );
-    }
 }

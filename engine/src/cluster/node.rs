@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use crate::clock::Clock;
 use crate::commands::Commands;
 use crate::gate::Gatekeeper;
-use crate::ledger::Replica;
+use crate::ledger::{Replica, ShardId};
 use crate::server;
 use crate::server::config::ServerConfig;
 use crate::server::metrics::Metrics;
@@ -196,8 +196,12 @@ async fn open_replicas(
         let dir = config.data_dir.join(format!("shard-{shard}"));
         let ledger_config = config.ledger_config();
         let rules = rules.clone();
+        let id = ShardId {
+            shard,
+            shards: cluster.shards,
+        };
         let replica =
-            tokio::task::spawn_blocking(move || Replica::open(&dir, ledger_config, rules))
+            tokio::task::spawn_blocking(move || Replica::open(&dir, id, ledger_config, rules))
                 .await
                 .context("replica open task failed")?
                 .with_context(|| format!("cannot open the replica of shard {shard}"))?;

@@ -48,6 +48,7 @@ pub fn ledger_status(err: &LedgerError) -> Status {
         LedgerError::Open { .. }
         | LedgerError::NoLedger { .. }
         | LedgerError::UnknownFormat { .. }
+        | LedgerError::WrongShard { .. }
         | LedgerError::FormatVersion { .. }
         | LedgerError::MissingColumnFamily(_)
         | LedgerError::Corrupt { .. }

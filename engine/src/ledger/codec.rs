@@ -39,6 +39,12 @@ pub const META_IDS_PRUNED_BELOW: &[u8] = b"ids_pruned_below";
 /// state that message produced, so a restart goes on from the next message.
 pub const META_APPLIED_STREAM_SEQUENCE: &[u8] = b"applied_stream_sequence";
 
+/// Meta key (cluster mode): which shard of how many this replica holds (two u32,
+/// big-endian: shard, then shard count). Written when the replica is made, so that a
+/// directory opened as another shard, or copied from another cluster, is refused, and an
+/// audit can tell the shards of a cluster apart.
+pub const META_SHARD: &[u8] = b"shard";
+
 /// The key of a log record: its sequence.
 pub fn log_key(sequence: u64) -> [u8; 8] {
     sequence.to_be_bytes()
@@ -157,6 +163,23 @@ pub fn decode_sequence(bytes: &[u8], what: &'static str) -> Result<u64, LedgerEr
     let sequence = reader.u64()?;
     reader.end()?;
     Ok(sequence)
+}
+
+/// The value of [`META_SHARD`]: shard `shard` of `shards`.
+pub fn encode_shard(shard: u32, shards: u32) -> [u8; 8] {
+    let mut value = [0u8; 8];
+    value[..4].copy_from_slice(&shard.to_be_bytes());
+    value[4..].copy_from_slice(&shards.to_be_bytes());
+    value
+}
+
+/// Reads a [`META_SHARD`] value: `(shard, shards)`.
+pub fn decode_shard(bytes: &[u8]) -> Result<(u32, u32), LedgerError> {
+    let mut reader = Reader::new(bytes, "replica's shard");
+    let shard = reader.u32()?;
+    let shards = reader.u32()?;
+    reader.end()?;
+    Ok((shard, shards))
 }
 
 /// The key of a provider's settlement entry: provider, then sequence.

@@ -37,7 +37,7 @@ pub use model::{
     Account, AccountRef, AccountStatus, Command, Journey, OpenJourney, Outcome, Posting, Receipt,
     Record, Refusal, Request, Tap, TapKind, Travel, TxId,
 };
-pub use replica::{LogAppend, Replica};
+pub use replica::{LogAppend, Replica, ShardId};
 pub use store::StoreConfig;
 pub use view::{LedgerView, SettlementColumn, SettlementWrite};
 pub use writer::WriterStats;
@@ -82,6 +82,18 @@ pub enum LedgerError {
         path: String,
         /// What was found.
         detail: String,
+    },
+    /// A cluster replica's directory holds another shard than the one it is opened as.
+    #[error(
+        "data directory {path} holds the replica of {found}, but this node opens it as {expected}: is `data_dir` or `shards` wrong?"
+    )]
+    WrongShard {
+        /// The directory.
+        path: String,
+        /// The shard recorded in it ("shard 1 of 4").
+        found: String,
+        /// The shard it was opened as.
+        expected: String,
     },
     /// The directory was written in another on-disk format version.
     #[error(
@@ -141,6 +153,7 @@ impl LedgerError {
             LedgerError::Open { .. } => "open_failed",
             LedgerError::NoLedger { .. } => "no_ledger",
             LedgerError::UnknownFormat { .. } => "unknown_format",
+            LedgerError::WrongShard { .. } => "wrong_shard",
             LedgerError::FormatVersion { .. } => "format_version",
             LedgerError::MissingColumnFamily(_) => "missing_column_family",
             LedgerError::Storage(_) => "storage",

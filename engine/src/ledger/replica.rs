@@ -33,6 +33,21 @@ pub trait LogAppend: Send + 'static {
     fn append(&mut self, after: u64, requests: &[Request]) -> Result<u64, LedgerError>;
 }
 
+/// Which shard of how many a replica holds (`cluster::shard_of`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardId {
+    /// The shard, from 0.
+    pub shard: u32,
+    /// How many shards the cluster has.
+    pub shards: u32,
+}
+
+impl std::fmt::Display for ShardId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "shard {} of {}", self.shard, self.shards)
+    }
+}
+
 /// One replica of a shard's ledger: its RocksDB, and what it applied of the log.
 #[derive(Debug)]
 pub struct Replica {
@@ -43,11 +58,34 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// Opens (or, when `config.store.create` says so, makes) a replica's data directory.
-    pub fn open(dir: &Path, config: LedgerConfig, rules: Rules) -> Result<Replica, LedgerError> {
+    /// Opens (or, when `config.store.create` says so, makes) the data directory of a
+    /// replica of `shard`. A directory that holds another shard is refused; a new one
+    /// records which shard it holds.
+    pub fn open(
+        dir: &Path,
+        shard: ShardId,
+        config: LedgerConfig,
+        rules: Rules,
+    ) -> Result<Replica, LedgerError> {
         let db = Arc::new(store::open(dir, &config.store)?);
+        let view = LedgerView::new(Arc::clone(&db));
+        match shard_id(&view)? {
+            Some(found) if found != shard => {
+                return Err(LedgerError::WrongShard {
+                    path: dir.display().to_string(),
+                    found: found.to_string(),
+                    expected: shard.to_string(),
+                });
+            }
+            Some(_) => {}
+            None => db.put_cf(
+                view.cf(CF_META)?,
+                codec::META_SHARD,
+                codec::encode_shard(shard.shard, shard.shards),
+            )?,
+        }
         Ok(Replica {
-            view: LedgerView::new(Arc::clone(&db)),
+            view,
             db,
             rules,
             config,
@@ -113,6 +151,17 @@ pub fn applied_stream_sequence(view: &LedgerView) -> Result<u64, LedgerError> {
         Some(bytes) => codec::decode_sequence(&bytes, "applied stream sequence"),
         None => Ok(0),
     }
+}
+
+/// The shard a replica's directory holds, as recorded when it was made (`None`: not a
+/// cluster replica).
+pub fn shard_id(view: &LedgerView) -> Result<Option<ShardId>, LedgerError> {
+    let meta = view.cf(CF_META)?;
+    let Some(bytes) = view.get_cf(meta, codec::META_SHARD)? else {
+        return Ok(None);
+    };
+    let (shard, shards) = codec::decode_shard(&bytes)?;
+    Ok(Some(ShardId { shard, shards }))
 }
 
 /// `write`, ending with the stream sequence it applies.
