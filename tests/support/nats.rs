@@ -53,6 +53,24 @@ impl NatsCluster {
         crate::process::signal(self.servers.pid(index).unwrap(), name);
     }
 
+    /// The index of the server that leads the JetStream meta group now (asked of
+    /// server `ask`'s monitoring endpoint), once it has a leader.
+    pub fn meta_leader(&self, ask: usize) -> usize {
+        let started = std::time::Instant::now();
+        loop {
+            let jsz = crate::process::http_get(self.servers.monitor_addr(ask), "/jsz");
+            let found: serde_json::Value = serde_json::from_str(&jsz).unwrap_or_default();
+            if let Some(leader) = found["meta_cluster"]["leader"].as_str() {
+                return leader.trim_start_matches("fareway-nats-").parse().unwrap();
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "no JetStream meta leader: {jsz}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     /// A user that is not a node's.
     pub fn gate_credentials(&self) -> &Credentials {
         self.servers.gate_credentials()

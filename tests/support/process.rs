@@ -43,6 +43,17 @@ impl ServerProcess {
     /// Starts `fareway serve --config CONFIG_FILE --listen LISTEN` at debug level, its log
     /// appended to `log`; returns once it takes calls.
     pub fn start(config_file: &Path, listen: SocketAddr, log: &Path) -> ServerProcess {
+        ServerProcess::try_start(config_file, listen, log)
+            .unwrap_or_else(|said| panic!("the server said {said:?}"))
+    }
+
+    /// Like [`ServerProcess::start`]; when the server exits before it listens, what it
+    /// printed instead.
+    pub fn try_start(
+        config_file: &Path,
+        listen: SocketAddr,
+        log: &Path,
+    ) -> Result<ServerProcess, String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -61,17 +72,15 @@ impl ServerProcess {
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut first_line = String::new();
         stdout.read_line(&mut first_line).unwrap();
-        let addr = first_line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("the server said {first_line:?}"))
-            .parse()
-            .unwrap();
-        ServerProcess {
+        let Some(addr) = first_line.trim().strip_prefix("listening on ") else {
+            let _ = child.wait();
+            return Err(first_line);
+        };
+        Ok(ServerProcess {
             child,
-            addr,
+            addr: addr.parse().unwrap(),
             _stdout: stdout,
-        }
+        })
     }
 
     /// Sends it a signal by name (`STOP`, `CONT`).
@@ -327,4 +336,19 @@ impl Played {
             .unwrap();
         assert_eq!(charged["ok"], true, "{phase}: {charged:#}");
     }
+}
+
+/// The body of an HTTP/1.0 GET of `path` at `addr` (a node's `/metrics`, a NATS server's
+/// monitoring); empty when nothing answers.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text.split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, body)| body.to_string())
 }

@@ -41,6 +41,7 @@ struct Server {
     config_file: PathBuf,
     log_file: PathBuf,
     client_port: u16,
+    monitor_port: u16,
     child: Option<Child>,
 }
 
@@ -119,6 +120,9 @@ impl LocalNats {
         let route_ports = (0..size)
             .map(|_| free_port())
             .collect::<Result<Vec<_>, _>>()?;
+        let monitor_ports = (0..size)
+            .map(|_| free_port())
+            .collect::<Result<Vec<_>, _>>()?;
         let routes: Vec<String> = route_ports
             .iter()
             .map(|port| {
@@ -133,14 +137,19 @@ impl LocalNats {
         for index in 0..size {
             let config_file = folder.join(format!("nats-{index}.conf"));
             let store = folder.join(format!("nats-store-{index}"));
-            let ports = (client_ports[index], route_ports[index]);
+            let ports = Ports {
+                client: client_ports[index],
+                route: route_ports[index],
+                monitor: monitor_ports[index],
+            };
             let tls_block = tls.map(tls_block).unwrap_or_default();
-            let text = server_config(index, ports, &routes, &store, &users, &tls_block);
+            let text = server_config(index, &ports, &routes, &store, &users, &tls_block);
             write_private(&config_file, &text)?;
             servers.push(Server {
                 config_file,
                 log_file: folder.join(format!("nats-{index}.log")),
                 client_port: client_ports[index],
+                monitor_port: monitor_ports[index],
                 child: None,
             });
         }
@@ -157,6 +166,11 @@ impl LocalNats {
             .iter()
             .map(|server| format!("nats://127.0.0.1:{}", server.client_port))
             .collect()
+    }
+
+    /// The monitoring address (HTTP, `/jsz`, `/varz`) of server `index`.
+    pub fn monitor_addr(&self, index: usize) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.servers[index].monitor_port))
     }
 
     /// The engine nodes' user.
@@ -225,9 +239,17 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// A server's ports on 127.0.0.1.
+struct Ports {
+    client: u16,
+    route: u16,
+    /// HTTP monitoring, which tests read (who leads the JetStream meta group).
+    monitor: u16,
+}
+
 fn server_config(
     index: usize,
-    (client_port, route_port): (u16, u16),
+    ports: &Ports,
     routes: &[String],
     store: &Path,
     users: &Users,
@@ -236,6 +258,7 @@ fn server_config(
     format!(
         r#"server_name: "fareway-nats-{index}"
 listen: "127.0.0.1:{client_port}"
+http: "127.0.0.1:{monitor_port}"
 {tls_block}
 jetstream {{
   store_dir: {store:?}
@@ -261,6 +284,9 @@ cluster {{
   routes: [{routes}]
 }}
 "#,
+        client_port = ports.client,
+        monitor_port = ports.monitor,
+        route_port = ports.route,
         node = users.node.user,
         node_password = users.node.password,
         gate = users.gate.user,

@@ -11,9 +11,8 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, context::PublishErrorKind, stream};
+use async_nats::jetstream::{self, context::PublishErrorKind, stream, stream::DirectGetErrorKind};
 use tokio::runtime::Handle;
-use tokio_stream::StreamExt as _;
 
 use crate::ledger::{LedgerError, LogAppend, Replica, Request, codec};
 
@@ -136,29 +135,66 @@ impl LogAppend for ShardLog {
 /// Applies shard `shard`'s stream to `replica` from its applied sequence until the stream's
 /// end as it was when this started, and returns the applied sequence then. A message that
 /// does not decode stops it with an error naming the sequence.
+///
+/// It reads each message by a direct get, which any replica of the stream answers:
+/// unlike a consumer, it needs no answer from JetStream's meta group, so a node can catch
+/// up (and lead) while the meta group elects a leader after a server was lost.
 pub async fn catch_up(
     js: &jetstream::Context,
     shard: u32,
     replica: &Replica,
 ) -> Result<u64, LedgerError> {
-    let end = last_sequence(js, shard).await?;
+    let stream = js
+        .get_stream(names::stream(shard))
+        .await
+        .map_err(|err| unavailable(shard, "open the stream", err))?;
+    let end = stream.cached_info().state.last_sequence;
     let mut applied = replica.applied_stream_sequence()?;
-    if applied >= end {
-        return Ok(applied);
-    }
-    let mut messages = follow(js, shard, applied + 1).await?;
     while applied < end {
-        applied = apply_message(shard, replica, messages.next().await)?;
+        let sequence = applied + 1;
+        let payload = read_at(&stream, shard, sequence).await?;
+        apply_payload(shard, replica, sequence, &payload)?;
+        applied = sequence;
     }
     Ok(applied)
 }
+
+/// Tries of a direct get that a replica answered "not found": the log is never deleted
+/// from, so that replica is behind its leader; the next try may reach another.
+const READ_TRIES: u32 = 50;
+
+/// The payload of the message at `sequence` (at most the stream's last sequence).
+async fn read_at(
+    stream: &jetstream::stream::Stream,
+    shard: u32,
+    sequence: u64,
+) -> Result<bytes::Bytes, LedgerError> {
+    for _ in 0..READ_TRIES {
+        match stream.direct_get(sequence).await {
+            Ok(message) => return Ok(message.payload),
+            Err(err) if err.kind() == DirectGetErrorKind::NotFound => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(err) => return Err(unavailable(shard, "read the log", err)),
+        }
+    }
+    Err(LedgerError::Unavailable(format!(
+        "shard {shard}: log message {sequence} was not found by {READ_TRIES} reads; its replicas are behind"
+    )))
+}
+
+/// A follower's consumer of a shard's log.
+pub type Following = jetstream::consumer::pull::Ordered;
+
+/// What a follower's consumer gives: a message, an error, or the end.
+pub type Delivered = Result<jetstream::Message, jetstream::consumer::pull::OrderedError>;
 
 /// The stream's messages from `start`, in order, as they come.
 pub async fn follow(
     js: &jetstream::Context,
     shard: u32,
     start: u64,
-) -> Result<jetstream::consumer::pull::Ordered, LedgerError> {
+) -> Result<Following, LedgerError> {
     let stream = js
         .get_stream(names::stream(shard))
         .await
@@ -178,12 +214,11 @@ pub async fn follow(
         .map_err(|err| unavailable(shard, "read the stream", err))
 }
 
-/// Applies one message as the follower's stream gave it; returns its sequence. A message
-/// that does not decode is an error naming its sequence: a replica never skips one.
+/// Applies one message as the follower's stream gave it; returns its sequence.
 pub fn apply_message(
     shard: u32,
     replica: &Replica,
-    message: Option<Result<jetstream::Message, jetstream::consumer::pull::OrderedError>>,
+    message: Option<Delivered>,
 ) -> Result<u64, LedgerError> {
     let message = match message {
         Some(Ok(message)) => message,
@@ -198,13 +233,24 @@ pub fn apply_message(
         .info()
         .map_err(|err| unavailable(shard, "read a message's sequence", err))?
         .stream_sequence;
-    let requests = codec::decode_log_entry(&message.payload).map_err(|err| {
+    apply_payload(shard, replica, sequence, &message.payload)?;
+    Ok(sequence)
+}
+
+/// Applies the log message at `sequence`. One that does not decode is an error naming
+/// its sequence: a replica never skips one.
+fn apply_payload(
+    shard: u32,
+    replica: &Replica,
+    sequence: u64,
+    payload: &[u8],
+) -> Result<(), LedgerError> {
+    let requests = codec::decode_log_entry(payload).map_err(|err| {
         LedgerError::Invariant(format!(
             "shard {shard}: log message {sequence} cannot be applied: {err}"
         ))
     })?;
-    replica.apply_logged(sequence, &requests)?;
-    Ok(sequence)
+    replica.apply_logged(sequence, &requests)
 }
 
 fn unavailable(shard: u32, what: &str, err: impl std::fmt::Display) -> LedgerError {

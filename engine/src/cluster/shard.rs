@@ -117,13 +117,18 @@ pub async fn run(context: ShardContext, slot: Arc<ShardSlot>, mut stop: watch::R
 
 /// Applies the log as it comes, and every renewal interval tries to take the lease.
 /// Returns the lease once taken, or `None` when told to stop.
+///
+/// The log comes through a consumer, which JetStream's meta group makes. When it cannot
+/// (its leader was lost with a server, and the others elect one), or the consumer fails,
+/// the follower catches up by direct gets on the next tick and asks for a consumer again;
+/// taking a free lease never waits for the meta group.
 async fn follow_until_lease(
     context: &ShardContext,
     slot: &ShardSlot,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Option<Held>, LedgerError> {
-    let start = slot.replica.applied_stream_sequence()? + 1;
-    let mut messages = log::follow(&context.js, slot.shard, start).await?;
+    let mut consumer: Option<log::Following> = None;
+    let mut starting = Some(start_following(context, slot));
     let mut ticks = tokio::time::interval(context.renew);
     // When this node will try to take a lease it saw free: a node that leads fewer shards
     // tries first. The log goes on being applied meanwhile.
@@ -131,11 +136,31 @@ async fn follow_until_lease(
     loop {
         tokio::select! {
             () = until_stopped(stop) => return Ok(None),
-            message = messages.next() => {
-                log::apply_message(slot.shard, &slot.replica, message)?;
+            started = until_done(&mut starting) => {
+                starting = None;
+                match started {
+                    Ok(started) => consumer = Some(started),
+                    Err(err) => tracing::warn!(shard = slot.shard, cause = %err, "cannot follow the log by a consumer; reading it directly"),
+                }
             }
-            _ = ticks.tick(), if take_at.is_none() => {
-                if lease::holder(&context.leases, slot.shard).await.is_none() {
+            message = next_message(&mut consumer) => {
+                match log::apply_message(slot.shard, &slot.replica, message) {
+                    Ok(_) => {}
+                    Err(LedgerError::Unavailable(why)) => {
+                        tracing::warn!(shard = slot.shard, why, "the log's consumer failed; reading the log directly");
+                        consumer = None;
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+            _ = ticks.tick() => {
+                if consumer.is_none() && starting.is_none() {
+                    if let Err(err) = log::catch_up(&context.js, slot.shard, &slot.replica).await {
+                        tracing::debug!(shard = slot.shard, cause = %err, "direct catch-up failed");
+                    }
+                    starting = Some(start_following(context, slot));
+                }
+                if take_at.is_none() && lease::holder(&context.leases, slot.shard).await.is_none() {
                     let leading = context.leading.load(Ordering::Relaxed) as u32;
                     take_at = Some(tokio::time::Instant::now() + context.renew / 5 * leading);
                 }
@@ -152,6 +177,34 @@ async fn follow_until_lease(
                 }
             }
         }
+    }
+}
+
+/// A consumer being made, as a future the follower polls beside its other work.
+type Starting<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<log::Following, LedgerError>> + Send + 'a>>;
+
+/// Asks for a consumer of the shard's log from the replica's next message.
+fn start_following<'a>(context: &'a ShardContext, slot: &'a ShardSlot) -> Starting<'a> {
+    Box::pin(async move {
+        let start = slot.replica.applied_stream_sequence()? + 1;
+        log::follow(&context.js, slot.shard, start).await
+    })
+}
+
+/// The consumer being made, once it is (never, when none is).
+async fn until_done(starting: &mut Option<Starting<'_>>) -> Result<log::Following, LedgerError> {
+    match starting {
+        Some(starting) => starting.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The consumer's next message (never, without a consumer).
+async fn next_message(consumer: &mut Option<log::Following>) -> Option<log::Delivered> {
+    match consumer {
+        Some(consumer) => consumer.next().await,
+        None => std::future::pending().await,
     }
 }
 
