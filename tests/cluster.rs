@@ -1176,3 +1176,68 @@ async fn streams_led_again(js: &Context, streams: &[String], lost: &str) -> Dura
     }
     started.elapsed()
 }
+
+/// A node whose disk is lost rejoins from another node's checkpoint: n0 (which holds
+/// shard 0 only) is killed and its replica deleted; n1 writes a checkpoint of its
+/// replicas through the admin API while it serves; n0's replica of shard 0 is that copy,
+/// and n0, started again, follows the log from the copy's sequence (not from the start)
+/// while the gates go on. Every accepted tap is charged once and every replica audits
+/// and agrees with the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_is_lost_rejoins_from_a_checkpoint() {
+    let mut cluster = TestCluster::start(2, [vec![0], vec![], vec![]]).await;
+    let gates = engine_at(cluster.addrs[1]);
+    let mut played = Played::default();
+    let (plan, start_at) = plan_phase(&mut cluster.provisioned, &cluster.network, 200.0, 3.0, 5);
+    let (run, _) = play_with_retries(&gates, &plan, start_at, 16).await;
+    played.add(plan, run);
+
+    cluster.kill(0);
+    let lost = cluster.folder.path().join("n0/data/shard-0");
+    std::fs::remove_dir_all(&lost).unwrap();
+    let checkpoint = gates
+        .admin()
+        .await
+        .unwrap()
+        .create_checkpoint(pb::CreateCheckpointRequest {
+            name: "for-n0".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .path;
+    let copy = PathBuf::from(&checkpoint).join("shard-0");
+    assert!(PathBuf::from(&checkpoint).join("shard-1").is_dir());
+    std::fs::create_dir(&lost).unwrap();
+    for file in std::fs::read_dir(&copy).unwrap() {
+        let file = file.unwrap();
+        std::fs::copy(file.path(), lost.join(file.file_name())).unwrap();
+    }
+    let from = {
+        let view = LedgerView::open(&lost, &StoreConfig::default()).unwrap();
+        fareway::ledger::replica::applied_stream_sequence(&view).unwrap()
+    };
+    assert!(from > 0, "the checkpoint holds none of the log");
+
+    // More taps while n0 rejoins.
+    let n0_log = cluster.folder.path().join("n0.log");
+    let logged_before = std::fs::metadata(&n0_log).unwrap().len() as usize;
+    let (plan, start_at) = plan_phase(&mut cluster.provisioned, &cluster.network, 200.0, 3.0, 6);
+    let rejoin = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cluster.restart(0);
+    };
+    let ((run, _), ()) = tokio::join!(play_with_retries(&gates, &plan, start_at, 16), rejoin);
+    played.add(plan, run);
+    wait_for_replicas(&cluster.js, &cluster.base, &[3, 2]).await;
+    let log = std::fs::read_to_string(&n0_log).unwrap();
+    let first_follow = log[logged_before..]
+        .lines()
+        .find(|line| line.contains("following the log") && line.contains("shard=0"))
+        .unwrap_or_default();
+    assert!(
+        first_follow.contains(&format!("start={}", from + 1)),
+        "n0 did not follow from the checkpoint's sequence {from}: {first_follow}"
+    );
+    cluster.assert_whole(&played, 1).await;
+}

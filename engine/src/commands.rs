@@ -62,11 +62,31 @@ impl Commands {
         }
     }
 
-    /// The ledger of embedded mode: statements and checkpoints read it whole.
+    /// The ledger of embedded mode (`None` in cluster mode).
     pub fn local(&self) -> Option<&Arc<Ledger>> {
         match self {
             Commands::Local(ledger) => Some(ledger),
             Commands::Cluster(_) => None,
+        }
+    }
+
+    /// Writes a consistent copy of what this node holds into the new folder `path`: the
+    /// embedded ledger, or in cluster mode a replica of each shard this node holds as
+    /// `path/shard-N` (each with the log sequence it applied, so that a node given it
+    /// follows the log from there). Blocks on the copies.
+    pub fn checkpoint(&self, path: &std::path::Path) -> Result<(), LedgerError> {
+        match self {
+            Commands::Local(ledger) => ledger.checkpoint(path),
+            Commands::Cluster(router) => {
+                std::fs::create_dir(path).map_err(|err| {
+                    LedgerError::Unavailable(format!("cannot make {}: {err}", path.display()))
+                })?;
+                for slot in router.held() {
+                    let shard_path = path.join(crate::cluster::names::replica_dir(slot.shard));
+                    slot.replica.view().checkpoint(&shard_path)?;
+                }
+                Ok(())
+            }
         }
     }
 

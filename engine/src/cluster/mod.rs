@@ -114,6 +114,12 @@ pub mod names {
         format!("shard-{shard}")
     }
 
+    /// The folder of a node's replica of shard `shard`, in its data directory (and in a
+    /// checkpoint the node writes).
+    pub fn replica_dir(shard: u32) -> String {
+        format!("shard-{shard}")
+    }
+
     /// The key-value bucket of the cluster's own settings.
     pub const CLUSTER_BUCKET: &str = "fareway_cluster";
 

@@ -193,7 +193,7 @@ async fn open_replicas(
 ) -> anyhow::Result<Vec<Arc<ShardSlot>>> {
     let mut slots = Vec::new();
     for shard in cluster.held() {
-        let dir = config.data_dir.join(format!("shard-{shard}"));
+        let dir = config.data_dir.join(names::replica_dir(shard));
         let ledger_config = config.ledger_config();
         let rules = rules.clone();
         let id = ShardId {

@@ -188,6 +188,7 @@ type Starting<'a> =
 fn start_following<'a>(context: &'a ShardContext, slot: &'a ShardSlot) -> Starting<'a> {
     Box::pin(async move {
         let start = slot.replica.applied_stream_sequence()? + 1;
+        tracing::info!(shard = slot.shard, start, "following the log");
         log::follow(&context.js, slot.shard, start).await
     })
 }

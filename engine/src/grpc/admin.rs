@@ -15,8 +15,7 @@ use crate::clock::Clock;
 use crate::cluster::keys::{SharedKeyError, SharedKeys};
 use crate::commands::Commands;
 use crate::ledger::{
-    AccountRef, AccountStatus, Command, Ledger, LedgerError, Outcome, Receipt,
-    STATEMENT_PAGE_LINES_MAX,
+    AccountRef, AccountStatus, Command, LedgerError, Outcome, Receipt, STATEMENT_PAGE_LINES_MAX,
 };
 use crate::money::Amount;
 use crate::server::metrics::Metrics;
@@ -75,16 +74,6 @@ impl AdminApi {
     pub fn with_shared_keys(mut self, shared_keys: SharedKeys) -> AdminApi {
         self.shared_keys = Some(shared_keys);
         self
-    }
-
-    /// The embedded ledger, for calls that read it whole; in cluster mode they are not
-    /// built yet, and say so.
-    fn local_ledger(&self, what: &str) -> Result<&Arc<Ledger>, Status> {
-        self.commands.local().ok_or_else(|| {
-            Status::failed_precondition(format!(
-                "{what} are served in embedded mode only; in cluster mode read a shard replica with `fareway audit`"
-            ))
-        })
     }
 
     async fn submit(
@@ -252,9 +241,9 @@ impl pb::admin_service_server::AdminService for AdminApi {
                 path.display()
             )));
         }
-        let ledger = Arc::clone(self.local_ledger("checkpoints")?);
+        let commands = self.commands.clone();
         let target = path.clone();
-        blocking(move || ledger.checkpoint(&target)).await?;
+        blocking(move || commands.checkpoint(&target)).await?;
         tracing::info!(path = %path.display(), "checkpoint created");
         Ok(Response::new(pb::Checkpoint {
             path: path.display().to_string(),
