@@ -62,8 +62,13 @@ pub struct ClusterAudit {
     pub replicas: Vec<ReplicaAudit>,
     /// What is wrong across replicas: shards that differ, counts that disagree.
     pub problems: Vec<String>,
-    /// Shards of the cluster of which no replica was given.
+    /// Shards of the cluster of which no replica was given (a problem when several
+    /// directories were given: the audit of a whole cluster needs every shard).
     pub missing_shards: Vec<u32>,
+    /// Replicas that applied less of their shard's log than another replica of it
+    /// (their states cannot be compared; a stopped cluster's replicas catch up when
+    /// their nodes start).
+    pub behind: Vec<String>,
     /// The sum over every shard's accounts (each shard counted once, from its replica
     /// furthest along its log).
     pub balance_sum: i128,
@@ -74,6 +79,7 @@ impl ClusterAudit {
     /// replicas of each shard agree.
     pub fn ok(&self) -> bool {
         self.problems.is_empty()
+            && (self.missing_shards.is_empty() || self.replicas.len() == 1)
             && self.balance_sum == 0
             && self.replicas.iter().all(|replica| replica.report.ok())
     }
@@ -100,6 +106,7 @@ pub fn audit_dirs(dirs: &[PathBuf]) -> anyhow::Result<ClusterAudit> {
         replicas,
         problems: Vec::new(),
         missing_shards: Vec::new(),
+        behind: Vec::new(),
         balance_sum: 0,
     };
     compare_replicas(&mut audited);
@@ -151,10 +158,25 @@ fn compare_replicas(audited: &mut ClusterAudit) {
     let by_shard = audited.by_shard();
     let mut problems = Vec::new();
     let mut balance_sum = 0;
+    let mut behind = Vec::new();
     for (shard, replicas) in &by_shard {
         problems.extend(differing_replicas(*shard, replicas));
         if let Some(furthest) = replicas.iter().max_by_key(|replica| replica.applied) {
             balance_sum += furthest.report.balance_sum;
+            behind.extend(
+                replicas
+                    .iter()
+                    .filter(|replica| replica.applied < furthest.applied)
+                    .map(|replica| {
+                        format!(
+                            "{} applied shard {shard}'s log to sequence {}, {} to {}",
+                            replica.dir.display(),
+                            replica.applied,
+                            furthest.dir.display(),
+                            furthest.applied
+                        )
+                    }),
+            );
         }
     }
     if embedded > 0 && by_shard.is_empty() {
@@ -165,6 +187,7 @@ fn compare_replicas(audited: &mut ClusterAudit) {
         .filter(|shard| !by_shard.contains_key(shard))
         .collect();
     audited.problems.extend(problems);
+    audited.behind = behind;
     audited.balance_sum = balance_sum;
 }
 
@@ -240,9 +263,17 @@ pub fn print_cluster(audited: &ClusterAudit) {
     }
     if !audited.missing_shards.is_empty() {
         println!(
-            "cluster: no replica given of shards {:?}: the total below leaves them out",
+            "cluster: {}no replica given of shards {:?}: the total below leaves them out",
+            if audited.replicas.len() > 1 {
+                "PROBLEM "
+            } else {
+                ""
+            },
             audited.missing_shards
         );
+    }
+    for behind in &audited.behind {
+        println!("cluster: behind: {behind}");
     }
     for problem in &audited.problems {
         println!("cluster: PROBLEM {problem}");

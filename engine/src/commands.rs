@@ -78,14 +78,34 @@ impl Commands {
         match self {
             Commands::Local(ledger) => ledger.checkpoint(path),
             Commands::Cluster(router) => {
-                std::fs::create_dir(path).map_err(|err| {
-                    LedgerError::Unavailable(format!("cannot make {}: {err}", path.display()))
-                })?;
-                for slot in router.held() {
-                    let shard_path = path.join(crate::cluster::names::replica_dir(slot.shard));
-                    slot.replica.view().checkpoint(&shard_path)?;
+                // Made under another name and renamed once whole: a folder under the
+                // checkpoint's name always holds every replica.
+                let mut partial = path.as_os_str().to_owned();
+                partial.push(".partial");
+                let partial = std::path::PathBuf::from(partial);
+                let made = (|| {
+                    crate::files::create_private_dir(&partial).map_err(|err| {
+                        LedgerError::Unavailable(format!(
+                            "cannot make {}: {err}",
+                            partial.display()
+                        ))
+                    })?;
+                    for slot in router.held() {
+                        let dir = partial.join(crate::cluster::names::replica_dir(slot.shard));
+                        slot.replica.view().checkpoint(&dir)?;
+                    }
+                    std::fs::rename(&partial, path).map_err(|err| {
+                        LedgerError::Unavailable(format!(
+                            "cannot rename {} to {}: {err}",
+                            partial.display(),
+                            path.display()
+                        ))
+                    })
+                })();
+                if made.is_err() {
+                    let _ = std::fs::remove_dir_all(&partial);
                 }
-                Ok(())
+                made
             }
         }
     }

@@ -148,7 +148,19 @@ pub async fn catch_up(
         .get_stream(names::stream(shard))
         .await
         .map_err(|err| unavailable(shard, "open the stream", err))?;
-    let end = stream.cached_info().state.last_sequence;
+    let info = stream.cached_info();
+    // A stream without a leader is answered by its members, which may be behind: its
+    // end would be stale (safe, as the first append is fenced, but a wasted term).
+    if info
+        .cluster
+        .as_ref()
+        .is_some_and(|cluster| cluster.leader.is_none())
+    {
+        return Err(LedgerError::Unavailable(format!(
+            "shard {shard}: the log has no leader now"
+        )));
+    }
+    let end = info.state.last_sequence;
     let mut applied = replica.applied_stream_sequence()?;
     while applied < end {
         let sequence = applied + 1;
@@ -159,28 +171,50 @@ pub async fn catch_up(
     Ok(applied)
 }
 
-/// Tries of a direct get that a replica answered "not found": the log is never deleted
-/// from, so that replica is behind its leader; the next try may reach another.
-const READ_TRIES: u32 = 50;
+/// Direct gets of one message answered "not found" before it is asked of the stream's
+/// leader instead: the log is never deleted from, so the replica that answered is behind.
+const DIRECT_TRIES: u32 = 3;
 
-/// The payload of the message at `sequence` (at most the stream's last sequence).
+/// The payload of the message at `sequence` (at most the stream's last sequence): by
+/// direct get, which any replica answers without the meta group; when replicas that are
+/// behind answer "not found", from the stream's leader.
 async fn read_at(
     stream: &jetstream::stream::Stream,
     shard: u32,
     sequence: u64,
 ) -> Result<bytes::Bytes, LedgerError> {
-    for _ in 0..READ_TRIES {
+    for _ in 0..DIRECT_TRIES {
         match stream.direct_get(sequence).await {
-            Ok(message) => return Ok(message.payload),
+            Ok(message) => return checked(shard, sequence, message),
             Err(err) if err.kind() == DirectGetErrorKind::NotFound => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
             Err(err) => return Err(unavailable(shard, "read the log", err)),
         }
     }
-    Err(LedgerError::Unavailable(format!(
-        "shard {shard}: log message {sequence} was not found by {READ_TRIES} reads; its replicas are behind"
-    )))
+    match stream.get_raw_message(sequence).await {
+        Ok(message) => checked(shard, sequence, message),
+        Err(err) => Err(unavailable(
+            shard,
+            &format!("read log message {sequence} from the stream's leader"),
+            err,
+        )),
+    }
+}
+
+/// The payload of `message`, once it is the one asked for.
+fn checked(
+    shard: u32,
+    sequence: u64,
+    message: jetstream::message::StreamMessage,
+) -> Result<bytes::Bytes, LedgerError> {
+    if message.sequence != sequence {
+        return Err(LedgerError::Unavailable(format!(
+            "shard {shard}: asked for log message {sequence}, got {}",
+            message.sequence
+        )));
+    }
+    Ok(message.payload)
 }
 
 /// A follower's consumer of a shard's log.

@@ -220,7 +220,7 @@ async fn open_settlement(
 ) -> anyhow::Result<Arc<ClusterSettlement>> {
     js.get_stream(names::SETTLEMENT_STREAM)
         .await
-        .context("the settlement stream is missing (run `fareway cluster init`)")?;
+        .context("cannot open the settlement stream (was `fareway cluster init` run? is JetStream answering?)")?;
     let replicas = slots
         .iter()
         .map(|slot| (slot.shard, Arc::clone(&slot.replica)))
@@ -249,7 +249,7 @@ async fn open_shared_keys(
     let bucket = js
         .get_key_value(names::KEY_BUCKET)
         .await
-        .context("the issuer key bucket is missing (run `fareway cluster init`)")?;
+        .context("cannot open the issuer key bucket (was `fareway cluster init` run? is JetStream answering?)")?;
     let shared = SharedKeys::new(bucket, config.issuer_keys_file.clone());
     shared
         .load_or_seed(verifier)
@@ -264,14 +264,12 @@ async fn shard_context(
     js: jetstream::Context,
     config: &ServerConfig,
 ) -> anyhow::Result<ShardContext> {
-    let leases = js
-        .get_key_value(names::LEASE_BUCKET)
-        .await
-        .context("the lease bucket is missing (run `fareway cluster init`)")?;
-    let reports = js
-        .get_key_value(names::REPLICA_BUCKET)
-        .await
-        .context("the replica bucket is missing (run `fareway cluster init`)")?;
+    let leases = js.get_key_value(names::LEASE_BUCKET).await.context(
+        "cannot open the lease bucket (was `fareway cluster init` run? is JetStream answering?)",
+    )?;
+    let reports = js.get_key_value(names::REPLICA_BUCKET).await.context(
+        "cannot open the replica bucket (was `fareway cluster init` run? is JetStream answering?)",
+    )?;
     Ok(ShardContext {
         node_id: cluster.node_id.clone(),
         client,

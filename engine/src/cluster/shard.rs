@@ -130,6 +130,8 @@ async fn follow_until_lease(
     let mut consumer: Option<log::Following> = None;
     let mut starting = Some(start_following(context, slot));
     let mut ticks = tokio::time::interval(context.renew);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stalled = Stalled::default();
     // When this node will try to take a lease it saw free: a node that leads fewer shards
     // tries first. The log goes on being applied meanwhile.
     let mut take_at: Option<tokio::time::Instant> = None;
@@ -154,13 +156,15 @@ async fn follow_until_lease(
                 }
             }
             _ = ticks.tick() => {
+                if consumer.is_some() && stalled.check(context, slot).await? {
+                    tracing::warn!(shard = slot.shard, "the log's consumer delivers nothing while the log grows; reading the log directly");
+                    consumer = None;
+                }
                 if consumer.is_none() && starting.is_none() {
-                    if let Err(err) = log::catch_up(&context.js, slot.shard, &slot.replica).await {
-                        tracing::debug!(shard = slot.shard, cause = %err, "direct catch-up failed");
-                    }
+                    catch_up_for(context, slot, context.renew / 2).await?;
                     starting = Some(start_following(context, slot));
                 }
-                if take_at.is_none() && lease::holder(&context.leases, slot.shard).await.is_none() {
+                if take_at.is_none() && lease_is_free(context, slot.shard).await {
                     let leading = context.leading.load(Ordering::Relaxed) as u32;
                     take_at = Some(tokio::time::Instant::now() + context.renew / 5 * leading);
                 }
@@ -177,6 +181,70 @@ async fn follow_until_lease(
                 }
             }
         }
+    }
+}
+
+/// Catches up by direct gets for at most `budget` (the follower's loop must go on
+/// answering its stop and its lease); what was applied stays applied. Fails only when
+/// the replica cannot go on (a message that does not decode).
+async fn catch_up_for(
+    context: &ShardContext,
+    slot: &ShardSlot,
+    budget: Duration,
+) -> Result<(), LedgerError> {
+    let caught_up = log::catch_up(&context.js, slot.shard, &slot.replica);
+    match tokio::time::timeout(budget, caught_up).await {
+        Ok(Err(LedgerError::Unavailable(why))) => {
+            tracing::debug!(shard = slot.shard, why, "direct catch-up stopped");
+            Ok(())
+        }
+        Ok(Err(err)) => Err(err),
+        Ok(Ok(_)) | Err(_) => Ok(()),
+    }
+}
+
+/// Whether shard `shard`'s lease is free; a lease bucket that does not answer within a
+/// renewal interval counts as held.
+async fn lease_is_free(context: &ShardContext, shard: u32) -> bool {
+    let holder = tokio::time::timeout(context.renew, lease::holder(&context.leases, shard));
+    matches!(holder.await, Ok(None))
+}
+
+/// Notices a consumer that delivers nothing while the log grows: async-nats's ordered
+/// consumer makes itself again after a fault, and while JetStream's meta group has no
+/// leader it cannot, and waits without an error.
+#[derive(Debug, Default)]
+struct Stalled {
+    applied: u64,
+    idle_ticks: u32,
+}
+
+impl Stalled {
+    /// Ticks without progress before the log's end is asked.
+    const IDLE_TICKS: u32 = 3;
+
+    /// Whether the consumer has applied nothing for a few ticks while the log holds
+    /// more than this replica applied.
+    async fn check(
+        &mut self,
+        context: &ShardContext,
+        slot: &ShardSlot,
+    ) -> Result<bool, LedgerError> {
+        let applied = slot.replica.applied_stream_sequence()?;
+        if applied != self.applied {
+            *self = Stalled {
+                applied,
+                idle_ticks: 0,
+            };
+            return Ok(false);
+        }
+        self.idle_ticks += 1;
+        if self.idle_ticks < Self::IDLE_TICKS {
+            return Ok(false);
+        }
+        self.idle_ticks = 0;
+        let end = tokio::time::timeout(context.renew, log::last_sequence(&context.js, slot.shard));
+        Ok(matches!(end.await, Ok(Ok(end)) if end > applied))
     }
 }
 
@@ -224,7 +292,14 @@ async fn lead(
     mut held: Held,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<StepDown, LedgerError> {
-    let caught_up_to = log::catch_up(&context.js, slot.shard, &slot.replica).await?;
+    let caught_up_to = match log::catch_up(&context.js, slot.shard, &slot.replica).await {
+        Ok(caught_up_to) => caught_up_to,
+        Err(err) => {
+            // Another node may be able to: the lease is not kept through its TTL.
+            lease::release(&context.leases, slot.shard, held).await;
+            return Err(err);
+        }
+    };
     let term = format!("{}-{}", context.node_id, held.revision);
     let shard_log = ShardLog::new(
         context.js.clone(),

@@ -41,8 +41,8 @@ pub const META_APPLIED_STREAM_SEQUENCE: &[u8] = b"applied_stream_sequence";
 
 /// Meta key (cluster mode): which shard of how many this replica holds (two u32,
 /// big-endian: shard, then shard count). Written when the replica is made, so that a
-/// directory opened as another shard, or copied from another cluster, is refused, and an
-/// audit can tell the shards of a cluster apart.
+/// directory opened as another shard (or from a cluster of another shard count) is
+/// refused, and an audit can tell the shards of a cluster apart.
 pub const META_SHARD: &[u8] = b"shard";
 
 /// The key of a log record: its sequence.
