@@ -242,13 +242,20 @@ pub fn print_cluster(audited: &ClusterAudit) {
         let what = replica
             .shard
             .map_or("embedded ledger".to_string(), |id| id.to_string());
+        let report = &replica.report;
         println!(
-            "{}: {what}, at log sequence {}, state digest {}",
+            "{}: {what} at log sequence {}, state digest {}, {} accounts, {} transactions, balances sum to {}, audit {}",
             replica.dir.display(),
             replica.applied,
-            &replica.digest[..16]
+            &replica.digest[..16],
+            report.accounts,
+            report.transactions,
+            report.balance_sum,
+            if report.ok() { "ok" } else { "FAILED" }
         );
-        print_report(&replica.report);
+        for violation in &report.violations {
+            println!("  VIOLATION {violation}");
+        }
     }
     for (shard, replicas) in audited.by_shard() {
         let sequences: Vec<u64> = replicas.iter().map(|replica| replica.applied).collect();
