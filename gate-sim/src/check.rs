@@ -209,7 +209,7 @@ fn note_wrong_charges(
         if !ok && problems.len() < PROBLEMS_MAX {
             problems.push(format!(
                 "rider {account_id}: tap {} charged {fare} but the statement has {:?}",
-                fareway::hex::encode(id),
+                fareway_gate::hex::encode(id),
                 seen.get(id)
             ));
         }
@@ -243,7 +243,7 @@ fn note_unseen_charges(
                 .collect();
             problems.push(format!(
                 "rider {account_id}: statement has {count} line(s) of {amount} for tap {} the simulator did not see accepted (sent: {})",
-                fareway::hex::encode(id),
+                fareway_gate::hex::encode(id),
                 sent.join(", ")
             ));
         }

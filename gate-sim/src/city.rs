@@ -104,7 +104,7 @@ mod tests {
             seed: 3,
         };
         let text = fares_toml(spec).unwrap();
-        let fares = fareway::fares::FareTable::from_toml(&text).unwrap();
+        let fares = fareway_gate::fares::FareTable::from_toml(&text).unwrap();
         assert_eq!(fares.stations().count(), 4 * 12 + 1);
         assert_eq!(fares.routes().count(), 5);
         assert!(fares.has_station(CENTRAL_STATION));

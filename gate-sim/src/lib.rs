@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use fareway::clock::{Clock as _, SystemClock, UnixMillis};
+use fareway_gate::clock::{Clock as _, SystemClock, UnixMillis};
 use fareway_proto::v1 as pb;
 use hdrhistogram::Histogram;
 use serde_json::json;

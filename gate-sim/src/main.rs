@@ -173,7 +173,7 @@ fn sim_config(args: &Args) -> anyhow::Result<SimConfig> {
     );
     let fares_text = std::fs::read_to_string(&args.fares)
         .with_context(|| format!("cannot read fares file {}", args.fares.display()))?;
-    let fares = fareway::fares::FareTable::from_toml(&fares_text)
+    let fares = fareway_gate::fares::FareTable::from_toml(&fares_text)
         .with_context(|| format!("fares file {}", args.fares.display()))?;
     Ok(SimConfig {
         population: Population {

@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use fareway::clock::UnixMillis;
-use fareway::token::mint::{Device, Issuer};
+use fareway_gate::clock::UnixMillis;
+use fareway_gate::token::mint::{Device, Issuer};
 use fareway_proto::v1 as pb;
 
 use crate::rng::Rng;
@@ -165,7 +165,7 @@ pub struct Network {
 impl Network {
     /// Every metro station and bus route of a fares table, with this many gates of each
     /// direction per station.
-    pub fn of(fares: &fareway::fares::FareTable, gates_per_station: u32) -> Network {
+    pub fn of(fares: &fareway_gate::fares::FareTable, gates_per_station: u32) -> Network {
         Network {
             stations: fares.stations().map(|(id, _)| id).collect(),
             routes: fares.routes().map(|(id, _)| id).collect(),
@@ -578,7 +578,7 @@ impl Planner<'_> {
                 let mut bytes = device.code_bytes(at);
                 let last = bytes.len() - 1;
                 bytes[last] ^= 0x01;
-                Some(fareway::token::format::encode_text(&bytes))
+                Some(fareway_gate::token::format::encode_text(&bytes))
             }
             Fault::ExpiredCode => Some(device.code_text(UnixMillis(at.0.saturating_sub(600_000)))),
             Fault::UnknownKey | Fault::RevokedKey => {

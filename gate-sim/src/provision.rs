@@ -2,8 +2,8 @@
 //! then the riders' accounts, top-ups and deny-list entries. Every call's transaction id
 //! follows from the seed, so provisioning the same city twice changes nothing.
 
-use fareway::clock::UnixMillis;
-use fareway::token::mint::{Device, Issuer};
+use fareway_gate::clock::UnixMillis;
+use fareway_gate::token::mint::{Device, Issuer};
 use fareway_proto::v1 as pb;
 use tokio_stream::StreamExt as _;
 
@@ -192,7 +192,7 @@ pub fn issuer_of(provider_id: u16, seed: u64) -> Issuer {
 /// A rider's phone with a credential from `issuer` valid for a week.
 pub fn device_of(issuer: &Issuer, account_id: u64, seed: u64) -> Device {
     let key = Device::key_from_seed(&seed_of(seed, 1_000_000 + account_id));
-    let now = fareway::clock::Clock::now(&fareway::clock::SystemClock);
+    let now = fareway_gate::clock::Clock::now(&fareway_gate::clock::SystemClock);
     let credential = issuer.issue(
         account_id,
         UnixMillis(now.0 + 7 * 86_400_000),

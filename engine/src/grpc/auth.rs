@@ -84,33 +84,8 @@ fn bearer_token(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 
-/// The client side: adds `authorization: Bearer <token>` to every call (or nothing, for a
-/// client without a token).
-#[derive(Debug, Clone)]
-pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl Bearer {
-    /// With this token, or none. A token that is not visible ASCII cannot be sent.
-    pub fn new(
-        token: Option<&str>,
-    ) -> Result<Bearer, tonic::metadata::errors::InvalidMetadataValue> {
-        token
-            .map(|token| format!("Bearer {token}").parse())
-            .transpose()
-            .map(Bearer)
-    }
-}
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
+/// The client side lives with the gate's client (`fareway_gate::client`).
+pub use fareway_gate::client::Bearer;
 
 #[cfg(test)]
 mod tests {

@@ -283,19 +283,22 @@ impl Device {
     }
 }
 
-pub(crate) fn ed25519_from_seed(seed: &[u8; SEED_LEN]) -> Ed25519KeyPair {
+/// The Ed25519 key pair of a 32-byte seed (the settlement key is kept as one too).
+pub fn ed25519_from_seed(seed: &[u8; SEED_LEN]) -> Ed25519KeyPair {
     // Any 32 bytes are a valid Ed25519 seed, so this cannot fail for a seed of that length.
     #[allow(clippy::expect_used)]
     Ed25519KeyPair::from_seed_unchecked(seed).expect("a 32-byte seed is always valid")
 }
 
-pub(crate) fn public_key_of(key_pair: &Ed25519KeyPair) -> [u8; PUBLIC_KEY_LEN] {
+/// The public key of a key pair, as bytes.
+pub fn public_key_of(key_pair: &Ed25519KeyPair) -> [u8; PUBLIC_KEY_LEN] {
     let mut public_key = [0u8; PUBLIC_KEY_LEN];
     public_key.copy_from_slice(key_pair.public_key().as_ref());
     public_key
 }
 
-pub(crate) fn random_seed() -> Result<[u8; SEED_LEN], MintError> {
+/// A new random seed from the system's generator.
+pub fn random_seed() -> Result<[u8; SEED_LEN], MintError> {
     let mut seed = [0u8; SEED_LEN];
     SystemRandom::new()
         .fill(&mut seed)

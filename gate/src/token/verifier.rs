@@ -82,9 +82,9 @@ pub enum Decision {
 /// Verifies rider codes. Shared by every request handler; all methods take `&self`.
 ///
 /// ```
-/// use fareway::clock::UnixMillis;
-/// use fareway::token::mint::{Device, Issuer};
-/// use fareway::token::{Decision, IssuerRegistry, Provider, Reason, Verifier, VerifierConfig};
+/// use fareway_gate::clock::UnixMillis;
+/// use fareway_gate::token::mint::{Device, Issuer};
+/// use fareway_gate::token::{Decision, IssuerRegistry, Provider, Reason, Verifier, VerifierConfig};
 ///
 /// let issuer = Issuer::from_seed(1, [7; 32]);
 /// let mut registry = IssuerRegistry::default();
