@@ -25,8 +25,8 @@ use super::model::{
     rider_of_postings, settles,
 };
 use super::store::{
-    CF_ACCOUNTS, CF_CODES, CF_IDS, CF_LOG, CF_META, CF_OPEN_JOURNEYS, CF_POSTINGS,
-    CF_PROVIDER_ENTRIES, CF_REFUNDS, CF_TRAVEL,
+    CF_ACCOUNTS, CF_CODES, CF_DENY, CF_DENY_JOURNAL, CF_IDS, CF_LOG, CF_META, CF_OPEN_JOURNEYS,
+    CF_POSTINGS, CF_PROVIDER_ENTRIES, CF_REFUNDS, CF_TRAVEL,
 };
 use super::view::LedgerView;
 use super::{LedgerError, Rules};
@@ -46,6 +46,8 @@ struct Handles<'a> {
     travel: &'a ColumnFamily,
     open_journeys: &'a ColumnFamily,
     codes: &'a ColumnFamily,
+    deny: &'a ColumnFamily,
+    deny_journal: &'a ColumnFamily,
 }
 
 /// Requests applied together, and the writes that will record them.
@@ -61,6 +63,11 @@ pub struct GroupCommit<'a> {
     travel: HashMap<u64, Travel>,
     dirty_travel: HashSet<u64>,
     codes: HashMap<CodeFingerprint, CodeUse>,
+    /// Whether each rider account read from the database was refused at gates then: a
+    /// change of it is a `deny` change, journalled for the gates' bundles.
+    refused_before: HashMap<u64, bool>,
+    /// The sequence the next `deny_journal` entry gets.
+    next_deny_journal: u64,
     first_sequence: u64,
     next_sequence: u64,
     write: WriteBatch,
@@ -106,7 +113,10 @@ impl<'a> GroupCommit<'a> {
             travel: view.cf(CF_TRAVEL)?,
             open_journeys: view.cf(CF_OPEN_JOURNEYS)?,
             codes: view.cf(CF_CODES)?,
+            deny: view.cf(CF_DENY)?,
+            deny_journal: view.cf(CF_DENY_JOURNAL)?,
         };
+        let next_deny_journal = view.next_deny_journal()?;
         Ok(GroupCommit {
             view,
             rules,
@@ -119,6 +129,8 @@ impl<'a> GroupCommit<'a> {
             travel: HashMap::new(),
             dirty_travel: HashSet::new(),
             codes: HashMap::new(),
+            refused_before: HashMap::new(),
+            next_deny_journal,
             first_sequence: next_sequence,
             next_sequence,
             write: WriteBatch::default(),
@@ -156,12 +168,55 @@ impl<'a> GroupCommit<'a> {
                 );
             }
         }
+        self.journal_deny_changes();
         self.write.put_cf(
             self.cfs.meta,
             codec::META_NEXT_SEQUENCE,
             codec::encode_sequence(self.next_sequence),
         );
         self.write
+    }
+
+    /// Writes `deny` and its journal for every rider whose refusal at gates changed, in
+    /// account order (every replica of a shard must journal alike).
+    fn journal_deny_changes(&mut self) {
+        let mut riders: Vec<u64> = self
+            .dirty_accounts
+            .iter()
+            .filter_map(|account| match account {
+                AccountRef::Rider(id) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        riders.sort_unstable();
+        let first = self.next_deny_journal;
+        for id in riders {
+            let Some(account) = self.accounts.get(&AccountRef::Rider(id)) else {
+                continue;
+            };
+            let refused = account.refused_at_gates();
+            if refused == self.refused_before.get(&id).copied().unwrap_or(false) {
+                continue;
+            }
+            if refused {
+                self.write.put_cf(self.cfs.deny, codec::rider_key(id), []);
+            } else {
+                self.write.delete_cf(self.cfs.deny, codec::rider_key(id));
+            }
+            self.write.put_cf(
+                self.cfs.deny_journal,
+                codec::log_key(self.next_deny_journal),
+                codec::encode_deny_change(id, refused),
+            );
+            self.next_deny_journal += 1;
+        }
+        if self.next_deny_journal != first {
+            self.write.put_cf(
+                self.cfs.meta,
+                codec::META_DENY_JOURNAL_NEXT,
+                codec::encode_sequence(self.next_deny_journal),
+            );
+        }
     }
 
     /// Applies one request. A replay returns the recorded receipt; a conflict is an error.
@@ -862,6 +917,9 @@ impl<'a> GroupCommit<'a> {
         let found = self.view.account(account)?;
         if let Some(found) = found {
             self.accounts.insert(account, found);
+            if let AccountRef::Rider(id) = account {
+                self.refused_before.insert(id, found.refused_at_gates());
+            }
         }
         Ok(found)
     }

@@ -16,7 +16,8 @@ use super::codec::{self, META_NEXT_SEQUENCE};
 use super::model::{AccountRef, Command, Outcome, Record, rider_of_postings, settles};
 use super::prune;
 use super::store::{
-    CF_ACCOUNTS, CF_IDS, CF_LOG, CF_META, CF_POSTINGS, CF_PROVIDER_ENTRIES, CF_REFUNDS,
+    CF_ACCOUNTS, CF_DENY, CF_DENY_JOURNAL, CF_IDS, CF_LOG, CF_META, CF_POSTINGS,
+    CF_PROVIDER_ENTRIES, CF_REFUNDS,
 };
 use super::view::LedgerView;
 
@@ -67,7 +68,63 @@ pub fn audit(db: &LedgerView) -> Result<AuditReport, LedgerError> {
     audit_accounts(db, &snapshot, &mut report)?;
     let counts = audit_log(db, &snapshot, next_sequence, &mut report)?;
     audit_index_sizes(db, &snapshot, &counts, &mut report)?;
+    audit_deny_list(db, &snapshot, &mut report)?;
     Ok(report)
+}
+
+/// The deny list holds exactly the rider accounts refused at gates, and its journal's
+/// entries are numbered below the next one.
+fn audit_deny_list(
+    db: &LedgerView,
+    snapshot: &Snapshot<'_>,
+    report: &mut AuditReport,
+) -> Result<(), LedgerError> {
+    let mut refused = std::collections::BTreeSet::new();
+    for item in db.iterator_cf_opt(db.cf(CF_ACCOUNTS)?, reader(snapshot), IteratorMode::Start) {
+        let (key, value) = item?;
+        if let AccountRef::Rider(id) = codec::decode_account_key(&key)?
+            && codec::decode_account(&value)?.refused_at_gates()
+        {
+            refused.insert(id);
+        }
+    }
+    let mut listed = std::collections::BTreeSet::new();
+    for item in db.iterator_cf_opt(db.cf(CF_DENY)?, reader(snapshot), IteratorMode::Start) {
+        let (key, _) = item?;
+        listed.insert(codec::decode_sequence(&key, "deny list key")?);
+    }
+    for id in refused.symmetric_difference(&listed) {
+        report.violation(format!(
+            "rider {id}: {} but {} the deny list",
+            if refused.contains(id) {
+                "refused at gates"
+            } else {
+                "not refused at gates"
+            },
+            if listed.contains(id) { "on" } else { "not on" }
+        ));
+    }
+    let next = match db.get_pinned_cf_opt(
+        db.cf(CF_META)?,
+        codec::META_DENY_JOURNAL_NEXT,
+        &reader(snapshot),
+    )? {
+        Some(bytes) => codec::decode_sequence(&bytes, "next deny journal sequence")?,
+        None => 1,
+    };
+    if let Some(last) = db
+        .iterator_cf_opt(db.cf(CF_DENY_JOURNAL)?, reader(snapshot), IteratorMode::End)
+        .next()
+    {
+        let (key, _) = last?;
+        let last = codec::decode_sequence(&key, "deny journal key")?;
+        if last >= next {
+            report.violation(format!(
+                "deny journal entry {last} is at or past the next sequence {next}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn read_next_sequence(db: &LedgerView, snapshot: &Snapshot<'_>) -> Result<u64, LedgerError> {

@@ -39,6 +39,10 @@ pub const META_IDS_PRUNED_BELOW: &[u8] = b"ids_pruned_below";
 /// state that message produced, so a restart goes on from the next message.
 pub const META_APPLIED_STREAM_SEQUENCE: &[u8] = b"applied_stream_sequence";
 
+/// Meta key: the sequence the next `deny_journal` entry gets (u64, big-endian; absent
+/// means 1).
+pub const META_DENY_JOURNAL_NEXT: &[u8] = b"deny_journal_next";
+
 /// Meta key (cluster mode): which shard of how many this replica holds (two u32,
 /// big-endian: shard, then shard count). Written when the replica is made, so that a
 /// directory opened as another shard (or from a cluster of another shard count) is
@@ -163,6 +167,32 @@ pub fn decode_sequence(bytes: &[u8], what: &'static str) -> Result<u64, LedgerEr
     let sequence = reader.u64()?;
     reader.end()?;
     Ok(sequence)
+}
+
+/// A `deny_journal` value: the account, and whether it is now refused (1) or lifted (0).
+pub fn encode_deny_change(account_id: u64, denied: bool) -> [u8; 9] {
+    let mut value = [0u8; 9];
+    value[..8].copy_from_slice(&account_id.to_be_bytes());
+    value[8] = u8::from(denied);
+    value
+}
+
+/// Reads a `deny_journal` value.
+pub fn decode_deny_change(bytes: &[u8]) -> Result<(u64, bool), LedgerError> {
+    let mut reader = Reader::new(bytes, "deny journal entry");
+    let account_id = reader.u64()?;
+    let denied = match reader.u8()? {
+        0 => false,
+        1 => true,
+        _ => {
+            return Err(corrupt(
+                "deny journal entry",
+                "its change is neither 0 nor 1",
+            ));
+        }
+    };
+    reader.end()?;
+    Ok((account_id, denied))
 }
 
 /// The value of [`META_SHARD`]: shard `shard` of `shards`.

@@ -52,6 +52,15 @@ pub struct Account {
     pub balance: Amount,
 }
 
+impl Account {
+    /// Whether a gate must refuse the rider: the account is deny-listed or closed, or in
+    /// debt (below its credit limit, which only a tap a gate let through offline can do).
+    pub fn refused_at_gates(&self) -> bool {
+        self.status != AccountStatus::Active
+            || i128::from(self.balance.0) < -i128::from(self.credit_limit.0)
+    }
+}
+
 pub use crate::fares::{RouteId, StationId};
 
 /// The first 16 bytes of the SHA-256 of a rider code's bytes.

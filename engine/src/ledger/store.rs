@@ -40,9 +40,15 @@ pub const CF_CODES: &str = "codes";
 /// Settlement batches, providers' positions, closes and acknowledgements (written by
 /// `crate::settlement`, never by the ledger's writer): a one-byte kind + key → value.
 pub const CF_SETTLEMENT: &str = "settlement";
+/// Rider account id → nothing: the accounts a gate must refuse (deny-listed, closed, or in
+/// debt). The whole deny list of a gate bundle (`docs/offline.md`).
+pub const CF_DENY: &str = "deny";
+/// Journal sequence → (account id, denied or lifted): every change of `deny`, in order,
+/// for the bundle deltas gates fetch.
+pub const CF_DENY_JOURNAL: &str = "deny_journal";
 
 /// Every column family this build knows.
-pub const COLUMN_FAMILIES: [&str; 11] = [
+pub const COLUMN_FAMILIES: [&str; 13] = [
     CF_ACCOUNTS,
     CF_LOG,
     CF_IDS,
@@ -54,16 +60,19 @@ pub const COLUMN_FAMILIES: [&str; 11] = [
     CF_OPEN_JOURNEYS,
     CF_CODES,
     CF_SETTLEMENT,
+    CF_DENY,
+    CF_DENY_JOURNAL,
 ];
 
 /// The on-disk format this build reads and writes. Bump it on any incompatible change.
 /// Version 2 added taps: the `travel`, `open_journeys` and `codes` column families and
-/// journeys in records. Version 3 added the `settlement` column family.
-pub const FORMAT_VERSION: u32 = 3;
+/// journeys in records. Version 3 added the `settlement` column family. Version 4 added
+/// the `deny` and `deny_journal` column families.
+pub const FORMAT_VERSION: u32 = 4;
 
-/// An older format this build upgrades in place on open: version 2 differs only by the
-/// missing `settlement` column family, which the open creates empty.
-pub const FORMAT_VERSION_UPGRADED: u32 = 2;
+/// Older formats this build upgrades in place on open: they differ only by missing column
+/// families, which the open creates; `deny` is then filled from the accounts.
+pub const FORMAT_VERSIONS_UPGRADED: [u32; 2] = [2, 3];
 
 /// Memory the ledger's RocksDB may use for caching, and how it is split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,25 +218,39 @@ fn check_format_version(db: &DB, shown: &str) -> Result<(), LedgerError> {
     let found = <[u8; 4]>::try_from(bytes.as_slice())
         .map(u32::from_be_bytes)
         .ok();
-    if found == Some(FORMAT_VERSION_UPGRADED) {
-        db.put_cf_opt(
-            meta,
-            META_FORMAT_VERSION,
-            FORMAT_VERSION.to_be_bytes(),
-            &synced,
-        )?;
-        tracing::info!(
-            path = %shown,
-            from = FORMAT_VERSION_UPGRADED,
-            to = FORMAT_VERSION,
-            "ledger data directory upgraded"
-        );
+    if let Some(from) = found.filter(|found| FORMAT_VERSIONS_UPGRADED.contains(found)) {
+        let mut write = rocksdb::WriteBatch::default();
+        fill_deny(db, &mut write)?;
+        write.put_cf(meta, META_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
+        db.write_opt(write, &synced)?;
+        tracing::info!(path = %shown, from, to = FORMAT_VERSION, "ledger data directory upgraded");
     } else if found != Some(FORMAT_VERSION) {
         return Err(LedgerError::FormatVersion {
             path: shown.to_string(),
             found: found.map_or_else(|| format!("{bytes:?}"), |v| v.to_string()),
             supported: FORMAT_VERSION,
         });
+    }
+    Ok(())
+}
+
+/// Fills `deny` from the accounts, for a ledger written before it existed (its journal
+/// starts empty: a gate gets its first bundle whole).
+fn fill_deny(db: &DB, write: &mut rocksdb::WriteBatch) -> Result<(), LedgerError> {
+    let accounts = db
+        .cf_handle(CF_ACCOUNTS)
+        .ok_or(LedgerError::MissingColumnFamily(CF_ACCOUNTS))?;
+    let deny = db
+        .cf_handle(CF_DENY)
+        .ok_or(LedgerError::MissingColumnFamily(CF_DENY))?;
+    for entry in db.iterator_cf(accounts, rocksdb::IteratorMode::Start) {
+        let (key, value) = entry?;
+        let account = codec::decode_account(&value)?;
+        if let (super::model::AccountRef::Rider(id), true) =
+            (codec::decode_account_key(&key)?, account.refused_at_gates())
+        {
+            write.put_cf(deny, codec::rider_key(id), []);
+        }
     }
     Ok(())
 }

@@ -680,3 +680,93 @@ fn ids_older_than_the_retention_are_forgotten_and_the_audit_still_passes() {
     let report = assert_audit_ok(&ledger);
     assert_eq!(report.transactions, 4);
 }
+
+/// The deny list of the gates' bundles: every rider refused at gates (deny-listed,
+/// closed), and a journal entry for each change, in order, written with the change. A
+/// group commit journals its riders in account order, so that every replica of a shard
+/// (which applies the same group commits) numbers them alike.
+#[test]
+fn the_deny_list_and_its_journal_follow_account_statuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = ShardId {
+        shard: 0,
+        shards: 1,
+    };
+    let replica =
+        Replica::open(dir.path(), shard, LedgerConfig::default(), Rules::default()).unwrap();
+    let open = |account_id| Command::OpenAccount {
+        account_id,
+        provider_id: 1,
+        credit_limit: Amount(0),
+    };
+    let status = |account_id, status| Command::SetStatus { account_id, status };
+    replica
+        .apply_logged(
+            1,
+            &[
+                request(1, open(30)),
+                request(2, open(10)),
+                request(3, open(20)),
+            ],
+        )
+        .unwrap();
+    let view = replica.view();
+    assert_eq!(view.deny_list().unwrap(), Vec::<u64>::new());
+    assert_eq!(view.next_deny_journal().unwrap(), 1);
+
+    let group = [
+        request(4, status(30, AccountStatus::Denied)),
+        request(5, status(10, AccountStatus::Closed)),
+        request(6, status(20, AccountStatus::Denied)),
+    ];
+    replica.apply_logged(2, &group).unwrap();
+    // Denied again: no change, no entry. Reinstated: lifted.
+    replica
+        .apply_logged(3, &[request(7, status(20, AccountStatus::Denied))])
+        .unwrap();
+    replica
+        .apply_logged(4, &[request(8, status(30, AccountStatus::Active))])
+        .unwrap();
+    assert_eq!(view.deny_list().unwrap(), vec![10, 20]);
+    assert_eq!(
+        view.deny_journal_after(0, 100).unwrap(),
+        vec![(1, 10, true), (2, 20, true), (3, 30, true), (4, 30, false)]
+    );
+    assert_eq!(view.deny_journal_after(2, 1).unwrap(), vec![(3, 30, true)]);
+    assert_eq!(view.next_deny_journal().unwrap(), 5);
+    let report = audit::audit(view).unwrap();
+    assert!(report.ok(), "{:?}", report.violations);
+}
+
+/// A version 3 data directory (before the deny list) is upgraded in place: its deny list
+/// is filled from the accounts, with an empty journal.
+#[test]
+fn a_version_3_data_directory_gets_its_deny_list_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let ledger = Ledger::open(dir.path(), LedgerConfig::default()).unwrap();
+        open_rider(&ledger, 1, 5, 0);
+        open_rider(&ledger, 2, 6, 0);
+        let deny = Command::SetStatus {
+            account_id: 6,
+            status: AccountStatus::Denied,
+        };
+        ledger.submit(request(3, deny)).unwrap();
+    }
+    {
+        // Make it look like version 3: no deny column families, version 3.
+        let mut options = rocksdb::Options::default();
+        options.create_if_missing(false);
+        let mut db = rocksdb::DB::open_cf(&options, dir.path(), store::COLUMN_FAMILIES).unwrap();
+        db.drop_cf(store::CF_DENY).unwrap();
+        db.drop_cf(store::CF_DENY_JOURNAL).unwrap();
+        let meta = db.cf_handle(store::CF_META).unwrap();
+        db.put_cf(meta, codec::META_FORMAT_VERSION, 3u32.to_be_bytes())
+            .unwrap();
+        db.delete_cf(meta, codec::META_DENY_JOURNAL_NEXT).unwrap();
+    }
+    let ledger = Ledger::open(dir.path(), LedgerConfig::default()).unwrap();
+    assert_eq!(ledger.view().deny_list().unwrap(), vec![6]);
+    assert_eq!(ledger.view().deny_journal_after(0, 10).unwrap(), vec![]);
+    assert_audit_ok(&ledger);
+}

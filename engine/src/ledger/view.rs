@@ -16,7 +16,10 @@ use rocksdb::{
 use super::LedgerError;
 use super::codec;
 use super::model::{Account, AccountRef, Record, TxId};
-use super::store::{self, CF_ACCOUNTS, CF_IDS, CF_LOG, CF_META, CF_SETTLEMENT, StoreConfig};
+use super::store::{
+    self, CF_ACCOUNTS, CF_DENY, CF_DENY_JOURNAL, CF_IDS, CF_LOG, CF_META, CF_SETTLEMENT,
+    StoreConfig,
+};
 
 /// A read-only view of the ledger's database. Cheap to clone.
 #[derive(Clone)]
@@ -160,6 +163,49 @@ impl LedgerView {
                 problem: "next_sequence is missing",
             })?;
         codec::decode_sequence(&bytes, "next_sequence")
+    }
+
+    /// The sequence the next `deny_journal` entry gets.
+    pub fn next_deny_journal(&self) -> Result<u64, LedgerError> {
+        let meta = self.cf(CF_META)?;
+        match self.get_cf(meta, codec::META_DENY_JOURNAL_NEXT)? {
+            Some(bytes) => codec::decode_sequence(&bytes, "next deny journal sequence"),
+            None => Ok(1),
+        }
+    }
+
+    /// Every rider account a gate must refuse, in id order.
+    pub fn deny_list(&self) -> Result<Vec<u64>, LedgerError> {
+        let deny = self.cf(CF_DENY)?;
+        self.iterator_cf(deny, rocksdb::IteratorMode::Start)
+            .map(|entry| {
+                let (key, _) = entry?;
+                codec::decode_sequence(&key, "deny list key")
+            })
+            .collect()
+    }
+
+    /// The `deny_journal` entries after `after`, at most `max` of them: (journal sequence,
+    /// account, refused or lifted).
+    pub fn deny_journal_after(
+        &self,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, u64, bool)>, LedgerError> {
+        let journal = self.cf(CF_DENY_JOURNAL)?;
+        let from = codec::log_key(after.saturating_add(1));
+        self.iterator_cf(
+            journal,
+            rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward),
+        )
+        .take(max)
+        .map(|entry| {
+            let (key, value) = entry?;
+            let sequence = codec::decode_sequence(&key, "deny journal key")?;
+            let (account, denied) = codec::decode_deny_change(&value)?;
+            Ok((sequence, account, denied))
+        })
+        .collect()
     }
 
     /// Makes a RocksDB checkpoint of the whole database in `path`, which must not exist:
