@@ -376,6 +376,8 @@ fn node_config(folder: &Path, cluster: ClusterConfig, settlement_key: &Path) -> 
         config.metrics_listen = None;
         config.cluster = Some(cluster);
         config.settlement.key_file = settlement_key.to_path_buf();
+        // Every node signs gate bundles with the same key too: beside the settlement key.
+        config.bundle.key_file = settlement_key.with_file_name("bundle.key");
     });
     let file = folder.join("node.toml");
     std::fs::write(&file, config_file_text(&config)).unwrap();

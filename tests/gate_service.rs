@@ -859,3 +859,104 @@ async fn a_checkpoint_is_a_consistent_copy_of_the_ledger() {
         "the top-up after the checkpoint is not in it"
     );
 }
+
+/// Gate bundles (`docs/offline.md`): the engine signs what a gate needs to decide alone;
+/// the gate library opens it with the engine's public key and decides as the engine
+/// would; a deny-list change reaches the gate as a delta of that one change; requests the
+/// engine cannot answer get their statuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_decides_offline_from_the_engines_signed_bundles() {
+    use fareway_gate::bundle::{self, Body};
+    use fareway_gate::offline::{OfflineDecision, OfflineGate, OfflineRefusal};
+
+    let server = TestServer::start(|_| {}).await;
+    let mut admin = server.admin(Some(ADMIN_TOKEN)).await;
+    let mut gate = server.gate(Some(GATE_TOKEN)).await;
+    open_rider(&mut admin, 1, 501, 1, 1_000).await;
+    open_rider(&mut admin, 3, 502, 1, 1_000).await;
+    let account = |id, account_id| pb::AccountRequest {
+        transaction_id: tx(id),
+        account_id,
+    };
+    let denied = admin.add_deny_list_entry(account(5, 502)).await.unwrap();
+    assert!(denied.into_inner().accepted);
+    let (engine_key, _) =
+        fareway::settlement::key::SettlementKey::load_or_create(&server.config.bundle.key_file)
+            .unwrap();
+    let engine_key = engine_key.public_key();
+    let request = |have_version, have_positions| pb::GetGateBundleRequest {
+        have_version,
+        have_positions,
+    };
+
+    let whole = gate
+        .get_gate_bundle(request(0, vec![]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!whole.delta);
+    let Body::Whole(held) = bundle::open(&whole.body, &whole.signature, &engine_key).unwrap()
+    else {
+        panic!("a gate without a bundle gets it whole");
+    };
+    assert_eq!(held.version, whole.version);
+    assert_eq!(held.positions, vec![1]);
+    assert_eq!(held.denied, std::collections::BTreeSet::from([502]));
+    let mut offline = OfflineGate::new(held, T).unwrap();
+    let code = |account_id, seed| phone(account_id, seed).code_text(T);
+    assert!(matches!(
+        offline.decide(&code(501, 1), T),
+        OfflineDecision::Open(_)
+    ));
+    assert_eq!(
+        offline.decide(&code(502, 2), T),
+        OfflineDecision::Refuse(OfflineRefusal::Code(fareway::token::Reason::AccountDenied))
+    );
+
+    // Lifted at the engine: the next bundle is that one change.
+    let lifted = admin.remove_deny_list_entry(account(6, 502)).await.unwrap();
+    assert!(lifted.into_inner().accepted);
+    let (version, positions) = (offline.bundle().version, offline.bundle().positions.clone());
+    let next = gate
+        .get_gate_bundle(request(version, positions.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(next.delta);
+    assert_eq!(next.version, version + 1);
+    let update = bundle::open(&next.body, &next.signature, &engine_key).unwrap();
+    let Body::Delta(delta) = &update else {
+        panic!("a gate one change behind gets a delta");
+    };
+    assert_eq!(delta.changes, vec![(502, false)]);
+    offline.update(update, T).unwrap();
+    assert!(matches!(
+        offline.decide(&code(502, 3), T),
+        OfflineDecision::Open(_)
+    ));
+    // The bundle it holds already: an empty delta.
+    let same = gate
+        .get_gate_bundle(request(next.version, vec![2]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(same.delta);
+    assert_eq!(same.version, next.version);
+
+    // A version or a position the engine never made; another number of shards.
+    for (bad, status) in [
+        (request(u64::MAX, vec![]), Code::FailedPrecondition),
+        (request(0, vec![99]), Code::FailedPrecondition),
+        (request(0, vec![0, 0]), Code::InvalidArgument),
+    ] {
+        let refused = gate.get_gate_bundle(bad).await.unwrap_err();
+        assert_eq!(refused.code(), status, "{refused:?}");
+    }
+    // Gates only: an admin token is refused.
+    let mut not_a_gate = server.gate(Some(ADMIN_TOKEN)).await;
+    let refused = not_a_gate
+        .get_gate_bundle(request(0, vec![]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+}

@@ -165,8 +165,10 @@ impl Nodes {
             ports: Vec::new(),
             children: Vec::new(),
         };
-        // One settlement key for every node, made before any starts.
+        // One settlement key and one gate bundle key for every node, made before any
+        // starts.
         fareway::settlement::key::SettlementKey::load_or_create(&base.settlement.key_file)?;
+        fareway::settlement::key::SettlementKey::load_or_create(&base.bundle.key_file)?;
         for index in 0..NODES {
             let port = free_port()?;
             let mut config = base.clone();

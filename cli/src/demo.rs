@@ -16,7 +16,7 @@ use fareway::files::write_atomically;
 use fareway::ledger::audit::AuditReport;
 use fareway::server;
 use fareway::server::config::{
-    LogFormat, Role, ServerConfig, SettlementSettings, TokenEntry, token_sha256_hex,
+    BundleSettings, LogFormat, Role, ServerConfig, SettlementSettings, TokenEntry, token_sha256_hex,
 };
 use gate_sim::{Engine, Mode, Network, Population, Profile, SimConfig, SimReport};
 
@@ -171,6 +171,9 @@ pub(crate) fn engine_config(
         settlement: SettlementSettings {
             key_file: folder.join("settlement.key"),
             currency: "EUR".into(),
+        },
+        bundle: BundleSettings {
+            key_file: folder.join("bundle.key"),
         },
         token: vec![gate_entry, admin_entry, finance_entry],
         ..ServerConfig::default()

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use fareway::clock::{ManualClock, UnixMillis};
 pub use fareway::grpc::auth::Bearer;
 use fareway::server::config::{
-    Role, ServerConfig, SettlementSettings, TokenEntry, token_sha256_hex,
+    BundleSettings, Role, ServerConfig, SettlementSettings, TokenEntry, token_sha256_hex,
 };
 use fareway::server::{self, RunningServer};
 use fareway::token::keys::RegistryFile;
@@ -157,6 +157,9 @@ pub fn write_config(folder: &Path, adjust: impl FnOnce(&mut ServerConfig)) -> Se
         settlement: SettlementSettings {
             key_file: folder.join("settlement.key"),
             currency: "EUR".into(),
+        },
+        bundle: BundleSettings {
+            key_file: folder.join("bundle.key"),
         },
         token: vec![
             token(Role::Gate, GATE_TOKEN),

@@ -124,14 +124,35 @@ pub async fn check_rules(
     Ok(())
 }
 
-/// Every node signs settlement manifests with the same key (a batch is signed once, by the
-/// node that closed it, and `GetSigningKey` must answer alike everywhere): the first node
-/// to start records its key id, and a node with another key refuses to start.
-pub async fn check_settlement_key(js: &jetstream::Context, key_id: &str) -> anyhow::Result<()> {
-    let found = recorded_or_first(js, names::SETTLEMENT_KEY_KEY, key_id).await?;
+/// A key every node of a cluster signs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigningKey {
+    /// Settlement manifests: a batch is signed once, by the node that closed it, and
+    /// `GetSigningKey` must answer alike everywhere.
+    Settlement,
+    /// Gate bundles: a gate holds one engine public key, and may fetch from any node.
+    GateBundles,
+}
+
+/// Every node signs with the same key of each kind: the first node to start records its
+/// key id, and a node with another key refuses to start.
+pub async fn check_signing_key(
+    js: &jetstream::Context,
+    which: SigningKey,
+    key_id: &str,
+) -> anyhow::Result<()> {
+    let (recorded_as, what, setting) = match which {
+        SigningKey::Settlement => (
+            names::SETTLEMENT_KEY_KEY,
+            "settlement",
+            "settlement.key_file",
+        ),
+        SigningKey::GateBundles => (names::BUNDLE_KEY_KEY, "gate bundle", "bundle.key_file"),
+    };
+    let found = recorded_or_first(js, recorded_as, key_id).await?;
     anyhow::ensure!(
         found == key_id,
-        "this node's settlement key (id {key_id}) is not the cluster's (id {found}): every node signs with the same key; copy the cluster's key file to settlement.key_file"
+        "this node's {what} key (id {key_id}) is not the cluster's (id {found}): every node signs with the same key; copy the cluster's key file to {setting}"
     );
     Ok(())
 }

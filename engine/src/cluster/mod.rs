@@ -132,6 +132,9 @@ pub mod names {
     /// The key of the settlement key's id every node signs with.
     pub const SETTLEMENT_KEY_KEY: &str = "settlement-key";
 
+    /// The key of the gate bundle key's id every node signs with.
+    pub const BUNDLE_KEY_KEY: &str = "bundle-key";
+
     /// The bucket where each replica reports the sequence it applied (one key per shard
     /// and node), for `cluster status`.
     pub const REPLICA_BUCKET: &str = "fareway_replicas";

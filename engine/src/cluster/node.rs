@@ -80,6 +80,9 @@ pub async fn start(
         Some(settlement),
     );
     apis.admin = apis.admin.with_shared_keys(shared_keys.clone());
+    apis.gate = apis
+        .gate
+        .with_bundles(Arc::new(open_bundles(&config, &js).await?));
     let (_health, routes) = server::routes_with_health(apis, &config).await?;
     let budget = server::descriptor_budget(&config)?;
     let (addr, incoming) = server::listen_guarded(&config, &budget, &metrics).await?;
@@ -210,6 +213,18 @@ async fn open_replicas(
     Ok(slots)
 }
 
+/// The gate bundles' signer, with the deployment's bundle key: gates hold one public key,
+/// so every node signs with the same one.
+async fn open_bundles(
+    config: &ServerConfig,
+    js: &jetstream::Context,
+) -> anyhow::Result<crate::gate::bundle::Bundles> {
+    let bundles = server::gate_bundles(config)?;
+    let key_id = crate::settlement::key::key_id_text(&bundles.public_key());
+    manage::check_signing_key(js, manage::SigningKey::GateBundles, &key_id).await?;
+    Ok(bundles)
+}
+
 /// Settlement over every shard this node holds (closes and pulls need all of them), with
 /// the deployment's settlement key: every node signs with the same one.
 async fn open_settlement(
@@ -226,7 +241,7 @@ async fn open_settlement(
         .map(|slot| (slot.shard, Arc::clone(&slot.replica)))
         .collect();
     let key = server::settlement_key(config)?;
-    manage::check_settlement_key(js, &key.key_id()).await?;
+    manage::check_signing_key(js, manage::SigningKey::Settlement, &key.key_id()).await?;
     Ok(Arc::new(ClusterSettlement::new(
         js.clone(),
         key,

@@ -75,6 +75,11 @@ impl Router {
         }
     }
 
+    /// How many shards the cluster has.
+    pub fn shards(&self) -> u32 {
+        self.shards
+    }
+
     /// The shards this node holds.
     pub fn held(&self) -> impl Iterator<Item = &Arc<ShardSlot>> {
         self.held.values()

@@ -5,6 +5,8 @@
 //!
 //! This module never sees protobuf types: the `grpc` module converts at the boundary.
 
+pub mod bundle;
+
 use std::sync::Arc;
 
 use crate::clock::{Clock, UnixMillis};

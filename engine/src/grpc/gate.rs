@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
 use crate::gate::Gatekeeper;
+use crate::gate::bundle::{BundleRequestError, Bundles};
 use crate::server::metrics::Metrics;
 
 use super::convert;
@@ -68,6 +69,8 @@ pub struct GateApi {
     /// Becomes true when the server stops: open tap streams then end, so that a graceful
     /// stop does not wait for gates that never hang up.
     stopping: watch::Receiver<bool>,
+    /// The gate bundles, when the server signs them.
+    bundles: Option<Arc<Bundles>>,
 }
 
 impl GateApi {
@@ -88,7 +91,14 @@ impl GateApi {
             metrics,
             stream_taps_in_flight_max,
             stopping,
+            bundles: None,
         }
+    }
+
+    /// Serves gate bundles signed with `bundles`' key.
+    pub fn with_bundles(mut self, bundles: Arc<Bundles>) -> GateApi {
+        self.bundles = Some(bundles);
+        self
     }
 
     /// Answers one tap: the response, or the status of a fault.
@@ -267,6 +277,49 @@ impl pb::gate_service_server::GateService for GateApi {
             let _ = end.send(outcome);
         });
         Ok(Response::new(EndingStream::new(receiver, ended)))
+    }
+
+    async fn get_gate_bundle(
+        &self,
+        request: Request<pb::GetGateBundleRequest>,
+    ) -> Result<Response<pb::GateBundle>, Status> {
+        let _all = admit(&self.in_flight, &self.metrics, "requests")?;
+        let Some(bundles) = self.bundles.clone() else {
+            return Err(Status::unimplemented("this server signs no gate bundles"));
+        };
+        let request = request.into_inner();
+        let service = Arc::clone(&self.service);
+        // The deny list is read from RocksDB: not on a runtime thread.
+        let answered = tokio::task::spawn_blocking(move || {
+            let registry = service.verifier().registry();
+            bundles.answer(
+                service.commands(),
+                &registry,
+                request.have_version,
+                &request.have_positions,
+            )
+        })
+        .await
+        .map_err(|err| Status::internal(format!("bundle task failed: {err}")))?;
+        let bundle = answered.map_err(|err| match err {
+            BundleRequestError::Shards { .. } => convert::status(
+                tonic::Code::InvalidArgument,
+                err.to_string(),
+                "invalid_argument",
+            ),
+            BundleRequestError::Future { .. } => convert::status(
+                tonic::Code::FailedPrecondition,
+                err.to_string(),
+                "bundle_from_future",
+            ),
+            BundleRequestError::Ledger(err) => convert::ledger_status(&err),
+        })?;
+        Ok(Response::new(pb::GateBundle {
+            body: bundle.body,
+            signature: bundle.signature.to_vec(),
+            version: bundle.version,
+            delta: bundle.delta,
+        }))
     }
 }
 

@@ -89,6 +89,8 @@ pub struct ServerConfig {
     pub taps: TapSettings,
     /// Settlement batches and their signing key.
     pub settlement: SettlementSettings,
+    /// The gate bundles' signing key (`docs/offline.md`).
+    pub bundle: BundleSettings,
     /// TLS for the gRPC listener; absent means plain HTTP/2 (for a trusted network or a
     /// TLS-terminating proxy in front).
     pub tls: Option<TlsSettings>,
@@ -239,6 +241,24 @@ pub struct TlsSettings {
     pub client_ca_file: Option<PathBuf>,
 }
 
+/// Gate bundle settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BundleSettings {
+    /// The Ed25519 key that signs gate bundles (64 hex digits of private seed, like the
+    /// settlement key; made on first start if the file does not exist, its public key
+    /// logged: gates are configured with it).
+    pub key_file: PathBuf,
+}
+
+impl Default for BundleSettings {
+    fn default() -> Self {
+        BundleSettings {
+            key_file: PathBuf::from("bundle.key"),
+        }
+    }
+}
+
 /// Settlement settings.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -275,6 +295,7 @@ impl Default for ServerConfig {
             verifier: VerifierSettings::default(),
             taps: TapSettings::default(),
             settlement: SettlementSettings::default(),
+            bundle: BundleSettings::default(),
             tls: None,
             token: Vec::new(),
             cluster: None,
@@ -340,6 +361,10 @@ impl ServerConfig {
         text.push_str(&format!(
             "\n[settlement]\nkey_file = {:?}\ncurrency = \"{}\"\n",
             self.settlement.key_file, self.settlement.currency
+        ));
+        text.push_str(&format!(
+            "\n[bundle]\nkey_file = {:?}\n",
+            self.bundle.key_file
         ));
         for token in &self.token {
             text.push_str(&format!(
@@ -408,6 +433,7 @@ impl ServerConfig {
             &mut config.issuer_keys_file,
             &mut config.backup_dir,
             &mut config.settlement.key_file,
+            &mut config.bundle.key_file,
         ]
         .into_iter()
         .chain(config.tls.iter_mut().flat_map(|tls| {

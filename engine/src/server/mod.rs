@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use crate::clock::Clock;
 use crate::fares::{FARES_FILE_BYTES_MAX, FareTable};
 use crate::gate::Gatekeeper;
+use crate::gate::bundle::Bundles;
 use crate::grpc;
 use crate::ledger::{Ledger, Rules};
 use crate::settlement::key::SettlementKey;
@@ -73,7 +74,7 @@ async fn start_as(
     let metrics = Arc::new(Metrics::new());
     let settlement = open_settlement(&config, &ledger)?;
     let (stop, stopped) = watch::channel(false);
-    let apis = apis(
+    let mut apis = apis(
         &config,
         &gate,
         verifier,
@@ -82,6 +83,7 @@ async fn start_as(
         stopped.clone(),
         Some(settlement),
     );
+    apis.gate = apis.gate.with_bundles(Arc::new(gate_bundles(&config)?));
     let (health, routes) = routes_with_health(apis, &config).await?;
     let (addr, incoming) = listen_guarded(&config, &budget, &metrics).await?;
     let render = {
@@ -221,6 +223,23 @@ pub(crate) fn settlement_key(config: &ServerConfig) -> anyhow::Result<Settlement
         );
     }
     Ok(settlement_key)
+}
+
+/// The signer of gate bundles: the bundle key (made on first start, its public key logged
+/// for the gates' configuration) and the settings gates decide by.
+pub(crate) fn gate_bundles(config: &ServerConfig) -> anyhow::Result<Bundles> {
+    let (key, created) = SettlementKey::load_or_create(&config.bundle.key_file)?;
+    let public_key = crate::hex::encode(&key.public_key());
+    if created {
+        tracing::warn!(key_file = %config.bundle.key_file.display(), public_key, "made a new gate bundle key: configure the gates with its public key");
+    } else {
+        tracing::info!(key_file = %config.bundle.key_file.display(), public_key, "gate bundle key");
+    }
+    let settings = fareway_gate::bundle::Settings {
+        code_validity_ms: config.verifier.code_validity_ms,
+        clock_skew_ms: config.verifier.clock_skew_ms,
+    };
+    Ok(Bundles::new(key, settings))
 }
 
 /// The gate and admin APIs every server answers (embedded, or a cluster node, whose admin

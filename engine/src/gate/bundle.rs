@@ -1,0 +1,226 @@
+//! The engine's side of the gate bundle (`docs/offline.md`): what a gate needs to decide
+//! alone, built from the issuer key registry and the ledger's deny list and its journal,
+//! signed with the engine's bundle key. The format is the gate library's
+//! ([`fareway_gate::bundle`]).
+//!
+//! The version is the sum of every shard's deny-journal position plus the key registry's
+//! count of keys and revocations: each only grows, so the version does, and every change a
+//! gate must see moves it. A gate that sends the position of the bundle it holds gets the
+//! changes since then (a delta) while they are few enough, else the whole bundle.
+
+use fareway_gate::bundle::{Body, Bundle, BundleKey, Delta, Settings};
+
+use crate::clock::UnixMillis;
+use crate::commands::Commands;
+use crate::ledger::{LedgerError, LedgerView};
+use crate::settlement::key::SettlementKey;
+use crate::token::IssuerRegistry;
+
+/// Most deny-list changes a delta carries; a gate further behind gets the whole bundle.
+pub const DELTA_CHANGES_MAX: u64 = 100_000;
+
+/// The engine's bundle key and the settings gates decide by.
+#[derive(Debug)]
+pub struct Bundles {
+    key: SettlementKey,
+    settings: Settings,
+}
+
+/// A signed bundle, as a gate gets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedBundle {
+    /// The body (`fareway_gate::bundle`'s format).
+    pub body: Vec<u8>,
+    /// Ed25519 over the body, by the bundle key.
+    pub signature: [u8; 64],
+    /// The body's version.
+    pub version: u64,
+    /// Whether the body holds the changes since the gate's position (else the whole).
+    pub delta: bool,
+}
+
+/// Why a bundle request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleRequestError {
+    /// The gate's position names another number of shards than the engine has.
+    #[error("have_positions has {got} shards; this engine has {shards}")]
+    Shards {
+        /// The engine's shards.
+        shards: usize,
+        /// The gate's.
+        got: usize,
+    },
+    /// The gate's bundle is newer than what this node holds (not this engine's, or this
+    /// node's replicas are behind another's).
+    #[error(
+        "the gate's bundle (version {have}) is newer than this node's ({version}); ask again later or another node"
+    )]
+    Future {
+        /// The gate's version.
+        have: u64,
+        /// This node's.
+        version: u64,
+    },
+    /// The ledger could not be read.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+impl Bundles {
+    /// Bundles signed with `key`, telling gates `settings`.
+    pub fn new(key: SettlementKey, settings: Settings) -> Bundles {
+        Bundles { key, settings }
+    }
+
+    /// The public key gates check bundles with.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.public_key()
+    }
+
+    /// The bundle for a gate holding version `have_version` at `have_positions` (empty:
+    /// none). Blocks on reads of the ledger.
+    pub fn answer(
+        &self,
+        commands: &Commands,
+        registry: &IssuerRegistry,
+        have_version: u64,
+        have_positions: &[u64],
+    ) -> Result<SignedBundle, BundleRequestError> {
+        let views = views(commands)?;
+        // Positions first, then the deny list: a list read after its position may hold
+        // later changes too, which the next delta applies again to the same end.
+        let positions = views
+            .iter()
+            .map(|view| Ok(view.next_deny_journal()? - 1))
+            .collect::<Result<Vec<u64>, LedgerError>>()?;
+        let (providers, keys, keys_revision) = keys_of(registry);
+        let version = positions.iter().sum::<u64>() + keys_revision;
+        if have_version > version {
+            return Err(BundleRequestError::Future {
+                have: have_version,
+                version,
+            });
+        }
+        if !have_positions.is_empty() && have_positions.len() != positions.len() {
+            return Err(BundleRequestError::Shards {
+                shards: positions.len(),
+                got: have_positions.len(),
+            });
+        }
+        let behind = have_positions
+            .iter()
+            .zip(&positions)
+            .map(|(have, now)| now.checked_sub(*have))
+            .collect::<Option<Vec<u64>>>();
+        let delta_behind = match behind {
+            // A position past this node's: as for a newer version.
+            None => {
+                return Err(BundleRequestError::Future {
+                    have: have_version,
+                    version,
+                });
+            }
+            Some(behind)
+                if !have_positions.is_empty()
+                    && behind.iter().sum::<u64>() <= DELTA_CHANGES_MAX =>
+            {
+                Some(behind)
+            }
+            Some(_) => None,
+        };
+        let body = match delta_behind {
+            Some(behind) => {
+                let mut changes = Vec::new();
+                for ((view, have), count) in views.iter().zip(have_positions).zip(&behind) {
+                    let entries = view.deny_journal_after(*have, *count as usize)?;
+                    changes.extend(
+                        entries
+                            .into_iter()
+                            .map(|(_, account, denied)| (account, denied)),
+                    );
+                }
+                Body::Delta(Delta {
+                    version,
+                    base: have_positions.to_vec(),
+                    positions,
+                    settings: self.settings,
+                    providers,
+                    keys,
+                    changes,
+                })
+            }
+            None => whole(&views, version, positions, self.settings, providers, keys)?,
+        };
+        let (body, delta) = match &body {
+            Body::Whole(bundle) => (bundle.encode(), false),
+            Body::Delta(delta) => (delta.encode(), true),
+        };
+        Ok(SignedBundle {
+            signature: self.key.sign(&body),
+            body,
+            version,
+            delta,
+        })
+    }
+}
+
+/// The whole bundle: every shard's deny list.
+fn whole(
+    views: &[&LedgerView],
+    version: u64,
+    positions: Vec<u64>,
+    settings: Settings,
+    providers: Vec<crate::token::Provider>,
+    keys: Vec<BundleKey>,
+) -> Result<Body, LedgerError> {
+    let mut denied = std::collections::BTreeSet::new();
+    for view in views {
+        denied.extend(view.deny_list()?);
+    }
+    Ok(Body::Whole(Bundle {
+        version,
+        positions,
+        settings,
+        providers,
+        keys,
+        denied,
+    }))
+}
+
+/// The registry's providers and keys as a bundle carries them, and its revision: keys
+/// are never removed and a revocation is never undone, so keys plus revocations only
+/// grows. The registry keeps no revocation time yet: a revoked key is sent as revoked
+/// since the start of time, which is what a gate deciding now needs.
+fn keys_of(registry: &IssuerRegistry) -> (Vec<crate::token::Provider>, Vec<BundleKey>, u64) {
+    let providers = registry.providers().cloned().collect();
+    let keys: Vec<BundleKey> = registry
+        .keys()
+        .map(|key| BundleKey {
+            provider_id: key.provider_id,
+            public_key: key.public_key,
+            revoked_at: key.revoked.then_some(UnixMillis(1)),
+        })
+        .collect();
+    let revoked = keys.iter().filter(|key| key.revoked_at.is_some()).count();
+    let revision = (keys.len() + revoked) as u64;
+    (providers, keys, revision)
+}
+
+/// The ledgers a bundle is read from: the embedded one, or a replica of every shard, in
+/// shard order.
+fn views(commands: &Commands) -> Result<Vec<&LedgerView>, LedgerError> {
+    match commands {
+        Commands::Local(ledger) => Ok(vec![ledger.view()]),
+        Commands::Cluster(router) => {
+            let held: Vec<_> = router.held().collect();
+            if held.len() != router.shards() as usize {
+                return Err(LedgerError::Unavailable(format!(
+                    "this node holds {} of the {} shards, and a gate bundle needs every shard's deny list: ask a node that holds them all",
+                    held.len(),
+                    router.shards()
+                )));
+            }
+            Ok(held.iter().map(|slot| slot.replica.view()).collect())
+        }
+    }
+}
