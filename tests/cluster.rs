@@ -990,6 +990,38 @@ async fn shared_keys_are_enforced_on_every_node() {
     let mut cluster = TestCluster::start(2, [vec![], vec![], vec![]]).await;
     let (network, addrs) = (cluster.network.clone(), cluster.addrs.clone());
     assert_keys_shared(&mut cluster.provisioned, &network, addrs[1], addrs[2]).await;
+    assert_bundles_alike(&cluster).await;
+}
+
+/// Gate bundles in a cluster: every node signs with the cluster's bundle key, a bundle
+/// holds one deny-list position per shard, and two nodes whose replicas applied the same
+/// logs answer byte-identical bundles.
+async fn assert_bundles_alike(cluster: &TestCluster) {
+    wait_for_replicas(&cluster.js, &cluster.base, &[3, 3]).await;
+    let key_file = cluster.folder.path().join("bundle.key");
+    let engine_key = SettlementKey::load_or_create(&key_file)
+        .unwrap()
+        .0
+        .public_key();
+    let mut bodies = Vec::new();
+    for addr in &cluster.addrs[1..] {
+        let bundle = engine_at(*addr)
+            .gate()
+            .await
+            .unwrap()
+            .get_gate_bundle(pb::GetGateBundleRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let opened =
+            fareway_gate::bundle::open(&bundle.body, &bundle.signature, &engine_key).unwrap();
+        let fareway_gate::bundle::Body::Whole(whole) = opened else {
+            panic!("a bundle asked for without a position is whole");
+        };
+        assert_eq!(whole.positions.len(), 2);
+        bodies.push(bundle.body);
+    }
+    assert_eq!(bodies[0], bodies[1], "two nodes answered different bundles");
 }
 
 /// NATS servers fail under load: one is killed with SIGKILL and started again, then
