@@ -900,7 +900,8 @@ async fn a_gate_decides_offline_from_the_engines_signed_bundles() {
         panic!("a gate without a bundle gets it whole");
     };
     assert_eq!(held.version, whole.version);
-    assert_eq!(held.positions, vec![1]);
+    // Transactions 1-5: two openings, two top-ups, one deny-listing.
+    assert_eq!(held.positions, vec![5]);
     assert_eq!(held.denied, std::collections::BTreeSet::from([502]));
     let mut offline = OfflineGate::new(held, T).unwrap();
     let code = |account_id, seed| phone(account_id, seed).code_text(T);
@@ -936,22 +937,30 @@ async fn a_gate_decides_offline_from_the_engines_signed_bundles() {
     ));
     // The bundle it holds already: an empty delta.
     let same = gate
-        .get_gate_bundle(request(next.version, vec![2]))
+        .get_gate_bundle(request(next.version, vec![6]))
         .await
         .unwrap()
         .into_inner();
     assert!(same.delta);
     assert_eq!(same.version, next.version);
 
-    // A version or a position the engine never made; another number of shards.
-    for (bad, status) in [
-        (request(u64::MAX, vec![]), Code::FailedPrecondition),
-        (request(0, vec![99]), Code::FailedPrecondition),
-        (request(0, vec![0, 0]), Code::InvalidArgument),
-    ] {
+    // A version or a position this engine never made: UNAVAILABLE (a cluster node whose
+    // replicas are behind says the same: ask again, or another node).
+    for bad in [request(u64::MAX, vec![]), request(0, vec![99])] {
         let refused = gate.get_gate_bundle(bad).await.unwrap_err();
-        assert_eq!(refused.code(), status, "{refused:?}");
+        assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+        assert_eq!(
+            refused.metadata().get("fareway-error-code").unwrap(),
+            "bundle_from_future"
+        );
     }
+    // Positions of another number of shards (a gate moved from another engine): whole.
+    let other = gate
+        .get_gate_bundle(request(0, vec![0, 0]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!other.delta);
     // Gates only: an admin token is refused.
     let mut not_a_gate = server.gate(Some(ADMIN_TOKEN)).await;
     let refused = not_a_gate

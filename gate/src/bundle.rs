@@ -127,6 +127,9 @@ pub enum BundleError {
         /// The bundle's.
         got: u64,
     },
+    /// A whole bundle behind the gate's in some shard.
+    #[error("the bundle is behind the gate's in a shard's deny list")]
+    Behind,
     /// A delta made for another position than the gate's.
     #[error("the delta applies to another deny-list position than the gate's")]
     WrongBase,
@@ -182,7 +185,20 @@ impl Bundle {
             });
         }
         match update {
-            Body::Whole(bundle) => Ok(bundle),
+            Body::Whole(bundle) => {
+                // A whole bundle from a node whose replica of a shard is behind would put
+                // back what a later change took off the list (or the reverse).
+                let behind = bundle.positions.len() == self.positions.len()
+                    && bundle
+                        .positions
+                        .iter()
+                        .zip(&self.positions)
+                        .any(|(new, held)| new < held);
+                if behind {
+                    return Err(BundleError::Behind);
+                }
+                Ok(bundle)
+            }
             Body::Delta(delta) => {
                 if delta.base != self.positions {
                     return Err(BundleError::WrongBase);
@@ -406,6 +422,10 @@ impl<'a> Reader<'a> {
         let mut value: u64 = 0;
         for shift in (0..64).step_by(7) {
             let byte = self.u8()?;
+            // The tenth byte holds the top bit only.
+            if shift == 63 && byte > 1 {
+                break;
+            }
             value |= u64::from(byte & 0x7f) << shift;
             if byte & 0x80 == 0 {
                 return Ok(value);

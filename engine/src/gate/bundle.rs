@@ -3,10 +3,12 @@
 //! signed with the engine's bundle key. The format is the gate library's
 //! ([`fareway_gate::bundle`]).
 //!
-//! The version is the sum of every shard's deny-journal position plus the key registry's
-//! count of keys and revocations: each only grows, so the version does, and every change a
-//! gate must see moves it. A gate that sends the position of the bundle it holds gets the
-//! changes since then (a delta) while they are few enough, else the whole bundle.
+//! A shard's position is its last transaction sequence, which every replica of the shard
+//! agrees on; the deny journal keys each change by the sequence of the group commit that
+//! made it. The version is the sum of the positions plus the key registry's count of keys
+//! and revocations: each only grows, so the version does. A gate that sends the positions
+//! of the bundle it holds gets the changes since then (a delta) while the journal holds
+//! them and they are few enough, else the whole bundle.
 
 use fareway_gate::bundle::{Body, Bundle, BundleKey, Delta, Settings};
 
@@ -17,7 +19,7 @@ use crate::settlement::key::SettlementKey;
 use crate::token::IssuerRegistry;
 
 /// Most deny-list changes a delta carries; a gate further behind gets the whole bundle.
-pub const DELTA_CHANGES_MAX: u64 = 100_000;
+pub const DELTA_CHANGES_MAX: usize = 100_000;
 
 /// The engine's bundle key and the settings gates decide by.
 #[derive(Debug)]
@@ -42,14 +44,6 @@ pub struct SignedBundle {
 /// Why a bundle request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleRequestError {
-    /// The gate's position names another number of shards than the engine has.
-    #[error("have_positions has {got} shards; this engine has {shards}")]
-    Shards {
-        /// The engine's shards.
-        shards: usize,
-        /// The gate's.
-        got: usize,
-    },
     /// The gate's bundle is newer than what this node holds (not this engine's, or this
     /// node's replicas are behind another's).
     #[error(
@@ -91,64 +85,31 @@ impl Bundles {
         // later changes too, which the next delta applies again to the same end.
         let positions = views
             .iter()
-            .map(|view| Ok(view.next_deny_journal()? - 1))
+            .map(|view| Ok(view.next_sequence()?.saturating_sub(1)))
             .collect::<Result<Vec<u64>, LedgerError>>()?;
         let (providers, keys, keys_revision) = keys_of(registry);
         let version = positions.iter().sum::<u64>() + keys_revision;
-        if have_version > version {
+        let ahead = have_positions.len() == positions.len()
+            && have_positions
+                .iter()
+                .zip(&positions)
+                .any(|(have, now)| have > now);
+        if have_version > version || ahead {
             return Err(BundleRequestError::Future {
                 have: have_version,
                 version,
             });
         }
-        if !have_positions.is_empty() && have_positions.len() != positions.len() {
-            return Err(BundleRequestError::Shards {
-                shards: positions.len(),
-                got: have_positions.len(),
-            });
-        }
-        let behind = have_positions
-            .iter()
-            .zip(&positions)
-            .map(|(have, now)| now.checked_sub(*have))
-            .collect::<Option<Vec<u64>>>();
-        let delta_behind = match behind {
-            // A position past this node's: as for a newer version.
-            None => {
-                return Err(BundleRequestError::Future {
-                    have: have_version,
-                    version,
-                });
-            }
-            Some(behind)
-                if !have_positions.is_empty()
-                    && behind.iter().sum::<u64>() <= DELTA_CHANGES_MAX =>
-            {
-                Some(behind)
-            }
-            Some(_) => None,
-        };
-        let body = match delta_behind {
-            Some(behind) => {
-                let mut changes = Vec::new();
-                for ((view, have), count) in views.iter().zip(have_positions).zip(&behind) {
-                    let entries = view.deny_journal_after(*have, *count as usize)?;
-                    changes.extend(
-                        entries
-                            .into_iter()
-                            .map(|(_, account, denied)| (account, denied)),
-                    );
-                }
-                Body::Delta(Delta {
-                    version,
-                    base: have_positions.to_vec(),
-                    positions,
-                    settings: self.settings,
-                    providers,
-                    keys,
-                    changes,
-                })
-            }
+        let body = match self.changes_since(&views, have_positions, &positions)? {
+            Some(changes) => Body::Delta(Delta {
+                version,
+                base: have_positions.to_vec(),
+                positions,
+                settings: self.settings,
+                providers,
+                keys,
+                changes,
+            }),
             None => whole(&views, version, positions, self.settings, providers, keys)?,
         };
         let (body, delta) = match &body {
@@ -161,6 +122,38 @@ impl Bundles {
             version,
             delta,
         })
+    }
+
+    /// The deny-list changes from `have` (the gate's positions) to `now`, in shard order,
+    /// when a delta can carry them: the gate holds a position of every shard, the
+    /// journals hold every change since, and they are at most [`DELTA_CHANGES_MAX`].
+    fn changes_since(
+        &self,
+        views: &[&LedgerView],
+        have: &[u64],
+        now: &[u64],
+    ) -> Result<Option<Vec<(u64, bool)>>, LedgerError> {
+        if have.len() != now.len() {
+            // None held, or from a cluster of another shard count: the whole bundle.
+            return Ok(None);
+        }
+        let mut changes = Vec::new();
+        for ((view, have), now) in views.iter().zip(have).zip(now) {
+            if view.deny_journal_from()? > have.saturating_add(1) {
+                return Ok(None);
+            }
+            let room = DELTA_CHANGES_MAX - changes.len();
+            let entries = view.deny_journal_between(*have, *now, room + 1)?;
+            if entries.len() > room {
+                return Ok(None);
+            }
+            changes.extend(
+                entries
+                    .into_iter()
+                    .map(|(_, account, denied)| (account, denied)),
+            );
+        }
+        Ok(Some(changes))
     }
 }
 

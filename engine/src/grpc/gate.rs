@@ -302,13 +302,9 @@ impl pb::gate_service_server::GateService for GateApi {
         .await
         .map_err(|err| Status::internal(format!("bundle task failed: {err}")))?;
         let bundle = answered.map_err(|err| match err {
-            BundleRequestError::Shards { .. } => convert::status(
-                tonic::Code::InvalidArgument,
-                err.to_string(),
-                "invalid_argument",
-            ),
+            // Retryable: another node, or this one once its replicas caught up, may answer.
             BundleRequestError::Future { .. } => convert::status(
-                tonic::Code::FailedPrecondition,
+                tonic::Code::Unavailable,
                 err.to_string(),
                 "bundle_from_future",
             ),

@@ -66,8 +66,6 @@ pub struct GroupCommit<'a> {
     /// Whether each rider account read from the database was refused at gates then: a
     /// change of it is a `deny` change, journalled for the gates' bundles.
     refused_before: HashMap<u64, bool>,
-    /// The sequence the next `deny_journal` entry gets.
-    next_deny_journal: u64,
     first_sequence: u64,
     next_sequence: u64,
     write: WriteBatch,
@@ -116,7 +114,7 @@ impl<'a> GroupCommit<'a> {
             deny: view.cf(CF_DENY)?,
             deny_journal: view.cf(CF_DENY_JOURNAL)?,
         };
-        let next_deny_journal = view.next_deny_journal()?;
+
         Ok(GroupCommit {
             view,
             rules,
@@ -130,7 +128,6 @@ impl<'a> GroupCommit<'a> {
             dirty_travel: HashSet::new(),
             codes: HashMap::new(),
             refused_before: HashMap::new(),
-            next_deny_journal,
             first_sequence: next_sequence,
             next_sequence,
             write: WriteBatch::default(),
@@ -177,19 +174,20 @@ impl<'a> GroupCommit<'a> {
         self.write
     }
 
-    /// Writes `deny` and its journal for every rider whose refusal at gates changed, in
-    /// account order (every replica of a shard must journal alike).
+    /// Writes `deny` and its journal for every rider whose refusal at gates changed. The
+    /// journal keys them by the group's last transaction sequence, which every replica of
+    /// a shard gives the same group (one log message), and a reader sees whole groups.
     fn journal_deny_changes(&mut self) {
-        let mut riders: Vec<u64> = self
+        let Some(last_sequence) = self.next_sequence.checked_sub(1) else {
+            return;
+        };
+        let riders = self
             .dirty_accounts
             .iter()
             .filter_map(|account| match account {
                 AccountRef::Rider(id) => Some(*id),
                 _ => None,
-            })
-            .collect();
-        riders.sort_unstable();
-        let first = self.next_deny_journal;
+            });
         for id in riders {
             let Some(account) = self.accounts.get(&AccountRef::Rider(id)) else {
                 continue;
@@ -205,16 +203,8 @@ impl<'a> GroupCommit<'a> {
             }
             self.write.put_cf(
                 self.cfs.deny_journal,
-                codec::log_key(self.next_deny_journal),
-                codec::encode_deny_change(id, refused),
-            );
-            self.next_deny_journal += 1;
-        }
-        if self.next_deny_journal != first {
-            self.write.put_cf(
-                self.cfs.meta,
-                codec::META_DENY_JOURNAL_NEXT,
-                codec::encode_sequence(self.next_deny_journal),
+                codec::deny_journal_key(last_sequence, id),
+                [u8::from(refused)],
             );
         }
     }

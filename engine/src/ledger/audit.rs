@@ -72,8 +72,8 @@ pub fn audit(db: &LedgerView) -> Result<AuditReport, LedgerError> {
     Ok(report)
 }
 
-/// The deny list holds exactly the rider accounts refused at gates, and its journal's
-/// entries are numbered below the next one.
+/// The deny list holds exactly the rider accounts refused at gates, and its journal holds
+/// no sequence the log has not reached.
 fn audit_deny_list(
     db: &LedgerView,
     snapshot: &Snapshot<'_>,
@@ -104,23 +104,16 @@ fn audit_deny_list(
             if listed.contains(id) { "on" } else { "not on" }
         ));
     }
-    let next = match db.get_pinned_cf_opt(
-        db.cf(CF_META)?,
-        codec::META_DENY_JOURNAL_NEXT,
-        &reader(snapshot),
-    )? {
-        Some(bytes) => codec::decode_sequence(&bytes, "next deny journal sequence")?,
-        None => 1,
-    };
+    let next = read_next_sequence(db, snapshot)?;
     if let Some(last) = db
         .iterator_cf_opt(db.cf(CF_DENY_JOURNAL)?, reader(snapshot), IteratorMode::End)
         .next()
     {
-        let (key, _) = last?;
-        let last = codec::decode_sequence(&key, "deny journal key")?;
+        let (key, value) = last?;
+        let (last, _, _) = codec::decode_deny_change(&key, &value)?;
         if last >= next {
             report.violation(format!(
-                "deny journal entry {last} is at or past the next sequence {next}"
+                "deny journal entry of sequence {last} is at or past the next sequence {next}"
             ));
         }
     }
@@ -432,7 +425,8 @@ fn count(db: &LedgerView, snapshot: &Snapshot<'_>, name: &'static str) -> Result
     Ok(count)
 }
 
-/// The digest of a replica's state: SHA-256 over every column family but settlement's (in
+/// The digest of a replica's state: SHA-256 over every column family but settlement's and
+/// the deny journal (with its start in `meta`) (in
 /// the order of [`super::store::COLUMN_FAMILIES`]), each key and value behind its length,
 /// read from one snapshot. Two replicas of a shard at the same applied stream sequence
 /// have the same digest; settlement's family is left out because batches are cut by the
@@ -441,12 +435,17 @@ pub fn state_digest(db: &LedgerView) -> Result<[u8; 32], LedgerError> {
     let snapshot = db.snapshot();
     let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
     for name in super::store::COLUMN_FAMILIES {
-        if name == super::store::CF_SETTLEMENT {
+        // Settlement is written outside the log; the deny journal is history for gates,
+        // of which a replica upgraded to it holds less than one made with it.
+        if name == super::store::CF_SETTLEMENT || name == CF_DENY_JOURNAL {
             continue;
         }
         digest.update(name.as_bytes());
         for item in db.iterator_cf_opt(db.cf(name)?, reader(&snapshot), IteratorMode::Start) {
             let (key, value) = item?;
+            if name == CF_META && key.as_ref() == codec::META_DENY_JOURNAL_FROM {
+                continue;
+            }
             digest.update(&(key.len() as u64).to_be_bytes());
             digest.update(&key);
             digest.update(&(value.len() as u64).to_be_bytes());

@@ -39,9 +39,10 @@ pub const META_IDS_PRUNED_BELOW: &[u8] = b"ids_pruned_below";
 /// state that message produced, so a restart goes on from the next message.
 pub const META_APPLIED_STREAM_SEQUENCE: &[u8] = b"applied_stream_sequence";
 
-/// Meta key: the sequence the next `deny_journal` entry gets (u64, big-endian; absent
-/// means 1).
-pub const META_DENY_JOURNAL_NEXT: &[u8] = b"deny_journal_next";
+/// Meta key: the first transaction sequence whose deny-list changes `deny_journal` holds
+/// (u64, big-endian; absent means 1: a ledger made with the journal). A ledger upgraded
+/// to it starts it at its next sequence then.
+pub const META_DENY_JOURNAL_FROM: &[u8] = b"deny_journal_from";
 
 /// Meta key (cluster mode): which shard of how many this replica holds (two u32,
 /// big-endian: shard, then shard count). Written when the replica is made, so that a
@@ -169,21 +170,24 @@ pub fn decode_sequence(bytes: &[u8], what: &'static str) -> Result<u64, LedgerEr
     Ok(sequence)
 }
 
-/// A `deny_journal` value: the account, and whether it is now refused (1) or lifted (0).
-pub fn encode_deny_change(account_id: u64, denied: bool) -> [u8; 9] {
-    let mut value = [0u8; 9];
-    value[..8].copy_from_slice(&account_id.to_be_bytes());
-    value[8] = u8::from(denied);
-    value
+/// A `deny_journal` key: the last transaction sequence of the group commit that made the
+/// change (a position every replica of a shard agrees on), then the account.
+pub fn deny_journal_key(sequence: u64, account_id: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&sequence.to_be_bytes());
+    key[8..].copy_from_slice(&account_id.to_be_bytes());
+    key
 }
 
-/// Reads a `deny_journal` value.
-pub fn decode_deny_change(bytes: &[u8]) -> Result<(u64, bool), LedgerError> {
-    let mut reader = Reader::new(bytes, "deny journal entry");
+/// Reads a `deny_journal` entry: (sequence, account, refused or lifted).
+pub fn decode_deny_change(key: &[u8], value: &[u8]) -> Result<(u64, u64, bool), LedgerError> {
+    let mut reader = Reader::new(key, "deny journal key");
+    let sequence = reader.u64()?;
     let account_id = reader.u64()?;
-    let denied = match reader.u8()? {
-        0 => false,
-        1 => true,
+    reader.end()?;
+    let denied = match value {
+        [0] => false,
+        [1] => true,
         _ => {
             return Err(corrupt(
                 "deny journal entry",
@@ -191,8 +195,7 @@ pub fn decode_deny_change(bytes: &[u8]) -> Result<(u64, bool), LedgerError> {
             ));
         }
     };
-    reader.end()?;
-    Ok((account_id, denied))
+    Ok((sequence, account_id, denied))
 }
 
 /// The value of [`META_SHARD`]: shard `shard` of `shards`.

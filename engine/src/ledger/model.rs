@@ -54,7 +54,8 @@ pub struct Account {
 
 impl Account {
     /// Whether a gate must refuse the rider: the account is deny-listed or closed, or in
-    /// debt (below its credit limit, which only a tap a gate let through offline can do).
+    /// debt (below its credit limit: a metro exit is charged past it, "ride first, pay
+    /// later", and so will taps a gate let through offline).
     pub fn refused_at_gates(&self) -> bool {
         self.status != AccountStatus::Active
             || i128::from(self.balance.0) < -i128::from(self.credit_limit.0)

@@ -43,8 +43,9 @@ pub const CF_SETTLEMENT: &str = "settlement";
 /// Rider account id → nothing: the accounts a gate must refuse (deny-listed, closed, or in
 /// debt). The whole deny list of a gate bundle (`docs/offline.md`).
 pub const CF_DENY: &str = "deny";
-/// Journal sequence → (account id, denied or lifted): every change of `deny`, in order,
-/// for the bundle deltas gates fetch.
+/// Transaction sequence + account id → denied (1) or lifted (0): every change of `deny`,
+/// keyed by the last sequence of the group commit that made it, for the bundle deltas
+/// gates fetch.
 pub const CF_DENY_JOURNAL: &str = "deny_journal";
 
 /// Every column family this build knows.
@@ -221,6 +222,16 @@ fn check_format_version(db: &DB, shown: &str) -> Result<(), LedgerError> {
     if let Some(from) = found.filter(|found| FORMAT_VERSIONS_UPGRADED.contains(found)) {
         let mut write = rocksdb::WriteBatch::default();
         fill_deny(db, &mut write)?;
+        // The journal holds the changes from here on; a gate behind gets a whole bundle.
+        let next = match db.get_cf(meta, META_NEXT_SEQUENCE)? {
+            Some(bytes) => codec::decode_sequence(&bytes, "next_sequence")?,
+            None => 1,
+        };
+        write.put_cf(
+            meta,
+            codec::META_DENY_JOURNAL_FROM,
+            codec::encode_sequence(next),
+        );
         write.put_cf(meta, META_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
         db.write_opt(write, &synced)?;
         tracing::info!(path = %shown, from, to = FORMAT_VERSION, "ledger data directory upgraded");
@@ -234,8 +245,7 @@ fn check_format_version(db: &DB, shown: &str) -> Result<(), LedgerError> {
     Ok(())
 }
 
-/// Fills `deny` from the accounts, for a ledger written before it existed (its journal
-/// starts empty: a gate gets its first bundle whole).
+/// Fills `deny` from the accounts, for a ledger written before it existed.
 fn fill_deny(db: &DB, write: &mut rocksdb::WriteBatch) -> Result<(), LedgerError> {
     let accounts = db
         .cf_handle(CF_ACCOUNTS)

@@ -165,11 +165,11 @@ impl LedgerView {
         codec::decode_sequence(&bytes, "next_sequence")
     }
 
-    /// The sequence the next `deny_journal` entry gets.
-    pub fn next_deny_journal(&self) -> Result<u64, LedgerError> {
+    /// The first transaction sequence whose deny-list changes the journal holds.
+    pub fn deny_journal_from(&self) -> Result<u64, LedgerError> {
         let meta = self.cf(CF_META)?;
-        match self.get_cf(meta, codec::META_DENY_JOURNAL_NEXT)? {
-            Some(bytes) => codec::decode_sequence(&bytes, "next deny journal sequence"),
+        match self.get_cf(meta, codec::META_DENY_JOURNAL_FROM)? {
+            Some(bytes) => codec::decode_sequence(&bytes, "deny journal start"),
             None => Ok(1),
         }
     }
@@ -185,27 +185,29 @@ impl LedgerView {
             .collect()
     }
 
-    /// The `deny_journal` entries after `after`, at most `max` of them: (journal sequence,
-    /// account, refused or lifted).
-    pub fn deny_journal_after(
+    /// The `deny_journal` entries of transaction sequences `after + 1` to `through`, at most
+    /// `max` of them: (sequence, account, refused or lifted).
+    pub fn deny_journal_between(
         &self,
         after: u64,
+        through: u64,
         max: usize,
     ) -> Result<Vec<(u64, u64, bool)>, LedgerError> {
         let journal = self.cf(CF_DENY_JOURNAL)?;
-        let from = codec::log_key(after.saturating_add(1));
-        self.iterator_cf(
+        let from = codec::deny_journal_key(after.saturating_add(1), 0);
+        let mut entries = Vec::new();
+        for entry in self.iterator_cf(
             journal,
             rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward),
-        )
-        .take(max)
-        .map(|entry| {
+        ) {
             let (key, value) = entry?;
-            let sequence = codec::decode_sequence(&key, "deny journal key")?;
-            let (account, denied) = codec::decode_deny_change(&value)?;
-            Ok((sequence, account, denied))
-        })
-        .collect()
+            let change = codec::decode_deny_change(&key, &value)?;
+            if change.0 > through || entries.len() == max {
+                break;
+            }
+            entries.push(change);
+        }
+        Ok(entries)
     }
 
     /// Makes a RocksDB checkpoint of the whole database in `path`, which must not exist:

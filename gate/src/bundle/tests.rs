@@ -127,6 +127,16 @@ fn every_cut_or_padded_body_is_an_error_never_a_panic() {
             Err(BundleError::Format("1 bytes after its end".into()))
         );
     }
+    // A number past 64 bits in the deny list.
+    let mut long = bundle([]).encode();
+    let at = long.len() - 4;
+    long[at..].copy_from_slice(&1u32.to_be_bytes());
+    long.extend_from_slice(&[0xff; 9]);
+    long.push(0x02);
+    assert_eq!(
+        round_trip(&long),
+        Err(BundleError::Format("a number runs past 64 bits".into()))
+    );
     // A count far beyond the bytes is refused before anything is allocated for it.
     delta.changes.clear();
     let mut body = delta.encode();
@@ -163,9 +173,14 @@ fn a_delta_applies_to_its_base_only_and_versions_only_grow() {
         next.apply(Body::Whole(held.clone())),
         Err(BundleError::Older { have: 12, got: 10 })
     );
-    let mut same = held.clone();
-    same.version = 12;
+    let mut same = next.clone();
+    same.denied.insert(5);
     assert_eq!(next.apply(Body::Whole(same.clone())).unwrap(), same);
+    // A whole bundle at a newer version but behind in a shard would undo a change.
+    let mut behind = next.clone();
+    behind.version = 20;
+    behind.positions = vec![4, 8];
+    assert_eq!(next.apply(Body::Whole(behind)), Err(BundleError::Behind));
 }
 
 #[test]
