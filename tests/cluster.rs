@@ -792,6 +792,15 @@ fn cluster_audit(folder: &Path, dirs: impl IntoIterator<Item = String>, ok: bool
     said
 }
 
+/// Copies a closed ledger directory (RocksDB's files, all at its top level) to a new one.
+fn copy_ledger_dir(from: &Path, to: &Path) {
+    std::fs::create_dir(to).unwrap();
+    for file in std::fs::read_dir(from).unwrap() {
+        let file = file.unwrap();
+        std::fs::copy(file.path(), to.join(file.file_name())).unwrap();
+    }
+}
+
 /// `fareway audit` of a cluster's replicas sums the shards and names the replicas of a
 /// shard that applied the same log sequence but hold other states; a replica's directory
 /// opened as another shard is refused.
@@ -856,12 +865,7 @@ fn the_cluster_audit_names_replicas_that_differ() {
         said.contains("cluster: no replica given of shards [0]"),
         "{said}"
     );
-    let s1_again = folder.path().join("s1-again");
-    std::fs::create_dir(&s1_again).unwrap();
-    for file in std::fs::read_dir(folder.path().join("s1")).unwrap() {
-        let file = file.unwrap();
-        std::fs::copy(file.path(), s1_again.join(file.file_name())).unwrap();
-    }
+    copy_ledger_dir(&folder.path().join("s1"), &folder.path().join("s1-again"));
     let said = cluster_audit(folder.path(), ["s1".into(), "s1-again".into()], false);
     assert!(
         said.contains("cluster: PROBLEM no replica given of shards [0]"),
@@ -1266,11 +1270,7 @@ async fn a_node_whose_disk_is_lost_rejoins_from_a_checkpoint() {
         .path;
     let copy = PathBuf::from(&checkpoint).join("shard-0");
     assert!(PathBuf::from(&checkpoint).join("shard-1").is_dir());
-    std::fs::create_dir(&lost).unwrap();
-    for file in std::fs::read_dir(&copy).unwrap() {
-        let file = file.unwrap();
-        std::fs::copy(file.path(), lost.join(file.file_name())).unwrap();
-    }
+    copy_ledger_dir(&copy, &lost);
     let from = {
         let view = LedgerView::open(&lost, &StoreConfig::default()).unwrap();
         fareway::ledger::replica::applied_stream_sequence(&view).unwrap()

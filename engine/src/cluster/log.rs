@@ -48,15 +48,12 @@ pub async fn ensure_stream(
 
 /// The last sequence of shard `shard`'s stream (0 when it is empty).
 pub async fn last_sequence(js: &jetstream::Context, shard: u32) -> Result<u64, LedgerError> {
-    let mut stream = js
+    // Opening the stream reads its state as it is now: one request, not two.
+    let stream = js
         .get_stream(names::stream(shard))
         .await
         .map_err(|err| unavailable(shard, "open the stream", err))?;
-    let info = stream
-        .info()
-        .await
-        .map_err(|err| unavailable(shard, "read the stream's state", err))?;
-    Ok(info.state.last_sequence)
+    Ok(stream.cached_info().state.last_sequence)
 }
 
 /// The leader's appends to shard `shard`'s stream, called from the ledger's writer thread.

@@ -114,7 +114,6 @@ impl<'a> GroupCommit<'a> {
             deny: view.cf(CF_DENY)?,
             deny_journal: view.cf(CF_DENY_JOURNAL)?,
         };
-
         Ok(GroupCommit {
             view,
             rules,

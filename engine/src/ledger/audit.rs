@@ -9,6 +9,8 @@
 //! exactly one settlement entry; every refund is indexed; no record lies beyond
 //! `next_sequence`.
 
+use std::collections::BTreeSet;
+
 use rocksdb::{IteratorMode, ReadOptions, Snapshot};
 
 use super::LedgerError;
@@ -65,30 +67,22 @@ pub fn audit(db: &LedgerView) -> Result<AuditReport, LedgerError> {
     let mut report = AuditReport::default();
     let snapshot = db.snapshot();
     let next_sequence = read_next_sequence(db, &snapshot)?;
-    audit_accounts(db, &snapshot, &mut report)?;
+    let refused = audit_accounts(db, &snapshot, &mut report)?;
     let counts = audit_log(db, &snapshot, next_sequence, &mut report)?;
     audit_index_sizes(db, &snapshot, &counts, &mut report)?;
-    audit_deny_list(db, &snapshot, &mut report)?;
+    audit_deny_list(db, &snapshot, &refused, &mut report)?;
     Ok(report)
 }
 
-/// The deny list holds exactly the rider accounts refused at gates, and its journal holds
-/// no sequence the log has not reached.
+/// The deny list holds exactly the rider accounts refused at gates (`refused`, found by
+/// the accounts' walk), and its journal holds no sequence the log has not reached.
 fn audit_deny_list(
     db: &LedgerView,
     snapshot: &Snapshot<'_>,
+    refused: &BTreeSet<u64>,
     report: &mut AuditReport,
 ) -> Result<(), LedgerError> {
-    let mut refused = std::collections::BTreeSet::new();
-    for item in db.iterator_cf_opt(db.cf(CF_ACCOUNTS)?, reader(snapshot), IteratorMode::Start) {
-        let (key, value) = item?;
-        if let AccountRef::Rider(id) = codec::decode_account_key(&key)?
-            && codec::decode_account(&value)?.refused_at_gates()
-        {
-            refused.insert(id);
-        }
-    }
-    let mut listed = std::collections::BTreeSet::new();
+    let mut listed = BTreeSet::new();
     for item in db.iterator_cf_opt(db.cf(CF_DENY)?, reader(snapshot), IteratorMode::Start) {
         let (key, _) = item?;
         listed.insert(codec::decode_sequence(&key, "deny list key")?);
@@ -132,12 +126,13 @@ fn read_next_sequence(db: &LedgerView, snapshot: &Snapshot<'_>) -> Result<u64, L
 
 /// Accounts and their postings, both in account-key order, walked side by side: each
 /// balance equals its postings' sum, each running balance is right, and the sum over all
-/// accounts is zero.
+/// accounts is zero. Returns the riders refused at gates, for the deny list's audit.
 fn audit_accounts(
     db: &LedgerView,
     snapshot: &Snapshot<'_>,
     report: &mut AuditReport,
-) -> Result<(), LedgerError> {
+) -> Result<BTreeSet<u64>, LedgerError> {
+    let mut refused = BTreeSet::new();
     let mut postings = db
         .iterator_cf_opt(db.cf(CF_POSTINGS)?, reader(snapshot), IteratorMode::Start)
         .peekable();
@@ -147,8 +142,11 @@ fn audit_accounts(
         let account = codec::decode_account(&value)?;
         report.accounts += 1;
         report.balance_sum += i128::from(account.balance.0);
-        if matches!(account_ref, AccountRef::Rider(_)) {
+        if let AccountRef::Rider(id) = account_ref {
             report.rider_balance_sum += i128::from(account.balance.0);
+            if account.refused_at_gates() {
+                refused.insert(id);
+            }
         }
         // Wide enough that no sequence of i64 postings overflows it.
         let mut running: i128 = 0;
@@ -193,7 +191,7 @@ fn audit_accounts(
             report.balance_sum
         ));
     }
-    Ok(())
+    Ok(refused)
 }
 
 /// What the log says the indexes must hold.
