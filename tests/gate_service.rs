@@ -903,7 +903,7 @@ async fn a_gate_decides_offline_from_the_engines_signed_bundles() {
     // Transactions 1-5: two openings, two top-ups, one deny-listing.
     assert_eq!(held.positions, vec![5]);
     assert_eq!(held.denied, std::collections::BTreeSet::from([502]));
-    let mut offline = OfflineGate::new(held, T).unwrap();
+    let mut offline = OfflineGate::new(held).unwrap();
     let code = |account_id, seed| phone(account_id, seed).code_text(T);
     assert!(matches!(
         offline.decide(&code(501, 1), T),
@@ -930,7 +930,7 @@ async fn a_gate_decides_offline_from_the_engines_signed_bundles() {
         panic!("a gate one change behind gets a delta");
     };
     assert_eq!(delta.changes, vec![(502, false)]);
-    offline.update(update, T).unwrap();
+    offline.update(update).unwrap();
     assert!(matches!(
         offline.decide(&code(502, 3), T),
         OfflineDecision::Open(_)

@@ -35,6 +35,7 @@ fn taps(count: usize, round: usize) -> Vec<Request> {
                     gate_id: 7,
                     code: id.to_be_bytes(),
                     kind: TapKind::Bus { route: 501 },
+                    offline: false,
                 }),
             }
         })

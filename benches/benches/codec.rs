@@ -26,6 +26,7 @@ fn bus_tap_record() -> Record {
                 gate_id: 9,
                 code: [3; 16],
                 kind: TapKind::Bus { route: 501 },
+                offline: false,
             }),
         },
         outcome: Outcome::Accepted,

@@ -120,6 +120,7 @@ fn make_ledger(dir: &std::path::Path, taps: u64) {
                             gate_id: (n % 5_000) as u32 + 1,
                             code,
                             kind: TapKind::Bus { route: 501 },
+                            offline: false,
                         }),
                     });
                     if thread == 0 && n % 1_000_000 == 0 {

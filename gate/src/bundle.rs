@@ -223,9 +223,9 @@ impl Bundle {
         }
     }
 
-    /// The issuer registry a gate verifies by: every key, a key revoked at or before
-    /// `now` as revoked.
-    pub fn registry(&self, now: UnixMillis) -> Result<IssuerRegistry, BundleError> {
+    /// The issuer registry a gate verifies by: every key, with its revocation time, so
+    /// that each decision judges revocation at its own scan time.
+    pub fn registry(&self) -> Result<IssuerRegistry, BundleError> {
         let refused = |err: KeyError| BundleError::Keys(err.to_string());
         let mut registry = IssuerRegistry::default();
         for provider in &self.providers {
@@ -237,7 +237,7 @@ impl Bundle {
                     provider_id: key.provider_id,
                     key_id: key_id_of(&key.public_key),
                     public_key: key.public_key,
-                    revoked: key.revoked_at.is_some_and(|at| at <= now),
+                    revoked_at: key.revoked_at,
                 })
                 .map_err(refused)?;
         }

@@ -50,9 +50,9 @@ pub struct OfflineGate {
 }
 
 impl OfflineGate {
-    /// A gate holding `bundle`, deciding from `now` on.
-    pub fn new(bundle: Bundle, now: UnixMillis) -> Result<OfflineGate, BundleError> {
-        let verifier = verifier_of(&bundle, now)?;
+    /// A gate holding `bundle`.
+    pub fn new(bundle: Bundle) -> Result<OfflineGate, BundleError> {
+        let verifier = verifier_of(&bundle)?;
         Ok(OfflineGate {
             bundle,
             verifier,
@@ -67,9 +67,9 @@ impl OfflineGate {
 
     /// Applies a bundle the engine sent (opened with [`crate::bundle::open`]). One that is
     /// older, made for another position, or whose keys are refused changes nothing.
-    pub fn update(&mut self, update: Body, now: UnixMillis) -> Result<(), BundleError> {
+    pub fn update(&mut self, update: Body) -> Result<(), BundleError> {
         let bundle = self.bundle.apply(update)?;
-        self.verifier = verifier_of(&bundle, now)?;
+        self.verifier = verifier_of(&bundle)?;
         self.bundle = bundle;
         Ok(())
     }
@@ -100,14 +100,15 @@ impl OfflineGate {
     }
 }
 
-/// The verifier of a bundle: its keys (revoked as of `now`), its settings, its deny list.
-fn verifier_of(bundle: &Bundle, now: UnixMillis) -> Result<Verifier, BundleError> {
+/// The verifier of a bundle: its keys with their revocation times, its settings, its deny
+/// list.
+fn verifier_of(bundle: &Bundle) -> Result<Verifier, BundleError> {
     let config = VerifierConfig {
         code_validity_ms: bundle.settings.code_validity_ms,
         clock_skew_ms: bundle.settings.clock_skew_ms,
         ..VerifierConfig::default()
     };
-    let verifier = Verifier::new(config, bundle.registry(now)?);
+    let verifier = Verifier::new(config, bundle.registry()?);
     for &account in &bundle.denied {
         verifier.set_denied(account, true);
     }

@@ -71,7 +71,8 @@ pub fn route_by(command: &Command) -> RouteBy {
         | Command::TopUp { account_id, .. }
         | Command::Charge { account_id, .. }
         | Command::Adjust { account_id, .. }
-        | Command::CloseJourney { account_id, .. } => RouteBy::Account(account_id),
+        | Command::CloseJourney { account_id, .. }
+        | Command::Correct { account_id, .. } => RouteBy::Account(account_id),
         Command::Tap(tap) => RouteBy::Account(tap.account_id),
         Command::Refund { original } => RouteBy::Charge(original),
     }

@@ -12,7 +12,6 @@
 
 use fareway_gate::bundle::{Body, Bundle, BundleKey, Delta, Settings};
 
-use crate::clock::UnixMillis;
 use crate::commands::Commands;
 use crate::ledger::{LedgerError, LedgerView};
 use crate::settlement::key::SettlementKey;
@@ -182,8 +181,7 @@ fn whole(
 
 /// The registry's providers and keys as a bundle carries them, and its revision: keys
 /// are never removed and a revocation is never undone, so keys plus revocations only
-/// grows. The registry keeps no revocation time yet: a revoked key is sent as revoked
-/// since the start of time, which is what a gate deciding now needs.
+/// grows.
 fn keys_of(registry: &IssuerRegistry) -> (Vec<crate::token::Provider>, Vec<BundleKey>, u64) {
     let providers = registry.providers().cloned().collect();
     let keys: Vec<BundleKey> = registry
@@ -191,7 +189,7 @@ fn keys_of(registry: &IssuerRegistry) -> (Vec<crate::token::Provider>, Vec<Bundl
         .map(|key| BundleKey {
             provider_id: key.provider_id,
             public_key: key.public_key,
-            revoked_at: key.revoked.then_some(UnixMillis(1)),
+            revoked_at: key.revoked_at,
         })
         .collect();
     let revoked = keys.iter().filter(|key| key.revoked_at.is_some()).count();

@@ -233,6 +233,7 @@ impl Gatekeeper {
                 gate_id: input.gate_id,
                 code: code.code_fingerprint,
                 kind: input.kind,
+                offline: false,
             }),
         };
         let receipt = self.commands.submit(request).await?;

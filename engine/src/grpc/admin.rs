@@ -440,7 +440,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         Ok(Response::new(pb::IssuerKeyResponse {
             provider_id: u32::from(key.provider_id),
             key_id: key.key_id,
-            revoked: key.revoked,
+            revoked: key.revoked_at.is_some(),
         }))
     }
 
@@ -452,9 +452,12 @@ impl pb::admin_service_server::AdminService for AdminApi {
         convert::tx_id(&request.transaction_id, "transaction_id")?;
         let provider_id = provider_id(request.provider_id)?;
         let key_id = request.key_id;
+        // Codes scanned from now on are refused; a tap scanned before it and uploaded
+        // later by an offline gate is judged by the key as it was then.
+        let now = self.clock.now();
         let key = self
             .change_keys(move |registry| {
-                registry.revoke(provider_id, key_id)?;
+                registry.revoke(provider_id, key_id, now)?;
                 registry
                     .key(provider_id, key_id)
                     .cloned()
@@ -468,7 +471,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         Ok(Response::new(pb::IssuerKeyResponse {
             provider_id: u32::from(key.provider_id),
             key_id: key.key_id,
-            revoked: key.revoked,
+            revoked: key.revoked_at.is_some(),
         }))
     }
 }

@@ -8,14 +8,13 @@
 //! earlier changes (an overlay), so two requests in one group commit behave exactly as if
 //! they had been written one after the other.
 
-use std::collections::{HashMap, HashSet};
-use std::ops::ControlFlow;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use rocksdb::{ColumnFamily, WriteBatch};
 
 use crate::clock::UnixMillis;
-use crate::fares::{FareTable, RiderDay};
+use crate::fares::FareTable;
 use crate::money::Amount;
 
 use super::codec;
@@ -26,13 +25,11 @@ use super::model::{
 };
 use super::store::{
     CF_ACCOUNTS, CF_CODES, CF_DENY, CF_DENY_JOURNAL, CF_IDS, CF_LOG, CF_META, CF_OPEN_JOURNEYS,
-    CF_POSTINGS, CF_PROVIDER_ENTRIES, CF_REFUNDS, CF_TRAVEL,
+    CF_POSTINGS, CF_PROVIDER_ENTRIES, CF_REFUNDS, CF_RIDER_STEPS, CF_TRAVEL,
 };
+use super::travel::{self, DAY_MS, Priced, RecordedStep, Step, StepKind};
 use super::view::LedgerView;
 use super::{LedgerError, Rules};
-
-/// One day in milliseconds: service days are UTC days.
-const DAY_MS: u64 = 86_400_000;
 
 /// The column families a group commit writes, looked up once.
 struct Handles<'a> {
@@ -48,6 +45,7 @@ struct Handles<'a> {
     codes: &'a ColumnFamily,
     deny: &'a ColumnFamily,
     deny_journal: &'a ColumnFamily,
+    rider_steps: &'a ColumnFamily,
 }
 
 /// Requests applied together, and the writes that will record them.
@@ -63,6 +61,8 @@ pub struct GroupCommit<'a> {
     travel: HashMap<u64, Travel>,
     dirty_travel: HashSet<u64>,
     codes: HashMap<CodeFingerprint, CodeUse>,
+    /// Riders' steps written by this group commit, by (rider, time, sequence).
+    steps: BTreeMap<(u64, u64, u64), RecordedStep>,
     /// Whether each rider account read from the database was refused at gates then: a
     /// change of it is a `deny` change, journalled for the gates' bundles.
     refused_before: HashMap<u64, bool>,
@@ -113,6 +113,7 @@ impl<'a> GroupCommit<'a> {
             codes: view.cf(CF_CODES)?,
             deny: view.cf(CF_DENY)?,
             deny_journal: view.cf(CF_DENY_JOURNAL)?,
+            rider_steps: view.cf(CF_RIDER_STEPS)?,
         };
         Ok(GroupCommit {
             view,
@@ -126,6 +127,7 @@ impl<'a> GroupCommit<'a> {
             travel: HashMap::new(),
             dirty_travel: HashSet::new(),
             codes: HashMap::new(),
+            steps: BTreeMap::new(),
             refused_before: HashMap::new(),
             first_sequence: next_sequence,
             next_sequence,
@@ -210,14 +212,35 @@ impl<'a> GroupCommit<'a> {
 
     /// Applies one request. A replay returns the recorded receipt; a conflict is an error.
     /// Everything that can fail (reads, checks) happens before the first write goes into
-    /// the group commit, so on any error nothing of this request is in it.
+    /// the group commit, so on any error nothing of this request is in it. A late tap's
+    /// fare corrections are recorded right after it, as transactions of their own.
     pub fn apply(&mut self, request: &Request) -> Result<Receipt, LedgerError> {
         if let Some((sequence, record)) = self.find(request.id)? {
             return replay(request, sequence, record, |of| self.record_at(of));
         }
         let sequence = self.next_sequence;
+        let (record, corrections) = self.apply_new(request, sequence)?;
+        let count = corrections.len();
+        for correction in corrections {
+            // Its accounts were read when the tap was decided, so this reads nothing and
+            // cannot fail half-way (`Effects::corrections`).
+            self.apply_new(&correction, self.next_sequence)?;
+        }
+        let mut receipt = answer(sequence, record, false, |of| self.record_at(of))?;
+        receipt.corrections = u32::try_from(count).unwrap_or(u32::MAX);
+        Ok(receipt)
+    }
+
+    /// Decides and records a request that is not recorded yet; returns its record and the
+    /// fare corrections to record after it.
+    fn apply_new(
+        &mut self,
+        request: &Request,
+        sequence: u64,
+    ) -> Result<(Record, Vec<Request>), LedgerError> {
         // Phase 1: decide, and compute every state this request will write.
-        let (outcome, effects) = self.decide_outcome(request, sequence)?;
+        let (outcome, mut effects) = self.decide_outcome(request, sequence)?;
+        let corrections = std::mem::take(&mut effects.corrections);
         let (mut changed, balances_after) = self.post(&effects.postings)?;
         let mut settling_provider = None;
         if outcome == Outcome::Accepted {
@@ -238,7 +261,7 @@ impl<'a> GroupCommit<'a> {
         };
         // Phase 2: nothing below can fail; the request's writes go into the group commit.
         let record = self.record(request, sequence, applied);
-        answer(sequence, record, false, |of| self.record_at(of))
+        Ok((record, corrections))
     }
 
     /// The request's outcome and the effects it will write.
@@ -248,7 +271,7 @@ impl<'a> GroupCommit<'a> {
         sequence: u64,
     ) -> Result<(Outcome, Effects), LedgerError> {
         Ok(match self.decide(request, sequence)? {
-            Decided::Accepted(effects) => (Outcome::Accepted, effects),
+            Decided::Accepted(effects) => (Outcome::Accepted, *effects),
             Decided::Refused(refusal) => (
                 Outcome::Refused(refusal),
                 Effects {
@@ -345,6 +368,7 @@ impl<'a> GroupCommit<'a> {
             self.refunded.insert(original, sequence);
         }
         self.write_travel(&effects);
+        self.write_steps(&effects.steps);
         if let Some((code, used)) = code_use {
             self.write.put_cf(
                 self.cfs.codes,
@@ -396,6 +420,20 @@ impl<'a> GroupCommit<'a> {
         }
     }
 
+    /// A rider's steps, new or walked again.
+    fn write_steps(&mut self, steps: &[(u64, RecordedStep)]) {
+        for (account_id, recorded) in steps {
+            let step = recorded.step;
+            self.write.put_cf(
+                self.cfs.rider_steps,
+                codec::rider_step_key(*account_id, step.time, step.sequence),
+                codec::encode_rider_step(recorded),
+            );
+            self.steps
+                .insert((*account_id, step.time.0, step.sequence), *recorded);
+        }
+    }
+
     /// The record in the log and its id in the idempotency index.
     fn write_log(&mut self, sequence: u64, record: &Record) {
         self.write.put_cf(
@@ -427,7 +465,7 @@ impl<'a> GroupCommit<'a> {
             Command::CloseJourney {
                 account_id,
                 journey_id,
-            } => self.decide_close_journey(request, account_id, journey_id)?,
+            } => return self.decide_close_journey(request, account_id, journey_id, sequence),
             _ => self
                 .decide_account_command(request)?
                 .map(|(postings, rider)| Effects {
@@ -437,7 +475,7 @@ impl<'a> GroupCommit<'a> {
                 }),
         };
         Ok(match decided {
-            Ok(effects) => Decided::Accepted(effects),
+            Ok(effects) => Decided::Accepted(Box::new(effects)),
             Err(refusal) => Decided::Refused(refusal),
         })
     }
@@ -466,6 +504,12 @@ impl<'a> GroupCommit<'a> {
                 account_id,
                 operator_id,
                 amount,
+            }
+            | Command::Correct {
+                account_id,
+                operator_id,
+                amount,
+                ..
             } => self.decide_adjust(account_id, operator_id, amount),
             Command::Tap(_) | Command::CloseJourney { .. } => Err(LedgerError::Invariant(
                 "a tap reached the account command path".into(),
@@ -627,9 +671,7 @@ impl<'a> GroupCommit<'a> {
         tap: Tap,
         sequence: u64,
     ) -> Result<Decided, LedgerError> {
-        let Some(fares) = self.rules.fares.clone() else {
-            return Err(LedgerError::NoFares);
-        };
+        let fares = self.fares()?;
         if let Some(used) = self.code_use(&tap.code)? {
             return Ok(self.reused_code(request, tap, used));
         }
@@ -640,29 +682,23 @@ impl<'a> GroupCommit<'a> {
             }
             Some(account) => account,
         };
-        let (travel, day) = self.travel_on(tap.account_id, request.time)?;
-        let mut trip = Trip {
-            fares,
-            account,
-            rider: tap.account_id,
-            travel,
-            day,
-            now: request.time,
+        let step = Step {
+            time: request.time,
             sequence,
-            effects: Effects {
-                rider: Some(tap.account_id),
-                ..Effects::default()
-            },
+            kind: StepKind::Tap(tap.kind),
         };
-        let priced = match tap.kind {
-            TapKind::MetroEntry { station } => trip.enter(station),
-            TapKind::MetroExit { station } => trip.exit(station),
-            TapKind::Bus { route } => trip.ride_bus(route),
+        let taken = match self.take_step(&fares, tap.account_id, step)? {
+            Ok(taken) => taken,
+            Err(refusal) => return Ok(Decided::Refused(refusal)),
         };
-        match priced {
-            ControlFlow::Break(decided) => Ok(decided),
-            ControlFlow::Continue((operator_id, fare)) => self.charge_trip(trip, operator_id, fare),
+        // A gate that decided alone let the rider through: the operator carried the risk,
+        // and the fare is charged whatever the account's state (it may go into debt).
+        if !tap.offline
+            && let Some(refusal) = online_refusal(&fares, &account, tap.kind, taken.priced.fare)
+        {
+            return Ok(Decided::Refused(refusal));
         }
+        self.charge_step(tap.account_id, taken)
     }
 
     /// A code seen before: the same gate within the retry window is the gate scanning
@@ -676,115 +712,299 @@ impl<'a> GroupCommit<'a> {
         }
     }
 
-    /// Charges a priced trip: the day's total, then the postings.
-    fn charge_trip(
-        &mut self,
-        mut trip: Trip,
-        operator_id: u16,
-        fare: Amount,
-    ) -> Result<Decided, LedgerError> {
-        let Some(charged_today) = trip.travel.charged_today.checked_add(fare) else {
-            return Ok(Decided::Refused(Refusal::BalanceOverflow));
-        };
-        if trip.day.counts {
-            trip.travel.charged_today = charged_today;
-        }
-        let rider = AccountRef::Rider(trip.rider);
-        match self.transfer(rider, AccountRef::OperatorRevenue(operator_id), fare)? {
-            Ok(postings) => trip.effects.postings = postings,
-            Err(refusal) => return Ok(Decided::Refused(refusal)),
-        }
-        trip.effects.travel = Some((trip.rider, trip.travel));
-        Ok(Decided::Accepted(trip.effects))
-    }
-
     /// Decides the sweeper's close of a journey entered and never exited.
     fn decide_close_journey(
         &mut self,
         request: &Request,
         account_id: u64,
         journey_id: u64,
-    ) -> Result<Result<Effects, Refusal>, LedgerError> {
-        let Some(fares) = self.rules.fares.clone() else {
-            return Err(LedgerError::NoFares);
-        };
-        let rider = AccountRef::Rider(account_id);
-        if self.account(rider)?.is_none() {
-            return Ok(Err(Refusal::UnknownAccount));
+        sequence: u64,
+    ) -> Result<Decided, LedgerError> {
+        let fares = self.fares()?;
+        if self.account(AccountRef::Rider(account_id))?.is_none() {
+            return Ok(Decided::Refused(Refusal::UnknownAccount));
         }
-        let (mut travel, day) = self.travel_on(account_id, request.time)?;
-        let open = match travel.open_journey {
+        let open = match self.stored_travel(account_id)?.open_journey {
             Some(open) if open.id == journey_id => open,
-            _ => return Ok(Err(Refusal::JourneyNotOpen)),
+            _ => return Ok(Decided::Refused(Refusal::JourneyNotOpen)),
         };
         if request.time.0.saturating_sub(open.entered_at.0) < fares.incomplete_journey_after_ms {
-            return Ok(Err(Refusal::JourneyNotExpired));
+            return Ok(Decided::Refused(Refusal::JourneyNotExpired));
         }
-        let fare = fares.charge(fares.max_fare, open.entered_at.0, day.without_transfer());
-        let postings = match self.transfer(
-            rider,
-            AccountRef::OperatorRevenue(fares.metro_operator_id),
-            fare,
-        )? {
-            Ok(postings) => postings,
+        let step = Step {
+            time: request.time,
+            sequence,
+            kind: StepKind::Close { journey_id },
+        };
+        match self.take_step(&fares, account_id, step)? {
+            Ok(taken) => self.charge_step(account_id, taken),
+            Err(refusal) => Ok(Decided::Refused(refusal)),
+        }
+    }
+
+    /// The fares file, which taps and journey closes need.
+    fn fares(&self) -> Result<Arc<FareTable>, LedgerError> {
+        self.rules.fares.clone().ok_or(LedgerError::NoFares)
+    }
+
+    /// Prices a rider's step: after the stored travel state when it is the rider's latest,
+    /// else by walking again every step of its service day and after
+    /// ([`GroupCommit::walk_again`]).
+    fn take_step(
+        &mut self,
+        fares: &FareTable,
+        rider: u64,
+        step: Step,
+    ) -> Result<Result<Taken, Refusal>, LedgerError> {
+        let before = self.stored_travel(rider)?;
+        if step.time < before.latest_step_at {
+            return self.walk_again(fares, rider, before, step);
+        }
+        let mut after = before;
+        let priced = match travel::price(fares, &mut after, &step) {
+            Ok(priced) => priced,
             Err(refusal) => return Ok(Err(refusal)),
         };
-        travel.open_journey = None;
-        if day.counts {
-            let Some(charged_today) = travel.charged_today.checked_add(fare) else {
-                return Ok(Err(Refusal::BalanceOverflow));
-            };
-            travel.charged_today = charged_today;
-        }
-        Ok(Ok(Effects {
-            postings,
-            rider: Some(account_id),
-            travel: Some((account_id, travel)),
-            journey: Some(Journey {
-                id: open.id,
-                entry_station: Some(open.station),
-                entered_at: Some(open.entered_at),
-            }),
-            opened_journey: None,
-            closed_journey: Some((open.entered_at, account_id)),
+        let recorded = RecordedStep {
+            step,
+            operator_id: priced.operator_id,
+            charged: priced.fare,
+            open_after: after.open_journey,
+        };
+        Ok(Ok(Taken {
+            priced,
+            before,
+            after,
+            steps: vec![recorded],
+            corrections: Vec::new(),
         }))
     }
 
-    /// A rider's travel state as of `time`, and that day's totals for pricing. A tap on a
-    /// later day than the stored one starts the day's totals afresh; a late tap from an
-    /// earlier day (a gate that was offline) is priced with no totals and leaves the
-    /// stored day's totals alone.
-    fn travel_on(
+    /// A late step: walks again the rider's steps from the start of its service day to
+    /// the latest, with it in its place by scan time. Every earlier step whose fare
+    /// comes out different gets a correction of the difference, unless it was refunded
+    /// (a refund already settled what it charged).
+    fn walk_again(
         &mut self,
-        account_id: u64,
-        time: UnixMillis,
-    ) -> Result<(Travel, TravelDay), LedgerError> {
-        let mut travel = match self.travel.get(&account_id) {
-            Some(travel) => *travel,
-            None => match self
-                .view
-                .get_pinned_cf(self.cfs.travel, codec::rider_key(account_id))?
-            {
-                Some(bytes) => codec::decode_travel(&bytes)?,
-                None => Travel::default(),
-            },
+        fares: &FareTable,
+        rider: u64,
+        before: Travel,
+        step: Step,
+    ) -> Result<Result<Taken, Refusal>, LedgerError> {
+        let day_start = UnixMillis(u64::from(travel::service_day(step.time)) * DAY_MS);
+        let start = Travel {
+            open_journey: self.open_journey_before(rider, day_start)?,
+            ..Travel::default()
         };
-        let day = u32::try_from(time.0 / DAY_MS).unwrap_or(u32::MAX);
-        if day > travel.day {
-            travel.day = day;
-            travel.charged_today = Amount::ZERO;
-            travel.last_trip_started_at = None;
+        let recorded = self.rider_steps_from(rider, day_start)?;
+        let at = recorded.partition_point(|old| {
+            (old.step.time, old.step.sequence) < (step.time, step.sequence)
+        });
+        let mut steps: Vec<Step> = recorded.iter().map(|old| old.step).collect();
+        steps.insert(at, step);
+        let (walked, after) = travel::walk(fares, start, &steps);
+        let (priced, open_after) = walked[at];
+        let priced = match priced {
+            Ok(priced) => priced,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let mut taken = Taken {
+            priced,
+            before,
+            after,
+            steps: vec![RecordedStep {
+                step,
+                operator_id: priced.operator_id,
+                charged: priced.fare,
+                open_after,
+            }],
+            corrections: Vec::new(),
+        };
+        let others = walked[..at].iter().chain(&walked[at + 1..]);
+        for (old, (priced, open_after)) in recorded.iter().zip(others) {
+            self.compare(rider, &step, old, (priced.ok(), *open_after), &mut taken)?;
         }
-        let counts = day == travel.day;
-        let totals = if counts {
-            RiderDay {
-                charged_today: travel.charged_today,
-                previous_trip_started_at_ms: travel.last_trip_started_at.map(|at| at.0),
+        Ok(Ok(taken))
+    }
+
+    /// Compares a step walked again with what it charged: a correction when its fare
+    /// changed, and its stored entry rewritten when anything changed.
+    fn compare(
+        &mut self,
+        rider: u64,
+        cause: &Step,
+        old: &RecordedStep,
+        (priced, open_after): (Option<Priced>, Option<OpenJourney>),
+        taken: &mut Taken,
+    ) -> Result<(), LedgerError> {
+        let mut new = RecordedStep { open_after, ..*old };
+        // A step that no longer prices (a station since removed) keeps its charge.
+        let fare = priced.map_or(old.charged, |priced| priced.fare);
+        if fare != old.charged
+            && let Some(correction) = self.correction(rider, cause, old, fare)?
+        {
+            taken.corrections.push(correction);
+            new.charged = fare;
+        }
+        if new != *old {
+            taken.steps.push(new);
+        }
+        Ok(())
+    }
+
+    /// The correction of a step's fare from what it charged to `fare`, caused by the late
+    /// step `cause`, unless the step's transaction was refunded. Reads everything
+    /// recording it will need (the corrected transaction, the operator's account), so
+    /// that recording it cannot fail.
+    fn correction(
+        &mut self,
+        rider: u64,
+        cause: &Step,
+        old: &RecordedStep,
+        fare: Amount,
+    ) -> Result<Option<Request>, LedgerError> {
+        let corrected = self
+            .record_at(old.step.sequence)?
+            .ok_or(LedgerError::Corrupt {
+                what: "rider step",
+                problem: "names a transaction the log does not hold",
+            })?;
+        if self.refund_of(corrected.request.id)?.is_some() {
+            return Ok(None);
+        }
+        let amount = old
+            .charged
+            .checked_sub(fare)
+            .ok_or_else(|| LedgerError::Invariant("fare correction out of range".into()))?;
+        self.account(AccountRef::OperatorRevenue(old.operator_id))?;
+        Ok(Some(Request {
+            id: correction_id(corrected.request.id, cause.sequence),
+            // The corrected fare's time: a correction belongs to the same service day.
+            time: corrected.request.time,
+            command: Command::Correct {
+                account_id: rider,
+                operator_id: old.operator_id,
+                corrects: corrected.request.id,
+                amount,
+            },
+        }))
+    }
+
+    /// Charges a priced step: its postings, the rider's travel state, the journey index,
+    /// the rider's steps, and the corrections to record after it.
+    fn charge_step(&mut self, rider: u64, taken: Taken) -> Result<Decided, LedgerError> {
+        let Taken {
+            priced,
+            before,
+            after,
+            steps,
+            corrections,
+        } = taken;
+        let mut postings = Vec::new();
+        if priced.charges {
+            let from = AccountRef::Rider(rider);
+            let to = AccountRef::OperatorRevenue(priced.operator_id);
+            match self.transfer(from, to, priced.fare)? {
+                Ok(moved) => postings = moved,
+                Err(refusal) => return Ok(Decided::Refused(refusal)),
             }
-        } else {
-            RiderDay::default()
+        }
+        let (old_open, new_open) = (before.open_journey, after.open_journey);
+        Ok(Decided::Accepted(Box::new(Effects {
+            postings,
+            rider: Some(rider),
+            travel: Some((rider, after)),
+            journey: priced.journey,
+            opened_journey: new_open
+                .filter(|open| old_open != Some(*open))
+                .map(|open| (open.entered_at, rider, open.id)),
+            closed_journey: old_open
+                .filter(|open| new_open != Some(*open))
+                .map(|open| (open.entered_at, rider)),
+            steps: steps.into_iter().map(|step| (rider, step)).collect(),
+            corrections,
+        })))
+    }
+
+    /// A rider's travel state: this group commit's, else the stored one.
+    fn stored_travel(&mut self, account_id: u64) -> Result<Travel, LedgerError> {
+        if let Some(travel) = self.travel.get(&account_id) {
+            return Ok(*travel);
+        }
+        match self
+            .view
+            .get_pinned_cf(self.cfs.travel, codec::rider_key(account_id))?
+        {
+            Some(bytes) => codec::decode_travel(&bytes),
+            None => Ok(Travel::default()),
+        }
+    }
+
+    /// The journey a rider had open at `time`: the one open after their last step before
+    /// it.
+    fn open_journey_before(
+        &mut self,
+        rider: u64,
+        time: UnixMillis,
+    ) -> Result<Option<OpenJourney>, LedgerError> {
+        let key = codec::rider_step_key(rider, time, 0);
+        let stored = self
+            .view
+            .iterator_cf(
+                self.cfs.rider_steps,
+                rocksdb::IteratorMode::From(&key, rocksdb::Direction::Reverse),
+            )
+            .next()
+            .transpose()?
+            .map(|(key, value)| codec::decode_rider_step(&key, &value))
+            .transpose()?
+            .filter(|(account_id, _)| *account_id == rider)
+            .map(|(_, recorded)| recorded);
+        let pending = self
+            .steps
+            .range((rider, 0, 0)..(rider, time.0, 0))
+            .next_back()
+            .map(|(_, recorded)| *recorded);
+        let order = |recorded: &RecordedStep| (recorded.step.time, recorded.step.sequence);
+        let last = match (stored, pending) {
+            (Some(stored), Some(pending)) => Some(if order(&pending) >= order(&stored) {
+                pending
+            } else {
+                stored
+            }),
+            (stored, pending) => stored.or(pending),
         };
-        Ok((travel, TravelDay { totals, counts }))
+        Ok(last.and_then(|recorded| recorded.open_after))
+    }
+
+    /// A rider's steps from `time` on, in scan order: the stored ones, with this group
+    /// commit's on top.
+    fn rider_steps_from(
+        &mut self,
+        rider: u64,
+        time: UnixMillis,
+    ) -> Result<Vec<RecordedStep>, LedgerError> {
+        let mut steps = BTreeMap::new();
+        let key = codec::rider_step_key(rider, time, 0);
+        let stored = self.view.iterator_cf(
+            self.cfs.rider_steps,
+            rocksdb::IteratorMode::From(&key, rocksdb::Direction::Forward),
+        );
+        for entry in stored {
+            let (key, value) = entry?;
+            let (account_id, recorded) = codec::decode_rider_step(&key, &value)?;
+            if account_id != rider {
+                break;
+            }
+            steps.insert((recorded.step.time.0, recorded.step.sequence), recorded);
+        }
+        for (&(_, time, sequence), recorded) in self
+            .steps
+            .range((rider, time.0, 0)..=(rider, u64::MAX, u64::MAX))
+        {
+            steps.insert((time, sequence), *recorded);
+        }
+        Ok(steps.into_values().collect())
     }
 
     /// Where and when a code was first used, if it was.
@@ -888,7 +1108,8 @@ impl<'a> GroupCommit<'a> {
             | Command::Charge { account_id, .. }
             | Command::Adjust { account_id, .. }
             | Command::Tap(Tap { account_id, .. })
-            | Command::CloseJourney { account_id, .. } => Some(account_id),
+            | Command::CloseJourney { account_id, .. }
+            | Command::Correct { account_id, .. } => Some(account_id),
             Command::Refund { original } => self
                 .find(original)?
                 .and_then(|(_, record)| rider_of_postings(&record.postings)),
@@ -953,12 +1174,17 @@ struct Effects {
     opened_journey: Option<(UnixMillis, u64, u64)>,
     /// An open-journey index entry to remove: (entry time, rider).
     closed_journey: Option<(UnixMillis, u64)>,
+    /// The rider's steps to write: a tap's or close's own, and any walked again.
+    steps: Vec<(u64, RecordedStep)>,
+    /// Fare corrections to record right after the request (a late step's). Every
+    /// account they move money between was read while deciding the request.
+    corrections: Vec<Request>,
 }
 
 /// The verdict on a request.
 #[derive(Debug)]
 enum Decided {
-    Accepted(Effects),
+    Accepted(Box<Effects>),
     Refused(Refusal),
     /// The same code at the same gate within the retry window.
     Duplicate {
@@ -966,167 +1192,55 @@ enum Decided {
     },
 }
 
-/// A day's totals for pricing a trip, and whether the trip counts towards them.
-#[derive(Debug, Clone, Copy)]
-struct TravelDay {
-    totals: RiderDay,
-    counts: bool,
-}
-
-impl TravelDay {
-    /// For an incomplete journey's maximum fare: the daily cap applies, a transfer
-    /// discount does not.
-    fn without_transfer(self) -> RiderDay {
-        RiderDay {
-            previous_trip_started_at_ms: None,
-            ..self.totals
-        }
-    }
-}
-
 /// A command on accounts decided: its postings and the rider it concerns, or why it is
 /// refused.
 type AccountDecision = Result<(Vec<Posting>, Option<u64>), Refusal>;
 
-/// A tap being priced: the rider's state as the tap found it, and what it will change.
-struct Trip {
-    fares: Arc<FareTable>,
-    account: Account,
-    rider: u64,
-    travel: Travel,
-    day: TravelDay,
-    now: UnixMillis,
-    /// The tap's own sequence: a journey it opens is named by it.
-    sequence: u64,
-    effects: Effects,
+/// A step priced: the rider's travel state before and after it, the rider's steps to
+/// write (it, and any walked again), and the fare corrections to record after it.
+struct Taken {
+    priced: Priced,
+    before: Travel,
+    after: Travel,
+    steps: Vec<RecordedStep>,
+    corrections: Vec<Request>,
 }
 
-/// A tap's pricing: `Continue` with the operator and fare to charge, or `Break` with the
-/// decision when nothing is charged (a refusal, or an entry that opens a journey only).
-type Priced = ControlFlow<Decided, (u16, Amount)>;
-
-impl Trip {
-    /// Whether the rider can pay `fare` within the credit limit.
-    fn fits(&self, fare: Amount) -> bool {
-        self.account
-            .balance
-            .checked_sub(fare)
-            .is_some_and(|after| after >= credit_floor(&self.account))
+/// Why an online tap is refused though it prices: a deny-listed rider, or one who cannot
+/// pay within the credit limit (at an entry, the fare it charges plus the shortest trip).
+/// An exit always opens: the rider is inside (ride first, pay later).
+fn online_refusal(
+    fares: &FareTable,
+    account: &Account,
+    kind: TapKind,
+    fare: Amount,
+) -> Option<Refusal> {
+    let needed = match kind {
+        TapKind::MetroExit { .. } => return None,
+        TapKind::MetroEntry { .. } => fare.checked_add(fares.shortest_trip_fare()),
+        TapKind::Bus { .. } => Some(fare),
+    };
+    if account.status == AccountStatus::Denied {
+        return Some(Refusal::AccountDenied);
     }
-
-    /// A tap-in at a metro station: opens a journey (and charges a journey left open).
-    fn enter(&mut self, station: u32) -> Priced {
-        let fares = Arc::clone(&self.fares);
-        if !fares.has_station(station) {
-            return refused(Refusal::UnknownStation);
-        }
-        if self.account.status == AccountStatus::Denied {
-            return refused(Refusal::AccountDenied);
-        }
-        // An entry while a journey is open: that journey never exited, so it is
-        // incomplete and charged now, with this entry's transaction.
-        let mut fare = Amount::ZERO;
-        if let Some(open) = self.travel.open_journey {
-            fare = fares.charge(
-                fares.max_fare,
-                open.entered_at.0,
-                self.day.without_transfer(),
-            );
-            self.effects.closed_journey = Some((open.entered_at, self.rider));
-        }
-        // The rider may travel if the shortest trip would still fit in the limit.
-        let needed = fare.checked_add(fares.shortest_trip_fare());
-        if !needed.is_some_and(|needed| self.fits(needed)) {
-            return refused(Refusal::CreditLimitExceeded);
-        }
-        let (now, sequence) = (self.now, self.sequence);
-        self.travel.open_journey = Some(OpenJourney {
-            id: sequence,
-            station,
-            entered_at: now,
-        });
-        self.effects.opened_journey = Some((now, self.rider, sequence));
-        self.effects.journey = Some(Journey {
-            id: sequence,
-            entry_station: Some(station),
-            entered_at: Some(now),
-        });
-        if self.effects.closed_journey.is_none() {
-            // Nothing is charged at an entry; only the journey state changes.
-            self.effects.travel = Some((self.rider, self.travel));
-            return ControlFlow::Break(Decided::Accepted(std::mem::take(&mut self.effects)));
-        }
-        ControlFlow::Continue((fares.metro_operator_id, fare))
-    }
-
-    /// A tap-out at a metro station: closes the journey and prices it. The rider is
-    /// inside, so the exit always opens, even for a deny-listed or broke rider, and the
-    /// fare is charged (ride first, pay later).
-    fn exit(&mut self, station: u32) -> Priced {
-        let fares = Arc::clone(&self.fares);
-        if !fares.has_station(station) {
-            return refused(Refusal::UnknownStation);
-        }
-        let now = self.now;
-        let (base, started_at) = match self.travel.open_journey.take() {
-            Some(open) => {
-                let duration_ms = now.0.saturating_sub(open.entered_at.0);
-                let base = if duration_ms > fares.incomplete_journey_after_ms {
-                    fares.max_fare
-                } else {
-                    fares
-                        .metro_fare(open.station, station, duration_ms)
-                        .unwrap_or(fares.max_fare)
-                };
-                self.effects.closed_journey = Some((open.entered_at, self.rider));
-                self.effects.journey = Some(Journey {
-                    id: open.id,
-                    entry_station: Some(open.station),
-                    entered_at: Some(open.entered_at),
-                });
-                (base, open.entered_at)
-            }
-            None => {
-                // An exit with no entry is an incomplete journey.
-                self.effects.journey = Some(Journey {
-                    id: self.sequence,
-                    entry_station: None,
-                    entered_at: None,
-                });
-                (fares.max_fare, now)
-            }
-        };
-        let fare = fares.charge(base, started_at.0, self.day.totals);
-        self.travel.last_trip_started_at = Some(started_at);
-        ControlFlow::Continue((fares.metro_operator_id, fare))
-    }
-
-    /// A bus ride: one tap, the route's flat fare.
-    fn ride_bus(&mut self, route: u32) -> Priced {
-        let fares = Arc::clone(&self.fares);
-        let Ok(base) = fares.bus_fare(route) else {
-            return refused(Refusal::UnknownRoute);
-        };
-        if self.account.status == AccountStatus::Denied {
-            return refused(Refusal::AccountDenied);
-        }
-        let fare = fares.charge(base, self.now.0, self.day.totals);
-        if !self.fits(fare) {
-            return refused(Refusal::CreditLimitExceeded);
-        }
-        self.effects.journey = Some(Journey {
-            id: self.sequence,
-            entry_station: None,
-            entered_at: None,
-        });
-        self.travel.last_trip_started_at = Some(self.now);
-        ControlFlow::Continue((fares.bus_operator_id, fare))
-    }
+    let fits = needed
+        .and_then(|needed| account.balance.checked_sub(needed))
+        .is_some_and(|after| after >= credit_floor(account));
+    (!fits).then_some(Refusal::CreditLimitExceeded)
 }
 
-/// Stops pricing a tap with a refusal.
-fn refused(refusal: Refusal) -> Priced {
-    ControlFlow::Break(Decided::Refused(refusal))
+/// The transaction id of a fare correction: derived from the corrected transaction and
+/// the late step that caused it, so that every replica (and a replay of the log) records
+/// the same correction under the same id.
+fn correction_id(corrected: TxId, cause_sequence: u64) -> TxId {
+    let mut input = Vec::with_capacity(48);
+    input.extend_from_slice(b"fareway/fare-correction/v1");
+    input.extend_from_slice(&corrected.0.to_be_bytes());
+    input.extend_from_slice(&cause_sequence.to_be_bytes());
+    let digest = ring::digest::digest(&ring::digest::SHA256, &input);
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest.as_ref()[..16]);
+    TxId(u128::from_be_bytes(id))
 }
 
 /// The lowest balance an account may reach: minus its credit limit.
@@ -1191,6 +1305,7 @@ fn answer(
             sequence,
             record,
             replay,
+            corrections: 0,
         });
     };
     let record = original(of)?.ok_or(LedgerError::Corrupt {
@@ -1201,6 +1316,7 @@ fn answer(
         sequence: of,
         record,
         replay: true,
+        corrections: 0,
     })
 }
 

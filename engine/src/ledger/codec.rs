@@ -16,6 +16,7 @@ use super::model::{
     Outcome, POSTINGS_PER_TRANSACTION_MAX, Posting, Receipt, Record, Refusal, Request, Tap,
     TapKind, Travel, TxId,
 };
+use super::travel::{RecordedStep, Step, StepKind};
 
 /// The stored code of an outcome that is a duplicate (followed by the original's sequence).
 /// Refusal codes count up from 1 and stay far below it.
@@ -371,6 +372,18 @@ fn write_command(writer: &mut Writer, command: &Command) {
             writer.u64(account_id);
             writer.u64(journey_id);
         }
+        Command::Correct {
+            account_id,
+            operator_id,
+            corrects,
+            amount,
+        } => {
+            writer.u8(9);
+            writer.u64(account_id);
+            writer.u16(operator_id);
+            writer.u128(corrects.0);
+            writer.i64(amount.0);
+        }
     }
 }
 
@@ -379,13 +392,31 @@ fn write_tap(writer: &mut Writer, tap: &Tap) {
     writer.u64(tap.account_id);
     writer.u32(tap.gate_id);
     writer.bytes(&tap.code);
-    let (kind, place) = match tap.kind {
+    let (kind, place) = tap_kind_code(tap.kind);
+    writer.u8(kind | if tap.offline { TAP_OFFLINE } else { 0 });
+    writer.u32(place);
+}
+
+/// The high bit of a tap's kind byte: the gate decided alone (an offline tap).
+const TAP_OFFLINE: u8 = 0x80;
+
+/// A tap kind's code (1 entry, 2 exit, 3 bus) and its station or route.
+fn tap_kind_code(kind: TapKind) -> (u8, u32) {
+    match kind {
         TapKind::MetroEntry { station } => (1, station),
         TapKind::MetroExit { station } => (2, station),
         TapKind::Bus { route } => (3, route),
-    };
-    writer.u8(kind);
-    writer.u32(place);
+    }
+}
+
+/// The tap kind of a code and a station or route.
+fn tap_kind_from(code: u8, place: u32) -> Option<TapKind> {
+    match code {
+        1 => Some(TapKind::MetroEntry { station: place }),
+        2 => Some(TapKind::MetroExit { station: place }),
+        3 => Some(TapKind::Bus { route: place }),
+        _ => None,
+    }
 }
 
 fn write_outcome(writer: &mut Writer, outcome: Outcome) {
@@ -514,6 +545,12 @@ fn read_command(reader: &mut Reader<'_>) -> Result<Command, LedgerError> {
             account_id: reader.u64()?,
             journey_id: reader.u64()?,
         },
+        9 => Command::Correct {
+            account_id: reader.u64()?,
+            operator_id: reader.u16()?,
+            corrects: TxId(reader.u128()?),
+            amount: Amount(reader.i64()?),
+        },
         _ => return Err(corrupt(what, "unknown command")),
     })
 }
@@ -524,17 +561,15 @@ fn read_tap(reader: &mut Reader<'_>) -> Result<Tap, LedgerError> {
     let code = reader.array::<16>()?;
     let kind = reader.u8()?;
     let place = reader.u32()?;
-    let kind = match kind {
-        1 => TapKind::MetroEntry { station: place },
-        2 => TapKind::MetroExit { station: place },
-        3 => TapKind::Bus { route: place },
-        _ => return Err(corrupt(reader.what, "unknown tap kind")),
-    };
+    let offline = kind & TAP_OFFLINE != 0;
+    let kind = tap_kind_from(kind & !TAP_OFFLINE, place)
+        .ok_or_else(|| corrupt(reader.what, "unknown tap kind"))?;
     Ok(Tap {
         account_id,
         gate_id,
         code,
         kind,
+        offline,
     })
 }
 
@@ -584,10 +619,13 @@ pub fn rider_key(account_id: u64) -> [u8; 8] {
     account_id.to_be_bytes()
 }
 
+/// The value version of a travel state that ends with the latest step's time.
+const TRAVEL_VERSION_WITH_LATEST_STEP: u8 = 2;
+
 /// A rider's travel state.
 pub fn encode_travel(travel: &Travel) -> Vec<u8> {
     let mut writer = Writer::default();
-    writer.u8(VALUE_VERSION);
+    writer.u8(TRAVEL_VERSION_WITH_LATEST_STEP);
     writer.u32(travel.day);
     writer.i64(travel.charged_today.0);
     match travel.last_trip_started_at {
@@ -597,7 +635,47 @@ pub fn encode_travel(travel: &Travel) -> Vec<u8> {
         }
         None => writer.u8(0),
     }
-    match travel.open_journey {
+    write_open_journey(&mut writer, travel.open_journey);
+    writer.u64(travel.latest_step_at.0);
+    writer.0
+}
+
+/// Reads a rider's travel state. A version 1 state (before offline taps) has no latest
+/// step time: its last trip's start or open journey's entry stands in for it.
+pub fn decode_travel(bytes: &[u8]) -> Result<Travel, LedgerError> {
+    let what = "travel state";
+    let mut reader = Reader::new(bytes, what);
+    let version = reader.u8()?;
+    if version != VALUE_VERSION && version != TRAVEL_VERSION_WITH_LATEST_STEP {
+        return Err(corrupt(what, "unknown value version"));
+    }
+    let day = reader.u32()?;
+    let charged_today = Amount(reader.i64()?);
+    let last_trip_started_at = match reader.u8()? {
+        0 => None,
+        1 => Some(UnixMillis(reader.u64()?)),
+        _ => return Err(corrupt(what, "bad last trip flag")),
+    };
+    let open_journey = read_open_journey(&mut reader)?;
+    let latest_step_at = if version == TRAVEL_VERSION_WITH_LATEST_STEP {
+        UnixMillis(reader.u64()?)
+    } else {
+        let entered_at = open_journey.map(|open| open.entered_at);
+        last_trip_started_at.max(entered_at).unwrap_or_default()
+    };
+    reader.end()?;
+    Ok(Travel {
+        day,
+        charged_today,
+        last_trip_started_at,
+        open_journey,
+        latest_step_at,
+    })
+}
+
+/// An open journey, or none: 0, or 1 and its id (8), station (4) and entry time (8).
+fn write_open_journey(writer: &mut Writer, open: Option<OpenJourney>) {
+    match open {
         Some(open) => {
             writer.u8(1);
             writer.u64(open.id);
@@ -606,37 +684,85 @@ pub fn encode_travel(travel: &Travel) -> Vec<u8> {
         }
         None => writer.u8(0),
     }
-    writer.0
 }
 
-/// Reads a rider's travel state.
-pub fn decode_travel(bytes: &[u8]) -> Result<Travel, LedgerError> {
-    let what = "travel state";
-    let mut reader = Reader::new(bytes, what);
-    reader.version()?;
-    let day = reader.u32()?;
-    let charged_today = Amount(reader.i64()?);
-    let last_trip_started_at = match reader.u8()? {
-        0 => None,
-        1 => Some(UnixMillis(reader.u64()?)),
-        _ => return Err(corrupt(what, "bad last trip flag")),
-    };
-    let open_journey = match reader.u8()? {
+fn read_open_journey(reader: &mut Reader<'_>) -> Result<Option<OpenJourney>, LedgerError> {
+    Ok(match reader.u8()? {
         0 => None,
         1 => Some(OpenJourney {
             id: reader.u64()?,
             station: reader.u32()?,
             entered_at: UnixMillis(reader.u64()?),
         }),
-        _ => return Err(corrupt(what, "bad open journey flag")),
-    };
-    reader.end()?;
-    Ok(Travel {
-        day,
-        charged_today,
-        last_trip_started_at,
-        open_journey,
+        _ => return Err(corrupt(reader.what, "bad open journey flag")),
     })
+}
+
+/// The key of a rider's step in `rider_steps`: rider, scan time, sequence, so that a
+/// rider's steps sort in scan order.
+pub fn rider_step_key(account_id: u64, time: UnixMillis, sequence: u64) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..8].copy_from_slice(&account_id.to_be_bytes());
+    key[8..16].copy_from_slice(&time.0.to_be_bytes());
+    key[16..].copy_from_slice(&sequence.to_be_bytes());
+    key
+}
+
+/// A rider's step: kind (1 entry, 2 exit, 3 bus: station or route widened to 8 bytes; 4
+/// journey close: the journey id), operator, what was charged, the journey open after.
+pub fn encode_rider_step(recorded: &RecordedStep) -> Vec<u8> {
+    let mut writer = Writer::default();
+    writer.u8(VALUE_VERSION);
+    let (kind, place) = match recorded.step.kind {
+        StepKind::Tap(kind) => {
+            let (code, place) = tap_kind_code(kind);
+            (code, u64::from(place))
+        }
+        StepKind::Close { journey_id } => (4, journey_id),
+    };
+    writer.u8(kind);
+    writer.u64(place);
+    writer.u16(recorded.operator_id);
+    writer.i64(recorded.charged.0);
+    write_open_journey(&mut writer, recorded.open_after);
+    writer.0
+}
+
+/// Reads a rider's step from its key and value.
+pub fn decode_rider_step(key: &[u8], value: &[u8]) -> Result<(u64, RecordedStep), LedgerError> {
+    let what = "rider step";
+    let key = <[u8; 24]>::try_from(key).map_err(|_| corrupt(what, "key is not 24 bytes"))?;
+    let number = |at: usize| u64::from_be_bytes(key[at..at + 8].try_into().unwrap_or_default());
+    let (account_id, time, sequence) = (number(0), UnixMillis(number(8)), number(16));
+    let mut reader = Reader::new(value, what);
+    reader.version()?;
+    let code = reader.u8()?;
+    let place = reader.u64()?;
+    let kind = match code {
+        4 => StepKind::Close { journey_id: place },
+        _ => {
+            let place = u32::try_from(place).map_err(|_| corrupt(what, "place out of range"))?;
+            StepKind::Tap(tap_kind_from(code, place).ok_or_else(|| corrupt(what, "unknown kind"))?)
+        }
+    };
+    let operator_id = reader.u16()?;
+    let charged = Amount(reader.i64()?);
+    let open_after = read_open_journey(&mut reader)?;
+    reader.end()?;
+    let step = Step {
+        time,
+        sequence,
+        kind,
+    };
+    Ok((
+        account_id,
+        RecordedStep {
+            step,
+            operator_id,
+            charged,
+            open_after,
+        },
+    ))
 }
 
 /// The key of an open journey in the sweeper's index: entry time, then rider, so that a
@@ -725,10 +851,10 @@ fn refusal_from(code: u8) -> Option<Refusal> {
 pub const LOG_ENTRY_VERSION: u8 = 1;
 /// Most requests in one shard log entry: its count is a `u16`.
 pub const LOG_ENTRY_REQUESTS_MAX: usize = u16::MAX as usize;
-/// Most bytes one request takes in a log entry (a tap: id, time, kind, account, gate,
-/// code, direction, place), so that a group commit's limit can be set under the log's
-/// message size limit.
-pub const LOG_ENTRY_REQUEST_BYTES_MAX: usize = 16 + 8 + 1 + 8 + 4 + 16 + 1 + 4;
+/// Most bytes one request takes in a log entry (a fare correction: id, time, kind,
+/// account, operator, corrected id, amount; a tap takes one byte less), so that a group
+/// commit's limit can be set under the log's message size limit.
+pub const LOG_ENTRY_REQUEST_BYTES_MAX: usize = 16 + 8 + 1 + 8 + 2 + 16 + 8;
 
 /// One message of a shard's log in cluster mode: one group commit's requests, in the order
 /// the leader applied them. Layout: version `u8` (1), count `u16`, then each request as
@@ -797,6 +923,7 @@ pub fn encode_answer(answer: &Result<Receipt, LedgerError>) -> Vec<u8> {
             writer.u8(0);
             writer.u64(receipt.sequence);
             writer.u8(u8::from(receipt.replay));
+            writer.u32(receipt.corrections);
             writer.bytes(&encode_record(&receipt.record));
         }
         Err(err) => {
@@ -827,11 +954,13 @@ pub fn decode_answer(bytes: &[u8]) -> Result<Result<Receipt, LedgerError>, Ledge
                 1 => true,
                 _ => return Err(corrupt(what, "bad replay flag")),
             };
+            let corrections = reader.u32()?;
             let record = decode_record(reader.bytes)?;
             Ok(Ok(Receipt {
                 sequence,
                 record,
                 replay,
+                corrections,
             }))
         }
         1 => {
@@ -1039,6 +1168,7 @@ mod tests {
                 journey: None,
             },
             replay: true,
+            corrections: 3,
         };
         let answer = decode_answer(&encode_answer(&Ok(receipt.clone()))).unwrap();
         assert_eq!(answer.unwrap(), receipt);
@@ -1092,22 +1222,31 @@ mod tests {
                 gate_id: 12,
                 code: [9; 16],
                 kind: TapKind::MetroEntry { station: 101 },
+                offline: false,
             }),
             Command::Tap(Tap {
                 account_id: 7,
                 gate_id: 13,
                 code: [8; 16],
                 kind: TapKind::MetroExit { station: 104 },
+                offline: true,
             }),
             Command::Tap(Tap {
                 account_id: 7,
                 gate_id: 14,
                 code: [7; 16],
                 kind: TapKind::Bus { route: 501 },
+                offline: true,
             }),
             Command::CloseJourney {
                 account_id: 7,
                 journey_id: 5,
+            },
+            Command::Correct {
+                account_id: 7,
+                operator_id: 3,
+                corrects: TxId(u128::MAX - 9),
+                amount: Amount(-120),
             },
         ];
         // A shard log entry carries every command, in order, and nothing else.
@@ -1199,10 +1338,43 @@ mod tests {
                     station: 100,
                     entered_at: UnixMillis(6),
                 }),
+                latest_step_at: UnixMillis(7),
             },
         ] {
             assert_eq!(decode_travel(&encode_travel(&travel)).unwrap(), travel);
         }
+        // A state written before offline taps (value version 1) reads with its open
+        // journey's entry as the latest step.
+        let mut version_1 = encode_travel(&Travel {
+            last_trip_started_at: Some(UnixMillis(5)),
+            open_journey: Some(OpenJourney {
+                id: 9,
+                station: 100,
+                entered_at: UnixMillis(6),
+            }),
+            ..Travel::default()
+        });
+        version_1[0] = 1;
+        version_1.truncate(version_1.len() - 8);
+        assert_eq!(
+            decode_travel(&version_1).unwrap().latest_step_at,
+            UnixMillis(6)
+        );
+        let step = RecordedStep {
+            step: Step {
+                time: UnixMillis(1_000),
+                sequence: 77,
+                kind: StepKind::Close { journey_id: 70 },
+            },
+            operator_id: 1,
+            charged: Amount(-5),
+            open_after: None,
+        };
+        let key = rider_step_key(42, step.step.time, step.step.sequence);
+        assert_eq!(
+            decode_rider_step(&key, &encode_rider_step(&step)).unwrap(),
+            (42, step)
+        );
         let used = CodeUse {
             gate_id: 3,
             time: UnixMillis(4),

@@ -16,6 +16,7 @@ pub mod model;
 pub mod prune;
 pub mod replica;
 pub mod store;
+pub mod travel;
 pub mod view;
 pub mod writer;
 
@@ -466,5 +467,7 @@ pub fn statement(
 
 #[cfg(test)]
 mod tap_tests;
+#[cfg(test)]
+mod late_tap_tests;
 #[cfg(test)]
 mod tests;

@@ -62,30 +62,10 @@ impl Account {
     }
 }
 
-pub use crate::fares::{RouteId, StationId};
+pub use crate::fares::{RouteId, StationId, TapKind};
 
 /// The first 16 bytes of the SHA-256 of a rider code's bytes.
 pub type CodeFingerprint = [u8; 16];
-
-/// Where a tap happened, and what it means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TapKind {
-    /// Tap in at a metro station's entry gate: opens a journey.
-    MetroEntry {
-        /// The station.
-        station: StationId,
-    },
-    /// Tap out at a metro station's exit gate: closes and prices the journey.
-    MetroExit {
-        /// The station.
-        station: StationId,
-    },
-    /// Tap on a bus reader: charges the route's flat fare.
-    Bus {
-        /// The route.
-        route: RouteId,
-    },
-}
 
 /// A verified rider code scanned at a gate. The gate service verifies the code before it
 /// submits the tap; the ledger decides the rest (code reuse, account, journey, fare).
@@ -99,6 +79,10 @@ pub struct Tap {
     pub code: CodeFingerprint,
     /// Entry, exit or bus, and where.
     pub kind: TapKind,
+    /// Whether the gate decided alone (its link was down) and let the rider through: the
+    /// tap is then charged even past the credit limit or on a deny-listed account (the
+    /// operator carried the risk; the account goes into debt), and arrives late.
+    pub offline: bool,
 }
 
 /// A metro journey a tap belongs to, as recorded with the tap.
@@ -125,6 +109,9 @@ pub struct Travel {
     pub last_trip_started_at: Option<UnixMillis>,
     /// The metro journey entered and not yet exited.
     pub open_journey: Option<OpenJourney>,
+    /// The scan time of the rider's latest accepted tap or journey close: a tap scanned
+    /// before it arrives late and re-prices its service day (`ledger::travel`).
+    pub latest_step_at: UnixMillis,
 }
 
 /// A metro journey with an entry and no exit yet.
@@ -209,6 +196,19 @@ pub enum Command {
         /// The journey to close.
         journey_id: u64,
     },
+    /// A fare corrected after a late tap re-priced the rider's day: made by the ledger
+    /// itself, never sent by a caller. A positive amount credits the rider (the fare was
+    /// too high), a negative one debits (too low). No credit limit applies.
+    Correct {
+        /// The rider's account id.
+        account_id: u64,
+        /// The operator that earned the corrected fare.
+        operator_id: u16,
+        /// The transaction whose fare it corrects.
+        corrects: TxId,
+        /// Non-zero.
+        amount: Amount,
+    },
 }
 
 impl Command {
@@ -234,6 +234,7 @@ impl Command {
                 ..
             }) => "bus",
             Command::CloseJourney { .. } => "close_journey",
+            Command::Correct { .. } => "fare_correction",
         }
     }
 }
@@ -259,7 +260,10 @@ impl Request {
     pub fn first_difference(&self, other: &Request) -> Option<&'static str> {
         let caller_timed = matches!(
             self.command,
-            Command::Charge { .. } | Command::Tap(_) | Command::CloseJourney { .. }
+            Command::Charge { .. }
+                | Command::Tap(_)
+                | Command::CloseJourney { .. }
+                | Command::Correct { .. }
         );
         if caller_timed && self.time != other.time {
             return Some("time");
@@ -322,7 +326,7 @@ fn account_command_difference(mine: Command, theirs: Command) -> Option<Option<&
 /// For two money commands of one kind (charge, adjust, refund), `Some` of their first
 /// differing field, if any; `None` for any other pair.
 fn money_command_difference(mine: Command, theirs: Command) -> Option<Option<&'static str>> {
-    use Command::{Adjust, Charge, Refund};
+    use Command::{Adjust, Charge, Correct, Refund};
     let difference = match (mine, theirs) {
         (
             Charge {
@@ -353,6 +357,25 @@ fn money_command_difference(mine: Command, theirs: Command) -> Option<Option<&'s
             (m != m2, "amount"),
         ]),
         (Refund { original: r }, Refund { original: r2 }) => first_of(&[(r != r2, "original")]),
+        (
+            Correct {
+                account_id: a,
+                operator_id: o,
+                corrects: c,
+                amount: m,
+            },
+            Correct {
+                account_id: a2,
+                operator_id: o2,
+                corrects: c2,
+                amount: m2,
+            },
+        ) => first_of(&[
+            (a != a2, "account_id"),
+            (o != o2, "operator_id"),
+            (c != c2, "corrects"),
+            (m != m2, "amount"),
+        ]),
         _ => return None,
     };
     Some(difference)
@@ -372,6 +395,7 @@ fn travel_command_difference(mine: Command, theirs: Command) -> Option<Option<&'
                 "direction",
             ),
             (tap.kind != tap2.kind, "place"),
+            (tap.offline != tap2.offline, "offline"),
         ]),
         (
             CloseJourney {
@@ -557,6 +581,7 @@ pub fn settles(command: &Command, outcome: Outcome, postings: &[Posting]) -> boo
             | Command::Refund { .. }
             | Command::Tap(_)
             | Command::CloseJourney { .. }
+            | Command::Correct { .. }
     );
     charges_fares && outcome == Outcome::Accepted && !postings.is_empty()
 }
@@ -570,4 +595,7 @@ pub struct Receipt {
     pub record: Record,
     /// True when this answer repeats an earlier one for the same id.
     pub replay: bool,
+    /// How many fares of the rider's this transaction corrected (a late tap re-pricing
+    /// its day records each correction after itself); 0 on a replay.
+    pub corrections: u32,
 }

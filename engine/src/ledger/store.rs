@@ -47,9 +47,13 @@ pub const CF_DENY: &str = "deny";
 /// keyed by the last sequence of the group commit that made it, for the bundle deltas
 /// gates fetch.
 pub const CF_DENY_JOURNAL: &str = "deny_journal";
+/// Rider + scan time + sequence → the step (an accepted tap or journey close), what it
+/// charged net of corrections, and the journey open after it: a rider's history in scan
+/// order, which a late tap walks again to re-price its day (`ledger::travel`).
+pub const CF_RIDER_STEPS: &str = "rider_steps";
 
 /// Every column family this build knows.
-pub const COLUMN_FAMILIES: [&str; 13] = [
+pub const COLUMN_FAMILIES: [&str; 14] = [
     CF_ACCOUNTS,
     CF_LOG,
     CF_IDS,
@@ -63,17 +67,21 @@ pub const COLUMN_FAMILIES: [&str; 13] = [
     CF_SETTLEMENT,
     CF_DENY,
     CF_DENY_JOURNAL,
+    CF_RIDER_STEPS,
 ];
 
 /// The on-disk format this build reads and writes. Bump it on any incompatible change.
 /// Version 2 added taps: the `travel`, `open_journeys` and `codes` column families and
 /// journeys in records. Version 3 added the `settlement` column family. Version 4 added
-/// the `deny` and `deny_journal` column families.
-pub const FORMAT_VERSION: u32 = 4;
+/// the `deny` and `deny_journal` column families. Version 5 added `rider_steps`, offline
+/// taps and fare corrections in records, and the latest step's time in travel states.
+pub const FORMAT_VERSION: u32 = 5;
 
 /// Older formats this build upgrades in place on open: they differ only by missing column
-/// families, which the open creates; `deny` is then filled from the accounts.
-pub const FORMAT_VERSIONS_UPGRADED: [u32; 2] = [2, 3];
+/// families, which the open creates; `deny` is then filled from the accounts (before
+/// version 4). Riders' steps before the upgrade are not in `rider_steps`: a late tap
+/// re-prices its day from the steps recorded since.
+pub const FORMAT_VERSIONS_UPGRADED: [u32; 3] = [2, 3, 4];
 
 /// Memory the ledger's RocksDB may use for caching, and how it is split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,17 +229,19 @@ fn check_format_version(db: &DB, shown: &str) -> Result<(), LedgerError> {
         .ok();
     if let Some(from) = found.filter(|found| FORMAT_VERSIONS_UPGRADED.contains(found)) {
         let mut write = rocksdb::WriteBatch::default();
-        fill_deny(db, &mut write)?;
-        // The journal holds the changes from here on; a gate behind gets a whole bundle.
-        let next = match db.get_cf(meta, META_NEXT_SEQUENCE)? {
-            Some(bytes) => codec::decode_sequence(&bytes, "next_sequence")?,
-            None => 1,
-        };
-        write.put_cf(
-            meta,
-            codec::META_DENY_JOURNAL_FROM,
-            codec::encode_sequence(next),
-        );
+        if from < 4 {
+            fill_deny(db, &mut write)?;
+            // The journal holds the changes from here on; a gate behind gets a whole bundle.
+            let next = match db.get_cf(meta, META_NEXT_SEQUENCE)? {
+                Some(bytes) => codec::decode_sequence(&bytes, "next_sequence")?,
+                None => 1,
+            };
+            write.put_cf(
+                meta,
+                codec::META_DENY_JOURNAL_FROM,
+                codec::encode_sequence(next),
+            );
+        }
         write.put_cf(meta, META_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
         db.write_opt(write, &synced)?;
         tracing::info!(path = %shown, from, to = FORMAT_VERSION, "ledger data directory upgraded");

@@ -10,13 +10,13 @@ use crate::clock::UnixMillis;
 use crate::fares::FareTable;
 
 /// 08:00 UTC on a service day.
-const T: UnixMillis = UnixMillis(1_800_000_000_000);
-const MINUTE_MS: u64 = 60_000;
-const RIDER: u64 = 42;
-const METRO: AccountRef = AccountRef::OperatorRevenue(1);
-const BUS: AccountRef = AccountRef::OperatorRevenue(2);
+pub(super) const T: UnixMillis = UnixMillis(1_800_000_000_000);
+pub(super) const MINUTE_MS: u64 = 60_000;
+pub(super) const RIDER: u64 = 42;
+pub(super) const METRO: AccountRef = AccountRef::OperatorRevenue(1);
+pub(super) const BUS: AccountRef = AccountRef::OperatorRevenue(2);
 
-fn sample_rules() -> Rules {
+pub(super) fn sample_rules() -> Rules {
     let text = include_str!("../../../docs/sample-city.toml");
     Rules {
         fares: Some(Arc::new(FareTable::from_toml(text).unwrap())),
@@ -24,12 +24,12 @@ fn sample_rules() -> Rules {
     }
 }
 
-fn open_at(dir: &std::path::Path) -> Ledger {
+pub(super) fn open_at(dir: &std::path::Path) -> Ledger {
     Ledger::open_with_rules(dir, LedgerConfig::default(), sample_rules()).unwrap()
 }
 
 /// A ledger with rider 42 (provider 1) topped up with `balance` and a credit limit.
-fn setup(balance: i64, credit_limit: i64) -> (tempfile::TempDir, Ledger) {
+pub(super) fn setup(balance: i64, credit_limit: i64) -> (tempfile::TempDir, Ledger) {
     let dir = tempfile::tempdir().unwrap();
     let ledger = open_at(dir.path());
     let open = Command::OpenAccount {
@@ -48,7 +48,7 @@ fn setup(balance: i64, credit_limit: i64) -> (tempfile::TempDir, Ledger) {
     (dir, ledger)
 }
 
-fn submit(ledger: &Ledger, id: u128, time: UnixMillis, command: Command) -> Receipt {
+pub(super) fn submit(ledger: &Ledger, id: u128, time: UnixMillis, command: Command) -> Receipt {
     ledger
         .submit(Request {
             id: TxId(id),
@@ -59,34 +59,35 @@ fn submit(ledger: &Ledger, id: u128, time: UnixMillis, command: Command) -> Rece
 }
 
 /// A tap with a code made from the id, so that each id has its own code.
-fn tap(kind: TapKind, gate_id: u32, code: u8) -> Command {
+pub(super) fn tap(kind: TapKind, gate_id: u32, code: u8) -> Command {
     Command::Tap(Tap {
         account_id: RIDER,
         gate_id,
         code: [code; 16],
         kind,
+        offline: false,
     })
 }
 
-fn entry(station: u32) -> TapKind {
+pub(super) fn entry(station: u32) -> TapKind {
     TapKind::MetroEntry { station }
 }
 
-fn exit(station: u32) -> TapKind {
+pub(super) fn exit(station: u32) -> TapKind {
     TapKind::MetroExit { station }
 }
 
-fn balance(ledger: &Ledger, account: AccountRef) -> i64 {
+pub(super) fn balance(ledger: &Ledger, account: AccountRef) -> i64 {
     ledger.account(account).unwrap().map_or(0, |a| a.balance.0)
 }
 
-fn assert_audit_ok(ledger: &Ledger) {
+pub(super) fn assert_audit_ok(ledger: &Ledger) {
     let report = audit::audit(ledger.view()).unwrap();
     assert!(report.ok(), "audit failed: {:?}", report.violations);
     assert_eq!(report.balance_sum, 0);
 }
 
-fn at(minutes: u64) -> UnixMillis {
+pub(super) fn at(minutes: u64) -> UnixMillis {
     T.saturating_add(minutes * MINUTE_MS)
 }
 
@@ -385,6 +386,7 @@ fn unknown_places_and_accounts_are_refused_and_recorded() {
         gate_id: 1,
         code: [1; 16],
         kind: entry(101),
+        offline: false,
     });
     let refused = submit(&ledger, 20, at(0), stranger);
     assert_eq!(

@@ -66,7 +66,7 @@ pub struct DetailLine {
     pub route: Option<RouteId>,
     /// Positive: the rider was charged; negative: the rider got money back.
     pub amount: Amount,
-    /// For a refund, the refunded transaction.
+    /// For a refund, the refunded transaction; for a fare correction, the corrected one.
     pub refund_of: Option<TxId>,
 }
 
@@ -424,6 +424,12 @@ fn describe_command(line: &mut DetailLine, record: &Record) -> bool {
             line.kind = "metro_not_exited";
             line.mode = "metro";
             journey_entry(line, record);
+        }
+        // A late tap re-priced the rider's day: the difference to the corrected
+        // transaction, which the line names like a refund names its charge.
+        Command::Correct { corrects, .. } => {
+            line.kind = "fare_correction";
+            line.refund_of = Some(corrects);
         }
         _ => return false,
     }

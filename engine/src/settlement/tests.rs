@@ -77,6 +77,7 @@ fn tap(account_id: u64, gate_id: u32, code: u8, kind: TapKind) -> Command {
         gate_id,
         code: [code; 16],
         kind,
+        offline: false,
     })
 }
 

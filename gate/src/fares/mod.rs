@@ -20,6 +20,26 @@ pub type StationId = u32;
 /// A bus route's id, as bus readers send it.
 pub type RouteId = u32;
 
+/// Where a tap happened, and what it means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TapKind {
+    /// Tap in at a metro station's entry gate: opens a journey.
+    MetroEntry {
+        /// The station.
+        station: StationId,
+    },
+    /// Tap out at a metro station's exit gate: closes and prices the journey.
+    MetroExit {
+        /// The station.
+        station: StationId,
+    },
+    /// Tap on a bus reader: charges the route's flat fare.
+    Bus {
+        /// The route.
+        route: RouteId,
+    },
+}
+
 /// Errors in a fares file, or a trip the network does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FareError {

@@ -15,6 +15,7 @@ use curve25519_dalek::edwards::CompressedEdwardsY;
 use serde::{Deserialize, Serialize};
 
 use super::format::PUBLIC_KEY_LEN;
+use crate::clock::UnixMillis;
 use super::key_id_of;
 
 /// The largest registry file read, so a wrong path (a disk image, a log) fails fast.
@@ -139,8 +140,17 @@ pub struct IssuerKey {
     pub key_id: u32,
     /// The Ed25519 public key.
     pub public_key: [u8; PUBLIC_KEY_LEN],
-    /// A revoked key's credentials are refused.
-    pub revoked: bool,
+    /// When the key was revoked (`None`: it is not). A code scanned at or after this time
+    /// is refused; one scanned before it still verifies, so that a tap a gate took
+    /// offline before the revocation is judged as it was then.
+    pub revoked_at: Option<UnixMillis>,
+}
+
+impl IssuerKey {
+    /// Whether the key is revoked at time `at`.
+    pub fn is_revoked_at(&self, at: UnixMillis) -> bool {
+        self.revoked_at.is_some_and(|revoked_at| revoked_at <= at)
+    }
 }
 
 impl IssuerKey {
@@ -150,7 +160,7 @@ impl IssuerKey {
             provider_id,
             key_id: key_id_of(&public_key),
             public_key,
-            revoked: false,
+            revoked_at: None,
         }
     }
 }
@@ -187,6 +197,11 @@ pub struct IssuerKeyEntry {
     /// Whether the key is revoked.
     #[serde(default)]
     pub revoked: bool,
+    /// When it was revoked, ms since the epoch. A key listed as revoked without a time
+    /// (a file written before revocation times were kept) is revoked since the start of
+    /// time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at_ms: Option<u64>,
 }
 
 impl IssuerRegistry {
@@ -241,7 +256,19 @@ impl IssuerRegistry {
                     derived: key.key_id,
                 });
             }
-            key.revoked = entry.revoked;
+            key.revoked_at = match (entry.revoked, entry.revoked_at_ms) {
+                (false, None) => None,
+                (true, at) => Some(UnixMillis(at.unwrap_or(0))),
+                (false, Some(_)) => {
+                    return Err(KeyError::Parse {
+                        path: String::new(),
+                        message: format!(
+                            "issuer key {} of provider {} has revoked_at_ms but not revoked = true",
+                            entry.key_id, entry.provider_id
+                        ),
+                    });
+                }
+            };
             registry.add_key(key)?;
         }
         Ok(registry)
@@ -258,7 +285,8 @@ impl IssuerRegistry {
                     provider_id: key.provider_id,
                     key_id: key.key_id,
                     public_key: URL_SAFE_NO_PAD.encode(key.public_key),
-                    revoked: key.revoked,
+                    revoked: key.revoked_at.is_some(),
+                    revoked_at_ms: key.revoked_at.map(|at| at.0),
                 })
                 .collect(),
         }
@@ -309,8 +337,9 @@ impl IssuerRegistry {
         Ok(())
     }
 
-    /// Marks a key revoked. Revoking a revoked key changes nothing.
-    pub fn revoke(&mut self, provider_id: u16, key_id: u32) -> Result<(), KeyError> {
+    /// Marks a key revoked from time `at` on. Revoking a revoked key changes nothing (its
+    /// first revocation time stays).
+    pub fn revoke(&mut self, provider_id: u16, key_id: u32, at: UnixMillis) -> Result<(), KeyError> {
         let key = self
             .keys
             .get_mut(&(provider_id, key_id))
@@ -318,7 +347,7 @@ impl IssuerRegistry {
                 provider_id,
                 key_id,
             })?;
-        key.revoked = true;
+        key.revoked_at.get_or_insert(at);
         Ok(())
     }
 
@@ -457,7 +486,7 @@ mod tests {
     fn a_registry_file_round_trips() {
         let registry = IssuerRegistry::from_toml(&sample()).unwrap();
         let key = registry.key(1, key_id_of(&sample_key())).unwrap();
-        assert!(!key.revoked);
+        assert_eq!(key.revoked_at, None);
         let text = toml::to_string(&registry.to_file()).unwrap();
         assert_eq!(IssuerRegistry::from_toml(&text).unwrap(), registry);
     }
@@ -487,11 +516,38 @@ mod tests {
     fn revoking_an_unknown_key_is_an_error() {
         let mut registry = IssuerRegistry::from_toml(&sample()).unwrap();
         assert_eq!(
-            registry.revoke(1, 99).unwrap_err().code(),
+            registry.revoke(1, 99, UnixMillis(5)).unwrap_err().code(),
             "unknown_issuer_key"
         );
-        registry.revoke(1, key_id_of(&sample_key())).unwrap();
-        assert!(registry.key(1, key_id_of(&sample_key())).unwrap().revoked);
+        registry.revoke(1, key_id_of(&sample_key()), UnixMillis(5)).unwrap();
+        assert!(registry.key(1, key_id_of(&sample_key())).unwrap().revoked_at.is_some());
+    }
+
+    #[test]
+    fn a_revocation_keeps_its_first_time_and_round_trips_through_the_file() {
+        let mut registry = IssuerRegistry::from_toml(&sample()).unwrap();
+        let key_id = key_id_of(&sample_key());
+        registry.revoke(1, key_id, UnixMillis(5_000)).unwrap();
+        registry.revoke(1, key_id, UnixMillis(9_000)).unwrap();
+        let key = registry.key(1, key_id).unwrap().clone();
+        assert_eq!(key.revoked_at, Some(UnixMillis(5_000)));
+        assert!(!key.is_revoked_at(UnixMillis(4_999)));
+        assert!(key.is_revoked_at(UnixMillis(5_000)));
+        let text = toml::to_string(&registry.to_file()).unwrap();
+        assert!(text.contains("revoked = true\nrevoked_at_ms = 5000\n"), "{text}");
+        assert_eq!(IssuerRegistry::from_toml(&text).unwrap(), registry);
+    }
+
+    #[test]
+    fn a_key_revoked_without_a_time_is_revoked_since_the_start_and_a_lone_time_is_refused() {
+        let revoked = format!("{}revoked = true\n", sample());
+        let registry = IssuerRegistry::from_toml(&revoked).unwrap();
+        let key = registry.key(1, key_id_of(&sample_key())).unwrap();
+        assert_eq!(key.revoked_at, Some(UnixMillis(0)));
+        let lone_time = format!("{}revoked_at_ms = 7\n", sample());
+        let err = IssuerRegistry::from_toml(&lone_time).unwrap_err();
+        assert_eq!(err.code(), "key_file_invalid");
+        assert!(err.to_string().contains("revoked_at_ms but not revoked = true"), "{err}");
     }
 
     #[test]

@@ -253,7 +253,7 @@ fn registry_of(fixture: &Fixture) -> IssuerRegistry {
             .unwrap_or_else(|err| unreachable!("fixed keys are valid: {err}"));
     }
     registry
-        .revoke(1, fixture.metro_pay_revoked.key_id())
+        .revoke(1, fixture.metro_pay_revoked.key_id(), UnixMillis(0))
         .unwrap_or_else(|err| unreachable!("the key was just added: {err}"));
     registry
 }

@@ -216,7 +216,7 @@ impl Verifier {
             let key = registry
                 .key(credential.provider_id, credential.issuer_key_id)
                 .ok_or(Reason::UnknownIssuerKey)?;
-            if key.revoked {
+            if key.is_revoked_at(now) {
                 return Err(Reason::RevokedIssuerKey);
             }
             key.public_key
@@ -346,7 +346,7 @@ mod tests {
             Decision::Accepted(_)
         ));
         verifier
-            .update_registry(|registry| registry.revoke(1, issuer.key_id()))
+            .update_registry(|registry| registry.revoke(1, issuer.key_id(), NOW))
             .unwrap();
         assert_eq!(
             verifier.verify_bytes(&device.code_bytes(NOW), NOW),
