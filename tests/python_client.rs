@@ -90,7 +90,7 @@ async fn python_grpcio_taps_and_pulls_a_settlement_batch() {
     }
     assert_eq!(
         seen["reflection"]["gate_methods"],
-        serde_json::json!(["Tap", "TapStream", "GetGateBundle"])
+        serde_json::json!(["Tap", "TapStream", "GetGateBundle", "UploadOfflineTaps"])
     );
     assert_eq!(seen["tap_without_token"], "UNAUTHENTICATED");
     let id_hex = fareway::hex::encode(&request.transaction_id);

@@ -74,6 +74,8 @@ pub fn route_by(command: &Command) -> RouteBy {
         | Command::CloseJourney { account_id, .. }
         | Command::Correct { account_id, .. } => RouteBy::Account(account_id),
         Command::Tap(tap) => RouteBy::Account(tap.account_id),
+        // A forged code names no rider to trust: spread by the gate that took it.
+        Command::LostFare { gate_id, .. } => RouteBy::Account(u64::from(gate_id)),
         Command::Refund { original } => RouteBy::Charge(original),
     }
 }

@@ -12,6 +12,7 @@
 
 use fareway_gate::bundle::{Body, Bundle, BundleKey, Delta, Settings};
 
+use crate::clock::UnixMillis;
 use crate::commands::Commands;
 use crate::ledger::{LedgerError, LedgerView};
 use crate::settlement::key::SettlementKey;
@@ -189,7 +190,9 @@ fn keys_of(registry: &IssuerRegistry) -> (Vec<crate::token::Provider>, Vec<Bundl
         .map(|key| BundleKey {
             provider_id: key.provider_id,
             public_key: key.public_key,
-            revoked_at: key.revoked_at,
+            // A bundle writes 0 for "not revoked": a key revoked since the start of
+            // time (a keys file from before revocation times) goes out as revoked at 1.
+            revoked_at: key.revoked_at.map(|at| UnixMillis(at.0.max(1))),
         })
         .collect();
     let revoked = keys.iter().filter(|key| key.revoked_at.is_some()).count();
@@ -213,5 +216,55 @@ fn views(commands: &Commands) -> Result<Vec<&LedgerView>, LedgerError> {
             }
             Ok(held.iter().map(|slot| slot.replica.view()).collect())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::mint::Issuer;
+
+    /// A keys file from before revocation times says `revoked = true` alone: the key is
+    /// revoked since the start of time, and a bundle (where 0 means "not revoked") must
+    /// still say revoked, or offline gates would take its codes again.
+    #[test]
+    fn a_key_revoked_before_revocation_times_goes_out_revoked() {
+        let issuer = Issuer::from_seed(1, [7; 32]);
+        let text = format!(
+            "[[provider]]\nid = 1\nname = \"alipay\"\n\n[[issuer_key]]\nprovider_id = 1\nkey_id = {}\npublic_key = \"{}\"\nrevoked = true\n",
+            issuer.key_id(),
+            crate::token::keys::encode_public_key(&issuer.public_key())
+        );
+        let registry = IssuerRegistry::from_toml(&text).unwrap();
+        let (_, keys, revision) = keys_of(&registry);
+        assert_eq!(keys[0].revoked_at, Some(UnixMillis(1)));
+        assert_eq!(revision, 2);
+        let bundle = Bundle {
+            version: revision,
+            positions: vec![0],
+            settings: Settings {
+                code_validity_ms: 120_000,
+                clock_skew_ms: 30_000,
+            },
+            providers: registry.providers().cloned().collect(),
+            keys,
+            denied: std::collections::BTreeSet::new(),
+        };
+        // Through the body's bytes and signature, as a gate gets it.
+        let key = SettlementKey::from_seed([9; 32]);
+        let body = bundle.encode();
+        let signature = key.sign(&body);
+        let Body::Whole(bundle) =
+            fareway_gate::bundle::open(&body, &signature, &key.public_key()).unwrap()
+        else {
+            panic!("a whole bundle decodes whole");
+        };
+        let gate_registry = bundle.registry().unwrap();
+        assert!(
+            gate_registry
+                .key(1, issuer.key_id())
+                .unwrap()
+                .is_revoked_at(UnixMillis(1))
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! This module never sees protobuf types: the `grpc` module converts at the boundary.
 
 pub mod bundle;
+pub mod upload;
 
 use std::sync::Arc;
 
@@ -149,6 +150,10 @@ pub struct ScanTimeLimits {
     /// A scan time earlier than now minus this is refused: retries come within seconds,
     /// and an older scan would let a stale code pass its freshness check.
     pub past_max_ms: u64,
+    /// An uploaded offline tap scanned earlier than now minus this is rejected
+    /// (`scan_time_too_old`): 14 days by default, the card schemes' limit for late
+    /// transit taps.
+    pub offline_past_max_ms: u64,
 }
 
 impl Default for ScanTimeLimits {
@@ -156,9 +161,13 @@ impl Default for ScanTimeLimits {
         ScanTimeLimits {
             future_max_ms: 30_000,
             past_max_ms: 600_000,
+            offline_past_max_ms: OFFLINE_AGE_MAX_MS_DEFAULT,
         }
     }
 }
+
+/// How old an uploaded offline tap may be, by default: 14 days.
+pub const OFFLINE_AGE_MAX_MS_DEFAULT: u64 = 14 * 86_400_000;
 
 /// Decides whether a gate opens: verifies the code and submits the tap to the ledger.
 /// Shared by every connection; the gRPC service (`grpc::gate::GateApi`) and the

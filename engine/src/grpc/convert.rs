@@ -6,6 +6,7 @@ use fareway_proto::v1 as pb;
 use tonic::Status;
 
 use crate::clock::UnixMillis;
+use crate::gate::upload::{OfflineTapInput, UploadAnswer, UploadStatus};
 use crate::gate::{GateError, TapAnswer, TapInput, TapReason};
 use crate::ledger::{LedgerError, Refusal, TapKind, TxId};
 use crate::token::Reason;
@@ -126,6 +127,60 @@ pub fn tap_input(request: pb::TapRequest) -> Result<TapInput, Status> {
         scan_time: UnixMillis(request.scan_time_ms),
         code_text: code.text,
     })
+}
+
+/// An upload's taps as the domain's input, each, or the answer to a malformed one:
+/// `REJECTED` with `invalid_argument` naming the field, recorded nowhere (final: a gate
+/// must not keep uploading a tap it could not have made).
+pub fn offline_taps(
+    request: pb::UploadOfflineTapsRequest,
+) -> Vec<Result<OfflineTapInput, pb::OfflineTapResult>> {
+    request
+        .taps
+        .into_iter()
+        .map(|offline| {
+            let transaction_id = offline
+                .tap
+                .as_ref()
+                .map(|tap| tap.transaction_id.clone())
+                .unwrap_or_default();
+            let malformed = |status: Status| pb::OfflineTapResult {
+                transaction_id: transaction_id.clone(),
+                status: pb::OfflineTapStatus::Rejected as i32,
+                reason_code: "invalid_argument".into(),
+                message: status.message().to_string(),
+                ..pb::OfflineTapResult::default()
+            };
+            let tap = offline
+                .tap
+                .ok_or_else(|| malformed(invalid("tap", "is missing")))?;
+            let tap = tap_input(tap).map_err(malformed)?;
+            Ok(OfflineTapInput {
+                tap,
+                opened: offline.opened,
+            })
+        })
+        .collect()
+}
+
+/// An uploaded tap's answer as the API's result.
+pub fn offline_tap_result(answer: &UploadAnswer) -> pb::OfflineTapResult {
+    let status = match answer.status {
+        UploadStatus::Charged => pb::OfflineTapStatus::Charged,
+        UploadStatus::Corrected => pb::OfflineTapStatus::Corrected,
+        UploadStatus::Duplicate => pb::OfflineTapStatus::Duplicate,
+        UploadStatus::Rejected => pb::OfflineTapStatus::Rejected,
+        UploadStatus::Retry => pb::OfflineTapStatus::Retry,
+    };
+    pb::OfflineTapResult {
+        transaction_id: answer.id.0.to_be_bytes().to_vec(),
+        status: status as i32,
+        reason_code: answer.reason.unwrap_or_default().to_string(),
+        message: answer.message.clone().unwrap_or_default(),
+        fare_minor: answer.fare.0,
+        corrections: answer.corrections,
+        balance_after_minor: answer.balance_after.map(|balance| balance.0),
+    }
 }
 
 /// The domain's answer as a tap response.

@@ -12,6 +12,7 @@ use tracing::Instrument as _;
 
 use crate::gate::Gatekeeper;
 use crate::gate::bundle::{BundleRequestError, Bundles};
+use crate::gate::upload::{UPLOAD_TAPS_MAX, UploadStatus};
 use crate::server::metrics::Metrics;
 
 use super::convert;
@@ -277,6 +278,61 @@ impl pb::gate_service_server::GateService for GateApi {
             let _ = end.send(outcome);
         });
         Ok(Response::new(EndingStream::new(receiver, ended)))
+    }
+
+    async fn upload_offline_taps(
+        &self,
+        request: Request<pb::UploadOfflineTapsRequest>,
+    ) -> Result<Response<pb::UploadOfflineTapsResponse>, Status> {
+        // One upload holds one request of its connection's share and of the server's:
+        // its taps are decided a bounded number at a time (`gate::upload`).
+        let connection = self.shares.of(request.remote_addr());
+        let _own = admit(&connection, &self.metrics, "requests on this connection")?;
+        let _all = admit(&self.in_flight, &self.metrics, "requests")?;
+        let request = request.into_inner();
+        if request.taps.len() > UPLOAD_TAPS_MAX {
+            self.metrics.record_fault("invalid_argument");
+            return Err(convert::invalid(
+                "taps",
+                &format!(
+                    "{} taps in one upload; at most {UPLOAD_TAPS_MAX}: send the rest in another",
+                    request.taps.len()
+                ),
+            ));
+        }
+        let parsed = convert::offline_taps(request);
+        let taps = parsed
+            .iter()
+            .filter_map(|tap| tap.as_ref().ok().cloned())
+            .collect();
+        let answers = self.service.upload(taps).await.map_err(|err| {
+            self.metrics.record_fault(err.code());
+            convert::gate_status(&err)
+        })?;
+        for answer in &answers {
+            self.metrics.record_offline_tap(answer);
+        }
+        let rejected = answers
+            .iter()
+            .filter(|answer| answer.status == UploadStatus::Rejected)
+            .count();
+        let malformed = parsed.iter().filter(|tap| tap.is_err()).count();
+        tracing::info!(
+            taps = parsed.len(),
+            rejected,
+            malformed,
+            "offline taps uploaded"
+        );
+        // The answers in request order: the domain's for the well-formed taps, in theirs.
+        let mut answered = answers.iter().map(convert::offline_tap_result);
+        let results = parsed
+            .into_iter()
+            .map(|tap| match tap {
+                Ok(_) => answered.next().unwrap_or_default(),
+                Err(malformed) => malformed,
+            })
+            .collect();
+        Ok(Response::new(pb::UploadOfflineTapsResponse { results }))
     }
 
     async fn get_gate_bundle(

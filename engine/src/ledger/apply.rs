@@ -466,6 +466,8 @@ impl<'a> GroupCommit<'a> {
                 account_id,
                 journey_id,
             } => return self.decide_close_journey(request, account_id, journey_id, sequence),
+            // The record is the whole of it: nothing moves.
+            Command::LostFare { .. } => Ok(Effects::default()),
             _ => self
                 .decide_account_command(request)?
                 .map(|(postings, rider)| Effects {
@@ -511,9 +513,9 @@ impl<'a> GroupCommit<'a> {
                 amount,
                 ..
             } => self.decide_adjust(account_id, operator_id, amount),
-            Command::Tap(_) | Command::CloseJourney { .. } => Err(LedgerError::Invariant(
-                "a tap reached the account command path".into(),
-            )),
+            Command::Tap(_) | Command::CloseJourney { .. } | Command::LostFare { .. } => Err(
+                LedgerError::Invariant("a tap reached the account command path".into()),
+            ),
         }
     }
 
@@ -643,9 +645,16 @@ impl<'a> GroupCommit<'a> {
             None => return Ok(Err(Refusal::UnknownAccount)),
             Some(_) => {}
         }
+        // What the rider paid for it in the end: a fare corrected after a late tap is
+        // refunded net of its corrections, which moved money of their own.
+        let paid = self.paid_for(account_id, sequence, &record)?;
         let mut postings = Vec::with_capacity(record.postings.len());
         for posting in &record.postings {
-            let Some(amount) = posting.amount.checked_neg() else {
+            let back = match posting.account {
+                AccountRef::Rider(_) => Some(paid),
+                _ => paid.checked_neg(),
+            };
+            let Some(amount) = back else {
                 return Ok(Err(Refusal::BalanceOverflow));
             };
             let balance = self
@@ -661,6 +670,32 @@ impl<'a> GroupCommit<'a> {
             });
         }
         Ok(Ok((postings, Some(account_id))))
+    }
+
+    /// What the rider paid for a recorded charge: its fare, less the corrections of it
+    /// (a tap's or journey close's step holds that net amount).
+    fn paid_for(
+        &mut self,
+        rider: u64,
+        sequence: u64,
+        record: &Record,
+    ) -> Result<Amount, LedgerError> {
+        if !matches!(
+            record.request.command,
+            Command::Tap(_) | Command::CloseJourney { .. }
+        ) {
+            return Ok(record.rider_charge());
+        }
+        let time = record.request.time;
+        if let Some(step) = self.steps.get(&(rider, time.0, sequence)) {
+            return Ok(step.charged);
+        }
+        let key = codec::rider_step_key(rider, time, sequence);
+        match self.view.get_pinned_cf(self.cfs.rider_steps, key)? {
+            Some(value) => Ok(codec::decode_rider_step(&key, &value)?.1.charged),
+            // A step recorded before steps were kept: its fare was never corrected.
+            None => Ok(record.rider_charge()),
+        }
     }
 
     /// Decides a tap: code reuse first (a duplicate gets the original answer), then the
@@ -757,7 +792,7 @@ impl<'a> GroupCommit<'a> {
         step: Step,
     ) -> Result<Result<Taken, Refusal>, LedgerError> {
         let before = self.stored_travel(rider)?;
-        if step.time < before.latest_step_at {
+        if step.time < before.latest_step_at && self.has_history(rider, &before)? {
             return self.walk_again(fares, rider, before, step);
         }
         let mut after = before;
@@ -797,9 +832,8 @@ impl<'a> GroupCommit<'a> {
             ..Travel::default()
         };
         let recorded = self.rider_steps_from(rider, day_start)?;
-        let at = recorded.partition_point(|old| {
-            (old.step.time, old.step.sequence) < (step.time, step.sequence)
-        });
+        let at = recorded
+            .partition_point(|old| (old.step.time, old.step.sequence) < (step.time, step.sequence));
         let mut steps: Vec<Step> = recorded.iter().map(|old| old.step).collect();
         steps.insert(at, step);
         let (walked, after) = travel::walk(fares, start, &steps);
@@ -876,7 +910,12 @@ impl<'a> GroupCommit<'a> {
             .charged
             .checked_sub(fare)
             .ok_or_else(|| LedgerError::Invariant("fare correction out of range".into()))?;
-        self.account(AccountRef::OperatorRevenue(old.operator_id))?;
+        // The operator's account in the overlay even before its first posting, so that
+        // recording the correction reads nothing.
+        let operator = AccountRef::OperatorRevenue(old.operator_id);
+        if self.account(operator)?.is_none() {
+            self.accounts.insert(operator, system_account(operator));
+        }
         Ok(Some(Request {
             id: correction_id(corrected.request.id, cause.sequence),
             // The corrected fare's time: a correction belongs to the same service day.
@@ -940,6 +979,14 @@ impl<'a> GroupCommit<'a> {
         }
     }
 
+    /// Whether the rider's steps are recorded up to their latest: not so for a rider
+    /// whose latest step was taken before the ledger kept steps (storage format 5). A
+    /// late step of such a rider is priced after the stored state, as before.
+    fn has_history(&mut self, rider: u64, travel: &Travel) -> Result<bool, LedgerError> {
+        let last = self.last_step_before(rider, UnixMillis(u64::MAX))?;
+        Ok(last.is_some_and(|last| last.step.time == travel.latest_step_at))
+    }
+
     /// The journey a rider had open at `time`: the one open after their last step before
     /// it.
     fn open_journey_before(
@@ -947,6 +994,18 @@ impl<'a> GroupCommit<'a> {
         rider: u64,
         time: UnixMillis,
     ) -> Result<Option<OpenJourney>, LedgerError> {
+        Ok(self
+            .last_step_before(rider, time)?
+            .and_then(|recorded| recorded.open_after))
+    }
+
+    /// The rider's last step before `time` (all of them for `u64::MAX`): the stored one
+    /// or this group commit's, whichever is later.
+    fn last_step_before(
+        &mut self,
+        rider: u64,
+        time: UnixMillis,
+    ) -> Result<Option<RecordedStep>, LedgerError> {
         let key = codec::rider_step_key(rider, time, 0);
         let stored = self
             .view
@@ -966,15 +1025,14 @@ impl<'a> GroupCommit<'a> {
             .next_back()
             .map(|(_, recorded)| *recorded);
         let order = |recorded: &RecordedStep| (recorded.step.time, recorded.step.sequence);
-        let last = match (stored, pending) {
+        Ok(match (stored, pending) {
             (Some(stored), Some(pending)) => Some(if order(&pending) >= order(&stored) {
                 pending
             } else {
                 stored
             }),
             (stored, pending) => stored.or(pending),
-        };
-        Ok(last.and_then(|recorded| recorded.open_after))
+        })
     }
 
     /// A rider's steps from `time` on, in scan order: the stored ones, with this group
@@ -1113,6 +1171,7 @@ impl<'a> GroupCommit<'a> {
             Command::Refund { original } => self
                 .find(original)?
                 .and_then(|(_, record)| rider_of_postings(&record.postings)),
+            Command::LostFare { .. } => None,
         };
         match rider {
             Some(id) if self.account(AccountRef::Rider(id))?.is_some() => Ok(Some(id)),

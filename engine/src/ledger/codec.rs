@@ -17,6 +17,7 @@ use super::model::{
     TapKind, Travel, TxId,
 };
 use super::travel::{RecordedStep, Step, StepKind};
+use crate::token::Reason;
 
 /// The stored code of an outcome that is a duplicate (followed by the original's sequence).
 /// Refusal codes count up from 1 and stay far below it.
@@ -372,6 +373,18 @@ fn write_command(writer: &mut Writer, command: &Command) {
             writer.u64(account_id);
             writer.u64(journey_id);
         }
+        Command::LostFare {
+            gate_id,
+            kind,
+            reason,
+        } => {
+            writer.u8(10);
+            writer.u32(gate_id);
+            let (kind, place) = tap_kind_code(kind);
+            writer.u8(kind);
+            writer.u32(place);
+            writer.u8(reason_code(reason));
+        }
         Command::Correct {
             account_id,
             operator_id,
@@ -395,6 +408,16 @@ fn write_tap(writer: &mut Writer, tap: &Tap) {
     let (kind, place) = tap_kind_code(tap.kind);
     writer.u8(kind | if tap.offline { TAP_OFFLINE } else { 0 });
     writer.u32(place);
+}
+
+/// A code verification's reason as stored: its place in [`Reason::ALL`] plus one.
+fn reason_code(reason: Reason) -> u8 {
+    let index = Reason::ALL.iter().position(|known| *known == reason);
+    index.map_or(0, |index| index as u8 + 1)
+}
+
+fn reason_from(code: u8) -> Option<Reason> {
+    Reason::ALL.get(usize::from(code).checked_sub(1)?).copied()
 }
 
 /// The high bit of a tap's kind byte: the gate decided alone (an offline tap).
@@ -545,6 +568,16 @@ fn read_command(reader: &mut Reader<'_>) -> Result<Command, LedgerError> {
             account_id: reader.u64()?,
             journey_id: reader.u64()?,
         },
+        10 => {
+            let gate_id = reader.u32()?;
+            let (kind, place) = (reader.u8()?, reader.u32()?);
+            Command::LostFare {
+                gate_id,
+                kind: tap_kind_from(kind, place)
+                    .ok_or_else(|| corrupt(what, "unknown tap kind"))?,
+                reason: reason_from(reader.u8()?).ok_or_else(|| corrupt(what, "unknown reason"))?,
+            }
+        }
         9 => Command::Correct {
             account_id: reader.u64()?,
             operator_id: reader.u16()?,
@@ -1248,6 +1281,11 @@ mod tests {
                 corrects: TxId(u128::MAX - 9),
                 amount: Amount(-120),
             },
+            Command::LostFare {
+                gate_id: 15,
+                kind: TapKind::MetroExit { station: 104 },
+                reason: Reason::BadCodeSignature,
+            },
         ];
         // A shard log entry carries every command, in order, and nothing else.
         let requests: Vec<Request> = commands
@@ -1323,6 +1361,15 @@ mod tests {
         assert_eq!(refusal_code(Refusal::JourneyNotExpired), 16);
         assert_eq!(refusal_from(17), None);
         assert!(Refusal::ALL.len() < usize::from(OUTCOME_DUPLICATE));
+        // Lost fares store a code's reason by its place: pinned, as stored bytes are.
+        assert_eq!(reason_code(Reason::TooLong), 1);
+        assert_eq!(reason_code(Reason::WeakDeviceKey), 10);
+        assert_eq!(reason_code(Reason::AccountDenied), 14);
+        for reason in Reason::ALL {
+            assert_eq!(reason_from(reason_code(reason)), Some(reason));
+        }
+        assert_eq!(reason_from(0), None);
+        assert_eq!(reason_from(15), None);
     }
 
     #[test]

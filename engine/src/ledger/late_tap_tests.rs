@@ -6,11 +6,11 @@
 
 use proptest::prelude::*;
 
+use super::model::rider_of_postings;
 use super::tap_tests::{
     BUS, METRO, MINUTE_MS, RIDER, T, assert_audit_ok, at, balance, entry, exit, open_at, setup,
     submit,
 };
-use super::model::rider_of_postings;
 use super::*;
 
 const BUS_501: TapKind = TapKind::Bus { route: 501 };
@@ -181,7 +181,12 @@ fn late_taps_that_reach_the_daily_cap_correct_the_trips_after_them() {
     let (_dir, ledger) = setup(10_000, 0);
     // Online: two long trips in the afternoon, 700 each.
     for (id, start) in [(20u128, 600u64), (22, 720)] {
-        submit(&ledger, id, at(start), super::tap_tests::tap(entry(101), 7, id as u8));
+        submit(
+            &ledger,
+            id,
+            at(start),
+            super::tap_tests::tap(entry(101), 7, id as u8),
+        );
         let out = submit(
             &ledger,
             id + 1,
@@ -209,8 +214,18 @@ fn late_taps_that_reach_the_daily_cap_correct_the_trips_after_them() {
     );
     assert_eq!(balance(&ledger, RIDER_ACCOUNT), 10_000 - 1_500);
     // A trip after the cap is free, as it is for taps in order.
-    submit(&ledger, 30, at(900), super::tap_tests::tap(entry(101), 7, 30));
-    let capped = submit(&ledger, 31, at(950), super::tap_tests::tap(exit(104), 8, 31));
+    submit(
+        &ledger,
+        30,
+        at(900),
+        super::tap_tests::tap(entry(101), 7, 30),
+    );
+    let capped = submit(
+        &ledger,
+        31,
+        at(950),
+        super::tap_tests::tap(exit(104), 8, 31),
+    );
     assert_eq!(capped.record.rider_charge(), Amount::ZERO);
     assert_audit_ok(&ledger);
 }
@@ -219,13 +234,76 @@ fn late_taps_that_reach_the_daily_cap_correct_the_trips_after_them() {
 fn a_refunded_fare_is_not_corrected_again() {
     let (_dir, ledger) = setup(5_000, 0);
     submit(&ledger, 10, at(40), super::tap_tests::tap(exit(104), 8, 10));
-    let refund = Command::Refund {
-        original: TxId(10),
-    };
+    let refund = Command::Refund { original: TxId(10) };
     submit(&ledger, 11, at(41), refund);
     let late = submit(&ledger, 12, at(0), offline(entry(101), 7, 12));
     assert_eq!(late.corrections, 0);
     assert_eq!(balance(&ledger, RIDER_ACCOUNT), 5_000);
+    assert_audit_ok(&ledger);
+}
+
+#[test]
+fn a_refund_of_a_corrected_fare_gives_back_what_the_rider_paid_in_the_end() {
+    let (_dir, ledger) = setup(5_000, 0);
+    // An exit charged the maximum (900), corrected to 700 by its late entry (+200).
+    submit(&ledger, 10, at(40), super::tap_tests::tap(exit(104), 8, 10));
+    let late = submit(&ledger, 11, at(0), offline(entry(101), 7, 11));
+    assert_eq!(corrections(&ledger, &late), vec![(TxId(10), 200)]);
+    // Refunding the exit gives back the 700 the rider paid for it, not its 900.
+    let refund = Command::Refund { original: TxId(10) };
+    let refunded = submit(&ledger, 12, at(60), refund);
+    assert_eq!(refunded.record.outcome, Outcome::Accepted);
+    assert_eq!(refunded.record.rider_charge(), Amount(-700));
+    assert_eq!(balance(&ledger, RIDER_ACCOUNT), 5_000);
+    assert_eq!(balance(&ledger, METRO), 0);
+    assert_audit_ok(&ledger);
+}
+
+#[test]
+fn a_rider_whose_steps_predate_the_steps_column_family_is_priced_as_before() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let ledger = open_at(dir.path());
+        let open = Command::OpenAccount {
+            account_id: RIDER,
+            provider_id: 1,
+            credit_limit: Amount(0),
+        };
+        submit(&ledger, 1, T, open);
+        let top_up = Command::TopUp {
+            account_id: RIDER,
+            amount: Amount(5_000),
+        };
+        submit(&ledger, 2, T, top_up);
+        submit(
+            &ledger,
+            10,
+            at(30),
+            super::tap_tests::tap(entry(101), 7, 10),
+        );
+    }
+    {
+        // As an upgraded ledger holds it: the entry's step was never recorded.
+        let mut options = rocksdb::Options::default();
+        options.create_if_missing(false);
+        let db = rocksdb::DB::open_cf(&options, dir.path(), store::COLUMN_FAMILIES).unwrap();
+        let steps = db.cf_handle(store::CF_RIDER_STEPS).unwrap();
+        let keys: Vec<_> = db
+            .iterator_cf(steps, rocksdb::IteratorMode::Start)
+            .map(|entry| entry.unwrap().0)
+            .collect();
+        assert_eq!(keys.len(), 1);
+        db.delete_cf(steps, &keys[0]).unwrap();
+    }
+    let ledger = open_at(dir.path());
+    // A late bus ride: no history to walk, so it is priced after the stored state, and
+    // the open journey stays open for its exit.
+    let bus = submit(&ledger, 11, at(20), offline(BUS_501, 3, 11));
+    assert_eq!(bus.record.rider_charge(), Amount(200));
+    assert_eq!(bus.corrections, 0);
+    // Harbour to Airport (700), a transfer 10 minutes after the bus ride (less 100).
+    let out = submit(&ledger, 12, at(60), super::tap_tests::tap(exit(104), 8, 12));
+    assert_eq!(out.record.rider_charge(), Amount(600));
     assert_audit_ok(&ledger);
 }
 

@@ -466,8 +466,8 @@ pub fn statement(
 }
 
 #[cfg(test)]
-mod tap_tests;
-#[cfg(test)]
 mod late_tap_tests;
+#[cfg(test)]
+mod tap_tests;
 #[cfg(test)]
 mod tests;

@@ -196,6 +196,18 @@ pub enum Command {
         /// The journey to close.
         journey_id: u64,
     },
+    /// A tap a gate let through while offline that the engine found forged (its code
+    /// failed verification at its scan time): nothing is charged, and the fare is the
+    /// operator's revenue loss, recorded with its reason. No rider: a forged code names
+    /// none that can be trusted.
+    LostFare {
+        /// The gate that let the rider through.
+        gate_id: u32,
+        /// Entry, exit or bus, and where.
+        kind: TapKind,
+        /// Why the code failed.
+        reason: crate::token::Reason,
+    },
     /// A fare corrected after a late tap re-priced the rider's day: made by the ledger
     /// itself, never sent by a caller. A positive amount credits the rider (the fare was
     /// too high), a negative one debits (too low). No credit limit applies.
@@ -235,6 +247,7 @@ impl Command {
             }) => "bus",
             Command::CloseJourney { .. } => "close_journey",
             Command::Correct { .. } => "fare_correction",
+            Command::LostFare { .. } => "lost_fare",
         }
     }
 }
@@ -264,6 +277,7 @@ impl Request {
                 | Command::Tap(_)
                 | Command::CloseJourney { .. }
                 | Command::Correct { .. }
+                | Command::LostFare { .. }
         );
         if caller_timed && self.time != other.time {
             return Some("time");
@@ -384,7 +398,7 @@ fn money_command_difference(mine: Command, theirs: Command) -> Option<Option<&'s
 /// For two travel commands of one kind (tap, close journey), `Some` of their first
 /// differing field, if any; `None` for any other pair.
 fn travel_command_difference(mine: Command, theirs: Command) -> Option<Option<&'static str>> {
-    use Command::CloseJourney;
+    use Command::{CloseJourney, LostFare};
     let difference = match (mine, theirs) {
         (Command::Tap(tap), Command::Tap(tap2)) => first_of(&[
             (tap.account_id != tap2.account_id, "account_id"),
@@ -394,8 +408,10 @@ fn travel_command_difference(mine: Command, theirs: Command) -> Option<Option<&'
                 std::mem::discriminant(&tap.kind) != std::mem::discriminant(&tap2.kind),
                 "direction",
             ),
+            // Not whether it was offline: a gate whose online try was recorded but whose
+            // answer was lost, and which then decided alone and uploads the same scan,
+            // gets the recorded answer.
             (tap.kind != tap2.kind, "place"),
-            (tap.offline != tap2.offline, "offline"),
         ]),
         (
             CloseJourney {
@@ -407,6 +423,22 @@ fn travel_command_difference(mine: Command, theirs: Command) -> Option<Option<&'
                 journey_id: j2,
             },
         ) => first_of(&[(a != a2, "account_id"), (j != j2, "journey_id")]),
+        (
+            LostFare {
+                gate_id: g,
+                kind: k,
+                reason: r,
+            },
+            LostFare {
+                gate_id: g2,
+                kind: k2,
+                reason: r2,
+            },
+        ) => first_of(&[
+            (g != g2, "gate_id"),
+            (k != k2, "place"),
+            (r != r2, "reason"),
+        ]),
         _ => return None,
     };
     Some(difference)

@@ -93,8 +93,12 @@ pub fn price(fares: &FareTable, travel: &mut Travel, step: &Step) -> Result<Pric
         RiderDay::default()
     };
     let priced = match step.kind {
-        StepKind::Tap(TapKind::MetroEntry { station }) => enter(fares, &mut next, step, station, totals)?,
-        StepKind::Tap(TapKind::MetroExit { station }) => exit(fares, &mut next, step, station, totals)?,
+        StepKind::Tap(TapKind::MetroEntry { station }) => {
+            enter(fares, &mut next, step, station, totals)?
+        }
+        StepKind::Tap(TapKind::MetroExit { station }) => {
+            exit(fares, &mut next, step, station, totals)?
+        }
         StepKind::Tap(TapKind::Bus { route }) => ride_bus(fares, &mut next, step, route, totals)?,
         StepKind::Close { journey_id } => close(fares, &mut next, journey_id, totals),
     };

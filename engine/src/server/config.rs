@@ -208,6 +208,8 @@ pub struct TapSettings {
     pub scan_time_future_max_ms: u64,
     /// A scan time further behind the server's clock is refused.
     pub scan_time_past_max_ms: u64,
+    /// An uploaded offline tap scanned longer ago than this is rejected.
+    pub offline_age_max_ms: u64,
     /// How often the sweeper looks for journeys entered and never exited.
     pub journey_sweep_interval_ms: u64,
     /// How long a transaction id is remembered.
@@ -221,6 +223,7 @@ impl Default for TapSettings {
             code_retry_window_ms: CODE_RETRY_WINDOW_MS_DEFAULT,
             scan_time_future_max_ms: scan.future_max_ms,
             scan_time_past_max_ms: scan.past_max_ms,
+            offline_age_max_ms: scan.offline_past_max_ms,
             journey_sweep_interval_ms: 60_000,
             id_retention_ms: LedgerConfig::default().id_retention_ms,
         }
@@ -558,6 +561,12 @@ impl ServerConfig {
                  would be charged a second time",
             ),
             (
+                taps.id_retention_ms > taps.offline_age_max_ms,
+                "taps.id_retention_ms must be longer than taps.offline_age_max_ms: a gate may \
+                 upload an offline tap that long after its scan, and retry the upload, and a \
+                 retry whose id was forgotten would be charged a second time",
+            ),
+            (
                 taps.id_retention_ms > taps.code_retry_window_ms,
                 "taps.id_retention_ms must be longer than taps.code_retry_window_ms: a gate's \
                  retry within the window must find its original answer",
@@ -613,6 +622,7 @@ impl ServerConfig {
         ScanTimeLimits {
             future_max_ms: self.taps.scan_time_future_max_ms,
             past_max_ms: self.taps.scan_time_past_max_ms,
+            offline_past_max_ms: self.taps.offline_age_max_ms,
         }
     }
 }

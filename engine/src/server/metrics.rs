@@ -14,6 +14,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::gate::TapAnswer;
+use crate::gate::upload::{UploadAnswer, UploadStatus};
 use crate::ledger::WriterStats;
 
 type Labels = [(&'static str, &'static str); 2];
@@ -23,6 +24,7 @@ type Labels = [(&'static str, &'static str); 2];
 pub struct Metrics {
     registry: Registry,
     taps: Family<Labels, Counter>,
+    offline_taps: Family<Labels, Counter>,
     tap_latency_seconds: Histogram,
     faults: Family<[(&'static str, &'static str); 1], Counter>,
     shed: Counter,
@@ -146,6 +148,12 @@ impl Metrics {
             "Taps answered, by decision and reason",
             taps.clone(),
         );
+        let offline_taps = Family::<Labels, Counter>::default();
+        registry.register(
+            "offline_taps",
+            "Uploaded offline taps, by status and reason: a rejected one with a code's reason or a ledger refusal is a lost fare",
+            offline_taps.clone(),
+        );
         let tap_latency_seconds = Histogram::new(TAP_LATENCY_BUCKETS_SECONDS.iter().copied());
         registry.register(
             "tap_latency_seconds",
@@ -198,6 +206,7 @@ impl Metrics {
         Metrics {
             registry,
             taps,
+            offline_taps,
             tap_latency_seconds,
             faults,
             shed,
@@ -253,6 +262,21 @@ impl Metrics {
             .get_or_create(&[("decision", decision), ("reason", reason)])
             .inc();
         self.tap_latency_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts an uploaded offline tap's answer.
+    pub fn record_offline_tap(&self, answer: &UploadAnswer) {
+        let status = match answer.status {
+            UploadStatus::Charged => "charged",
+            UploadStatus::Corrected => "corrected",
+            UploadStatus::Duplicate => "duplicate",
+            UploadStatus::Rejected => "rejected",
+            UploadStatus::Retry => "retry",
+        };
+        let reason = answer.reason.unwrap_or("none");
+        self.offline_taps
+            .get_or_create(&[("status", status), ("reason", reason)])
+            .inc();
     }
 
     /// Counts a request that failed with a status.

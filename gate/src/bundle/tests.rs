@@ -231,8 +231,7 @@ fn an_offline_gate_decides_like_the_engine_and_refuses_a_code_used_at_it() {
         keys: gate.bundle().keys.clone(),
         changes: vec![(2, false)],
     };
-    gate.update(round_trip(&lift.encode()).unwrap())
-        .unwrap();
+    gate.update(round_trip(&lift.encode()).unwrap()).unwrap();
     assert!(matches!(
         gate.decide(&denied, NOW),
         OfflineDecision::Open(_)

@@ -15,8 +15,8 @@ use curve25519_dalek::edwards::CompressedEdwardsY;
 use serde::{Deserialize, Serialize};
 
 use super::format::PUBLIC_KEY_LEN;
-use crate::clock::UnixMillis;
 use super::key_id_of;
+use crate::clock::UnixMillis;
 
 /// The largest registry file read, so a wrong path (a disk image, a log) fails fast.
 pub const REGISTRY_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;
@@ -286,7 +286,8 @@ impl IssuerRegistry {
                     key_id: key.key_id,
                     public_key: URL_SAFE_NO_PAD.encode(key.public_key),
                     revoked: key.revoked_at.is_some(),
-                    revoked_at_ms: key.revoked_at.map(|at| at.0),
+                    // Revoked since the start of time is written as before times were kept.
+                    revoked_at_ms: key.revoked_at.map(|at| at.0).filter(|at| *at > 0),
                 })
                 .collect(),
         }
@@ -339,7 +340,12 @@ impl IssuerRegistry {
 
     /// Marks a key revoked from time `at` on. Revoking a revoked key changes nothing (its
     /// first revocation time stays).
-    pub fn revoke(&mut self, provider_id: u16, key_id: u32, at: UnixMillis) -> Result<(), KeyError> {
+    pub fn revoke(
+        &mut self,
+        provider_id: u16,
+        key_id: u32,
+        at: UnixMillis,
+    ) -> Result<(), KeyError> {
         let key = self
             .keys
             .get_mut(&(provider_id, key_id))
@@ -519,8 +525,16 @@ mod tests {
             registry.revoke(1, 99, UnixMillis(5)).unwrap_err().code(),
             "unknown_issuer_key"
         );
-        registry.revoke(1, key_id_of(&sample_key()), UnixMillis(5)).unwrap();
-        assert!(registry.key(1, key_id_of(&sample_key())).unwrap().revoked_at.is_some());
+        registry
+            .revoke(1, key_id_of(&sample_key()), UnixMillis(5))
+            .unwrap();
+        assert!(
+            registry
+                .key(1, key_id_of(&sample_key()))
+                .unwrap()
+                .revoked_at
+                .is_some()
+        );
     }
 
     #[test]
@@ -534,8 +548,16 @@ mod tests {
         assert!(!key.is_revoked_at(UnixMillis(4_999)));
         assert!(key.is_revoked_at(UnixMillis(5_000)));
         let text = toml::to_string(&registry.to_file()).unwrap();
-        assert!(text.contains("revoked = true\nrevoked_at_ms = 5000\n"), "{text}");
+        assert!(
+            text.contains("revoked = true\nrevoked_at_ms = 5000\n"),
+            "{text}"
+        );
         assert_eq!(IssuerRegistry::from_toml(&text).unwrap(), registry);
+        // Revoked since the start of time: written as files were before times were kept.
+        let mut legacy = IssuerRegistry::from_toml(&sample()).unwrap();
+        legacy.revoke(1, key_id, UnixMillis(0)).unwrap();
+        let text = toml::to_string(&legacy.to_file()).unwrap();
+        assert!(text.ends_with("revoked = true\n"), "{text}");
     }
 
     #[test]
@@ -547,7 +569,11 @@ mod tests {
         let lone_time = format!("{}revoked_at_ms = 7\n", sample());
         let err = IssuerRegistry::from_toml(&lone_time).unwrap_err();
         assert_eq!(err.code(), "key_file_invalid");
-        assert!(err.to_string().contains("revoked_at_ms but not revoked = true"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("revoked_at_ms but not revoked = true"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -51,7 +51,8 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// Every reason, in the order the verifier checks them.
+    /// Every reason, in the order the verifier checks them. The ledger stores a reason by
+    /// its place here (a lost fare's), so a new reason is only ever appended.
     pub const ALL: [Reason; 14] = [
         Reason::TooLong,
         Reason::BadEncoding,

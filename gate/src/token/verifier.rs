@@ -199,13 +199,31 @@ impl Verifier {
 
     /// Verifies a code's bytes at time `now`.
     pub fn verify_bytes(&self, bytes: &[u8], now: UnixMillis) -> Decision {
-        match self.check(bytes, now) {
+        match self.check(bytes, now, DenyList::Checked) {
             Ok(verified) => Decision::Accepted(verified),
             Err(reason) => Decision::Rejected(reason),
         }
     }
 
-    fn check(&self, bytes: &[u8], now: UnixMillis) -> Result<VerifiedCode, Reason> {
+    /// Verifies a code a gate took while offline and uploads now, at its scan time: every
+    /// check of [`Verifier::verify_text`] (freshness against the scan time, the issuer key
+    /// as it was then) but the deny list, which the gate judged by its own bundle and
+    /// which the ledger does not hold against a rider the gate let through.
+    pub fn verify_uploaded_text(&self, text: &str, scanned_at: UnixMillis) -> Decision {
+        let checked = format::decode_text(text)
+            .and_then(|bytes| self.check(&bytes, scanned_at, DenyList::Skipped));
+        match checked {
+            Ok(verified) => Decision::Accepted(verified),
+            Err(reason) => Decision::Rejected(reason),
+        }
+    }
+
+    fn check(
+        &self,
+        bytes: &[u8],
+        now: UnixMillis,
+        deny_list: DenyList,
+    ) -> Result<VerifiedCode, Reason> {
         let code = format::parse(bytes)?;
         let credential = code.credential;
         let issuer_public_key = {
@@ -238,7 +256,7 @@ impl Verifier {
         if generated_at > now.saturating_add(self.config.clock_skew_ms) {
             return Err(Reason::CodeFromFuture);
         }
-        if self.is_denied(credential.account_id) {
+        if deny_list == DenyList::Checked && self.is_denied(credential.account_id) {
             return Err(Reason::AccountDenied);
         }
         Ok(VerifiedCode {
@@ -290,6 +308,13 @@ impl Verifier {
         }
         Ok(device_key_strong)
     }
+}
+
+/// Whether a verification consults the deny list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DenyList {
+    Checked,
+    Skipped,
 }
 
 #[cfg(test)]
