@@ -509,9 +509,12 @@ async fn assert_settled_alike(
         let engine = engine_at(node);
         let mut client = engine.settlement().await.unwrap();
         let into = folder.join(format!("settled-{name}"));
-        let report = gate_sim::check::settlement(&engine, &mut client, 1, plan, run, &into)
-            .await
-            .unwrap();
+        // Online taps in scan order: no fare corrections to add.
+        let corrections = gate_sim::check::Statements::default();
+        let report =
+            gate_sim::check::settlement(&engine, &mut client, 1, plan, run, &corrections, &into)
+                .await
+                .unwrap();
         assert_eq!(report["ok"], true, "{report:#}");
         let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&into)
             .unwrap()

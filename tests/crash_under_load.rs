@@ -181,12 +181,19 @@ async fn killed_under_load_nothing_is_lost_or_charged_twice() {
     let run = played.run();
     let plan = &played.plan;
     let mut settlement = engine.settlement().await.unwrap();
+    // A retry after a restart may arrive after the rider's next tap: its fare
+    // corrections settle too.
+    let admin = engine.admin().await.unwrap();
+    let (_, statements) = check::charged_exactly_once(&admin, plan, &run)
+        .await
+        .unwrap();
     let settled = check::settlement(
         &engine,
         &mut settlement,
         2,
         plan,
         &run,
+        &statements,
         &folder.path().join("settlement"),
     )
     .await

@@ -10,7 +10,7 @@ use fareway::clock::UnixMillis;
 use fareway::fares::TapKind;
 use fareway::ledger::{LedgerConfig, audit};
 use fareway_gate::bundle::{self, Body, Bundle};
-use fareway_gate::link::{GateLink, Uploaded};
+use fareway_gate::link::GateLink;
 use fareway_gate::offline::{OfflineDecision, OfflineRefusal};
 use fareway_proto::v1 as pb;
 use fareway_tests::server::{
@@ -107,12 +107,20 @@ async fn an_offline_ride_is_queued_through_a_restart_uploaded_and_charged_into_d
     server.clock.set(at(65));
     let uploaded = link.sync(&mut gate).await.unwrap();
     assert_eq!(
-        uploaded,
-        Uploaded {
-            answered: 2,
-            rejected: 1,
-            to_retry: 0
-        }
+        (uploaded.answered, uploaded.rejected, uploaded.to_retry),
+        (2, 1, 0)
+    );
+    let answers: Vec<_> = uploaded
+        .results
+        .iter()
+        .map(|(id, result)| (*id, status(result)))
+        .collect();
+    assert_eq!(
+        answers,
+        vec![
+            (1_001, (pb::OfflineTapStatus::Charged, "")),
+            (1_002, (pb::OfflineTapStatus::Rejected, "refused_at_gate")),
+        ]
     );
     assert!(link.pending().is_empty());
     assert_eq!(std::fs::metadata(&queue).unwrap().len(), 0);
@@ -345,13 +353,10 @@ async fn a_long_queue_is_uploaded_in_batches_and_the_day_is_capped() {
     server.clock.set(at(700));
     let uploaded = link.upload(&mut gate).await.unwrap();
     assert_eq!(
-        uploaded,
-        Uploaded {
-            answered: 70,
-            rejected: 0,
-            to_retry: 0
-        }
+        (uploaded.answered, uploaded.rejected, uploaded.to_retry),
+        (70, 0, 0)
     );
+    assert_eq!(uploaded.results.len(), 70);
     assert!(link.pending().is_empty());
     // Seventy rides of 200 (less 100 each within 90 minutes of the one before), capped
     // at 1,500 for the day.

@@ -42,6 +42,11 @@ pub struct DemoArgs {
     /// Share of trips replaced by each kind of fault.
     #[arg(long, default_value_t = 0.005)]
     pub(crate) fault_rate: f64,
+    /// Share of gates that lose their link for the middle half of the rush hour, decide
+    /// alone with the engine's signed bundle, and upload their taps when it is back
+    /// (`docs/offline.md`); 0 keeps every gate online. Not with `--cluster`.
+    #[arg(long, default_value_t = 0.1)]
+    pub(crate) link_loss: f64,
     /// The seed.
     #[arg(long, default_value_t = 1)]
     pub(crate) seed: u64,
@@ -96,7 +101,17 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot make folder {}", args.out.display()))?;
     let (config, tokens) = engine_config(temp.path(), &data_dir)?;
-    let sim = sim_config(&args)?;
+    let mut sim = sim_config(&args)?;
+    // The gates' copy of the engine's bundle key: made here, before the engine starts and
+    // loads it.
+    if args.link_loss > 0.0 {
+        let (key, _) =
+            fareway::settlement::key::SettlementKey::load_or_create(&config.bundle.key_file)?;
+        sim.link_loss = Some(gate_sim::offline::LinkLoss {
+            share: args.link_loss,
+            engine_key: key.public_key(),
+        });
+    }
     print_plan(&args, &data_dir);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -126,6 +141,10 @@ pub(crate) fn check_args(args: &DemoArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         (0.0..=0.05).contains(&args.fault_rate),
         "--fault-rate must be 0 to 0.05"
+    );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.link_loss),
+        "--link-loss must be 0 to 1"
     );
     Ok(())
 }
@@ -227,6 +246,8 @@ pub(crate) fn sim_config(args: &DemoArgs) -> anyhow::Result<SimConfig> {
         out: args.out.clone(),
         progress: true,
         window_started: None,
+        fares: std::sync::Arc::new(fares.clone()),
+        link_loss: None,
     })
 }
 

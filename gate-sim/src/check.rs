@@ -21,14 +21,44 @@ pub fn decision_name(answer: &Answer) -> String {
         }
         Answer::Response(response) => response.reason_code.clone(),
         Answer::Failed(code, _) => format!("status_{}", format!("{code:?}").to_lowercase()),
+        Answer::Uploaded { result, .. } => {
+            let status = pb::OfflineTapStatus::try_from(result.status).map_or_else(
+                |_| "unknown".into(),
+                |status| format!("{status:?}").to_lowercase(),
+            );
+            match result.reason_code.as_str() {
+                "" => format!("offline_{status}"),
+                reason => format!("offline_{status}_{reason}"),
+            }
+        }
     }
 }
 
-fn accepted(answer: &Answer) -> Option<&pb::TapResponse> {
+/// What an accepted tap charged: its fare, and whether the answer repeated an earlier
+/// one (a replay charges nothing of its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Charge {
+    fare: i64,
+    replay: bool,
+}
+
+/// The charge of an answer that accepted its tap: online, or uploaded by an offline gate
+/// and charged (or corrected) by the engine.
+fn accepted(answer: &Answer) -> Option<Charge> {
     match answer {
         Answer::Response(response) if response.decision == pb::TapDecision::Accepted as i32 => {
-            Some(response)
+            Some(Charge {
+                fare: response.fare_minor,
+                replay: response.replay,
+            })
         }
+        Answer::Uploaded { result, .. } => match pb::OfflineTapStatus::try_from(result.status) {
+            Ok(pb::OfflineTapStatus::Charged | pb::OfflineTapStatus::Corrected) => Some(Charge {
+                fare: result.fare_minor,
+                replay: false,
+            }),
+            _ => None,
+        },
         _ => None,
     }
 }
@@ -98,7 +128,7 @@ fn charged_taps(plan: &[PlannedTap], run: &RunResult) -> Vec<(usize, i64)> {
                 return None;
             }
             seen.insert(&tap.request.transaction_id)
-                .then_some((index, response.fare_minor))
+                .then_some((index, response.fare))
         })
         .collect()
 }
@@ -106,14 +136,29 @@ fn charged_taps(plan: &[PlannedTap], run: &RunResult) -> Vec<(usize, i64)> {
 /// Most problems a finding lists: enough to start from, few enough to read.
 const PROBLEMS_MAX: usize = 20;
 
+/// What the riders' statements say besides each tap's own line: per rider, the fare
+/// corrections the engine made (late taps re-pricing a day), as settlement amounts
+/// (positive when the rider paid more), and what each service day cost the rider in all.
+#[derive(Debug, Default)]
+pub struct Statements {
+    /// Per rider, the sum of the fare corrections.
+    pub corrections: BTreeMap<u64, i64>,
+    /// Per rider and service day (days since the epoch), the taps' charges and the
+    /// corrections of them.
+    pub days: BTreeMap<u64, BTreeMap<u64, i64>>,
+}
+
+/// One day in milliseconds: service days are UTC days.
+const DAY_MS: u64 = 86_400_000;
+
 /// Every accepted tap appears exactly once in its rider's statement with minus its fare
 /// (a tap that charged nothing may have no line), and no rider's statement has a tap the
-/// simulator did not see accepted.
+/// simulator did not see accepted. Also returns what else the statements say.
 pub async fn charged_exactly_once(
     admin: &AdminClient,
     plan: &[PlannedTap],
     run: &RunResult,
-) -> anyhow::Result<serde_json::Value> {
+) -> anyhow::Result<(serde_json::Value, Statements)> {
     let charged = charged_taps(plan, run);
     let by_rider = charges_by_rider(plan, &charged);
     let sim_ids: HashSet<Vec<u8>> = plan
@@ -122,19 +167,77 @@ pub async fn charged_exactly_once(
         .collect();
     let mut problems = Vec::new();
     let mut lines_checked = 0u64;
+    let mut statements = Statements::default();
     for (account_id, expected) in &by_rider {
-        let (seen, lines) = statement_of(admin, *account_id, &sim_ids).await?;
-        lines_checked += lines;
-        note_wrong_charges(&mut problems, *account_id, expected, &seen);
-        note_unseen_charges(&mut problems, *account_id, expected, &seen, plan, run);
+        let read = statement_of(admin, *account_id, &sim_ids).await?;
+        lines_checked += read.lines;
+        note_wrong_charges(&mut problems, *account_id, expected, &read.seen);
+        note_unseen_charges(&mut problems, *account_id, expected, &read.seen, plan, run);
+        statements.corrections.insert(*account_id, read.corrections);
+        statements.days.insert(*account_id, read.days);
     }
-    Ok(json!({
+    let json = json!({
         "ok": problems.is_empty(),
         "accepted_taps": charged.len(),
         "riders_checked": by_rider.len(),
         "statement_lines_checked": lines_checked,
         "problems": problems,
-    }))
+    });
+    Ok((json, statements))
+}
+
+/// Every rider's day costs what pricing the rider's accepted taps in scan order costs
+/// (`reprice`, the simulator's own pricing from the fares file), whatever order the taps
+/// reached the engine in (offline gates upload theirs late).
+pub fn scan_order_prices(
+    fares: &fareway_gate::fares::FareTable,
+    plan: &[PlannedTap],
+    run: &RunResult,
+    statements: &Statements,
+) -> serde_json::Value {
+    let mut taps_by_rider: BTreeMap<u64, Vec<_>> = BTreeMap::new();
+    for (index, _) in charged_taps(plan, run) {
+        let tap = &plan[index];
+        let scan = fareway_gate::clock::UnixMillis(tap.request.scan_time_ms);
+        taps_by_rider
+            .entry(tap.account_id)
+            .or_default()
+            .push((scan, kind_of(&tap.request)));
+    }
+    let mut problems = Vec::new();
+    for (account_id, taps) in &taps_by_rider {
+        let mut expected = crate::reprice::day_totals(fares, taps);
+        expected.retain(|_, total| *total != 0);
+        let mut charged = statements.days.get(account_id).cloned().unwrap_or_default();
+        charged.retain(|_, total| *total != 0);
+        if expected != charged && problems.len() < PROBLEMS_MAX {
+            problems.push(format!(
+                "rider {account_id}: days cost {charged:?} but their taps in scan order cost {expected:?}"
+            ));
+        }
+    }
+    json!({
+        "ok": problems.is_empty(),
+        "riders_checked": taps_by_rider.len(),
+        "fare_corrections_minor": statements.corrections.values().sum::<i64>(),
+        "problems": problems,
+    })
+}
+
+/// A tap request's kind and place.
+fn kind_of(request: &pb::TapRequest) -> fareway_gate::fares::TapKind {
+    use fareway_gate::fares::TapKind;
+    match pb::Direction::try_from(request.direction) {
+        Ok(pb::Direction::Entry) => TapKind::MetroEntry {
+            station: request.station_id,
+        },
+        Ok(pb::Direction::Exit) => TapKind::MetroExit {
+            station: request.station_id,
+        },
+        _ => TapKind::Bus {
+            route: request.route_id,
+        },
+    }
 }
 
 /// Per rider, the fare of each tap the simulator saw charged, by transaction id.
@@ -152,16 +255,28 @@ fn charges_by_rider(
     by_rider
 }
 
-/// A rider's statement lines of the simulator's taps (`sim_ids`), read page by page: per
-/// transaction id, the lines and the sum of their amounts; and how many lines those are.
+/// A rider's statement, as the checks read it.
+#[derive(Debug, Default)]
+struct StatementRead {
+    /// Per transaction id of the simulator's taps, the lines and the sum of their amounts.
+    seen: HashMap<Vec<u8>, (u32, i64)>,
+    /// How many lines of the simulator's taps there are.
+    lines: u64,
+    /// The fare corrections' sum, as a settlement amount.
+    corrections: i64,
+    /// Per service day, what the simulator's taps and their corrections cost.
+    days: BTreeMap<u64, i64>,
+}
+
+/// A rider's statement lines of the simulator's taps (`sim_ids`) and of fare
+/// corrections, read page by page.
 async fn statement_of(
     admin: &AdminClient,
     account_id: u64,
     sim_ids: &HashSet<Vec<u8>>,
-) -> anyhow::Result<(HashMap<Vec<u8>, (u32, i64)>, u64)> {
+) -> anyhow::Result<StatementRead> {
     let mut admin = admin.clone();
-    let mut seen: HashMap<Vec<u8>, (u32, i64)> = HashMap::new();
-    let mut lines_checked = 0u64;
+    let mut read = StatementRead::default();
     let mut after_sequence = 0;
     loop {
         let page = admin
@@ -176,12 +291,18 @@ async fn statement_of(
             break;
         }
         for line in &page.lines {
+            let correction = line.kind == "fare_correction";
             if sim_ids.contains(&line.transaction_id) {
-                let entry = seen.entry(line.transaction_id.clone()).or_default();
+                let entry = read.seen.entry(line.transaction_id.clone()).or_default();
                 entry.0 += 1;
                 entry.1 += line.amount_minor;
-                lines_checked += 1;
+                read.lines += 1;
+            } else if correction {
+                read.corrections -= line.amount_minor;
+            } else {
+                continue;
             }
+            *read.days.entry(line.time_ms / DAY_MS).or_default() -= line.amount_minor;
         }
         // 0 marks the last page.
         if page.next_after_sequence == 0 {
@@ -189,7 +310,7 @@ async fn statement_of(
         }
         after_sequence = page.next_after_sequence;
     }
-    Ok((seen, lines_checked))
+    Ok(read)
 }
 
 /// Notes each tap the simulator saw charged whose statement lines are not one line of
@@ -259,6 +380,7 @@ pub async fn settlement(
     close_id: u128,
     plan: &[PlannedTap],
     run: &RunResult,
+    statements: &Statements,
     folder: &std::path::Path,
 ) -> anyhow::Result<serde_json::Value> {
     let closed = settlement
@@ -280,8 +402,16 @@ pub async fn settlement(
     std::fs::create_dir_all(folder)?;
     let pulled = pull_batches(engine, &closed.batches, folder, &public_key).await?;
     let mut charged: BTreeMap<u16, i64> = BTreeMap::new();
+    let mut provider_of = HashMap::new();
     for (index, fare) in charged_taps(plan, run) {
         *charged.entry(plan[index].provider_id).or_default() += fare;
+        provider_of.insert(plan[index].account_id, plan[index].provider_id);
+    }
+    // Late taps corrected fares: the corrections settle like the fares they correct.
+    for (account_id, corrected) in &statements.corrections {
+        if let Some(provider) = provider_of.get(account_id) {
+            *charged.entry(*provider).or_default() += corrected;
+        }
     }
     let (by_provider, ok) = compare_by_provider(&pulled.netted, &charged);
     Ok(json!({
@@ -373,6 +503,7 @@ mod tests {
         RunResult {
             results: results.collect(),
             elapsed: std::time::Duration::ZERO,
+            offline: None,
         }
     }
 

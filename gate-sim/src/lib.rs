@@ -9,8 +9,10 @@ pub mod check;
 pub mod city;
 pub mod client;
 pub mod html;
+pub mod offline;
 pub mod plan;
 pub mod provision;
+pub mod reprice;
 pub mod rng;
 pub mod run;
 pub mod server_metrics;
@@ -63,6 +65,12 @@ pub struct SimConfig {
     /// Told when the timed window starts (a demo that injects a fault into it waits for
     /// this).
     pub window_started: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// The engine's fares file: the simulator prices each rider's taps in scan order by
+    /// it, to check the engine's charges whatever order taps arrived in.
+    pub fares: std::sync::Arc<fareway_gate::fares::FareTable>,
+    /// The link-loss fault: a share of gates decide alone and upload later (`None`: every
+    /// gate keeps its link).
+    pub link_loss: Option<offline::LinkLoss>,
 }
 
 /// The outcome of a run: the report (as written to `report.json`) and whether every
@@ -110,13 +118,15 @@ pub async fn simulate(engine: &Engine, config: &SimConfig) -> anyhow::Result<Sim
     let (played, server_window) = play_window(engine, config, &plan).await?;
 
     let tally = Tally::of(&plan, &played);
-    let charged_once = check::charged_exactly_once(&admin, &plan, &played).await?;
+    let (charged_once, statements) = check::charged_exactly_once(&admin, &plan, &played).await?;
+    let scan_order = check::scan_order_prices(&config.fares, &plan, &played, &statements);
     let settled = check::settlement(
         engine,
         &mut settlement,
         (u128::from(run_id) << 64) | 2,
         &plan,
         &played,
+        &statements,
         &config.out.join("settlement"),
     )
     .await?;
@@ -129,7 +139,9 @@ pub async fn simulate(engine: &Engine, config: &SimConfig) -> anyhow::Result<Sim
         server_window,
         tally,
         charged_once,
+        scan_order,
         settled,
+        offline: played.offline.clone(),
     };
     let (json, ok) = (measured.report(), measured.ok());
     write_report(&config.out, &json, &played)?;
@@ -177,7 +189,7 @@ fn mint_plan(config: &SimConfig, provisioned: provision::Provisioned, run_id: u6
         (config.profile.mean_rate() * config.duration_s).min(config.taps_max as f64);
     let lead_ms = 1_000 + (expected_taps * 0.1) as u64;
     let start = SystemClock.now().saturating_add(lead_ms);
-    let plan = plan::make_plan(plan::PlanInput {
+    let mut plan = plan::make_plan(plan::PlanInput {
         riders: &mut riders,
         network: &config.network,
         profile: config.profile,
@@ -190,6 +202,10 @@ fn mint_plan(config: &SimConfig, provisioned: provision::Provisioned, run_id: u6
         revoked_issuer: &provisioned.revoked_issuer,
         first_id: u128::from(run_id) << 64 | 1_000,
     });
+    if let Some(link_loss) = config.link_loss {
+        let duration_ms = (config.duration_s * 1_000.0) as u64;
+        offline::mark_offline(&mut plan, link_loss.share, config.seed, duration_ms);
+    }
     Minted {
         plan,
         start,
@@ -218,6 +234,12 @@ async fn play_window(
 ) -> anyhow::Result<(run::RunResult, Option<server_metrics::Window>)> {
     let bar = config.progress.then(|| progress_bar(plan.len()));
     let server_before = scrape_server(engine).await?;
+    let queues = config.out.join("offline-queues");
+    let offline = config.link_loss.map(|link_loss| run::Offline {
+        link_loss,
+        duration_ms: (config.duration_s * 1_000.0) as u64,
+        folder: &queues,
+    });
     let played = run::play(
         engine,
         plan,
@@ -225,6 +247,7 @@ async fn play_window(
         config.in_flight_max,
         config.retry_for,
         bar.as_ref(),
+        offline,
     )
     .await?;
     if let Some(bar) = &bar {
@@ -279,9 +302,14 @@ impl Tally {
             *decisions
                 .entry(check::decision_name(&result.answer))
                 .or_default() += 1;
-            if !matches!(result.answer, run::Answer::NotSent) {
-                answered += 1;
-                let _ = latency.record(result.latency_us.max(1));
+            match result.answer {
+                run::Answer::NotSent => {}
+                // Answered when its gate's link came back: no latency of a tap.
+                run::Answer::Uploaded { .. } => answered += 1,
+                _ => {
+                    answered += 1;
+                    let _ = latency.record(result.latency_us.max(1));
+                }
             }
         }
         let valid_not_accepted: Vec<String> = plan
@@ -322,8 +350,12 @@ struct Measured<'a> {
     tally: Tally,
     /// [`check::charged_exactly_once`]'s finding.
     charged_once: serde_json::Value,
+    /// [`check::scan_order_prices`]'s finding.
+    scan_order: serde_json::Value,
     /// [`check::settlement`]'s finding.
     settled: serde_json::Value,
+    /// What the gates that lost their link did.
+    offline: Option<offline::OfflineRun>,
 }
 
 impl Measured<'_> {
@@ -332,6 +364,7 @@ impl Measured<'_> {
         self.tally.valid_not_accepted.is_empty()
             && self.tally.faults_ok()
             && self.charged_once["ok"] == json!(true)
+            && self.scan_order["ok"] == json!(true)
             && self.settled["ok"] == json!(true)
     }
 
@@ -356,6 +389,7 @@ impl Measured<'_> {
             "latency_us": latency_json(&tally.latency),
             "server_latency_us": server_latency_json(self.server_window.as_ref()),
             "decisions": tally.decisions,
+            "link_loss": link_loss_json(self.config, self.offline.as_ref(), tally.answered, elapsed_s),
             "faults": tally.faults.iter().map(|(fault, (injected, expected))| {
                 (fault.name().to_string(), json!({"injected": injected, "expected_outcome": expected}))
             }).collect::<serde_json::Map<_, _>>(),
@@ -368,11 +402,38 @@ impl Measured<'_> {
                 },
                 "faults_as_expected": {"ok": tally.faults_ok()},
                 "charged_exactly_once": self.charged_once,
+                "days_priced_in_scan_order": self.scan_order,
                 "settlement": self.settled,
                 "audit": "not run by gate-sim (it talks gRPC only): run `fareway audit --data-dir DIR` on the engine's data directory",
             },
         })
     }
+}
+
+/// The report's `link_loss` object: what the offline gates did, and their upload's rate
+/// beside the online taps' (null without the fault).
+fn link_loss_json(
+    config: &SimConfig,
+    offline: Option<&offline::OfflineRun>,
+    answered: u64,
+    elapsed_s: f64,
+) -> serde_json::Value {
+    let (Some(link_loss), Some(offline)) = (config.link_loss, offline) else {
+        return serde_json::Value::Null;
+    };
+    let online = answered.saturating_sub(offline.uploaded as u64);
+    json!({
+        "gates_share": link_loss.share,
+        "outage": "the middle half of the timed window",
+        "gates_offline": offline.gates,
+        "taps_decided_offline": offline.decided,
+        "gates_opened": offline.opened,
+        "taps_uploaded": offline.uploaded,
+        "taps_left_queued": offline.left_queued,
+        "upload_s": offline.upload_s,
+        "upload_taps_per_second": offline.uploaded as f64 / offline.upload_s.max(1e-9),
+        "online_taps_per_second": online as f64 / elapsed_s.max(1e-9),
+    })
 }
 
 /// The report's `population` object.
@@ -480,11 +541,26 @@ pub fn summary(report: &serde_json::Value) -> String {
             "FAILED"
         }
     };
+    let link_loss = &report["link_loss"];
+    if !link_loss.is_null() {
+        text.push_str(&format!(
+            "link loss: {} gates offline decided {} taps alone (opened {}); uploaded {} at {:.0} taps/s ({:.0} online taps/s over the window), {} left queued; fare corrections {} minor units\n",
+            link_loss["gates_offline"],
+            link_loss["taps_decided_offline"],
+            link_loss["gates_opened"],
+            link_loss["taps_uploaded"],
+            link_loss["upload_taps_per_second"].as_f64().unwrap_or(0.0),
+            link_loss["online_taps_per_second"].as_f64().unwrap_or(0.0),
+            link_loss["taps_left_queued"],
+            invariants["days_priced_in_scan_order"]["fare_corrections_minor"],
+        ));
+    }
     text.push_str(&format!(
-        "invariants: valid taps accepted {}, faults as expected {}, charged exactly once {}, settlement {}: {}",
+        "invariants: valid taps accepted {}, faults as expected {}, charged exactly once {}, days priced in scan order {}, settlement {}: {}",
         flag(&invariants["valid_taps_accepted"]),
         flag(&invariants["faults_as_expected"]),
         flag(&invariants["charged_exactly_once"]),
+        flag(&invariants["days_priced_in_scan_order"]),
         flag(&invariants["settlement"]),
         if invariants["ok"] == serde_json::json!(true) { "ok" } else { "FAILED" }
     ));

@@ -71,6 +71,14 @@ struct Args {
     /// Share of trips replaced by each fault (0 to 0.05).
     #[arg(long, default_value_t = 0.005)]
     fault_rate: f64,
+    /// The link-loss fault: the share of gates (0 to 1) that lose their link for the
+    /// middle half of the window, decide alone and upload later. Needs --bundle-key.
+    #[arg(long, default_value_t = 0.0)]
+    link_loss: f64,
+    /// The engine's gate bundle public key (64 hex digits, logged by `fareway serve` as
+    /// "gate bundle key"): offline gates open bundles with it.
+    #[arg(long)]
+    bundle_key: Option<String>,
     /// The seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -204,5 +212,28 @@ fn sim_config(args: &Args) -> anyhow::Result<SimConfig> {
         out: args.out.clone(),
         progress: true,
         window_started: None,
+        link_loss: link_loss(args)?,
+        fares: std::sync::Arc::new(fares),
     })
+}
+
+/// The link-loss fault the arguments ask for, if any.
+fn link_loss(args: &Args) -> anyhow::Result<Option<gate_sim::offline::LinkLoss>> {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.link_loss),
+        "--link-loss must be 0 to 1"
+    );
+    if args.link_loss == 0.0 {
+        return Ok(None);
+    }
+    let key = args
+        .bundle_key
+        .as_deref()
+        .context("--link-loss needs --bundle-key (the engine logs it as \"gate bundle key\")")?;
+    let engine_key = fareway_gate::hex::decode_32(key)
+        .map_err(|err| anyhow::anyhow!("--bundle-key must be 64 hex digits: {err:?}"))?;
+    Ok(Some(gate_sim::offline::LinkLoss {
+        share: args.link_loss,
+        engine_key,
+    }))
 }

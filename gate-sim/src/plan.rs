@@ -123,6 +123,8 @@ pub struct PlannedTap {
     pub repeats: Option<usize>,
     /// What it must get.
     pub expected: Expected,
+    /// Decided by its gate alone (the link-loss fault) and uploaded later, not sent.
+    pub offline: bool,
 }
 
 /// A rider as provisioned.
@@ -481,6 +483,7 @@ impl Trip<'_> {
             fault,
             repeats: None,
             expected,
+            offline: false,
         }
     }
 }
@@ -793,6 +796,7 @@ pub(crate) mod tests {
             fault: repeats.map(|_| Fault::GateRetry),
             repeats,
             expected: Expected::Accepted,
+            offline: false,
         }
     }
     use crate::provision::{device_of, issuer_of};

@@ -13,6 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::StreamExt as _;
 
 use crate::client::{Engine, GateClient};
+use crate::offline::{LinkLoss, OfflineRun};
 use crate::plan::PlannedTap;
 
 /// How taps travel.
@@ -33,6 +34,14 @@ pub enum Answer {
     Response(pb::TapResponse),
     /// The call failed with this status code and message.
     Failed(tonic::Code, String),
+    /// Decided by its gate alone while its link was down, and uploaded when it was back
+    /// (the link-loss fault): whether the gate opened, and the engine's answer.
+    Uploaded {
+        /// Whether the gate opened.
+        opened: bool,
+        /// The engine's answer to the upload.
+        result: pb::OfflineTapResult,
+    },
 }
 
 /// One tap's result.
@@ -53,6 +62,8 @@ pub struct RunResult {
     pub results: Vec<TapResult>,
     /// How long the window took, from the first due time to the last answer.
     pub elapsed: Duration,
+    /// What the gates that lost their link did, when the run had the link-loss fault.
+    pub offline: Option<OfflineRun>,
 }
 
 /// Taps sent on a stream and not yet answered, by transaction id: plan index, due time,
@@ -93,7 +104,7 @@ impl Unsent {
 /// Where the players record each tap's answer, shared with the progress ticker: the
 /// results in plan order, and the latencies since the ticker last looked.
 #[derive(Debug, Clone)]
-struct Recorder {
+pub(crate) struct Recorder {
     results: Arc<Mutex<Vec<Option<TapResult>>>>,
     recent: Arc<Mutex<Histogram<u64>>>,
 }
@@ -114,6 +125,23 @@ impl Recorder {
         lock(&self.results)[index] = Some(TapResult {
             answer,
             latency_us,
+            due_ms,
+        });
+    }
+
+    /// Records tap `index`'s answer without a latency to measure (an offline tap's
+    /// upload comes when the link is back, not in answer to the tap).
+    pub(crate) fn record_unmeasured(
+        &self,
+        index: usize,
+        due: Instant,
+        due_ms: u64,
+        answer: Answer,
+    ) {
+        let _ = due;
+        lock(&self.results)[index] = Some(TapResult {
+            answer,
+            latency_us: 0,
             due_ms,
         });
     }
@@ -189,6 +217,7 @@ pub async fn play(
     in_flight_max: usize,
     retry_for: Duration,
     progress: Option<&indicatif::ProgressBar>,
+    offline: Option<Offline<'_>>,
 ) -> anyhow::Result<RunResult> {
     anyhow::ensure!(
         retry_for.is_zero() || mode == Mode::Unary,
@@ -204,18 +233,54 @@ pub async fn play(
         recorder: recorder.clone(),
     };
     let ticker = progress.map(|bar| spawn_ticker(bar.clone(), recorder.clone()));
-    match mode {
-        Mode::Unary => play_unary(engine, plan, retry_for, &mut window).await?,
-        Mode::Streaming => play_streaming(engine, plan, in_flight_max, &mut window).await?,
-    }
-    let elapsed = window.start.elapsed();
+    let start = window.start;
+    let online = async {
+        match mode {
+            Mode::Unary => play_unary(engine, plan, retry_for, &mut window).await,
+            Mode::Streaming => play_streaming(engine, plan, in_flight_max, &mut window).await,
+        }
+    };
+    let offline = async {
+        match offline {
+            Some(offline) => {
+                let played = crate::offline::play(
+                    engine,
+                    plan,
+                    offline.link_loss,
+                    start,
+                    offline.duration_ms,
+                    recorder.clone(),
+                    offline.folder,
+                );
+                played.await.map(Some)
+            }
+            None => Ok(None),
+        }
+    };
+    let (online, offline) = tokio::join!(online, offline);
+    online?;
+    let offline = offline?;
+    let elapsed = start.elapsed();
     if let Some(ticker) = ticker {
         ticker.abort();
     }
     Ok(RunResult {
         results: recorder.take_results(),
         elapsed,
+        offline,
     })
+}
+
+/// The link-loss fault of a run: its settings, the window's length, and where the
+/// offline gates keep their queues.
+#[derive(Debug, Clone, Copy)]
+pub struct Offline<'a> {
+    /// The fault's settings.
+    pub link_loss: LinkLoss,
+    /// The timed window's length, in milliseconds.
+    pub duration_ms: u64,
+    /// The folder of the gates' queue files.
+    pub folder: &'a std::path::Path,
 }
 
 /// Every half second, moves the progress bar to the taps answered and shows the rate
@@ -258,7 +323,7 @@ async fn play_unary(
     }
     let clients = Arc::new(clients);
     let mut running = tokio::task::JoinSet::new();
-    for (index, tap) in plan.iter().enumerate() {
+    for (index, tap) in plan.iter().enumerate().filter(|(_, tap)| !tap.offline) {
         let Some((due, permit)) = window.admit_when_due(index, tap).await else {
             continue;
         };
@@ -301,7 +366,7 @@ async fn play_streaming(
     let pending: Arc<Mutex<Pending>> = Arc::new(Mutex::new(HashMap::new()));
     let (senders, mut readers) =
         open_streams(engine, in_flight_max, &pending, &window.recorder).await?;
-    for (index, tap) in plan.iter().enumerate() {
+    for (index, tap) in plan.iter().enumerate().filter(|(_, tap)| !tap.offline) {
         let Some((due, permit)) = window.admit_when_due(index, tap).await else {
             continue;
         };

@@ -36,8 +36,10 @@ pub enum LinkError {
 }
 
 /// What one upload did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Uploaded {
+    /// The engine's answer to each tap it answered, with the tap's id, in upload order.
+    pub results: Vec<(u128, pb::OfflineTapResult)>,
     /// Taps the engine answered for good (charged, corrected, duplicate or rejected),
     /// now gone from the queue.
     pub answered: usize,
@@ -133,7 +135,8 @@ impl GateLink {
                     break;
                 }
             };
-            for (tap, result) in batch.iter().zip(&results) {
+            let answered = results.len();
+            for (tap, result) in batch.iter().zip(results) {
                 match pb::OfflineTapStatus::try_from(result.status) {
                     Ok(pb::OfflineTapStatus::Retry | pb::OfflineTapStatus::Unspecified)
                     | Err(_) => uploaded.to_retry += 1,
@@ -141,11 +144,12 @@ impl GateLink {
                         let rejected = status == pb::OfflineTapStatus::Rejected;
                         uploaded.rejected += usize::from(rejected);
                         done.insert(tap.id);
+                        uploaded.results.push((tap.id, result));
                     }
                 }
             }
             // Taps the answer left out (it should not) stay queued, as retries do.
-            uploaded.to_retry += batch.len().saturating_sub(results.len());
+            uploaded.to_retry += batch.len().saturating_sub(answered);
             if uploaded.to_retry > 0 {
                 break;
             }

@@ -211,6 +211,7 @@ pub async fn play_with_retries(
             .map(|result| result.expect("every tap is answered"))
             .collect(),
         elapsed: started.elapsed(),
+        offline: None,
     };
     (run, retried)
 }
@@ -324,6 +325,7 @@ impl Played {
         RunResult {
             results: self.results.clone(),
             elapsed: Duration::ZERO,
+            offline: None,
         }
     }
 
@@ -331,7 +333,7 @@ impl Played {
     /// fare, and no statement has a tap the gates did not see accepted.
     pub async fn assert_charged_exactly_once(&self, engine: &Engine, phase: &str) {
         let admin = engine.admin().await.unwrap();
-        let charged = gate_sim::check::charged_exactly_once(&admin, &self.plan, &self.run())
+        let (charged, _) = gate_sim::check::charged_exactly_once(&admin, &self.plan, &self.run())
             .await
             .unwrap();
         assert_eq!(charged["ok"], true, "{phase}: {charged:#}");

@@ -1,0 +1,227 @@
+//! The link-loss fault (`docs/gate-sim.md`): a share of the gates lose their link for the
+//! middle half of the timed window. Their taps in that time are decided by the gate
+//! library alone (`fareway_gate::link::GateLink`, with the engine's signed bundle) and
+//! queued on disk; when the link comes back each gate uploads its queue and refreshes
+//! its bundle, while the other gates stay online and riders move between both (an entry
+//! at an offline gate, the exit at an online one: the exit is charged first, and the
+//! entry's upload re-prices the journey).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use fareway_gate::bundle::{self, Body};
+use fareway_gate::clock::UnixMillis;
+use fareway_gate::fares::TapKind;
+use fareway_gate::link::GateLink;
+use fareway_gate::offline::OfflineDecision;
+use fareway_proto::v1 as pb;
+
+use crate::client::Engine;
+use crate::plan::PlannedTap;
+use crate::run::{Answer, Recorder};
+
+/// How many times a gate uploads again what the engine asked it to retry.
+const UPLOAD_TRIES: usize = 20;
+
+/// The fault's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkLoss {
+    /// The share of gates that lose their link (0 to 1).
+    pub share: f64,
+    /// The engine's bundle key (its public part): gates open bundles with it.
+    pub engine_key: [u8; 32],
+}
+
+/// When the link is down, from the start of the timed window: its middle half.
+pub fn outage(duration_ms: u64) -> (u64, u64) {
+    (duration_ms / 4, duration_ms * 3 / 4)
+}
+
+/// Marks the taps an offline gate decides: at a gate of the `share` that loses its link
+/// (drawn from the seed), due in the outage, and neither a fault nor a tap another
+/// repeats (their expected answers assume the engine saw the original first).
+pub fn mark_offline(plan: &mut [PlannedTap], share: f64, seed: u64, duration_ms: u64) {
+    let (from, to) = outage(duration_ms);
+    let repeated: std::collections::HashSet<usize> =
+        plan.iter().filter_map(|tap| tap.repeats).collect();
+    for (index, tap) in plan.iter_mut().enumerate() {
+        tap.offline = loses_link(tap.request.gate_id, share, seed)
+            && (from..to).contains(&tap.due_ms)
+            && tap.fault.is_none()
+            && tap.repeats.is_none()
+            && !repeated.contains(&index);
+    }
+}
+
+/// Whether gate `gate_id` is among the `share` of gates that lose their link.
+fn loses_link(gate_id: u32, share: f64, seed: u64) -> bool {
+    let mixed = (u64::from(gate_id) ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    ((mixed >> 40) as f64 / (1u64 << 24) as f64) < share
+}
+
+/// What the offline gates did.
+#[derive(Debug, Clone, Default)]
+pub struct OfflineRun {
+    /// Gates that lost their link and took taps.
+    pub gates: usize,
+    /// Taps they decided alone.
+    pub decided: usize,
+    /// Of those, the ones they opened for.
+    pub opened: usize,
+    /// Taps the engine answered for good when they were uploaded.
+    pub uploaded: usize,
+    /// From the link's return to the last gate's queue uploaded, in seconds.
+    pub upload_s: f64,
+    /// Taps still queued after every try.
+    pub left_queued: usize,
+}
+
+/// Plays the offline gates' taps of `plan` (those marked offline): each decided at its
+/// due time by its gate alone and queued in `folder`; once the outage ends, every gate
+/// uploads its queue at once and refreshes its bundle. Records each tap's answer.
+pub(crate) async fn play(
+    engine: &Engine,
+    plan: &[PlannedTap],
+    link_loss: LinkLoss,
+    start: Instant,
+    duration_ms: u64,
+    recorder: Recorder,
+    folder: &Path,
+) -> anyhow::Result<OfflineRun> {
+    let mut gates = open_gates(engine, plan, link_loss, folder).await?;
+    let mut run = OfflineRun {
+        gates: gates.len(),
+        ..OfflineRun::default()
+    };
+    let mut opened = HashMap::new();
+    for (index, tap) in plan.iter().enumerate().filter(|(_, tap)| tap.offline) {
+        tokio::time::sleep_until((start + Duration::from_millis(tap.due_ms)).into()).await;
+        let gate = gates
+            .get_mut(&tap.request.gate_id)
+            .ok_or_else(|| anyhow::anyhow!("no offline gate {}", tap.request.gate_id))?;
+        let decision = decide(gate, tap)?;
+        run.decided += 1;
+        run.opened += usize::from(decision);
+        opened.insert(id_of(tap), (index, decision));
+    }
+    let (_, back) = outage(duration_ms);
+    tokio::time::sleep_until((start + Duration::from_millis(back)).into()).await;
+    let returned = Instant::now();
+    let answers = upload_all(engine, gates).await?;
+    run.upload_s = returned.elapsed().as_secs_f64();
+    for (id, result) in answers {
+        if let Some((index, decision)) = opened.remove(&id) {
+            run.uploaded += 1;
+            let due = start + Duration::from_millis(plan[index].due_ms);
+            let answer = Answer::Uploaded {
+                opened: decision,
+                result,
+            };
+            recorder.record_unmeasured(index, due, plan[index].due_ms, answer);
+        }
+    }
+    run.left_queued = opened.len();
+    for (index, _) in opened.into_values() {
+        let due = start + Duration::from_millis(plan[index].due_ms);
+        let left = Answer::Failed(tonic::Code::Unavailable, "left in its gate's queue".into());
+        recorder.record_unmeasured(index, due, plan[index].due_ms, left);
+    }
+    Ok(run)
+}
+
+/// A gate library per gate that loses its link, each with its queue file in `folder`
+/// and the engine's current bundle.
+async fn open_gates(
+    engine: &Engine,
+    plan: &[PlannedTap],
+    link_loss: LinkLoss,
+    folder: &Path,
+) -> anyhow::Result<HashMap<u32, GateLink>> {
+    let mut client = engine.gate().await?;
+    let request = pb::GetGateBundleRequest {
+        have_version: 0,
+        have_positions: vec![],
+    };
+    let answer = client.get_gate_bundle(request).await?.into_inner();
+    let Body::Whole(held) = bundle::open(&answer.body, &answer.signature, &link_loss.engine_key)?
+    else {
+        anyhow::bail!("the engine answered a gate without a bundle with a delta");
+    };
+    // A queue left by an earlier run holds taps of that run: start empty.
+    if folder.exists() {
+        std::fs::remove_dir_all(folder)?;
+    }
+    std::fs::create_dir_all(folder)?;
+    let mut gates = HashMap::new();
+    for tap in plan.iter().filter(|tap| tap.offline) {
+        let gate_id = tap.request.gate_id;
+        if let std::collections::hash_map::Entry::Vacant(entry) = gates.entry(gate_id) {
+            let queue = folder.join(format!("gate-{gate_id}.queue"));
+            entry.insert(GateLink::open(
+                gate_id,
+                link_loss.engine_key,
+                held.clone(),
+                &queue,
+            )?);
+        }
+    }
+    Ok(gates)
+}
+
+/// A gate's own decision on a planned tap (queued before it answers): whether it opened.
+fn decide(gate: &mut GateLink, tap: &PlannedTap) -> anyhow::Result<bool> {
+    let request = &tap.request;
+    let kind = match pb::Direction::try_from(request.direction) {
+        Ok(pb::Direction::Entry) => TapKind::MetroEntry {
+            station: request.station_id,
+        },
+        Ok(pb::Direction::Exit) => TapKind::MetroExit {
+            station: request.station_id,
+        },
+        _ => TapKind::Bus {
+            route: request.route_id,
+        },
+    };
+    let code = request.code.as_ref().map_or("", |code| code.text.as_str());
+    let decision = gate.scan(id_of(tap), kind, code, UnixMillis(request.scan_time_ms))?;
+    Ok(matches!(decision, OfflineDecision::Open(_)))
+}
+
+/// Every offline gate uploads its queue at once (a connection each), again while the
+/// engine asks for retries, and refreshes its bundle: every tap's answer, by id.
+async fn upload_all(
+    engine: &Engine,
+    gates: HashMap<u32, GateLink>,
+) -> anyhow::Result<Vec<(u128, pb::OfflineTapResult)>> {
+    let mut uploads = tokio::task::JoinSet::new();
+    for (_, mut gate) in gates {
+        let engine = engine.clone();
+        uploads.spawn(async move {
+            let mut client = engine.gate().await?;
+            let mut answers = Vec::new();
+            for _ in 0..UPLOAD_TRIES {
+                let uploaded = gate.sync(&mut client).await?;
+                answers.extend(uploaded.results);
+                if gate.pending().is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            anyhow::Ok(answers)
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(done) = uploads.join_next().await {
+        all.extend(done??);
+    }
+    Ok(all)
+}
+
+/// A planned tap's transaction id.
+fn id_of(tap: &PlannedTap) -> u128 {
+    let mut id = [0u8; 16];
+    let bytes = &tap.request.transaction_id;
+    id[16 - bytes.len().min(16)..].copy_from_slice(&bytes[..bytes.len().min(16)]);
+    u128::from_be_bytes(id)
+}
