@@ -179,6 +179,9 @@ pub struct Gatekeeper {
     fares: Arc<FareTable>,
     clock: Arc<dyn Clock>,
     scan_time: ScanTimeLimits,
+    /// Uploaded offline taps in the ledger's queue at once, across every upload
+    /// (`upload::UPLOADED_TAPS_IN_FLIGHT_MAX`).
+    uploads: Arc<tokio::sync::Semaphore>,
 }
 
 impl Gatekeeper {
@@ -208,6 +211,9 @@ impl Gatekeeper {
             fares,
             clock,
             scan_time,
+            uploads: Arc::new(tokio::sync::Semaphore::new(
+                upload::UPLOADED_TAPS_IN_FLIGHT_MAX,
+            )),
         }
     }
 

@@ -21,6 +21,14 @@ pub const UPLOAD_TAPS_MAX: usize = 32;
 /// group commits); a gate's upload holds one request of its connection's share.
 pub const UPLOAD_TAPS_IN_FLIGHT: usize = UPLOAD_TAPS_MAX;
 
+/// Uploaded taps in the ledger's queue at once, across every upload. When a link comes
+/// back, every gate behind it uploads at once; unbounded, their taps would queue in
+/// front of the online gates' (measured: the demo's online p99 went from 3.9 ms to 31
+/// ms during such a burst). Bounded, an online tap waits behind at most this many, a
+/// few milliseconds, and the uploads still go at the writer's pace
+/// (`docs/PERFORMANCE.md`).
+pub const UPLOADED_TAPS_IN_FLIGHT_MAX: usize = 64;
+
 /// One tap of an upload, as the gate queued it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OfflineTapInput {
@@ -150,9 +158,14 @@ impl Gatekeeper {
             .await)
     }
 
-    /// Answers one uploaded tap.
+    /// Answers one uploaded tap, once it holds one of the uploads' places in the
+    /// ledger's queue.
     async fn upload_one(&self, input: OfflineTapInput) -> UploadAnswer {
         let id = input.tap.id;
+        let Ok(_place) = self.uploads.acquire().await else {
+            let closed = GateError::Ledger(LedgerError::Closed);
+            return UploadAnswer::fault(id, &closed);
+        };
         match self.decide_upload(input).await {
             Ok(answer) => answer,
             Err(err) => UploadAnswer::fault(id, &err),
