@@ -307,6 +307,39 @@ fn a_rider_whose_steps_predate_the_steps_column_family_is_priced_as_before() {
     assert_audit_ok(&ledger);
 }
 
+#[test]
+fn pruning_old_ids_prunes_their_steps_and_keeps_the_recent_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LedgerConfig {
+        id_retention_ms: 60 * MINUTE_MS,
+        ..LedgerConfig::default()
+    };
+    let ledger =
+        Ledger::open_with_rules(dir.path(), config, super::tap_tests::sample_rules()).unwrap();
+    let open = Command::OpenAccount {
+        account_id: RIDER,
+        provider_id: 1,
+        credit_limit: Amount(5_000),
+    };
+    submit(&ledger, 1, T, open);
+    submit(&ledger, 10, at(0), super::tap_tests::tap(entry(101), 7, 10));
+    submit(&ledger, 11, at(40), super::tap_tests::tap(exit(104), 8, 11));
+    submit(&ledger, 12, at(200), offline(BUS_501, 3, 12));
+    let steps = |ledger: &Ledger| {
+        let view = ledger.view();
+        let cf = view.cf(store::CF_RIDER_STEPS).unwrap();
+        view.iterator_cf(cf, rocksdb::IteratorMode::Start).count()
+    };
+    assert_eq!(steps(&ledger), 3);
+    // At 180 minutes, the first two taps are past the hour's retention; the bus is not.
+    while ledger.prune_expired_ids(at(180)).unwrap() > 0 {}
+    assert_eq!(steps(&ledger), 1);
+    // The rider's latest step is kept: a late tap still walks their day from it.
+    let late = submit(&ledger, 13, at(190), offline(BUS_501, 3, 13));
+    assert_eq!(late.record.outcome, Outcome::Accepted);
+    assert_audit_ok(&ledger);
+}
+
 /// One tap of a generated history: minutes after `T`, and what.
 #[derive(Debug, Clone, Copy)]
 struct HistoryTap {

@@ -1,5 +1,8 @@
 //! Id retention: forgetting the idempotency entries of old transactions, so that the `ids`
-//! index stops growing. The transactions themselves (log, postings, balances) are kept.
+//! index stops growing, and with them the riders' steps of those transactions
+//! (`rider_steps`, which a late tap walks again): a late tap is at most
+//! `taps.offline_age_max_ms` old, shorter than the retention, so its walk never needs a
+//! pruned step. The transactions themselves (log, postings, balances) are kept.
 //!
 //! A forgotten id is treated as new if it is ever used again, so the retention must be
 //! longer than any gate can stay offline and keep retrying (the default is 30 days; gates
@@ -16,7 +19,8 @@ use crate::clock::UnixMillis;
 use super::LedgerError;
 use super::codec::{self, META_IDS_PRUNED_BELOW};
 use super::durability::Durability;
-use super::store::{CF_IDS, CF_LOG, CF_META};
+use super::model::{Command, Outcome};
+use super::store::{CF_IDS, CF_LOG, CF_META, CF_RIDER_STEPS};
 use super::view::LedgerView;
 
 /// The first log sequence whose id has not been pruned.
@@ -39,6 +43,7 @@ pub fn prune_ids(
 ) -> Result<u64, LedgerError> {
     let cursor = pruned_below(view, &rocksdb::ReadOptions::default())?;
     let ids = view.cf(CF_IDS)?;
+    let steps = view.cf(CF_RIDER_STEPS)?;
     let mut write = WriteBatch::default();
     let mut next_cursor = cursor;
     let mut pruned = 0u64;
@@ -67,6 +72,12 @@ pub fn prune_ids(
             write.delete_cf(ids, id_key);
             pruned += 1;
         }
+        if let Some(rider) = step_rider(&record) {
+            write.delete_cf(
+                steps,
+                codec::rider_step_key(rider, record.request.time, sequence),
+            );
+        }
         next_cursor = sequence + 1;
     }
     if next_cursor != cursor {
@@ -79,4 +90,16 @@ pub fn prune_ids(
         durability.commit(&[], write)?;
     }
     Ok(pruned)
+}
+
+/// The rider whose step a record is, when it is one: an accepted tap or journey close.
+fn step_rider(record: &super::model::Record) -> Option<u64> {
+    if record.outcome != Outcome::Accepted {
+        return None;
+    }
+    match record.request.command {
+        Command::Tap(tap) => Some(tap.account_id),
+        Command::CloseJourney { account_id, .. } => Some(account_id),
+        _ => None,
+    }
 }
