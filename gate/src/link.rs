@@ -33,6 +33,14 @@ pub enum LinkError {
     /// The queue could not be read or written.
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// The gate's saved bundle could not be read or written.
+    #[error("the gate's saved bundle {path}: {problem}")]
+    SavedBundle {
+        /// Its file.
+        path: String,
+        /// What went wrong.
+        problem: String,
+    },
 }
 
 /// What one upload did.
@@ -56,22 +64,70 @@ pub struct GateLink {
     engine_key: [u8; PUBLIC_KEY_LEN],
     gate: OfflineGate,
     queue: UploadQueue,
+    /// Where the bundle in force is kept (the queue's file with `.bundle`), so that a
+    /// gate restarting while its link is down still decides.
+    bundle_path: std::path::PathBuf,
 }
 
 impl GateLink {
-    /// Gate `gate_id`, holding `bundle` (opened with `engine_key`), with its queue at
-    /// `queue_path` (taps queued before a restart are still there).
+    /// Gate `gate_id`, holding `bundle` (opened with `engine_key`) or the newer one it
+    /// saved before a restart, with its queue at `queue_path` (taps queued before a
+    /// restart are still there, and their codes count as used here).
     pub fn open(
         gate_id: u32,
         engine_key: [u8; PUBLIC_KEY_LEN],
         bundle: Bundle,
         queue_path: &Path,
     ) -> Result<GateLink, LinkError> {
-        Ok(GateLink {
+        let bundle_path = queue_path.with_extension("bundle");
+        let bundle = match read_saved(&bundle_path)? {
+            Some(saved) if saved.version > bundle.version => saved,
+            _ => bundle,
+        };
+        Self::with_bundle(gate_id, engine_key, bundle, queue_path)
+    }
+
+    /// Gate `gate_id` after a restart with no link: the bundle it saved, and its queue at
+    /// `queue_path`. `Ok(None)` when it never saved one.
+    pub fn reopen(
+        gate_id: u32,
+        engine_key: [u8; PUBLIC_KEY_LEN],
+        queue_path: &Path,
+    ) -> Result<Option<GateLink>, LinkError> {
+        match read_saved(&queue_path.with_extension("bundle"))? {
+            Some(saved) => Self::with_bundle(gate_id, engine_key, saved, queue_path).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn with_bundle(
+        gate_id: u32,
+        engine_key: [u8; PUBLIC_KEY_LEN],
+        bundle: Bundle,
+        queue_path: &Path,
+    ) -> Result<GateLink, LinkError> {
+        let mut link = GateLink {
             gate_id,
             engine_key,
             gate: OfflineGate::new(bundle)?,
             queue: UploadQueue::open(queue_path)?,
+            bundle_path: queue_path.with_extension("bundle"),
+        };
+        for tap in link.queue.pending() {
+            link.gate.remember(&tap.code_text);
+        }
+        link.save_bundle()?;
+        Ok(link)
+    }
+
+    /// Keeps the bundle in force on disk, atomically.
+    fn save_bundle(&self) -> Result<(), LinkError> {
+        let body = self.gate.bundle().encode();
+        crate::files::write_atomically(&self.bundle_path, &body, 0o600).map_err(|err| {
+            LinkError::SavedBundle {
+                path: self.bundle_path.display().to_string(),
+                problem: err.to_string(),
+            }
         })
     }
 
@@ -96,14 +152,19 @@ impl GateLink {
         now: UnixMillis,
     ) -> Result<OfflineDecision, QueueError> {
         let decision = self.gate.decide(code_text, now);
-        self.queue.push(QueuedTap {
+        let queued = self.queue.push(QueuedTap {
             id,
             gate_id: self.gate_id,
             scan_time: now,
             kind,
             code_text: code_text.to_string(),
             opened: matches!(decision, OfflineDecision::Open(_)),
-        })?;
+        });
+        if let (Err(_), OfflineDecision::Open(code)) = (&queued, &decision) {
+            // The gate stays shut: the code was not used here.
+            self.gate.forget(code);
+        }
+        queued?;
         Ok(decision)
     }
 
@@ -173,7 +234,24 @@ impl GateLink {
         let answer = client.get_gate_bundle(request).await?.into_inner();
         let body = bundle::open(&answer.body, &answer.signature, &self.engine_key)?;
         self.gate.update(body)?;
-        Ok(())
+        self.save_bundle()
+    }
+}
+
+/// The bundle a gate saved, if it saved one.
+fn read_saved(path: &Path) -> Result<Option<Bundle>, LinkError> {
+    let refused = |problem: String| LinkError::SavedBundle {
+        path: path.display().to_string(),
+        problem,
+    };
+    let body = match std::fs::read(path) {
+        Ok(body) => body,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(refused(err.to_string())),
+    };
+    match bundle::decode_saved(&body).map_err(|err| refused(err.to_string()))? {
+        bundle::Body::Whole(saved) => Ok(Some(saved)),
+        bundle::Body::Delta(_) => Err(refused("it holds a delta, not a whole bundle".into())),
     }
 }
 
@@ -197,5 +275,50 @@ fn offline_tap(tap: &QueuedTap) -> pb::OfflineTap {
             }),
         }),
         opened: tap.opened,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::bundle::tests::{NOW, bundle, code_of, engine_key};
+    use crate::offline::OfflineRefusal;
+    use crate::token::mint::public_key_of;
+
+    /// A gate that restarts with its link down decides with the bundle it held (newer
+    /// than the one it was first given), and still refuses a code it let through
+    /// before the restart.
+    #[test]
+    fn a_restarted_gate_keeps_its_bundle_and_the_codes_it_used() {
+        let folder = tempfile::tempdir().unwrap();
+        let queue = folder.path().join("gate-9.queue");
+        let key = public_key_of(&engine_key());
+        let bus = TapKind::Bus { route: 501 };
+        assert!(GateLink::reopen(9, key, &queue).unwrap().is_none());
+        let mut newer = bundle([2]);
+        newer.version = 20;
+        let mut link = GateLink::open(9, key, newer, &queue).unwrap();
+        let code = code_of(1, 9);
+        assert!(matches!(
+            link.scan(1, bus, &code, NOW).unwrap(),
+            OfflineDecision::Open(_)
+        ));
+        drop(link);
+
+        let mut link = GateLink::reopen(9, key, &queue).unwrap().unwrap();
+        assert_eq!(link.bundle().version, 20);
+        assert!(link.bundle().denied.contains(&2));
+        assert_eq!(link.pending().len(), 1);
+        assert_eq!(
+            link.scan(2, bus, &code, NOW).unwrap(),
+            OfflineDecision::Refuse(OfflineRefusal::CodeReused)
+        );
+        drop(link);
+        // Given an older bundle at start (the one it was installed with), it keeps the
+        // newer one it saved.
+        let link = GateLink::open(9, key, bundle([]), &queue).unwrap();
+        assert_eq!(link.bundle().version, 20);
     }
 }

@@ -92,6 +92,29 @@ impl OfflineGate {
         OfflineDecision::Open(code)
     }
 
+    /// Remembers a code as used at this gate (read back from the gate's queue after a
+    /// restart); text that is not a code is ignored.
+    pub fn remember(&mut self, code_text: &str) {
+        let parsed = crate::token::format::decode_text(code_text)
+            .ok()
+            .and_then(|bytes| {
+                let code = crate::token::format::parse(&bytes).ok()?;
+                Some((
+                    crate::token::format::fingerprint(&bytes),
+                    code.code.generated_at,
+                ))
+            });
+        if let Some((fingerprint, generated_at)) = parsed {
+            self.used.insert(fingerprint, generated_at);
+        }
+    }
+
+    /// Forgets that a code was used here (its tap could not be queued, and the gate
+    /// stayed shut).
+    pub fn forget(&mut self, code: &VerifiedCode) {
+        self.used.remove(&code.code_fingerprint);
+    }
+
     /// Forgets the codes too old to verify any more.
     fn forget_expired(&mut self, now: UnixMillis) {
         let validity = self.bundle.settings.code_validity_ms;

@@ -5,9 +5,9 @@ use crate::offline::{OfflineDecision, OfflineGate, OfflineRefusal};
 use crate::token::Reason;
 use crate::token::mint::{Device, Issuer, ed25519_from_seed, public_key_of};
 
-const NOW: UnixMillis = UnixMillis(1_800_000_000_000);
+pub(crate) const NOW: UnixMillis = UnixMillis(1_800_000_000_000);
 
-fn engine_key() -> Ed25519KeyPair {
+pub(crate) fn engine_key() -> Ed25519KeyPair {
     ed25519_from_seed(&[5; 32])
 }
 
@@ -15,7 +15,7 @@ fn issuer() -> Issuer {
     Issuer::from_seed(1, [7; 32])
 }
 
-fn bundle(denied: impl IntoIterator<Item = u64>) -> Bundle {
+pub(crate) fn bundle(denied: impl IntoIterator<Item = u64>) -> Bundle {
     Bundle {
         version: 10,
         positions: vec![4, 6],
@@ -42,7 +42,7 @@ fn round_trip(body: &[u8]) -> Result<Body, BundleError> {
     open(body, &signature, &public_key_of(&engine_key()))
 }
 
-fn code_of(account_id: u64, seed: u8) -> String {
+pub(crate) fn code_of(account_id: u64, seed: u8) -> String {
     let key = Device::key_from_seed(&[seed; 32]);
     let credential = issuer().issue(
         account_id,
