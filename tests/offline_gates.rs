@@ -110,6 +110,7 @@ async fn an_offline_ride_is_queued_through_a_restart_uploaded_and_charged_into_d
         (uploaded.answered, uploaded.rejected, uploaded.to_retry),
         (2, 1, 0)
     );
+    assert!(uploaded.interrupted.is_none() && uploaded.refresh_failed.is_none());
     let answers: Vec<_> = uploaded
         .results
         .iter()

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use fareway_gate::bundle::{self, Body};
+use fareway_gate::bundle::{self, Body, Bundle};
 use fareway_gate::clock::UnixMillis;
 use fareway_gate::fares::TapKind;
 use fareway_gate::link::GateLink;
@@ -79,7 +79,9 @@ pub struct OfflineRun {
 
 /// Plays the offline gates' taps of `plan` (those marked offline): each decided at its
 /// due time by its gate alone and queued in `folder`; once the outage ends, every gate
-/// uploads its queue at once and refreshes its bundle. Records each tap's answer.
+/// uploads its queue at once and refreshes its bundle. Records each tap's answer. The
+/// gates' file work (a synced append per tap) runs on a thread of its own, never on the
+/// runtime that sends the online taps.
 pub(crate) async fn play(
     engine: &Engine,
     plan: &[PlannedTap],
@@ -89,26 +91,28 @@ pub(crate) async fn play(
     recorder: Recorder,
     folder: &Path,
 ) -> anyhow::Result<OfflineRun> {
-    let mut gates = open_gates(engine, plan, link_loss, folder).await?;
-    let mut run = OfflineRun {
-        gates: gates.len(),
-        ..OfflineRun::default()
-    };
-    let mut opened = HashMap::new();
-    for (index, tap) in plan.iter().enumerate().filter(|(_, tap)| tap.offline) {
-        tokio::time::sleep_until((start + Duration::from_millis(tap.due_ms)).into()).await;
-        let gate = gates
-            .get_mut(&tap.request.gate_id)
-            .ok_or_else(|| anyhow::anyhow!("no offline gate {}", tap.request.gate_id))?;
-        let decision = decide(gate, tap)?;
-        run.decided += 1;
-        run.opened += usize::from(decision);
-        opened.insert(id_of(tap), (index, decision));
-    }
+    let held = engines_bundle(engine, link_loss).await?;
+    let taps: Vec<(usize, PlannedTap)> = plan
+        .iter()
+        .enumerate()
+        .filter(|(_, tap)| tap.offline)
+        .map(|(index, tap)| (index, tap.clone()))
+        .collect();
+    let folder = folder.to_path_buf();
+    let decided = tokio::task::spawn_blocking(move || {
+        let gates = open_gates(&taps, link_loss, held, &folder)?;
+        decide_all(gates, &taps, start)
+    })
+    .await??;
+    let Decided {
+        gates,
+        mut opened,
+        mut run,
+    } = decided;
     let (_, back) = outage(duration_ms);
     tokio::time::sleep_until((start + Duration::from_millis(back)).into()).await;
     let returned = Instant::now();
-    let answers = upload_all(engine, gates).await?;
+    let answers = upload_all(engine, gates).await;
     run.upload_s = returned.elapsed().as_secs_f64();
     for (id, result) in answers {
         if let Some((index, decision)) = opened.remove(&id) {
@@ -130,31 +134,68 @@ pub(crate) async fn play(
     Ok(run)
 }
 
-/// A gate library per gate that loses its link, each with its queue file in `folder`
-/// and the engine's current bundle.
-async fn open_gates(
-    engine: &Engine,
-    plan: &[PlannedTap],
-    link_loss: LinkLoss,
-    folder: &Path,
-) -> anyhow::Result<HashMap<u32, GateLink>> {
+/// The offline gates after their taps: the gates, each tap's plan index and whether its
+/// gate opened (by transaction id), and the counts so far.
+struct Decided {
+    gates: HashMap<u32, GateLink>,
+    opened: HashMap<u128, (usize, bool)>,
+    run: OfflineRun,
+}
+
+/// Decides every offline tap at its due time (blocking: a synced append each).
+fn decide_all(
+    mut gates: HashMap<u32, GateLink>,
+    taps: &[(usize, PlannedTap)],
+    start: Instant,
+) -> anyhow::Result<Decided> {
+    let mut run = OfflineRun {
+        gates: gates.len(),
+        ..OfflineRun::default()
+    };
+    let mut opened = HashMap::new();
+    for (index, tap) in taps {
+        let due = start + Duration::from_millis(tap.due_ms);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        let gate = gates
+            .get_mut(&tap.request.gate_id)
+            .ok_or_else(|| anyhow::anyhow!("no offline gate {}", tap.request.gate_id))?;
+        let decision = decide(gate, tap)?;
+        run.decided += 1;
+        run.opened += usize::from(decision);
+        opened.insert(id_of(tap), (*index, decision));
+    }
+    Ok(Decided { gates, opened, run })
+}
+
+/// The engine's whole bundle, as a gate without one gets it.
+async fn engines_bundle(engine: &Engine, link_loss: LinkLoss) -> anyhow::Result<Bundle> {
     let mut client = engine.gate().await?;
     let request = pb::GetGateBundleRequest {
         have_version: 0,
         have_positions: vec![],
     };
     let answer = client.get_gate_bundle(request).await?.into_inner();
-    let Body::Whole(held) = bundle::open(&answer.body, &answer.signature, &link_loss.engine_key)?
-    else {
-        anyhow::bail!("the engine answered a gate without a bundle with a delta");
-    };
-    // A queue left by an earlier run holds taps of that run: start empty.
+    match bundle::open(&answer.body, &answer.signature, &link_loss.engine_key)? {
+        Body::Whole(held) => Ok(held),
+        Body::Delta(_) => anyhow::bail!("the engine answered a gate without a bundle with a delta"),
+    }
+}
+
+/// A gate library per gate that loses its link, each with its queue file in `folder`
+/// and the engine's bundle.
+fn open_gates(
+    taps: &[(usize, PlannedTap)],
+    link_loss: LinkLoss,
+    held: Bundle,
+    folder: &Path,
+) -> anyhow::Result<HashMap<u32, GateLink>> {
+    // Queues and bundles left by an earlier run are of that run: start empty.
     if folder.exists() {
         std::fs::remove_dir_all(folder)?;
     }
     std::fs::create_dir_all(folder)?;
     let mut gates = HashMap::new();
-    for tap in plan.iter().filter(|tap| tap.offline) {
+    for (_, tap) in taps {
         let gate_id = tap.request.gate_id;
         if let std::collections::hash_map::Entry::Vacant(entry) = gates.entry(gate_id) {
             let queue = folder.join(format!("gate-{gate_id}.queue"));
@@ -189,33 +230,39 @@ fn decide(gate: &mut GateLink, tap: &PlannedTap) -> anyhow::Result<bool> {
 }
 
 /// Every offline gate uploads its queue at once (a connection each), again while the
-/// engine asks for retries, and refreshes its bundle: every tap's answer, by id.
+/// engine asks for retries or a call fails (at most [`UPLOAD_TRIES`] times), and
+/// refreshes its bundle: every tap's answer, by id. What is still queued after the tries
+/// is counted as left.
 async fn upload_all(
     engine: &Engine,
     gates: HashMap<u32, GateLink>,
-) -> anyhow::Result<Vec<(u128, pb::OfflineTapResult)>> {
+) -> Vec<(u128, pb::OfflineTapResult)> {
     let mut uploads = tokio::task::JoinSet::new();
     for (_, mut gate) in gates {
         let engine = engine.clone();
         uploads.spawn(async move {
-            let mut client = engine.gate().await?;
             let mut answers = Vec::new();
             for _ in 0..UPLOAD_TRIES {
-                let uploaded = gate.sync(&mut client).await?;
-                answers.extend(uploaded.results);
+                if let Ok(mut client) = engine.gate().await
+                    && let Ok(uploaded) = gate.sync(&mut client).await
+                {
+                    answers.extend(uploaded.results);
+                }
                 if gate.pending().is_empty() {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            anyhow::Ok(answers)
+            answers
         });
     }
     let mut all = Vec::new();
     while let Some(done) = uploads.join_next().await {
-        all.extend(done??);
+        if let Ok(answers) = done {
+            all.extend(answers);
+        }
     }
-    Ok(all)
+    all
 }
 
 /// A planned tap's transaction id.

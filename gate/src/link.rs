@@ -44,7 +44,7 @@ pub enum LinkError {
 }
 
 /// What one upload did.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct Uploaded {
     /// The engine's answer to each tap it answered, with the tap's id, in upload order.
     pub results: Vec<(u128, pb::OfflineTapResult)>,
@@ -55,6 +55,13 @@ pub struct Uploaded {
     pub rejected: usize,
     /// Taps it asked to be sent again; they stay queued.
     pub to_retry: usize,
+    /// The engine's status when a call failed and the upload stopped there (the link
+    /// went down again, say): what was answered before it is in `results` and gone from
+    /// the queue; the rest stays queued.
+    pub interrupted: Option<tonic::Status>,
+    /// Why the bundle's refresh after the upload failed, if it did (`sync` only): the
+    /// gate keeps the bundle it holds.
+    pub refresh_failed: Option<String>,
 }
 
 /// A gate: its decisions, its queue, and what it needs to talk to the engine.
@@ -64,7 +71,7 @@ pub struct GateLink {
     engine_key: [u8; PUBLIC_KEY_LEN],
     gate: OfflineGate,
     queue: UploadQueue,
-    /// Where the bundle in force is kept (the queue's file with `.bundle`), so that a
+    /// Where the bundle in force is kept (the queue's file name and `.bundle`), so that a
     /// gate restarting while its link is down still decides.
     bundle_path: std::path::PathBuf,
 }
@@ -79,8 +86,10 @@ impl GateLink {
         bundle: Bundle,
         queue_path: &Path,
     ) -> Result<GateLink, LinkError> {
-        let bundle_path = queue_path.with_extension("bundle");
-        let bundle = match read_saved(&bundle_path)? {
+        // A saved bundle that cannot be read, or was saved under another engine key, is
+        // replaced by the one given.
+        let saved = read_saved(&bundle_path_of(queue_path), &engine_key).unwrap_or(None);
+        let bundle = match saved {
             Some(saved) if saved.version > bundle.version => saved,
             _ => bundle,
         };
@@ -94,7 +103,7 @@ impl GateLink {
         engine_key: [u8; PUBLIC_KEY_LEN],
         queue_path: &Path,
     ) -> Result<Option<GateLink>, LinkError> {
-        match read_saved(&queue_path.with_extension("bundle"))? {
+        match read_saved(&bundle_path_of(queue_path), &engine_key)? {
             Some(saved) => Self::with_bundle(gate_id, engine_key, saved, queue_path).map(Some),
             None => Ok(None),
         }
@@ -111,19 +120,22 @@ impl GateLink {
             engine_key,
             gate: OfflineGate::new(bundle)?,
             queue: UploadQueue::open(queue_path)?,
-            bundle_path: queue_path.with_extension("bundle"),
+            bundle_path: bundle_path_of(queue_path),
         };
-        for tap in link.queue.pending() {
+        // The codes it opened for: a refused one (a code from the future, say) may
+        // still open later.
+        for tap in link.queue.pending().iter().filter(|tap| tap.opened) {
             link.gate.remember(&tap.code_text);
         }
         link.save_bundle()?;
         Ok(link)
     }
 
-    /// Keeps the bundle in force on disk, atomically.
+    /// Keeps the bundle in force on disk, atomically, after the engine key it came under.
     fn save_bundle(&self) -> Result<(), LinkError> {
-        let body = self.gate.bundle().encode();
-        crate::files::write_atomically(&self.bundle_path, &body, 0o600).map_err(|err| {
+        let mut saved = self.engine_key.to_vec();
+        saved.extend_from_slice(&self.gate.bundle().encode());
+        crate::files::write_atomically(&self.bundle_path, &saved, 0o600).map_err(|err| {
             LinkError::SavedBundle {
                 path: self.bundle_path.display().to_string(),
                 problem: err.to_string(),
@@ -169,22 +181,25 @@ impl GateLink {
     }
 
     /// What a gate does when its link comes back, and every refresh interval while it
-    /// is up: uploads its queue, then refreshes its bundle.
+    /// is up: uploads its queue, then refreshes its bundle. A failed refresh does not
+    /// lose the upload's answers: it is in `Uploaded::refresh_failed`.
     pub async fn sync(&mut self, client: &mut GateClient) -> Result<Uploaded, LinkError> {
-        let uploaded = self.upload(client).await?;
-        self.refresh(client).await?;
+        let mut uploaded = self.upload(client).await?;
+        if let Err(err) = self.refresh(client).await {
+            uploaded.refresh_failed = Some(err.to_string());
+        }
         Ok(uploaded)
     }
 
     /// Uploads the queue in batches, then removes every tap the engine answered for
     /// good, in one rewrite of the queue (a crash before it uploads them again: the
     /// engine answers duplicates). Stops at the first batch with taps to retry (the
-    /// engine is busy: later), or at an error, removing what was answered before it.
+    /// engine is busy: later), or at a failed call (`Uploaded::interrupted`), keeping
+    /// what was answered before it. An error only when the queue cannot be rewritten.
     pub async fn upload(&mut self, client: &mut GateClient) -> Result<Uploaded, LinkError> {
         let pending = self.queue.pending().to_vec();
         let mut uploaded = Uploaded::default();
         let mut done = HashSet::new();
-        let mut failed = None;
         for batch in pending.chunks(UPLOAD_BATCH_MAX) {
             let request = pb::UploadOfflineTapsRequest {
                 taps: batch.iter().map(offline_tap).collect(),
@@ -192,7 +207,7 @@ impl GateLink {
             let results = match client.upload_offline_taps(request).await {
                 Ok(answer) => answer.into_inner().results,
                 Err(status) => {
-                    failed = Some(status);
+                    uploaded.interrupted = Some(status);
                     break;
                 }
             };
@@ -217,10 +232,7 @@ impl GateLink {
         }
         uploaded.answered = done.len();
         self.queue.remove(&done)?;
-        match failed {
-            Some(status) => Err(LinkError::Engine(status)),
-            None => Ok(uploaded),
-        }
+        Ok(uploaded)
     }
 
     /// Asks the engine for the changes since the bundle the gate holds (or a whole one)
@@ -238,18 +250,32 @@ impl GateLink {
     }
 }
 
-/// The bundle a gate saved, if it saved one.
-fn read_saved(path: &Path) -> Result<Option<Bundle>, LinkError> {
+/// Where a gate with its queue at `queue_path` keeps its bundle.
+fn bundle_path_of(queue_path: &Path) -> std::path::PathBuf {
+    let mut name = queue_path.as_os_str().to_os_string();
+    name.push(".bundle");
+    name.into()
+}
+
+/// The bundle a gate saved under `engine_key`, if it saved one (one saved under another
+/// key, a gate moved to another engine, is none).
+fn read_saved(path: &Path, engine_key: &[u8; PUBLIC_KEY_LEN]) -> Result<Option<Bundle>, LinkError> {
     let refused = |problem: String| LinkError::SavedBundle {
         path: path.display().to_string(),
         problem,
     };
-    let body = match std::fs::read(path) {
-        Ok(body) => body,
+    let saved = match std::fs::read(path) {
+        Ok(saved) => saved,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(err) => return Err(refused(err.to_string())),
     };
-    match bundle::decode_saved(&body).map_err(|err| refused(err.to_string()))? {
+    let Some((key, body)) = saved.split_at_checked(PUBLIC_KEY_LEN) else {
+        return Err(refused("it is shorter than a key".into()));
+    };
+    if key != engine_key {
+        return Ok(None);
+    }
+    match bundle::decode_saved(body).map_err(|err| refused(err.to_string()))? {
         bundle::Body::Whole(saved) => Ok(Some(saved)),
         bundle::Body::Delta(_) => Err(refused("it holds a delta, not a whole bundle".into())),
     }
@@ -293,7 +319,7 @@ mod tests {
     #[test]
     fn a_restarted_gate_keeps_its_bundle_and_the_codes_it_used() {
         let folder = tempfile::tempdir().unwrap();
-        let queue = folder.path().join("gate-9.queue");
+        let queue = folder.path().join("gate.9");
         let key = public_key_of(&engine_key());
         let bus = TapKind::Bus { route: 501 };
         assert!(GateLink::reopen(9, key, &queue).unwrap().is_none());
@@ -320,5 +346,20 @@ mod tests {
         // newer one it saved.
         let link = GateLink::open(9, key, bundle([]), &queue).unwrap();
         assert_eq!(link.bundle().version, 20);
+        drop(link);
+        // Gate 10 beside it keeps its own (gate.9 and gate.10 share no file).
+        let other = GateLink::open(10, key, bundle([]), &folder.path().join("gate.10")).unwrap();
+        assert_eq!(other.bundle().version, 10);
+        drop(other);
+        // A damaged saved bundle: `reopen` says so; `open` with a bundle starts from it.
+        let saved = folder.path().join("gate.9.bundle");
+        std::fs::write(&saved, b"garbage").unwrap();
+        assert!(GateLink::reopen(9, key, &queue).is_err());
+        let link = GateLink::open(9, key, bundle([]), &queue).unwrap();
+        assert_eq!(link.bundle().version, 10);
+        drop(link);
+        // Saved under another engine key: not this engine's bundle.
+        let other_key = public_key_of(&crate::token::mint::ed25519_from_seed(&[6; 32]));
+        assert!(GateLink::reopen(9, other_key, &queue).unwrap().is_none());
     }
 }

@@ -135,11 +135,13 @@ pub async fn tap_until_answered(
         let answered = tokio::time::timeout(Duration::from_secs(2), attempt).await;
         match answered {
             Ok(Ok(Ok(response))) => return (Answer::Response(response.into_inner()), retries),
+            // tonic reports a broken HTTP/2 connection (a server killed or its disk full
+            // mid-call) as INTERNAL "h2 protocol error": no answer from the engine.
             Ok(Ok(Err(status)))
                 if !matches!(
                     status.code(),
                     tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
-                ) =>
+                ) && !status.message().starts_with("h2 protocol error") =>
             {
                 return (
                     Answer::Failed(status.code(), status.message().to_string()),

@@ -29,6 +29,10 @@ pub const UPLOAD_TAPS_IN_FLIGHT: usize = UPLOAD_TAPS_MAX;
 /// (`docs/PERFORMANCE.md`).
 pub const UPLOADED_TAPS_IN_FLIGHT_MAX: usize = 64;
 
+/// How long an uploaded tap waits for a place among [`UPLOADED_TAPS_IN_FLIGHT_MAX`]
+/// before it is answered `RETRY`.
+pub const UPLOAD_PLACE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// One tap of an upload, as the gate queued it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OfflineTapInput {

@@ -1,8 +1,8 @@
 //! Id retention: forgetting the idempotency entries of old transactions, so that the `ids`
 //! index stops growing, and with them the riders' steps of those transactions
-//! (`rider_steps`, which a late tap walks again): a late tap is at most
-//! `taps.offline_age_max_ms` old, shorter than the retention, so its walk never needs a
-//! pruned step. The transactions themselves (log, postings, balances) are kept.
+//! (`rider_steps`, which a late tap walks again from the start of its service day): a
+//! late tap is at most `taps.offline_age_max_ms` old, and the configuration keeps the
+//! retention longer than that and a day, so its walk never needs a pruned step. The transactions themselves (log, postings, balances) are kept.
 //!
 //! A forgotten id is treated as new if it is ever used again, so the retention must be
 //! longer than any gate can stay offline and keep retrying (the default is 30 days; gates

@@ -561,10 +561,11 @@ impl ServerConfig {
                  would be charged a second time",
             ),
             (
-                taps.id_retention_ms > taps.offline_age_max_ms,
-                "taps.id_retention_ms must be longer than taps.offline_age_max_ms: a gate may \
-                 upload an offline tap that long after its scan, and retry the upload, and a \
-                 retry whose id was forgotten would be charged a second time",
+                taps.id_retention_ms > taps.offline_age_max_ms.saturating_add(86_400_000),
+                "taps.id_retention_ms must be longer than taps.offline_age_max_ms and a day: a \
+                 gate may upload an offline tap that long after its scan, and retry the upload \
+                 (a retry whose id was forgotten would be charged a second time), and the tap \
+                 re-prices its whole service day, whose steps are pruned with their ids",
             ),
             (
                 taps.id_retention_ms > taps.code_retry_window_ms,
