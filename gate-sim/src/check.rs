@@ -216,7 +216,7 @@ pub fn scan_order_prices(
         taps_by_rider
             .entry(tap.account_id)
             .or_default()
-            .push((scan, kind_of(&tap.request)));
+            .push((scan, crate::plan::kind_of(&tap.request)));
     }
     let mut problems = Vec::new();
     for (account_id, taps) in &taps_by_rider {
@@ -241,22 +241,6 @@ pub fn scan_order_prices(
         "fare_corrections_minor": statements.corrections.values().sum::<i64>(),
         "problems": problems,
     })
-}
-
-/// A tap request's kind and place.
-fn kind_of(request: &pb::TapRequest) -> fareway_gate::fares::TapKind {
-    use fareway_gate::fares::TapKind;
-    match pb::Direction::try_from(request.direction) {
-        Ok(pb::Direction::Entry) => TapKind::MetroEntry {
-            station: request.station_id,
-        },
-        Ok(pb::Direction::Exit) => TapKind::MetroExit {
-            station: request.station_id,
-        },
-        _ => TapKind::Bus {
-            route: request.route_id,
-        },
-    }
 }
 
 /// Per rider, the fare of each tap the simulator saw charged, by transaction id.

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use fareway_gate::bundle::{self, Body, Bundle};
 use fareway_gate::clock::UnixMillis;
-use fareway_gate::fares::TapKind;
 use fareway_gate::link::GateLink;
 use fareway_gate::offline::OfflineDecision;
 use fareway_proto::v1 as pb;
@@ -213,17 +212,7 @@ fn open_gates(
 /// A gate's own decision on a planned tap (queued before it answers): whether it opened.
 fn decide(gate: &mut GateLink, tap: &PlannedTap) -> anyhow::Result<bool> {
     let request = &tap.request;
-    let kind = match pb::Direction::try_from(request.direction) {
-        Ok(pb::Direction::Entry) => TapKind::MetroEntry {
-            station: request.station_id,
-        },
-        Ok(pb::Direction::Exit) => TapKind::MetroExit {
-            station: request.station_id,
-        },
-        _ => TapKind::Bus {
-            route: request.route_id,
-        },
-    };
+    let kind = crate::plan::kind_of(request);
     let code = request.code.as_ref().map_or("", |code| code.text.as_str());
     let decision = gate.scan(id_of(tap), kind, code, UnixMillis(request.scan_time_ms))?;
     Ok(matches!(decision, OfflineDecision::Open(_)))

@@ -781,6 +781,23 @@ pub fn request(
     }
 }
 
+/// A tap request's kind and place (a request with no direction counts as a bus tap: the
+/// simulator makes none).
+pub fn kind_of(request: &pb::TapRequest) -> fareway_gate::fares::TapKind {
+    use fareway_gate::fares::TapKind;
+    match pb::Direction::try_from(request.direction) {
+        Ok(pb::Direction::Entry) => TapKind::MetroEntry {
+            station: request.station_id,
+        },
+        Ok(pb::Direction::Exit) => TapKind::MetroExit {
+            station: request.station_id,
+        },
+        _ => TapKind::Bus {
+            route: request.route_id,
+        },
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
