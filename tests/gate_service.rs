@@ -128,11 +128,7 @@ async fn a_metro_journey_and_a_bus_ride_are_priced_and_charged() {
     assert_eq!(statement.next_after_sequence, 0);
 
     // After a graceful stop the data directory passes the audit.
-    let (config, _folder, _clock) = server.stop().await;
-    let ledger = fareway::ledger::Ledger::open(&config.data_dir, LedgerConfig::default()).unwrap();
-    let report = audit::audit(ledger.view()).unwrap();
-    assert!(report.ok(), "{:?}", report.violations);
-    assert_eq!(report.balance_sum, 0);
+    server.stop_and_audit().await;
 }
 
 /// Every rejection reason of the published vectors comes back as that reason over gRPC.

@@ -8,7 +8,6 @@
 
 use fareway::clock::UnixMillis;
 use fareway::fares::TapKind;
-use fareway::ledger::{LedgerConfig, audit};
 use fareway_gate::bundle::{self, Body, Bundle};
 use fareway_gate::link::GateLink;
 use fareway_gate::offline::{OfflineDecision, OfflineRefusal};
@@ -152,17 +151,7 @@ async fn an_offline_ride_is_queued_through_a_restart_uploaded_and_charged_into_d
     link.sync(&mut gate).await.unwrap();
     assert!(!link.bundle().denied.contains(&501));
     assert_eq!(balance(&server, 501).await, 200);
-    assert_audit_ok(server).await;
-}
-
-/// Stops the server and audits its data directory: money conserved, the deny list
-/// matching the accounts.
-async fn assert_audit_ok(server: TestServer) {
-    let (config, _folder, _clock) = server.stop().await;
-    let ledger = fareway::ledger::Ledger::open(&config.data_dir, LedgerConfig::default()).unwrap();
-    let report = audit::audit(ledger.view()).unwrap();
-    assert!(report.ok(), "{:?}", report.violations);
-    assert_eq!(report.balance_sum, 0);
+    server.stop_and_audit().await;
 }
 
 /// Every answer an upload gives, each with its documented status and reason, and
@@ -324,7 +313,7 @@ async fn every_uploaded_tap_gets_its_status_and_reason() {
     // The journey (700) and the bus rides (200, more than 90 minutes after the journey
     // started; then 100 and 100, each within 90 minutes of the one before).
     assert_eq!(balance(&server, 601).await, 5_000 - 700 - 200 - 100 - 100);
-    assert_audit_ok(server).await;
+    server.stop_and_audit().await;
 }
 
 /// A gate offline for long uploads its queue in calls of at most 32 taps, all of them,
@@ -362,5 +351,5 @@ async fn a_long_queue_is_uploaded_in_batches_and_the_day_is_capped() {
     // Seventy rides of 200 (less 100 each within 90 minutes of the one before), capped
     // at 1,500 for the day.
     assert_eq!(balance(&server, 701).await, 50_000 - 1_500);
-    assert_audit_ok(server).await;
+    server.stop_and_audit().await;
 }

@@ -89,6 +89,20 @@ impl TestServer {
         (self.config, self.folder, self.clock)
     }
 
+    /// Stops the server gracefully and audits its data directory: money conserved, every
+    /// index (the deny list included) agreeing with the log.
+    pub async fn stop_and_audit(self) {
+        let (config, _folder, _clock) = self.stop().await;
+        let ledger = fareway::ledger::Ledger::open(
+            &config.data_dir,
+            fareway::ledger::LedgerConfig::default(),
+        )
+        .expect("the data directory opens after a graceful stop");
+        let report = fareway::ledger::audit::audit(ledger.view()).expect("the audit reads it");
+        assert!(report.ok(), "{:?}", report.violations);
+        assert_eq!(report.balance_sum, 0);
+    }
+
     /// A channel to the server.
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.addr()))
