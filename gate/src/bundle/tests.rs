@@ -258,3 +258,45 @@ fn an_offline_gate_decides_like_the_engine_and_refuses_a_code_used_at_it() {
     );
     assert_eq!(gate.bundle().version, 13);
 }
+
+#[test]
+fn a_delta_of_100_changes_is_small_and_applies_to_a_million_account_bundle_at_once() {
+    let denied: BTreeSet<u64> = (0..1_000_000u64)
+        .map(|n| 10_000_000 + n * 10 + n % 7)
+        .collect();
+    let held = bundle(denied.iter().copied());
+    // 100 changes over the whole id range: 50 denied accounts lifted, and 50 accounts
+    // denied that were not (an id ending in 9 is never in the list above).
+    let lifted = denied
+        .iter()
+        .step_by(20_000)
+        .take(50)
+        .map(|id| (*id, false));
+    let added = (0..50u64).map(|n| (10_000_000 + n * 200_000 + 9, true));
+    let changes: Vec<(u64, bool)> = lifted.chain(added).collect();
+    assert_eq!(changes.len(), 100);
+    let delta = Delta {
+        version: held.version + 100,
+        base: held.positions.clone(),
+        positions: vec![104, 6],
+        settings: held.settings,
+        providers: held.providers.clone(),
+        keys: held.keys.clone(),
+        changes: changes.clone(),
+    };
+    let body = delta.encode();
+    let started = std::time::Instant::now();
+    let opened = round_trip(&body).unwrap();
+    let applied = held.apply(opened).unwrap();
+    eprintln!(
+        "a delta of 100 changes: {} bytes, opened and applied to a bundle of 1,000,000 denied accounts in {:?}",
+        body.len(),
+        started.elapsed()
+    );
+    // Fixed fields, one provider and one key (about 160 bytes), then about 5 bytes a change.
+    assert!(body.len() < 800, "{} bytes", body.len());
+    for (account, now_denied) in changes {
+        assert_eq!(applied.denied.contains(&account), now_denied, "{account}");
+    }
+    assert_eq!(applied.denied.len(), 1_000_000);
+}
