@@ -176,11 +176,18 @@ pub async fn charged_exactly_once(
         .iter()
         .map(|tap| tap.request.transaction_id.clone())
         .collect();
+    // A fare correction takes the time of the fare it corrects: this run's are at or
+    // after its first scan.
+    let run_start = plan
+        .iter()
+        .map(|tap| tap.request.scan_time_ms)
+        .min()
+        .unwrap_or(0);
     let mut problems = Vec::new();
     let mut lines_checked = 0u64;
     let mut statements = Statements::default();
     for (account_id, expected) in &by_rider {
-        let read = statement_of(admin, *account_id, &sim_ids).await?;
+        let read = statement_of(admin, *account_id, &sim_ids, run_start).await?;
         lines_checked += read.lines;
         note_wrong_charges(&mut problems, *account_id, expected, &read.seen);
         note_unseen_charges(&mut problems, *account_id, expected, &read.seen, plan, run);
@@ -273,18 +280,41 @@ struct StatementRead {
     earlier_travel: bool,
 }
 
+impl StatementRead {
+    /// Takes in one statement line: a line of the simulator's taps (`sim_ids`), a fare
+    /// correction of this run's fares (at or after `run_start`), or anything else (a top
+    /// up, or travel from before the run).
+    fn add(&mut self, line: &pb::StatementLine, sim_ids: &HashSet<Vec<u8>>, run_start: u64) {
+        if sim_ids.contains(&line.transaction_id) {
+            let entry = self.seen.entry(line.transaction_id.clone()).or_default();
+            entry.0 += 1;
+            entry.1 += line.amount_minor;
+            self.lines += 1;
+        } else if line.kind == "fare_correction" && line.time_ms >= run_start {
+            // A correction of a fare of this run, by a late tap of this run. It may come
+            // before the rider's first charged tap: a late entry makes an entry that
+            // charged nothing charge the journey it left unexited. An earlier run's were
+            // settled before this run's baseline close.
+            self.corrections -= line.amount_minor;
+        } else {
+            self.earlier_travel |= line.kind != "top_up";
+            return;
+        }
+        *self.days.entry(line.time_ms / DAY_MS).or_default() -= line.amount_minor;
+    }
+}
+
 /// A rider's statement lines of the simulator's taps (`sim_ids`) and of fare
 /// corrections, read page by page.
 async fn statement_of(
     admin: &AdminClient,
     account_id: u64,
     sim_ids: &HashSet<Vec<u8>>,
+    run_start: u64,
 ) -> anyhow::Result<StatementRead> {
     let mut admin = admin.clone();
     let mut read = StatementRead::default();
     let mut after_sequence = 0;
-    // The sequence of the rider's first line of this run.
-    let mut first_of_run = None;
     loop {
         let page = admin
             .get_statement(pb::GetStatementRequest {
@@ -298,21 +328,7 @@ async fn statement_of(
             break;
         }
         for line in &page.lines {
-            if sim_ids.contains(&line.transaction_id) {
-                let entry = read.seen.entry(line.transaction_id.clone()).or_default();
-                entry.0 += 1;
-                entry.1 += line.amount_minor;
-                read.lines += 1;
-                first_of_run.get_or_insert(line.sequence);
-            } else if line.kind == "fare_correction" && first_of_run.is_some() {
-                // Made by a late tap of this run (recorded after it); an earlier run's
-                // were settled before this run's baseline close.
-                read.corrections -= line.amount_minor;
-            } else {
-                read.earlier_travel |= line.kind != "top_up" && first_of_run.is_none();
-                continue;
-            }
-            *read.days.entry(line.time_ms / DAY_MS).or_default() -= line.amount_minor;
+            read.add(line, sim_ids, run_start);
         }
         // 0 marks the last page.
         if page.next_after_sequence == 0 {
@@ -550,6 +566,38 @@ mod tests {
         let shed = Answer::Failed(tonic::Code::ResourceExhausted, "overloaded".into());
         let run = run_of([shed, accepted_with(200, false)]);
         assert_eq!(charged_taps(&plan, &run), vec![(1, 200)]);
+    }
+
+    /// A regression: in a cluster demo a resent entry arrived after the rider's next
+    /// entry, which then charged the first journey as unexited: the correction was the
+    /// rider's first line of the run, and was taken for travel from an earlier run (the
+    /// settlement check failed by its amount).
+    #[test]
+    fn a_correction_before_the_riders_first_charged_tap_is_this_runs() {
+        let sim_ids: HashSet<Vec<u8>> = [vec![7u8]].into();
+        let line = |transaction_id: Vec<u8>, kind: &str, time_ms: u64, amount_minor: i64| {
+            pb::StatementLine {
+                transaction_id,
+                kind: kind.into(),
+                time_ms,
+                amount_minor,
+                ..Default::default()
+            }
+        };
+        let mut read = StatementRead::default();
+        read.add(&line(vec![1], "top_up", 10, 5_000), &sim_ids, 1_000);
+        read.add(
+            &line(vec![2], "fare_correction", 1_500, -900),
+            &sim_ids,
+            1_000,
+        );
+        read.add(&line(vec![7], "metro_exit", 1_600, -300), &sim_ids, 1_000);
+        assert_eq!(read.corrections, 900);
+        assert!(!read.earlier_travel);
+        assert_eq!(read.days, BTreeMap::from([(0, 1_200)]));
+        // Travel before the run's first scan: an earlier run's.
+        read.add(&line(vec![3], "bus", 500, -200), &sim_ids, 1_000);
+        assert!(read.earlier_travel);
     }
 
     #[test]
