@@ -265,6 +265,73 @@ fn charges_by_rider(
     by_rider
 }
 
+/// A broke rider let through by an offline gate is charged into debt when the tap is
+/// uploaded: the engine's next bundle deny-lists the rider, and a top-up that clears
+/// the debt lifts it (made here, after the window, so that the run's other taps of the
+/// rider are decided as planned). `Null` without the link-loss fault.
+pub async fn debts(
+    engine: &Engine,
+    link_loss: Option<crate::offline::LinkLoss>,
+    plan: &[PlannedTap],
+    run: &RunResult,
+) -> anyhow::Result<serde_json::Value> {
+    let Some(link_loss) = link_loss else {
+        return Ok(serde_json::Value::Null);
+    };
+    let riders: BTreeMap<u64, Vec<u8>> = plan
+        .iter()
+        .enumerate()
+        .filter(|(_, tap)| tap.offline && tap.fault == Some(Fault::OverCreditLimit))
+        .filter(|(index, _)| accepted(&run.results[*index].answer).is_some())
+        .map(|(_, tap)| (tap.account_id, tap.request.transaction_id.clone()))
+        .collect();
+    let mut problems = Vec::new();
+    let denied = crate::offline::engines_bundle(engine, link_loss)
+        .await?
+        .denied;
+    for rider in riders.keys().filter(|rider| !denied.contains(rider)) {
+        problems.push(format!(
+            "rider {rider} in debt is not on the next bundle's deny list"
+        ));
+    }
+    let mut admin = engine.admin().await?;
+    for (rider, tap_id) in &riders {
+        let balance = admin
+            .get_balance(pb::GetBalanceRequest { account_id: *rider })
+            .await?
+            .into_inner()
+            .balance_minor;
+        if balance >= 0 {
+            problems.push(format!(
+                "rider {rider} let through offline is not in debt ({balance})"
+            ));
+            continue;
+        }
+        // One top-up per rider, its id derived from the rider's offline tap.
+        let mut transaction_id = tap_id.clone();
+        transaction_id[0] ^= 0x5a;
+        let top_up = pb::TopUpRequest {
+            transaction_id,
+            account_id: *rider,
+            amount_minor: -balance,
+        };
+        admin.top_up(top_up).await?;
+    }
+    let denied = crate::offline::engines_bundle(engine, link_loss)
+        .await?
+        .denied;
+    for rider in riders.keys().filter(|rider| denied.contains(rider)) {
+        problems.push(format!(
+            "rider {rider} is still deny-listed after a top-up cleared the debt"
+        ));
+    }
+    Ok(json!({
+        "ok": problems.is_empty(),
+        "riders_in_debt": riders.len(),
+        "problems": problems,
+    }))
+}
+
 /// A rider's statement, as the checks read it.
 #[derive(Debug, Default)]
 struct StatementRead {

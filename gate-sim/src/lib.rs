@@ -120,6 +120,7 @@ pub async fn simulate(engine: &Engine, config: &SimConfig) -> anyhow::Result<Sim
     let tally = Tally::of(&plan, &played);
     let (charged_once, statements) = check::charged_exactly_once(&admin, &plan, &played).await?;
     let scan_order = check::scan_order_prices(&config.fares, &plan, &played, &statements);
+    let debts = check::debts(engine, config.link_loss, &plan, &played).await?;
     let settled = check::settlement(
         engine,
         &mut settlement,
@@ -140,6 +141,7 @@ pub async fn simulate(engine: &Engine, config: &SimConfig) -> anyhow::Result<Sim
         tally,
         charged_once,
         scan_order,
+        debts,
         settled,
         offline: played.offline.clone(),
     };
@@ -352,6 +354,8 @@ struct Measured<'a> {
     charged_once: serde_json::Value,
     /// [`check::scan_order_prices`]'s finding.
     scan_order: serde_json::Value,
+    /// [`check::debts`]'s finding (null without link loss).
+    debts: serde_json::Value,
     /// [`check::settlement`]'s finding.
     settled: serde_json::Value,
     /// What the gates that lost their link did.
@@ -365,6 +369,7 @@ impl Measured<'_> {
             && self.tally.faults_ok()
             && self.charged_once["ok"] == json!(true)
             && self.scan_order["ok"] == json!(true)
+            && (self.debts.is_null() || self.debts["ok"] == json!(true))
             && self.settled["ok"] == json!(true)
     }
 
@@ -403,6 +408,7 @@ impl Measured<'_> {
                 "faults_as_expected": {"ok": tally.faults_ok()},
                 "charged_exactly_once": self.charged_once,
                 "days_priced_in_scan_order": self.scan_order,
+                "debts_deny_listed_and_lifted": self.debts,
                 "settlement": self.settled,
                 "audit": "not run by gate-sim (it talks gRPC only): run `fareway audit --data-dir DIR` on the engine's data directory",
             },
@@ -544,7 +550,7 @@ pub fn summary(report: &serde_json::Value) -> String {
     let link_loss = &report["link_loss"];
     if !link_loss.is_null() {
         text.push_str(&format!(
-            "link loss: {} gates offline decided {} taps alone (opened {}); uploaded {} at {:.0} taps/s ({:.0} online taps/s over the window), {} left queued; fare corrections {} minor units\n",
+            "link loss: {} gates offline decided {} taps alone (opened {}); uploaded {} at {:.0} taps/s ({:.0} online taps/s over the window), {} left queued; fare corrections {} minor units; {} riders let through into debt, deny-listed and lifted by a top-up: {}\n",
             link_loss["gates_offline"],
             link_loss["taps_decided_offline"],
             link_loss["gates_opened"],
@@ -553,6 +559,8 @@ pub fn summary(report: &serde_json::Value) -> String {
             link_loss["online_taps_per_second"].as_f64().unwrap_or(0.0),
             link_loss["taps_left_queued"],
             invariants["days_priced_in_scan_order"]["fare_corrections_minor"],
+            invariants["debts_deny_listed_and_lifted"]["riders_in_debt"],
+            flag(&invariants["debts_deny_listed_and_lifted"]),
         ));
     }
     text.push_str(&format!(

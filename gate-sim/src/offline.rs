@@ -17,7 +17,7 @@ use fareway_gate::offline::OfflineDecision;
 use fareway_proto::v1 as pb;
 
 use crate::client::Engine;
-use crate::plan::PlannedTap;
+use crate::plan::{Expected, Fault, PlannedTap};
 use crate::run::{Answer, Recorder};
 
 /// How many times a gate uploads again what the engine asked it to retry.
@@ -38,8 +38,10 @@ pub fn outage(duration_ms: u64) -> (u64, u64) {
 }
 
 /// Marks the taps an offline gate decides: at a gate of the `share` that loses its link
-/// (drawn from the seed), due in the outage, and neither a fault nor a tap another
-/// repeats (their expected answers assume the engine saw the original first).
+/// (drawn from the seed), due in the outage, and neither a tap another repeats nor a
+/// fault (their expected answers assume the engine decides them), but for a broke
+/// rider's ride: the gate cannot know the balance and lets the rider on, and the upload
+/// charges the ride into debt (expected, the operator's risk).
 pub fn mark_offline(plan: &mut [PlannedTap], share: f64, seed: u64, duration_ms: u64) {
     let (from, to) = outage(duration_ms);
     let repeated: std::collections::HashSet<usize> =
@@ -47,9 +49,12 @@ pub fn mark_offline(plan: &mut [PlannedTap], share: f64, seed: u64, duration_ms:
     for (index, tap) in plan.iter_mut().enumerate() {
         tap.offline = loses_link(tap.request.gate_id, share, seed)
             && (from..to).contains(&tap.due_ms)
-            && tap.fault.is_none()
+            && matches!(tap.fault, None | Some(Fault::OverCreditLimit))
             && tap.repeats.is_none()
             && !repeated.contains(&index);
+        if tap.offline && tap.fault == Some(Fault::OverCreditLimit) {
+            tap.expected = Expected::Accepted;
+        }
     }
 }
 
@@ -167,7 +172,7 @@ fn decide_all(
 }
 
 /// The engine's whole bundle, as a gate without one gets it.
-async fn engines_bundle(engine: &Engine, link_loss: LinkLoss) -> anyhow::Result<Bundle> {
+pub(crate) async fn engines_bundle(engine: &Engine, link_loss: LinkLoss) -> anyhow::Result<Bundle> {
     let mut client = engine.gate().await?;
     let request = pb::GetGateBundleRequest {
         have_version: 0,
