@@ -121,19 +121,17 @@ pub(crate) async fn play(
     for (id, result) in answers {
         if let Some((index, decision)) = opened.remove(&id) {
             run.uploaded += 1;
-            let due = start + Duration::from_millis(plan[index].due_ms);
             let answer = Answer::Uploaded {
                 opened: decision,
                 result,
             };
-            recorder.record_unmeasured(index, due, plan[index].due_ms, answer);
+            recorder.record_unmeasured(index, plan[index].due_ms, answer);
         }
     }
     run.left_queued = opened.len();
     for (index, _) in opened.into_values() {
-        let due = start + Duration::from_millis(plan[index].due_ms);
         let left = Answer::Failed(tonic::Code::Unavailable, "left in its gate's queue".into());
-        recorder.record_unmeasured(index, due, plan[index].due_ms, left);
+        recorder.record_unmeasured(index, plan[index].due_ms, left);
     }
     Ok(run)
 }

@@ -131,14 +131,7 @@ impl Recorder {
 
     /// Records tap `index`'s answer without a latency to measure (an offline tap's
     /// upload comes when the link is back, not in answer to the tap).
-    pub(crate) fn record_unmeasured(
-        &self,
-        index: usize,
-        due: Instant,
-        due_ms: u64,
-        answer: Answer,
-    ) {
-        let _ = due;
+    pub(crate) fn record_unmeasured(&self, index: usize, due_ms: u64, answer: Answer) {
         lock(&self.results)[index] = Some(TapResult {
             answer,
             latency_us: 0,

@@ -261,27 +261,14 @@ fn a_refund_of_a_corrected_fare_gives_back_what_the_rider_paid_in_the_end() {
 
 #[test]
 fn a_rider_whose_steps_predate_the_steps_column_family_is_priced_as_before() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let ledger = open_at(dir.path());
-        let open = Command::OpenAccount {
-            account_id: RIDER,
-            provider_id: 1,
-            credit_limit: Amount(0),
-        };
-        submit(&ledger, 1, T, open);
-        let top_up = Command::TopUp {
-            account_id: RIDER,
-            amount: Amount(5_000),
-        };
-        submit(&ledger, 2, T, top_up);
-        submit(
-            &ledger,
-            10,
-            at(30),
-            super::tap_tests::tap(entry(101), 7, 10),
-        );
-    }
+    let (dir, ledger) = setup(5_000, 0);
+    submit(
+        &ledger,
+        10,
+        at(30),
+        super::tap_tests::tap(entry(101), 7, 10),
+    );
+    drop(ledger);
     {
         // As an upgraded ledger holds it: the entry's step was never recorded.
         let mut options = rocksdb::Options::default();

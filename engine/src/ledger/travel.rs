@@ -71,11 +71,6 @@ pub struct Priced {
     pub charges: bool,
     /// The journey the step belongs to.
     pub journey: Option<Journey>,
-    /// The journey this step opened.
-    pub opened: Option<OpenJourney>,
-    /// The open journey this step ended (an exit, a close, or an entry that found one
-    /// open and charged it as incomplete).
-    pub closed: Option<OpenJourney>,
 }
 
 /// Prices `step` after the rider's `travel`, and moves `travel` past it. A refusal (a
@@ -175,13 +170,7 @@ fn enter(
         fare,
         operator_id: fares.metro_operator_id,
         charges: closed.is_some(),
-        journey: Some(Journey {
-            id: opened.id,
-            entry_station: Some(station),
-            entered_at: Some(step.time),
-        }),
-        opened: Some(opened),
-        closed,
+        journey: Some(journey_of(opened)),
     })
 }
 
@@ -208,12 +197,7 @@ fn exit(
                     .metro_fare(open.station, station, duration_ms)
                     .unwrap_or(fares.max_fare)
             };
-            let journey = Journey {
-                id: open.id,
-                entry_station: Some(open.station),
-                entered_at: Some(open.entered_at),
-            };
-            (base, open.entered_at, journey)
+            (base, open.entered_at, journey_of(open))
         }
         None => {
             let journey = Journey {
@@ -230,8 +214,6 @@ fn exit(
         operator_id: fares.metro_operator_id,
         charges: true,
         journey: Some(journey),
-        opened: None,
-        closed,
     })
 }
 
@@ -254,8 +236,6 @@ fn ride_bus(
             entry_station: None,
             entered_at: None,
         }),
-        opened: None,
-        closed: None,
     })
 }
 
@@ -268,8 +248,6 @@ fn close(fares: &FareTable, travel: &mut Travel, journey_id: u64, totals: RiderD
         operator_id: fares.metro_operator_id,
         charges: false,
         journey: None,
-        opened: None,
-        closed: None,
     };
     let Some(open) = travel.open_journey.filter(|open| open.id == journey_id) else {
         return nothing;
@@ -278,13 +256,17 @@ fn close(fares: &FareTable, travel: &mut Travel, journey_id: u64, totals: RiderD
     Priced {
         fare: fares.charge(fares.max_fare, open.entered_at.0, without_transfer(totals)),
         charges: true,
-        journey: Some(Journey {
-            id: open.id,
-            entry_station: Some(open.station),
-            entered_at: Some(open.entered_at),
-        }),
-        closed: Some(open),
+        journey: Some(journey_of(open)),
         ..nothing
+    }
+}
+
+/// The journey an open journey is, as a record names it.
+fn journey_of(open: OpenJourney) -> Journey {
+    Journey {
+        id: open.id,
+        entry_station: Some(open.station),
+        entered_at: Some(open.entered_at),
     }
 }
 
