@@ -140,6 +140,21 @@ async fn a_short_rush_hour_keeps_every_invariant_unary_and_streaming() {
             assert_eq!(link_loss["taps_uploaded"].as_u64().unwrap(), decided);
             assert_eq!(link_loss["taps_left_queued"], 0);
             assert_eq!(json["invariants"]["days_priced_in_scan_order"]["ok"], true);
+            // Riders deny-listed while the gates were offline: each ride at an offline
+            // reader was let through by its older bundle and charged (counted as the
+            // operator's risk), each at an online reader refused `account_denied`.
+            let stale = &link_loss["stale_bundle_risk"];
+            let in_outage = &json["faults"]["denied_in_outage"];
+            let rides = in_outage["injected"].as_u64().unwrap();
+            assert!(rides >= 2, "{json:#}");
+            assert_eq!(in_outage["expected_outcome"].as_u64().unwrap(), rides);
+            assert_eq!(
+                stale["rides_let_through"].as_u64().unwrap() * 2,
+                rides,
+                "{link_loss:#}"
+            );
+            assert!(stale["fares_minor"].as_i64().unwrap() > 0, "{stale:#}");
+            assert!(stale["riders_denied_in_outage"].as_u64().unwrap() >= 1);
         } else {
             assert!(link_loss.is_null());
         }

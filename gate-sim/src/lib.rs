@@ -87,9 +87,13 @@ pub struct SimReport {
     pub plan: Vec<PlannedTap>,
 }
 
-/// Every kind of fault at the same share of trips.
+/// Every kind of fault at the same share of trips (a rider deny-listed in an outage only where gates lose their link).
 pub fn every_fault_at(rate: f64) -> FaultRates {
-    Fault::ALL.iter().map(|fault| (*fault, rate)).collect()
+    Fault::ALL
+        .iter()
+        .chain([&Fault::DeniedInOutage])
+        .map(|fault| (*fault, rate))
+        .collect()
 }
 
 /// Runs the simulation against `engine`.
@@ -191,6 +195,9 @@ fn mint_plan(config: &SimConfig, provisioned: provision::Provisioned, run_id: u6
         (config.profile.mean_rate() * config.duration_s).min(config.taps_max as f64);
     let lead_ms = 1_000 + (expected_taps * 0.1) as u64;
     let start = SystemClock.now().saturating_add(lead_ms);
+    if config.link_loss.is_some() {
+        offline::deny_some_in_outage(&mut riders);
+    }
     let mut plan = plan::make_plan(plan::PlanInput {
         riders: &mut riders,
         network: &config.network,
@@ -203,6 +210,7 @@ fn mint_plan(config: &SimConfig, provisioned: provision::Provisioned, run_id: u6
         unknown_issuer: &provisioned.unknown_issuer,
         revoked_issuer: &provisioned.revoked_issuer,
         first_id: u128::from(run_id) << 64 | 1_000,
+        link_loss_share: config.link_loss.map_or(0.0, |link_loss| link_loss.share),
     });
     if let Some(link_loss) = config.link_loss {
         let duration_ms = (config.duration_s * 1_000.0) as u64;
@@ -439,6 +447,12 @@ fn link_loss_json(
         "upload_s": offline.upload_s,
         "upload_taps_per_second": offline.uploaded as f64 / offline.upload_s.max(1e-9),
         "online_taps_per_second": online as f64 / elapsed_s.max(1e-9),
+        "stale_bundle_risk": {
+            "what": "riders deny-listed while the gates were offline, let through by a gate's older bundle and charged at upload: the operator's expected risk, not an error",
+            "riders_denied_in_outage": offline.denied_in_outage,
+            "rides_let_through": offline.stale_bundle_rides,
+            "fares_minor": offline.stale_bundle_fares_minor,
+        },
     })
 }
 
@@ -550,7 +564,7 @@ pub fn summary(report: &serde_json::Value) -> String {
     let link_loss = &report["link_loss"];
     if !link_loss.is_null() {
         text.push_str(&format!(
-            "link loss: {} gates offline decided {} taps alone (opened {}); uploaded {} at {:.0} taps/s ({:.0} online taps/s over the window), {} left queued; fare corrections {} minor units; {} riders let through into debt, deny-listed and lifted by a top-up: {}\n",
+            "link loss: {} gates offline decided {} taps alone (opened {}); uploaded {} at {:.0} taps/s ({:.0} online taps/s over the window), {} left queued; fare corrections {} minor units; {} riders let through into debt, deny-listed and lifted by a top-up: {}; expected risk: {} rides of riders deny-listed in the outage let through by older bundles ({} minor units)\n",
             link_loss["gates_offline"],
             link_loss["taps_decided_offline"],
             link_loss["gates_opened"],
@@ -561,6 +575,8 @@ pub fn summary(report: &serde_json::Value) -> String {
             invariants["days_priced_in_scan_order"]["fare_corrections_minor"],
             invariants["debts_deny_listed_and_lifted"]["riders_in_debt"],
             flag(&invariants["debts_deny_listed_and_lifted"]),
+            link_loss["stale_bundle_risk"]["rides_let_through"],
+            link_loss["stale_bundle_risk"]["fares_minor"],
         ));
     }
     text.push_str(&format!(

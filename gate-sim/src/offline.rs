@@ -6,7 +6,7 @@
 //! at an offline gate, the exit at an online one: the exit is charged first, and the
 //! entry's upload re-prices the journey).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use fareway_gate::offline::OfflineDecision;
 use fareway_proto::v1 as pb;
 
 use crate::client::Engine;
-use crate::plan::{Expected, Fault, PlannedTap};
+use crate::plan::{Expected, Fault, PlannedTap, Rider, RiderKind};
 use crate::run::{Answer, Recorder};
 
 /// How many times a gate uploads again what the engine asked it to retry.
@@ -37,11 +37,33 @@ pub fn outage(duration_ms: u64) -> (u64, u64) {
     (duration_ms / 4, duration_ms * 3 / 4)
 }
 
+/// When the rides of riders deny-listed in the outage ([`Fault::DeniedInOutage`]) are
+/// due: from a while after the outage starts (the simulator deny-lists them then, and
+/// the engine must have it before their online rides) to a while before it ends.
+pub fn outage_rides(duration_ms: u64) -> (u64, u64) {
+    let (from, to) = outage(duration_ms);
+    let length = to - from;
+    (from + (length / 4).min(2_000), to - length / 8)
+}
+
+/// With the link-loss fault, every fourth deny-listed rider is deny-listed only when the
+/// gates lose their link (see [`Fault::DeniedInOutage`]): the gates' bundles, taken
+/// before, do not know it.
+pub fn deny_some_in_outage(riders: &mut [Rider]) {
+    let denied = riders
+        .iter_mut()
+        .filter(|rider| rider.kind == RiderKind::Denied);
+    for rider in denied.step_by(4) {
+        rider.kind = RiderKind::DeniedInOutage;
+    }
+}
+
 /// Marks the taps an offline gate decides: at a gate of the `share` that loses its link
 /// (drawn from the seed), due in the outage, and neither a tap another repeats nor a
 /// fault (their expected answers assume the engine decides them), but for a broke
-/// rider's ride: the gate cannot know the balance and lets the rider on, and the upload
-/// charges the ride into debt (expected, the operator's risk).
+/// rider's ride (the gate cannot know the balance and lets the rider on, and the upload
+/// charges the ride into debt) and a ride of a rider deny-listed in the outage (the
+/// gate's bundle is older): both expected, the operator's risk.
 pub fn mark_offline(plan: &mut [PlannedTap], share: f64, seed: u64, duration_ms: u64) {
     let (from, to) = outage(duration_ms);
     let repeated: std::collections::HashSet<usize> =
@@ -49,7 +71,10 @@ pub fn mark_offline(plan: &mut [PlannedTap], share: f64, seed: u64, duration_ms:
     for (index, tap) in plan.iter_mut().enumerate() {
         tap.offline = loses_link(tap.request.gate_id, share, seed)
             && (from..to).contains(&tap.due_ms)
-            && matches!(tap.fault, None | Some(Fault::OverCreditLimit))
+            && matches!(
+                tap.fault,
+                None | Some(Fault::OverCreditLimit | Fault::DeniedInOutage)
+            )
             && tap.repeats.is_none()
             && !repeated.contains(&index);
         if tap.offline && tap.fault == Some(Fault::OverCreditLimit) {
@@ -59,7 +84,7 @@ pub fn mark_offline(plan: &mut [PlannedTap], share: f64, seed: u64, duration_ms:
 }
 
 /// Whether gate `gate_id` is among the `share` of gates that lose their link.
-fn loses_link(gate_id: u32, share: f64, seed: u64) -> bool {
+pub fn loses_link(gate_id: u32, share: f64, seed: u64) -> bool {
     let mixed = (u64::from(gate_id) ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     ((mixed >> 40) as f64 / (1u64 << 24) as f64) < share
 }
@@ -79,6 +104,13 @@ pub struct OfflineRun {
     pub upload_s: f64,
     /// Taps still queued after every try.
     pub left_queued: usize,
+    /// Riders deny-listed when the gates lost their link.
+    pub denied_in_outage: usize,
+    /// Their rides that gates with the older bundle let through, and the engine charged
+    /// (the operator's expected risk, not an error).
+    pub stale_bundle_rides: usize,
+    /// What those rides were charged, minor units.
+    pub stale_bundle_fares_minor: i64,
 }
 
 /// Plays the offline gates' taps of `plan` (those marked offline): each decided at its
@@ -95,7 +127,14 @@ pub(crate) async fn play(
     recorder: Recorder,
     folder: &Path,
 ) -> anyhow::Result<OfflineRun> {
+    let denied_in_outage = lift_denied_in_outage(engine, plan).await?;
     let held = engines_bundle(engine, link_loss).await?;
+    let (from, _) = outage(duration_ms);
+    let deny = tokio::spawn(deny_at(
+        engine.clone(),
+        denied_in_outage.clone(),
+        start + Duration::from_millis(from),
+    ));
     let taps: Vec<(usize, PlannedTap)> = plan
         .iter()
         .enumerate()
@@ -115,12 +154,24 @@ pub(crate) async fn play(
     } = decided;
     let (_, back) = outage(duration_ms);
     tokio::time::sleep_until((start + Duration::from_millis(back)).into()).await;
+    deny.await??;
+    run.denied_in_outage = denied_in_outage.len();
     let returned = Instant::now();
     let answers = upload_all(engine, gates).await;
     run.upload_s = returned.elapsed().as_secs_f64();
     for (id, result) in answers {
         if let Some((index, decision)) = opened.remove(&id) {
             run.uploaded += 1;
+            if plan[index].fault == Some(Fault::DeniedInOutage)
+                && decision
+                && matches!(
+                    pb::OfflineTapStatus::try_from(result.status),
+                    Ok(pb::OfflineTapStatus::Charged | pb::OfflineTapStatus::Corrected)
+                )
+            {
+                run.stale_bundle_rides += 1;
+                run.stale_bundle_fares_minor += result.fare_minor;
+            }
             let answer = Answer::Uploaded {
                 opened: decision,
                 result,
@@ -134,6 +185,57 @@ pub(crate) async fn play(
         recorder.record_unmeasured(index, plan[index].due_ms, left);
     }
     Ok(run)
+}
+
+/// The riders of [`Fault::DeniedInOutage`] rides, each with the id of its first ride:
+/// taken off the deny list before the gates take their bundle (an earlier run may have
+/// left them on it), under ids made from that ride's (new in every run).
+async fn lift_denied_in_outage(
+    engine: &Engine,
+    plan: &[PlannedTap],
+) -> anyhow::Result<BTreeMap<u64, Vec<u8>>> {
+    let mut riders = BTreeMap::new();
+    for tap in plan.iter().filter(|tap| tap.fault == Some(Fault::DeniedInOutage)) {
+        riders
+            .entry(tap.account_id)
+            .or_insert_with(|| tap.request.transaction_id.clone());
+    }
+    let mut admin = engine.admin().await?;
+    for (rider, ride_id) in &riders {
+        let mut transaction_id = ride_id.clone();
+        transaction_id[0] ^= 0x4b;
+        admin
+            .remove_deny_list_entry(pb::AccountRequest {
+                transaction_id,
+                account_id: *rider,
+            })
+            .await?;
+    }
+    Ok(riders)
+}
+
+/// Deny-lists `riders` (by id of their first ride, as [`lift_denied_in_outage`] made)
+/// at `when`: the gates that lost their link do not hear of it.
+async fn deny_at(
+    engine: Engine,
+    riders: BTreeMap<u64, Vec<u8>>,
+    when: Instant,
+) -> anyhow::Result<()> {
+    tokio::time::sleep_until(when.into()).await;
+    let mut admin = engine.admin().await?;
+    for (rider, ride_id) in riders {
+        let mut transaction_id = ride_id;
+        transaction_id[0] ^= 0x3c;
+        let denied = admin
+            .add_deny_list_entry(pb::AccountRequest {
+                transaction_id,
+                account_id: rider,
+            })
+            .await?
+            .into_inner();
+        anyhow::ensure!(denied.accepted, "deny-listing rider {rider}: {}", denied.refusal_code);
+    }
+    Ok(())
 }
 
 /// The offline gates after their taps: the gates, each tap's plan index and whether its

@@ -38,10 +38,16 @@ pub enum Fault {
     MalformedCode,
     /// A used transaction id with other content: `ALREADY_EXISTS`.
     IdConflict,
+    /// With the link-loss fault only: a rider deny-listed while the gates are offline
+    /// rides a bus whose reader is offline, then one whose reader is online. The offline
+    /// reader's stale bundle lets the rider on (the operator's expected risk: the upload
+    /// charges the ride); the online reader refuses `account_denied`.
+    DeniedInOutage,
 }
 
 impl Fault {
-    /// Every fault.
+    /// Every fault a run without the link-loss fault can have
+    /// ([`Fault::DeniedInOutage`] needs offline gates).
     pub const ALL: [Fault; 12] = [
         Fault::DuplicateScan,
         Fault::GateRetry,
@@ -72,6 +78,7 @@ impl Fault {
             Fault::UnknownStation => "unknown_station",
             Fault::MalformedCode => "malformed_code",
             Fault::IdConflict => "id_conflict",
+            Fault::DeniedInOutage => "denied_in_outage",
         }
     }
 
@@ -84,7 +91,7 @@ impl Fault {
             Fault::ExpiredCode => Expected::Rejected("code_expired"),
             Fault::UnknownKey => Expected::Rejected("unknown_issuer_key"),
             Fault::RevokedKey => Expected::Rejected("revoked_issuer_key"),
-            Fault::DeniedRider => Expected::Rejected("account_denied"),
+            Fault::DeniedRider | Fault::DeniedInOutage => Expected::Rejected("account_denied"),
             Fault::OverCreditLimit => Expected::Rejected("credit_limit_exceeded"),
             Fault::UnknownStation => Expected::Rejected("unknown_station"),
             Fault::MalformedCode => Expected::Rejected("bad_encoding"),
@@ -149,6 +156,9 @@ pub enum RiderKind {
     Denied,
     /// No balance and no credit.
     Broke,
+    /// Like a deny-listed rider, but (with the link-loss fault) off the deny list until
+    /// the gates lose their link, and put on it then: see [`Fault::DeniedInOutage`].
+    DeniedInOutage,
 }
 
 /// The network the riders travel on.
@@ -313,6 +323,8 @@ pub struct PlanInput<'a> {
     pub revoked_issuer: &'a Issuer,
     /// First transaction id to use.
     pub first_id: u128,
+    /// The share of gates that lose their link (0 without the link-loss fault).
+    pub link_loss_share: f64,
 }
 
 /// Builds the plan: arrivals are a Poisson process at the profile's rate; each arrival is
@@ -334,6 +346,7 @@ pub fn make_plan(input: PlanInput<'_>) -> Vec<PlannedTap> {
         unknown_issuer,
         revoked_issuer,
         first_id,
+        link_loss_share,
     } = input;
     let kinds = RidersByKind::of(riders);
     let mut planner = Planner {
@@ -346,6 +359,7 @@ pub fn make_plan(input: PlanInput<'_>) -> Vec<PlannedTap> {
         seed,
         unknown_issuer,
         revoked_issuer,
+        link_loss_share,
     };
     let mut arrivals = Arrivals::new(profile, duration_s);
     let mut gate_counter = 0u32;
@@ -415,6 +429,7 @@ struct RidersByKind {
     good: Vec<usize>,
     denied: Vec<usize>,
     broke: Vec<usize>,
+    denied_in_outage: Vec<usize>,
 }
 
 impl RidersByKind {
@@ -424,17 +439,30 @@ impl RidersByKind {
             good: indices(riders, RiderKind::Good),
             denied: indices(riders, RiderKind::Denied),
             broke: indices(riders, RiderKind::Broke),
+            denied_in_outage: indices(riders, RiderKind::DeniedInOutage),
         };
         assert!(!kinds.good.is_empty(), "a run needs riders with money");
         kinds
     }
 
-    /// The fault drawn, unless it needs a kind of rider the city lacks: a rider fault
-    /// needs such a rider, and a small city may have none.
-    fn possible(&self, fault: Option<Fault>) -> Option<Fault> {
+    /// The fault drawn, unless it needs a kind of rider the city lacks (a rider fault
+    /// needs such a rider, and a small city may have none), or, for a rider deny-listed
+    /// in the outage, a trip due in `outage_rides` (`None` without the link-loss fault).
+    fn possible(
+        &self,
+        fault: Option<Fault>,
+        due: u64,
+        outage_rides: Option<(u64, u64)>,
+    ) -> Option<Fault> {
         match fault {
             Some(Fault::DeniedRider) if self.denied.is_empty() => None,
             Some(Fault::OverCreditLimit) if self.broke.is_empty() => None,
+            Some(Fault::DeniedInOutage)
+                if self.denied_in_outage.is_empty()
+                    || !outage_rides.is_some_and(|(from, to)| (from..to).contains(&due)) =>
+            {
+                None
+            }
             fault => fault,
         }
     }
@@ -445,6 +473,9 @@ impl RidersByKind {
         match fault {
             Some(Fault::DeniedRider) => self.denied[rng.below(self.denied.len())],
             Some(Fault::OverCreditLimit) => self.broke[rng.below(self.broke.len())],
+            Some(Fault::DeniedInOutage) => {
+                self.denied_in_outage[rng.below(self.denied_in_outage.len())]
+            }
             _ => self.good[rng.below(self.good.len())],
         }
     }
@@ -502,6 +533,7 @@ struct Planner<'a> {
     seed: u64,
     unknown_issuer: &'a Issuer,
     revoked_issuer: &'a Issuer,
+    link_loss_share: f64,
 }
 
 impl Planner<'_> {
@@ -521,7 +553,9 @@ impl Planner<'_> {
         due: u64,
         gate_counter: u32,
     ) -> Trip<'r> {
-        let fault = kinds.possible(pick_fault(&mut self.rng, faults));
+        let outage_rides = (self.link_loss_share > 0.0)
+            .then(|| crate::offline::outage_rides(self.duration_ms as u64));
+        let fault = kinds.possible(pick_fault(&mut self.rng, faults), due, outage_rides);
         let rider = &mut riders[kinds.pick(&mut self.rng, fault)];
         let network = self.network;
         let station = network.stations[self.rng.below(network.stations.len())];
@@ -560,6 +594,7 @@ impl Planner<'_> {
                 | Fault::MalformedCode,
             ) => {}
             Some(Fault::UnknownStation) => self.unknown_station(trip),
+            Some(Fault::DeniedInOutage) => self.denied_in_outage(trip),
             Some(
                 kind @ (Fault::DuplicateScan
                 | Fault::GateRetry
@@ -627,6 +662,33 @@ impl Planner<'_> {
         let kind = Fault::UnknownStation;
         self.taps
             .push(trip.tap(trip.due, entry, Some(kind), kind.expected()));
+    }
+
+    /// A rider deny-listed in the outage: a bus ride at a reader that lost its link, and
+    /// another at an online reader of the same route a moment later (none when the route
+    /// has no reader of either kind). The offline ride is planned accepted here; marking
+    /// it offline keeps it so.
+    fn denied_in_outage(&mut self, trip: Trip<'_>) {
+        let offline = |gate: u32| crate::offline::loses_link(gate, self.link_loss_share, self.seed);
+        let readers: Vec<u32> = (0..50)
+            .map(|n| self.network.bus_reader(trip.route, n))
+            .collect();
+        let (Some(&lost), Some(&online)) = (
+            readers.iter().find(|gate| offline(**gate)),
+            readers.iter().find(|gate| !offline(**gate)),
+        ) else {
+            return;
+        };
+        let kind = Fault::DeniedInOutage;
+        for (gate, due, expected) in [
+            (lost, trip.due, Expected::Accepted),
+            (online, trip.due + 300 + self.rng.below(700) as u64, kind.expected()),
+        ] {
+            let at = self.start.saturating_add(due);
+            let code = trip.rider.device.code_text(at);
+            let bus = request(self.id(), gate, pb::Direction::Bus, trip.route, at, code);
+            self.taps.push(trip.tap(due, bus, Some(kind), expected));
+        }
     }
 
     /// A fault that repeats a tap: a valid bus ride, then its repeat a moment later.
@@ -863,6 +925,7 @@ pub(crate) mod tests {
             unknown_issuer: &unknown,
             revoked_issuer: &revoked,
             first_id: 1,
+            link_loss_share: 0.0,
         })
     }
 

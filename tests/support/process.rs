@@ -302,6 +302,7 @@ pub fn plan_phase(
         unknown_issuer: &provisioned.unknown_issuer,
         revoked_issuer: &provisioned.revoked_issuer,
         first_id: u128::from(phase) << 64,
+        link_loss_share: 0.0,
     });
     (plan, start)
 }
