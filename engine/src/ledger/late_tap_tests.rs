@@ -326,6 +326,46 @@ fn pruning_old_ids_prunes_their_steps_and_keeps_the_recent_ones() {
     assert_audit_ok(&ledger);
 }
 
+/// Regression (the deny journal grew for ever): pruning forgets the deny-list changes of
+/// the transactions whose ids it forgets and moves the journal's start past them, so a
+/// gate behind it gets a whole bundle; later changes and the deny list itself stay.
+#[test]
+fn pruning_old_ids_forgets_their_deny_changes_and_moves_the_journal_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LedgerConfig {
+        id_retention_ms: 60 * MINUTE_MS,
+        ..LedgerConfig::default()
+    };
+    let ledger =
+        Ledger::open_with_rules(dir.path(), config, super::tap_tests::sample_rules()).unwrap();
+    let open = |account_id| Command::OpenAccount {
+        account_id,
+        provider_id: 1,
+        credit_limit: Amount(0),
+    };
+    let status = |account_id, status| Command::SetStatus { account_id, status };
+    submit(&ledger, 1, T, open(RIDER));
+    submit(&ledger, 2, T, open(RIDER + 1));
+    submit(&ledger, 3, at(10), status(RIDER, AccountStatus::Denied));
+    submit(&ledger, 4, at(20), status(RIDER + 1, AccountStatus::Denied));
+    submit(&ledger, 5, at(200), status(RIDER + 1, AccountStatus::Active));
+    let view = ledger.view();
+    assert_eq!(view.deny_journal_from().unwrap(), 1);
+    assert_eq!(
+        view.deny_journal_between(0, 10, 10).unwrap(),
+        vec![(3, RIDER, true), (4, RIDER + 1, true), (5, RIDER + 1, false)]
+    );
+    // At 180 minutes, transactions 1 to 4 are past the hour's retention; 5 is not.
+    while ledger.prune_expired_ids(at(180)).unwrap() > 0 {}
+    assert_eq!(view.deny_journal_from().unwrap(), 5);
+    assert_eq!(
+        view.deny_journal_between(0, 10, 10).unwrap(),
+        vec![(5, RIDER + 1, false)]
+    );
+    assert_eq!(view.deny_list().unwrap(), vec![RIDER]);
+    assert_audit_ok(&ledger);
+}
+
 /// One tap of a generated history: minutes after `T`, and what.
 #[derive(Debug, Clone, Copy)]
 struct HistoryTap {

@@ -1,8 +1,11 @@
 //! Id retention: forgetting the idempotency entries of old transactions, so that the `ids`
 //! index stops growing, and with them the riders' steps of those transactions
-//! (`rider_steps`, which a late tap walks again from the start of its service day): a
+//! (`rider_steps`, which a late tap walks again from the start of its service day: a
 //! late tap is at most `taps.offline_age_max_ms` old, and the configuration keeps the
-//! retention longer than that and a day, so its walk never needs a pruned step. The transactions themselves (log, postings, balances) are kept.
+//! retention longer than that and a day, so its walk never needs a pruned step) and
+//! their deny-list changes (`deny_journal`, from which gates get bundle deltas: a gate
+//! whose bundle is older than the retention gets a whole one). The transactions
+//! themselves (log, postings, balances) and the deny list are kept.
 //!
 //! A forgotten id is treated as new if it is ever used again, so the retention must be
 //! longer than any gate can stay offline and keep retrying (the default is 30 days; gates
@@ -17,10 +20,10 @@ use rocksdb::{Direction, IteratorMode, WriteBatch};
 use crate::clock::UnixMillis;
 
 use super::LedgerError;
-use super::codec::{self, META_IDS_PRUNED_BELOW};
+use super::codec::{self, META_DENY_JOURNAL_FROM, META_IDS_PRUNED_BELOW};
 use super::durability::Durability;
 use super::model::{Command, Outcome};
-use super::store::{CF_IDS, CF_LOG, CF_META, CF_RIDER_STEPS};
+use super::store::{CF_DENY_JOURNAL, CF_IDS, CF_LOG, CF_META, CF_RIDER_STEPS};
 use super::view::LedgerView;
 
 /// The first log sequence whose id has not been pruned.
@@ -81,15 +84,38 @@ pub fn prune_ids(
         next_cursor = sequence + 1;
     }
     if next_cursor != cursor {
-        write.put_cf(
-            view.cf(CF_META)?,
-            META_IDS_PRUNED_BELOW,
-            codec::encode_sequence(next_cursor),
-        );
+        let meta = view.cf(CF_META)?;
+        write.put_cf(meta, META_IDS_PRUNED_BELOW, codec::encode_sequence(next_cursor));
+        forget_deny_changes_below(view, &mut write, cursor, next_cursor)?;
         // No requests: forgetting ids is local housekeeping, decided by time on each node.
         durability.commit(&[], write)?;
     }
     Ok(pruned)
+}
+
+/// Forgets the deny journal's changes of sequences `cursor` to `next_cursor - 1` with
+/// their ids, and moves the journal's start past them (never back: an upgraded ledger's
+/// journal may start later): a gate whose bundle is older than that gets a whole one.
+/// Without it the journal would grow with every deny-listing for ever.
+fn forget_deny_changes_below(
+    view: &LedgerView,
+    write: &mut WriteBatch,
+    cursor: u64,
+    next_cursor: u64,
+) -> Result<(), LedgerError> {
+    write.delete_range_cf(
+        view.cf(CF_DENY_JOURNAL)?,
+        codec::deny_journal_key(cursor, 0),
+        codec::deny_journal_key(next_cursor, 0),
+    );
+    if view.deny_journal_from()? < next_cursor {
+        write.put_cf(
+            view.cf(CF_META)?,
+            META_DENY_JOURNAL_FROM,
+            codec::encode_sequence(next_cursor),
+        );
+    }
+    Ok(())
 }
 
 /// The rider whose step a record is, when it is one: an accepted tap or journey close.
