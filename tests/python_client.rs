@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test, with its location
 
-use fareway::grpc::settlement::pull_to_folder;
+use fareway_gate::settlement::pull::pull_to_folder;
 use fareway_proto::v1 as pb;
 use fareway_tests::server::{
     ADMIN_TOKEN, FINANCE_TOKEN, GATE_TOKEN, T, TestServer, open_rider, phone, tap, tx,

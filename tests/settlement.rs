@@ -7,9 +7,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use fareway::grpc::settlement::pull_to_folder;
 use fareway::settlement::verify::verify_pulled;
 use fareway::token::mint::Issuer;
+use fareway_gate::settlement::pull::pull_to_folder;
 use fareway_proto::v1 as pb;
 use fareway_tests::server::{
     ADMIN_TOKEN, AdminClient, FINANCE_TOKEN, GATE_TOKEN, SettlementClient, T, TestServer,

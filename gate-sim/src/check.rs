@@ -538,7 +538,7 @@ async fn pull_batches(
             })
             .await?
             .into_inner();
-        let pulled = fareway::grpc::settlement::pull_to_folder(
+        let pulled = fareway_gate::settlement::pull::pull_to_folder(
             stream,
             batch.batch_id,
             folder,

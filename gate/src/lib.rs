@@ -19,4 +19,5 @@ pub mod link;
 pub mod money;
 pub mod offline;
 pub mod queue;
+pub mod settlement;
 pub mod token;

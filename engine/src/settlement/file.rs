@@ -21,19 +21,9 @@ use crate::ledger::store::{CF_LOG, CF_PROVIDER_ENTRIES};
 use crate::ledger::{AccountRef, Command, LedgerView, Record, Tap, TapKind, TxId};
 use crate::money::Amount;
 
-/// The file format version of an embedded engine's batch, the header's second field.
-pub const FILE_FORMAT_VERSION: u32 = 1;
-/// The file format version of a cluster's batch: shard records before each shard's lines.
-pub const JOINED_FILE_FORMAT_VERSION: u32 = 2;
-
-/// The first field of each record: header, shard (cluster files), detail, trailer.
-pub const HEADER: &str = "H";
-/// See [`HEADER`].
-pub const SHARD: &str = "S";
-/// See [`HEADER`].
-pub const DETAIL: &str = "D";
-/// See [`HEADER`].
-pub const TRAILER: &str = "T";
+pub use fareway_gate::settlement::{
+    DETAIL, FILE_FORMAT_VERSION, HEADER, JOINED_FILE_FORMAT_VERSION, SHARD, TRAILER,
+};
 
 /// One detail line, before it is numbered. Columns in `docs/settlement.md`.
 #[derive(Debug, Clone, PartialEq, Eq)]

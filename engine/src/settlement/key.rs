@@ -7,15 +7,15 @@
 
 use std::path::Path;
 
-use ring::signature::{ED25519, Ed25519KeyPair, UnparsedPublicKey};
+use ring::signature::Ed25519KeyPair;
 
+use super::manifest::Manifest;
 use crate::files::write_atomically;
 use crate::token::format::PUBLIC_KEY_LEN;
-use crate::token::key_id_of;
 use crate::token::mint::{SEED_LEN, ed25519_from_seed, public_key_of, random_seed};
 
 /// The signature algorithm, as named in manifests.
-pub const ALGORITHM: &str = "ed25519";
+pub use fareway_gate::settlement::{ALGORITHM, key_id_text, verify_signature as verify};
 
 /// Errors of the settlement key file.
 #[derive(Debug, thiserror::Error)]
@@ -131,18 +131,11 @@ impl SettlementKey {
         signature.copy_from_slice(self.key_pair.sign(message).as_ref());
         signature
     }
-}
 
-/// The key id of a public key, as eight hex digits.
-pub fn key_id_text(public_key: &[u8; PUBLIC_KEY_LEN]) -> String {
-    format!("{:08x}", key_id_of(public_key))
-}
-
-/// Whether `signature` is `public_key`'s signature of `message`.
-pub fn verify(public_key: &[u8; PUBLIC_KEY_LEN], message: &[u8], signature: &[u8]) -> bool {
-    UnparsedPublicKey::new(&ED25519, public_key)
-        .verify(message, signature)
-        .is_ok()
+    /// Signs `manifest`, filling in this key's id and the signature.
+    pub fn sign_manifest(&self, manifest: &mut Manifest) {
+        manifest.sign_with(self.key_id(), |message| self.sign(message));
+    }
 }
 
 #[cfg(test)]

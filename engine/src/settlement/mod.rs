@@ -16,16 +16,15 @@
 
 pub mod file;
 pub mod key;
-pub mod manifest;
 pub mod model;
 pub mod reconcile;
-pub mod verify;
+
+pub use fareway_gate::settlement::{HashingWriter, manifest, pull, verify};
 
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use ring::digest::{Context, SHA256};
 use rocksdb::{IteratorMode, Snapshot};
 use serde::{Deserialize, Serialize};
 
@@ -35,7 +34,6 @@ use crate::ledger::store::{CF_PROVIDER_ENTRIES, CF_SETTLEMENT};
 use crate::ledger::{Ledger, LedgerError, LedgerView, SettlementWrite, TxId};
 
 use self::key::SettlementKey;
-use self::manifest::Manifest;
 use self::model::{Batch, BatchView, CloseRequest, Closed, Cutoff};
 
 /// Most batches one list call returns.
@@ -156,7 +154,7 @@ pub trait SettlementBook: Send + Sync + std::fmt::Debug {
 
     /// The batch's manifest file.
     fn manifest(&self, batch: &Batch) -> Vec<u8> {
-        Manifest::of(batch).to_bytes()
+        batch.manifest().to_bytes()
     }
 }
 
@@ -170,8 +168,8 @@ pub fn seal(
     let mut hashing = HashingWriter::new(std::io::sink());
     batch.totals = file::write_file(sources, batch, &mut hashing)?;
     (batch.file_bytes, batch.file_sha256) = hashing.finish();
-    let mut manifest = Manifest::of(batch);
-    manifest.sign(key);
+    let mut manifest = batch.manifest();
+    key.sign_manifest(&mut manifest);
     batch.key_id = manifest.signature.key_id;
     batch.signature = manifest.signature.value;
     Ok(())
@@ -645,53 +643,6 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, SettlementError> {
     serde_json::from_slice(bytes)
         .map_err(|err| SettlementError::Corrupt(format!("stored {what} does not parse: {err}")))
-}
-
-/// Passes bytes through while counting them and computing their SHA-256.
-pub struct HashingWriter<W> {
-    inner: W,
-    digest: Context,
-    bytes: u64,
-}
-
-impl<W> std::fmt::Debug for HashingWriter<W> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HashingWriter")
-            .field("bytes", &self.bytes)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<W: Write> HashingWriter<W> {
-    /// Wraps `inner`.
-    pub fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            digest: Context::new(&SHA256),
-            bytes: 0,
-        }
-    }
-
-    /// The byte count and the SHA-256 (lowercase hex) of everything written.
-    pub fn finish(self) -> (u64, String) {
-        (
-            self.bytes,
-            crate::hex::encode(self.digest.finish().as_ref()),
-        )
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let written = self.inner.write(buf)?;
-        self.digest.update(&buf[..written]);
-        self.bytes += written as u64;
-        Ok(written)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 #[cfg(test)]

@@ -3,9 +3,13 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::key::ALGORITHM;
+use super::manifest::{
+    JOINED_MANIFEST_FORMAT_VERSION, MANIFEST_FORMAT, MANIFEST_FORMAT_VERSION, Manifest, Signature,
+};
 use crate::clock::UnixMillis;
 use crate::ledger::TxId;
-use crate::money::Amount;
+pub use fareway_gate::settlement::{ShardRange, Totals, file_name, manifest_name, rfc3339};
 
 /// Where a batch stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,19 +40,6 @@ impl Cutoff {
 /// it are refused.
 pub const LATEST_TIME: UnixMillis = UnixMillis(253_402_300_799_999);
 
-/// A time as RFC 3339 in UTC with milliseconds, the form every time in a settlement file
-/// takes (`2027-01-15T08:00:00.000Z`). A time past [`LATEST_TIME`] (which no checked input
-/// reaches) is written as its number of milliseconds rather than failing.
-pub fn rfc3339(time: UnixMillis) -> String {
-    use std::fmt::Write as _;
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(time.0);
-    let mut text = String::new();
-    if write!(text, "{}", humantime::format_rfc3339_millis(at)).is_err() {
-        text = time.0.to_string();
-    }
-    text
-}
-
 /// A request to close one batch per provider.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloseRequest {
@@ -59,42 +50,6 @@ pub struct CloseRequest {
     pub providers: Vec<u16>,
     /// Where the batches stop.
     pub cutoff: Cutoff,
-}
-
-/// The counts and sums of a batch's detail lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Totals {
-    /// Detail lines.
-    pub line_count: u64,
-    /// Lines that charge the rider (amount zero or more).
-    pub charge_count: u64,
-    /// Lines that give money back (refunds, negative amounts).
-    pub refund_count: u64,
-    /// The sum of the charges.
-    pub total_charged: Amount,
-    /// The sum of the refunds, as a positive amount.
-    pub total_refunded: Amount,
-}
-
-impl Totals {
-    /// Counts one line of `amount` (negative for a refund). `None` on overflow.
-    pub fn add(&mut self, amount: Amount) -> Option<()> {
-        self.line_count += 1;
-        if amount >= Amount::ZERO {
-            self.charge_count += 1;
-            self.total_charged = self.total_charged.checked_add(amount)?;
-        } else {
-            self.refund_count += 1;
-            self.total_refunded = self.total_refunded.checked_sub(amount)?;
-        }
-        Some(())
-    }
-
-    /// What the provider owes: charged less refunded. Cannot overflow: both sums are in
-    /// `0..=i64::MAX`.
-    pub fn net(&self) -> Amount {
-        Amount(self.total_charged.0 - self.total_refunded.0)
-    }
 }
 
 /// A closed batch. Nothing in it ever changes after the close; only its acknowledgement
@@ -141,27 +96,49 @@ impl Batch {
         !self.shards.is_empty()
     }
 
+    /// The manifest of a batch, with the signature the batch holds.
+    pub fn manifest(&self) -> Manifest {
+        let batch = self;
+        Manifest {
+            format: MANIFEST_FORMAT.into(),
+            format_version: if batch.is_joined() {
+                JOINED_MANIFEST_FORMAT_VERSION
+            } else {
+                MANIFEST_FORMAT_VERSION
+            },
+            batch_id: batch.id,
+            provider_id: batch.provider_id,
+            after_sequence: batch.after_sequence,
+            through_sequence: batch.through_sequence,
+            cutoff: batch.cutoff.describe(),
+            currency: batch.currency.clone(),
+            created_at: rfc3339(batch.created_at),
+            file_name: file_name(batch.provider_id, batch.id),
+            file_bytes: batch.file_bytes,
+            file_sha256: batch.file_sha256.clone(),
+            line_count: batch.totals.line_count,
+            charge_count: batch.totals.charge_count,
+            refund_count: batch.totals.refund_count,
+            total_charged_minor: batch.totals.total_charged.minor(),
+            total_refunded_minor: batch.totals.total_refunded.minor(),
+            net_minor: batch.totals.net().minor(),
+            shards: batch.shards.clone(),
+            signature: Signature {
+                algorithm: ALGORITHM.into(),
+                key_id: batch.key_id.clone(),
+                value: batch.signature.clone(),
+            },
+        }
+    }
+
     /// The version its file is written in.
     pub fn file_format_version(&self) -> u32 {
         if self.is_joined() {
-            super::file::JOINED_FILE_FORMAT_VERSION
+            fareway_gate::settlement::JOINED_FILE_FORMAT_VERSION
         } else {
-            super::file::FILE_FORMAT_VERSION
+            fareway_gate::settlement::FILE_FORMAT_VERSION
         }
     }
-}
-
-/// A cluster batch's range on one shard's ledger: entries with `after_sequence < sequence
-/// <= through_sequence` of that shard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShardRange {
-    /// The shard.
-    pub shard: u32,
-    /// See [`Batch::after_sequence`].
-    pub after_sequence: u64,
-    /// See [`Batch::through_sequence`].
-    pub through_sequence: u64,
 }
 
 /// A batch and whether the provider acknowledged it.
@@ -180,18 +157,4 @@ pub struct Closed {
     pub batches: Vec<BatchView>,
     /// True when this repeats an earlier close with the same id.
     pub replay: bool,
-}
-
-/// The name of a batch's CSV file; the manifest's name replaces `.csv` with
-/// `.manifest.json`.
-pub fn file_name(provider_id: u16, batch_id: u64) -> String {
-    format!("fareway-settlement-p{provider_id:05}-b{batch_id:08}.csv")
-}
-
-/// The manifest's file name beside a CSV file named `csv_name`.
-pub fn manifest_name(csv_name: &str) -> String {
-    format!(
-        "{}.manifest.json",
-        csv_name.strip_suffix(".csv").unwrap_or(csv_name)
-    )
 }

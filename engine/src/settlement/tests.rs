@@ -883,7 +883,7 @@ fn a_joined_batch_writes_each_shard_after_its_range_and_verifies() {
          D,2,3,00000000000000000000000000000002,2027-01-15T08:01:00.000Z,charge,3,1,,,,,,,,250,\n\
          T,2,400,0,400\n"
     );
-    let manifest = Manifest::from_bytes(&Manifest::of(&batch).to_bytes()).unwrap();
+    let manifest = Manifest::from_bytes(&batch.manifest().to_bytes()).unwrap();
     assert_eq!(manifest.format_version, 2);
     verify(&manifest, bytes.as_slice(), &key().public_key()).unwrap();
 
@@ -899,9 +899,9 @@ fn a_joined_batch_writes_each_shard_after_its_range_and_verifies() {
     let err = verify(&manifest, forged.as_bytes(), &key().public_key()).unwrap_err();
     assert!(matches!(err, VerifyError::Hash { .. }), "{err}");
     // A manifest signed for these bytes but naming another range for shard 1.
-    let mut other = Manifest::of(&batch);
+    let mut other = batch.manifest();
     other.shards[1].after_sequence = 1;
-    other.sign(&key());
+    key().sign_manifest(&mut other);
     let err = verify(&other, text.as_bytes(), &key().public_key()).unwrap_err();
     assert!(
         err.to_string().contains("is not the manifest's next shard"),

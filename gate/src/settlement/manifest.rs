@@ -8,8 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::key::{self, ALGORITHM, SettlementKey};
-use super::model::{Batch, ShardRange, file_name, rfc3339};
+use super::{ALGORITHM, ShardRange, key_id_text, verify_signature};
 use crate::token::format::PUBLIC_KEY_LEN;
 
 /// The manifest format's name and version, the first line of the signed message.
@@ -99,40 +98,6 @@ pub enum SignatureError {
 }
 
 impl Manifest {
-    /// The manifest of a batch, with the signature the batch holds.
-    pub fn of(batch: &Batch) -> Manifest {
-        Manifest {
-            format: MANIFEST_FORMAT.into(),
-            format_version: if batch.is_joined() {
-                JOINED_MANIFEST_FORMAT_VERSION
-            } else {
-                MANIFEST_FORMAT_VERSION
-            },
-            batch_id: batch.id,
-            provider_id: batch.provider_id,
-            after_sequence: batch.after_sequence,
-            through_sequence: batch.through_sequence,
-            cutoff: batch.cutoff.describe(),
-            currency: batch.currency.clone(),
-            created_at: rfc3339(batch.created_at),
-            file_name: file_name(batch.provider_id, batch.id),
-            file_bytes: batch.file_bytes,
-            file_sha256: batch.file_sha256.clone(),
-            line_count: batch.totals.line_count,
-            charge_count: batch.totals.charge_count,
-            refund_count: batch.totals.refund_count,
-            total_charged_minor: batch.totals.total_charged.minor(),
-            total_refunded_minor: batch.totals.total_refunded.minor(),
-            net_minor: batch.totals.net().minor(),
-            shards: batch.shards.clone(),
-            signature: Signature {
-                algorithm: ALGORITHM.into(),
-                key_id: batch.key_id.clone(),
-                value: batch.signature.clone(),
-            },
-        }
-    }
-
     /// The bytes the signature covers: `FORMAT-vVERSION`, then one `name=value` line per
     /// field in the order of the JSON (each shard of a cluster batch as
     /// `shard.N=AFTER..THROUGH`), ending with the signature's algorithm and key id (every
@@ -180,14 +145,15 @@ impl Manifest {
         message.into_bytes()
     }
 
-    /// Signs the manifest with `key`, filling in the key id and the signature.
-    pub fn sign(&mut self, key: &SettlementKey) {
+    /// Signs the manifest with the key `key_id` names, by `sign` (the engine's settlement
+    /// key), filling in the key id and the signature.
+    pub fn sign_with(&mut self, key_id: String, sign: impl FnOnce(&[u8]) -> [u8; 64]) {
         self.signature = Signature {
             algorithm: ALGORITHM.into(),
-            key_id: key.key_id(),
+            key_id,
             value: String::new(),
         };
-        self.signature.value = crate::hex::encode(&key.sign(&self.signed_message()));
+        self.signature.value = crate::hex::encode(&sign(&self.signed_message()));
     }
 
     /// Checks the signature against the engine's public key.
@@ -195,7 +161,7 @@ impl Manifest {
         if self.signature.algorithm != ALGORITHM {
             return Err(SignatureError::Algorithm(self.signature.algorithm.clone()));
         }
-        let expected = key::key_id_text(public_key);
+        let expected = key_id_text(public_key);
         if self.signature.key_id != expected {
             return Err(SignatureError::KeyId {
                 found: self.signature.key_id.clone(),
@@ -203,7 +169,9 @@ impl Manifest {
             });
         }
         let signature = crate::hex::decode_array::<64>(&self.signature.value);
-        if !signature.is_ok_and(|bytes| key::verify(public_key, &self.signed_message(), &bytes)) {
+        if !signature
+            .is_ok_and(|bytes| verify_signature(public_key, &self.signed_message(), &bytes))
+        {
             return Err(SignatureError::Invalid(expected));
         }
         Ok(())

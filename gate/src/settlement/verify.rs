@@ -6,12 +6,11 @@
 use std::io::{Read, Write as _};
 use std::path::{Path, PathBuf};
 
-use super::HashingWriter;
-use super::file::{
-    DETAIL, FILE_FORMAT_VERSION, HEADER, JOINED_FILE_FORMAT_VERSION, SHARD, TRAILER,
-};
 use super::manifest::{Manifest, SignatureError};
-use super::model::{Totals, manifest_name};
+use super::{
+    DETAIL, FILE_FORMAT_VERSION, HEADER, HashingWriter, JOINED_FILE_FORMAT_VERSION, SHARD, TRAILER,
+    Totals, manifest_name,
+};
 use crate::money::Amount;
 use crate::token::format::PUBLIC_KEY_LEN;
 
