@@ -195,7 +195,10 @@ async fn lift_denied_in_outage(
     plan: &[PlannedTap],
 ) -> anyhow::Result<BTreeMap<u64, Vec<u8>>> {
     let mut riders = BTreeMap::new();
-    for tap in plan.iter().filter(|tap| tap.fault == Some(Fault::DeniedInOutage)) {
+    for tap in plan
+        .iter()
+        .filter(|tap| tap.fault == Some(Fault::DeniedInOutage))
+    {
         riders
             .entry(tap.account_id)
             .or_insert_with(|| tap.request.transaction_id.clone());
@@ -233,7 +236,11 @@ async fn deny_at(
             })
             .await?
             .into_inner();
-        anyhow::ensure!(denied.accepted, "deny-listing rider {rider}: {}", denied.refusal_code);
+        anyhow::ensure!(
+            denied.accepted,
+            "deny-listing rider {rider}: {}",
+            denied.refusal_code
+        );
     }
     Ok(())
 }

@@ -682,7 +682,11 @@ impl Planner<'_> {
         let kind = Fault::DeniedInOutage;
         for (gate, due, expected) in [
             (lost, trip.due, Expected::Accepted),
-            (online, trip.due + 300 + self.rng.below(700) as u64, kind.expected()),
+            (
+                online,
+                trip.due + 300 + self.rng.below(700) as u64,
+                kind.expected(),
+            ),
         ] {
             let at = self.start.saturating_add(due);
             let code = trip.rider.device.code_text(at);

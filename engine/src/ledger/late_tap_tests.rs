@@ -348,12 +348,21 @@ fn pruning_old_ids_forgets_their_deny_changes_and_moves_the_journal_start() {
     submit(&ledger, 2, T, open(RIDER + 1));
     submit(&ledger, 3, at(10), status(RIDER, AccountStatus::Denied));
     submit(&ledger, 4, at(20), status(RIDER + 1, AccountStatus::Denied));
-    submit(&ledger, 5, at(200), status(RIDER + 1, AccountStatus::Active));
+    submit(
+        &ledger,
+        5,
+        at(200),
+        status(RIDER + 1, AccountStatus::Active),
+    );
     let view = ledger.view();
     assert_eq!(view.deny_journal_from().unwrap(), 1);
     assert_eq!(
         view.deny_journal_between(0, 10, 10).unwrap(),
-        vec![(3, RIDER, true), (4, RIDER + 1, true), (5, RIDER + 1, false)]
+        vec![
+            (3, RIDER, true),
+            (4, RIDER + 1, true),
+            (5, RIDER + 1, false)
+        ]
     );
     // At 180 minutes, transactions 1 to 4 are past the hour's retention; 5 is not.
     while ledger.prune_expired_ids(at(180)).unwrap() > 0 {}

@@ -85,7 +85,11 @@ pub fn prune_ids(
     }
     if next_cursor != cursor {
         let meta = view.cf(CF_META)?;
-        write.put_cf(meta, META_IDS_PRUNED_BELOW, codec::encode_sequence(next_cursor));
+        write.put_cf(
+            meta,
+            META_IDS_PRUNED_BELOW,
+            codec::encode_sequence(next_cursor),
+        );
         forget_deny_changes_below(view, &mut write, cursor, next_cursor)?;
         // No requests: forgetting ids is local housekeeping, decided by time on each node.
         durability.commit(&[], write)?;
