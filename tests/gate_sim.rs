@@ -112,6 +112,11 @@ async fn a_short_rush_hour_keeps_every_invariant_unary_and_streaming() {
             "{mode:?}"
         );
         assert!(server["p50"].as_u64().unwrap() <= server["p99"].as_u64().unwrap());
+        // The engine's CPU time and its writer's synced writes over the same window.
+        assert!(json["server_cpu"]["us_per_tap"].as_f64().unwrap() > 0.0, "{mode:?}");
+        let syncs = &json["ledger_sync_us"];
+        assert!(syncs["syncs"].as_u64().unwrap() > 0, "{mode:?}");
+        assert!(syncs["p50"].as_u64().unwrap() <= syncs["p999"].as_u64().unwrap());
         // Every kind of fault was injected, and each got exactly its expected outcome.
         for fault in Fault::ALL {
             let counts = &json["faults"][fault.name()];

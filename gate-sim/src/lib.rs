@@ -241,7 +241,7 @@ async fn play_window(
     engine: &Engine,
     config: &SimConfig,
     plan: &[PlannedTap],
-) -> anyhow::Result<(run::RunResult, Option<server_metrics::Window>)> {
+) -> anyhow::Result<(run::RunResult, Option<server_metrics::ServerWindow>)> {
     let bar = config.progress.then(|| progress_bar(plan.len()));
     let server_before = scrape_server(engine).await?;
     let queues = config.out.join("offline-queues");
@@ -264,7 +264,9 @@ async fn play_window(
         bar.finish_and_clear();
     }
     let server_window = match (server_before, scrape_server(engine).await?) {
-        (Some(before), Some(after)) => Some(server_metrics::Window::between(&before, &after)?),
+        (Some(before), Some(after)) => {
+            Some(server_metrics::ServerWindow::between(&before, &after)?)
+        }
         _ => None,
     };
     Ok((played, server_window))
@@ -283,7 +285,7 @@ fn progress_bar(taps: usize) -> indicatif::ProgressBar {
 }
 
 /// The engine's tap latency histogram, or `None` when its metrics address is unknown.
-async fn scrape_server(engine: &Engine) -> anyhow::Result<Option<server_metrics::Buckets>> {
+async fn scrape_server(engine: &Engine) -> anyhow::Result<Option<server_metrics::Scrape>> {
     match &engine.metrics_addr {
         Some(addr) => server_metrics::scrape(addr).await.map(Some),
         None => Ok(None),
@@ -356,7 +358,7 @@ struct Measured<'a> {
     elapsed_s: f64,
     provision_s: f64,
     minting_s: f64,
-    server_window: Option<server_metrics::Window>,
+    server_window: Option<server_metrics::ServerWindow>,
     tally: Tally,
     /// [`check::charged_exactly_once`]'s finding.
     charged_once: serde_json::Value,
@@ -400,7 +402,9 @@ impl Measured<'_> {
             "codes": format!("minted before the timed window: {taps_total} codes in {:.2} s", self.minting_s),
             "provisioning_s": self.provision_s,
             "latency_us": latency_json(&tally.latency),
-            "server_latency_us": server_latency_json(self.server_window.as_ref()),
+            "server_latency_us": server_latency_json(self.server_window.as_ref().map(|window| &window.taps)),
+            "ledger_sync_us": sync_json(self.server_window.as_ref()),
+            "server_cpu": cpu_json(self.server_window.as_ref(), tally.answered),
             "decisions": tally.decisions,
             "link_loss": link_loss_json(self.config, self.offline.as_ref(), tally.answered, elapsed_s),
             "faults": tally.faults.iter().map(|(fault, (injected, expected))| {
@@ -497,6 +501,40 @@ fn server_latency_json(window: Option<&server_metrics::Window>) -> serde_json::V
     })
 }
 
+/// The report's `ledger_sync_us` object: the engine writer's synced writes in the
+/// window, or null when the engine does not serve them.
+fn sync_json(window: Option<&server_metrics::ServerWindow>) -> serde_json::Value {
+    let Some(syncs) = window.and_then(|window| window.syncs.as_ref()) else {
+        return serde_json::Value::Null;
+    };
+    let quantile = |q: f64| {
+        syncs
+            .quantile_us(q)
+            .map_or(json!("over 5 s"), |us| json!(us))
+    };
+    json!({
+        "measured": "by the engine (fareway_ledger_sync_latency_seconds, each synced write of a group commit): the upper bound of the bucket holding each quantile",
+        "syncs": syncs.count(),
+        "p50": quantile(0.5),
+        "p99": quantile(0.99),
+        "p999": quantile(0.999),
+        "max": quantile(1.0),
+    })
+}
+
+/// The report's `server_cpu` object: the engine process's CPU time in the window, per
+/// tap answered, or null when the engine does not serve it.
+fn cpu_json(window: Option<&server_metrics::ServerWindow>, answered: u64) -> serde_json::Value {
+    let Some(cpu_s) = window.and_then(|window| window.cpu_seconds) else {
+        return serde_json::Value::Null;
+    };
+    json!({
+        "measured": "the engine process's CPU time (user and system, fareway_process_cpu_seconds) from before the window to after it, over the taps answered",
+        "cpu_s": cpu_s,
+        "us_per_tap": cpu_s * 1e6 / (answered.max(1) as f64),
+    })
+}
+
 /// Writes `report.json` and `report.html` into `out`.
 fn write_report(
     out: &std::path::Path,
@@ -534,6 +572,14 @@ pub fn summary(report: &serde_json::Value) -> String {
             "latency (engine, bucket bounds): p50 <= {} us, p90 <= {} us, p99 <= {} us, p99.9 <= {} us; {:.2}% within 5 ms\n",
             server["p50"], server["p90"], server["p99"], server["p999"],
             server["within_5ms"].as_f64().unwrap_or(0.0) * 100.0
+        ));
+    }
+    let (syncs, cpu) = (&report["ledger_sync_us"], &report["server_cpu"]);
+    if !syncs.is_null() && !cpu.is_null() {
+        text.push_str(&format!(
+            "engine: {:.0} us of CPU per tap; {} synced writes, p50 <= {} us, p99 <= {} us, p99.9 <= {} us, longest <= {} us\n",
+            cpu["us_per_tap"].as_f64().unwrap_or(0.0),
+            syncs["syncs"], syncs["p50"], syncs["p99"], syncs["p999"], syncs["max"]
         ));
     }
     text.push_str("decisions:");

@@ -1,21 +1,52 @@
-//! The engine's own view of a run: its tap latency histogram
-//! (`fareway_tap_latency_seconds`), scraped from its metrics endpoint before and after the
-//! load, so that the report can give server-side percentiles of this run's taps alone.
+//! The engine's own view of a run, scraped from its metrics endpoint before and after the
+//! load, so that the report gives figures of this run alone: its tap latency histogram
+//! (`fareway_tap_latency_seconds`), its writer's synced writes
+//! (`fareway_ledger_sync_latency_seconds`) and its process CPU time
+//! (`fareway_process_cpu_seconds`).
 
 use anyhow::Context as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-/// The histogram's metric name in the Prometheus text the engine serves.
-const BUCKET_PREFIX: &str = "fareway_tap_latency_seconds_bucket{le=\"";
+/// The tap latency histogram's name in the Prometheus text the engine serves.
+const TAP_LATENCY: &str = "fareway_tap_latency_seconds";
+/// The synced writes' histogram.
+const SYNC_LATENCY: &str = "fareway_ledger_sync_latency_seconds";
+/// The process CPU gauge.
+const PROCESS_CPU: &str = "fareway_process_cpu_seconds";
 
 /// Cumulative bucket counts: (upper bound in seconds, taps at or under it), in order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Buckets(pub Vec<(f64, u64)>);
 
-/// Reads the engine's tap latency histogram from `addr` (`HOST:PORT` of its metrics
-/// listener).
-pub async fn scrape(addr: &str) -> anyhow::Result<Buckets> {
-    parse(&metrics_text(addr).await?)
+/// One scrape: the tap latency histogram, and where the engine serves them, the synced
+/// writes' histogram and the process's CPU seconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scrape {
+    /// Tap latency.
+    pub taps: Buckets,
+    /// Synced writes' time.
+    pub syncs: Option<Buckets>,
+    /// CPU seconds of the engine's process so far.
+    pub cpu_seconds: Option<f64>,
+}
+
+/// Scrapes the engine's metrics at `addr` (`HOST:PORT` of its metrics listener).
+pub async fn scrape(addr: &str) -> anyhow::Result<Scrape> {
+    parse_scrape(&metrics_text(addr).await?)
+}
+
+/// What a scrape holds, from a Prometheus text exposition.
+pub fn parse_scrape(text: &str) -> anyhow::Result<Scrape> {
+    let syncs = histogram(text, SYNC_LATENCY)?;
+    let cpu_seconds = text.lines().find_map(|line| {
+        let value = line.strip_prefix(PROCESS_CPU)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    });
+    Ok(Scrape {
+        taps: parse(text)?,
+        syncs: (!syncs.is_empty()).then_some(Buckets(syncs)),
+        cpu_seconds,
+    })
 }
 
 /// The engine's metrics, as Prometheus text, from `addr` (`HOST:PORT`).
@@ -42,9 +73,20 @@ pub async fn metrics_text(addr: &str) -> anyhow::Result<String> {
 
 /// The tap latency buckets in a Prometheus text exposition.
 pub fn parse(text: &str) -> anyhow::Result<Buckets> {
+    let buckets = histogram(text, TAP_LATENCY)?;
+    anyhow::ensure!(
+        !buckets.is_empty(),
+        "no fareway_tap_latency_seconds histogram in the metrics"
+    );
+    Ok(Buckets(buckets))
+}
+
+/// The cumulative buckets of histogram `name` (empty when there is none).
+fn histogram(text: &str, name: &str) -> anyhow::Result<Vec<(f64, u64)>> {
+    let prefix = format!("{name}_bucket{{le=\"");
     let mut buckets = Vec::new();
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix(BUCKET_PREFIX) else {
+        let Some(rest) = line.strip_prefix(prefix.as_str()) else {
             continue;
         };
         let (bound, count) = rest
@@ -64,11 +106,37 @@ pub fn parse(text: &str) -> anyhow::Result<Buckets> {
             .with_context(|| format!("bad bucket count: {line}"))?;
         buckets.push((bound, count));
     }
-    anyhow::ensure!(
-        !buckets.is_empty(),
-        "no fareway_tap_latency_seconds histogram in the metrics"
-    );
-    Ok(Buckets(buckets))
+    Ok(buckets)
+}
+
+/// What the engine did between two scrapes: its taps' latency, its synced writes' times
+/// and the CPU time it took (the last two where it serves them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerWindow {
+    /// Taps answered.
+    pub taps: Window,
+    /// Synced writes.
+    pub syncs: Option<Window>,
+    /// CPU seconds.
+    pub cpu_seconds: Option<f64>,
+}
+
+impl ServerWindow {
+    /// The engine's work between `before` and `after`.
+    pub fn between(before: &Scrape, after: &Scrape) -> anyhow::Result<ServerWindow> {
+        let syncs = match (&before.syncs, &after.syncs) {
+            (Some(before), Some(after)) => Some(Window::between(before, after)?),
+            _ => None,
+        };
+        Ok(ServerWindow {
+            taps: Window::between(&before.taps, &after.taps)?,
+            syncs,
+            cpu_seconds: before
+                .cpu_seconds
+                .zip(after.cpu_seconds)
+                .map(|(before, after)| after - before),
+        })
+    }
 }
 
 /// The taps answered between two scrapes, and their latency quantiles.
@@ -156,6 +224,29 @@ mod tests {
         assert_eq!(window.quantile_us(0.99), None);
         assert_eq!(window.share_within(0.005), Some(148.0 / 150.0));
         assert_eq!(window.share_within(0.002), None);
+    }
+
+    #[test]
+    fn cpu_time_and_sync_times_come_from_the_two_scrapes() {
+        let with = |cpu: &str, fast: u64, slow: u64| {
+            format!(
+                "{AFTER}fareway_process_cpu_seconds {cpu}\n\
+                 fareway_ledger_sync_latency_seconds_bucket{{le=\"0.0002\"}} {fast}\n\
+                 fareway_ledger_sync_latency_seconds_bucket{{le=\"0.05\"}} {slow}\n\
+                 fareway_ledger_sync_latency_seconds_bucket{{le=\"+Inf\"}} {slow}\n"
+            )
+        };
+        let before = parse_scrape(&with("1.5", 10, 10)).unwrap();
+        let after = parse_scrape(&with("4.25", 1_008, 1_010)).unwrap();
+        let window = ServerWindow::between(&before, &after).unwrap();
+        assert_eq!(window.cpu_seconds, Some(2.75));
+        let syncs = window.syncs.unwrap();
+        assert_eq!(syncs.count(), 1_000);
+        assert_eq!(syncs.quantile_us(0.99), Some(200));
+        assert_eq!(syncs.quantile_us(0.999), Some(50_000));
+        // An engine without them: taps only.
+        let bare = parse_scrape(AFTER).unwrap();
+        assert_eq!((bare.syncs, bare.cpu_seconds), (None, None));
     }
 
     #[test]

@@ -166,6 +166,7 @@ fn render_led(
             total
                 .write_time_us_max
                 .fetch_max(stats.write_time_us_max.load(Relaxed), Relaxed);
+            total.write_times.add(&stats.write_times);
         }
         metrics.render(&total)
     })

@@ -41,7 +41,7 @@ pub use model::{
 pub use replica::{LogAppend, Replica, ShardId};
 pub use store::StoreConfig;
 pub use view::{LedgerView, SettlementColumn, SettlementWrite};
-pub use writer::WriterStats;
+pub use writer::{LatencyCounts, LatencySnapshot, WriterStats, latency_bounds_us};
 
 /// Errors of the ledger: faults, not refusals (a refused charge is a [`Receipt`]).
 #[derive(Debug, Clone, thiserror::Error)]

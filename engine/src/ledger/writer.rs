@@ -76,6 +76,81 @@ pub enum Job {
     },
 }
 
+/// The upper bounds, in microseconds, of the latency histograms (the writer's synced
+/// writes, the server's taps): 19 a decade from 10 us to 5 s, each at most 18% above the
+/// one before, so that a quantile read from them is within that of the true value (the
+/// bound of 5 ms that the 5 ms goal reads is one of them).
+pub fn latency_bounds_us() -> Vec<u64> {
+    const STEPS: [u64; 19] = [
+        10, 11, 12, 13, 15, 17, 20, 23, 26, 30, 35, 40, 45, 50, 55, 60, 70, 80, 90,
+    ];
+    let mut bounds = Vec::new();
+    for decade in [1u64, 10, 100, 1_000, 10_000, 100_000] {
+        bounds.extend(STEPS.iter().map(|step| step * decade));
+    }
+    bounds.retain(|bound| *bound <= 5_000_000);
+    bounds
+}
+
+/// A histogram as a Prometheus encoder takes it: the sum in seconds, the count, and
+/// (upper bound in seconds, count) per bucket, not cumulative, the last bound infinite.
+pub type LatencySnapshot = (f64, u64, Vec<(f64, u64)>);
+
+/// A histogram of durations kept with atomics (the writer must not take a lock to count
+/// a sync): counts per bound of [`latency_bounds_us`], one past the last, and the sum.
+#[derive(Debug)]
+pub struct LatencyCounts {
+    bounds_us: Vec<u64>,
+    counts: Vec<AtomicU64>,
+    sum_us: AtomicU64,
+}
+
+impl Default for LatencyCounts {
+    fn default() -> Self {
+        let bounds_us = latency_bounds_us();
+        let counts = (0..=bounds_us.len()).map(|_| AtomicU64::new(0)).collect();
+        LatencyCounts {
+            bounds_us,
+            counts,
+            sum_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LatencyCounts {
+    /// Counts one duration.
+    pub fn record(&self, us: u64) {
+        let bucket = self.bounds_us.partition_point(|bound| *bound < us);
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Adds `other`'s counts to these (a node's sum over the shards it leads).
+    pub fn add(&self, other: &LatencyCounts) {
+        for (sum, part) in self.counts.iter().zip(&other.counts) {
+            sum.fetch_add(part.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        self.sum_us
+            .fetch_add(other.sum_us.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// The counts now.
+    pub fn snapshot(&self) -> LatencySnapshot {
+        let bounds = self
+            .bounds_us
+            .iter()
+            .map(|us| *us as f64 / 1e6)
+            .chain([f64::INFINITY]);
+        let buckets: Vec<(f64, u64)> = bounds
+            .zip(&self.counts)
+            .map(|(bound, count)| (bound, count.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, count)| count).sum();
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        (sum, count, buckets)
+    }
+}
+
 /// Counters the writer keeps for metrics and reports.
 #[derive(Debug, Default)]
 pub struct WriterStats {
@@ -89,6 +164,9 @@ pub struct WriterStats {
     pub write_time_us: AtomicU64,
     /// The longest synced write, in microseconds.
     pub write_time_us_max: AtomicU64,
+    /// Every synced write's time: its quantiles, beside the taps' in the same run, say
+    /// which part of a tap's latency is the disk's.
+    pub write_times: LatencyCounts,
     /// Group commits whose write failed. After one, RocksDB refuses every later write
     /// until the database is opened again (`server::run_until_stopped` does that).
     pub write_failures: AtomicU64,
@@ -220,4 +298,5 @@ fn record_write_time(stats: &WriterStats, started: Instant) {
     stats
         .write_time_us_max
         .fetch_max(elapsed_us, Ordering::Relaxed);
+    stats.write_times.record(elapsed_us);
 }
