@@ -113,10 +113,20 @@ async fn a_short_rush_hour_keeps_every_invariant_unary_and_streaming() {
         );
         assert!(server["p50"].as_u64().unwrap() <= server["p99"].as_u64().unwrap());
         // The engine's CPU time and its writer's synced writes over the same window.
-        assert!(json["server_cpu"]["us_per_tap"].as_f64().unwrap() > 0.0, "{mode:?}");
+        assert!(
+            json["server_cpu"]["us_per_tap"].as_f64().unwrap() > 0.0,
+            "{mode:?}"
+        );
         let syncs = &json["ledger_sync_us"];
         assert!(syncs["syncs"].as_u64().unwrap() > 0, "{mode:?}");
         assert!(syncs["p50"].as_u64().unwrap() <= syncs["p999"].as_u64().unwrap());
+        // Second by second, the engine's taps beside its synced writes: every second's
+        // taps are among the window's, and the writer synced in them.
+        let seconds = json["engine_by_second"].as_array().unwrap();
+        assert!(seconds.len() >= 3, "{mode:?}: {seconds:?}");
+        let sum = |field: &str| -> u64 { seconds.iter().map(|s| s[field].as_u64().unwrap()).sum() };
+        assert!(sum("taps") > 0 && sum("taps") <= server["taps"].as_u64().unwrap());
+        assert!(sum("syncs") > 0 && sum("syncs") <= syncs["syncs"].as_u64().unwrap());
         // Every kind of fault was injected, and each got exactly its expected outcome.
         for fault in Fault::ALL {
             let counts = &json["faults"][fault.name()];
@@ -172,6 +182,7 @@ async fn a_short_rush_hour_keeps_every_invariant_unary_and_streaming() {
         let html = std::fs::read_to_string(config.out.join("report.html")).unwrap();
         assert!(html.contains("Latency by second"), "{mode:?}");
         assert!(html.contains("Latency histogram"), "{mode:?}");
+        assert!(html.contains("longest sync"), "{mode:?}");
         assert_eq!(html.matches("<svg").count(), 2, "two charts");
         assert!(html.contains("<td>duplicate_scan</td>"), "{mode:?}");
     }

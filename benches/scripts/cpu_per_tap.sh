@@ -91,6 +91,10 @@ print(f"engine latency (bucket bounds): p50 <= {engine['p50']} us, p99 <= {engin
       f"p99.9 <= {engine['p999']} us")
 print(f"synced writes: {syncs['syncs']}, p50 <= {syncs['p50']} us, p99 <= {syncs['p99']} us, "
       f"p99.9 <= {syncs['p999']} us, longest <= {syncs['max']} us")
+stalls = [s for s in report["engine_by_second"] if (s["sync_longest_us"] or 10**7) >= 10_000]
+print(f"seconds with a synced write of 10 ms or more: {len(stalls)} of {len(report['engine_by_second'])}: "
+      + ", ".join(f"second {s['second']}: sync <= {s['sync_longest_us']} us, taps' p99 <= {s['tap_p99_us']} us"
+                  for s in stalls))
 print(f"bare ring verify: {verify_us:.1f} us")
 print(f"CPU per tap / bare verify: {cpu['us_per_tap'] / verify_us:.2f}")
 PY

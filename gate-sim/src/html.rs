@@ -31,6 +31,7 @@ td:first-child, th:first-child { text-align: left; }
 .plot-0.plot-area { fill: #4E79A7; }
 .plot-0.plot-line, .plot-0.legend-line { stroke: #4E79A7; }
 .plot-1.plot-line, .plot-1.legend-line { stroke: #E15759; }
+.plot-2.plot-line, .plot-2.legend-line { stroke: #59A14F; }
 marker { display: none; }
 "#;
 
@@ -99,7 +100,10 @@ pub fn render(report: &serde_json::Value, run: &RunResult) -> String {
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>gate-sim report</title><style>{STYLE}</style></head><body>\n"
     );
     write_summary(&mut page, report);
-    for chart in [latency_over_time_chart(run), latency_histogram_chart(run)] {
+    for chart in [
+        latency_over_time_chart(run, report),
+        latency_histogram_chart(run),
+    ] {
         page.push_str(&chart.replace(SPLOT_STYLE_LINK, ""));
     }
     write_decisions(&mut page, report);
@@ -109,20 +113,41 @@ pub fn render(report: &serde_json::Value, run: &RunResult) -> String {
     page
 }
 
-/// The chart of p50 and p99 latency by second of the run, as SVG.
-fn latency_over_time_chart(run: &RunResult) -> String {
+/// The chart of p50 and p99 latency by second of the run, and where the engine's metrics
+/// were read, its longest synced write in each second (a disk stall beside the taps it
+/// held up), as SVG.
+fn latency_over_time_chart(run: &RunResult, report: &serde_json::Value) -> String {
     let by_second = latency_by_second(run);
     let p50: Vec<(f32, f32)> = by_second.iter().map(|(s, p50, _)| (*s, *p50)).collect();
     let p99: Vec<(f32, f32)> = by_second.iter().map(|(s, _, p99)| (*s, *p99)).collect();
+    let longest_sync: Vec<(f32, f32)> = report["engine_by_second"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|second| {
+            let us = second["sync_longest_us"].as_f64()?;
+            Some((second["second"].as_f64()? as f32, us as f32 / 1_000.0))
+        })
+        .collect();
     let mut bounds = p99.clone();
+    bounds.extend(&longest_sync);
     bounds.push((0.0, 0.0));
-    let chart = splot::Chart::new()
-        .title("Latency by second of the run: p50 (blue), p99 (red)")
+    let title = if longest_sync.is_empty() {
+        "Latency by second of the run: p50 (blue), p99 (red)"
+    } else {
+        "Latency by second: p50 (blue), p99 (red), the engine's longest sync (green)"
+    };
+    // splot takes the title before the axes, and plots after them.
+    let mut chart = splot::Chart::new()
+        .title(title)
         .domain(splot::Domain::from(&bounds[..]))
         .axis("second of the run", splot::Edge::Bottom)
         .axis("milliseconds", splot::Edge::Left)
         .plot(splot::Plot::line("p50", &p50))
         .plot(splot::Plot::line("p99", &p99));
+    if !longest_sync.is_empty() {
+        chart = chart.plot(splot::Plot::line("longest sync", &longest_sync));
+    }
     chart.to_string()
 }
 

@@ -244,6 +244,11 @@ async fn play_window(
 ) -> anyhow::Result<(run::RunResult, Option<server_metrics::ServerWindow>)> {
     let bar = config.progress.then(|| progress_bar(plan.len()));
     let server_before = scrape_server(engine).await?;
+    let (stop_sampling, stopped) = tokio::sync::oneshot::channel();
+    let sampler = engine
+        .metrics_addr
+        .clone()
+        .map(|addr| tokio::spawn(server_metrics::by_second(addr, stopped)));
     let queues = config.out.join("offline-queues");
     let offline = config.link_loss.map(|link_loss| run::Offline {
         link_loss,
@@ -263,10 +268,16 @@ async fn play_window(
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
+    let _ = stop_sampling.send(());
+    let by_second = match sampler {
+        Some(sampler) => sampler.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
     let server_window = match (server_before, scrape_server(engine).await?) {
-        (Some(before), Some(after)) => {
-            Some(server_metrics::ServerWindow::between(&before, &after)?)
-        }
+        (Some(before), Some(after)) => Some(server_metrics::ServerWindow {
+            by_second,
+            ..server_metrics::ServerWindow::between(&before, &after)?
+        }),
         _ => None,
     };
     Ok((played, server_window))
@@ -405,6 +416,7 @@ impl Measured<'_> {
             "server_latency_us": server_latency_json(self.server_window.as_ref().map(|window| &window.taps)),
             "ledger_sync_us": sync_json(self.server_window.as_ref()),
             "server_cpu": cpu_json(self.server_window.as_ref(), tally.answered),
+            "engine_by_second": by_second_json(self.server_window.as_ref()),
             "decisions": tally.decisions,
             "link_loss": link_loss_json(self.config, self.offline.as_ref(), tally.answered, elapsed_s),
             "faults": tally.faults.iter().map(|(fault, (injected, expected))| {
@@ -520,6 +532,28 @@ fn sync_json(window: Option<&server_metrics::ServerWindow>) -> serde_json::Value
         "p999": quantile(0.999),
         "max": quantile(1.0),
     })
+}
+
+/// The report's `engine_by_second` list: per second of the run, the engine's taps and
+/// their p99 beside its synced writes and the longest of them (null without metrics).
+fn by_second_json(window: Option<&server_metrics::ServerWindow>) -> serde_json::Value {
+    let Some(window) = window else {
+        return serde_json::Value::Null;
+    };
+    let bound = |us: Option<u64>| us.map_or(json!(null), |us| json!(us));
+    window
+        .by_second
+        .iter()
+        .map(|second| {
+            json!({
+                "second": second.second,
+                "taps": second.taps,
+                "tap_p99_us": bound(second.tap_p99_us),
+                "syncs": second.syncs,
+                "sync_longest_us": bound(second.sync_longest_us),
+            })
+        })
+        .collect()
 }
 
 /// The report's `server_cpu` object: the engine process's CPU time in the window, per

@@ -119,6 +119,65 @@ pub struct ServerWindow {
     pub syncs: Option<Window>,
     /// CPU seconds.
     pub cpu_seconds: Option<f64>,
+    /// The same, second by second of the run (empty unless sampled).
+    pub by_second: Vec<EngineSecond>,
+}
+
+/// One second of the run as the engine saw it: the taps it answered and their p99, and
+/// its synced writes and the longest of them (upper bounds of their buckets), so that a
+/// disk stall shows beside the taps it held up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineSecond {
+    /// From the first sample.
+    pub second: u64,
+    /// Taps answered in it.
+    pub taps: u64,
+    /// Their p99, microseconds (`None`: none, or over 5 s).
+    pub tap_p99_us: Option<u64>,
+    /// Synced writes in it.
+    pub syncs: u64,
+    /// The longest, microseconds (`None`: none, or over 5 s).
+    pub sync_longest_us: Option<u64>,
+}
+
+/// Scrapes the engine's metrics at `addr` every second until `stop` fires, and gives
+/// what happened in each second (a failed scrape is skipped: its second merges into the
+/// next).
+pub async fn by_second(
+    addr: String,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Vec<EngineSecond> {
+    let started = tokio::time::Instant::now();
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut samples: Vec<(u64, Scrape)> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = ticks.tick() => {
+                if let Ok(scrape) = scrape(&addr).await {
+                    samples.push((started.elapsed().as_secs(), scrape));
+                }
+            }
+        }
+    }
+    samples
+        .windows(2)
+        .filter_map(|pair| {
+            let ((_, before), (second, after)) = (&pair[0], &pair[1]);
+            let taps = Window::between(&before.taps, &after.taps).ok()?;
+            let syncs = match (&before.syncs, &after.syncs) {
+                (Some(before), Some(after)) => Window::between(before, after).ok(),
+                _ => None,
+            };
+            Some(EngineSecond {
+                second: second.saturating_sub(1),
+                taps: taps.count(),
+                tap_p99_us: taps.quantile_us(0.99),
+                syncs: syncs.as_ref().map_or(0, Window::count),
+                sync_longest_us: syncs.and_then(|syncs| syncs.quantile_us(1.0)),
+            })
+        })
+        .collect()
 }
 
 impl ServerWindow {
@@ -135,6 +194,7 @@ impl ServerWindow {
                 .cpu_seconds
                 .zip(after.cpu_seconds)
                 .map(|(before, after)| after - before),
+            by_second: Vec::new(),
         })
     }
 }
