@@ -225,22 +225,29 @@ async fn deny_at(
     when: Instant,
 ) -> anyhow::Result<()> {
     tokio::time::sleep_until(when.into()).await;
-    let mut admin = engine.admin().await?;
+    let admin = engine.admin().await?;
+    // All at once: their rides at online readers come soon after (`outage_rides`).
+    let mut calls = tokio::task::JoinSet::new();
     for (rider, ride_id) in riders {
+        let mut admin = admin.clone();
         let mut transaction_id = ride_id;
         transaction_id[0] ^= 0x3c;
-        let denied = admin
-            .add_deny_list_entry(pb::AccountRequest {
+        calls.spawn(async move {
+            let request = pb::AccountRequest {
                 transaction_id,
                 account_id: rider,
-            })
-            .await?
-            .into_inner();
-        anyhow::ensure!(
-            denied.accepted,
-            "deny-listing rider {rider}: {}",
-            denied.refusal_code
-        );
+            };
+            let denied = admin.add_deny_list_entry(request).await?.into_inner();
+            anyhow::ensure!(
+                denied.accepted,
+                "deny-listing rider {rider}: {}",
+                denied.refusal_code
+            );
+            Ok(())
+        });
+    }
+    while let Some(call) = calls.join_next().await {
+        call??;
     }
     Ok(())
 }

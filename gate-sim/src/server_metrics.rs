@@ -140,6 +140,9 @@ pub struct EngineSecond {
     pub sync_longest_us: Option<u64>,
 }
 
+/// How long one per-second scrape may take.
+const SCRAPE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(900);
+
 /// Scrapes the engine's metrics at `addr` every second until `stop` fires, and gives
 /// what happened in each second (a failed scrape is skipped: its second merges into the
 /// next).
@@ -149,13 +152,18 @@ pub async fn by_second(
 ) -> Vec<EngineSecond> {
     let started = tokio::time::Instant::now();
     let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
+    // A slow scrape skips the ticks it overran rather than bunching samples after it.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut samples: Vec<(u64, Scrape)> = Vec::new();
     loop {
         tokio::select! {
             _ = &mut stop => break,
-            _ = ticks.tick() => {
-                if let Ok(scrape) = scrape(&addr).await {
-                    samples.push((started.elapsed().as_secs(), scrape));
+            tick = ticks.tick() => {
+                // Bounded, so that an engine whose metrics stall cannot hold up the run.
+                let scraped = tokio::time::timeout(SCRAPE_TIMEOUT, scrape(&addr)).await;
+                if let Ok(Ok(scrape)) = scraped {
+                    let second = (tick - started).as_secs_f64().round() as u64;
+                    samples.push((second, scrape));
                 }
             }
         }

@@ -90,26 +90,27 @@ pub fn prune_ids(
             META_IDS_PRUNED_BELOW,
             codec::encode_sequence(next_cursor),
         );
-        forget_deny_changes_below(view, &mut write, cursor, next_cursor)?;
+        forget_deny_changes_below(view, &mut write, next_cursor)?;
         // No requests: forgetting ids is local housekeeping, decided by time on each node.
         durability.commit(&[], write)?;
     }
     Ok(pruned)
 }
 
-/// Forgets the deny journal's changes of sequences `cursor` to `next_cursor - 1` with
-/// their ids, and moves the journal's start past them (never back: an upgraded ledger's
+/// Forgets the deny journal's changes of sequences below `next_cursor` with their ids, and moves the journal's start past them (never back: an upgraded ledger's
 /// journal may start later): a gate whose bundle is older than that gets a whole one.
 /// Without it the journal would grow with every deny-listing for ever.
 fn forget_deny_changes_below(
     view: &LedgerView,
     write: &mut WriteBatch,
-    cursor: u64,
     next_cursor: u64,
 ) -> Result<(), LedgerError> {
+    // From the start, not from `cursor`: a ledger that pruned ids before the journal
+    // was pruned with them still holds changes below `cursor` (a range delete over
+    // nothing costs the same).
     write.delete_range_cf(
         view.cf(CF_DENY_JOURNAL)?,
-        codec::deny_journal_key(cursor, 0),
+        codec::deny_journal_key(0, 0),
         codec::deny_journal_key(next_cursor, 0),
     );
     if view.deny_journal_from()? < next_cursor {
