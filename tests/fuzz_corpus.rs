@@ -181,6 +181,34 @@ fn every_kept_provider_reply_reconciles_or_is_refused_with_a_reason() {
     assert!(clean >= 1, "the clean reply seed reconciles clean");
 }
 
+/// Every kept key, signature and message: the device-signature check agrees with ring.
+#[test]
+fn every_kept_signature_is_judged_by_dalek_as_ring_judges_it() {
+    let inputs = inputs("device_signature");
+    // The seeds (the two RFC 8032 test vectors, one of them altered, and a forgery under
+    // the identity key) and what `fuzz/run device_signature` kept.
+    assert!(inputs.len() >= 4, "the seeds are kept");
+    let mut accepted = 0;
+    for input in inputs {
+        // Shorter inputs are no signature (the target skips them too).
+        let Some((key, rest)) = input.split_first_chunk::<32>() else {
+            continue;
+        };
+        let Some((signature, message)) = rest.split_first_chunk::<64>() else {
+            continue;
+        };
+        let ring_says = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key)
+            .verify(message, signature)
+            .is_ok();
+        let ours = fareway::token::device_signature::verifies(key, message, signature);
+        assert_eq!(ours, ring_says, "{input:02x?}");
+        accepted += usize::from(ours);
+    }
+    // The two RFC 8032 vectors and the small-order key's forgery (which only the
+    // weak-key check stops) verify; the altered vector does not.
+    assert!(accepted >= 3);
+}
+
 #[test]
 fn the_corpus_folders_exist() {
     assert!(Path::new(&workspace_root().join("fuzz/corpus/verify_text")).is_dir());

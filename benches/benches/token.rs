@@ -27,6 +27,26 @@ fn verification(c: &mut Criterion) {
         })
     });
 
+    // The same check by ed25519-dalek (its AVX2 backend where the CPU has it): a
+    // candidate second verifier (issue 16), measured beside ring's.
+    // Like ring's, from the key's bytes (its decompression included).
+    let key_bytes: [u8; 32] = public_key
+        .as_slice()
+        .try_into()
+        .unwrap_or_else(|err| unreachable!("{err}"));
+    let signature_bytes: [u8; 64] = signature
+        .as_ref()
+        .try_into()
+        .unwrap_or_else(|err| unreachable!("{err}"));
+    group.bench_function("dalek_ed25519_verify_64_bytes", |b| {
+        b.iter(|| {
+            ed25519_dalek::VerifyingKey::from_bytes(black_box(&key_bytes)).is_ok_and(|key| {
+                let signature = ed25519_dalek::Signature::from_bytes(black_box(&signature_bytes));
+                ed25519_dalek::Verifier::verify(&key, black_box(&message), &signature).is_ok()
+            })
+        })
+    });
+
     // The weak-key check every scan makes of the credential's device key (a point
     // decompression and a multiplication by 8), beside the verify it protects.
     let device_key: [u8; 32] = public_key

@@ -5,6 +5,7 @@
 //! [`Decision::Rejected`] with a [`Reason`]. Minting lives in [`mint`], apart from
 //! verification, so that the verifier's code path never holds a private key.
 
+pub mod device_signature;
 pub mod format;
 pub mod keys;
 pub mod mint;

@@ -23,6 +23,7 @@ use ring::signature::{ED25519, UnparsedPublicKey};
 use crate::clock::UnixMillis;
 
 use super::Reason;
+use super::device_signature;
 use super::format::{self, ParsedCode};
 use super::keys::{IssuerRegistry, KeyError, check_public_key};
 
@@ -246,9 +247,13 @@ impl Verifier {
         if !device_key_strong {
             return Err(Reason::WeakDeviceKey);
         }
-        UnparsedPublicKey::new(&ED25519, &credential.device_public_key)
-            .verify(code.code_body, code.device_signature)
-            .map_err(|_| Reason::BadCodeSignature)?;
+        if !device_signature::verifies(
+            &credential.device_public_key,
+            code.code_body,
+            code.device_signature,
+        ) {
+            return Err(Reason::BadCodeSignature);
+        }
         let generated_at = code.code.generated_at;
         if generated_at.saturating_add(self.config.code_validity_ms) < now {
             return Err(Reason::CodeExpired);
