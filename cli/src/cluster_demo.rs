@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::audit::{self, ClusterAudit};
 use anyhow::Context as _;
-use fareway::cluster::local::{LocalNats, free_port};
+use fareway::cluster::local::{LocalNats, free_ports};
 use fareway::cluster::{ClusterConfig, manage, shard_of};
 use fareway::server::config::ServerConfig;
 use gate_sim::run::Answer;
@@ -169,8 +169,8 @@ impl Nodes {
         // starts.
         fareway::settlement::key::SettlementKey::load_or_create(&base.settlement.key_file)?;
         fareway::settlement::key::SettlementKey::load_or_create(&base.bundle.key_file)?;
-        for index in 0..NODES {
-            let port = free_port()?;
+        let ports = free_ports(NODES)?;
+        for (index, port) in ports.into_iter().enumerate() {
             let mut config = base.clone();
             config.data_dir = folder.join(format!("n{index}"));
             config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));

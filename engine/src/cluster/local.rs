@@ -30,9 +30,17 @@ pub fn nats_server_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("nats-server"))
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; the server binds it right after).
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `count` distinct free TCP ports on 127.0.0.1. Each is held until all are chosen: asked
+/// one after the other, the system may hand the same port out twice (it did: two servers
+/// of a test cluster once got the same route port, and nats-server refused the
+/// duplicate route).
+pub fn free_ports(count: usize) -> anyhow::Result<Vec<u16>> {
+    let held = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    held.iter()
+        .map(|listener| Ok(listener.local_addr()?.port()))
+        .collect()
 }
 
 /// One server of the cluster.
@@ -114,15 +122,9 @@ impl LocalNats {
             gate: Credentials::new("gate")?,
             route: Credentials::new("route")?,
         };
-        let client_ports = (0..size)
-            .map(|_| free_port())
-            .collect::<Result<Vec<_>, _>>()?;
-        let route_ports = (0..size)
-            .map(|_| free_port())
-            .collect::<Result<Vec<_>, _>>()?;
-        let monitor_ports = (0..size)
-            .map(|_| free_port())
-            .collect::<Result<Vec<_>, _>>()?;
+        let ports = free_ports(3 * size)?;
+        let (client_ports, rest) = ports.split_at(size);
+        let (route_ports, monitor_ports) = rest.split_at(size);
         let routes: Vec<String> = route_ports
             .iter()
             .map(|port| {
@@ -317,4 +319,17 @@ fn wait_for_port(port: u16, log: &Path) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    /// Regression: ports asked one after the other were once the same twice.
+    #[test]
+    fn free_ports_are_distinct() {
+        let ports = super::free_ports(64).unwrap();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), 64);
+    }
 }
