@@ -87,6 +87,8 @@ engine = report["server_latency_us"]
 print(f"taps: {report['taps_answered']} answered at {report['taps_per_second']:.0f} taps/s; "
       f"invariants ok: {report['invariants']['ok']}")
 print(f"engine CPU: {cpu['cpu_s']:.2f} s over the window, {cpu['us_per_tap']:.1f} us per tap")
+sim = report["latency_us"]
+print(f"simulator latency (due to answer): p50 {sim['p50']} us, p99 {sim['p99']} us, p99.9 {sim['p999']} us")
 print(f"engine latency (bucket bounds): p50 <= {engine['p50']} us, p99 <= {engine['p99']} us, "
       f"p99.9 <= {engine['p999']} us")
 print(f"synced writes: {syncs['syncs']}, p50 <= {syncs['p50']} us, p99 <= {syncs['p99']} us, "
