@@ -294,15 +294,20 @@ fn a_rider_whose_steps_predate_the_steps_column_family_is_priced_as_before() {
     assert_audit_ok(&ledger);
 }
 
-#[test]
-fn pruning_old_ids_prunes_their_steps_and_keeps_the_recent_ones() {
-    let dir = tempfile::tempdir().unwrap();
+/// A ledger of the sample city that forgets ids after an hour (a server keeps them far
+/// longer: this shows what is pruned).
+fn with_an_hours_retention(dir: &std::path::Path) -> Ledger {
     let config = LedgerConfig {
         id_retention_ms: 60 * MINUTE_MS,
         ..LedgerConfig::default()
     };
-    let ledger =
-        Ledger::open_with_rules(dir.path(), config, super::tap_tests::sample_rules()).unwrap();
+    Ledger::open_with_rules(dir, config, super::tap_tests::sample_rules()).unwrap()
+}
+
+#[test]
+fn pruning_old_ids_prunes_their_steps_and_keeps_the_recent_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = with_an_hours_retention(dir.path());
     let open = Command::OpenAccount {
         account_id: RIDER,
         provider_id: 1,
@@ -332,12 +337,7 @@ fn pruning_old_ids_prunes_their_steps_and_keeps_the_recent_ones() {
 #[test]
 fn pruning_old_ids_forgets_their_deny_changes_and_moves_the_journal_start() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LedgerConfig {
-        id_retention_ms: 60 * MINUTE_MS,
-        ..LedgerConfig::default()
-    };
-    let ledger =
-        Ledger::open_with_rules(dir.path(), config, super::tap_tests::sample_rules()).unwrap();
+    let ledger = with_an_hours_retention(dir.path());
     let open = |account_id| Command::OpenAccount {
         account_id,
         provider_id: 1,
