@@ -563,7 +563,7 @@ fn cpu_json(window: Option<&server_metrics::ServerWindow>, answered: u64) -> ser
         return serde_json::Value::Null;
     };
     json!({
-        "measured": "the engine process's CPU time (user and system, fareway_process_cpu_seconds) from before the window to after it, over the taps answered",
+        "measured": "the engine process's CPU time (user and system, fareway_process_cpu_seconds) from before the window to after it, over the taps answered; under `fareway demo` the simulator runs in that process, and its CPU counts too",
         "cpu_s": cpu_s,
         "us_per_tap": cpu_s * 1e6 / (answered.max(1) as f64),
     })
@@ -611,7 +611,7 @@ pub fn summary(report: &serde_json::Value) -> String {
     let (syncs, cpu) = (&report["ledger_sync_us"], &report["server_cpu"]);
     if !syncs.is_null() && !cpu.is_null() {
         text.push_str(&format!(
-            "engine: {:.0} us of CPU per tap; {} synced writes, p50 <= {} us, p99 <= {} us, p99.9 <= {} us, longest <= {} us\n",
+            "engine process: {:.0} us of CPU per tap (with the simulator's when they share the process, as in `fareway demo`); {} synced writes, p50 <= {} us, p99 <= {} us, p99.9 <= {} us, longest <= {} us\n",
             cpu["us_per_tap"].as_f64().unwrap_or(0.0),
             syncs["syncs"], syncs["p50"], syncs["p99"], syncs["p999"], syncs["max"]
         ));
