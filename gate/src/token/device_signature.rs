@@ -24,10 +24,19 @@ use super::format::{PUBLIC_KEY_LEN, SIGNATURE_LEN};
 /// Whether `signature` is `public_key`'s Ed25519 signature of `message`, as `ring`
 /// judges it.
 pub fn verifies(public_key: &[u8; PUBLIC_KEY_LEN], message: &[u8], signature: &[u8]) -> bool {
+    key(public_key).is_some_and(|key| verifies_under(&key, message, signature))
+}
+
+/// A public key decompressed for [`verifies_under`] (`None`: not a curve point). The
+/// verifier keeps it with the credential it came in, so that a repeat rider's scan does
+/// not decompress it again (a tenth of a verify).
+pub fn key(public_key: &[u8; PUBLIC_KEY_LEN]) -> Option<VerifyingKey> {
+    VerifyingKey::from_bytes(public_key).ok()
+}
+
+/// [`verifies`] under a key already decompressed.
+pub fn verifies_under(key: &VerifyingKey, message: &[u8], signature: &[u8]) -> bool {
     let Ok(signature) = <&[u8; SIGNATURE_LEN]>::try_from(signature) else {
-        return false;
-    };
-    let Ok(key) = VerifyingKey::from_bytes(public_key) else {
         return false;
     };
     key.verify(message, &Signature::from_bytes(signature))

@@ -18,6 +18,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
+use ed25519_dalek::VerifyingKey;
 use ring::signature::{ED25519, UnparsedPublicKey};
 
 use crate::clock::UnixMillis;
@@ -110,7 +111,7 @@ pub struct Verifier {
     config: VerifierConfig,
     registry: RwLock<Arc<IssuerRegistry>>,
     deny_list: RwLock<HashSet<u64>>,
-    verified_credentials: Option<quick_cache::sync::Cache<[u8; 32], ()>>,
+    verified_credentials: Option<quick_cache::sync::Cache<[u8; 32], VerifyingKey>>,
 }
 
 impl Verifier {
@@ -240,18 +241,14 @@ impl Verifier {
             }
             key.public_key
         };
-        let device_key_strong = self.check_credential_signature(&code, &issuer_public_key)?;
+        let device_key = self.check_credential_signature(&code, &issuer_public_key)?;
         if now >= credential.expires_at {
             return Err(Reason::CredentialExpired);
         }
-        if !device_key_strong {
+        let Some(device_key) = device_key else {
             return Err(Reason::WeakDeviceKey);
-        }
-        if !device_signature::verifies(
-            &credential.device_public_key,
-            code.code_body,
-            code.device_signature,
-        ) {
+        };
+        if !device_signature::verifies_under(&device_key, code.code_body, code.device_signature) {
             return Err(Reason::BadCodeSignature);
         }
         let generated_at = code.code.generated_at;
@@ -277,21 +274,25 @@ impl Verifier {
     }
 
     /// Checks the issuer's signature over the credential, and judges the credential's
-    /// device key with it: returns whether that key is strong. Both are remembered
-    /// together in the cache (an entry only for a strong key), so a repeat rider pays for
-    /// neither; the weak-key check costs a fifth of a verify (`docs/PERFORMANCE.md`).
+    /// device key with it: returns that key, decompressed, when it is strong (`None` when
+    /// it is weak). Both are remembered together in the cache (an entry only for a strong
+    /// key, holding it decompressed), so a repeat rider pays for neither; the weak-key
+    /// check costs a fifth of a verify (`docs/PERFORMANCE.md`).
     /// Issuer keys need no check here: they reach the verifier only through the registry,
     /// which refuses weak ones.
     fn check_credential_signature(
         &self,
         code: &ParsedCode<'_>,
         issuer_public_key: &[u8; format::PUBLIC_KEY_LEN],
-    ) -> Result<bool, Reason> {
+    ) -> Result<Option<VerifyingKey>, Reason> {
         let verify = || {
             UnparsedPublicKey::new(&ED25519, issuer_public_key)
                 .verify(code.credential_body, code.issuer_signature)
                 .map_err(|_| Reason::BadCredentialSignature)?;
-            Ok(check_public_key(&code.credential.device_public_key).is_ok())
+            let device_public_key = &code.credential.device_public_key;
+            Ok(check_public_key(device_public_key)
+                .ok()
+                .and_then(|()| device_signature::key(device_public_key)))
         };
         let Some(cache) = &self.verified_credentials else {
             return verify();
@@ -304,14 +305,14 @@ impl Verifier {
         let digest = hasher.finish();
         let mut cache_key = [0u8; 32];
         cache_key.copy_from_slice(digest.as_ref());
-        if cache.get(&cache_key).is_some() {
-            return Ok(true);
+        if let Some(device_key) = cache.get(&cache_key) {
+            return Ok(Some(device_key));
         }
-        let device_key_strong = verify()?;
-        if device_key_strong {
-            cache.insert(cache_key, ());
+        let device_key = verify()?;
+        if let Some(device_key) = &device_key {
+            cache.insert(cache_key, *device_key);
         }
-        Ok(device_key_strong)
+        Ok(device_key)
     }
 }
 
