@@ -51,7 +51,7 @@ fn main() {
             let stats = ledger.stats();
             let now_done = done.load(Ordering::Relaxed);
             let batches = stats.group_commits.load(Ordering::Relaxed);
-            let write_us = stats.write_time_us.load(Ordering::Relaxed);
+            let write_us = stats.write_times.sum_us();
             let interval_batches = (batches - last_batches).max(1);
             println!(
                 "{now_done:>8} charges in all, {:>7} in the last second, {interval_batches:>5} group commits, mean write {:>6} us",

@@ -37,14 +37,14 @@ pub fn decision_name(answer: &Answer) -> String {
 /// What an accepted tap charged: its fare, and whether the answer repeated an earlier
 /// one (a replay charges nothing of its own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Charge {
-    fare: i64,
+pub(crate) struct Charge {
+    pub(crate) fare: i64,
     replay: bool,
 }
 
 /// The charge of an answer that accepted its tap: online, or uploaded by an offline gate
 /// and charged (or corrected) by the engine.
-fn accepted(answer: &Answer) -> Option<Charge> {
+pub(crate) fn accepted(answer: &Answer) -> Option<Charge> {
     match answer {
         Answer::Response(response) if response.decision == pb::TapDecision::Accepted as i32 => {
             Some(Charge {
@@ -308,10 +308,8 @@ pub async fn debts(
             continue;
         }
         // One top-up per rider, its id derived from the rider's offline tap.
-        let mut transaction_id = tap_id.clone();
-        transaction_id[0] ^= 0x5a;
         let top_up = pb::TopUpRequest {
-            transaction_id,
+            transaction_id: crate::plan::admin_id(tap_id, crate::plan::AdminCall::TopUp),
             account_id: *rider,
             amount_minor: -balance,
         };

@@ -500,7 +500,7 @@ fn latency_json(latency: &Histogram<u64>) -> serde_json::Value {
 /// was not scraped.
 fn server_latency_json(window: Option<&server_metrics::Window>) -> serde_json::Value {
     window.map_or(serde_json::Value::Null, |window| {
-        let quantile = |q: f64| window.quantile_us(q).map_or(json!("over 5 s"), |us| json!(us));
+        let quantile = |q: f64| quantile_json(window, q);
         json!({
             "measured": "by the engine (fareway_tap_latency_seconds, from a tap's arrival to its answer): the upper bound of the bucket holding each quantile",
             "taps": window.count(),
@@ -513,17 +513,21 @@ fn server_latency_json(window: Option<&server_metrics::Window>) -> serde_json::V
     })
 }
 
+/// Quantile `q` of an engine histogram's window as the report writes it: the upper bound
+/// of its bucket in microseconds, or "over 5 s" past the last bound.
+fn quantile_json(window: &server_metrics::Window, q: f64) -> serde_json::Value {
+    window
+        .quantile_us(q)
+        .map_or(json!("over 5 s"), |us| json!(us))
+}
+
 /// The report's `ledger_sync_us` object: the engine writer's synced writes in the
 /// window, or null when the engine does not serve them.
 fn sync_json(window: Option<&server_metrics::ServerWindow>) -> serde_json::Value {
     let Some(syncs) = window.and_then(|window| window.syncs.as_ref()) else {
         return serde_json::Value::Null;
     };
-    let quantile = |q: f64| {
-        syncs
-            .quantile_us(q)
-            .map_or(json!("over 5 s"), |us| json!(us))
-    };
+    let quantile = |q: f64| quantile_json(syncs, q);
     json!({
         "measured": "by the engine (fareway_ledger_sync_latency_seconds, each synced write of a group commit): the upper bound of the bucket holding each quantile",
         "syncs": syncs.count(),

@@ -17,7 +17,7 @@ use fareway_gate::offline::OfflineDecision;
 use fareway_proto::v1 as pb;
 
 use crate::client::Engine;
-use crate::plan::{Expected, Fault, PlannedTap, Rider, RiderKind};
+use crate::plan::{AdminCall, Expected, Fault, PlannedTap, Rider, RiderKind, admin_id};
 use crate::run::{Answer, Recorder};
 
 /// How many times a gate uploads again what the engine asked it to retry.
@@ -162,20 +162,17 @@ pub(crate) async fn play(
     for (id, result) in answers {
         if let Some((index, decision)) = opened.remove(&id) {
             run.uploaded += 1;
-            if plan[index].fault == Some(Fault::DeniedInOutage)
-                && decision
-                && matches!(
-                    pb::OfflineTapStatus::try_from(result.status),
-                    Ok(pb::OfflineTapStatus::Charged | pb::OfflineTapStatus::Corrected)
-                )
-            {
-                run.stale_bundle_rides += 1;
-                run.stale_bundle_fares_minor += result.fare_minor;
-            }
             let answer = Answer::Uploaded {
                 opened: decision,
                 result,
             };
+            if plan[index].fault == Some(Fault::DeniedInOutage)
+                && decision
+                && let Some(charge) = crate::check::accepted(&answer)
+            {
+                run.stale_bundle_rides += 1;
+                run.stale_bundle_fares_minor += charge.fare;
+            }
             recorder.record_unmeasured(index, plan[index].due_ms, answer);
         }
     }
@@ -203,17 +200,7 @@ async fn lift_denied_in_outage(
             .entry(tap.account_id)
             .or_insert_with(|| tap.request.transaction_id.clone());
     }
-    let mut admin = engine.admin().await?;
-    for (rider, ride_id) in &riders {
-        let mut transaction_id = ride_id.clone();
-        transaction_id[0] ^= 0x4b;
-        admin
-            .remove_deny_list_entry(pb::AccountRequest {
-                transaction_id,
-                account_id: *rider,
-            })
-            .await?;
-    }
+    set_deny_listing(engine, &riders, false).await?;
     Ok(riders)
 }
 
@@ -225,31 +212,52 @@ async fn deny_at(
     when: Instant,
 ) -> anyhow::Result<()> {
     tokio::time::sleep_until(when.into()).await;
+    for (rider, denied) in set_deny_listing(&engine, &riders, true).await? {
+        anyhow::ensure!(
+            denied.accepted,
+            "deny-listing rider {rider}: {}",
+            denied.refusal_code
+        );
+    }
+    Ok(())
+}
+
+/// Puts `riders` on the deny list (`deny`) or takes them off it, all at once (their
+/// rides at online readers come soon after: `outage_rides`), each under an id made from
+/// its ride's: the engine's receipts.
+async fn set_deny_listing(
+    engine: &Engine,
+    riders: &BTreeMap<u64, Vec<u8>>,
+    deny: bool,
+) -> anyhow::Result<Vec<(u64, pb::AdminReceipt)>> {
+    let call = if deny {
+        AdminCall::Deny
+    } else {
+        AdminCall::Lift
+    };
     let admin = engine.admin().await?;
-    // All at once: their rides at online readers come soon after (`outage_rides`).
     let mut calls = tokio::task::JoinSet::new();
     for (rider, ride_id) in riders {
         let mut admin = admin.clone();
-        let mut transaction_id = ride_id;
-        transaction_id[0] ^= 0x3c;
+        let request = pb::AccountRequest {
+            transaction_id: admin_id(ride_id, call),
+            account_id: *rider,
+        };
+        let rider = *rider;
         calls.spawn(async move {
-            let request = pb::AccountRequest {
-                transaction_id,
-                account_id: rider,
+            let receipt = if deny {
+                admin.add_deny_list_entry(request).await
+            } else {
+                admin.remove_deny_list_entry(request).await
             };
-            let denied = admin.add_deny_list_entry(request).await?.into_inner();
-            anyhow::ensure!(
-                denied.accepted,
-                "deny-listing rider {rider}: {}",
-                denied.refusal_code
-            );
-            Ok(())
+            Ok::<_, tonic::Status>((rider, receipt?.into_inner()))
         });
     }
+    let mut receipts = Vec::new();
     while let Some(call) = calls.join_next().await {
-        call??;
+        receipts.push(call??);
     }
-    Ok(())
+    Ok(receipts)
 }
 
 /// The offline gates after their taps: the gates, each tap's plan index and whether its

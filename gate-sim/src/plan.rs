@@ -161,6 +161,9 @@ pub enum RiderKind {
     DeniedInOutage,
 }
 
+/// Bus readers on each route.
+pub const BUS_READERS_PER_ROUTE: u32 = 50;
+
 /// The network the riders travel on.
 #[derive(Debug, Clone)]
 pub struct Network {
@@ -191,9 +194,9 @@ impl Network {
         station * 100 + (n % self.gates_per_station) * 2 + u32::from(exit)
     }
 
-    /// A bus reader's id on a route.
+    /// A bus reader's id on a route (one of [`BUS_READERS_PER_ROUTE`]).
     pub fn bus_reader(&self, route: u32, n: u32) -> u32 {
-        1_000_000 + route * 100 + n % 50
+        1_000_000 + route * 100 + n % BUS_READERS_PER_ROUTE
     }
 }
 
@@ -670,7 +673,7 @@ impl Planner<'_> {
     /// it offline keeps it so.
     fn denied_in_outage(&mut self, trip: Trip<'_>) {
         let offline = |gate: u32| crate::offline::loses_link(gate, self.link_loss_share, self.seed);
-        let readers: Vec<u32> = (0..50)
+        let readers: Vec<u32> = (0..BUS_READERS_PER_ROUTE)
             .map(|n| self.network.bus_reader(trip.route, n))
             .collect();
         let (Some(&lost), Some(&online)) = (
@@ -821,6 +824,28 @@ fn pick_fault(rng: &mut Rng, rates: &FaultRates) -> Option<Fault> {
         }
     }
     None
+}
+
+/// The transaction id of an admin call the simulator makes about a planned tap's rider
+/// (a top-up after it, a deny-listing around it): the tap's id with its first byte, 0 in
+/// every planned id (a run id is a time in milliseconds, far below 2^56), set to `call`,
+/// one value per kind of call, so that no call shares an id with a tap or another call.
+pub fn admin_id(tap_id: &[u8], call: AdminCall) -> Vec<u8> {
+    let mut id = tap_id.to_vec();
+    id[0] ^= call as u8;
+    id
+}
+
+/// The kinds of admin call [`admin_id`] makes ids for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AdminCall {
+    /// The top-up that clears a debt an offline ride made.
+    TopUp = 0x5a,
+    /// Taking a rider off the deny list before the gates take their bundle.
+    Lift = 0x4b,
+    /// Putting the rider back on it when the gates lose their link.
+    Deny = 0x3c,
 }
 
 /// A tap request.

@@ -172,16 +172,13 @@ pub async fn by_second(
         .windows(2)
         .filter_map(|pair| {
             let ((_, before), (second, after)) = (&pair[0], &pair[1]);
-            let taps = Window::between(&before.taps, &after.taps).ok()?;
-            let syncs = match (&before.syncs, &after.syncs) {
-                (Some(before), Some(after)) => Window::between(before, after).ok(),
-                _ => None,
-            };
+            let window = ServerWindow::between(before, after).ok()?;
+            let syncs = window.syncs.as_ref();
             Some(EngineSecond {
                 second: second.saturating_sub(1),
-                taps: taps.count(),
-                tap_p99_us: taps.quantile_us(0.99),
-                syncs: syncs.as_ref().map_or(0, Window::count),
+                taps: window.taps.count(),
+                tap_p99_us: window.taps.quantile_us(0.99),
+                syncs: syncs.map_or(0, Window::count),
                 sync_longest_us: syncs.and_then(|syncs| syncs.quantile_us(1.0)),
             })
         })

@@ -158,7 +158,6 @@ fn render_led(
             for (sum, part) in [
                 (&total.group_commits, &stats.group_commits),
                 (&total.requests, &stats.requests),
-                (&total.write_time_us, &stats.write_time_us),
                 (&total.write_failures, &stats.write_failures),
             ] {
                 sum.fetch_add(part.load(Relaxed), Relaxed);

@@ -134,6 +134,11 @@ impl LatencyCounts {
             .fetch_add(other.sum_us.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
+    /// The total of every duration counted, in microseconds.
+    pub fn sum_us(&self) -> u64 {
+        self.sum_us.load(Ordering::Relaxed)
+    }
+
     /// The counts now.
     pub fn snapshot(&self) -> LatencySnapshot {
         let bounds = self
@@ -146,8 +151,7 @@ impl LatencyCounts {
             .map(|(bound, count)| (bound, count.load(Ordering::Relaxed)))
             .collect();
         let count = buckets.iter().map(|(_, count)| count).sum();
-        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        (sum, count, buckets)
+        (self.sum_us() as f64 / 1e6, count, buckets)
     }
 }
 
@@ -160,12 +164,10 @@ pub struct WriterStats {
     pub group_commits: AtomicU64,
     /// Requests answered by the writer (not counting fast-path replays).
     pub requests: AtomicU64,
-    /// Total time spent in synced writes, in microseconds.
-    pub write_time_us: AtomicU64,
     /// The longest synced write, in microseconds.
     pub write_time_us_max: AtomicU64,
-    /// Every synced write's time: its quantiles, beside the taps' in the same run, say
-    /// which part of a tap's latency is the disk's.
+    /// Every synced write's time (their total too): its quantiles, beside the taps' in
+    /// the same run, say which part of a tap's latency is the disk's.
     pub write_times: LatencyCounts,
     /// Group commits whose write failed. After one, RocksDB refuses every later write
     /// until the database is opened again (`server::run_until_stopped` does that).
@@ -294,7 +296,6 @@ fn commit(
 fn record_write_time(stats: &WriterStats, started: Instant) {
     let elapsed_us = started.elapsed().as_micros() as u64;
     stats.group_commits.fetch_add(1, Ordering::Relaxed);
-    stats.write_time_us.fetch_add(elapsed_us, Ordering::Relaxed);
     stats
         .write_time_us_max
         .fetch_max(elapsed_us, Ordering::Relaxed);

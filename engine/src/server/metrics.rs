@@ -348,7 +348,7 @@ impl Metrics {
         self.ledger_requests
             .set(gauge(ledger.requests.load(Ordering::Relaxed)));
         self.ledger_sync_seconds
-            .set(ledger.write_time_us.load(Ordering::Relaxed) as f64 / 1e6);
+            .set(ledger.write_times.sum_us() as f64 / 1e6);
         self.ledger_sync_seconds_max
             .set(ledger.write_time_us_max.load(Ordering::Relaxed) as f64 / 1e6);
         self.ledger_sync_latency_seconds.set(&ledger.write_times);
