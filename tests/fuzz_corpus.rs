@@ -94,7 +94,7 @@ fn every_kept_fares_file_loads_or_is_refused_with_a_reason() {
         match fareway::fares::FareTable::from_toml(text) {
             Ok(table) => {
                 loaded += 1;
-                let _ = table.metro_fare(100, 101, 1_000);
+                let _ = table.metro_fare(100, 101, 1_000, fareway::clock::UnixMillis(1_000));
             }
             Err(err) => assert!(!err.code().is_empty()),
         }

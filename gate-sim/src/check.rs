@@ -150,17 +150,14 @@ const PROBLEMS_MAX: usize = 20;
 pub struct Statements {
     /// Per rider, the sum of the fare corrections.
     pub corrections: BTreeMap<u64, i64>,
-    /// Per rider and service day (days since the epoch), the taps' charges and the
-    /// corrections of them.
-    pub days: BTreeMap<u64, BTreeMap<u64, i64>>,
+    /// Per rider, the taps' charges and the corrections of them, each at its time
+    /// (ms since the epoch): grouped into the fares file's service days by the check.
+    pub charges: BTreeMap<u64, Vec<(u64, i64)>>,
     /// Riders whose statements hold travel from before this run (a rerun of a seed on
     /// one engine): their days began before the simulator saw them, so their scan-order
     /// pricing cannot be checked.
     pub earlier_travel: HashSet<u64>,
 }
-
-/// One day in milliseconds: service days are UTC days.
-const DAY_MS: u64 = 86_400_000;
 
 /// Every accepted tap appears exactly once in its rider's statement with minus its fare
 /// (a tap that charged nothing may have no line), and no rider's statement has a tap the
@@ -192,7 +189,7 @@ pub async fn charged_exactly_once(
         note_wrong_charges(&mut problems, *account_id, expected, &read.seen);
         note_unseen_charges(&mut problems, *account_id, expected, &read.seen, plan, run);
         statements.corrections.insert(*account_id, read.corrections);
-        statements.days.insert(*account_id, read.days);
+        statements.charges.insert(*account_id, read.charges);
         if read.earlier_travel {
             statements.earlier_travel.insert(*account_id);
         }
@@ -232,7 +229,11 @@ pub fn scan_order_prices(
         }
         let mut expected = crate::reprice::day_totals(fares, taps);
         expected.retain(|_, total| *total != 0);
-        let mut charged = statements.days.get(account_id).cloned().unwrap_or_default();
+        let mut charged: BTreeMap<u64, i64> = BTreeMap::new();
+        for (time_ms, amount) in statements.charges.get(account_id).into_iter().flatten() {
+            let day = fares.periods(fareway_gate::clock::UnixMillis(*time_ms)).day;
+            *charged.entry(u64::from(day)).or_default() += amount;
+        }
         charged.retain(|_, total| *total != 0);
         if expected != charged && problems.len() < PROBLEMS_MAX {
             problems.push(format!(
@@ -339,8 +340,8 @@ struct StatementRead {
     lines: u64,
     /// The fare corrections' sum, as a settlement amount.
     corrections: i64,
-    /// Per service day, what the simulator's taps and their corrections cost.
-    days: BTreeMap<u64, i64>,
+    /// What the simulator's taps and their corrections cost, each at its time.
+    charges: Vec<(u64, i64)>,
     /// Whether the statement holds travel from before this run.
     earlier_travel: bool,
 }
@@ -365,7 +366,7 @@ impl StatementRead {
             self.earlier_travel |= line.kind != "top_up";
             return;
         }
-        *self.days.entry(line.time_ms / DAY_MS).or_default() -= line.amount_minor;
+        self.charges.push((line.time_ms, -line.amount_minor));
     }
 }
 
@@ -659,7 +660,7 @@ mod tests {
         read.add(&line(vec![7], "metro_exit", 1_600, -300), &sim_ids, 1_000);
         assert_eq!(read.corrections, 900);
         assert!(!read.earlier_travel);
-        assert_eq!(read.days, BTreeMap::from([(0, 1_200)]));
+        assert_eq!(read.charges, vec![(1_500, 900), (1_600, 300)]);
         // Travel before the run's first scan: an earlier run's.
         read.add(&line(vec![3], "bus", 500, -200), &sim_ids, 1_000);
         assert!(read.earlier_travel);

@@ -109,7 +109,11 @@ mod tests {
         assert_eq!(fares.routes().count(), 5);
         assert!(fares.has_station(CENTRAL_STATION));
         // Every station reaches every other one through Central.
-        assert!(fares.metro_fare(101, 412, 0).is_ok());
+        assert!(
+            fares
+                .metro_fare(101, 412, 0, fareway_gate::clock::UnixMillis(0))
+                .is_ok()
+        );
         assert_eq!(
             fares_toml(spec).unwrap(),
             text,

@@ -1,20 +1,19 @@
 //! What a rider's day must cost: the simulator's own pricing of a rider's accepted taps
 //! in scan order, from the fares file's rules (`docs/fares.md`), written apart from the
-//! engine's ledger so that it can catch the engine charging by arrival order. It uses
-//! the fares file's lookups (a trip's distance fare, a route's fare, the cap and the
-//! transfer discount), not the engine's journey state machine.
+//! engine's ledger so that it can catch the engine charging by arrival order. It keeps
+//! the rider's journey itself and uses the fares file's lookups (a trip's distance fare,
+//! a route's fare, the incomplete-journey fares) and its charging rules
+//! (`FareTable::charge` over the rider's totals: caps, tiers, transfers, the hopper),
+//! not the engine's journey state machine.
 
 use std::collections::BTreeMap;
 
 use fareway_gate::clock::UnixMillis;
-use fareway_gate::fares::{FareTable, RiderDay, TapKind};
+use fareway_gate::fares::{FareTable, Mode, RiderTotals, TapKind, Trip};
 use fareway_gate::money::Amount;
 
-/// One day in milliseconds: service days are UTC days.
-const DAY_MS: u64 = 86_400_000;
-
-/// Per service day (days since the epoch), what a rider's taps cost when priced in scan
-/// order. `taps` may come in any order.
+/// Per service day (the fares file's, days since the epoch), what a rider's taps cost
+/// when priced in scan order. `taps` may come in any order.
 pub fn day_totals(fares: &FareTable, taps: &[(UnixMillis, TapKind)]) -> BTreeMap<u64, i64> {
     let mut sorted = taps.to_vec();
     sorted.sort_by_key(|(time, _)| *time);
@@ -22,86 +21,67 @@ pub fn day_totals(fares: &FareTable, taps: &[(UnixMillis, TapKind)]) -> BTreeMap
     let mut totals = BTreeMap::new();
     for (time, kind) in sorted {
         let fare = rider.tap(fares, time, kind);
-        *totals.entry(time.0 / DAY_MS).or_insert(0) += fare.0;
+        let day = fares.periods(time).day;
+        *totals.entry(u64::from(day)).or_insert(0) += fare.0;
     }
     totals
 }
 
-/// A rider as the taps so far leave them: the journey entered and not exited, and the
-/// day's charges and last trip.
+/// A rider as the taps so far leave them: the journey entered and not exited, and what
+/// they paid in the periods the rules count.
 #[derive(Debug, Default)]
 struct Rider {
     entered: Option<(u32, UnixMillis)>,
-    day: u64,
-    charged_today: Amount,
-    last_trip_started_at: Option<UnixMillis>,
+    totals: RiderTotals,
 }
 
 impl Rider {
     /// The fare of one tap, and the rider after it.
     fn tap(&mut self, fares: &FareTable, time: UnixMillis, kind: TapKind) -> Amount {
-        if time.0 / DAY_MS > self.day {
-            self.day = time.0 / DAY_MS;
-            self.charged_today = Amount::ZERO;
-            self.last_trip_started_at = None;
-        }
-        let fare = match kind {
+        self.totals.start(fares.periods(time));
+        let trip = match kind {
             // An entry with a journey still open: that journey was never exited, and
-            // costs the maximum (capped, no transfer) now.
+            // costs its incomplete fare now (no transfer discount).
             TapKind::MetroEntry { station } => {
                 let left_open = self.entered.replace((station, time));
-                match left_open {
-                    Some((_, entered_at)) => self.price(fares, fares.max_fare, entered_at, false),
-                    None => Amount::ZERO,
+                left_open.map(|(from, entered_at)| Trip {
+                    incomplete: true,
+                    ..metro(fares.entry_without_exit_fare(from, entered_at), entered_at)
+                })
+            }
+            TapKind::MetroExit { station } => Some(match self.entered.take() {
+                Some((from, entered_at)) => {
+                    let ride_ms = time.0.saturating_sub(entered_at.0);
+                    let base = if ride_ms > fares.incomplete_journey_after_ms {
+                        fares.entry_without_exit_fare(from, entered_at)
+                    } else {
+                        fares
+                            .metro_fare(from, station, ride_ms, entered_at)
+                            .unwrap_or(fares.max_fare)
+                    };
+                    metro(base, entered_at)
                 }
-            }
-            TapKind::MetroExit { station } => {
-                let (base, started_at) = match self.entered.take() {
-                    Some((from, entered_at)) => {
-                        let ride_ms = time.0.saturating_sub(entered_at.0);
-                        let base = if ride_ms > fares.incomplete_journey_after_ms {
-                            fares.max_fare
-                        } else {
-                            fares
-                                .metro_fare(from, station, ride_ms)
-                                .unwrap_or(fares.max_fare)
-                        };
-                        (base, entered_at)
-                    }
-                    None => (fares.max_fare, time),
-                };
-                let fare = self.price(fares, base, started_at, true);
-                self.last_trip_started_at = Some(started_at);
-                fare
-            }
-            TapKind::Bus { route } => {
-                let base = fares.bus_fare(route).unwrap_or(fares.max_fare);
-                let fare = self.price(fares, base, time, true);
-                self.last_trip_started_at = Some(time);
-                fare
-            }
+                None => metro(fares.exit_without_entry_fare(station, time), time),
+            }),
+            TapKind::Bus { route } => Some(Trip {
+                base: fares.bus_fare(route).unwrap_or(fares.max_fare),
+                mode: Mode::Bus,
+                started_at: time,
+                incomplete: false,
+            }),
         };
-        self.charged_today = Amount(self.charged_today.0 + fare.0);
-        fare
+        trip.and_then(|trip| fares.charge(&trip, &mut self.totals))
+            .unwrap_or(Amount::ZERO)
     }
+}
 
-    /// A base fare less the transfer discount (when it counts) and within the day's cap.
-    fn price(
-        &self,
-        fares: &FareTable,
-        base: Amount,
-        started_at: UnixMillis,
-        transfer_counts: bool,
-    ) -> Amount {
-        let previous = self
-            .last_trip_started_at
-            .filter(|_| transfer_counts)
-            .map(|at| at.0);
-        let day = RiderDay {
-            charged_today: self.charged_today,
-            previous_trip_started_at_ms: previous,
-        };
-        fares.charge(base, started_at.0, day)
+/// A metro trip of `base` fare started at `started_at`.
+fn metro(base: Amount, started_at: UnixMillis) -> Trip {
+    Trip {
+        base,
+        mode: Mode::Metro,
+        started_at,
+        incomplete: false,
     }
 }
 
@@ -137,7 +117,7 @@ mod tests {
             (at(500), entry(101)),
             (at(520), exit(100)),
         ];
-        let day = T / DAY_MS;
+        let day = T / 86_400_000;
         let totals = day_totals(&fares, &taps);
         assert_eq!(totals, BTreeMap::from([(day, 1_500)]));
         let mut reversed = taps.clone();

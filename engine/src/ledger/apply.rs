@@ -19,15 +19,15 @@ use crate::money::Amount;
 
 use super::codec;
 use super::model::{
-    Account, AccountRef, AccountStatus, CodeFingerprint, CodeUse, Command, Journey, OpenJourney,
-    Outcome, Posting, Receipt, Record, Refusal, Request, Tap, TapKind, Travel, TxId,
-    rider_of_postings, settles,
+    Account, AccountRef, AccountStatus, CodeFingerprint, CodeUse, Command, Journey, Outcome,
+    Posting, Receipt, Record, Refusal, Request, Tap, TapKind, Travel, TxId, rider_of_postings,
+    settles,
 };
 use super::store::{
     CF_ACCOUNTS, CF_CODES, CF_DENY, CF_DENY_JOURNAL, CF_IDS, CF_LOG, CF_META, CF_OPEN_JOURNEYS,
     CF_POSTINGS, CF_PROVIDER_ENTRIES, CF_REFUNDS, CF_RIDER_STEPS, CF_TRAVEL,
 };
-use super::travel::{self, DAY_MS, Priced, RecordedStep, Step, StepKind};
+use super::travel::{self, Priced, RecordedStep, Step, StepKind};
 use super::view::LedgerView;
 use super::{LedgerError, Rules};
 
@@ -800,12 +800,7 @@ impl<'a> GroupCommit<'a> {
             Ok(priced) => priced,
             Err(refusal) => return Ok(Err(refusal)),
         };
-        let recorded = RecordedStep {
-            step,
-            operator_id: priced.operator_id,
-            charged: priced.fare,
-            open_after: after.open_journey,
-        };
+        let recorded = recorded_step(step, &priced, &after);
         Ok(Ok(Taken {
             priced,
             before,
@@ -816,9 +811,11 @@ impl<'a> GroupCommit<'a> {
     }
 
     /// A late step: walks again the rider's steps from the start of its service day to
-    /// the latest, with it in its place by scan time. Every earlier step whose fare
-    /// comes out different gets a correction of the difference, unless it was refunded
-    /// (a refund already settled what it charged).
+    /// the latest, with it in its place by scan time, starting from the travel state
+    /// after the rider's last step before that day (its open journey, and its week's and
+    /// month's totals). Every earlier step whose fare comes out different gets a
+    /// correction of the difference, unless it was refunded (a refund already settled
+    /// what it charged).
     fn walk_again(
         &mut self,
         fares: &FareTable,
@@ -826,18 +823,21 @@ impl<'a> GroupCommit<'a> {
         before: Travel,
         step: Step,
     ) -> Result<Result<Taken, Refusal>, LedgerError> {
-        let day_start = UnixMillis(u64::from(travel::service_day(step.time)) * DAY_MS);
-        let start = Travel {
-            open_journey: self.open_journey_before(rider, day_start)?,
-            ..Travel::default()
-        };
+        let day_start = fares.day_start(step.time);
+        let start = self
+            .last_step_before(rider, day_start)?
+            .map_or_else(Travel::default, |last| Travel {
+                totals: last.totals_after,
+                open_journey: last.open_after,
+                latest_step_at: UnixMillis::default(),
+            });
         let recorded = self.rider_steps_from(rider, day_start)?;
         let at = recorded
             .partition_point(|old| (old.step.time, old.step.sequence) < (step.time, step.sequence));
         let mut steps: Vec<Step> = recorded.iter().map(|old| old.step).collect();
         steps.insert(at, step);
         let (walked, after) = travel::walk(fares, start, &steps);
-        let (priced, open_after) = walked[at];
+        let (priced, after_step) = walked[at];
         let priced = match priced {
             Ok(priced) => priced,
             Err(refusal) => return Ok(Err(refusal)),
@@ -846,17 +846,12 @@ impl<'a> GroupCommit<'a> {
             priced,
             before,
             after,
-            steps: vec![RecordedStep {
-                step,
-                operator_id: priced.operator_id,
-                charged: priced.fare,
-                open_after,
-            }],
+            steps: vec![recorded_step(step, &priced, &after_step)],
             corrections: Vec::new(),
         };
         let others = walked[..at].iter().chain(&walked[at + 1..]);
-        for (old, (priced, open_after)) in recorded.iter().zip(others) {
-            self.compare(rider, &step, old, (priced.ok(), *open_after), &mut taken)?;
+        for (old, (priced, after_step)) in recorded.iter().zip(others) {
+            self.compare(rider, &step, old, (priced.ok(), after_step), &mut taken)?;
         }
         Ok(Ok(taken))
     }
@@ -868,10 +863,14 @@ impl<'a> GroupCommit<'a> {
         rider: u64,
         cause: &Step,
         old: &RecordedStep,
-        (priced, open_after): (Option<Priced>, Option<OpenJourney>),
+        (priced, after): (Option<Priced>, &Travel),
         taken: &mut Taken,
     ) -> Result<(), LedgerError> {
-        let mut new = RecordedStep { open_after, ..*old };
+        let mut new = RecordedStep {
+            open_after: after.open_journey,
+            totals_after: after.totals,
+            ..*old
+        };
         // A step that no longer prices (a station since removed) keeps its charge.
         let fare = priced.map_or(old.charged, |priced| priced.fare);
         if fare != old.charged
@@ -985,18 +984,6 @@ impl<'a> GroupCommit<'a> {
     fn has_history(&mut self, rider: u64, travel: &Travel) -> Result<bool, LedgerError> {
         let last = self.last_step_before(rider, UnixMillis(u64::MAX))?;
         Ok(last.is_some_and(|last| last.step.time == travel.latest_step_at))
-    }
-
-    /// The journey a rider had open at `time`: the one open after their last step before
-    /// it.
-    fn open_journey_before(
-        &mut self,
-        rider: u64,
-        time: UnixMillis,
-    ) -> Result<Option<OpenJourney>, LedgerError> {
-        Ok(self
-            .last_step_before(rider, time)?
-            .and_then(|recorded| recorded.open_after))
     }
 
     /// The rider's last step before `time` (all of them for `u64::MAX`): the stored one
@@ -1286,6 +1273,17 @@ fn online_refusal(
         .and_then(|needed| account.balance.checked_sub(needed))
         .is_some_and(|after| after >= credit_floor(account));
     (!fits).then_some(Refusal::CreditLimitExceeded)
+}
+
+/// A step as the rider's history records it, priced, with the travel state after it.
+fn recorded_step(step: Step, priced: &Priced, after: &Travel) -> RecordedStep {
+    RecordedStep {
+        step,
+        operator_id: priced.operator_id,
+        charged: priced.fare,
+        open_after: after.open_journey,
+        totals_after: after.totals,
+    }
 }
 
 /// The transaction id of a fare correction: derived from the corrected transaction and

@@ -8,6 +8,7 @@
 //! reported as corruption, never a panic.
 
 use crate::clock::UnixMillis;
+use crate::fares::{Periods, RiderTotals};
 use crate::money::Amount;
 
 use super::LedgerError;
@@ -654,56 +655,123 @@ pub fn rider_key(account_id: u64) -> [u8; 8] {
 
 /// The value version of a travel state that ends with the latest step's time.
 const TRAVEL_VERSION_WITH_LATEST_STEP: u8 = 2;
+/// The value version of a travel state and a rider step that hold the rider's week and
+/// month totals (storage format 6).
+const VERSION_WITH_TOTALS: u8 = 3;
 
-/// A rider's travel state.
+/// A rider's travel state: value version 3, the rider's totals, the open journey and the
+/// latest step's time.
 pub fn encode_travel(travel: &Travel) -> Vec<u8> {
     let mut writer = Writer::default();
-    writer.u8(TRAVEL_VERSION_WITH_LATEST_STEP);
-    writer.u32(travel.day);
-    writer.i64(travel.charged_today.0);
-    match travel.last_trip_started_at {
+    writer.u8(VERSION_WITH_TOTALS);
+    write_totals(&mut writer, &travel.totals);
+    write_open_journey(&mut writer, travel.open_journey);
+    writer.u64(travel.latest_step_at.0);
+    writer.0
+}
+
+/// Reads a rider's travel state. A version 1 or 2 state (before week and month totals)
+/// holds the day's total and last trip only: its week and month totals start at zero. A
+/// version 1 state (before offline taps) has no latest step time: its last trip's start
+/// or open journey's entry stands in for it.
+pub fn decode_travel(bytes: &[u8]) -> Result<Travel, LedgerError> {
+    let what = "travel state";
+    let mut reader = Reader::new(bytes, what);
+    let version = reader.u8()?;
+    let totals = match version {
+        VERSION_WITH_TOTALS => read_totals(&mut reader)?,
+        VALUE_VERSION | TRAVEL_VERSION_WITH_LATEST_STEP => read_day_totals(&mut reader)?,
+        _ => return Err(corrupt(what, "unknown value version")),
+    };
+    let open_journey = read_open_journey(&mut reader)?;
+    let latest_step_at = if version == VALUE_VERSION {
+        let entered_at = open_journey.map(|open| open.entered_at);
+        totals
+            .last_trip_started_at
+            .max(entered_at)
+            .unwrap_or_default()
+    } else {
+        UnixMillis(reader.u64()?)
+    };
+    reader.end()?;
+    Ok(Travel {
+        totals,
+        open_journey,
+        latest_step_at,
+    })
+}
+
+/// A rider's totals: day (4), week (4), month (4), charged today, bus today, charged this
+/// week, bus this week, tier spend this month (8 each, signed), then the last trip's and
+/// the hopper's start (0, or 1 and the time (8)).
+fn write_totals(writer: &mut Writer, totals: &RiderTotals) {
+    writer.u32(totals.periods.day);
+    writer.u32(totals.periods.week);
+    writer.u32(totals.periods.month);
+    for amount in [
+        totals.charged_today,
+        totals.bus_today,
+        totals.charged_week,
+        totals.bus_week,
+        totals.tier_spend_month,
+    ] {
+        writer.i64(amount.0);
+    }
+    for time in [totals.last_trip_started_at, totals.hopper_started_at] {
+        write_optional_time(writer, time);
+    }
+}
+
+fn read_totals(reader: &mut Reader) -> Result<RiderTotals, LedgerError> {
+    let periods = Periods {
+        day: reader.u32()?,
+        week: reader.u32()?,
+        month: reader.u32()?,
+    };
+    Ok(RiderTotals {
+        periods,
+        charged_today: Amount(reader.i64()?),
+        bus_today: Amount(reader.i64()?),
+        charged_week: Amount(reader.i64()?),
+        bus_week: Amount(reader.i64()?),
+        tier_spend_month: Amount(reader.i64()?),
+        last_trip_started_at: read_optional_time(reader)?,
+        hopper_started_at: read_optional_time(reader)?,
+    })
+}
+
+/// The totals of a version 1 or 2 travel state: the day (4), charged that day (8), the
+/// last trip's start.
+fn read_day_totals(reader: &mut Reader) -> Result<RiderTotals, LedgerError> {
+    let day = reader.u32()?;
+    Ok(RiderTotals {
+        periods: Periods {
+            day,
+            ..Periods::default()
+        },
+        charged_today: Amount(reader.i64()?),
+        last_trip_started_at: read_optional_time(reader)?,
+        ..RiderTotals::default()
+    })
+}
+
+/// A time or none: 0, or 1 and the time (8).
+fn write_optional_time(writer: &mut Writer, time: Option<UnixMillis>) {
+    match time {
         Some(at) => {
             writer.u8(1);
             writer.u64(at.0);
         }
         None => writer.u8(0),
     }
-    write_open_journey(&mut writer, travel.open_journey);
-    writer.u64(travel.latest_step_at.0);
-    writer.0
 }
 
-/// Reads a rider's travel state. A version 1 state (before offline taps) has no latest
-/// step time: its last trip's start or open journey's entry stands in for it.
-pub fn decode_travel(bytes: &[u8]) -> Result<Travel, LedgerError> {
-    let what = "travel state";
-    let mut reader = Reader::new(bytes, what);
-    let version = reader.u8()?;
-    if version != VALUE_VERSION && version != TRAVEL_VERSION_WITH_LATEST_STEP {
-        return Err(corrupt(what, "unknown value version"));
+fn read_optional_time(reader: &mut Reader) -> Result<Option<UnixMillis>, LedgerError> {
+    match reader.u8()? {
+        0 => Ok(None),
+        1 => Ok(Some(UnixMillis(reader.u64()?))),
+        _ => Err(corrupt(reader.what, "bad time flag")),
     }
-    let day = reader.u32()?;
-    let charged_today = Amount(reader.i64()?);
-    let last_trip_started_at = match reader.u8()? {
-        0 => None,
-        1 => Some(UnixMillis(reader.u64()?)),
-        _ => return Err(corrupt(what, "bad last trip flag")),
-    };
-    let open_journey = read_open_journey(&mut reader)?;
-    let latest_step_at = if version == TRAVEL_VERSION_WITH_LATEST_STEP {
-        UnixMillis(reader.u64()?)
-    } else {
-        let entered_at = open_journey.map(|open| open.entered_at);
-        last_trip_started_at.max(entered_at).unwrap_or_default()
-    };
-    reader.end()?;
-    Ok(Travel {
-        day,
-        charged_today,
-        last_trip_started_at,
-        open_journey,
-        latest_step_at,
-    })
 }
 
 /// An open journey, or none: 0, or 1 and its id (8), station (4) and entry time (8).
@@ -745,7 +813,7 @@ pub fn rider_step_key(account_id: u64, time: UnixMillis, sequence: u64) -> [u8; 
 /// journey close: the journey id), operator, what was charged, the journey open after.
 pub fn encode_rider_step(recorded: &RecordedStep) -> Vec<u8> {
     let mut writer = Writer::default();
-    writer.u8(VALUE_VERSION);
+    writer.u8(VERSION_WITH_TOTALS);
     let (kind, place) = match recorded.step.kind {
         StepKind::Tap(kind) => {
             let (code, place) = tap_kind_code(kind);
@@ -758,6 +826,7 @@ pub fn encode_rider_step(recorded: &RecordedStep) -> Vec<u8> {
     writer.u16(recorded.operator_id);
     writer.i64(recorded.charged.0);
     write_open_journey(&mut writer, recorded.open_after);
+    write_totals(&mut writer, &recorded.totals_after);
     writer.0
 }
 
@@ -768,7 +837,10 @@ pub fn decode_rider_step(key: &[u8], value: &[u8]) -> Result<(u64, RecordedStep)
     let number = |at: usize| u64::from_be_bytes(key[at..at + 8].try_into().unwrap_or_default());
     let (account_id, time, sequence) = (number(0), UnixMillis(number(8)), number(16));
     let mut reader = Reader::new(value, what);
-    reader.version()?;
+    let version = reader.u8()?;
+    if version != VALUE_VERSION && version != VERSION_WITH_TOTALS {
+        return Err(corrupt(what, "unknown value version"));
+    }
     let code = reader.u8()?;
     let place = reader.u64()?;
     let kind = match code {
@@ -781,6 +853,12 @@ pub fn decode_rider_step(key: &[u8], value: &[u8]) -> Result<(u64, RecordedStep)
     let operator_id = reader.u16()?;
     let charged = Amount(reader.i64()?);
     let open_after = read_open_journey(&mut reader)?;
+    // A version 1 step (storage format 5) has no totals: a walk from it starts them afresh.
+    let totals_after = if version == VERSION_WITH_TOTALS {
+        read_totals(&mut reader)?
+    } else {
+        RiderTotals::default()
+    };
     reader.end()?;
     let step = Step {
         time,
@@ -794,6 +872,7 @@ pub fn decode_rider_step(key: &[u8], value: &[u8]) -> Result<(u64, RecordedStep)
             operator_id,
             charged,
             open_after,
+            totals_after,
         },
     ))
 }
@@ -1374,39 +1453,87 @@ mod tests {
 
     #[test]
     fn travel_state_round_trips() {
-        for travel in [
-            Travel::default(),
-            Travel {
+        let open = OpenJourney {
+            id: 9,
+            station: 100,
+            entered_at: UnixMillis(6),
+        };
+        let totals = RiderTotals {
+            periods: Periods {
                 day: 20_000,
-                charged_today: Amount(1_200),
-                last_trip_started_at: Some(UnixMillis(5)),
-                open_journey: Some(OpenJourney {
-                    id: 9,
-                    station: 100,
-                    entered_at: UnixMillis(6),
-                }),
-                latest_step_at: UnixMillis(7),
+                week: 2_857,
+                month: 24_315,
             },
-        ] {
+            charged_today: Amount(1_200),
+            bus_today: Amount(175),
+            charged_week: Amount(4_470),
+            bus_week: Amount(350),
+            tier_spend_month: Amount(10_400),
+            last_trip_started_at: Some(UnixMillis(5)),
+            hopper_started_at: Some(UnixMillis(4)),
+        };
+        let travel = Travel {
+            totals,
+            open_journey: Some(open),
+            latest_step_at: UnixMillis(7),
+        };
+        for travel in [Travel::default(), travel] {
             assert_eq!(decode_travel(&encode_travel(&travel)).unwrap(), travel);
         }
-        // A state written before offline taps (value version 1) reads with its open
-        // journey's entry as the latest step.
-        let mut version_1 = encode_travel(&Travel {
+    }
+
+    /// The bytes of a version 1 or 2 travel state: day 20,000, 1,200 charged, last trip at
+    /// 5, journey 9 open at station 100 since 6, and (version 2) the latest step at 7.
+    fn old_travel(version: u8) -> Vec<u8> {
+        let mut bytes = vec![version];
+        bytes.extend(20_000u32.to_be_bytes());
+        bytes.extend(1_200i64.to_be_bytes());
+        bytes.push(1);
+        bytes.extend(5u64.to_be_bytes());
+        bytes.push(1);
+        bytes.extend(9u64.to_be_bytes());
+        bytes.extend(100u32.to_be_bytes());
+        bytes.extend(6u64.to_be_bytes());
+        if version == 2 {
+            bytes.extend(7u64.to_be_bytes());
+        }
+        bytes
+    }
+
+    #[test]
+    fn travel_states_and_steps_before_format_6_read_with_their_day_totals_only() {
+        let open = OpenJourney {
+            id: 9,
+            station: 100,
+            entered_at: UnixMillis(6),
+        };
+        let day_only = RiderTotals {
+            periods: Periods {
+                day: 20_000,
+                ..Periods::default()
+            },
+            charged_today: Amount(1_200),
             last_trip_started_at: Some(UnixMillis(5)),
-            open_journey: Some(OpenJourney {
-                id: 9,
-                station: 100,
-                entered_at: UnixMillis(6),
-            }),
-            ..Travel::default()
-        });
-        version_1[0] = 1;
-        version_1.truncate(version_1.len() - 8);
-        assert_eq!(
-            decode_travel(&version_1).unwrap().latest_step_at,
-            UnixMillis(6)
-        );
+            ..RiderTotals::default()
+        };
+        let expected = |latest_step_at| Travel {
+            totals: day_only,
+            open_journey: Some(open),
+            latest_step_at: UnixMillis(latest_step_at),
+        };
+        assert_eq!(decode_travel(&old_travel(2)).unwrap(), expected(7));
+        // Before offline taps (version 1): the open journey's entry is the latest step.
+        assert_eq!(decode_travel(&old_travel(1)).unwrap(), expected(6));
+        let mut unknown = old_travel(2);
+        unknown[0] = 4;
+        assert!(decode_travel(&unknown).is_err());
+        // A version 1 step: kind 4 (a close of journey 70), operator 1, charged -5, no
+        // journey open after it; its totals start afresh.
+        let mut bytes = vec![1, 4];
+        bytes.extend(70u64.to_be_bytes());
+        bytes.extend(1u16.to_be_bytes());
+        bytes.extend((-5i64).to_be_bytes());
+        bytes.push(0);
         let step = RecordedStep {
             step: Step {
                 time: UnixMillis(1_000),
@@ -1416,12 +1543,23 @@ mod tests {
             operator_id: 1,
             charged: Amount(-5),
             open_after: None,
+            totals_after: RiderTotals::default(),
         };
         let key = rider_step_key(42, step.step.time, step.step.sequence);
+        assert_eq!(decode_rider_step(&key, &bytes).unwrap(), (42, step));
+        let step = RecordedStep {
+            open_after: Some(open),
+            totals_after: day_only,
+            ..step
+        };
         assert_eq!(
             decode_rider_step(&key, &encode_rider_step(&step)).unwrap(),
             (42, step)
         );
+    }
+
+    #[test]
+    fn code_uses_round_trip() {
         let used = CodeUse {
             gate_id: 3,
             time: UnixMillis(4),

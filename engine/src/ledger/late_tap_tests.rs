@@ -8,10 +8,11 @@ use proptest::prelude::*;
 
 use super::model::rider_of_postings;
 use super::tap_tests::{
-    BUS, METRO, MINUTE_MS, RIDER, T, assert_audit_ok, at, balance, entry, exit, open_at, setup,
-    submit,
+    BUS, METRO, MINUTE_MS, RIDER, T, assert_audit_ok, at, balance, entry, exit, open_at,
+    sample_rules, setup, submit,
 };
 use super::*;
+use crate::fares::FareTable;
 
 const BUS_501: TapKind = TapKind::Bus { route: 501 };
 const RIDER_ACCOUNT: AccountRef = AccountRef::Rider(RIDER);
@@ -399,7 +400,7 @@ fn history_tap() -> impl Strategy<Value = HistoryTap> {
 
 /// What the rider paid per service day (taps, closes and corrections, each on the day of
 /// the fare it belongs to), and the rider's balance.
-fn charges_per_day(ledger: &Ledger) -> (Vec<(u32, i64)>, i64) {
+fn charges_per_day(ledger: &Ledger, fares: &FareTable) -> (Vec<(u32, i64)>, i64) {
     let mut days = std::collections::BTreeMap::new();
     let next = ledger.view().next_sequence().unwrap();
     for sequence in 1..next {
@@ -407,7 +408,7 @@ fn charges_per_day(ledger: &Ledger) -> (Vec<(u32, i64)>, i64) {
         if rider_of_postings(&record.postings) == Some(RIDER)
             && !matches!(record.request.command, Command::TopUp { .. })
         {
-            let day = travel::service_day(record.request.time);
+            let day = fares.periods(record.request.time).day;
             *days.entry(day).or_insert(0) += record.rider_charge().0;
         }
     }
@@ -457,7 +458,7 @@ proptest! {
                 let report = audit::audit(ledger.view()).unwrap();
                 prop_assert!(report.ok(), "audit failed: {:?}", report.violations);
                 prop_assert_eq!(report.balance_sum, 0);
-                Ok(charges_per_day(&ledger))
+                Ok(charges_per_day(&ledger, sample_rules().fares.as_deref().unwrap()))
             })
             .collect::<Result<_, TestCaseError>>()?;
         prop_assert_eq!(&results[0], &results[1], "taps {:?}", taps);

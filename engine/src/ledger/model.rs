@@ -2,6 +2,7 @@
 //! Plain data: no storage, no clock.
 
 use crate::clock::UnixMillis;
+use crate::fares::RiderTotals;
 use crate::money::Amount;
 
 /// A 128-bit transaction id chosen by the caller (a gate picks one per physical scan and
@@ -97,16 +98,13 @@ pub struct Journey {
     pub entered_at: Option<UnixMillis>,
 }
 
-/// A rider's travel state on the current service day: the open journey, if any, and what
-/// the daily cap and transfer discount need. Stored per rider, changed only by taps.
+/// A rider's travel state: the open journey, if any, and what the caps, tiers, transfer
+/// discount and hopper need (`fares::RiderTotals`). Stored per rider, changed only by
+/// taps and journey closes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Travel {
-    /// The service day (days since the Unix epoch, UTC) the totals below belong to.
-    pub day: u32,
-    /// The sum charged to the rider for trips on that day.
-    pub charged_today: Amount,
-    /// When the rider's last charged trip on that day started.
-    pub last_trip_started_at: Option<UnixMillis>,
+    /// What the rider paid in the current service day, week and month.
+    pub totals: RiderTotals,
     /// The metro journey entered and not yet exited.
     pub open_journey: Option<OpenJourney>,
     /// The scan time of the rider's latest accepted tap or journey close: a tap scanned

@@ -75,13 +75,17 @@ pub const COLUMN_FAMILIES: [&str; 14] = [
 /// journeys in records. Version 3 added the `settlement` column family. Version 4 added
 /// the `deny` and `deny_journal` column families. Version 5 added `rider_steps`, offline
 /// taps and fare corrections in records, and the latest step's time in travel states.
-pub const FORMAT_VERSION: u32 = 5;
+/// Version 6 added the rider's week and month totals to travel states and rider steps
+/// (value version 3; older values are still read).
+pub const FORMAT_VERSION: u32 = 6;
 
 /// Older formats this build upgrades in place on open: they differ only by missing column
 /// families, which the open creates; `deny` is then filled from the accounts (before
 /// version 4). Riders' steps before the upgrade are not in `rider_steps`: a late tap
-/// re-prices its day from the steps recorded since.
-pub const FORMAT_VERSIONS_UPGRADED: [u32; 3] = [2, 3, 4];
+/// re-prices its day from the steps recorded since. A version 5 directory only needs its
+/// version rewritten: its travel states and steps are read as they are, their week and
+/// month totals starting at zero.
+pub const FORMAT_VERSIONS_UPGRADED: [u32; 4] = [2, 3, 4, 5];
 
 /// Memory the ledger's RocksDB may use for caching, and how it is split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,18 +7,10 @@
 //! (`docs/offline.md`, "Re-pricing the day"). Pure: no storage, no clock.
 
 use crate::clock::UnixMillis;
-use crate::fares::{FareTable, RiderDay};
+use crate::fares::{FareTable, Mode, RiderTotals, Trip};
 use crate::money::Amount;
 
 use super::model::{Journey, OpenJourney, Refusal, TapKind, Travel};
-
-/// One day in milliseconds: service days are UTC days.
-pub const DAY_MS: u64 = 86_400_000;
-
-/// The service day of a time: days since the Unix epoch, UTC.
-pub fn service_day(time: UnixMillis) -> u32 {
-    u32::try_from(time.0 / DAY_MS).unwrap_or(u32::MAX)
-}
 
 /// What a step is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +49,9 @@ pub struct RecordedStep {
     pub charged: Amount,
     /// The journey open after it.
     pub open_after: Option<OpenJourney>,
+    /// The rider's totals after it: a walk from the start of a later service day starts
+    /// from the last step before it, with its week's and month's totals.
+    pub totals_after: RiderTotals,
 }
 
 /// What a step costs, and what it does to the rider's journeys.
@@ -78,40 +73,31 @@ pub struct Priced {
 /// as it was.
 pub fn price(fares: &FareTable, travel: &mut Travel, step: &Step) -> Result<Priced, Refusal> {
     let mut next = *travel;
-    let counts = next.start_day(step.time);
-    let totals = if counts {
-        RiderDay {
-            charged_today: next.charged_today,
-            previous_trip_started_at_ms: next.last_trip_started_at.map(|at| at.0),
-        }
-    } else {
-        RiderDay::default()
+    let counts = next.totals.start(fares.periods(step.time));
+    let (trip, priced) = match step.kind {
+        StepKind::Tap(TapKind::MetroEntry { station }) => enter(fares, &mut next, step, station)?,
+        StepKind::Tap(TapKind::MetroExit { station }) => exit(fares, &mut next, step, station)?,
+        StepKind::Tap(TapKind::Bus { route }) => ride_bus(fares, step, route)?,
+        StepKind::Close { journey_id } => close(fares, &mut next, journey_id),
     };
-    let priced = match step.kind {
-        StepKind::Tap(TapKind::MetroEntry { station }) => {
-            enter(fares, &mut next, step, station, totals)?
-        }
-        StepKind::Tap(TapKind::MetroExit { station }) => {
-            exit(fares, &mut next, step, station, totals)?
-        }
-        StepKind::Tap(TapKind::Bus { route }) => ride_bus(fares, &mut next, step, route, totals)?,
-        StepKind::Close { journey_id } => close(fares, &mut next, journey_id, totals),
+    let fare = match trip {
+        Some(trip) if counts => fares.charge(&trip, &mut next.totals),
+        // A step from an earlier day is priced with no totals and leaves them alone.
+        Some(trip) => fares.charge(&trip, &mut RiderTotals::default()),
+        None => Some(Amount::ZERO),
     };
-    if counts {
-        next.charged_today = next
-            .charged_today
-            .checked_add(priced.fare)
-            .ok_or(Refusal::BalanceOverflow)?;
-    }
     next.latest_step_at = next.latest_step_at.max(step.time);
     *travel = next;
-    Ok(priced)
+    Ok(Priced {
+        fare: fare.ok_or(Refusal::BalanceOverflow)?,
+        ..priced
+    })
 }
 
 /// One step walked: its pricing (or why it does not price: a step that no longer
 /// prices, say at a station since removed from the fares file, leaves the state alone),
-/// and the journey open after it.
-pub type Walked = (Result<Priced, Refusal>, Option<OpenJourney>);
+/// and the rider's travel state after it.
+pub type Walked = (Result<Priced, Refusal>, Travel);
 
 /// Prices `steps` (in scan order) after `start`: each step walked, and the state after
 /// the last.
@@ -121,114 +107,98 @@ pub fn walk(fares: &FareTable, start: Travel, steps: &[Step]) -> (Vec<Walked>, T
         .iter()
         .map(|step| {
             let priced = price(fares, &mut travel, step);
-            (priced, travel.open_journey)
+            (priced, travel)
         })
         .collect();
     (walked, travel)
 }
 
-impl Travel {
-    /// Starts the service day of `time` when it is later than the stored one (the day's
-    /// totals afresh). Returns whether a step at `time` counts towards the stored day's
-    /// totals: a step from an earlier day (only when a day's steps are not walked in
-    /// order) is priced with no totals and leaves them alone.
-    fn start_day(&mut self, time: UnixMillis) -> bool {
-        let day = service_day(time);
-        if day > self.day {
-            self.day = day;
-            self.charged_today = Amount::ZERO;
-            self.last_trip_started_at = None;
-        }
-        day == self.day
-    }
-}
-
 /// A tap-in at a metro station: opens a journey, and charges a journey left open as
-/// incomplete (the maximum fare; the daily cap applies, a transfer discount does not).
+/// incomplete (the file's incomplete-journey fare; the caps apply, a transfer discount
+/// does not).
 fn enter(
     fares: &FareTable,
     travel: &mut Travel,
     step: &Step,
     station: u32,
-    totals: RiderDay,
-) -> Result<Priced, Refusal> {
+) -> Result<(Option<Trip>, Priced), Refusal> {
     if !fares.has_station(station) {
         return Err(Refusal::UnknownStation);
     }
     let closed = travel.open_journey;
-    let fare = match closed {
-        Some(open) => fares.charge(fares.max_fare, open.entered_at.0, without_transfer(totals)),
-        None => Amount::ZERO,
-    };
     let opened = OpenJourney {
         id: step.sequence,
         station,
         entered_at: step.time,
     };
     travel.open_journey = Some(opened);
-    Ok(Priced {
-        fare,
+    let priced = Priced {
+        fare: Amount::ZERO,
         operator_id: fares.metro_operator_id,
         charges: closed.is_some(),
         journey: Some(journey_of(opened)),
-    })
+    };
+    Ok((closed.map(|open| incomplete_trip(fares, open)), priced))
 }
 
 /// A tap-out at a metro station: closes the open journey and prices it; with no open
-/// journey, an incomplete journey at the maximum fare.
+/// journey, the file's fare of an exit with no entry.
 fn exit(
     fares: &FareTable,
     travel: &mut Travel,
     step: &Step,
     station: u32,
-    totals: RiderDay,
-) -> Result<Priced, Refusal> {
+) -> Result<(Option<Trip>, Priced), Refusal> {
     if !fares.has_station(station) {
         return Err(Refusal::UnknownStation);
     }
-    let closed = travel.open_journey.take();
-    let (base, started_at, journey) = match closed {
+    let (trip, journey) = match travel.open_journey.take() {
         Some(open) => {
             let duration_ms = step.time.0.saturating_sub(open.entered_at.0);
-            let base = if duration_ms > fares.incomplete_journey_after_ms {
-                fares.max_fare
+            let trip = if duration_ms > fares.incomplete_journey_after_ms {
+                // Too long to be one journey: the entry's incomplete fare, as a trip.
+                Trip {
+                    incomplete: false,
+                    ..incomplete_trip(fares, open)
+                }
             } else {
-                fares
-                    .metro_fare(open.station, station, duration_ms)
-                    .unwrap_or(fares.max_fare)
+                let base = fares
+                    .metro_fare(open.station, station, duration_ms, open.entered_at)
+                    .unwrap_or(fares.max_fare);
+                metro_trip(base, open.entered_at)
             };
-            (base, open.entered_at, journey_of(open))
+            (trip, journey_of(open))
         }
         None => {
+            let base = fares.exit_without_entry_fare(station, step.time);
             let journey = Journey {
                 id: step.sequence,
                 entry_station: None,
                 entered_at: None,
             };
-            (fares.max_fare, step.time, journey)
+            (metro_trip(base, step.time), journey)
         }
     };
-    travel.last_trip_started_at = Some(started_at);
-    Ok(Priced {
-        fare: fares.charge(base, started_at.0, totals),
+    let priced = Priced {
+        fare: Amount::ZERO,
         operator_id: fares.metro_operator_id,
         charges: true,
         journey: Some(journey),
-    })
+    };
+    Ok((Some(trip), priced))
 }
 
 /// A bus ride: one tap, the route's flat fare.
-fn ride_bus(
-    fares: &FareTable,
-    travel: &mut Travel,
-    step: &Step,
-    route: u32,
-    totals: RiderDay,
-) -> Result<Priced, Refusal> {
+fn ride_bus(fares: &FareTable, step: &Step, route: u32) -> Result<(Option<Trip>, Priced), Refusal> {
     let base = fares.bus_fare(route).map_err(|_| Refusal::UnknownRoute)?;
-    travel.last_trip_started_at = Some(step.time);
-    Ok(Priced {
-        fare: fares.charge(base, step.time.0, totals),
+    let trip = Trip {
+        base,
+        mode: Mode::Bus,
+        started_at: step.time,
+        incomplete: false,
+    };
+    let priced = Priced {
+        fare: Amount::ZERO,
         operator_id: fares.bus_operator_id,
         charges: true,
         journey: Some(Journey {
@@ -236,13 +206,14 @@ fn ride_bus(
             entry_station: None,
             entered_at: None,
         }),
-    })
+    };
+    Ok((Some(trip), priced))
 }
 
-/// The sweeper's close of a journey entered and never exited: the maximum fare, when the
-/// journey is still the open one. Walked again after a late exit closed it, it costs
-/// nothing.
-fn close(fares: &FareTable, travel: &mut Travel, journey_id: u64, totals: RiderDay) -> Priced {
+/// The sweeper's close of a journey entered and never exited: the incomplete-journey
+/// fare, when the journey is still the open one. Walked again after a late exit closed
+/// it, it costs nothing.
+fn close(fares: &FareTable, travel: &mut Travel, journey_id: u64) -> (Option<Trip>, Priced) {
     let nothing = Priced {
         fare: Amount::ZERO,
         operator_id: fares.metro_operator_id,
@@ -250,14 +221,36 @@ fn close(fares: &FareTable, travel: &mut Travel, journey_id: u64, totals: RiderD
         journey: None,
     };
     let Some(open) = travel.open_journey.filter(|open| open.id == journey_id) else {
-        return nothing;
+        return (None, nothing);
     };
     travel.open_journey = None;
-    Priced {
-        fare: fares.charge(fares.max_fare, open.entered_at.0, without_transfer(totals)),
+    let priced = Priced {
         charges: true,
         journey: Some(journey_of(open)),
         ..nothing
+    };
+    (Some(incomplete_trip(fares, open)), priced)
+}
+
+/// A metro trip of `base` fare that started at `started_at`.
+fn metro_trip(base: Amount, started_at: UnixMillis) -> Trip {
+    Trip {
+        base,
+        mode: Mode::Metro,
+        started_at,
+        incomplete: false,
+    }
+}
+
+/// An open journey never exited, as a trip: the entry's incomplete-journey fare, no
+/// transfer discount.
+fn incomplete_trip(fares: &FareTable, open: OpenJourney) -> Trip {
+    Trip {
+        incomplete: true,
+        ..metro_trip(
+            fares.entry_without_exit_fare(open.station, open.entered_at),
+            open.entered_at,
+        )
     }
 }
 
@@ -267,14 +260,5 @@ fn journey_of(open: OpenJourney) -> Journey {
         id: open.id,
         entry_station: Some(open.station),
         entered_at: Some(open.entered_at),
-    }
-}
-
-/// For an incomplete journey's maximum fare: the daily cap applies, a transfer discount
-/// does not.
-fn without_transfer(totals: RiderDay) -> RiderDay {
-    RiderDay {
-        previous_trip_started_at_ms: None,
-        ..totals
     }
 }

@@ -8,7 +8,14 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use serde::Deserialize;
 
+use crate::clock::UnixMillis;
 use crate::money::Amount;
+
+mod calendar;
+mod rider;
+
+pub use calendar::{Calendar, Periods};
+pub use rider::{Mode, MonthlyTier, RiderTotals, Trip};
 
 /// Most stations a network may have: all-pairs distances are computed at load.
 pub const STATIONS_MAX: usize = 1_000;
@@ -86,6 +93,24 @@ struct FaresFile {
     transfer_discount_minor: i64,
     incomplete_journey_after_ms: u64,
     same_station_exit_free_within_ms: u64,
+    #[serde(default)]
+    same_station_exit: SameStationExit,
+    #[serde(default)]
+    entry_without_exit: EntryWithoutExit,
+    #[serde(default)]
+    exit_without_entry: ExitWithoutEntry,
+    exit_without_entry_minor: Option<i64>,
+    weekly_cap_minor: Option<i64>,
+    bus_daily_cap_minor: Option<i64>,
+    bus_weekly_cap_minor: Option<i64>,
+    bus_hopper_window_ms: Option<u64>,
+    #[serde(default)]
+    monthly_tiers_metro_only: bool,
+    #[serde(default)]
+    monthly_tier: Vec<TierEntry>,
+    service_day: Option<calendar::ServiceDayEntry>,
+    #[serde(default)]
+    peak_window: Vec<calendar::PeakWindowEntry>,
     #[serde(default = "default_metro_operator_id")]
     metro_operator_id: u16,
     #[serde(default = "default_bus_operator_id")]
@@ -110,6 +135,54 @@ fn default_bus_operator_id() -> u16 {
 struct BandEntry {
     up_to_m: u32,
     fare_minor: i64,
+    peak_fare_minor: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TierEntry {
+    after_spent_minor: i64,
+    payable_percent: i64,
+}
+
+/// Exiting at the station one entered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SameStationExit {
+    /// Free within `same_station_exit_free_within_ms` (the rider changed their mind),
+    /// the first band's fare after it.
+    #[default]
+    FreeWithinWindow,
+    /// Always free: a cancelled trip.
+    AlwaysFree,
+    /// Always the first band's fare.
+    FirstBand,
+}
+
+/// What an entry never exited costs (an incomplete journey).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryWithoutExit {
+    /// The network's `max_fare_minor`.
+    #[default]
+    MaxFare,
+    /// The highest fare from the entry station (London's maximum journey fare).
+    HighestFromEntry,
+}
+
+/// What an exit with no entry costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitWithoutEntry {
+    /// The network's `max_fare_minor`.
+    #[default]
+    MaxFare,
+    /// The highest fare to the exit station.
+    HighestToExit,
+    /// `exit_without_entry_minor`.
+    Fixed,
+    /// Nothing.
+    Free,
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,19 +228,44 @@ pub struct FareTable {
     pub metro_operator_id: u16,
     /// The operator that earns bus fares.
     pub bus_operator_id: u16,
-    bands: Vec<(u32, Amount)>,
+    /// Exiting where one entered.
+    pub same_station_exit: SameStationExit,
+    /// What an entry never exited costs.
+    pub entry_without_exit: EntryWithoutExit,
+    /// What an exit with no entry costs.
+    pub exit_without_entry: ExitWithoutEntry,
+    /// The fixed charge of an exit with no entry, for [`ExitWithoutEntry::Fixed`].
+    pub exit_without_entry_fare: Amount,
+    /// The most a rider pays in one service week (Monday to Sunday), every mode.
+    pub weekly_cap: Option<Amount>,
+    /// The most a rider pays for bus rides in one service day.
+    pub bus_daily_cap: Option<Amount>,
+    /// The most a rider pays for bus rides in one service week.
+    pub bus_weekly_cap: Option<Amount>,
+    /// A bus ride within this long of the rider's last paid bus ride is free.
+    pub bus_hopper_window_ms: Option<u64>,
+    /// The monthly spending tiers, by growing threshold.
+    pub monthly_tiers: Vec<MonthlyTier>,
+    /// Whether the tiers count and discount metro trips only.
+    pub monthly_tiers_metro_only: bool,
+    /// Time zone, service-day start and peak windows.
+    pub calendar: Calendar,
+    /// Per band: up to this distance, the off-peak and the peak fare.
+    bands: Vec<Band>,
+    /// Per station: the highest off-peak and peak fare of a trip from (or to) it.
+    highest_from: HashMap<StationId, (Amount, Amount)>,
     station_names: BTreeMap<StationId, String>,
     distances_m: HashMap<(StationId, StationId), u32>,
     routes: BTreeMap<RouteId, (String, Amount)>,
 }
 
-/// What a rider has already paid on the service day of a new trip.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct RiderDay {
-    /// The sum of today's charges so far.
-    pub charged_today: Amount,
-    /// When the rider's previous charged trip started, if today.
-    pub previous_trip_started_at_ms: Option<u64>,
+/// A distance band: trips up to `up_to_m` cost `fare`, or `peak_fare` when they start in
+/// a peak window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Band {
+    up_to_m: u32,
+    fare: Amount,
+    peak_fare: Amount,
 }
 
 impl FareTable {
@@ -179,11 +277,13 @@ impl FareTable {
         let file: FaresFile =
             toml::from_str(text).map_err(|err| FareError::Parse(err.to_string()))?;
         check_amounts(&file)?;
+        let exit_without_entry_fare = exit_without_entry_fare(&file)?;
         let bands = fare_bands(&file.fare_band, file.max_fare_minor)?;
         let (station_names, edges) = metro_network(&file.line)?;
         let routes = bus_routes(file.bus_route, file.max_fare_minor)?;
         let distances_m = all_pairs_shortest(&station_names, &edges);
-        Ok(FareTable {
+        let calendar = Calendar::from_entries(file.service_day.as_ref(), &file.peak_window)?;
+        let mut table = FareTable {
             max_fare: Amount(file.max_fare_minor),
             daily_cap: Amount(file.daily_cap_minor),
             transfer_window_ms: file.transfer_window_ms,
@@ -192,17 +292,44 @@ impl FareTable {
             same_station_exit_free_within_ms: file.same_station_exit_free_within_ms,
             metro_operator_id: file.metro_operator_id,
             bus_operator_id: file.bus_operator_id,
+            same_station_exit: file.same_station_exit,
+            entry_without_exit: file.entry_without_exit,
+            exit_without_entry: file.exit_without_entry,
+            exit_without_entry_fare,
+            weekly_cap: file.weekly_cap_minor.map(Amount),
+            bus_daily_cap: file.bus_daily_cap_minor.map(Amount),
+            bus_weekly_cap: file.bus_weekly_cap_minor.map(Amount),
+            bus_hopper_window_ms: file.bus_hopper_window_ms,
+            monthly_tiers: monthly_tiers(&file.monthly_tier)?,
+            monthly_tiers_metro_only: file.monthly_tiers_metro_only,
+            calendar,
             bands,
+            highest_from: HashMap::new(),
             station_names,
             distances_m,
             routes,
-        })
+        };
+        check_caps(&table)?;
+        table.highest_from = table.highest_fares();
+        Ok(table)
+    }
+
+    /// The service day, week and month of a moment.
+    pub fn periods(&self, time: UnixMillis) -> Periods {
+        self.calendar.periods(time)
+    }
+
+    /// When the service day of a moment began.
+    pub fn day_start(&self, time: UnixMillis) -> UnixMillis {
+        self.calendar.day_start(time)
     }
 
     /// The fare of the shortest metro trip (the first band): an entry is allowed only if
     /// the rider's credit limit leaves room for it.
     pub fn shortest_trip_fare(&self) -> Amount {
-        self.bands.first().map_or(self.max_fare, |(_, fare)| *fare)
+        self.bands
+            .first()
+            .map_or(self.max_fare, |band| band.fare.max(band.peak_fare))
     }
 
     /// Every station id, in order.
@@ -237,28 +364,90 @@ impl FareTable {
             .ok_or(FareError::NotConnected(from, to))
     }
 
-    /// The fare of a metro journey before caps and discounts: the band of its distance
-    /// (beyond the last band, the maximum fare). Exiting where one entered follows the
-    /// same-station rule: free within the window, the first band after it.
+    /// The fare of a metro journey starting at `started_at` before caps and discounts:
+    /// the band of its distance, at its peak fare when it starts in a peak window (beyond
+    /// the last band, the maximum fare). Exiting where one entered follows the
+    /// same-station rule.
     pub fn metro_fare(
         &self,
         entry: StationId,
         exit: StationId,
         duration_ms: u64,
+        started_at: UnixMillis,
     ) -> Result<Amount, FareError> {
         let distance = self.distance_m(entry, exit)?;
+        let peak = self.calendar.is_peak(started_at);
+        let first_band = self.band_fare(&self.bands[0], peak);
         if entry == exit {
-            return Ok(if duration_ms <= self.same_station_exit_free_within_ms {
-                Amount::ZERO
-            } else {
-                self.bands[0].1
+            return Ok(match self.same_station_exit {
+                SameStationExit::AlwaysFree => Amount::ZERO,
+                SameStationExit::FirstBand => first_band,
+                SameStationExit::FreeWithinWindow
+                    if duration_ms <= self.same_station_exit_free_within_ms =>
+                {
+                    Amount::ZERO
+                }
+                SameStationExit::FreeWithinWindow => first_band,
             });
         }
-        Ok(self
-            .bands
+        Ok(self.distance_fare(distance, peak))
+    }
+
+    /// What an entry at `station` at `entered_at`, never exited, costs.
+    pub fn entry_without_exit_fare(&self, station: StationId, entered_at: UnixMillis) -> Amount {
+        match self.entry_without_exit {
+            EntryWithoutExit::MaxFare => self.max_fare,
+            EntryWithoutExit::HighestFromEntry => self.highest_fare(station, entered_at),
+        }
+    }
+
+    /// What an exit at `station` at `time` with no entry costs.
+    pub fn exit_without_entry_fare(&self, station: StationId, time: UnixMillis) -> Amount {
+        match self.exit_without_entry {
+            ExitWithoutEntry::MaxFare => self.max_fare,
+            ExitWithoutEntry::HighestToExit => self.highest_fare(station, time),
+            ExitWithoutEntry::Fixed => self.exit_without_entry_fare,
+            ExitWithoutEntry::Free => Amount::ZERO,
+        }
+    }
+
+    /// The highest fare of a trip from (or, as distances are the same both ways, to)
+    /// a station starting at `time`; the maximum fare for a station the file does not
+    /// know.
+    fn highest_fare(&self, station: StationId, time: UnixMillis) -> Amount {
+        let peak = self.calendar.is_peak(time);
+        self.highest_from
+            .get(&station)
+            .map_or(
+                self.max_fare,
+                |(off_peak, at_peak)| {
+                    if peak { *at_peak } else { *off_peak }
+                },
+            )
+    }
+
+    /// Per station, the highest off-peak and peak fare of a trip to any other station.
+    fn highest_fares(&self) -> HashMap<StationId, (Amount, Amount)> {
+        let mut highest: HashMap<StationId, (Amount, Amount)> = HashMap::new();
+        for (&(from, _), &distance) in &self.distances_m {
+            let entry = highest.entry(from).or_default();
+            entry.0 = entry.0.max(self.distance_fare(distance, false));
+            entry.1 = entry.1.max(self.distance_fare(distance, true));
+        }
+        highest
+    }
+
+    /// The fare of a distance: its band's, or the maximum beyond the last band.
+    fn distance_fare(&self, distance_m: u32, peak: bool) -> Amount {
+        self.bands
             .iter()
-            .find(|(up_to, _)| distance <= *up_to)
-            .map_or(self.max_fare, |(_, fare)| *fare))
+            .find(|band| distance_m <= band.up_to_m)
+            .map_or(self.max_fare, |band| self.band_fare(band, peak))
+    }
+
+    /// A band's fare, at peak or not.
+    fn band_fare(&self, band: &Band, peak: bool) -> Amount {
+        if peak { band.peak_fare } else { band.fare }
     }
 
     /// A bus route's flat fare, before caps and discounts.
@@ -268,23 +457,6 @@ impl FareTable {
             .map(|(_, fare)| *fare)
             .ok_or(FareError::UnknownRoute(route))
     }
-
-    /// What the rider is charged for a trip of `base` fare starting at `started_at_ms`:
-    /// the transfer discount if the previous charged trip started within the window, then
-    /// the daily cap (never more than what is left under it, never below zero).
-    pub fn charge(&self, base: Amount, started_at_ms: u64, day: RiderDay) -> Amount {
-        let transfer = day.previous_trip_started_at_ms.is_some_and(|previous| {
-            started_at_ms.saturating_sub(previous) <= self.transfer_window_ms
-        });
-        let discounted = if transfer {
-            Amount(base.0.saturating_sub(self.transfer_discount.0).max(0))
-        } else {
-            base
-        };
-        // `charged_today` comes from the caller: saturate rather than overflow on nonsense.
-        let left_under_cap = Amount(self.daily_cap.0.saturating_sub(day.charged_today.0).max(0));
-        discounted.min(left_under_cap)
-    }
 }
 
 /// A broken rule of the fares file.
@@ -292,41 +464,142 @@ fn invalid<T>(message: String) -> Result<T, FareError> {
     Err(FareError::Invalid(message))
 }
 
-/// The maximum fare, the daily cap and the transfer discount are not negative.
+/// No amount of the file is negative.
 fn check_amounts(file: &FaresFile) -> Result<(), FareError> {
-    for (name, value) in [
+    let optional = [
+        ("weekly_cap_minor", file.weekly_cap_minor),
+        ("bus_daily_cap_minor", file.bus_daily_cap_minor),
+        ("bus_weekly_cap_minor", file.bus_weekly_cap_minor),
+        ("exit_without_entry_minor", file.exit_without_entry_minor),
+    ];
+    let required = [
         ("max_fare_minor", file.max_fare_minor),
         ("daily_cap_minor", file.daily_cap_minor),
         ("transfer_discount_minor", file.transfer_discount_minor),
-    ] {
+    ];
+    for (name, value) in required.into_iter().chain(
+        optional
+            .into_iter()
+            .filter_map(|(name, value)| Some((name, value?))),
+    ) {
         if value < 0 {
             return invalid(format!("{name} must not be negative"));
+        }
+    }
+    if file.bus_hopper_window_ms == Some(0) {
+        return invalid(
+            "bus_hopper_window_ms must be more than 0 (leave it out for no hopper)".into(),
+        );
+    }
+    Ok(())
+}
+
+/// The fixed charge of an exit with no entry: given exactly when the rule is `fixed`,
+/// and at most the maximum fare.
+fn exit_without_entry_fare(file: &FaresFile) -> Result<Amount, FareError> {
+    match (file.exit_without_entry, file.exit_without_entry_minor) {
+        (ExitWithoutEntry::Fixed, Some(amount)) if amount <= file.max_fare_minor => {
+            Ok(Amount(amount))
+        }
+        (ExitWithoutEntry::Fixed, Some(_)) => {
+            invalid("exit_without_entry_minor must be at most max_fare_minor".into())
+        }
+        (ExitWithoutEntry::Fixed, None) => {
+            invalid("exit_without_entry = \"fixed\" needs exit_without_entry_minor".into())
+        }
+        (_, Some(_)) => invalid(
+            "exit_without_entry_minor is only read with exit_without_entry = \"fixed\"".into(),
+        ),
+        (_, None) => Ok(Amount::ZERO),
+    }
+}
+
+/// No cap is below a single fare it caps (a trip could then cost more than the cap
+/// allows in its whole period), and a week's cap is not below a day's.
+fn check_caps(table: &FareTable) -> Result<(), FareError> {
+    let highest_bus_fare = table.routes.values().map(|(_, fare)| *fare).max();
+    let mut checks = vec![(
+        "daily_cap_minor",
+        Some(table.daily_cap),
+        Some(table.max_fare),
+    )];
+    checks.push(("weekly_cap_minor", table.weekly_cap, Some(table.daily_cap)));
+    checks.push(("bus_daily_cap_minor", table.bus_daily_cap, highest_bus_fare));
+    let bus_day = table.bus_daily_cap.or(highest_bus_fare);
+    checks.push(("bus_weekly_cap_minor", table.bus_weekly_cap, bus_day));
+    for (name, cap, floor) in checks {
+        if let (Some(cap), Some(floor)) = (cap, floor)
+            && cap < floor
+        {
+            return invalid(format!(
+                "{name} ({}) is below a single fare or a shorter cap it covers ({})",
+                cap.0, floor.0
+            ));
         }
     }
     Ok(())
 }
 
-/// The distance bands: at least one, growing in distance, not falling in fare, and none
-/// above the maximum fare.
-fn fare_bands(entries: &[BandEntry], max_fare_minor: i64) -> Result<Vec<(u32, Amount)>, FareError> {
+/// The monthly tiers: thresholds not negative and growing, and each a share of the fare
+/// from 0 to 100 percent.
+fn monthly_tiers(entries: &[TierEntry]) -> Result<Vec<MonthlyTier>, FareError> {
+    let mut tiers: Vec<MonthlyTier> = Vec::new();
+    for entry in entries {
+        let percent = u8::try_from(entry.payable_percent)
+            .ok()
+            .filter(|percent| *percent <= 100);
+        let Some(payable_percent) = percent else {
+            return invalid(format!(
+                "monthly_tier after {}: payable_percent must be 0 to 100",
+                entry.after_spent_minor
+            ));
+        };
+        if entry.after_spent_minor < 0 {
+            return invalid("monthly_tier: after_spent_minor must not be negative".into());
+        }
+        let after_spent = Amount(entry.after_spent_minor);
+        if tiers
+            .last()
+            .is_some_and(|last| after_spent <= last.after_spent)
+        {
+            return invalid("monthly_tier entries must grow in after_spent_minor".into());
+        }
+        tiers.push(MonthlyTier {
+            after_spent,
+            payable_percent,
+        });
+    }
+    Ok(tiers)
+}
+
+/// The distance bands: at least one, growing in distance, not falling in fare (off-peak
+/// or peak), and none above the maximum fare.
+fn fare_bands(entries: &[BandEntry], max_fare_minor: i64) -> Result<Vec<Band>, FareError> {
     if entries.is_empty() {
         return invalid("at least one fare_band is needed".into());
     }
-    let mut bands: Vec<(u32, Amount)> = Vec::new();
-    for band in entries {
-        if band.fare_minor < 0 || band.fare_minor > max_fare_minor {
-            return invalid(format!(
-                "fare_band up to {} m: fare must be 0 to max_fare_minor",
-                band.up_to_m
-            ));
+    let mut bands: Vec<Band> = Vec::new();
+    for entry in entries {
+        let peak_fare_minor = entry.peak_fare_minor.unwrap_or(entry.fare_minor);
+        for fare in [entry.fare_minor, peak_fare_minor] {
+            if fare < 0 || fare > max_fare_minor {
+                return invalid(format!(
+                    "fare_band up to {} m: fare must be 0 to max_fare_minor",
+                    entry.up_to_m
+                ));
+            }
         }
-        if bands
-            .last()
-            .is_some_and(|(up_to, fare)| band.up_to_m <= *up_to || Amount(band.fare_minor) < *fare)
-        {
+        let band = Band {
+            up_to_m: entry.up_to_m,
+            fare: Amount(entry.fare_minor),
+            peak_fare: Amount(peak_fare_minor),
+        };
+        if bands.last().is_some_and(|last| {
+            band.up_to_m <= last.up_to_m || band.fare < last.fare || band.peak_fare < last.peak_fare
+        }) {
             return invalid("fare_band entries must grow in distance and not fall in fare".into());
         }
-        bands.push((band.up_to_m, Amount(band.fare_minor)));
+        bands.push(band);
     }
     Ok(bands)
 }

@@ -1,6 +1,10 @@
 //! Pricing against the shipped sample city, and the rules a fares file must keep.
 
 use super::*;
+use crate::clock::UnixMillis;
+
+/// A moment with no peak window in the sample (it has none at all).
+const NOON: UnixMillis = UnixMillis(1_800_000_000_000);
 
 fn sample() -> FareTable {
     let text = include_str!("../../../docs/sample-city.toml");
@@ -28,23 +32,44 @@ fn distances_follow_the_lines_and_change_at_central() {
 #[test]
 fn a_journey_costs_the_band_of_its_distance_or_the_maximum_beyond() {
     let city = sample();
-    assert_eq!(city.metro_fare(101, 102, 60_000).unwrap(), Amount(300)); // 2.1 km
-    assert_eq!(city.metro_fare(101, 100, 60_000).unwrap(), Amount(300)); // 4.8 km
-    assert_eq!(city.metro_fare(101, 202, 60_000).unwrap(), Amount(400)); // 8.3 km
-    assert_eq!(city.metro_fare(101, 104, 60_000).unwrap(), Amount(700)); // 31 km
-    assert_eq!(city.metro_fare(104, 203, 60_000).unwrap(), Amount(700)); // 34.2 km
+    assert_eq!(
+        city.metro_fare(101, 102, 60_000, NOON).unwrap(),
+        Amount(300)
+    ); // 2.1 km
+    assert_eq!(
+        city.metro_fare(101, 100, 60_000, NOON).unwrap(),
+        Amount(300)
+    ); // 4.8 km
+    assert_eq!(
+        city.metro_fare(101, 202, 60_000, NOON).unwrap(),
+        Amount(400)
+    ); // 8.3 km
+    assert_eq!(
+        city.metro_fare(101, 104, 60_000, NOON).unwrap(),
+        Amount(700)
+    ); // 31 km
+    assert_eq!(
+        city.metro_fare(104, 203, 60_000, NOON).unwrap(),
+        Amount(700)
+    ); // 34.2 km
     // Beyond the last band, the maximum fare.
     let text = include_str!("../../../docs/sample-city.toml")
         .replace("up_to_m = 40_000", "up_to_m = 30_000");
     let shorter = FareTable::from_toml(&text).unwrap();
-    assert_eq!(shorter.metro_fare(104, 203, 60_000).unwrap(), Amount(900));
+    assert_eq!(
+        shorter.metro_fare(104, 203, 60_000, NOON).unwrap(),
+        Amount(900)
+    );
 }
 
 #[test]
 fn leaving_where_one_entered_is_free_only_within_the_window() {
     let city = sample();
-    assert_eq!(city.metro_fare(100, 100, 300_000).unwrap(), Amount(0));
-    assert_eq!(city.metro_fare(100, 100, 300_001).unwrap(), Amount(300));
+    assert_eq!(city.metro_fare(100, 100, 300_000, NOON).unwrap(), Amount(0));
+    assert_eq!(
+        city.metro_fare(100, 100, 300_001, NOON).unwrap(),
+        Amount(300)
+    );
 }
 
 #[test]
@@ -57,48 +82,93 @@ fn bus_routes_have_flat_fares() {
     );
 }
 
+/// A complete metro trip of `base` starting at `at` ms.
+fn trip(base: i64, at: u64) -> Trip {
+    Trip {
+        base: Amount(base),
+        mode: Mode::Metro,
+        started_at: UnixMillis(at),
+        incomplete: false,
+    }
+}
+
 #[test]
 fn transfers_are_discounted_and_the_day_is_capped() {
     let city = sample();
-    let first = RiderDay::default();
-    assert_eq!(city.charge(Amount(400), 1_000, first), Amount(400));
-    let transfer = RiderDay {
-        charged_today: Amount(400),
-        previous_trip_started_at_ms: Some(1_000),
+    let mut totals = RiderTotals::default();
+    assert!(totals.start(city.periods(UnixMillis(1_000))));
+    assert_eq!(
+        city.charge(&trip(400, 1_000), &mut totals),
+        Some(Amount(400))
+    );
+    assert_eq!(totals.charged_today, Amount(400));
+    assert_eq!(totals.last_trip_started_at, Some(UnixMillis(1_000)));
+    let transfer = totals;
+    assert_eq!(
+        city.charge(&trip(400, 1_000 + 5_400_000), &mut transfer.clone()),
+        Some(Amount(300))
+    );
+    assert_eq!(
+        city.charge(&trip(400, 1_000 + 5_400_001), &mut transfer.clone()),
+        Some(Amount(400))
+    );
+    assert_eq!(
+        city.charge(&trip(50, 2_000), &mut transfer.clone()),
+        Some(Amount(0))
+    );
+    // An incomplete journey gets no transfer discount and is no trip to transfer from.
+    let mut after_incomplete = transfer;
+    let incomplete = Trip {
+        incomplete: true,
+        ..trip(900, 2_000)
     };
     assert_eq!(
-        city.charge(Amount(400), 1_000 + 5_400_000, transfer),
-        Amount(300)
+        city.charge(&incomplete, &mut after_incomplete),
+        Some(Amount(900))
     );
     assert_eq!(
-        city.charge(Amount(400), 1_000 + 5_400_001, transfer),
-        Amount(400)
+        after_incomplete.last_trip_started_at,
+        Some(UnixMillis(1_000))
     );
-    assert_eq!(city.charge(Amount(50), 2_000, transfer), Amount(0));
-    let nearly_capped = RiderDay {
+    let nearly_capped = RiderTotals {
         charged_today: Amount(1_400),
-        previous_trip_started_at_ms: None,
+        ..RiderTotals::default()
     };
     assert_eq!(
-        city.charge(Amount(400), 9_000_000, nearly_capped),
-        Amount(100)
+        city.charge(&trip(400, 9_000_000), &mut nearly_capped.clone()),
+        Some(Amount(100))
     );
-    let capped = RiderDay {
+    let capped = RiderTotals {
         charged_today: Amount(1_500),
-        previous_trip_started_at_ms: None,
+        ..RiderTotals::default()
     };
-    assert_eq!(city.charge(Amount(900), 9_000_000, capped), Amount(0));
-    // Nonsense input saturates instead of overflowing.
-    let odd = RiderDay {
+    assert_eq!(
+        city.charge(&trip(900, 9_000_000), &mut capped.clone()),
+        Some(Amount(0))
+    );
+    // Nonsense input saturates instead of overflowing, or is refused when a total would.
+    let odd = RiderTotals {
         charged_today: Amount(i64::MIN),
-        previous_trip_started_at_ms: None,
+        ..RiderTotals::default()
     };
-    assert_eq!(city.charge(Amount(400), 9_000_000, odd), Amount(400));
-    let odd = RiderDay {
+    assert_eq!(
+        city.charge(&trip(400, 9_000_000), &mut odd.clone()),
+        Some(Amount(400))
+    );
+    let odd = RiderTotals {
         charged_today: Amount(i64::MAX),
-        previous_trip_started_at_ms: Some(0),
+        last_trip_started_at: Some(UnixMillis(0)),
+        ..RiderTotals::default()
     };
-    assert_eq!(city.charge(Amount(i64::MIN), 1, odd), Amount(0));
+    assert_eq!(
+        city.charge(&trip(i64::MIN, 1), &mut odd.clone()),
+        Some(Amount(0))
+    );
+    let full_week = RiderTotals {
+        charged_week: Amount(i64::MAX),
+        ..RiderTotals::default()
+    };
+    assert_eq!(city.charge(&trip(400, 1), &mut full_week.clone()), None);
 }
 
 #[test]
