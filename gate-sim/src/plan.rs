@@ -177,6 +177,11 @@ pub struct Network {
     pub daily_cap_minor: i64,
 }
 
+/// What a good rider must be able to pay in a day on a network with no daily cap: the
+/// simulator's riders make a few dozen taps in a run, so a thousand of the largest fares
+/// of any sample network (11 yuan, or £8.90) covers a run.
+pub const UNCAPPED_DAY_MINOR: i64 = 1_100_000;
+
 impl Network {
     /// Every metro station and bus route of a fares table, with this many gates of each
     /// direction per station.
@@ -185,7 +190,7 @@ impl Network {
             stations: fares.stations().map(|(id, _)| id).collect(),
             routes: fares.routes().map(|(id, _)| id).collect(),
             gates_per_station: gates_per_station.max(1),
-            daily_cap_minor: fares.daily_cap.0,
+            daily_cap_minor: fares.daily_cap.map_or(UNCAPPED_DAY_MINOR, |cap| cap.0),
         }
     }
 

@@ -468,6 +468,8 @@ pub fn statement(
 #[cfg(test)]
 mod late_tap_tests;
 #[cfg(test)]
+mod network_tests;
+#[cfg(test)]
 mod tap_tests;
 #[cfg(test)]
 mod tests;

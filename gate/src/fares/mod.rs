@@ -88,7 +88,7 @@ impl FareError {
 #[serde(deny_unknown_fields)]
 struct FaresFile {
     max_fare_minor: i64,
-    daily_cap_minor: i64,
+    daily_cap_minor: Option<i64>,
     transfer_window_ms: u64,
     transfer_discount_minor: i64,
     incomplete_journey_after_ms: u64,
@@ -213,8 +213,8 @@ struct RouteEntry {
 pub struct FareTable {
     /// The fare of an incomplete journey, and the most any single trip costs.
     pub max_fare: Amount,
-    /// The most a rider pays in one day.
-    pub daily_cap: Amount,
+    /// The most a rider pays in one service day, every mode.
+    pub daily_cap: Option<Amount>,
     /// A trip starting within this long of the rider's previous charged trip is a transfer.
     pub transfer_window_ms: u64,
     /// Taken off a transfer's fare.
@@ -285,7 +285,7 @@ impl FareTable {
         let calendar = Calendar::from_entries(file.service_day.as_ref(), &file.peak_window)?;
         let mut table = FareTable {
             max_fare: Amount(file.max_fare_minor),
-            daily_cap: Amount(file.daily_cap_minor),
+            daily_cap: file.daily_cap_minor.map(Amount),
             transfer_window_ms: file.transfer_window_ms,
             transfer_discount: Amount(file.transfer_discount_minor),
             incomplete_journey_after_ms: file.incomplete_journey_after_ms,
@@ -467,6 +467,7 @@ fn invalid<T>(message: String) -> Result<T, FareError> {
 /// No amount of the file is negative.
 fn check_amounts(file: &FaresFile) -> Result<(), FareError> {
     let optional = [
+        ("daily_cap_minor", file.daily_cap_minor),
         ("weekly_cap_minor", file.weekly_cap_minor),
         ("bus_daily_cap_minor", file.bus_daily_cap_minor),
         ("bus_weekly_cap_minor", file.bus_weekly_cap_minor),
@@ -474,7 +475,6 @@ fn check_amounts(file: &FaresFile) -> Result<(), FareError> {
     ];
     let required = [
         ("max_fare_minor", file.max_fare_minor),
-        ("daily_cap_minor", file.daily_cap_minor),
         ("transfer_discount_minor", file.transfer_discount_minor),
     ];
     for (name, value) in required.into_iter().chain(
@@ -518,15 +518,17 @@ fn exit_without_entry_fare(file: &FaresFile) -> Result<Amount, FareError> {
 /// allows in its whole period), and a week's cap is not below a day's.
 fn check_caps(table: &FareTable) -> Result<(), FareError> {
     let highest_bus_fare = table.routes.values().map(|(_, fare)| *fare).max();
-    let mut checks = vec![(
-        "daily_cap_minor",
-        Some(table.daily_cap),
-        Some(table.max_fare),
-    )];
-    checks.push(("weekly_cap_minor", table.weekly_cap, Some(table.daily_cap)));
-    checks.push(("bus_daily_cap_minor", table.bus_daily_cap, highest_bus_fare));
     let bus_day = table.bus_daily_cap.or(highest_bus_fare);
-    checks.push(("bus_weekly_cap_minor", table.bus_weekly_cap, bus_day));
+    let checks = [
+        ("daily_cap_minor", table.daily_cap, Some(table.max_fare)),
+        (
+            "weekly_cap_minor",
+            table.weekly_cap,
+            table.daily_cap.or(Some(table.max_fare)),
+        ),
+        ("bus_daily_cap_minor", table.bus_daily_cap, highest_bus_fare),
+        ("bus_weekly_cap_minor", table.bus_weekly_cap, bus_day),
+    ];
     for (name, cap, floor) in checks {
         if let (Some(cap), Some(floor)) = (cap, floor)
             && cap < floor

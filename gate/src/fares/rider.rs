@@ -147,12 +147,13 @@ impl FareTable {
     /// What is left under every cap that applies to the mode (never below zero).
     fn left_under_caps(&self, mode: Mode, totals: &RiderTotals) -> Amount {
         let left = |cap: Amount, used: Amount| Amount(cap.0.saturating_sub(used.0).max(0));
-        let mut most = left(self.daily_cap, totals.charged_today);
+        let mut most = Amount(i64::MAX);
         let mut apply = |cap: Option<Amount>, used: Amount| {
             if let Some(cap) = cap {
                 most = most.min(left(cap, used));
             }
         };
+        apply(self.daily_cap, totals.charged_today);
         apply(self.weekly_cap, totals.charged_week);
         if mode == Mode::Bus {
             apply(self.bus_daily_cap, totals.bus_today);

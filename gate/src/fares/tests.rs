@@ -171,6 +171,83 @@ fn transfers_are_discounted_and_the_day_is_capped() {
     assert_eq!(city.charge(&trip(400, 1), &mut full_week.clone()), None);
 }
 
+const PEAK: &str =
+    "\n[[peak_window]]\ndays = [\"mon\", \"tue\"]\nfrom = \"06:30\"\nto = \"09:30\"\n";
+const PEAK_OVERLAPPING: &str =
+    "\n[[peak_window]]\ndays = [\"tue\"]\nfrom = \"09:00\"\nto = \"10:00\"\n";
+const TIER_100: &str = "\n[[monthly_tier]]\nafter_spent_minor = 10000\npayable_percent = 80\n";
+
+/// A London wall-clock time as a scan time, via the calendar's own crate.
+fn london(text: &str) -> UnixMillis {
+    let zone = jiff::tz::TimeZone::get("Europe/London").unwrap();
+    let time: jiff::civil::DateTime = text.parse().unwrap();
+    let millis = time.to_zoned(zone).unwrap().timestamp().as_millisecond();
+    UnixMillis(u64::try_from(millis).unwrap())
+}
+
+#[test]
+fn the_calendar_puts_moments_in_local_service_days_weeks_and_months() {
+    let text = include_str!("../../../docs/networks/london.toml");
+    let london_fares = FareTable::from_toml(text).unwrap();
+    // Monday 2025-03-03 is day 20,150 since 1970-01-01, in week (20,150 + 3) / 7 and
+    // month 2025 * 12 + 2.
+    let monday = london_fares.periods(london("2025-03-03T04:30"));
+    assert_eq!(
+        monday,
+        Periods {
+            day: 20_150,
+            week: 2_879,
+            month: 24_302
+        }
+    );
+    assert_eq!(london_fares.periods(london("2025-03-03T04:29")).day, 20_149);
+    assert_eq!(london_fares.periods(london("2025-03-04T04:29")).day, 20_150);
+    // Sunday the 9th is in Monday's week; the 10th starts the next.
+    assert_eq!(london_fares.periods(london("2025-03-09T23:00")).week, 2_879);
+    assert_eq!(london_fares.periods(london("2025-03-10T05:00")).week, 2_880);
+    // 1 April before 04:30 is still March's last service day.
+    assert_eq!(
+        london_fares.periods(london("2025-04-01T03:00")).month,
+        24_302
+    );
+    assert_eq!(
+        london_fares.periods(london("2025-04-01T05:00")).month,
+        24_303
+    );
+    // The day starts at 04:30 local: 04:30 UTC in winter, 03:30 UTC in summer.
+    let march_30_0330_utc = UnixMillis(1_743_292_800_000 + 210 * 60_000);
+    let march_29_0430_utc = UnixMillis(1_743_222_600_000);
+    assert_eq!(
+        london_fares.day_start(london("2025-03-30T10:00")),
+        march_30_0330_utc
+    );
+    assert_eq!(
+        london_fares.day_start(london("2025-03-29T10:00")),
+        march_29_0430_utc
+    );
+    assert!(london_fares.calendar.is_peak(london("2025-03-03T08:00")));
+    assert!(!london_fares.calendar.is_peak(london("2025-03-08T08:00")));
+    // The sample city has no calendar: UTC days from midnight, as before.
+    let city = sample();
+    assert_eq!(city.periods(NOON).day, 20_833);
+    assert_eq!(city.day_start(NOON), UnixMillis(20_833 * 86_400_000));
+    assert_eq!(city.calendar.zone_name(), "UTC");
+    // Times outside the calendar's range fall back to UTC days, without a panic.
+    assert_eq!(london_fares.periods(UnixMillis(u64::MAX)).day, u32::MAX);
+    assert!(!london_fares.calendar.is_peak(UnixMillis(u64::MAX)));
+}
+
+#[test]
+fn every_sample_network_loads() {
+    for text in [
+        include_str!("../../../docs/networks/beijing.toml"),
+        include_str!("../../../docs/networks/shanghai.toml"),
+        include_str!("../../../docs/networks/london.toml"),
+    ] {
+        FareTable::from_toml(text).unwrap();
+    }
+}
+
 #[test]
 fn broken_files_are_refused_with_the_rule_named() {
     let text = include_str!("../../../docs/sample-city.toml");
@@ -204,6 +281,85 @@ fn broken_files_are_refused_with_the_rule_named() {
         (
             text.replace("daily_cap_minor = 1500", "daily_cap_minor = -1"),
             "daily_cap_minor must not be negative",
+        ),
+        (
+            text.replace("daily_cap_minor = 1500", "daily_cap_minor = 800"),
+            "daily_cap_minor (800) is below a single fare",
+        ),
+        (
+            text.replace(
+                "daily_cap_minor = 1500",
+                "daily_cap_minor = 1500\nweekly_cap_minor = 1000",
+            ),
+            "weekly_cap_minor (1000) is below",
+        ),
+        (
+            text.replace(
+                "daily_cap_minor = 1500",
+                "daily_cap_minor = 1500\nbus_daily_cap_minor = 250",
+            ),
+            "bus_daily_cap_minor (250) is below",
+        ),
+        (
+            format!(
+                "{text}\n[service_day]\ntime_zone = \"Europe/Lundon\"\nstarts_at = \"04:30\"\n"
+            ),
+            "unknown time zone \"Europe/Lundon\"",
+        ),
+        (
+            format!("{text}\n[service_day]\ntime_zone = \"UTC\"\nstarts_at = \"4:30\"\n"),
+            "service_day.starts_at: \"4:30\" is not a time HH:MM",
+        ),
+        (
+            format!("{text}{PEAK}{PEAK_OVERLAPPING}"),
+            "peak windows 06:30-09:30 and 09:00-10:00 overlap",
+        ),
+        (
+            format!(
+                "{text}\n[[peak_window]]\ndays = [\"fri\"]\nfrom = \"22:00\"\nto = \"02:00\"\n"
+            ),
+            "from must be before to",
+        ),
+        (
+            format!(
+                "{text}\n[[peak_window]]\ndays = [\"friday\"]\nfrom = \"07:00\"\nto = \"09:00\"\n"
+            ),
+            "unknown day \"friday\"",
+        ),
+        (
+            format!(
+                "{text}{TIER_100}\n[[monthly_tier]]\nafter_spent_minor = 5000\npayable_percent = 50\n"
+            ),
+            "monthly_tier entries must grow",
+        ),
+        (
+            format!("{text}\n[[monthly_tier]]\nafter_spent_minor = 5000\npayable_percent = -20\n"),
+            "payable_percent must be 0 to 100",
+        ),
+        (
+            format!("{text}\n[[monthly_tier]]\nafter_spent_minor = -1\npayable_percent = 80\n"),
+            "after_spent_minor must not be negative",
+        ),
+        (
+            text.replace(
+                "daily_cap_minor = 1500",
+                "daily_cap_minor = 1500\nexit_without_entry = \"fixed\"",
+            ),
+            "exit_without_entry = \"fixed\" needs exit_without_entry_minor",
+        ),
+        (
+            text.replace(
+                "daily_cap_minor = 1500",
+                "daily_cap_minor = 1500\nexit_without_entry_minor = 100",
+            ),
+            "exit_without_entry_minor is only read with",
+        ),
+        (
+            text.replace(
+                "daily_cap_minor = 1500",
+                "daily_cap_minor = 1500\nbus_hopper_window_ms = 0",
+            ),
+            "bus_hopper_window_ms must be more than 0",
         ),
     ];
     for (broken, message) in cases {
