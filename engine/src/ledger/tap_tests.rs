@@ -446,3 +446,67 @@ fn a_ledger_without_fares_refuses_taps_as_a_fault() {
     };
     assert!(matches!(ledger.submit(request), Err(LedgerError::NoFares)));
 }
+
+/// A storage format 5 directory is upgraded to 6 on open, and a rider's travel state
+/// written by format 5 (value version 2: the day's total only) keeps counting towards the
+/// daily cap.
+#[test]
+fn a_format_5_ledger_is_upgraded_and_its_day_totals_still_cap_the_day() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let ledger = open_at(dir.path());
+        for (id, command) in [
+            (
+                1,
+                Command::OpenAccount {
+                    account_id: RIDER,
+                    provider_id: 1,
+                    credit_limit: Amount(0),
+                },
+            ),
+            (
+                2,
+                Command::TopUp {
+                    account_id: RIDER,
+                    amount: Amount(5_000),
+                },
+            ),
+        ] {
+            submit(&ledger, id, T, command);
+        }
+    }
+    {
+        // As format 5 wrote it: 1,400 charged today, the last trip at T, nothing open.
+        let mut travel = vec![2u8];
+        travel.extend(u32::try_from(T.0 / 86_400_000).unwrap().to_be_bytes());
+        travel.extend(1_400i64.to_be_bytes());
+        travel.push(1);
+        travel.extend(T.0.to_be_bytes());
+        travel.push(0);
+        travel.extend(T.0.to_be_bytes());
+        let db = rocksdb::DB::open_cf(
+            &rocksdb::Options::default(),
+            dir.path(),
+            store::COLUMN_FAMILIES,
+        )
+        .unwrap();
+        let travel_cf = db.cf_handle(store::CF_TRAVEL).unwrap();
+        db.put_cf(travel_cf, codec::rider_key(RIDER), travel)
+            .unwrap();
+        let meta = db.cf_handle(store::CF_META).unwrap();
+        db.put_cf(meta, codec::META_FORMAT_VERSION, 5u32.to_be_bytes())
+            .unwrap();
+    }
+    let ledger = open_at(dir.path());
+    let meta = ledger.view().cf(store::CF_META).unwrap();
+    let version = ledger
+        .view()
+        .get_pinned_cf(meta, codec::META_FORMAT_VERSION)
+        .unwrap()
+        .unwrap();
+    assert_eq!(&version[..], &6u32.to_be_bytes());
+    submit(&ledger, 10, at(300), tap(entry(101), 7, 10));
+    let exited = submit(&ledger, 11, at(340), tap(exit(104), 8, 11));
+    assert_eq!(exited.record.rider_charge(), Amount(100));
+    assert_audit_ok(&ledger);
+}
