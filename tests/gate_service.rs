@@ -131,6 +131,53 @@ async fn a_metro_journey_and_a_bus_ride_are_priced_and_charged() {
     server.stop_and_audit().await;
 }
 
+/// A rider code whose credential carries a concession bit (`docs/qr-token.md`: 0x01
+/// student, 0x02 senior) is charged what the fares file says for it: here students pay
+/// half, seniors nothing, and a code without the bits the full fare.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concession_on_the_riders_code_is_charged_as_the_fares_file_says() {
+    let folder = tempfile::tempdir().unwrap();
+    let fares_file = folder.path().join("fares.toml");
+    let sample =
+        std::fs::read_to_string(fareway_tests::workspace_root().join("docs/sample-city.toml"))
+            .unwrap();
+    let concessions = "\n[[concession]]\nname = \"student\"\npayable_percent = 50\n\n[[concession]]\nname = \"senior\"\npayable_percent = 0\n";
+    std::fs::write(&fares_file, format!("{sample}{concessions}")).unwrap();
+    let server = TestServer::start(|config| config.fares_file = fares_file.clone()).await;
+    let mut admin = server.admin(Some(ADMIN_TOKEN)).await;
+    let mut gate = server.gate(Some(GATE_TOKEN)).await;
+    let issuer = Issuer::from_seed(1, [1; 32]);
+    server.clock.set(at(0));
+    let mut fares = Vec::new();
+    for (n, flags) in [0x00u8, 0x01, 0x02, 0x81].into_iter().enumerate() {
+        let account_id = 2_001 + n as u64;
+        open_rider(&mut admin, 100 + 2 * n as u128, account_id, 1, 2_000).await;
+        let key = fareway::token::mint::Device::key_from_seed(&[n as u8 + 1; 32]);
+        let credential = issuer.issue(
+            account_id,
+            T.saturating_add(7 * 86_400_000),
+            flags,
+            fareway::token::mint::Device::public_key_of(&key),
+        );
+        let mut phone = fareway::token::mint::Device::new(key, credential, 0);
+        let id = 200 + 10 * n as u128;
+        let bus = tap(
+            id,
+            31,
+            pb::Direction::Bus,
+            501,
+            at(0),
+            phone.code_text(at(0)),
+        );
+        let answer = gate.tap(bus).await.unwrap().into_inner();
+        assert!(accepted(&answer), "{answer:?}");
+        fares.push(answer.fare_minor);
+    }
+    // No bits, student, senior, and student with a provider's own bit (0x80) beside it.
+    assert_eq!(fares, vec![200, 100, 0, 100]);
+    server.stop_and_audit().await;
+}
+
 /// Every rejection reason of the published vectors comes back as that reason over gRPC.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_code_rejection_reason_is_answered_with_its_code() {

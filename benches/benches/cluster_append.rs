@@ -36,6 +36,7 @@ fn taps(count: usize, round: usize) -> Vec<Request> {
                     code: id.to_be_bytes(),
                     kind: TapKind::Bus { route: 501 },
                     offline: false,
+                    concessions: 0,
                 }),
             }
         })

@@ -27,6 +27,7 @@ fn bus_tap_record() -> Record {
                 code: [3; 16],
                 kind: TapKind::Bus { route: 501 },
                 offline: false,
+                concessions: 0,
             }),
         },
         outcome: Outcome::Accepted,

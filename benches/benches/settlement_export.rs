@@ -121,6 +121,7 @@ fn make_ledger(dir: &std::path::Path, taps: u64) {
                             code,
                             kind: TapKind::Bus { route: 501 },
                             offline: false,
+                            concessions: 0,
                         }),
                     });
                     if thread == 0 && n % 1_000_000 == 0 {

@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = table.day_start(time);
         totals.start(table.periods(time));
         for mode in [Mode::Metro, Mode::Bus] {
-            let trip = Trip { base: table.max_fare, mode, started_at: time, incomplete: false };
+            let trip = Trip { base: table.max_fare, mode, started_at: time, incomplete: false, concessions: 0x07 };
             let _ = table.charge(&trip, &mut totals);
         }
     }

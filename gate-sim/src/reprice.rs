@@ -68,6 +68,8 @@ impl Rider {
                 mode: Mode::Bus,
                 started_at: time,
                 incomplete: false,
+                // The simulator's riders hold codes without concession flags.
+                concessions: 0,
             }),
         };
         trip.and_then(|trip| fares.charge(&trip, &mut self.totals))
@@ -82,6 +84,7 @@ fn metro(base: Amount, started_at: UnixMillis) -> Trip {
         mode: Mode::Metro,
         started_at,
         incomplete: false,
+        concessions: 0,
     }
 }
 

@@ -249,6 +249,7 @@ impl Gatekeeper {
                 code: code.code_fingerprint,
                 kind: input.kind,
                 offline: false,
+                concessions: code.flags & crate::fares::CONCESSION_BITS,
             }),
         };
         let receipt = self.commands.submit(request).await?;

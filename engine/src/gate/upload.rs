@@ -195,6 +195,7 @@ impl Gatekeeper {
                 code: code.code_fingerprint,
                 kind: tap.kind,
                 offline: true,
+                concessions: code.flags & crate::fares::CONCESSION_BITS,
             }),
             // Forged, expired, or made after its scan: the gate should not have opened.
             Decision::Rejected(reason) => Command::LostFare {

@@ -721,6 +721,7 @@ impl<'a> GroupCommit<'a> {
             time: request.time,
             sequence,
             kind: StepKind::Tap(tap.kind),
+            concessions: tap.concessions,
         };
         let taken = match self.take_step(&fares, tap.account_id, step)? {
             Ok(taken) => taken,
@@ -770,6 +771,7 @@ impl<'a> GroupCommit<'a> {
             time: request.time,
             sequence,
             kind: StepKind::Close { journey_id },
+            concessions: 0,
         };
         match self.take_step(&fares, account_id, step)? {
             Ok(taken) => self.charge_step(account_id, taken),

@@ -401,14 +401,19 @@ fn write_command(writer: &mut Writer, command: &Command) {
     }
 }
 
+/// A tap: tag 7, or tag 11 with the rider's concession bits after the same fields (a tap
+/// without a concession keeps the bytes it had before concessions).
 fn write_tap(writer: &mut Writer, tap: &Tap) {
-    writer.u8(7);
+    writer.u8(if tap.concessions == 0 { 7 } else { 11 });
     writer.u64(tap.account_id);
     writer.u32(tap.gate_id);
     writer.bytes(&tap.code);
     let (kind, place) = tap_kind_code(tap.kind);
     writer.u8(kind | if tap.offline { TAP_OFFLINE } else { 0 });
     writer.u32(place);
+    if tap.concessions != 0 {
+        writer.u8(tap.concessions);
+    }
 }
 
 /// A code verification's reason as stored: its place in [`Reason::ALL`] plus one.
@@ -565,6 +570,14 @@ fn read_command(reader: &mut Reader<'_>) -> Result<Command, LedgerError> {
             amount: Amount(reader.i64()?),
         },
         7 => Command::Tap(read_tap(reader)?),
+        11 => {
+            let tap = read_tap(reader)?;
+            let concessions = reader.u8()?;
+            if concessions == 0 {
+                return Err(corrupt(reader.what, "a tap with concessions names none"));
+            }
+            Command::Tap(Tap { concessions, ..tap })
+        }
         8 => Command::CloseJourney {
             account_id: reader.u64()?,
             journey_id: reader.u64()?,
@@ -604,6 +617,7 @@ fn read_tap(reader: &mut Reader<'_>) -> Result<Tap, LedgerError> {
         code,
         kind,
         offline,
+        concessions: 0,
     })
 }
 
@@ -683,7 +697,7 @@ pub fn decode_travel(bytes: &[u8]) -> Result<Travel, LedgerError> {
         VALUE_VERSION | TRAVEL_VERSION_WITH_LATEST_STEP => read_day_totals(&mut reader)?,
         _ => return Err(corrupt(what, "unknown value version")),
     };
-    let open_journey = read_open_journey(&mut reader)?;
+    let open_journey = read_open_journey(&mut reader, version)?;
     let latest_step_at = if version == VALUE_VERSION {
         let entered_at = open_journey.map(|open| open.entered_at);
         totals
@@ -774,7 +788,8 @@ fn read_optional_time(reader: &mut Reader) -> Result<Option<UnixMillis>, LedgerE
     }
 }
 
-/// An open journey, or none: 0, or 1 and its id (8), station (4) and entry time (8).
+/// An open journey, or none: 0, or 1 and its id (8), station (4), entry time (8) and
+/// (value version 3) the entry's concession bits (1).
 fn write_open_journey(writer: &mut Writer, open: Option<OpenJourney>) {
     match open {
         Some(open) => {
@@ -782,18 +797,28 @@ fn write_open_journey(writer: &mut Writer, open: Option<OpenJourney>) {
             writer.u64(open.id);
             writer.u32(open.station);
             writer.u64(open.entered_at.0);
+            writer.u8(open.concessions);
         }
         None => writer.u8(0),
     }
 }
 
-fn read_open_journey(reader: &mut Reader<'_>) -> Result<Option<OpenJourney>, LedgerError> {
+/// Reads an open journey of a value of `version` (before version 3: no concession bits).
+fn read_open_journey(
+    reader: &mut Reader<'_>,
+    version: u8,
+) -> Result<Option<OpenJourney>, LedgerError> {
     Ok(match reader.u8()? {
         0 => None,
         1 => Some(OpenJourney {
             id: reader.u64()?,
             station: reader.u32()?,
             entered_at: UnixMillis(reader.u64()?),
+            concessions: if version >= VERSION_WITH_TOTALS {
+                reader.u8()?
+            } else {
+                0
+            },
         }),
         _ => return Err(corrupt(reader.what, "bad open journey flag")),
     })
@@ -827,6 +852,7 @@ pub fn encode_rider_step(recorded: &RecordedStep) -> Vec<u8> {
     writer.i64(recorded.charged.0);
     write_open_journey(&mut writer, recorded.open_after);
     write_totals(&mut writer, &recorded.totals_after);
+    writer.u8(recorded.step.concessions);
     writer.0
 }
 
@@ -852,18 +878,20 @@ pub fn decode_rider_step(key: &[u8], value: &[u8]) -> Result<(u64, RecordedStep)
     };
     let operator_id = reader.u16()?;
     let charged = Amount(reader.i64()?);
-    let open_after = read_open_journey(&mut reader)?;
-    // A version 1 step (storage format 5) has no totals: a walk from it starts them afresh.
-    let totals_after = if version == VERSION_WITH_TOTALS {
-        read_totals(&mut reader)?
+    let open_after = read_open_journey(&mut reader, version)?;
+    // A version 1 step (storage format 5) has no totals (a walk from it starts them
+    // afresh) and no concession bits.
+    let (totals_after, concessions) = if version == VERSION_WITH_TOTALS {
+        (read_totals(&mut reader)?, reader.u8()?)
     } else {
-        RiderTotals::default()
+        (RiderTotals::default(), 0)
     };
     reader.end()?;
     let step = Step {
         time,
         sequence,
         kind,
+        concessions,
     };
     Ok((
         account_id,
@@ -1335,6 +1363,7 @@ mod tests {
                 code: [9; 16],
                 kind: TapKind::MetroEntry { station: 101 },
                 offline: false,
+                concessions: 0,
             }),
             Command::Tap(Tap {
                 account_id: 7,
@@ -1342,6 +1371,7 @@ mod tests {
                 code: [8; 16],
                 kind: TapKind::MetroExit { station: 104 },
                 offline: true,
+                concessions: 0,
             }),
             Command::Tap(Tap {
                 account_id: 7,
@@ -1349,6 +1379,7 @@ mod tests {
                 code: [7; 16],
                 kind: TapKind::Bus { route: 501 },
                 offline: true,
+                concessions: 0,
             }),
             Command::CloseJourney {
                 account_id: 7,
@@ -1451,12 +1482,48 @@ mod tests {
         assert_eq!(reason_from(15), None);
     }
 
+    /// A tap without concession bits keeps the bytes it had before concessions (tag 7);
+    /// one with them is tag 11 with the bits after the same fields.
+    #[test]
+    fn a_tap_with_concessions_is_tag_11_and_one_without_keeps_its_bytes() {
+        let tap = Tap {
+            account_id: 0x0102,
+            gate_id: 3,
+            code: [9; 16],
+            kind: TapKind::Bus { route: 501 },
+            offline: true,
+            concessions: 0,
+        };
+        let mut plain = Writer::default();
+        write_tap(&mut plain, &tap);
+        let mut expected = vec![7, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0, 3];
+        expected.extend([9; 16]);
+        expected.extend([3 | 0x80, 0, 0, 0x01, 0xF5]);
+        assert_eq!(plain.0, expected);
+        let student = Tap {
+            concessions: 0x01,
+            ..tap
+        };
+        let mut with_bits = Writer::default();
+        write_tap(&mut with_bits, &student);
+        expected[0] = 11;
+        expected.push(0x01);
+        assert_eq!(with_bits.0, expected);
+        let mut reader = Reader::new(&with_bits.0, "test");
+        assert_eq!(read_command(&mut reader).unwrap(), Command::Tap(student));
+        // Tag 11 naming no concession is corruption, not a second spelling of tag 7.
+        let last = expected.len() - 1;
+        expected[last] = 0;
+        assert!(read_command(&mut Reader::new(&expected, "test")).is_err());
+    }
+
     #[test]
     fn travel_state_round_trips() {
         let open = OpenJourney {
             id: 9,
             station: 100,
             entered_at: UnixMillis(6),
+            concessions: 0x02,
         };
         let totals = RiderTotals {
             periods: Periods {
@@ -1506,6 +1573,7 @@ mod tests {
             id: 9,
             station: 100,
             entered_at: UnixMillis(6),
+            concessions: 0,
         };
         let day_only = RiderTotals {
             periods: Periods {
@@ -1539,6 +1607,7 @@ mod tests {
                 time: UnixMillis(1_000),
                 sequence: 77,
                 kind: StepKind::Close { journey_id: 70 },
+                concessions: 0,
             },
             operator_id: 1,
             charged: Amount(-5),
@@ -1548,6 +1617,11 @@ mod tests {
         let key = rider_step_key(42, step.step.time, step.step.sequence);
         assert_eq!(decode_rider_step(&key, &bytes).unwrap(), (42, step));
         let step = RecordedStep {
+            step: Step {
+                kind: StepKind::Tap(TapKind::Bus { route: 501 }),
+                concessions: 0x04,
+                ..step.step
+            },
             open_after: Some(open),
             totals_after: day_only,
             ..step

@@ -25,6 +25,7 @@ fn offline(kind: TapKind, gate_id: u32, code: u8) -> Command {
         code: [code; 16],
         kind,
         offline: true,
+        concessions: 0,
     })
 }
 
@@ -121,6 +122,7 @@ fn an_offline_tap_charges_a_deny_listed_rider_but_not_a_closed_account() {
         code: [16; 16],
         kind: BUS_501,
         offline: true,
+        concessions: 0,
     });
     let refused = submit(&ledger, 16, at(33), closed);
     assert_eq!(
@@ -451,6 +453,7 @@ proptest! {
                         code: [index as u8 + 1; 16],
                         kind: tap.kind,
                         offline: tap.offline,
+                        concessions: 0,
                     });
                     let time = T.saturating_add(tap.minute * MINUTE_MS);
                     prop_assert_eq!(submit(&ledger, id, time, command).record.outcome, Outcome::Accepted);

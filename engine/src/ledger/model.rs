@@ -84,6 +84,9 @@ pub struct Tap {
     /// tap is then charged even past the credit limit or on a deny-listed account (the
     /// operator carried the risk; the account goes into debt), and arrives late.
     pub offline: bool,
+    /// The rider's concession bits, from the verified code's credential flags
+    /// (`fares::CONCESSION_BITS`; 0 for none).
+    pub concessions: u8,
 }
 
 /// A metro journey a tap belongs to, as recorded with the tap.
@@ -121,6 +124,8 @@ pub struct OpenJourney {
     pub station: StationId,
     /// The entry time.
     pub entered_at: UnixMillis,
+    /// The rider's concession bits at the entry: the journey is priced with them.
+    pub concessions: u8,
 }
 
 /// Where and when a code was first used, to tell a gate retrying from a replay.

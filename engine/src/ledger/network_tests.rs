@@ -42,6 +42,8 @@ struct Rider {
     ledger: Ledger,
     fares: Arc<FareTable>,
     next_id: u128,
+    /// The concession bits of the rider's codes.
+    concessions: u8,
 }
 
 impl Rider {
@@ -58,6 +60,7 @@ impl Rider {
             ledger,
             fares,
             next_id: 1,
+            concessions: 0,
         };
         let open = Command::OpenAccount {
             account_id: RIDER,
@@ -88,6 +91,7 @@ impl Rider {
             code,
             kind,
             offline,
+            concessions: self.concessions,
         });
         let receipt = self.submit(time, tap);
         assert_eq!(
@@ -350,6 +354,39 @@ fn london_an_unfinished_journey_costs_the_highest_fare_from_its_station() {
     rider.assert_money_conserved();
 }
 
+/// London: a code with the senior or disabled bit travels free (the sample's rule for
+/// the Freedom Pass and 60+ cards); a student bit, which London's file does not list,
+/// pays the full fare. An entry never exited is charged with the entry's concession.
+#[test]
+fn london_concessions_come_from_the_riders_code() {
+    let (bank, oxford_circus) = (1, 2);
+    for (bits, fare, unfinished) in [
+        (0x00, 290, 620),
+        (0x02, 0, 0),
+        (0x04, 0, 0),
+        (0x01, 290, 620),
+    ] {
+        let mut rider = Rider::on(LONDON);
+        rider.concessions = bits;
+        assert_eq!(
+            rider.ride(bank, oxford_circus, london("2025-03-03T08:00"), 10),
+            fare
+        );
+        rider.tap(
+            TapKind::MetroEntry { station: bank },
+            london("2025-03-04T08:00"),
+        );
+        // The next entry, with no bits, finds Tuesday's journey open: the entry's bits count.
+        rider.concessions = 0;
+        let next = rider.tap(
+            TapKind::MetroEntry { station: bank },
+            london("2025-03-05T08:00"),
+        );
+        assert_eq!(next, unfinished, "bits {bits:#x}");
+        rider.assert_money_conserved();
+    }
+}
+
 /// London's travel day starts at 04:30 London time, whatever the clocks say: on the
 /// Sunday the clocks go forward (2025-03-30, 01:00 UTC) 04:30 is 03:30 UTC, and on the
 /// Sunday they go back (2025-10-26) it is 04:30 UTC. A Saturday capped, each Sunday's
@@ -438,7 +475,8 @@ fn paid(rider: &Rider) -> Paid {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
-    /// Whatever a London rider does, in whatever order their offline gates' taps arrive:
+    /// Whatever a London rider does (with or without a concession), in whatever order their
+    /// offline gates' taps arrive:
     /// no service day costs more than the daily cap, no day's buses more than the bus
     /// cap, no week more than the weekly cap, what they pay is what scan order charges,
     /// and money is conserved.
@@ -446,6 +484,7 @@ proptest! {
     fn london_no_day_or_week_costs_more_than_its_cap_whatever_the_rider_does(
         mut taps in prop::collection::vec(london_tap(), 1..150),
         order_seed in any::<u64>(),
+        concessions in 0u8..8,
     ) {
         taps.sort_by_key(|tap| tap.minute);
         taps.dedup_by_key(|tap| tap.minute);
@@ -458,6 +497,7 @@ proptest! {
                 order.sort_by_key(|index| (taps[*index].offline, mix(*index as u64 ^ order_seed)));
             }
             let mut rider = Rider::on(LONDON);
+            rider.concessions = concessions;
             for index in order {
                 let tap = taps[index];
                 let time = start.saturating_add(tap.minute * MINUTE_MS);

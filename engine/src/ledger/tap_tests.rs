@@ -66,6 +66,7 @@ pub(super) fn tap(kind: TapKind, gate_id: u32, code: u8) -> Command {
         code: [code; 16],
         kind,
         offline: false,
+        concessions: 0,
     })
 }
 
@@ -387,6 +388,7 @@ fn unknown_places_and_accounts_are_refused_and_recorded() {
         code: [1; 16],
         kind: entry(101),
         offline: false,
+        concessions: 0,
     });
     let refused = submit(&ledger, 20, at(0), stranger);
     assert_eq!(

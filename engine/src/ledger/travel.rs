@@ -34,6 +34,8 @@ pub struct Step {
     pub sequence: u64,
     /// What it was.
     pub kind: StepKind,
+    /// The tap's concession bits (0 for a close: its journey's entry has them).
+    pub concessions: u8,
 }
 
 /// A step as the rider's history stores it (`rider_steps`): what the rider paid for it
@@ -130,6 +132,7 @@ fn enter(
         id: step.sequence,
         station,
         entered_at: step.time,
+        concessions: step.concessions,
     };
     travel.open_journey = Some(opened);
     let priced = Priced {
@@ -165,7 +168,7 @@ fn exit(
                 let base = fares
                     .metro_fare(open.station, station, duration_ms, open.entered_at)
                     .unwrap_or(fares.max_fare);
-                metro_trip(base, open.entered_at)
+                metro_trip(base, open.entered_at, open.concessions)
             };
             (trip, journey_of(open))
         }
@@ -176,7 +179,7 @@ fn exit(
                 entry_station: None,
                 entered_at: None,
             };
-            (metro_trip(base, step.time), journey)
+            (metro_trip(base, step.time, step.concessions), journey)
         }
     };
     let priced = Priced {
@@ -196,6 +199,7 @@ fn ride_bus(fares: &FareTable, step: &Step, route: u32) -> Result<(Option<Trip>,
         mode: Mode::Bus,
         started_at: step.time,
         incomplete: false,
+        concessions: step.concessions,
     };
     let priced = Priced {
         fare: Amount::ZERO,
@@ -232,13 +236,15 @@ fn close(fares: &FareTable, travel: &mut Travel, journey_id: u64) -> (Option<Tri
     (Some(incomplete_trip(fares, open)), priced)
 }
 
-/// A metro trip of `base` fare that started at `started_at`.
-fn metro_trip(base: Amount, started_at: UnixMillis) -> Trip {
+/// A metro trip of `base` fare that started at `started_at`, by a rider with these
+/// concession bits.
+fn metro_trip(base: Amount, started_at: UnixMillis, concessions: u8) -> Trip {
     Trip {
         base,
         mode: Mode::Metro,
         started_at,
         incomplete: false,
+        concessions,
     }
 }
 
@@ -250,6 +256,7 @@ fn incomplete_trip(fares: &FareTable, open: OpenJourney) -> Trip {
         ..metro_trip(
             fares.entry_without_exit_fare(open.station, open.entered_at),
             open.entered_at,
+            open.concessions,
         )
     }
 }

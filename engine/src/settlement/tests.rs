@@ -78,6 +78,7 @@ fn tap(account_id: u64, gate_id: u32, code: u8, kind: TapKind) -> Command {
         code: [code; 16],
         kind,
         offline: false,
+        concessions: 0,
     })
 }
 

@@ -111,6 +111,8 @@ struct FaresFile {
     service_day: Option<calendar::ServiceDayEntry>,
     #[serde(default)]
     peak_window: Vec<calendar::PeakWindowEntry>,
+    #[serde(default)]
+    concession: Vec<ConcessionEntry>,
     #[serde(default = "default_metro_operator_id")]
     metro_operator_id: u16,
     #[serde(default = "default_bus_operator_id")]
@@ -137,6 +139,20 @@ struct BandEntry {
     fare_minor: i64,
     peak_fare_minor: Option<i64>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConcessionEntry {
+    name: String,
+    payable_percent: i64,
+}
+
+/// The concession bits of a rider code's credential flags (`docs/qr-token.md`): the
+/// rider's issuer sets them, the fares file says what each is worth.
+pub const CONCESSIONS: [(&str, u8); 3] = [("student", 0x01), ("senior", 0x02), ("disabled", 0x04)];
+
+/// The flag bits that name concessions; the others stay provider-defined.
+pub const CONCESSION_BITS: u8 = 0x07;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -248,6 +264,8 @@ pub struct FareTable {
     pub monthly_tiers: Vec<MonthlyTier>,
     /// Whether the tiers count and discount metro trips only.
     pub monthly_tiers_metro_only: bool,
+    /// Per concession bit, the share of the fare a rider with it pays, in percent.
+    pub concessions: Vec<(u8, u8)>,
     /// Time zone, service-day start and peak windows.
     pub calendar: Calendar,
     /// Per band: up to this distance, the off-peak and the peak fare.
@@ -302,6 +320,7 @@ impl FareTable {
             bus_hopper_window_ms: file.bus_hopper_window_ms,
             monthly_tiers: monthly_tiers(&file.monthly_tier)?,
             monthly_tiers_metro_only: file.monthly_tiers_metro_only,
+            concessions: concessions(&file.concession)?,
             calendar,
             bands,
             highest_from: HashMap::new(),
@@ -542,15 +561,41 @@ fn check_caps(table: &FareTable) -> Result<(), FareError> {
     Ok(())
 }
 
+/// The concessions: each a known name, given once, with a share of 0 to 100 percent.
+fn concessions(entries: &[ConcessionEntry]) -> Result<Vec<(u8, u8)>, FareError> {
+    let mut concessions: Vec<(u8, u8)> = Vec::new();
+    for entry in entries {
+        let Some((_, bit)) = CONCESSIONS.iter().find(|(name, _)| *name == entry.name) else {
+            return invalid(format!(
+                "concession {:?} is not one of student, senior, disabled",
+                entry.name
+            ));
+        };
+        let Some(percent) = percent(entry.payable_percent) else {
+            return invalid(format!(
+                "concession {}: payable_percent must be 0 to 100",
+                entry.name
+            ));
+        };
+        if concessions.iter().any(|(known, _)| known == bit) {
+            return invalid(format!("concession {} is listed twice", entry.name));
+        }
+        concessions.push((*bit, percent));
+    }
+    Ok(concessions)
+}
+
+/// A share in percent, 0 to 100.
+fn percent(value: i64) -> Option<u8> {
+    u8::try_from(value).ok().filter(|percent| *percent <= 100)
+}
+
 /// The monthly tiers: thresholds not negative and growing, and each a share of the fare
 /// from 0 to 100 percent.
 fn monthly_tiers(entries: &[TierEntry]) -> Result<Vec<MonthlyTier>, FareError> {
     let mut tiers: Vec<MonthlyTier> = Vec::new();
     for entry in entries {
-        let percent = u8::try_from(entry.payable_percent)
-            .ok()
-            .filter(|percent| *percent <= 100);
-        let Some(payable_percent) = percent else {
+        let Some(payable_percent) = percent(entry.payable_percent) else {
             return invalid(format!(
                 "monthly_tier after {}: payable_percent must be 0 to 100",
                 entry.after_spent_minor

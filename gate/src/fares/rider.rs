@@ -33,6 +33,8 @@ pub struct Trip {
     /// An incomplete journey (entered and never exited): no transfer discount, and it is
     /// not a trip a later one can be a transfer from.
     pub incomplete: bool,
+    /// The rider's concession bits ([`super::CONCESSION_BITS`] of the code's flags).
+    pub concessions: u8,
 }
 
 /// What a rider has paid in the current service day, week and month, and when their
@@ -97,9 +99,9 @@ impl FareTable {
     /// has already started the trip's periods with [`RiderTotals::start`]). In order: a
     /// bus ride within the hopper window of the rider's last paid bus ride is free; else
     /// a complete trip within the transfer window of the last one gets the transfer
-    /// discount; then the monthly tier of the month's spend so far takes its share;
-    /// then no cap is passed (day, week, and the bus caps for a bus ride). `None` when
-    /// a total would overflow.
+    /// discount; then the monthly tier of the month's spend so far takes its share, and
+    /// the rider's concession its share; then no cap is passed (day, week, and the bus
+    /// caps for a bus ride). `None` when a total would overflow.
     pub fn charge(&self, trip: &Trip, totals: &mut RiderTotals) -> Option<Amount> {
         let hop = trip.mode == Mode::Bus && self.within_hopper(trip, totals);
         let mut fare = if hop { Amount::ZERO } else { trip.base };
@@ -109,6 +111,7 @@ impl FareTable {
         if self.tiers_count(trip.mode) {
             fare = tiered(fare, self.tier_of(totals.tier_spend_month));
         }
+        fare = tiered(fare, self.concession_of(trip.concessions));
         fare = fare.min(self.left_under_caps(trip.mode, totals));
         self.record(trip, fare, hop, totals)?;
         Some(fare)
@@ -126,6 +129,17 @@ impl FareTable {
             .rev()
             .find(|tier| spent >= tier.after_spent)
             .map_or(100, |tier| tier.payable_percent)
+    }
+
+    /// The payable percent of the most favourable concession among the rider's bits that
+    /// the fares file lists (100 without one).
+    fn concession_of(&self, bits: u8) -> u8 {
+        self.concessions
+            .iter()
+            .filter(|(bit, _)| bits & bit != 0)
+            .map(|(_, percent)| *percent)
+            .min()
+            .unwrap_or(100)
     }
 
     /// Whether a bus ride starts within the hopper window of the rider's hopper.

@@ -89,6 +89,7 @@ fn trip(base: i64, at: u64) -> Trip {
         mode: Mode::Metro,
         started_at: UnixMillis(at),
         incomplete: false,
+        concessions: 0,
     }
 }
 
