@@ -8,6 +8,7 @@ mod cluster;
 mod cluster_demo;
 mod connection;
 mod demo;
+mod fares;
 mod keys;
 mod serve;
 mod settle;
@@ -47,6 +48,9 @@ enum Command {
     Cluster(cluster::ClusterCommand),
     /// Run the main job end to end on a temporary data directory and print a report.
     Demo(demo::DemoArgs),
+    /// Fares: replay the recorded taps under another fares file before changing it.
+    #[command(subcommand)]
+    Fares(fares::FaresCommand),
     /// Run the engine: gRPC gate, admin and settlement services, health, reflection and
     /// metrics.
     Serve(serve::ServeArgs),
@@ -78,6 +82,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Checkpoint(args) => checkpoint::run(args),
         Command::Cluster(command) => cluster::run(command),
         Command::Demo(args) => demo::run(args),
+        Command::Fares(command) => fares::run(command),
         Command::Settle(command) => settle::run(command),
         Command::Serve(_) => unreachable!("served above"),
     }

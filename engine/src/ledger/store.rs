@@ -192,6 +192,46 @@ pub fn open(dir: &Path, config: &StoreConfig) -> Result<DB, LedgerError> {
     Ok(db)
 }
 
+/// Opens a data directory as a RocksDB secondary instance, to read it while the engine
+/// may be running on it (`fareway fares replay`): it takes no lock, writes nothing to the
+/// directory (its own log goes to `scratch`), and sees the engine's data as of the open,
+/// whole write batches only. Refuses a directory of another format rather than upgrade it.
+pub fn open_secondary(dir: &Path, scratch: &Path, config: &StoreConfig) -> Result<DB, LedgerError> {
+    let (mut options, _table) = options(&StoreConfig {
+        create: false,
+        ..*config
+    });
+    // A secondary instance keeps every table file open (RocksDB requires it).
+    options.set_max_open_files(-1);
+    let shown = dir.display().to_string();
+    if !dir.join("CURRENT").exists() {
+        return Err(LedgerError::NoLedger { path: shown });
+    }
+    refuse_foreign_database(dir, &options, &shown)?;
+    let open_failed = |source| LedgerError::Open {
+        path: shown.clone(),
+        source,
+    };
+    let db =
+        DB::open_cf_as_secondary(&options, dir, scratch, COLUMN_FAMILIES).map_err(open_failed)?;
+    db.try_catch_up_with_primary().map_err(open_failed)?;
+    let meta = db
+        .cf_handle(CF_META)
+        .ok_or(LedgerError::MissingColumnFamily(CF_META))?;
+    let found = db
+        .get_cf(meta, META_FORMAT_VERSION)?
+        .and_then(|bytes| <[u8; 4]>::try_from(bytes.as_slice()).ok())
+        .map(u32::from_be_bytes);
+    if found != Some(FORMAT_VERSION) {
+        return Err(LedgerError::FormatVersion {
+            path: shown,
+            found: found.map_or_else(|| "none".to_string(), |v| v.to_string()),
+            supported: FORMAT_VERSION,
+        });
+    }
+    Ok(db)
+}
+
 /// Refuses a RocksDB database that is not a Fareway ledger, or has column families this
 /// build does not know (a newer format), before opening it would add ours to it.
 fn refuse_foreign_database(dir: &Path, options: &Options, shown: &str) -> Result<(), LedgerError> {

@@ -47,6 +47,18 @@ impl LedgerView {
         Ok(LedgerView::new(Arc::new(store::open(dir, config)?)))
     }
 
+    /// Opens a data directory to read it while the engine may be running on it (a RocksDB
+    /// secondary instance, its own log in `scratch`): the data as of the open.
+    pub fn open_secondary(
+        dir: &Path,
+        scratch: &Path,
+        config: &StoreConfig,
+    ) -> Result<LedgerView, LedgerError> {
+        Ok(LedgerView::new(Arc::new(store::open_secondary(
+            dir, scratch, config,
+        )?)))
+    }
+
     /// A column family handle that the open step guarantees exists.
     pub fn cf(&self, name: &'static str) -> Result<&ColumnFamily, LedgerError> {
         self.db

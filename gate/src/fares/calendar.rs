@@ -175,6 +175,20 @@ impl Calendar {
     }
 }
 
+/// The service day number of a date written `YYYY-MM-DD` (days since 1970-01-01), as
+/// [`Periods::day`] counts them; none for anything else or a date before 1970.
+pub fn day_of_date(text: &str) -> Option<u32> {
+    let date: Date = text.parse().ok()?;
+    (date >= Date::constant(1970, 1, 1)).then(|| days_since_epoch(date))
+}
+
+/// The date of a service day number, `YYYY-MM-DD`.
+pub fn date_of_day(day: u32) -> String {
+    Date::constant(1970, 1, 1)
+        .checked_add(jiff::Span::new().days(i64::from(day)))
+        .map_or_else(|_| format!("day {day}"), |date| date.to_string())
+}
+
 /// Days from 1970-01-01 to `date` (0 before it).
 fn days_since_epoch(date: Date) -> u32 {
     let seconds = date

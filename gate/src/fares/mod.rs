@@ -14,7 +14,7 @@ use crate::money::Amount;
 mod calendar;
 mod rider;
 
-pub use calendar::{Calendar, Periods};
+pub use calendar::{Calendar, Periods, date_of_day, day_of_date};
 pub use rider::{Mode, MonthlyTier, RiderTotals, Trip};
 
 /// Most stations a network may have: all-pairs distances are computed at load.
@@ -273,6 +273,8 @@ pub struct FareTable {
     /// Per station: the highest off-peak and peak fare of a trip from (or to) it.
     highest_from: HashMap<StationId, (Amount, Amount)>,
     station_names: BTreeMap<StationId, String>,
+    /// Per station, the first line listing it.
+    station_lines: BTreeMap<StationId, String>,
     distances_m: HashMap<(StationId, StationId), u32>,
     routes: BTreeMap<RouteId, (String, Amount)>,
 }
@@ -324,6 +326,7 @@ impl FareTable {
             calendar,
             bands,
             highest_from: HashMap::new(),
+            station_lines: first_lines(&file.line),
             station_names,
             distances_m,
             routes,
@@ -363,6 +366,16 @@ impl FareTable {
         self.routes
             .iter()
             .map(|(id, (name, _))| (*id, name.as_str()))
+    }
+
+    /// The name of the first line the fares file lists a station on.
+    pub fn line_of(&self, station: StationId) -> Option<&str> {
+        self.station_lines.get(&station).map(String::as_str)
+    }
+
+    /// A bus route's name.
+    pub fn route_name(&self, route: RouteId) -> Option<&str> {
+        self.routes.get(&route).map(|(name, _)| name.as_str())
     }
 
     /// Whether a station exists.
@@ -713,6 +726,17 @@ fn bus_routes(
         }
     }
     Ok(routes)
+}
+
+/// Per station, the name of the first line listing it.
+fn first_lines(lines: &[LineEntry]) -> BTreeMap<StationId, String> {
+    let mut first = BTreeMap::new();
+    for line in lines {
+        for station in &line.station {
+            first.entry(station.id).or_insert_with(|| line.name.clone());
+        }
+    }
+    first
 }
 
 /// Dijkstra from every station: the network is small (at most [`STATIONS_MAX`]).

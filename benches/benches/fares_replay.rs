@@ -1,0 +1,175 @@
+//! The fare-change replay's rate and memory (`docs/PERFORMANCE.md`, "The fare-change
+//! replay"): a ledger of `TAPS` taps (default 1,000,000: 100,000 riders of ten taps each,
+//! metro journeys and bus rides through the ledger's own state machine) is made once,
+//! then a fresh process replays it under a dearer fares file, reading it as a secondary
+//! instance as `fareway fares replay` does, and prints steps per second and its peak
+//! resident memory.
+//!
+//! `cargo bench -p fareway-benches --bench fares_replay` (TAPS=... to change the size).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use fareway::fares::FareTable;
+use fareway::fares_replay::{ReplayPeriod, replay};
+use fareway::ledger::{
+    Command, Ledger, LedgerConfig, LedgerError, LedgerView, Request, Rules, StoreConfig, Tap,
+    TapKind, TxId,
+};
+use fareway::money::Amount;
+use fareway_benches::{NOW, proc_status_kib};
+
+const TAPS_PER_RIDER: u64 = 10;
+const SAMPLE: &str = include_str!("../../docs/sample-city.toml");
+
+fn main() {
+    if std::env::args().any(|arg| arg == "--list") {
+        return;
+    }
+    let taps: u64 = std::env::var("TAPS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(1_000_000);
+    let temp = tempfile::tempdir().unwrap_or_else(|err| panic!("{err}"));
+    let dir = std::env::var("REPLAY_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| temp.path().join("ledger"));
+    if !dir.join("CURRENT").exists() {
+        make_ledger(&dir, taps);
+        // Measure in a fresh process, so that its peak memory is the replay's alone.
+        let status = std::process::Command::new(
+            std::env::current_exe().unwrap_or_else(|err| panic!("{err}")),
+        )
+        .arg("--bench")
+        .env("REPLAY_DIR", &dir)
+        .env("TAPS", taps.to_string())
+        .status()
+        .unwrap_or_else(|err| panic!("{err}"));
+        assert!(status.success(), "the replay measurement failed");
+        return;
+    }
+    measure(&dir, temp.path());
+}
+
+fn fares(text: &str) -> FareTable {
+    FareTable::from_toml(text).unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// The rider's `k`th tap: an entry at Harbour, an exit at Airport (700), a Ring bus
+/// (200), over and over, 40 minutes apart.
+fn kth_tap(k: u64) -> TapKind {
+    match k % 3 {
+        0 => TapKind::MetroEntry { station: 101 },
+        1 => TapKind::MetroExit { station: 104 },
+        _ => TapKind::Bus { route: 501 },
+    }
+}
+
+fn make_ledger(dir: &Path, taps: u64) {
+    let started = Instant::now();
+    let config = LedgerConfig {
+        sync_writes: false,
+        ..LedgerConfig::default()
+    };
+    let rules = Rules {
+        fares: Some(Arc::new(fares(SAMPLE))),
+        code_retry_window_ms: fareway::ledger::CODE_RETRY_WINDOW_MS_DEFAULT,
+    };
+    let ledger = Ledger::open_with_rules(dir, config, rules).unwrap_or_else(|err| panic!("{err}"));
+    let submit = |request: Request| loop {
+        match ledger.submit(request) {
+            Ok(_) => break,
+            Err(LedgerError::Overloaded(_)) => std::thread::yield_now(),
+            Err(err) => panic!("{err}"),
+        }
+    };
+    let riders = (taps / TAPS_PER_RIDER).max(1);
+    std::thread::scope(|scope| {
+        for thread in 0..8u64 {
+            let submit = &submit;
+            scope.spawn(move || {
+                for account_id in (thread..riders).step_by(8) {
+                    submit(Request {
+                        id: TxId(u128::from(account_id) << 64),
+                        time: NOW,
+                        command: Command::OpenAccount {
+                            account_id,
+                            provider_id: 1 + (account_id % 3) as u16,
+                            credit_limit: Amount(1 << 40),
+                        },
+                    });
+                }
+            });
+        }
+    });
+    // Each thread takes whole riders, so that a rider's taps come in scan order.
+    std::thread::scope(|scope| {
+        for thread in 0..8u64 {
+            let submit = &submit;
+            scope.spawn(move || {
+                for k in 0..TAPS_PER_RIDER {
+                    for account_id in (thread..riders).step_by(8) {
+                        let n = k * riders + account_id;
+                        let mut code = [0u8; 16];
+                        code[..8].copy_from_slice(&n.to_be_bytes());
+                        submit(Request {
+                            id: TxId(u128::from(n) + 1),
+                            time: NOW.saturating_add(k * 40 * 60_000),
+                            command: Command::Tap(Tap {
+                                account_id,
+                                gate_id: 1,
+                                code,
+                                kind: kth_tap(k),
+                                offline: false,
+                                concessions: 0,
+                            }),
+                        });
+                    }
+                }
+            });
+        }
+    });
+    println!(
+        "set-up: {riders} riders and {} taps through the ledger in {:.1}s",
+        riders * TAPS_PER_RIDER,
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn measure(dir: &Path, scratch: &Path) {
+    let dearer = SAMPLE.replace(
+        "name = \"Ring\"\nfare_minor = 200",
+        "name = \"Ring\"\nfare_minor = 300",
+    );
+    let fares = fares(&dearer);
+    let rss_before_kib = proc_status_kib("VmRSS");
+    let started = Instant::now();
+    let view = LedgerView::open_secondary(dir, &scratch.join("secondary"), &StoreConfig::default())
+        .unwrap_or_else(|err| panic!("{err}"));
+    let period = ReplayPeriod {
+        from_day: None,
+        to_day: None,
+        largest: 20,
+    };
+    let result = replay(&view, &fares, period, |steps| {
+        if steps.is_multiple_of(1_000_000) {
+            eprintln!("replayed {steps} steps");
+        }
+    })
+    .unwrap_or_else(|err| panic!("{err}"));
+    let seconds = started.elapsed().as_secs_f64();
+    let steps = result.steps_read;
+    println!(
+        "fares replay: {steps} steps of {} riders in {seconds:.2}s: {:.0} steps/s; revenue then {} now {}",
+        result.riders.riders,
+        steps as f64 / seconds,
+        result.total.then_minor,
+        result.total.now_minor
+    );
+    println!(
+        "fares replay memory: peak resident {} MiB (before opening {} MiB)",
+        proc_status_kib("VmHWM") / 1024,
+        rss_before_kib / 1024
+    );
+}
