@@ -138,10 +138,13 @@ fn make_ledger(dir: &Path, taps: u64) {
 }
 
 fn measure(dir: &Path, scratch: &Path) {
-    let dearer = SAMPLE.replace(
-        "name = \"Ring\"\nfare_minor = 200",
-        "name = \"Ring\"\nfare_minor = 300",
-    );
+    // A dearer bus and a higher daily cap, so that the change is not capped away.
+    let dearer = SAMPLE
+        .replace(
+            "name = \"Ring\"\nfare_minor = 200",
+            "name = \"Ring\"\nfare_minor = 300",
+        )
+        .replace("daily_cap_minor = 1500", "daily_cap_minor = 3000");
     let fares = fares(&dearer);
     let rss_before_kib = proc_status_kib("VmRSS");
     let started = Instant::now();
