@@ -38,7 +38,15 @@ struct Rider {
 impl Rider {
     /// The fare of one tap, and the rider after it.
     fn tap(&mut self, fares: &FareTable, time: UnixMillis, kind: TapKind) -> Amount {
-        self.totals.start(fares.periods(time));
+        // A tap of an earlier day than the rider's totals (only on a night the clocks
+        // change) is charged with no totals and leaves them alone, as the ledger does.
+        let counts = self.totals.start(fares.periods(time));
+        let mut no_totals = fareway_gate::fares::RiderTotals::default();
+        let totals = if counts {
+            &mut self.totals
+        } else {
+            &mut no_totals
+        };
         let trip = match kind {
             // An entry with a journey still open: that journey was never exited, and
             // costs its incomplete fare now (no transfer discount).
@@ -72,7 +80,7 @@ impl Rider {
                 concessions: 0,
             }),
         };
-        trip.and_then(|trip| fares.charge(&trip, &mut self.totals))
+        trip.and_then(|trip| fares.charge(&trip, totals))
             .unwrap_or(Amount::ZERO)
     }
 }

@@ -184,7 +184,7 @@ impl Sums {
         let provider = view
             .account(AccountRef::Rider(account_id))?
             .map_or(0, |account| account.provider_id);
-        let mut travel = Travel::default();
+        let mut travel = start_before(view, steps.first())?;
         let mut change = RiderChange {
             account_id,
             then_minor: 0,
@@ -277,6 +277,38 @@ impl Sums {
     }
 }
 
+/// The travel state to walk a rider's kept steps from: none, but the journey the first
+/// of them closes when its entry was pruned (read from the step's log record), so that
+/// its exit is priced as the journey it was, not as an exit with no entry. The totals of
+/// the first kept week and month start at zero.
+fn start_before(view: &LedgerView, first: Option<&RecordedStep>) -> Result<Travel, LedgerError> {
+    let Some(first) = first else {
+        return Ok(Travel::default());
+    };
+    let closes_a_journey = matches!(
+        first.step.kind,
+        StepKind::Tap(TapKind::MetroExit { .. }) | StepKind::Close { .. }
+    );
+    let journey = match closes_a_journey {
+        true => view
+            .record(first.step.sequence)?
+            .and_then(|record| record.journey),
+        false => None,
+    };
+    let open_journey = journey.and_then(|journey| {
+        Some(OpenJourney {
+            id: journey.id,
+            station: journey.entry_station?,
+            entered_at: journey.entered_at?,
+            concessions: first.step.concessions,
+        })
+    });
+    Ok(Travel {
+        open_journey,
+        ..Travel::default()
+    })
+}
+
 /// Where a step's fare was earned: a bus route's name, or the metro line of the
 /// journey's entry station (the first line the new file lists it on; the step's own
 /// station for an exit with no entry).
@@ -302,8 +334,8 @@ fn line_or_route(fares: &FareTable, recorded: &RecordedStep, open: Option<OpenJo
     }
 }
 
-/// The rider group of a step: its concession (a journey's is its entry's), the first
-/// the fares file's list names when several bits are set.
+/// The rider group of a step: its concession (a journey's is its entry's); with several
+/// bits, the first of student, senior, disabled.
 fn rider_group(recorded: &RecordedStep, open: Option<OpenJourney>) -> &'static str {
     let bits = match recorded.step.kind {
         StepKind::Tap(TapKind::Bus { .. }) => recorded.step.concessions,

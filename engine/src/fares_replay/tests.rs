@@ -255,3 +255,65 @@ fn a_ledger_the_engine_has_open_is_read_as_of_the_open() {
         .unwrap_err();
     assert!(err.to_string().contains("no ledger"), "{err}");
 }
+
+/// Regression (a review found it): a rider whose first kept step is an exit, its entry's
+/// step pruned with its id, was walked as an exit with no entry (the maximum fare) and
+/// shown paying more; the walk now starts with the journey the exit's record names.
+#[test]
+fn an_exit_whose_entry_was_pruned_is_replayed_as_its_journey() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = Rules {
+        fares: Some(Arc::new(fares(SAMPLE))),
+        code_retry_window_ms: CODE_RETRY_WINDOW_MS_DEFAULT,
+    };
+    let config = LedgerConfig {
+        id_retention_ms: 60 * MINUTE_MS,
+        ..LedgerConfig::default()
+    };
+    let ledger = Ledger::open_with_rules(dir.path(), config, rules).unwrap();
+    let mut id = 0u128;
+    let mut submit = |time: u64, command: Command| {
+        id += 1;
+        let request = Request {
+            id: TxId(id),
+            time: UnixMillis(time),
+            command,
+        };
+        assert_eq!(
+            ledger.submit(request).unwrap().record.outcome,
+            Outcome::Accepted
+        );
+    };
+    submit(
+        T,
+        Command::OpenAccount {
+            account_id: 1,
+            provider_id: 1,
+            credit_limit: Amount(5_000),
+        },
+    );
+    let tap = |kind: TapKind, code: u8| {
+        Command::Tap(Tap {
+            account_id: 1,
+            gate_id: 1,
+            code: [code; 16],
+            kind,
+            offline: false,
+            concessions: 0,
+        })
+    };
+    submit(T, tap(TapKind::MetroEntry { station: 101 }, 1));
+    submit(
+        T + 50 * MINUTE_MS,
+        tap(TapKind::MetroExit { station: 100 }, 2),
+    );
+    while ledger
+        .prune_expired_ids(UnixMillis(T + 100 * MINUTE_MS))
+        .unwrap()
+        > 0
+    {}
+    let replay = replay(ledger.view(), &fares(SAMPLE), ALL, |_| {}).unwrap();
+    assert_eq!(replay.steps_read, 1, "the entry's step was pruned");
+    assert_eq!(replay.total, revenue(1, 300, 300));
+    assert_eq!(replay.riders.unchanged, 1);
+}

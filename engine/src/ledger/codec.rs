@@ -8,7 +8,7 @@
 //! reported as corruption, never a panic.
 
 use crate::clock::UnixMillis;
-use crate::fares::{Periods, RiderTotals};
+use crate::fares::{Periods, RiderTotals, periods_of_day};
 use crate::money::Amount;
 
 use super::LedgerError;
@@ -755,14 +755,12 @@ fn read_totals(reader: &mut Reader) -> Result<RiderTotals, LedgerError> {
 }
 
 /// The totals of a version 1 or 2 travel state: the day (4), charged that day (8), the
-/// last trip's start.
+/// last trip's start. Its week and month are the day's (so that the next step of that
+/// week or month does not start them afresh), their totals zero.
 fn read_day_totals(reader: &mut Reader) -> Result<RiderTotals, LedgerError> {
     let day = reader.u32()?;
     Ok(RiderTotals {
-        periods: Periods {
-            day,
-            ..Periods::default()
-        },
+        periods: periods_of_day(day),
         charged_today: Amount(reader.i64()?),
         last_trip_started_at: read_optional_time(reader)?,
         ..RiderTotals::default()
@@ -1575,11 +1573,17 @@ mod tests {
             entered_at: UnixMillis(6),
             concessions: 0,
         };
-        let day_only = RiderTotals {
-            periods: Periods {
+        // Day 20,000 is 2024-10-04, a Friday: week 2,857, month 2024 * 12 + 9.
+        assert_eq!(
+            periods_of_day(20_000),
+            Periods {
                 day: 20_000,
-                ..Periods::default()
-            },
+                week: 2_857,
+                month: 24_297
+            }
+        );
+        let day_only = RiderTotals {
+            periods: periods_of_day(20_000),
             charged_today: Amount(1_200),
             last_trip_started_at: Some(UnixMillis(5)),
             ..RiderTotals::default()

@@ -320,17 +320,35 @@ fn pruning_old_ids_prunes_their_steps_and_keeps_the_recent_ones() {
     submit(&ledger, 10, at(0), super::tap_tests::tap(entry(101), 7, 10));
     submit(&ledger, 11, at(40), super::tap_tests::tap(exit(104), 8, 11));
     submit(&ledger, 12, at(200), offline(BUS_501, 3, 12));
+    // A second rider whose one step is as old as the first rider's.
+    let other = Command::OpenAccount {
+        account_id: RIDER + 1,
+        provider_id: 1,
+        credit_limit: Amount(5_000),
+    };
+    submit(&ledger, 2, T, other);
+    let bus = Command::Tap(Tap {
+        account_id: RIDER + 1,
+        gate_id: 3,
+        code: [20; 16],
+        kind: BUS_501,
+        offline: false,
+        concessions: 0,
+    });
+    submit(&ledger, 20, at(10), bus);
     let steps = |ledger: &Ledger| {
         let view = ledger.view();
         let cf = view.cf(store::CF_RIDER_STEPS).unwrap();
         view.iterator_cf(cf, rocksdb::IteratorMode::Start).count()
     };
-    assert_eq!(steps(&ledger), 3);
+    assert_eq!(steps(&ledger), 4);
     // At 180 minutes, the first two taps are past the hour's retention; the bus is not.
     // (A server keeps the retention longer than a late tap's age and a day, so that no
-    // walk needs a pruned step: this ledger's hour only shows what is pruned.)
+    // walk needs a pruned step: this ledger's hour only shows what is pruned.) The second
+    // rider's bus is as old, but their newest step: kept, for a late tap's walk to start
+    // from.
     while ledger.prune_expired_ids(at(180)).unwrap() > 0 {}
-    assert_eq!(steps(&ledger), 1);
+    assert_eq!(steps(&ledger), 2);
     assert_audit_ok(&ledger);
 }
 

@@ -1,5 +1,6 @@
 //! Id retention: forgetting the idempotency entries of old transactions, so that the `ids`
-//! index stops growing, and with them the riders' steps of those transactions
+//! index stops growing, and with them the riders' steps of those transactions (but each
+//! rider's newest step, which a walk starts from)
 //! (`rider_steps`, which a late tap walks again from the start of its service day: a
 //! late tap is at most `taps.offline_age_max_ms` old, and the configuration keeps the
 //! retention longer than that and a day, so its walk never needs a pruned step) and
@@ -23,7 +24,7 @@ use super::LedgerError;
 use super::codec::{self, META_DENY_JOURNAL_FROM, META_IDS_PRUNED_BELOW};
 use super::durability::Durability;
 use super::model::{Command, Outcome};
-use super::store::{CF_DENY_JOURNAL, CF_IDS, CF_LOG, CF_META, CF_RIDER_STEPS};
+use super::store::{CF_DENY_JOURNAL, CF_IDS, CF_LOG, CF_META, CF_RIDER_STEPS, CF_TRAVEL};
 use super::view::LedgerView;
 
 /// The first log sequence whose id has not been pruned.
@@ -75,7 +76,9 @@ pub fn prune_ids(
             write.delete_cf(ids, id_key);
             pruned += 1;
         }
-        if let Some(rider) = step_rider(&record) {
+        if let Some(rider) = step_rider(&record)
+            && !is_newest_step(view, rider, record.request.time)?
+        {
             write.delete_cf(
                 steps,
                 codec::rider_step_key(rider, record.request.time, sequence),
@@ -121,6 +124,18 @@ fn forget_deny_changes_below(
         );
     }
     Ok(())
+}
+
+/// Whether a step at `time` is the rider's newest: that one is kept past the retention
+/// (one per rider, however long ago), so that a late tap's walk always finds the travel
+/// state before its day, with the week's and month's totals, even for a rider who had
+/// not travelled for longer than the retention.
+fn is_newest_step(view: &LedgerView, rider: u64, time: UnixMillis) -> Result<bool, LedgerError> {
+    let travel = view.get_pinned_cf(view.cf(CF_TRAVEL)?, codec::rider_key(rider))?;
+    Ok(match travel {
+        Some(bytes) => codec::decode_travel(&bytes)?.latest_step_at == time,
+        None => false,
+    })
 }
 
 /// The rider whose step a record is, when it is one: an accepted tap or journey close.

@@ -87,13 +87,11 @@ pub fn price(fares: &FareTable, travel: &mut Travel, step: &Step) -> Result<Pric
         // A step from an earlier day is priced with no totals and leaves them alone.
         Some(trip) => fares.charge(&trip, &mut RiderTotals::default()),
         None => Some(Amount::ZERO),
-    };
+    }
+    .ok_or(Refusal::BalanceOverflow)?;
     next.latest_step_at = next.latest_step_at.max(step.time);
     *travel = next;
-    Ok(Priced {
-        fare: fare.ok_or(Refusal::BalanceOverflow)?,
-        ..priced
-    })
+    Ok(Priced { fare, ..priced })
 }
 
 /// One step walked: its pricing (or why it does not price: a step that no longer

@@ -112,30 +112,33 @@ impl Calendar {
 
     /// The service day, week and month of `time`.
     pub fn periods(&self, time: UnixMillis) -> Periods {
-        let (day, month) = match self.service_date(time) {
-            Some(date) => (
-                days_since_epoch(date),
-                month_number(date.year(), date.month()),
-            ),
-            None => (u32::try_from(time.0 / DAY_MS).unwrap_or(u32::MAX), 0),
-        };
-        Periods {
-            day,
-            // 1970-01-01 was a Thursday: day 4 is the first Monday, in week 1.
-            week: day.saturating_add(3) / 7,
-            month,
+        match self.service_date(time) {
+            Some(date) => Periods {
+                day: days_since_epoch(date),
+                // 1970-01-01 was a Thursday: day 4 is the first Monday, in week 1.
+                week: days_since_epoch(date).saturating_add(3) / 7,
+                month: month_number(date.year(), date.month()),
+            },
+            None => periods_of_day(u32::try_from(time.0 / DAY_MS).unwrap_or(u32::MAX)),
         }
     }
 
-    /// When the service day of `time` began. A start time that a daylight-saving change
-    /// skips on that date is taken as the moment after the gap.
+    /// When the service day of `time` began.
     pub fn day_start(&self, time: UnixMillis) -> UnixMillis {
-        let start = self.service_date(time).and_then(|date| {
-            let local = date.to_datetime(self.starts_at);
-            let instant = self.zone.to_ambiguous_timestamp(local).compatible().ok()?;
-            u64::try_from(instant.as_millisecond()).ok()
-        });
+        let start = self
+            .service_date(time)
+            .and_then(|date| self.start_of(date))
+            .and_then(|instant| u64::try_from(instant.as_millisecond()).ok());
         UnixMillis(start.unwrap_or(time.0 - time.0 % DAY_MS))
+    }
+
+    /// The instant the service day of `date` starts: `starts_at` local on that date. A
+    /// start time that a daylight-saving change skips is moved forward by the gap (jiff's
+    /// "compatible" rule: 02:30 on a night that jumps from 02:00 to 03:00 is 03:30); one
+    /// that a change repeats is its first occurrence.
+    fn start_of(&self, date: Date) -> Option<Timestamp> {
+        let local = date.to_datetime(self.starts_at);
+        self.zone.to_ambiguous_timestamp(local).compatible().ok()
     }
 
     /// Whether a trip starting at `time` starts in a peak window (local wall time).
@@ -163,14 +166,17 @@ impl Calendar {
         Some(self.zone.to_datetime(instant))
     }
 
-    /// The local date of the service day `time` belongs to: the day before, when the
-    /// local time is earlier than the day's start.
+    /// The local date of the service day `time` belongs to: its local date, or the day
+    /// before when `time` is earlier than that date's start instant. Decided by instants,
+    /// not wall-clock times, so that service days follow each other in time even on the
+    /// nights the clocks change, and a day's start is never after a moment of it.
     fn service_date(&self, time: UnixMillis) -> Option<Date> {
-        let local = self.local(time)?;
-        if local.time() < self.starts_at {
-            local.date().yesterday().ok()
+        let date = self.local(time)?.date();
+        let instant = Timestamp::from_millisecond(i64::try_from(time.0).ok()?).ok()?;
+        if instant < self.start_of(date)? {
+            date.yesterday().ok()
         } else {
-            Some(local.date())
+            Some(date)
         }
     }
 }
@@ -182,11 +188,27 @@ pub fn day_of_date(text: &str) -> Option<u32> {
     (date >= Date::constant(1970, 1, 1)).then(|| days_since_epoch(date))
 }
 
+/// The service week and month of a service day number (days since 1970-01-01), as
+/// [`Periods`] counts them: what a stored day alone says (a travel state written before
+/// weeks and months were kept).
+pub fn periods_of_day(day: u32) -> Periods {
+    let month = date_of(day).map_or(0, |date| month_number(date.year(), date.month()));
+    Periods {
+        day,
+        week: day.saturating_add(3) / 7,
+        month,
+    }
+}
+
 /// The date of a service day number, `YYYY-MM-DD`.
 pub fn date_of_day(day: u32) -> String {
-    Date::constant(1970, 1, 1)
-        .checked_add(jiff::Span::new().days(i64::from(day)))
-        .map_or_else(|_| format!("day {day}"), |date| date.to_string())
+    date_of(day).map_or_else(|| format!("day {day}"), |date| date.to_string())
+}
+
+/// The date of a day number; none past the calendar's range (year 9999).
+fn date_of(day: u32) -> Option<Date> {
+    let days = jiff::Span::new().try_days(i64::from(day)).ok()?;
+    Date::constant(1970, 1, 1).checked_add(days).ok()
 }
 
 /// Days from 1970-01-01 to `date` (0 before it).
@@ -204,10 +226,12 @@ fn month_number(year: i16, month: i8) -> u32 {
 
 /// A local time of day written `HH:MM`.
 fn clock_time(field: &str, text: &str) -> Result<Time, FareError> {
+    let two_digits = |part: &str| -> Option<i8> {
+        (part.len() == 2 && part.bytes().all(|byte| byte.is_ascii_digit()))
+            .then(|| part.parse().ok())?
+    };
     let parsed = text.split_once(':').and_then(|(hours, minutes)| {
-        let (hours, minutes) = (hours.parse::<i8>().ok()?, minutes.parse::<i8>().ok()?);
-        (text.len() == 5).then_some(())?;
-        Time::new(hours, minutes, 0, 0).ok()
+        Time::new(two_digits(hours)?, two_digits(minutes)?, 0, 0).ok()
     });
     parsed.ok_or_else(|| FareError::Invalid(format!("{field}: {text:?} is not a time HH:MM")))
 }

@@ -14,7 +14,7 @@ use crate::money::Amount;
 mod calendar;
 mod rider;
 
-pub use calendar::{Calendar, Periods, date_of_day, day_of_date};
+pub use calendar::{Calendar, Periods, date_of_day, day_of_date, periods_of_day};
 pub use rider::{Mode, MonthlyTier, RiderTotals, Trip};
 
 /// Most stations a network may have: all-pairs distances are computed at load.

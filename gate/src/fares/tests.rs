@@ -236,6 +236,75 @@ fn the_calendar_puts_moments_in_local_service_days_weeks_and_months() {
     // Times outside the calendar's range fall back to UTC days, without a panic.
     assert_eq!(london_fares.periods(UnixMillis(u64::MAX)).day, u32::MAX);
     assert!(!london_fares.calendar.is_peak(UnixMillis(u64::MAX)));
+    assert_eq!(date_of_day(u32::MAX), "day 4294967295");
+    assert_eq!(periods_of_day(u32::MAX).month, 0);
+}
+
+/// A New York wall-clock time (`2024-03-10T07:10`, UTC offsets by the zone's rules)
+/// given as UTC, and the sample city with a New York service day starting at `starts_at`.
+fn new_york(starts_at: &str) -> FareTable {
+    let text = format!(
+        "{}\n[service_day]\ntime_zone = \"America/New_York\"\nstarts_at = \"{starts_at}\"\n",
+        include_str!("../../../docs/sample-city.toml")
+    );
+    FareTable::from_toml(&text).unwrap()
+}
+
+fn utc(text: &str) -> UnixMillis {
+    let time: jiff::civil::DateTime = text.parse().unwrap();
+    let millis = time
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .unwrap()
+        .timestamp()
+        .as_millisecond();
+    UnixMillis(u64::try_from(millis).unwrap())
+}
+
+/// Regression (a review found it): service days were decided by wall-clock time and day
+/// starts by instant, so on a night whose clock change skips or repeats the start time a
+/// moment could come before its own day's start, or fall in the day before. Days are now
+/// decided by start instants: a day's start is never after a moment of it, and days never
+/// go back in time.
+#[test]
+fn service_days_follow_each_other_in_time_across_clock_changes() {
+    // 2024-03-10: 02:00 EST (07:00Z) jumps to 03:00 EDT. A 02:30 start is skipped and
+    // moved forward by the gap: 03:30 EDT, 07:30Z.
+    let skipped = new_york("02:30");
+    let march_9 = skipped.periods(utc("2024-03-10T06:00")).day;
+    assert_eq!(skipped.periods(utc("2024-03-10T07:10")).day, march_9);
+    assert_eq!(skipped.periods(utc("2024-03-10T07:30")).day, march_9 + 1);
+    assert_eq!(
+        skipped.day_start(utc("2024-03-10T07:40")),
+        utc("2024-03-10T07:30")
+    );
+    // 2024-11-03: 02:00 EDT (06:00Z) falls back to 01:00 EST. A 01:30 start happens twice:
+    // the first, 01:30 EDT (05:30Z), starts the day; 01:10 EST (06:10Z) is in it.
+    let repeated = new_york("01:30");
+    let november_3 = repeated.periods(utc("2024-11-03T05:30")).day;
+    assert_eq!(
+        repeated.periods(utc("2024-11-03T05:29")).day,
+        november_3 - 1
+    );
+    assert_eq!(repeated.periods(utc("2024-11-03T06:10")).day, november_3);
+    assert_eq!(
+        repeated.day_start(utc("2024-11-03T06:10")),
+        utc("2024-11-03T05:30")
+    );
+    // Every ten minutes over both nights: the day never goes back, and its start is never
+    // after the moment.
+    for (fares, from) in [
+        (&skipped, "2024-03-09T12:00"),
+        (&repeated, "2024-11-02T12:00"),
+    ] {
+        let mut last_day = 0;
+        for step in 0..24 * 6 {
+            let time = utc(from).saturating_add(step * 600_000);
+            let day = fares.periods(time).day;
+            assert!(day >= last_day, "{time:?}");
+            assert!(fares.day_start(time) <= time, "{time:?}");
+            last_day = day;
+        }
+    }
 }
 
 #[test]
@@ -310,6 +379,10 @@ fn broken_files_are_refused_with_the_rule_named() {
         (
             format!("{text}\n[service_day]\ntime_zone = \"UTC\"\nstarts_at = \"4:30\"\n"),
             "service_day.starts_at: \"4:30\" is not a time HH:MM",
+        ),
+        (
+            format!("{text}\n[service_day]\ntime_zone = \"UTC\"\nstarts_at = \"+4:30\"\n"),
+            "service_day.starts_at: \"+4:30\" is not a time HH:MM",
         ),
         (
             format!("{text}{PEAK}{PEAK_OVERLAPPING}"),
