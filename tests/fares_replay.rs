@@ -89,6 +89,7 @@ async fn a_running_engines_taps_are_replayed_under_a_dearer_fares_file() {
     assert_eq!(report["riders"]["largest_changes"][0]["account_id"], 1001);
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("<td>bus Ring</td><td>1</td><td>200</td><td>350</td><td>+75.0%</td>"));
+    assert_eq!(html.matches("<svg").count(), 1, "the revenue chart");
 
     // Bad input: a date that is not one, a period backwards, a fares file that breaks a
     // rule, a folder that holds no ledger.

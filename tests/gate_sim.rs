@@ -13,12 +13,24 @@ use fareway::server;
 use fareway_tests::server::{ADMIN_TOKEN, FINANCE_TOKEN, GATE_TOKEN, write_config};
 use gate_sim::{Engine, Fault, Mode, Network, Population, Profile, SimConfig};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_short_rush_hour_keeps_every_invariant_unary_and_streaming() {
-    let folder = tempfile::tempdir().unwrap();
-    let empty_keys = folder.path().join("no-keys.toml");
+/// An engine on 127.0.0.1 with the system clock and `fares_file`, no issuer keys (the
+/// simulator publishes its own), its data in `folder`: the running server, the
+/// simulator's view of it, its bundle key, and its data directory.
+async fn start_engine(
+    folder: &std::path::Path,
+    fares_file: &std::path::Path,
+) -> (
+    server::RunningServer,
+    Engine,
+    fareway::settlement::key::SettlementKey,
+    std::path::PathBuf,
+) {
+    let empty_keys = folder.join("no-keys.toml");
     std::fs::write(&empty_keys, "provider = []\nissuer_key = []\n").unwrap();
-    let config = write_config(folder.path(), |config| config.issuer_keys_file = empty_keys);
+    let config = write_config(folder, |config| {
+        config.issuer_keys_file = empty_keys;
+        config.fares_file = fares_file.to_path_buf();
+    });
     let data_dir = config.data_dir.clone();
     let bundle_key_file = config.bundle.key_file.clone();
     let running = server::start(config, Arc::new(SystemClock)).await.unwrap();
@@ -32,11 +44,16 @@ async fn a_short_rush_hour_keeps_every_invariant_unary_and_streaming() {
         finance_token: FINANCE_TOKEN.into(),
         metrics_addr: running.metrics_addr.map(|addr| addr.to_string()),
     };
-    let fares = fareway::fares::FareTable::from_toml(
-        &std::fs::read_to_string(fareway_tests::workspace_root().join("docs/sample-city.toml"))
-            .unwrap(),
-    )
-    .unwrap();
+    (running, engine, bundle_key, data_dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_rush_hour_keeps_every_invariant_unary_and_streaming() {
+    let folder = tempfile::tempdir().unwrap();
+    let sample = fareway_tests::workspace_root().join("docs/sample-city.toml");
+    let (running, engine, bundle_key, data_dir) = start_engine(folder.path(), &sample).await;
+    let fares =
+        fareway::fares::FareTable::from_toml(&std::fs::read_to_string(&sample).unwrap()).unwrap();
     for (mode, seed) in [(Mode::Unary, 11), (Mode::Streaming, 12)] {
         let config = SimConfig {
             population: Population {
@@ -201,27 +218,10 @@ async fn a_short_rush_hour_keeps_every_invariant_unary_and_streaming() {
 async fn every_sample_network_keeps_every_invariant() {
     for network in ["beijing", "shanghai", "london"] {
         let folder = tempfile::tempdir().unwrap();
-        let empty_keys = folder.path().join("no-keys.toml");
-        std::fs::write(&empty_keys, "provider = []\nissuer_key = []\n").unwrap();
         let fares_file =
             fareway_tests::workspace_root().join(format!("docs/networks/{network}.toml"));
-        let config = write_config(folder.path(), |config| {
-            config.issuer_keys_file = empty_keys;
-            config.fares_file = fares_file.clone();
-        });
-        let data_dir = config.data_dir.clone();
-        let bundle_key_file = config.bundle.key_file.clone();
-        let running = server::start(config, Arc::new(SystemClock)).await.unwrap();
-        let (bundle_key, _) =
-            fareway::settlement::key::SettlementKey::load_or_create(&bundle_key_file).unwrap();
-        let engine = Engine {
-            url: format!("http://{}", running.addr),
-            more_urls: Vec::new(),
-            gate_token: GATE_TOKEN.into(),
-            admin_token: ADMIN_TOKEN.into(),
-            finance_token: FINANCE_TOKEN.into(),
-            metrics_addr: running.metrics_addr.map(|addr| addr.to_string()),
-        };
+        let (running, engine, bundle_key, data_dir) =
+            start_engine(folder.path(), &fares_file).await;
         let fares =
             fareway::fares::FareTable::from_toml(&std::fs::read_to_string(&fares_file).unwrap())
                 .unwrap();

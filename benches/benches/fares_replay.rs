@@ -7,7 +7,7 @@
 //!
 //! `cargo bench -p fareway-benches --bench fares_replay` (TAPS=... to change the size).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,32 +24,7 @@ const TAPS_PER_RIDER: u64 = 10;
 const SAMPLE: &str = include_str!("../../docs/sample-city.toml");
 
 fn main() {
-    if std::env::args().any(|arg| arg == "--list") {
-        return;
-    }
-    let taps: u64 = std::env::var("TAPS")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(1_000_000);
-    let temp = tempfile::tempdir().unwrap_or_else(|err| panic!("{err}"));
-    let dir = std::env::var("REPLAY_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| temp.path().join("ledger"));
-    if !dir.join("CURRENT").exists() {
-        make_ledger(&dir, taps);
-        // Measure in a fresh process, so that its peak memory is the replay's alone.
-        let status = std::process::Command::new(
-            std::env::current_exe().unwrap_or_else(|err| panic!("{err}")),
-        )
-        .arg("--bench")
-        .env("REPLAY_DIR", &dir)
-        .env("TAPS", taps.to_string())
-        .status()
-        .unwrap_or_else(|err| panic!("{err}"));
-        assert!(status.success(), "the replay measurement failed");
-        return;
-    }
-    measure(&dir, temp.path());
+    fareway_benches::made_once_then_measured("REPLAY_DIR", 1_000_000, make_ledger, measure);
 }
 
 fn fares(text: &str) -> FareTable {
@@ -137,7 +112,7 @@ fn make_ledger(dir: &Path, taps: u64) {
     );
 }
 
-fn measure(dir: &Path, scratch: &Path) {
+fn measure(dir: &Path, _taps: u64, scratch: &Path) {
     // A dearer bus and a higher daily cap, so that the change is not capped away.
     let dearer = SAMPLE
         .replace(

@@ -12,7 +12,6 @@
 //! measured is theirs and not the set-up's.
 
 use std::io::Write as _;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -41,33 +40,7 @@ fn rules() -> Rules {
 }
 
 fn main() {
-    if std::env::args().any(|arg| arg == "--list") {
-        // `cargo bench -- --list` and `cargo test --benches` ask every bench for its list.
-        return;
-    }
-    let taps: u64 = std::env::var("TAPS")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(10_000_000);
-    let temp = tempfile::tempdir().unwrap_or_else(|err| unreachable!("{err}"));
-    let dir = std::env::var("SETTLEMENT_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| temp.path().join("ledger"));
-    if !dir.join("CURRENT").exists() {
-        make_ledger(&dir, taps);
-        // Measure in a fresh process: the set-up's memory does not count.
-        let status = std::process::Command::new(
-            std::env::current_exe().unwrap_or_else(|err| panic!("{err}")),
-        )
-        .arg("--bench")
-        .env("SETTLEMENT_DIR", &dir)
-        .env("TAPS", taps.to_string())
-        .status()
-        .unwrap_or_else(|err| panic!("{err}"));
-        assert!(status.success(), "the export measurement failed");
-        return;
-    }
-    measure(&dir, taps, temp.path());
+    fareway_benches::made_once_then_measured("SETTLEMENT_DIR", 10_000_000, make_ledger, measure);
 }
 
 fn make_ledger(dir: &std::path::Path, taps: u64) {

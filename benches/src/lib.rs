@@ -109,3 +109,41 @@ pub fn proc_status_kib(field: &str) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// The pattern of the benches that measure a large ledger (settlement export, the
+/// fare-change replay): the ledger of `TAPS` taps (env, default `taps_default`) is made
+/// once in a folder, then measured by a fresh run of the same bench, so that the set-up's
+/// memory does not count. `dir_var` names the folder to the fresh run (set it to reuse a
+/// ledger made before). `measure` gets the folder, the taps and a scratch folder.
+pub fn made_once_then_measured(
+    dir_var: &str,
+    taps_default: u64,
+    make: impl FnOnce(&std::path::Path, u64),
+    measure: impl FnOnce(&std::path::Path, u64, &std::path::Path),
+) {
+    if std::env::args().any(|arg| arg == "--list") {
+        // `cargo bench -- --list` and `cargo test --benches` ask every bench for its list.
+        return;
+    }
+    let taps: u64 = std::env::var("TAPS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(taps_default);
+    let temp = tempfile::tempdir().unwrap_or_else(|err| panic!("{err}"));
+    let dir = std::env::var(dir_var)
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| temp.path().join("ledger"));
+    if dir.join("CURRENT").exists() {
+        measure(&dir, taps, temp.path());
+        return;
+    }
+    make(&dir, taps);
+    let status =
+        std::process::Command::new(std::env::current_exe().unwrap_or_else(|err| panic!("{err}")))
+            .arg("--bench")
+            .env(dir_var, &dir)
+            .env("TAPS", taps.to_string())
+            .status()
+            .unwrap_or_else(|err| panic!("{err}"));
+    assert!(status.success(), "the measurement failed");
+}

@@ -75,7 +75,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(&json_path, json + "\n")
         .with_context(|| format!("cannot write {}", json_path.display()))?;
     let html_path = args.out.join("report.html");
-    let html = fares_replay::render_html(&replay, &args.fares.display().to_string());
+    let html = crate::fares_page::render(&replay, &args.fares.display().to_string());
     std::fs::write(&html_path, html)
         .with_context(|| format!("cannot write {}", html_path.display()))?;
     print!("{}", fares_replay::render_table(&replay));

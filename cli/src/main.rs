@@ -9,6 +9,7 @@ mod cluster_demo;
 mod connection;
 mod demo;
 mod fares;
+mod fares_page;
 mod keys;
 mod serve;
 mod settle;

@@ -9,8 +9,9 @@ use std::fmt::Write as _;
 use crate::plan::Profile;
 use crate::run::{Answer, RunResult};
 
-/// The charts' style: `splot` draws plain SVG with classes, and this colours it.
-const STYLE: &str = r#"
+/// The charts' style: `splot` draws plain SVG with classes, and this colours it. Also the
+/// style of `fareway fares replay`'s page.
+pub const STYLE: &str = r#"
 body { font-family: sans-serif; margin: 2em; color: #222; background: #fafafa; }
 table { border-collapse: collapse; margin: 1em 0; }
 td, th { border: 1px solid #bbb; padding: 0.2em 0.6em; text-align: right; }
@@ -36,7 +37,7 @@ marker { display: none; }
 "#;
 
 /// `splot` links each chart to its own style sheet; the page carries its style inline.
-const SPLOT_STYLE_LINK: &str = r#"<link xmlns="http://www.w3.org/1999/xhtml" type="text/css" rel="stylesheet" href="./css/splot.css" />"#;
+pub const SPLOT_STYLE_LINK: &str = r#"<link xmlns="http://www.w3.org/1999/xhtml" type="text/css" rel="stylesheet" href="./css/splot.css" />"#;
 
 /// Per second of the window: (second, p50 ms, p99 ms) of the taps due in it.
 fn latency_by_second(run: &RunResult) -> Vec<(f32, f32, f32)> {

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use serde::Serialize;
 
-pub use report::{render_html, render_table};
+pub use report::{change_percent, groupings, render_table};
 
 use crate::fares::{CONCESSIONS, FareTable, date_of_day};
 use crate::ledger::codec;
