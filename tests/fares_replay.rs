@@ -92,7 +92,7 @@ async fn a_running_engines_taps_are_replayed_under_a_dearer_fares_file() {
     assert_eq!(html.matches("<svg").count(), 1, "the revenue chart");
 
     // Bad input: a date that is not one, a period backwards, a fares file that breaks a
-    // rule, a folder that holds no ledger.
+    // rule, a folder that holds no ledger, the same ledger given twice.
     let broken = folder.path().join("broken.toml");
     std::fs::write(
         &broken,
@@ -125,6 +125,12 @@ async fn a_running_engines_taps_are_replayed_under_a_dearer_fares_file() {
             &empty.path().to_path_buf(),
             &sample_path,
             "no ledger",
+        ),
+        (
+            vec!["--data-dir", data_dir.to_str().unwrap()],
+            &data_dir,
+            &sample_path,
+            "hold the same ledger or shard: give one replica of each shard",
         ),
     ] {
         let output = std::process::Command::new(fareway_binary())

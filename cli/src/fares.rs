@@ -3,14 +3,15 @@
 //! It reads the ledger as a RocksDB secondary instance, so the engine may be running on
 //! it, and writes nothing there.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use fareway::fares::{FARES_FILE_BYTES_MAX, FareTable, day_of_date};
 use fareway::fares_replay::{self, ReplayPeriod};
-use fareway::ledger::{LedgerView, StoreConfig};
+use fareway::ledger::replica::shard_id;
+use fareway::ledger::{LedgerView, ShardId, StoreConfig};
 
 #[derive(Debug, Subcommand)]
 pub enum FaresCommand {
@@ -22,9 +23,10 @@ pub enum FaresCommand {
 
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
-    /// The ledger's data directory (an embedded engine's; it may be running).
-    #[arg(long)]
-    data_dir: PathBuf,
+    /// The ledger's data directory (the engine may be running on it); for a cluster, one
+    /// replica of every shard (`DATA_DIR/shard-N`), `--data-dir` again for each.
+    #[arg(long = "data-dir", required = true)]
+    data_dirs: Vec<PathBuf>,
     /// The fares file to price the taps with.
     #[arg(long)]
     fares: PathBuf,
@@ -62,9 +64,9 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let fares = FareTable::from_toml(&text)
         .with_context(|| format!("fares file {}", args.fares.display()))?;
     let scratch = tempfile::tempdir().context("cannot make a scratch folder")?;
-    let view = LedgerView::open_secondary(&args.data_dir, scratch.path(), &StoreConfig::default())
-        .with_context(|| format!("opening {}", args.data_dir.display()))?;
-    let replay = fares_replay::replay(&view, &fares, period, |steps| {
+    let views = open_shards(&args.data_dirs, scratch.path())?;
+    let views: Vec<&LedgerView> = views.iter().collect();
+    let replay = fares_replay::replay_shards(&views, &fares, period, |steps| {
         eprintln!("replayed {steps} steps");
     })
     .context("replaying the recorded taps")?;
@@ -85,6 +87,33 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         html_path.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Opens each data directory as a secondary instance (its log in its own scratch
+/// folder), refusing two of the same shard (or two embedded ledgers): their riders would
+/// be counted twice.
+fn open_shards(dirs: &[PathBuf], scratch: &Path) -> anyhow::Result<Vec<LedgerView>> {
+    let mut views = Vec::new();
+    let mut shards: Vec<(Option<ShardId>, &PathBuf)> = Vec::new();
+    for (index, dir) in dirs.iter().enumerate() {
+        let view = LedgerView::open_secondary(
+            dir,
+            &scratch.join(index.to_string()),
+            &StoreConfig::default(),
+        )
+        .with_context(|| format!("opening {}", dir.display()))?;
+        let shard = shard_id(&view).with_context(|| format!("reading {}", dir.display()))?;
+        if let Some((_, other)) = shards.iter().find(|(known, _)| *known == shard) {
+            anyhow::bail!(
+                "{} and {} hold the same ledger or shard: give one replica of each shard",
+                other.display(),
+                dir.display()
+            );
+        }
+        shards.push((shard, dir));
+        views.push(view);
+    }
+    Ok(views)
 }
 
 /// A `YYYY-MM-DD` argument as a service day number.

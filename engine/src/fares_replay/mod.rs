@@ -1,5 +1,6 @@
 //! The fare-change replay (`fareway fares replay`, `docs/fares.md`): re-prices the
-//! recorded riders' steps of a ledger under another fares file, writing nothing, and
+//! recorded riders' steps of a ledger (or of a cluster's shards, one replica each) under
+//! another fares file, writing nothing, and
 //! sums what they paid then against what they would pay now, per service day, per line
 //! or route, per provider and per rider group, with the riders who would pay more or
 //! less and the largest changes.
@@ -127,31 +128,57 @@ pub fn replay(
     view: &LedgerView,
     fares: &FareTable,
     period: ReplayPeriod,
+    progress: impl FnMut(u64),
+) -> Result<Replay, LedgerError> {
+    replay_shards(&[view], fares, period, progress)
+}
+
+/// Replays the riders of several ledgers as one: a cluster's shards, one replica of each
+/// (a rider's steps are all on their shard, so no rider is counted twice).
+pub fn replay_shards(
+    views: &[&LedgerView],
+    fares: &FareTable,
+    period: ReplayPeriod,
     mut progress: impl FnMut(u64),
 ) -> Result<Replay, LedgerError> {
     let mut sums = Sums::new(period);
-    let mut rider: Option<(u64, Vec<RecordedStep>)> = None;
-    let steps = view.iterator_cf(view.cf(CF_RIDER_STEPS)?, rocksdb::IteratorMode::Start);
-    for entry in steps {
-        let (key, value) = entry?;
-        let (account_id, recorded) = codec::decode_rider_step(&key, &value)?;
-        sums.replay.steps_read += 1;
-        if sums.replay.steps_read.is_multiple_of(PROGRESS_EVERY_STEPS) {
-            progress(sums.replay.steps_read);
-        }
-        match &mut rider {
-            Some((current, steps)) if *current == account_id => steps.push(recorded),
-            _ => {
-                if let Some((done, steps)) = rider.replace((account_id, vec![recorded])) {
-                    sums.add_rider(view, fares, done, &steps)?;
+    for view in views {
+        sums.add_ledger(view, fares, &mut progress)?;
+    }
+    Ok(sums.finish())
+}
+
+impl Sums {
+    /// Reads one ledger's steps, rider after rider.
+    fn add_ledger(
+        &mut self,
+        view: &LedgerView,
+        fares: &FareTable,
+        progress: &mut impl FnMut(u64),
+    ) -> Result<(), LedgerError> {
+        let mut rider: Option<(u64, Vec<RecordedStep>)> = None;
+        let steps = view.iterator_cf(view.cf(CF_RIDER_STEPS)?, rocksdb::IteratorMode::Start);
+        for entry in steps {
+            let (key, value) = entry?;
+            let (account_id, recorded) = codec::decode_rider_step(&key, &value)?;
+            self.replay.steps_read += 1;
+            if self.replay.steps_read.is_multiple_of(PROGRESS_EVERY_STEPS) {
+                progress(self.replay.steps_read);
+            }
+            match &mut rider {
+                Some((current, steps)) if *current == account_id => steps.push(recorded),
+                _ => {
+                    if let Some((done, steps)) = rider.replace((account_id, vec![recorded])) {
+                        self.add_rider(view, fares, done, &steps)?;
+                    }
                 }
             }
         }
+        if let Some((done, steps)) = rider {
+            self.add_rider(view, fares, done, &steps)?;
+        }
+        Ok(())
     }
-    if let Some((done, steps)) = rider {
-        sums.add_rider(view, fares, done, &steps)?;
-    }
-    Ok(sums.finish())
 }
 
 /// The sums as the riders come.

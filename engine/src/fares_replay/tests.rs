@@ -238,6 +238,22 @@ fn only_the_period_is_counted_but_the_days_before_it_are_walked() {
     assert_eq!(replay.first_day, None);
 }
 
+/// A cluster's shards replayed as one: two ledgers (standing in for two shards, each
+/// with its own riders) sum to what each replays alone.
+#[test]
+fn shards_replayed_as_one_sum_their_riders() {
+    let (_one, first) = recorded();
+    let (_two, second) = recorded();
+    let alone = replay(first.view(), &dearer(), ALL, |_| {}).unwrap();
+    let both = replay_shards(&[first.view(), second.view()], &dearer(), ALL, |_| {}).unwrap();
+    assert_eq!(both.total, revenue(14, 3_400, 4_000));
+    assert_eq!(both.steps_read, 2 * alone.steps_read);
+    assert_eq!(both.riders.riders, 6);
+    assert_eq!(both.riders.pay_more, 4);
+    assert_eq!(both.by_day["2027-01-16"], revenue(4, 600, 800));
+    assert_eq!(both.riders.largest_changes.len(), 4);
+}
+
 #[test]
 fn a_ledger_the_engine_has_open_is_read_as_of_the_open() {
     let (dir, ledger) = recorded();
