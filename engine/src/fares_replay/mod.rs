@@ -236,30 +236,43 @@ impl Sums {
             counted = true;
             change.then_minor = change.then_minor.saturating_add(then);
             change.now_minor = change.now_minor.saturating_add(now);
-            self.days.entry(day).or_default().add(then, now);
             let place = line_or_route(fares, recorded, open_before);
-            self.replay
-                .by_line_or_route
-                .entry(place)
-                .or_default()
-                .add(then, now);
-            self.replay
-                .by_provider
-                .entry(provider)
-                .or_default()
-                .add(then, now);
             let group = rider_group(recorded, open_before);
-            self.replay
-                .by_rider_group
-                .entry(group.into())
-                .or_default()
-                .add(then, now);
-            self.replay.total.add(then, now);
+            self.count_step(day, place, provider, group, (then, now));
         }
         if counted {
             self.count_rider(change);
         }
         Ok(())
+    }
+
+    /// Adds one step's then and now to every grouping.
+    fn count_step(
+        &mut self,
+        day: u32,
+        place: String,
+        provider: u16,
+        group: &str,
+        (then, now): (i64, i64),
+    ) {
+        let replay = &mut self.replay;
+        self.days.entry(day).or_default().add(then, now);
+        replay
+            .by_line_or_route
+            .entry(place)
+            .or_default()
+            .add(then, now);
+        replay
+            .by_provider
+            .entry(provider)
+            .or_default()
+            .add(then, now);
+        replay
+            .by_rider_group
+            .entry(group.into())
+            .or_default()
+            .add(then, now);
+        replay.total.add(then, now);
     }
 
     fn in_period(&self, day: u32) -> bool {
