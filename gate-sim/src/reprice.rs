@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use fareway_gate::clock::UnixMillis;
-use fareway_gate::fares::{FareTable, Mode, RiderTotals, TapKind, Trip};
+use fareway_gate::fares::{FareTable, RiderTotals, TapKind, Trip};
 use fareway_gate::money::Amount;
 
 /// Per service day (the fares file's, days since the epoch), what a rider's taps cost
@@ -38,24 +38,13 @@ struct Rider {
 impl Rider {
     /// The fare of one tap, and the rider after it.
     fn tap(&mut self, fares: &FareTable, time: UnixMillis, kind: TapKind) -> Amount {
-        // A tap of an earlier day than the rider's totals (only on a night the clocks
-        // change) is charged with no totals and leaves them alone, as the ledger does.
-        let counts = self.totals.start(fares.periods(time));
-        let mut no_totals = fareway_gate::fares::RiderTotals::default();
-        let totals = if counts {
-            &mut self.totals
-        } else {
-            &mut no_totals
-        };
+        // The simulator's riders hold codes without concession flags.
         let trip = match kind {
             // An entry with a journey still open: that journey was never exited, and
             // costs its incomplete fare now (no transfer discount).
             TapKind::MetroEntry { station } => {
                 let left_open = self.entered.replace((station, time));
-                left_open.map(|(from, entered_at)| Trip {
-                    incomplete: true,
-                    ..metro(fares.entry_without_exit_fare(from, entered_at), entered_at)
-                })
+                left_open.map(|(from, entered_at)| fares.unfinished_journey(from, entered_at, 0))
             }
             TapKind::MetroExit { station } => Some(match self.entered.take() {
                 Some((from, entered_at)) => {
@@ -67,32 +56,21 @@ impl Rider {
                             .metro_fare(from, station, ride_ms, entered_at)
                             .unwrap_or(fares.max_fare)
                     };
-                    metro(base, entered_at)
+                    Trip::metro(base, entered_at, 0)
                 }
-                None => metro(fares.exit_without_entry_fare(station, time), time),
+                None => Trip::metro(fares.exit_without_entry_fare(station, time), time, 0),
             }),
-            TapKind::Bus { route } => Some(Trip {
-                base: fares.bus_fare(route).unwrap_or(fares.max_fare),
-                mode: Mode::Bus,
-                started_at: time,
-                incomplete: false,
-                // The simulator's riders hold codes without concession flags.
-                concessions: 0,
-            }),
+            TapKind::Bus { route } => Some(Trip::bus(
+                fares.bus_fare(route).unwrap_or(fares.max_fare),
+                time,
+                0,
+            )),
         };
-        trip.and_then(|trip| fares.charge(&trip, totals))
+        // As the ledger: a tap of an earlier day than the rider's totals (only on a night
+        // the clocks change) is charged with no totals and leaves them alone.
+        fares
+            .charge_at(time, trip.as_ref(), &mut self.totals)
             .unwrap_or(Amount::ZERO)
-    }
-}
-
-/// A metro trip of `base` fare started at `started_at`.
-fn metro(base: Amount, started_at: UnixMillis) -> Trip {
-    Trip {
-        base,
-        mode: Mode::Metro,
-        started_at,
-        incomplete: false,
-        concessions: 0,
     }
 }
 

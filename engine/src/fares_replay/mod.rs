@@ -329,11 +329,11 @@ fn start_before(view: &LedgerView, first: Option<&RecordedStep>) -> Result<Trave
         first.step.kind,
         StepKind::Tap(TapKind::MetroExit { .. }) | StepKind::Close { .. }
     );
-    let journey = match closes_a_journey {
-        true => view
-            .record(first.step.sequence)?
-            .and_then(|record| record.journey),
-        false => None,
+    let journey = if closes_a_journey {
+        view.record(first.step.sequence)?
+            .and_then(|record| record.journey)
+    } else {
+        None
     };
     let open_journey = journey.and_then(|journey| {
         Some(OpenJourney {

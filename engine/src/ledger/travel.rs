@@ -7,7 +7,7 @@
 //! (`docs/offline.md`, "Re-pricing the day"). Pure: no storage, no clock.
 
 use crate::clock::UnixMillis;
-use crate::fares::{FareTable, Mode, RiderTotals, Trip};
+use crate::fares::{FareTable, RiderTotals, Trip};
 use crate::money::Amount;
 
 use super::model::{Journey, OpenJourney, Refusal, TapKind, Travel};
@@ -75,20 +75,15 @@ pub struct Priced {
 /// as it was.
 pub fn price(fares: &FareTable, travel: &mut Travel, step: &Step) -> Result<Priced, Refusal> {
     let mut next = *travel;
-    let counts = next.totals.start(fares.periods(step.time));
     let (trip, priced) = match step.kind {
         StepKind::Tap(TapKind::MetroEntry { station }) => enter(fares, &mut next, step, station)?,
         StepKind::Tap(TapKind::MetroExit { station }) => exit(fares, &mut next, step, station)?,
         StepKind::Tap(TapKind::Bus { route }) => ride_bus(fares, step, route)?,
         StepKind::Close { journey_id } => close(fares, &mut next, journey_id),
     };
-    let fare = match trip {
-        Some(trip) if counts => fares.charge(&trip, &mut next.totals),
-        // A step from an earlier day is priced with no totals and leaves them alone.
-        Some(trip) => fares.charge(&trip, &mut RiderTotals::default()),
-        None => Some(Amount::ZERO),
-    }
-    .ok_or(Refusal::BalanceOverflow)?;
+    let fare = fares
+        .charge_at(step.time, trip.as_ref(), &mut next.totals)
+        .ok_or(Refusal::BalanceOverflow)?;
     next.latest_step_at = next.latest_step_at.max(step.time);
     *travel = next;
     Ok(Priced { fare, ..priced })
@@ -139,7 +134,7 @@ fn enter(
         charges: closed.is_some(),
         journey: Some(journey_of(opened)),
     };
-    Ok((closed.map(|open| incomplete_trip(fares, open)), priced))
+    Ok((closed.map(|open| unfinished(fares, open)), priced))
 }
 
 /// A tap-out at a metro station: closes the open journey and prices it; with no open
@@ -160,13 +155,13 @@ fn exit(
                 // Too long to be one journey: the entry's incomplete fare, as a trip.
                 Trip {
                     incomplete: false,
-                    ..incomplete_trip(fares, open)
+                    ..unfinished(fares, open)
                 }
             } else {
                 let base = fares
                     .metro_fare(open.station, station, duration_ms, open.entered_at)
                     .unwrap_or(fares.max_fare);
-                metro_trip(base, open.entered_at, open.concessions)
+                Trip::metro(base, open.entered_at, open.concessions)
             };
             (trip, journey_of(open))
         }
@@ -177,7 +172,7 @@ fn exit(
                 entry_station: None,
                 entered_at: None,
             };
-            (metro_trip(base, step.time, step.concessions), journey)
+            (Trip::metro(base, step.time, step.concessions), journey)
         }
     };
     let priced = Priced {
@@ -192,13 +187,7 @@ fn exit(
 /// A bus ride: one tap, the route's flat fare.
 fn ride_bus(fares: &FareTable, step: &Step, route: u32) -> Result<(Option<Trip>, Priced), Refusal> {
     let base = fares.bus_fare(route).map_err(|_| Refusal::UnknownRoute)?;
-    let trip = Trip {
-        base,
-        mode: Mode::Bus,
-        started_at: step.time,
-        incomplete: false,
-        concessions: step.concessions,
-    };
+    let trip = Trip::bus(base, step.time, step.concessions);
     let priced = Priced {
         fare: Amount::ZERO,
         operator_id: fares.bus_operator_id,
@@ -231,32 +220,12 @@ fn close(fares: &FareTable, travel: &mut Travel, journey_id: u64) -> (Option<Tri
         journey: Some(journey_of(open)),
         ..nothing
     };
-    (Some(incomplete_trip(fares, open)), priced)
+    (Some(unfinished(fares, open)), priced)
 }
 
-/// A metro trip of `base` fare that started at `started_at`, by a rider with these
-/// concession bits.
-fn metro_trip(base: Amount, started_at: UnixMillis, concessions: u8) -> Trip {
-    Trip {
-        base,
-        mode: Mode::Metro,
-        started_at,
-        incomplete: false,
-        concessions,
-    }
-}
-
-/// An open journey never exited, as a trip: the entry's incomplete-journey fare, no
-/// transfer discount.
-fn incomplete_trip(fares: &FareTable, open: OpenJourney) -> Trip {
-    Trip {
-        incomplete: true,
-        ..metro_trip(
-            fares.entry_without_exit_fare(open.station, open.entered_at),
-            open.entered_at,
-            open.concessions,
-        )
-    }
+/// An open journey never exited, as a trip (the entry's concession).
+fn unfinished(fares: &FareTable, open: OpenJourney) -> Trip {
+    fares.unfinished_journey(open.station, open.entered_at, open.concessions)
 }
 
 /// The journey an open journey is, as a record names it.

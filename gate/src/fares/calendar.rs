@@ -113,12 +113,7 @@ impl Calendar {
     /// The service day, week and month of `time`.
     pub fn periods(&self, time: UnixMillis) -> Periods {
         match self.service_date(time) {
-            Some(date) => Periods {
-                day: days_since_epoch(date),
-                // 1970-01-01 was a Thursday: day 4 is the first Monday, in week 1.
-                week: days_since_epoch(date).saturating_add(3) / 7,
-                month: month_number(date.year(), date.month()),
-            },
+            Some(date) => periods_of_date(date),
             None => periods_of_day(u32::try_from(time.0 / DAY_MS).unwrap_or(u32::MAX)),
         }
     }
@@ -153,17 +148,10 @@ impl Calendar {
         })
     }
 
-    /// Whether the file has peak windows at all.
-    pub fn has_peak(&self) -> bool {
-        !self.peak.is_empty()
-    }
-
     /// The local date and time of `time`; none outside the calendar's range (years
     /// -9999 to 9999), where the callers fall back to UTC days.
     fn local(&self, time: UnixMillis) -> Option<DateTime> {
-        let millis = i64::try_from(time.0).ok()?;
-        let instant = Timestamp::from_millisecond(millis).ok()?;
-        Some(self.zone.to_datetime(instant))
+        Some(self.zone.to_datetime(instant(time)?))
     }
 
     /// The local date of the service day `time` belongs to: its local date, or the day
@@ -171,14 +159,19 @@ impl Calendar {
     /// not wall-clock times, so that service days follow each other in time even on the
     /// nights the clocks change, and a day's start is never after a moment of it.
     fn service_date(&self, time: UnixMillis) -> Option<Date> {
-        let date = self.local(time)?.date();
-        let instant = Timestamp::from_millisecond(i64::try_from(time.0).ok()?).ok()?;
+        let instant = instant(time)?;
+        let date = self.zone.to_datetime(instant).date();
         if instant < self.start_of(date)? {
             date.yesterday().ok()
         } else {
             Some(date)
         }
     }
+}
+
+/// A scan time as an instant; none outside the calendar's range.
+fn instant(time: UnixMillis) -> Option<Timestamp> {
+    Timestamp::from_millisecond(i64::try_from(time.0).ok()?).ok()
 }
 
 /// The service day number of a date written `YYYY-MM-DD` (days since 1970-01-01), as
@@ -192,12 +185,30 @@ pub fn day_of_date(text: &str) -> Option<u32> {
 /// [`Periods`] counts them: what a stored day alone says (a travel state written before
 /// weeks and months were kept).
 pub fn periods_of_day(day: u32) -> Periods {
-    let month = date_of(day).map_or(0, |date| month_number(date.year(), date.month()));
+    date_of(day).map_or(
+        Periods {
+            day,
+            week: week_of_day(day),
+            month: 0,
+        },
+        periods_of_date,
+    )
+}
+
+/// The periods of a service day's date.
+fn periods_of_date(date: Date) -> Periods {
+    let day = days_since_epoch(date);
     Periods {
         day,
-        week: day.saturating_add(3) / 7,
-        month,
+        week: week_of_day(day),
+        month: month_number(date.year(), date.month()),
     }
+}
+
+/// The service week of a day number: 1970-01-01 was a Thursday, so day 4 is the first
+/// Monday, in week 1.
+fn week_of_day(day: u32) -> u32 {
+    day.saturating_add(3) / 7
 }
 
 /// The date of a service day number, `YYYY-MM-DD`.

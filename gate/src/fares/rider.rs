@@ -7,8 +7,8 @@
 use crate::clock::UnixMillis;
 use crate::money::Amount;
 
-use super::FareTable;
 use super::calendar::Periods;
+use super::{FareTable, StationId};
 
 /// How a trip was made: caps and tiers can count one mode alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +35,28 @@ pub struct Trip {
     pub incomplete: bool,
     /// The rider's concession bits ([`super::CONCESSION_BITS`] of the code's flags).
     pub concessions: u8,
+}
+
+impl Trip {
+    /// A complete metro journey of `base` fare that started at `started_at`, by a rider
+    /// with these concession bits.
+    pub fn metro(base: Amount, started_at: UnixMillis, concessions: u8) -> Trip {
+        Trip {
+            base,
+            mode: Mode::Metro,
+            started_at,
+            incomplete: false,
+            concessions,
+        }
+    }
+
+    /// A bus ride of `base` fare at `started_at`.
+    pub fn bus(base: Amount, started_at: UnixMillis, concessions: u8) -> Trip {
+        Trip {
+            mode: Mode::Bus,
+            ..Trip::metro(base, started_at, concessions)
+        }
+    }
 }
 
 /// What a rider has paid in the current service day, week and month, and when their
@@ -95,6 +117,42 @@ pub struct MonthlyTier {
 }
 
 impl FareTable {
+    /// A journey entered at `station` at `entered_at` and never exited, as a trip: the
+    /// file's incomplete-journey fare, no transfer discount.
+    pub fn unfinished_journey(
+        &self,
+        station: StationId,
+        entered_at: UnixMillis,
+        concessions: u8,
+    ) -> Trip {
+        Trip {
+            incomplete: true,
+            ..Trip::metro(
+                self.entry_without_exit_fare(station, entered_at),
+                entered_at,
+                concessions,
+            )
+        }
+    }
+
+    /// Moves `totals` to the periods of `time` (a step's scan time) and charges `trip`
+    /// there, if the step charges one: with the totals, or, for a step of an earlier day
+    /// than them (only when a day's steps are not walked in order), with none and leaving
+    /// them alone. `None` when a total would overflow.
+    pub fn charge_at(
+        &self,
+        time: UnixMillis,
+        trip: Option<&Trip>,
+        totals: &mut RiderTotals,
+    ) -> Option<Amount> {
+        let counts = totals.start(self.periods(time));
+        match trip {
+            Some(trip) if counts => self.charge(trip, totals),
+            Some(trip) => self.charge(trip, &mut RiderTotals::default()),
+            None => Some(Amount::ZERO),
+        }
+    }
+
     /// What the rider is charged for `trip`, and their totals moved past it (the caller
     /// has already started the trip's periods with [`RiderTotals::start`]). In order: a
     /// bus ride within the hopper window of the rider's last paid bus ride is free; else

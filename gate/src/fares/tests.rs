@@ -84,13 +84,7 @@ fn bus_routes_have_flat_fares() {
 
 /// A complete metro trip of `base` starting at `at` ms.
 fn trip(base: i64, at: u64) -> Trip {
-    Trip {
-        base: Amount(base),
-        mode: Mode::Metro,
-        started_at: UnixMillis(at),
-        incomplete: false,
-        concessions: 0,
-    }
+    Trip::metro(Amount(base), UnixMillis(at), 0)
 }
 
 #[test]
