@@ -218,18 +218,31 @@ pub fn open_secondary(dir: &Path, scratch: &Path, config: &StoreConfig) -> Resul
     let meta = db
         .cf_handle(CF_META)
         .ok_or(LedgerError::MissingColumnFamily(CF_META))?;
-    let found = db
-        .get_cf(meta, META_FORMAT_VERSION)?
-        .and_then(|bytes| <[u8; 4]>::try_from(bytes.as_slice()).ok())
-        .map(u32::from_be_bytes);
-    if found != Some(FORMAT_VERSION) {
-        return Err(LedgerError::FormatVersion {
-            path: shown,
-            found: found.map_or_else(|| "none".to_string(), |v| v.to_string()),
-            supported: FORMAT_VERSION,
-        });
+    let stored = db.get_cf(meta, META_FORMAT_VERSION)?;
+    if stored.as_deref().and_then(format_version) != Some(FORMAT_VERSION) {
+        return Err(unsupported_format(&shown, stored.as_deref()));
     }
     Ok(db)
+}
+
+/// The format version stored in `meta` (a big-endian u32), if the bytes are one.
+fn format_version(bytes: &[u8]) -> Option<u32> {
+    <[u8; 4]>::try_from(bytes).ok().map(u32::from_be_bytes)
+}
+
+/// The refusal of a directory whose stored format this build does not read.
+fn unsupported_format(shown: &str, stored: Option<&[u8]>) -> LedgerError {
+    let found = match stored {
+        None => "none".to_string(),
+        Some(bytes) => {
+            format_version(bytes).map_or_else(|| format!("{bytes:?}"), |v| v.to_string())
+        }
+    };
+    LedgerError::FormatVersion {
+        path: shown.to_string(),
+        found,
+        supported: FORMAT_VERSION,
+    }
 }
 
 /// Refuses a RocksDB database that is not a Fareway ledger, or has column families this
@@ -268,9 +281,7 @@ fn check_format_version(db: &DB, shown: &str) -> Result<(), LedgerError> {
     let Some(bytes) = db.get_cf(meta, META_FORMAT_VERSION)? else {
         return initialise(db, shown, &synced);
     };
-    let found = <[u8; 4]>::try_from(bytes.as_slice())
-        .map(u32::from_be_bytes)
-        .ok();
+    let found = format_version(&bytes);
     if let Some(from) = found.filter(|found| FORMAT_VERSIONS_UPGRADED.contains(found)) {
         let mut write = rocksdb::WriteBatch::default();
         if from < 4 {
@@ -290,11 +301,7 @@ fn check_format_version(db: &DB, shown: &str) -> Result<(), LedgerError> {
         db.write_opt(write, &synced)?;
         tracing::info!(path = %shown, from, to = FORMAT_VERSION, "ledger data directory upgraded");
     } else if found != Some(FORMAT_VERSION) {
-        return Err(LedgerError::FormatVersion {
-            path: shown.to_string(),
-            found: found.map_or_else(|| format!("{bytes:?}"), |v| v.to_string()),
-            supported: FORMAT_VERSION,
-        });
+        return Err(unsupported_format(shown, Some(&bytes)));
     }
     Ok(())
 }
