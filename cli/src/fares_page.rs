@@ -5,13 +5,7 @@
 use std::fmt::Write as _;
 
 use fareway::fares_replay::{Replay, groupings, render_table};
-use gate_sim::html::{SPLOT_STYLE_LINK, STYLE};
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
+use gate_sim::html::{SPLOT_STYLE_LINK, STYLE, escape};
 
 /// Revenue per service day, then (blue) and now (red), as SVG.
 fn revenue_chart(replay: &Replay) -> String {

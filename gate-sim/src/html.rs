@@ -87,7 +87,8 @@ fn latency_histogram(run: &RunResult) -> Vec<(f32, f32)> {
         .collect()
 }
 
-fn escape(text: &str) -> String {
+/// Text made safe inside HTML (also for `fareway fares replay`'s page).
+pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
