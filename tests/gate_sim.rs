@@ -47,6 +47,15 @@ async fn start_engine(
     (running, engine, bundle_key, data_dir)
 }
 
+/// Stops the engine and audits its data directory: money conserved, every index agreeing.
+async fn stop_and_audit(running: server::RunningServer, data_dir: &std::path::Path, what: &str) {
+    running.stop().await.unwrap();
+    let ledger = Ledger::open(data_dir, LedgerConfig::default()).unwrap();
+    let report = audit::audit(ledger.view()).unwrap();
+    assert!(report.ok(), "{what}: {:?}", report.violations);
+    assert_eq!(report.balance_sum, 0, "{what}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_rush_hour_keeps_every_invariant_unary_and_streaming() {
     let folder = tempfile::tempdir().unwrap();
@@ -203,11 +212,7 @@ async fn a_short_rush_hour_keeps_every_invariant_unary_and_streaming() {
         assert_eq!(html.matches("<svg").count(), 2, "two charts");
         assert!(html.contains("<td>duplicate_scan</td>"), "{mode:?}");
     }
-    running.stop().await.unwrap();
-    let ledger = Ledger::open(&data_dir, LedgerConfig::default()).unwrap();
-    let report = audit::audit(ledger.view()).unwrap();
-    assert!(report.ok(), "{:?}", report.violations);
-    assert_eq!(report.balance_sum, 0);
+    stop_and_audit(running, &data_dir, "sample city").await;
 }
 
 /// The simulator runs against each sample network modelled on a real one
@@ -278,10 +283,6 @@ async fn every_sample_network_keeps_every_invariant() {
             json["decisions"]["accepted"].as_u64().unwrap() > 200,
             "{network}"
         );
-        running.stop().await.unwrap();
-        let ledger = Ledger::open(&data_dir, LedgerConfig::default()).unwrap();
-        let audit = audit::audit(ledger.view()).unwrap();
-        assert!(audit.ok(), "{network}: {:?}", audit.violations);
-        assert_eq!(audit.balance_sum, 0);
+        stop_and_audit(running, &data_dir, network).await;
     }
 }

@@ -8,16 +8,11 @@
 //! `cargo bench -p fareway-benches --bench fares_replay` (TAPS=... to change the size).
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 use fareway::fares::FareTable;
 use fareway::fares_replay::{ReplayPeriod, replay};
-use fareway::ledger::{
-    Command, Ledger, LedgerConfig, LedgerError, LedgerView, Request, Rules, StoreConfig, Tap,
-    TapKind, TxId,
-};
-use fareway::money::Amount;
+use fareway::ledger::{Command, LedgerView, Request, StoreConfig, Tap, TapKind, TxId};
 use fareway_benches::{NOW, proc_status_kib};
 
 const TAPS_PER_RIDER: u64 = 10;
@@ -43,63 +38,34 @@ fn kth_tap(k: u64) -> TapKind {
 
 fn make_ledger(dir: &Path, taps: u64) {
     let started = Instant::now();
-    let config = LedgerConfig {
-        sync_writes: false,
-        ..LedgerConfig::default()
-    };
-    let rules = Rules {
-        fares: Some(Arc::new(fares(SAMPLE))),
-        code_retry_window_ms: fareway::ledger::CODE_RETRY_WINDOW_MS_DEFAULT,
-    };
-    let ledger = Ledger::open_with_rules(dir, config, rules).unwrap_or_else(|err| panic!("{err}"));
-    let submit = |request: Request| loop {
-        match ledger.submit(request) {
-            Ok(_) => break,
-            Err(LedgerError::Overloaded(_)) => std::thread::yield_now(),
-            Err(err) => panic!("{err}"),
-        }
-    };
+    let ledger = fareway_benches::unsynced_sample_city_ledger(dir);
     let riders = (taps / TAPS_PER_RIDER).max(1);
-    std::thread::scope(|scope| {
-        for thread in 0..8u64 {
-            let submit = &submit;
-            scope.spawn(move || {
-                for account_id in (thread..riders).step_by(8) {
-                    submit(Request {
-                        id: TxId(u128::from(account_id) << 64),
-                        time: NOW,
-                        command: Command::OpenAccount {
-                            account_id,
-                            provider_id: 1 + (account_id % 3) as u16,
-                            credit_limit: Amount(1 << 40),
-                        },
-                    });
-                }
-            });
-        }
-    });
+    fareway_benches::open_riders(&ledger, riders, |account_id| 1 + (account_id % 3) as u16);
     // Each thread takes whole riders, so that a rider's taps come in scan order.
     std::thread::scope(|scope| {
         for thread in 0..8u64 {
-            let submit = &submit;
+            let ledger = &ledger;
             scope.spawn(move || {
                 for k in 0..TAPS_PER_RIDER {
                     for account_id in (thread..riders).step_by(8) {
                         let n = k * riders + account_id;
                         let mut code = [0u8; 16];
                         code[..8].copy_from_slice(&n.to_be_bytes());
-                        submit(Request {
-                            id: TxId(u128::from(n) + 1),
-                            time: NOW.saturating_add(k * 40 * 60_000),
-                            command: Command::Tap(Tap {
-                                account_id,
-                                gate_id: 1,
-                                code,
-                                kind: kth_tap(k),
-                                offline: false,
-                                concessions: 0,
-                            }),
-                        });
+                        fareway_benches::submit_waiting(
+                            ledger,
+                            Request {
+                                id: TxId(u128::from(n) + 1),
+                                time: NOW.saturating_add(k * 40 * 60_000),
+                                command: Command::Tap(Tap {
+                                    account_id,
+                                    gate_id: 1,
+                                    code,
+                                    kind: kth_tap(k),
+                                    offline: false,
+                                    concessions: 0,
+                                }),
+                            },
+                        );
                     }
                 }
             });

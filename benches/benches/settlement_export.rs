@@ -16,10 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use fareway::fares::FareTable;
-use fareway::ledger::{
-    Command, Ledger, LedgerConfig, LedgerError, Request, Rules, Tap, TapKind, TxId,
-};
-use fareway::money::Amount;
+use fareway::ledger::{Command, Ledger, LedgerConfig, Request, Rules, Tap, TapKind, TxId};
 use fareway::settlement::key::SettlementKey;
 use fareway::settlement::manifest::Manifest;
 use fareway::settlement::model::{CloseRequest, Cutoff};
@@ -45,58 +42,32 @@ fn main() {
 
 fn make_ledger(dir: &std::path::Path, taps: u64) {
     let started = Instant::now();
-    let config = LedgerConfig {
-        sync_writes: false,
-        ..LedgerConfig::default()
-    };
-    let ledger =
-        Ledger::open_with_rules(dir, config, rules()).unwrap_or_else(|err| panic!("{err}"));
-    let submit = |request: Request| loop {
-        match ledger.submit(request) {
-            Ok(_) => break,
-            Err(LedgerError::Overloaded(_)) => std::thread::yield_now(),
-            Err(err) => panic!("{err}"),
-        }
-    };
+    let ledger = fareway_benches::unsynced_sample_city_ledger(dir);
     let riders = RIDERS.min(taps.max(1));
+    fareway_benches::open_riders(&ledger, riders, |_| 1);
     std::thread::scope(|scope| {
         for thread in 0..8u64 {
-            let submit = &submit;
-            scope.spawn(move || {
-                for account_id in (thread..riders).step_by(8) {
-                    submit(Request {
-                        id: TxId(u128::from(account_id) << 64),
-                        time: NOW,
-                        command: Command::OpenAccount {
-                            account_id,
-                            provider_id: 1,
-                            credit_limit: Amount(1 << 40),
-                        },
-                    });
-                }
-            });
-        }
-    });
-    std::thread::scope(|scope| {
-        for thread in 0..8u64 {
-            let submit = &submit;
+            let ledger = &ledger;
             scope.spawn(move || {
                 for n in (thread..taps).step_by(8) {
                     let mut code = [0u8; 16];
                     code[..8].copy_from_slice(&n.to_be_bytes());
-                    submit(Request {
-                        id: TxId(u128::from(n) + 1),
-                        // A tap a second per rider's turn: spread over the day.
-                        time: NOW.saturating_add((n / riders) * 60_000),
-                        command: Command::Tap(Tap {
-                            account_id: n % riders,
-                            gate_id: (n % 5_000) as u32 + 1,
-                            code,
-                            kind: TapKind::Bus { route: 501 },
-                            offline: false,
-                            concessions: 0,
-                        }),
-                    });
+                    fareway_benches::submit_waiting(
+                        ledger,
+                        Request {
+                            id: TxId(u128::from(n) + 1),
+                            // A tap a second per rider's turn: spread over the day.
+                            time: NOW.saturating_add((n / riders) * 60_000),
+                            command: Command::Tap(Tap {
+                                account_id: n % riders,
+                                gate_id: (n % 5_000) as u32 + 1,
+                                code,
+                                kind: TapKind::Bus { route: 501 },
+                                offline: false,
+                                concessions: 0,
+                            }),
+                        },
+                    );
                     if thread == 0 && n % 1_000_000 == 0 {
                         eprintln!("made about {n} taps");
                     }

@@ -147,3 +147,55 @@ pub fn made_once_then_measured(
             .unwrap_or_else(|err| panic!("{err}"));
     assert!(status.success(), "the measurement failed");
 }
+
+/// The ledger of a large bench's set-up in `dir`: the sample city's fares, written
+/// without syncs (a crash would lose it; the set-up is not what is measured).
+pub fn unsynced_sample_city_ledger(dir: &std::path::Path) -> Ledger {
+    let fares = fareway::fares::FareTable::from_toml(include_str!("../../docs/sample-city.toml"))
+        .unwrap_or_else(|err| panic!("{err}"));
+    let rules = fareway::ledger::Rules {
+        fares: Some(std::sync::Arc::new(fares)),
+        code_retry_window_ms: fareway::ledger::CODE_RETRY_WINDOW_MS_DEFAULT,
+    };
+    let config = LedgerConfig {
+        sync_writes: false,
+        ..LedgerConfig::default()
+    };
+    Ledger::open_with_rules(dir, config, rules).unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// Submits a set-up request, waiting while the writer is overloaded.
+pub fn submit_waiting(ledger: &Ledger, request: Request) {
+    loop {
+        match ledger.submit(request) {
+            Ok(_) => return,
+            Err(fareway::ledger::LedgerError::Overloaded(_)) => std::thread::yield_now(),
+            Err(err) => panic!("{err}"),
+        }
+    }
+}
+
+/// Opens riders `0..riders` on 8 threads, each of provider `provider_of(account)` with
+/// ample credit.
+pub fn open_riders(ledger: &Ledger, riders: u64, provider_of: impl Fn(u64) -> u16 + Sync) {
+    std::thread::scope(|scope| {
+        for thread in 0..8u64 {
+            let provider_of = &provider_of;
+            scope.spawn(move || {
+                for account_id in (thread..riders).step_by(8) {
+                    let open = Command::OpenAccount {
+                        account_id,
+                        provider_id: provider_of(account_id),
+                        credit_limit: Amount(1 << 40),
+                    };
+                    let request = Request {
+                        id: TxId(u128::from(account_id) << 64),
+                        time: NOW,
+                        command: open,
+                    };
+                    submit_waiting(ledger, request);
+                }
+            });
+        }
+    });
+}
