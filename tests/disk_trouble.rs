@@ -6,10 +6,9 @@
 //! exactly once and the audit passes.
 //!
 //! A disk that fails outright: the data directory on an ext4 image the test mounts on a
-//! loop device, shut down under load as a dying disk is (`EXT4_IOC_SHUTDOWN` without
-//! flushing the journal: every later write fails with EIO, the file system is no longer
-//! writable, and whatever was not synced is gone), then mounted again from the image
-//! (journal replayed). Taps are refused with `UNAVAILABLE` meanwhile, the engine serves
+//! loop device, shut down under load as a dying disk is (`EXT4_IOC_SHUTDOWN`: every later
+//! write fails with EIO and the file system is no longer writable), then mounted again
+//! from the image (journal replayed). Taps are refused with `UNAVAILABLE` meanwhile, the engine serves
 //! again from the fresh mount by itself, nothing acknowledged is lost and nothing is
 //! charged twice. (A plain `mount -o remount,ro` cannot be tested: the kernel refuses it
 //! while the engine holds its log open for writing.)
@@ -101,12 +100,17 @@ impl Ext4Image {
     }
 
     /// Shuts the mounted file system down as a dying disk does: every later write fails
-    /// with EIO and nothing unsynced reaches the disk (`EXT4_IOC_SHUTDOWN`,
-    /// `EXT4_GOING_FLAGS_NOLOGFLUSH`).
+    /// with EIO (`EXT4_IOC_SHUTDOWN`, `EXT4_GOING_FLAGS_DEFAULT`: the file system is
+    /// frozen first, so what was written before reaches the disk). Not
+    /// `EXT4_GOING_FLAGS_NOLOGFLUSH`: that flag itself loses a write whose fdatasync had
+    /// succeeded in about one shutdown in twenty-five under a stream of synced appends,
+    /// with no engine involved (`tests/scripts/ext4_shutdown_trial.py`, measured in
+    /// `docs/testing.md`), which made this test fail now and then on a tap the engine
+    /// rightly acknowledged. A real disk that has acknowledged a flush keeps it.
     fn shut_down(&self) {
         let script = "import fcntl, os, struct, sys; \
                       fd = os.open(sys.argv[1], os.O_RDONLY); \
-                      fcntl.ioctl(fd, 0x8004587d, struct.pack('I', 2))";
+                      fcntl.ioctl(fd, 0x8004587d, struct.pack('I', 0))";
         run("python3", &["-c", script, self.at.to_str().unwrap()]);
     }
 }
