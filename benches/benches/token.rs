@@ -92,6 +92,9 @@ fn verification(c: &mut Criterion) {
     });
 
     let text = fareway::token::format::encode_text(&code);
+    group.bench_function("decode_code_text", |b| {
+        b.iter(|| fareway::token::format::decode_text(black_box(&text)))
+    });
     group.bench_function("verify_text_credential_cached", |b| {
         b.iter(|| {
             matches!(

@@ -84,7 +84,9 @@ verify_us = value * {"ns": 1e-3, "µs": 1.0, "us": 1.0, "ms": 1e3}[unit]
 cpu = report["server_cpu"]
 syncs = report["ledger_sync_us"]
 engine = report["server_latency_us"]
-print(f"taps: {report['taps_answered']} answered at {report['taps_per_second']:.0f} taps/s; "
+print(f"taps: {report['taps_answered']} of {report['taps_total']} planned answered "
+      f"({report['taps_not_sent']} not sent) at {report['taps_per_second']:.0f} taps/s "
+      f"(first due time to last answer: {report['duration_s']:.2f} s); "
       f"invariants ok: {report['invariants']['ok']}")
 print(f"engine CPU: {cpu['cpu_s']:.2f} s over the window, {cpu['us_per_tap']:.1f} us per tap")
 sim = report["latency_us"]

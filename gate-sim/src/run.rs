@@ -253,15 +253,29 @@ pub async fn play(
     let (online, offline) = tokio::join!(online, offline);
     online?;
     let offline = offline?;
-    let elapsed = start.elapsed();
+    let closed = start.elapsed();
     if let Some(ticker) = ticker {
         ticker.abort();
     }
+    let results = recorder.take_results();
+    // The window ends with the last answer (as `docs/gate-sim.md` defines the rate), not
+    // once the streams have closed.
+    let elapsed = last_answer(&results).unwrap_or(closed);
     Ok(RunResult {
-        results: recorder.take_results(),
+        results,
         elapsed,
         offline,
     })
+}
+
+/// From the window's start to the last answer (a tap's due offset plus its latency);
+/// `None` when no tap was answered.
+fn last_answer(results: &[TapResult]) -> Option<Duration> {
+    results
+        .iter()
+        .filter(|result| !matches!(result.answer, Answer::NotSent))
+        .map(|result| Duration::from_micros(result.due_ms * 1_000 + result.latency_us))
+        .max()
 }
 
 /// The link-loss fault of a run: its settings, the window's length, and where the
@@ -533,5 +547,39 @@ mod tests {
         );
         assert!(unsent.admit(2, &plan[2], &free).is_some());
         assert_eq!(unsent.0, vec![true, true, false]);
+    }
+
+    /// The window is a tap's due offset plus its latency, the latest of the answered
+    /// ones; taps not sent do not count.
+    #[test]
+    fn the_window_ends_with_the_last_answer() {
+        let result = |answer, due_ms, latency_us| TapResult {
+            answer,
+            latency_us,
+            due_ms,
+        };
+        let results = [
+            result(
+                Answer::Failed(tonic::Code::Unavailable, String::new()),
+                10,
+                2_500,
+            ),
+            result(Answer::NotSent, 19_999, 0),
+            result(
+                Answer::Failed(tonic::Code::Internal, String::new()),
+                19_000,
+                115_000,
+            ),
+            result(
+                Answer::Failed(tonic::Code::Unavailable, String::new()),
+                19_100,
+                100,
+            ),
+        ];
+        assert_eq!(
+            last_answer(&results),
+            Some(Duration::from_micros(19_115_000))
+        );
+        assert_eq!(last_answer(&results[1..2]), None);
     }
 }
