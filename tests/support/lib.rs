@@ -20,7 +20,12 @@ pub fn env_number(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// The workspace's root folder.
+/// The workspace's root folder: from the `CARGO_MANIFEST_DIR` cargo sets when it runs a
+/// test, else as it was at build time. Cargo may run a test executable that was built in
+/// another clone sharing the build folder (it finds it up to date when the sources here
+/// are older), and that clone's fixtures may be gone.
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("..")
 }
