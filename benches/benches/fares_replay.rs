@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use fareway::fares::FareTable;
 use fareway::fares_replay::{ReplayPeriod, replay};
-use fareway::ledger::{Command, LedgerView, Request, StoreConfig, Tap, TapKind, TxId};
+use fareway::ledger::{LedgerView, StoreConfig, TapKind};
 use fareway_benches::{NOW, proc_status_kib};
 
 const TAPS_PER_RIDER: u64 = 10;
@@ -49,23 +49,9 @@ fn make_ledger(dir: &Path, taps: u64) {
                 for k in 0..TAPS_PER_RIDER {
                     for account_id in (thread..riders).step_by(8) {
                         let n = k * riders + account_id;
-                        let mut code = [0u8; 16];
-                        code[..8].copy_from_slice(&n.to_be_bytes());
-                        fareway_benches::submit_waiting(
-                            ledger,
-                            Request {
-                                id: TxId(u128::from(n) + 1),
-                                time: NOW.saturating_add(k * 40 * 60_000),
-                                command: Command::Tap(Tap {
-                                    account_id,
-                                    gate_id: 1,
-                                    code,
-                                    kind: kth_tap(k),
-                                    offline: false,
-                                    concessions: 0,
-                                }),
-                            },
-                        );
+                        let time = NOW.saturating_add(k * 40 * 60_000);
+                        let request = fareway_benches::tap(n, account_id, 1, time, kth_tap(k));
+                        fareway_benches::submit_waiting(ledger, request);
                     }
                 }
             });

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use fareway::fares::FareTable;
-use fareway::ledger::{Command, Ledger, LedgerConfig, Request, Rules, Tap, TapKind, TxId};
+use fareway::ledger::{Ledger, LedgerConfig, Rules, TapKind, TxId};
 use fareway::settlement::key::SettlementKey;
 use fareway::settlement::manifest::Manifest;
 use fareway::settlement::model::{CloseRequest, Cutoff};
@@ -50,24 +50,12 @@ fn make_ledger(dir: &std::path::Path, taps: u64) {
             let ledger = &ledger;
             scope.spawn(move || {
                 for n in (thread..taps).step_by(8) {
-                    let mut code = [0u8; 16];
-                    code[..8].copy_from_slice(&n.to_be_bytes());
-                    fareway_benches::submit_waiting(
-                        ledger,
-                        Request {
-                            id: TxId(u128::from(n) + 1),
-                            // A tap a second per rider's turn: spread over the day.
-                            time: NOW.saturating_add((n / riders) * 60_000),
-                            command: Command::Tap(Tap {
-                                account_id: n % riders,
-                                gate_id: (n % 5_000) as u32 + 1,
-                                code,
-                                kind: TapKind::Bus { route: 501 },
-                                offline: false,
-                                concessions: 0,
-                            }),
-                        },
-                    );
+                    // A tap a second per rider's turn: spread over the day.
+                    let time = NOW.saturating_add((n / riders) * 60_000);
+                    let gate_id = (n % 5_000) as u32 + 1;
+                    let kind = TapKind::Bus { route: 501 };
+                    let request = fareway_benches::tap(n, n % riders, gate_id, time, kind);
+                    fareway_benches::submit_waiting(ledger, request);
                     if thread == 0 && n % 1_000_000 == 0 {
                         eprintln!("made about {n} taps");
                     }

@@ -2,7 +2,7 @@
 //! ledger with riders to charge.
 
 use fareway::clock::UnixMillis;
-use fareway::ledger::{Command, Ledger, LedgerConfig, Request, TxId};
+use fareway::ledger::{Command, Ledger, LedgerConfig, Request, Tap, TapKind, TxId};
 use fareway::money::Amount;
 use fareway::token::mint::{Device, Issuer};
 use fareway::token::{IssuerRegistry, Provider};
@@ -89,6 +89,25 @@ pub fn charge(id: u64) -> Request {
         id: TxId(u128::from(id) + 1),
         time: NOW,
         command,
+    }
+}
+
+/// The `n`-th tap of a benchmark's set-up: id `n + 1`, a code of its own made from `n`,
+/// online, no concession.
+pub fn tap(n: u64, account_id: u64, gate_id: u32, time: UnixMillis, kind: TapKind) -> Request {
+    let mut code = [0u8; 16];
+    code[..8].copy_from_slice(&n.to_be_bytes());
+    Request {
+        id: TxId(u128::from(n) + 1),
+        time,
+        command: Command::Tap(Tap {
+            account_id,
+            gate_id,
+            code,
+            kind,
+            offline: false,
+            concessions: 0,
+        }),
     }
 }
 
