@@ -47,6 +47,62 @@ async fn start_engine(
     (running, engine, bundle_key, data_dir)
 }
 
+/// A rush hour of 200 riders of 2 providers (5% deny-listed, 5% unable to pay, the good
+/// ones with `balance`) on `fares` with 4 gates a station, 5 s peaking at 400 taps/s,
+/// every fault at 2%, its results in `out`; in streaming mode a third of the gates lose
+/// their link for the middle of the run.
+fn rush_hour(
+    fares: &fareway::fares::FareTable,
+    bundle_key: &fareway::settlement::key::SettlementKey,
+    mode: Mode,
+    seed: u64,
+    balance: gate_sim::Spread,
+    out: std::path::PathBuf,
+) -> SimConfig {
+    SimConfig {
+        population: Population {
+            riders: 200,
+            providers: 2,
+            denied_share: 0.05,
+            broke_share: 0.05,
+            balance_minor: balance,
+            credit_limit_minor: gate_sim::Spread {
+                low: 500,
+                high: 2_000,
+            },
+        },
+        network: Network::of(fares, 4),
+        profile: Profile::Rush { peak: 400.0 },
+        duration_s: 5.0,
+        taps_max: 10_000,
+        mode,
+        in_flight_max: 512,
+        retry_for: std::time::Duration::ZERO,
+        faults: gate_sim::every_fault_at(0.02),
+        seed,
+        out,
+        progress: false,
+        window_started: None,
+        fares: Arc::new(fares.clone()),
+        link_loss: (mode == Mode::Streaming).then(|| gate_sim::offline::LinkLoss {
+            share: 0.3,
+            engine_key: bundle_key.public_key(),
+        }),
+    }
+}
+
+/// Runs the simulator and asserts every invariant held (printing the whole report when
+/// not); returns `report.json`.
+async fn simulate_ok(engine: &Engine, config: &SimConfig, what: &str) -> serde_json::Value {
+    let report = gate_sim::simulate(engine, config).await.unwrap();
+    assert!(
+        report.ok,
+        "{what}: {}",
+        serde_json::to_string_pretty(&report.json).unwrap()
+    );
+    report.json
+}
+
 /// Stops the engine and audits its data directory: money conserved, every index agreeing.
 async fn stop_and_audit(running: server::RunningServer, data_dir: &std::path::Path, what: &str) {
     running.stop().await.unwrap();
@@ -64,51 +120,17 @@ async fn a_short_rush_hour_keeps_every_invariant_unary_and_streaming() {
     let fares =
         fareway::fares::FareTable::from_toml(&std::fs::read_to_string(&sample).unwrap()).unwrap();
     for (mode, seed) in [(Mode::Unary, 11), (Mode::Streaming, 12)] {
-        let config = SimConfig {
-            population: Population {
-                riders: 200,
-                providers: 2,
-                denied_share: 0.05,
-                broke_share: 0.05,
-                // Every good rider can pay a day's riding (the daily cap, 1,500) from
-                // balance and credit together, some only with credit, and more: with
-                // exits charged the maximum until their offline entries are uploaded,
-                // an entry needs room for that and the shortest trip.
-                balance_minor: gate_sim::Spread {
-                    low: 2_000,
-                    high: 60_000,
-                },
-                credit_limit_minor: gate_sim::Spread {
-                    low: 500,
-                    high: 2_000,
-                },
-            },
-            network: Network::of(&fares, 4),
-            profile: Profile::Rush { peak: 400.0 },
-            duration_s: 5.0,
-            taps_max: 10_000,
-            mode,
-            in_flight_max: 512,
-            retry_for: std::time::Duration::ZERO,
-            faults: gate_sim::every_fault_at(0.02),
-            seed,
-            out: folder.path().join(format!("out-{seed}")),
-            progress: false,
-            window_started: None,
-            fares: std::sync::Arc::new(fares.clone()),
-            // Streaming, a third of the gates lose their link for the middle of the run.
-            link_loss: (mode == Mode::Streaming).then(|| gate_sim::offline::LinkLoss {
-                share: 0.3,
-                engine_key: bundle_key.public_key(),
-            }),
+        // Every good rider can pay a day's riding (the daily cap, 1,500) from balance and
+        // credit together, some only with credit, and more: with exits charged the
+        // maximum until their offline entries are uploaded, an entry needs room for that
+        // and the shortest trip.
+        let balance = gate_sim::Spread {
+            low: 2_000,
+            high: 60_000,
         };
-        let report = gate_sim::simulate(&engine, &config).await.unwrap();
-        let json = &report.json;
-        assert!(
-            report.ok,
-            "{mode:?}: {}",
-            serde_json::to_string_pretty(json).unwrap()
-        );
+        let out = folder.path().join(format!("out-{seed}"));
+        let config = rush_hour(&fares, &bundle_key, mode, seed, balance, out);
+        let json = &simulate_ok(&engine, &config, &format!("{mode:?}")).await;
         assert_eq!(json["taps_not_sent"], 0, "{mode:?}");
         assert_eq!(
             json["population"]["balance_minor"],
@@ -175,7 +197,7 @@ async fn a_short_rush_hour_keeps_every_invariant_unary_and_streaming() {
         let link_loss = &json["link_loss"];
         if mode == Mode::Streaming {
             // Every tap an offline gate took was uploaded and answered, and each rider's
-            // days cost what their taps in scan order cost (in `report.ok` above).
+            // days cost what their taps in scan order cost (in `simulate_ok`).
             let decided = link_loss["taps_decided_offline"].as_u64().unwrap();
             assert!(decided > 50, "{link_loss:#}");
             assert_eq!(link_loss["taps_uploaded"].as_u64().unwrap(), decided);
@@ -235,46 +257,17 @@ async fn every_sample_network_keeps_every_invariant() {
         let day = fares
             .daily_cap
             .map_or(gate_sim::plan::UNCAPPED_DAY_MINOR, |cap| cap.0);
+        let balance = gate_sim::Spread {
+            low: day + 1_000,
+            high: day + 60_000,
+        };
+        let out = folder.path().join("out");
         let config = SimConfig {
-            population: Population {
-                riders: 200,
-                providers: 2,
-                denied_share: 0.05,
-                broke_share: 0.05,
-                balance_minor: gate_sim::Spread {
-                    low: day + 1_000,
-                    high: day + 60_000,
-                },
-                credit_limit_minor: gate_sim::Spread {
-                    low: 500,
-                    high: 2_000,
-                },
-            },
-            network: Network::of(&fares, 4),
             profile: Profile::Rush { peak: 300.0 },
             duration_s: 4.0,
-            taps_max: 10_000,
-            mode: Mode::Streaming,
-            in_flight_max: 512,
-            retry_for: std::time::Duration::ZERO,
-            faults: gate_sim::every_fault_at(0.02),
-            seed: 21,
-            out: folder.path().join("out"),
-            progress: false,
-            window_started: None,
-            fares: std::sync::Arc::new(fares.clone()),
-            link_loss: Some(gate_sim::offline::LinkLoss {
-                share: 0.3,
-                engine_key: bundle_key.public_key(),
-            }),
+            ..rush_hour(&fares, &bundle_key, Mode::Streaming, 21, balance, out)
         };
-        let report = gate_sim::simulate(&engine, &config).await.unwrap();
-        let json = &report.json;
-        assert!(
-            report.ok,
-            "{network}: {}",
-            serde_json::to_string_pretty(json).unwrap()
-        );
+        let json = &simulate_ok(&engine, &config, network).await;
         assert_eq!(
             json["invariants"]["days_priced_in_scan_order"]["ok"], true,
             "{network}"
