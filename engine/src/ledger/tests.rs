@@ -372,6 +372,88 @@ fn statements_page_through_an_account_in_order() {
     );
 }
 
+/// A ledger whose writer keeps only `entries_max` accounts and travel states, and whose
+/// durable writes fail while `failing` is set (as a disk that refuses a write would).
+fn open_with_cache(
+    entries_max: usize,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+) -> (tempfile::TempDir, Ledger) {
+    struct Failing {
+        wal: LocalWal,
+        failing: Arc<std::sync::atomic::AtomicBool>,
+    }
+    impl Durability for Failing {
+        fn commit(
+            &mut self,
+            requests: &[Request],
+            write: rocksdb::WriteBatch,
+        ) -> Result<(), LedgerError> {
+            if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(LedgerError::Invariant(
+                    "the test's disk refused the write".into(),
+                ));
+            }
+            self.wal.commit(requests, write)
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = LedgerConfig {
+        state_cache_entries_max: entries_max,
+        ..LedgerConfig::default()
+    };
+    let db = Arc::new(store::open(dir.path(), &config.store).unwrap());
+    let wal = LocalWal::new(Arc::clone(&db), true);
+    let durability = Box::new(Failing { wal, failing });
+    let ledger = Ledger::start(LedgerView::new(db), durability, config, Rules::default()).unwrap();
+    (dir, ledger)
+}
+
+#[test]
+fn balances_stay_exact_when_the_writer_cache_evicts_and_when_a_write_fails() {
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Two entries for five riders: most reads miss, and kept states are evicted.
+    let (_dir, ledger) = open_with_cache(2, Arc::clone(&failing));
+    for rider in 0..5 {
+        open_rider(&ledger, u128::from(rider) + 1, rider, 10_000);
+    }
+    let mut expected = [0i64; 5];
+    let mut id = 100;
+    for round in 0..4 {
+        for rider in 0..5u64 {
+            id += 1;
+            let amount = 10 * (round + 1) + i64::try_from(rider).unwrap();
+            let receipt = ledger.submit(request(id, charge(rider, amount))).unwrap();
+            expected[rider as usize] -= amount;
+            assert_eq!(
+                receipt.record.rider_balance_after,
+                Some(Amount(expected[rider as usize]))
+            );
+        }
+    }
+    // Rider 4 was charged last: its state is kept. A write that fails must not leave the
+    // failed group's new balance behind: the next charge starts from the stored one.
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(ledger.submit(request(500, charge(4, 1_000))).is_err());
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let receipt = ledger.submit(request(501, charge(4, 7))).unwrap();
+    expected[4] -= 7;
+    assert_eq!(
+        receipt.record.rider_balance_after,
+        Some(Amount(expected[4]))
+    );
+    for rider in 0..5u64 {
+        assert_eq!(
+            balance(&ledger, AccountRef::Rider(rider)),
+            expected[rider as usize]
+        );
+    }
+    assert_eq!(
+        balance(&ledger, AccountRef::OperatorRevenue(9)),
+        -expected.iter().sum::<i64>()
+    );
+    assert_audit_ok(&ledger);
+}
+
 #[test]
 fn concurrent_callers_share_group_commits_and_each_id_is_charged_once() {
     let (_dir, ledger) = open();

@@ -23,6 +23,7 @@ use super::apply::GroupCommit;
 use super::durability::Durability;
 use super::model::{Receipt, Request};
 use super::prune;
+use super::state_cache::StateCache;
 use super::view::LedgerView;
 use super::{LedgerError, Rules};
 
@@ -181,6 +182,7 @@ pub fn run(
     rules: Rules,
     queue: Receiver<Job>,
     group_commit_requests_max: usize,
+    mut cache: StateCache,
     stats: Arc<WriterStats>,
 ) {
     let mut pending = Pending::with_capacity(group_commit_requests_max);
@@ -200,7 +202,8 @@ pub fn run(
                 Job::Apply(submission) => {
                     pending.push(submission);
                     next = gather(&queue, &mut pending, group_commit_requests_max, &stats);
-                    commit_and_answer(&view, durability.as_mut(), &rules, &mut pending, &stats);
+                    let durability = durability.as_mut();
+                    commit_and_answer(&view, durability, &rules, &mut cache, &mut pending, &stats);
                 }
             }
         }
@@ -234,10 +237,11 @@ fn commit_and_answer(
     view: &LedgerView,
     durability: &mut dyn Durability,
     rules: &Rules,
+    cache: &mut StateCache,
     pending: &mut Pending,
     stats: &WriterStats,
 ) {
-    let answers = commit(view, durability, rules, &pending.requests, stats);
+    let answers = commit(view, durability, rules, cache, &pending.requests, stats);
     stats
         .requests
         .fetch_add(pending.len() as u64, Ordering::Relaxed);
@@ -250,15 +254,17 @@ fn commit_and_answer(
 }
 
 /// Applies one group commit and makes it durable; returns one answer per request, in
-/// order.
+/// order. The states it changed go into the writer's cache once durable; a failed write
+/// empties the cache.
 fn commit(
     view: &LedgerView,
     durability: &mut dyn Durability,
     rules: &Rules,
+    cache: &mut StateCache,
     requests: &[Request],
     stats: &WriterStats,
 ) -> Vec<Result<Receipt, LedgerError>> {
-    let mut group = match GroupCommit::new(view, rules) {
+    let mut group = match GroupCommit::new(view, rules, Some(cache)) {
         Ok(group) => group,
         Err(err) => return requests.iter().map(|_| Err(err.clone())).collect(),
     };
@@ -270,12 +276,18 @@ fn commit(
         return answers;
     }
     let first_new_sequence = group.first_sequence();
+    let changed = group.changed_states();
+    let write = group.into_write();
     let started = Instant::now();
-    let written = durability.commit(requests, group.into_write());
+    let written = durability.commit(requests, write);
     record_write_time(stats, started);
     match written {
-        Ok(()) => answers,
+        Ok(()) => {
+            cache.keep_committed(changed);
+            answers
+        }
         Err(err) => {
+            cache.clear();
             stats.write_failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!(cause = %err, requests = requests.len(), "ledger group commit failed");
             answers
