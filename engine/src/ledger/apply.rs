@@ -23,7 +23,6 @@ use super::model::{
     Posting, Receipt, Record, Refusal, Request, Tap, TapKind, Travel, TxId, rider_of_postings,
     settles,
 };
-use super::state_cache::{ChangedStates, StateCache};
 use super::store::{
     CF_ACCOUNTS, CF_CODES, CF_DENY, CF_DENY_JOURNAL, CF_IDS, CF_LOG, CF_META, CF_OPEN_JOURNEYS,
     CF_POSTINGS, CF_PROVIDER_ENTRIES, CF_REFUNDS, CF_RIDER_STEPS, CF_TRAVEL,
@@ -53,8 +52,6 @@ struct Handles<'a> {
 pub struct GroupCommit<'a> {
     view: &'a LedgerView,
     rules: &'a Rules,
-    /// The writer's recent states, read before the database (none on a replica).
-    cache: Option<&'a mut StateCache>,
     cfs: Handles<'a>,
     accounts: HashMap<AccountRef, Account>,
     dirty_accounts: HashSet<AccountRef>,
@@ -100,13 +97,8 @@ struct Applied {
 }
 
 impl<'a> GroupCommit<'a> {
-    /// An empty group commit on top of the database's current state, reading accounts and
-    /// travel states from `cache` first when there is one.
-    pub fn new(
-        view: &'a LedgerView,
-        rules: &'a Rules,
-        cache: Option<&'a mut StateCache>,
-    ) -> Result<GroupCommit<'a>, LedgerError> {
+    /// An empty group commit on top of the database's current state.
+    pub fn new(view: &'a LedgerView, rules: &'a Rules) -> Result<GroupCommit<'a>, LedgerError> {
         let next_sequence = view.next_sequence()?;
         let cfs = Handles {
             accounts: view.cf(CF_ACCOUNTS)?,
@@ -126,7 +118,6 @@ impl<'a> GroupCommit<'a> {
         Ok(GroupCommit {
             view,
             rules,
-            cache,
             cfs,
             accounts: HashMap::new(),
             dirty_accounts: HashSet::new(),
@@ -153,22 +144,6 @@ impl<'a> GroupCommit<'a> {
     /// Whether nothing new was recorded (every request was a replay or failed).
     pub fn is_empty(&self) -> bool {
         self.next_sequence == self.first_sequence
-    }
-
-    /// The accounts and travel states the group commit changes, with their new states: the
-    /// writer keeps them in its cache once the write is durable.
-    pub fn changed_states(&self) -> ChangedStates {
-        let accounts = self
-            .dirty_accounts
-            .iter()
-            .filter_map(|account| Some((*account, *self.accounts.get(account)?)))
-            .collect();
-        let travel = self
-            .dirty_travel
-            .iter()
-            .filter_map(|rider| Some((*rider, *self.travel.get(rider)?)))
-            .collect();
-        ChangedStates { accounts, travel }
     }
 
     /// The atomic write that records the group commit, ending with the new next sequence.
@@ -996,24 +971,13 @@ impl<'a> GroupCommit<'a> {
         if let Some(travel) = self.travel.get(&account_id) {
             return Ok(*travel);
         }
-        if let Some(travel) = self
-            .cache
-            .as_deref()
-            .and_then(|cache| cache.travel(account_id))
-        {
-            return Ok(travel);
-        }
-        let Some(bytes) = self
+        match self
             .view
             .get_pinned_cf(self.cfs.travel, codec::rider_key(account_id))?
-        else {
-            return Ok(Travel::default());
-        };
-        let travel = codec::decode_travel(&bytes)?;
-        if let Some(cache) = self.cache.as_deref_mut() {
-            cache.keep_travel(account_id, travel);
+        {
+            Some(bytes) => codec::decode_travel(&bytes),
+            None => Ok(Travel::default()),
         }
-        Ok(travel)
     }
 
     /// Whether the rider's steps are recorded up to their latest: not so for a rider
@@ -1208,7 +1172,7 @@ impl<'a> GroupCommit<'a> {
         if let Some(found) = self.accounts.get(&account) {
             return Ok(Some(*found));
         }
-        let found = self.stored_account(account)?;
+        let found = self.view.account(account)?;
         if let Some(found) = found {
             self.accounts.insert(account, found);
             if let AccountRef::Rider(id) = account {
@@ -1216,23 +1180,6 @@ impl<'a> GroupCommit<'a> {
             }
         }
         Ok(found)
-    }
-
-    /// An account's state before this group commit: the writer's cache's, else the
-    /// database's (then kept in the cache).
-    fn stored_account(&mut self, account: AccountRef) -> Result<Option<Account>, LedgerError> {
-        if let Some(cached) = self
-            .cache
-            .as_deref()
-            .and_then(|cache| cache.account(&account))
-        {
-            return Ok(Some(cached));
-        }
-        let stored = self.view.account(account)?;
-        if let (Some(cache), Some(stored)) = (self.cache.as_deref_mut(), stored) {
-            cache.keep_account(account, stored);
-        }
-        Ok(stored)
     }
 
     fn find(&mut self, id: TxId) -> Result<Option<(u64, Record)>, LedgerError> {

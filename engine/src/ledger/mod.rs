@@ -15,7 +15,6 @@ pub mod durability;
 pub mod model;
 pub mod prune;
 pub mod replica;
-pub mod state_cache;
 pub mod store;
 pub mod travel;
 pub mod view;
@@ -40,7 +39,6 @@ pub use model::{
     Record, Refusal, Request, Tap, TapKind, Travel, TxId,
 };
 pub use replica::{LogAppend, Replica, ShardId};
-use state_cache::StateCache;
 pub use store::StoreConfig;
 pub use view::{LedgerView, SettlementColumn, SettlementWrite};
 pub use writer::{LatencyCounts, LatencySnapshot, WriterStats, latency_bounds_us};
@@ -184,9 +182,6 @@ pub struct LedgerConfig {
     /// How long a transaction id is remembered (see [`prune`]). Longer than any gate
     /// stays offline and retries.
     pub id_retention_ms: u64,
-    /// Accounts, and as many riders' travel states, the writer keeps in memory between
-    /// group commits ([`state_cache`]).
-    pub state_cache_entries_max: usize,
 }
 
 impl Default for LedgerConfig {
@@ -197,9 +192,6 @@ impl Default for LedgerConfig {
             queue_depth_max: 16_384,
             group_commit_requests_max: 2_048,
             id_retention_ms: 30 * 86_400_000,
-            // Every rider who tapped in the last minute at 1,600 taps/s; 22 MB (an
-            // account is 56 bytes kept, a travel state 152).
-            state_cache_entries_max: 100_000,
         }
     }
 }
@@ -285,20 +277,9 @@ impl Ledger {
             let view = view.clone();
             let stats = Arc::clone(&stats);
             let requests_max = config.group_commit_requests_max;
-            let cache = StateCache::new(config.state_cache_entries_max);
             std::thread::Builder::new()
                 .name("ledger-writer".into())
-                .spawn(move || {
-                    writer::run(
-                        view,
-                        durability,
-                        rules,
-                        receiver,
-                        requests_max,
-                        cache,
-                        stats,
-                    )
-                })
+                .spawn(move || writer::run(view, durability, rules, receiver, requests_max, stats))
                 .map_err(|err| {
                     LedgerError::Invariant(format!("cannot start the writer thread: {err}"))
                 })?

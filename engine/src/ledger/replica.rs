@@ -112,7 +112,7 @@ impl Replica {
         if stream_sequence <= self.applied_stream_sequence()? {
             return Ok(());
         }
-        let mut group = GroupCommit::new(&self.view, &self.rules, None)?;
+        let mut group = GroupCommit::new(&self.view, &self.rules)?;
         for request in requests {
             // The answers went to the leader's callers; a replica only needs the state.
             let _ = group.apply(request);

@@ -23,7 +23,6 @@ use super::apply::GroupCommit;
 use super::durability::Durability;
 use super::model::{Receipt, Request};
 use super::prune;
-use super::state_cache::StateCache;
 use super::view::LedgerView;
 use super::{LedgerError, Rules};
 
@@ -182,7 +181,6 @@ pub fn run(
     rules: Rules,
     queue: Receiver<Job>,
     group_commit_requests_max: usize,
-    mut cache: StateCache,
     stats: Arc<WriterStats>,
 ) {
     let mut pending = Pending::with_capacity(group_commit_requests_max);
@@ -202,8 +200,7 @@ pub fn run(
                 Job::Apply(submission) => {
                     pending.push(submission);
                     next = gather(&queue, &mut pending, group_commit_requests_max, &stats);
-                    let durability = durability.as_mut();
-                    commit_and_answer(&view, durability, &rules, &mut cache, &mut pending, &stats);
+                    commit_and_answer(&view, durability.as_mut(), &rules, &mut pending, &stats);
                 }
             }
         }
@@ -237,11 +234,10 @@ fn commit_and_answer(
     view: &LedgerView,
     durability: &mut dyn Durability,
     rules: &Rules,
-    cache: &mut StateCache,
     pending: &mut Pending,
     stats: &WriterStats,
 ) {
-    let answers = commit(view, durability, rules, cache, &pending.requests, stats);
+    let answers = commit(view, durability, rules, &pending.requests, stats);
     stats
         .requests
         .fetch_add(pending.len() as u64, Ordering::Relaxed);
@@ -254,17 +250,15 @@ fn commit_and_answer(
 }
 
 /// Applies one group commit and makes it durable; returns one answer per request, in
-/// order. The states it changed go into the writer's cache once durable; a failed write
-/// empties the cache.
+/// order.
 fn commit(
     view: &LedgerView,
     durability: &mut dyn Durability,
     rules: &Rules,
-    cache: &mut StateCache,
     requests: &[Request],
     stats: &WriterStats,
 ) -> Vec<Result<Receipt, LedgerError>> {
-    let mut group = match GroupCommit::new(view, rules, Some(cache)) {
+    let mut group = match GroupCommit::new(view, rules) {
         Ok(group) => group,
         Err(err) => return requests.iter().map(|_| Err(err.clone())).collect(),
     };
@@ -276,18 +270,12 @@ fn commit(
         return answers;
     }
     let first_new_sequence = group.first_sequence();
-    let changed = group.changed_states();
-    let write = group.into_write();
     let started = Instant::now();
-    let written = durability.commit(requests, write);
+    let written = durability.commit(requests, group.into_write());
     record_write_time(stats, started);
     match written {
-        Ok(()) => {
-            cache.keep_committed(changed);
-            answers
-        }
+        Ok(()) => answers,
         Err(err) => {
-            cache.clear();
             stats.write_failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!(cause = %err, requests = requests.len(), "ledger group commit failed");
             answers

@@ -125,9 +125,6 @@ pub struct Limits {
     pub block_cache_mib: usize,
     /// RocksDB memtables, in MiB.
     pub write_buffers_mib: usize,
-    /// Accounts, and as many riders' travel states, the ledger's writer keeps in memory
-    /// between group commits (`ledger::state_cache`).
-    pub ledger_state_cache_entries_max: usize,
     /// Settlement pulls being worked on at once (each reads a whole batch); a close has
     /// a slot of its own.
     pub settlement_jobs_max: usize,
@@ -162,7 +159,6 @@ impl Default for Limits {
             shutdown_grace_ms: 10_000,
             block_cache_mib: ledger.store.block_cache_bytes >> 20,
             write_buffers_mib: ledger.store.write_buffers_bytes >> 20,
-            ledger_state_cache_entries_max: ledger.state_cache_entries_max,
             settlement_jobs_max: 2,
             // A finance client reads as it writes; half a minute is a stalled one.
             pull_stall_ms: 30_000,
@@ -497,10 +493,6 @@ impl ServerConfig {
             ),
             ("limits.block_cache_mib", limits.block_cache_mib),
             ("limits.write_buffers_mib", limits.write_buffers_mib),
-            (
-                "limits.ledger_state_cache_entries_max",
-                limits.ledger_state_cache_entries_max,
-            ),
             ("limits.settlement_jobs_max", limits.settlement_jobs_max),
             ("limits.connections_max", limits.connections_max),
             (
@@ -610,7 +602,6 @@ impl ServerConfig {
             queue_depth_max: self.limits.ledger_queue_depth_max,
             group_commit_requests_max: self.limits.ledger_group_commit_requests_max,
             id_retention_ms: self.taps.id_retention_ms,
-            state_cache_entries_max: self.limits.ledger_state_cache_entries_max,
             ..LedgerConfig::default()
         };
         config.store.block_cache_bytes = self.limits.block_cache_mib << 20;
