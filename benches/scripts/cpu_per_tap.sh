@@ -13,7 +13,8 @@
 #
 # Usage: benches/scripts/cpu_per_tap.sh   (RATE, DURATION and FAREWAY, GATE_SIM to change
 # the offered taps/s, the seconds, and the binaries; build them first with
-# `cargo build --release -p fareway-cli -p gate-sim`)
+# `cargo build --release -p fareway-cli -p gate-sim`; LIMITS adds lines to the server's
+# `[limits]`, e.g. LIMITS='write_buffers_mib = 16', docs/configuration.md)
 set -euo pipefail
 
 rate=${RATE:-3000}
@@ -50,6 +51,8 @@ metrics_listen = "127.0.0.1:$metrics_port"
 fares_file = "$root/docs/sample-city.toml"
 issuer_keys_file = "issuer-keys.toml"
 $tokens
+[limits]
+${LIMITS:-}
 EOF
 
 RUST_LOG=warn "$fareway" serve --config "$out/server.toml" > "$out/server.log" 2>&1 &
