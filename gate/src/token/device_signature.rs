@@ -2,11 +2,11 @@
 //! issuer's signature is checked once per credential and cached).
 //!
 //! It is made with `ed25519-dalek` rather than `ring`, because it is the hottest
-//! instruction path of a tap and dalek's is faster on the machines we run (its AVX2
-//! backend, picked at run time; `cargo bench -p fareway-benches --bench token`: 35.4 us
-//! against ring's 46.1 us for the same check, key decompression included,
-//! `docs/PERFORMANCE.md`). `ring` stays the reference: it mints every code, signs the
-//! issuer's credentials, and the tests below hold dalek to it.
+//! instruction path of a tap and dalek's is faster on the machines we run: its AVX-512
+//! IFMA backend where the CPU has it (compiled in by `.cargo/config.toml`, picked at run
+//! time; else AVX2, else plain 64-bit code). `docs/PERFORMANCE.md` has the figures
+//! against ring's. `ring` stays the reference: it mints every code, signs the issuer's
+//! credentials, and the tests below hold dalek to it.
 //!
 //! Both check the same equation, the one RFC 8032 allows without the cofactor: the
 //! signature's `s` must be canonical (below the group order), and `[s]B - [k]A`, with
