@@ -45,20 +45,21 @@ fn main() {
                 }
             });
         }
-        let (mut last_done, mut last_batches, mut last_write_us) = (0, 0, 0);
+        let (mut last_done, mut last_batches, mut last_syncs, mut last_sync_us) = (0, 0, 0, 0);
         for _ in 0..secs {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let stats = ledger.stats();
             let now_done = done.load(Ordering::Relaxed);
             let batches = stats.group_commits.load(Ordering::Relaxed);
-            let write_us = stats.write_times.sum_us();
-            let interval_batches = (batches - last_batches).max(1);
+            let (syncs, sync_us) = (stats.write_times.count(), stats.write_times.sum_us());
             println!(
-                "{now_done:>8} charges in all, {:>7} in the last second, {interval_batches:>5} group commits, mean write {:>6} us",
+                "{now_done:>8} charges in all, {:>7} in the last second, {:>5} group commits, {:>5} syncs, mean sync {:>6} us",
                 now_done - last_done,
-                (write_us - last_write_us) / interval_batches
+                batches - last_batches,
+                syncs - last_syncs,
+                (sync_us - last_sync_us) / (syncs - last_syncs).max(1)
             );
-            (last_done, last_batches, last_write_us) = (now_done, batches, write_us);
+            (last_done, last_batches, last_syncs, last_sync_us) = (now_done, batches, syncs, sync_us);
         }
     });
     let total = done.load(Ordering::Relaxed);

@@ -43,6 +43,16 @@ impl Commands {
         }
     }
 
+    /// Waits until whatever this node read before the call can no longer be undone by a
+    /// crash (embedded mode: until the ledger's log is synced past every write begun;
+    /// cluster mode: a replica applies only what the shard's log holds). Blocks.
+    pub fn wait_durable(&self) -> Result<(), LedgerError> {
+        match self {
+            Commands::Local(ledger) => ledger.wait_durable(),
+            Commands::Cluster(_) => Ok(()),
+        }
+    }
+
     /// A page of an account's statement (in cluster mode, from this node's replica of the
     /// rider's shard). Blocks on reads.
     pub fn statement(

@@ -112,6 +112,9 @@ impl Bundles {
             }),
             None => whole(&views, version, positions, self.settings, providers, keys)?,
         };
+        // The positions and lists read may include writes still being synced: a gate
+        // must not hold a version that a crash could take back.
+        commands.wait_durable()?;
         let (body, delta) = match &body {
             Body::Whole(bundle) => (bundle.encode(), false),
             Body::Delta(delta) => (delta.encode(), true),

@@ -16,6 +16,7 @@ pub mod model;
 pub mod prune;
 pub mod replica;
 pub mod store;
+pub mod syncer;
 pub mod travel;
 pub mod view;
 pub mod writer;
@@ -33,7 +34,7 @@ use crate::clock::UnixMillis;
 use crate::fares::FareTable;
 use crate::money::Amount;
 
-pub use durability::{Durability, LocalWal};
+pub use durability::{Durability, LocalWal, LogSync};
 pub use model::{
     Account, AccountRef, AccountStatus, Command, Journey, OpenJourney, Outcome, Posting, Receipt,
     Record, Refusal, Request, Tap, TapKind, Travel, TxId,
@@ -230,12 +231,14 @@ pub const PRUNE_RECORDS_PER_JOB_MAX: usize = 10_000;
 /// Most lines one statement page returns.
 pub const STATEMENT_PAGE_LINES_MAX: usize = 1_000;
 
-/// An open ledger: the database and its writer thread.
+/// An open ledger: the database, its writer thread and (embedded) its syncer thread.
 #[derive(Debug)]
 pub struct Ledger {
     view: LedgerView,
     queue: Option<SyncSender<writer::Job>>,
     writer: Option<JoinHandle<()>>,
+    syncer: Option<JoinHandle<()>>,
+    durable: Arc<syncer::Durable>,
     stats: Arc<WriterStats>,
     queue_depth_max: usize,
     id_retention_ms: u64,
@@ -264,7 +267,8 @@ impl Ledger {
         Ledger::start(LedgerView::new(db), Box::new(durability), config, rules)
     }
 
-    /// Starts the writer over an opened database with the given durability step.
+    /// Starts the writer over an opened database with the given durability step, and the
+    /// syncer when the step syncs on a thread of its own.
     fn start(
         view: LedgerView,
         durability: Box<dyn Durability>,
@@ -273,21 +277,35 @@ impl Ledger {
     ) -> Result<Ledger, LedgerError> {
         let (queue, receiver) = std::sync::mpsc::sync_channel(config.queue_depth_max);
         let stats = Arc::new(WriterStats::default());
-        let writer = {
-            let view = view.clone();
-            let stats = Arc::clone(&stats);
-            let requests_max = config.group_commit_requests_max;
-            std::thread::Builder::new()
-                .name("ledger-writer".into())
-                .spawn(move || writer::run(view, durability, rules, receiver, requests_max, stats))
-                .map_err(|err| {
-                    LedgerError::Invariant(format!("cannot start the writer thread: {err}"))
-                })?
+        let durable = Arc::new(syncer::Durable::default());
+        let (answers, syncer) = match durability.deferred_sync() {
+            None => (writer::Answers::Now, None),
+            Some(sync) => {
+                let (written, to_sync) =
+                    std::sync::mpsc::sync_channel(syncer::SYNC_QUEUE_GROUPS_MAX);
+                let (durable, stats) = (Arc::clone(&durable), Arc::clone(&stats));
+                let thread = spawn("ledger-syncer", move || {
+                    syncer::run(sync, to_sync, durable, stats)
+                })?;
+                (writer::Answers::AfterSync(written), Some(thread))
+            }
         };
+        let writer = writer::Writer {
+            view: view.clone(),
+            durability,
+            rules,
+            answers,
+            durable: Arc::clone(&durable),
+            group_commit_requests_max: config.group_commit_requests_max,
+            stats: Arc::clone(&stats),
+        };
+        let writer = spawn("ledger-writer", move || writer::run(writer, receiver))?;
         Ok(Ledger {
             view,
             queue: Some(queue),
             writer: Some(writer),
+            syncer,
+            durable,
             stats,
             queue_depth_max: config.queue_depth_max,
             id_retention_ms: config.id_retention_ms,
@@ -349,14 +367,29 @@ impl Ledger {
         answer.blocking_recv().map_err(|_| LedgerError::Closed)?
     }
 
-    /// The recorded transaction with this id.
+    /// The recorded transaction with this id, once durable. Blocks on the read and on
+    /// [`Ledger::wait_durable`].
     pub fn transaction(&self, id: TxId) -> Result<Option<(u64, Record)>, LedgerError> {
-        self.view.transaction(id)
+        let found = self.view.transaction(id)?;
+        self.wait_durable()?;
+        Ok(found)
     }
 
-    /// An account's state.
+    /// An account's state, once durable. Blocks on the read and on
+    /// [`Ledger::wait_durable`].
     pub fn account(&self, account: AccountRef) -> Result<Option<Account>, LedgerError> {
-        self.view.account(account)
+        let found = self.view.account(account)?;
+        self.wait_durable()?;
+        Ok(found)
+    }
+
+    /// Waits until every write begun before the call is durable. A reader that answers a
+    /// caller from what it read through [`Ledger::view`] calls this after reading and
+    /// before answering: the writer's newest writes are readable before their sync ends,
+    /// and a caller must never be shown one that a power cut could undo. Blocks the
+    /// calling thread (about one sync); fails once a write or sync has failed.
+    pub fn wait_durable(&self) -> Result<(), LedgerError> {
+        self.durable.wait()
     }
 
     /// A page of an account's statement: up to `limit` lines (at most
@@ -367,7 +400,9 @@ impl Ledger {
         after_sequence: u64,
         limit: usize,
     ) -> Result<Vec<StatementLine>, LedgerError> {
-        statement(&self.view, account, after_sequence, limit)
+        let lines = statement(&self.view, account, after_sequence, limit)?;
+        self.wait_durable()?;
+        Ok(lines)
     }
 
     /// Up to `limit` open journeys entered before `entered_before`, oldest first: (rider,
@@ -416,13 +451,19 @@ impl Ledger {
         self.view.settlement_column()
     }
 
-    /// Stops taking requests, lets the writer finish what is queued, and waits for it.
+    /// Stops taking requests, lets the writer finish what is queued and the syncer answer
+    /// it, and waits for both.
     pub fn shutdown(&mut self) {
         self.queue = None;
-        if let Some(writer) = self.writer.take()
-            && writer.join().is_err()
-        {
-            tracing::error!("the ledger writer thread panicked");
+        for (thread, name) in [
+            (self.writer.take(), "writer"),
+            (self.syncer.take(), "syncer"),
+        ] {
+            if let Some(thread) = thread
+                && thread.join().is_err()
+            {
+                tracing::error!("the ledger {name} thread panicked");
+            }
         }
     }
 }
@@ -431,6 +472,14 @@ impl Drop for Ledger {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Starts a thread of the ledger.
+fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, LedgerError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(body)
+        .map_err(|err| LedgerError::Invariant(format!("cannot start the {name} thread: {err}")))
 }
 
 /// A page of an account's statement read from `view`; see [`Ledger::statement`].
@@ -469,6 +518,8 @@ pub fn statement(
 mod late_tap_tests;
 #[cfg(test)]
 mod network_tests;
+#[cfg(test)]
+mod syncer_tests;
 #[cfg(test)]
 mod tap_tests;
 #[cfg(test)]

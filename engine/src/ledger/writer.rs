@@ -1,18 +1,21 @@
 //! Group commit: one writer thread, fed by a bounded queue, applies every waiting request
-//! in one [`GroupCommit`] and makes it durable in one step (the [`Durability`] seam: a
-//! synced write-ahead log in embedded mode), then answers them all.
-//! Many concurrent callers thus share one fsync, and the ledger's state changes in one
-//! thread only, in one order (the log's).
+//! in one [`GroupCommit`], writes it through the [`Durability`] seam, and hands the
+//! answers on ([`Answers`]): in embedded mode to the syncer (`super::syncer`), which
+//! answers them once a sync of the write-ahead log covers the write, while the writer
+//! decides the next group commit; in cluster mode straight to the callers, the log append
+//! being durable when it returns. Many concurrent callers thus share one sync, and the
+//! ledger's state changes in one thread only, in one order (the log's).
 //!
 //! A caller is answered only after its group commit is durable. When that fails, every
 //! request the group commit would have recorded gets the error, and its outcome is
 //! unknown: RocksDB may or may not replay the write from its log after a restart, so the
 //! caller retries with the same id and gets either a replay or a fresh answer, never a
-//! second charge. The next group commit starts again from the database.
+//! second charge. After a failure the writer decides nothing more: the database may hold
+//! writes that a restart undoes, and the ledger must be opened again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, SendError, SyncSender, TryRecvError};
 use std::time::Instant;
 
 use tokio::sync::oneshot;
@@ -23,6 +26,7 @@ use super::apply::GroupCommit;
 use super::durability::Durability;
 use super::model::{Receipt, Request};
 use super::prune;
+use super::syncer::{Answer, Durable, Written};
 use super::view::LedgerView;
 use super::{LedgerError, Rules};
 
@@ -39,7 +43,7 @@ pub struct Submission {
 /// and the durability step take them), and where each one's answer goes.
 struct Pending {
     requests: Vec<Request>,
-    replies: Vec<oneshot::Sender<Result<Receipt, LedgerError>>>,
+    replies: Vec<oneshot::Sender<Answer>>,
 }
 
 impl Pending {
@@ -134,6 +138,14 @@ impl LatencyCounts {
             .fetch_add(other.sum_us.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
+    /// How many durations were counted.
+    pub fn count(&self) -> u64 {
+        self.counts
+            .iter()
+            .map(|count| count.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// The total of every duration counted, in microseconds.
     pub fn sum_us(&self) -> u64 {
         self.sum_us.load(Ordering::Relaxed)
@@ -164,43 +176,101 @@ pub struct WriterStats {
     pub group_commits: AtomicU64,
     /// Requests answered by the writer (not counting fast-path replays).
     pub requests: AtomicU64,
-    /// The longest synced write, in microseconds.
+    /// The longest durable step, in microseconds.
     pub write_time_us_max: AtomicU64,
-    /// Every synced write's time (their total too): its quantiles, beside the taps' in
-    /// the same run, say which part of a tap's latency is the disk's.
+    /// Every durable step's time (their total too): the syncs of the log in embedded mode,
+    /// the appends and writes in cluster mode. Its quantiles, beside the taps' in the same
+    /// run, say which part of a tap's latency is the disk's.
     pub write_times: LatencyCounts,
-    /// Group commits whose write failed. After one, RocksDB refuses every later write
-    /// until the database is opened again (`server::run_until_stopped` does that).
+    /// Group commits whose write failed, and syncs that failed. After one, the ledger
+    /// refuses every later request until the database is opened again
+    /// (`server::run_until_stopped` does that).
     pub write_failures: AtomicU64,
 }
 
+/// Where the writer sends a group commit's answers.
+#[derive(Debug)]
+pub enum Answers {
+    /// Straight to the callers: the durability step was durable when it returned.
+    Now,
+    /// To the syncer, which answers after the next sync.
+    AfterSync(SyncSender<Written>),
+}
+
+impl Answers {
+    /// Hands a written group commit on.
+    fn deliver(&self, written: Written, durable: &Durable) {
+        match self {
+            Answers::Now => {
+                durable.reached(written.group);
+                written.answer(None);
+            }
+            Answers::AfterSync(syncer) => {
+                // Waits while the syncer's queue is full. A syncer that is gone (it
+                // panicked) cannot make the group durable: its callers hear so.
+                if let Err(SendError(written)) = syncer.send(written) {
+                    durable.fail(LedgerError::Closed);
+                    written.answer(Some(&LedgerError::Closed));
+                }
+            }
+        }
+    }
+}
+
+/// What the writer thread works with.
+pub struct Writer {
+    /// The database, read by the state machine.
+    pub view: LedgerView,
+    /// How a group commit is made durable.
+    pub durability: Box<dyn Durability>,
+    /// The rules taps are decided by.
+    pub rules: Rules,
+    /// Where answers go.
+    pub answers: Answers,
+    /// How far writes are durable.
+    pub durable: Arc<Durable>,
+    /// Most requests in one group commit.
+    pub group_commit_requests_max: usize,
+    /// Counters.
+    pub stats: Arc<WriterStats>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").finish_non_exhaustive()
+    }
+}
+
 /// Runs the writer loop until every sender is gone and the queue is drained.
-pub fn run(
-    view: LedgerView,
-    mut durability: Box<dyn Durability>,
-    rules: Rules,
-    queue: Receiver<Job>,
-    group_commit_requests_max: usize,
-    stats: Arc<WriterStats>,
-) {
-    let mut pending = Pending::with_capacity(group_commit_requests_max);
+pub fn run(mut writer: Writer, queue: Receiver<Job>) {
+    let mut pending = Pending::with_capacity(writer.group_commit_requests_max);
     while let Ok(first) = queue.recv() {
         let mut next = Some(first);
         while let Some(job) = next.take() {
-            stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+            writer.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
             match job {
                 Job::PruneIds {
                     before,
                     records_max,
                     reply,
                 } => {
-                    let pruned = prune::prune_ids(&view, durability.as_mut(), before, records_max);
+                    let pruned = prune::prune_ids(
+                        &writer.view,
+                        writer.durability.as_mut(),
+                        before,
+                        records_max,
+                    );
                     let _ = reply.send(pruned);
                 }
                 Job::Apply(submission) => {
                     pending.push(submission);
-                    next = gather(&queue, &mut pending, group_commit_requests_max, &stats);
-                    commit_and_answer(&view, durability.as_mut(), &rules, &mut pending, &stats);
+                    next = gather(
+                        &queue,
+                        &mut pending,
+                        writer.group_commit_requests_max,
+                        &writer.stats,
+                    );
+                    writer.commit_and_answer(&mut pending);
                 }
             }
         }
@@ -229,73 +299,81 @@ fn gather(
     None
 }
 
-/// Commits the pending requests and sends each its answer, emptying `pending`.
-fn commit_and_answer(
-    view: &LedgerView,
-    durability: &mut dyn Durability,
-    rules: &Rules,
-    pending: &mut Pending,
-    stats: &WriterStats,
-) {
-    let answers = commit(view, durability, rules, &pending.requests, stats);
-    stats
-        .requests
-        .fetch_add(pending.len() as u64, Ordering::Relaxed);
-    pending.requests.clear();
-    for (reply, answer) in pending.replies.drain(..).zip(answers) {
-        // A caller that gave up waiting has dropped its receiver; its transaction is still
-        // recorded, and a retry with the same id gets this same receipt.
-        let _ = reply.send(answer);
+impl Writer {
+    /// Commits the pending requests and hands their answers on, emptying `pending`.
+    fn commit_and_answer(&mut self, pending: &mut Pending) {
+        let group = self.durable.begin();
+        let (answers, wrote) = match self.durable.failure() {
+            // After a failed write or sync the database may hold writes that do not
+            // survive a restart: nothing is decided on top of them.
+            Some(failure) => (
+                pending
+                    .requests
+                    .iter()
+                    .map(|_| Err(failure.clone()))
+                    .collect(),
+                false,
+            ),
+            None => self.commit(&pending.requests),
+        };
+        self.stats
+            .requests
+            .fetch_add(pending.len() as u64, Ordering::Relaxed);
+        pending.requests.clear();
+        let written = Written {
+            group,
+            wrote,
+            answers,
+            replies: pending.replies.drain(..).collect(),
+        };
+        self.answers.deliver(written, &self.durable);
     }
-}
 
-/// Applies one group commit and makes it durable; returns one answer per request, in
-/// order.
-fn commit(
-    view: &LedgerView,
-    durability: &mut dyn Durability,
-    rules: &Rules,
-    requests: &[Request],
-    stats: &WriterStats,
-) -> Vec<Result<Receipt, LedgerError>> {
-    let mut group = match GroupCommit::new(view, rules) {
-        Ok(group) => group,
-        Err(err) => return requests.iter().map(|_| Err(err.clone())).collect(),
-    };
-    let answers: Vec<_> = requests
-        .iter()
-        .map(|request| group.apply(request))
-        .collect();
-    if group.is_empty() {
-        return answers;
-    }
-    let first_new_sequence = group.first_sequence();
-    let started = Instant::now();
-    let written = durability.commit(requests, group.into_write());
-    record_write_time(stats, started);
-    match written {
-        Ok(()) => answers,
-        Err(err) => {
-            stats.write_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(cause = %err, requests = requests.len(), "ledger group commit failed");
-            answers
-                .into_iter()
-                .map(|answer| match answer {
-                    // A replay of an id recorded in an earlier group commit is still true,
-                    // and so is a request's own refusal (a conflict): neither wrote.
-                    Ok(receipt) if receipt.sequence < first_new_sequence => Ok(receipt),
-                    Ok(_) => Err(err.clone()),
-                    Err(own) => Err(own),
-                })
-                .collect()
+    /// Applies one group commit and writes it through the durability step; returns one
+    /// answer per request, in order, and whether it wrote.
+    fn commit(&mut self, requests: &[Request]) -> (Vec<Answer>, bool) {
+        let mut group = match GroupCommit::new(&self.view, &self.rules) {
+            Ok(group) => group,
+            Err(err) => return (requests.iter().map(|_| Err(err.clone())).collect(), false),
+        };
+        let answers: Vec<_> = requests
+            .iter()
+            .map(|request| group.apply(request))
+            .collect();
+        if group.is_empty() {
+            return (answers, false);
         }
+        let first_new_sequence = group.first_sequence();
+        let started = Instant::now();
+        let written = self.durability.commit(requests, group.into_write());
+        self.stats.group_commits.fetch_add(1, Ordering::Relaxed);
+        if matches!(self.answers, Answers::Now) {
+            record_write_time(&self.stats, started);
+        }
+        let Err(err) = written else {
+            return (answers, true);
+        };
+        self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(cause = %err, requests = requests.len(), "ledger group commit failed");
+        self.durable.fail(err.clone());
+        let answers = answers
+            .into_iter()
+            .map(|answer| match answer {
+                // A replay of an id recorded in an earlier group commit is still true
+                // (once that group is durable: the syncer answers in order), and so is
+                // a request's own refusal (a conflict): neither wrote.
+                Ok(receipt) if receipt.sequence < first_new_sequence => Ok(receipt),
+                Ok(_) => Err(err.clone()),
+                Err(own) => Err(own),
+            })
+            .collect();
+        (answers, true)
     }
 }
 
-/// Counts one durable write and its time.
-fn record_write_time(stats: &WriterStats, started: Instant) {
+/// Counts one durable step's time (a synced write or a sync).
+pub fn record_write_time(stats: &WriterStats, started: Instant) {
     let elapsed_us = started.elapsed().as_micros() as u64;
-    stats.group_commits.fetch_add(1, Ordering::Relaxed);
     stats
         .write_time_us_max
         .fetch_max(elapsed_us, Ordering::Relaxed);

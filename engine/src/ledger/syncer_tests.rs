@@ -1,0 +1,219 @@
+//! Tests of deciding the next group commit while the last one syncs, on a real RocksDB:
+//! the write-ahead log's real sync, held back or failed by a test step around it.
+
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::clock::UnixMillis;
+
+const T: UnixMillis = UnixMillis(1_800_000_000_000);
+
+/// The local log, whose syncs wait for a go-ahead (and say when they start), or fail.
+struct HeldWal {
+    wal: LocalWal,
+    started: Sender<()>,
+    go: std::sync::Mutex<Option<Receiver<bool>>>,
+}
+
+impl Durability for HeldWal {
+    fn commit(
+        &mut self,
+        requests: &[Request],
+        write: rocksdb::WriteBatch,
+    ) -> Result<(), LedgerError> {
+        self.wal.commit(requests, write)
+    }
+
+    fn deferred_sync(&self) -> Option<Box<dyn LogSync>> {
+        Some(Box::new(HeldSync {
+            sync: self.wal.deferred_sync().expect("a synced log"),
+            started: self.started.clone(),
+            go: self.go.lock().unwrap().take().expect("one syncer"),
+        }))
+    }
+}
+
+struct HeldSync {
+    sync: Box<dyn LogSync>,
+    started: Sender<()>,
+    /// `true`: sync; `false`: fail as a disk would.
+    go: Receiver<bool>,
+}
+
+impl LogSync for HeldSync {
+    fn sync(&mut self) -> Result<(), LedgerError> {
+        let _ = self.started.send(());
+        match self.go.recv() {
+            Ok(true) => self.sync.sync(),
+            _ => Err(LedgerError::Unavailable(
+                "test: the disk failed the sync".into(),
+            )),
+        }
+    }
+}
+
+/// A ledger on a real database in `dir` whose syncs the test lets through one by one:
+/// (the ledger, "a sync started", "go ahead (true) or fail (false)").
+fn open_held(dir: &Path) -> (Ledger, Receiver<()>, Sender<bool>) {
+    let db = Arc::new(store::open(dir, &StoreConfig::default()).unwrap());
+    let (started, sync_started) = channel();
+    let (go, go_receiver) = channel();
+    let durability = HeldWal {
+        wal: LocalWal::new(Arc::clone(&db), true),
+        started,
+        go: std::sync::Mutex::new(Some(go_receiver)),
+    };
+    let ledger = Ledger::start(
+        LedgerView::new(db),
+        Box::new(durability),
+        LedgerConfig::default(),
+        Rules::default(),
+    )
+    .unwrap();
+    (ledger, sync_started, go)
+}
+
+fn request(id: u128, command: Command) -> Request {
+    Request {
+        id: TxId(id),
+        time: T,
+        command,
+    }
+}
+
+fn open_account(account_id: u64) -> Command {
+    Command::OpenAccount {
+        account_id,
+        provider_id: 1,
+        credit_limit: Amount(1_000),
+    }
+}
+
+fn charge(account_id: u64, amount: i64) -> Command {
+    Command::Charge {
+        account_id,
+        operator_id: 9,
+        amount: Amount(amount),
+    }
+}
+
+/// Submits on a thread of its own; the answer arrives on the returned channel.
+fn submit_in_background(
+    ledger: &Arc<Ledger>,
+    request: Request,
+) -> Receiver<Result<Receipt, LedgerError>> {
+    let (answer, answered) = channel();
+    let ledger = Arc::clone(ledger);
+    std::thread::spawn(move || {
+        let _ = answer.send(ledger.submit(request));
+    });
+    answered
+}
+
+/// Waits (at most 10 s) until the writer's write of `id` is readable.
+fn wait_until_written(ledger: &Ledger, id: u128) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ledger.view().transaction(TxId(id)).unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "transaction {id} was never written"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn still_waiting<T: std::fmt::Debug>(answered: &Receiver<T>) {
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(answered.try_recv().unwrap_err(), TryRecvError::Empty);
+}
+
+#[test]
+fn the_writer_decides_the_next_group_while_the_last_one_syncs_and_answers_only_after_the_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, sync_started, go) = open_held(dir.path());
+    let ledger = Arc::new(ledger);
+
+    let opened = submit_in_background(&ledger, request(1, open_account(5)));
+    sync_started.recv().unwrap();
+    // The account is written, its sync not done: the charge is decided on top of it (it
+    // needs the account) while that sync is held.
+    let charged = submit_in_background(&ledger, request(2, charge(5, 300)));
+    wait_until_written(&ledger, 2);
+    still_waiting(&opened);
+    still_waiting(&charged);
+    // A balance read now must not show the charge before it is durable.
+    let read = {
+        let (answer, answered) = channel();
+        let ledger = Arc::clone(&ledger);
+        std::thread::spawn(move || {
+            let _ = answer.send(ledger.account(AccountRef::Rider(5)));
+        });
+        answered
+    };
+    still_waiting(&read);
+
+    go.send(true).unwrap();
+    assert_eq!(
+        opened.recv().unwrap().unwrap().record.outcome,
+        Outcome::Accepted
+    );
+    still_waiting(&charged);
+    still_waiting(&read);
+    sync_started.recv().unwrap();
+    go.send(true).unwrap();
+    let receipt = charged.recv().unwrap().unwrap();
+    assert_eq!(receipt.record.rider_balance_after, Some(Amount(-300)));
+    let account = read.recv().unwrap().unwrap().unwrap();
+    assert_eq!(account.balance, Amount(-300));
+    assert_eq!(ledger.stats().write_times.count(), 2);
+}
+
+#[test]
+fn a_failed_sync_fails_its_callers_and_everything_after_until_reopened_and_a_retry_charges_once() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (ledger, sync_started, go) = open_held(dir.path());
+        let ledger = Arc::new(ledger);
+        let opened = submit_in_background(&ledger, request(1, open_account(5)));
+        sync_started.recv().unwrap();
+        go.send(true).unwrap();
+        opened.recv().unwrap().unwrap();
+
+        let charged = submit_in_background(&ledger, request(2, charge(5, 300)));
+        sync_started.recv().unwrap();
+        go.send(false).unwrap();
+        let failed = charged.recv().unwrap().unwrap_err();
+        assert_eq!(failed.code(), "unavailable");
+        assert_eq!(failed.to_string(), "test: the disk failed the sync");
+        // Nothing more is decided on top of a write whose outcome is unknown, and a
+        // reader is told so rather than left waiting.
+        let refused = ledger.submit(request(3, charge(5, 100))).unwrap_err();
+        assert_eq!(refused.to_string(), "test: the disk failed the sync");
+        assert_eq!(
+            ledger
+                .account(AccountRef::Rider(5))
+                .unwrap_err()
+                .to_string(),
+            "test: the disk failed the sync"
+        );
+        assert_eq!(
+            ledger
+                .stats()
+                .write_failures
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        drop(go);
+    }
+    // Opened again: the callers retry with the same ids, and each charge lands once.
+    let ledger = Ledger::open(dir.path(), LedgerConfig::default()).unwrap();
+    ledger.submit(request(2, charge(5, 300))).unwrap();
+    ledger.submit(request(3, charge(5, 100))).unwrap();
+    ledger.submit(request(2, charge(5, 300))).unwrap();
+    let account = ledger.account(AccountRef::Rider(5)).unwrap().unwrap();
+    assert_eq!(account.balance, Amount(-400));
+    let report = audit::audit(ledger.view()).unwrap();
+    assert!(report.ok(), "{:?}", report.violations);
+    assert_eq!(report.transactions, 3);
+}
