@@ -5,8 +5,10 @@
 #      process, and `gate-sim --rate R --duration D --streaming --riders 2000` against it
 #      with the engine's metrics: the report's `server_cpu.us_per_tap` is the engine
 #      process's CPU time (user and system, every thread) over the window divided by the
-#      taps answered; `ledger_sync_us` is the writer's synced writes in the same window,
-#      and `server_latency_us` the engine's own tap latency.
+#      taps answered; `ledger_sync_us` is the ledger's syncs in the same window,
+#      `server_latency_us` the engine's own tap latency, and `ledger_stages_us` where a
+#      request's time in the ledger went and how long the engine's threads waited for a
+#      core.
 #   2. `cargo bench -p fareway-benches --bench token -- bare_ed25519_verify`: one `ring`
 #      verify of a 64-byte message, right after.
 # Prints both, and their ratio (issue 16's goal: at most 1.5).
@@ -98,6 +100,12 @@ print(f"engine latency (bucket bounds): p50 <= {engine['p50']} us, p99 <= {engin
       f"p99.9 <= {engine['p999']} us")
 print(f"synced writes: {syncs['syncs']}, p50 <= {syncs['p50']} us, p99 <= {syncs['p99']} us, "
       f"p99.9 <= {syncs['p999']} us, longest <= {syncs['max']} us")
+stages = report["ledger_stages_us"]
+if stages:
+    print("engine ledger per request (bucket bounds, p50/p90): "
+          + ", ".join(f"{name} <= {stages[name]['p50']}/{stages[name]['p90']} us"
+                      for name in ("queue_wait", "decide_write", "sync_wait"))
+          + f"; threads waited {stages['run_delay_us_per_tap']:.0f} us per tap for a core")
 stalls = [s for s in report["engine_by_second"] if (s["sync_longest_us"] or 10**7) >= 10_000]
 print(f"seconds with a synced write of 10 ms or more: {len(stalls)} of {len(report['engine_by_second'])}: "
       + ", ".join(f"second {s['second']}: sync <= {s['sync_longest_us']} us, taps' p99 <= {s['tap_p99_us']} us"

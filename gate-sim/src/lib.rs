@@ -416,6 +416,7 @@ impl Measured<'_> {
             "server_latency_us": server_latency_json(self.server_window.as_ref().map(|window| &window.taps)),
             "ledger_sync_us": sync_json(self.server_window.as_ref()),
             "server_cpu": cpu_json(self.server_window.as_ref(), tally.answered),
+            "ledger_stages_us": stages_json(self.server_window.as_ref(), tally.answered),
             "engine_by_second": by_second_json(self.server_window.as_ref()),
             "decisions": tally.decisions,
             "link_loss": link_loss_json(self.config, self.offline.as_ref(), tally.answered, elapsed_s),
@@ -573,6 +574,31 @@ fn cpu_json(window: Option<&server_metrics::ServerWindow>, answered: u64) -> ser
     })
 }
 
+/// The report's `ledger_stages_us` object: where a request's time in the engine's ledger
+/// went, stage by stage, and the engine's threads' wait for a core per tap answered (the
+/// machine's share when its cores are busy), or null when the engine does not serve them.
+fn stages_json(window: Option<&server_metrics::ServerWindow>, answered: u64) -> serde_json::Value {
+    let Some(stages) = window.and_then(|window| window.stages.as_ref()) else {
+        return serde_json::Value::Null;
+    };
+    let mut json = json!({
+        "measured": "by the engine, per ledger request (fareway_ledger_queue_wait_seconds, fareway_ledger_decide_write_seconds, fareway_ledger_sync_wait_seconds): the upper bound of the bucket holding each quantile; run_delay_us_per_tap: the growth of fareway_process_run_delay_seconds (the engine's threads runnable but waiting for a core) over the taps answered",
+    });
+    for ((name, _), stage) in server_metrics::LEDGER_STAGES.iter().zip(stages) {
+        json[*name] = json!({
+            "p50": quantile_json(stage, 0.5),
+            "p90": quantile_json(stage, 0.9),
+            "p99": quantile_json(stage, 0.99),
+        });
+    }
+    json["run_delay_us_per_tap"] = window
+        .and_then(|window| window.run_delay_seconds)
+        .map_or(json!(null), |waited| {
+            json!(waited * 1e6 / answered.max(1) as f64)
+        });
+    json
+}
+
 /// Writes `report.json` and `report.html` into `out`.
 fn write_report(
     out: &std::path::Path,
@@ -618,6 +644,14 @@ pub fn summary(report: &serde_json::Value) -> String {
             "engine process: {:.0} us of CPU per tap (with the simulator's when they share the process, as in `fareway demo`); {} synced writes, p50 <= {} us, p99 <= {} us, p99.9 <= {} us, longest <= {} us\n",
             cpu["us_per_tap"].as_f64().unwrap_or(0.0),
             syncs["syncs"], syncs["p50"], syncs["p99"], syncs["p999"], syncs["max"]
+        ));
+    }
+    let stages = &report["ledger_stages_us"];
+    if !stages.is_null() {
+        text.push_str(&format!(
+            "engine ledger, per request (p50 bucket bounds): queue <= {} us, decide and write <= {} us, sync wait <= {} us; threads waited {:.0} us per tap for a core\n",
+            stages["queue_wait"]["p50"], stages["decide_write"]["p50"], stages["sync_wait"]["p50"],
+            stages["run_delay_us_per_tap"].as_f64().unwrap_or(0.0)
         ));
     }
     text.push_str("decisions:");

@@ -1,8 +1,9 @@
 //! The engine's own view of a run, scraped from its metrics endpoint before and after the
 //! load, so that the report gives figures of this run alone: its tap latency histogram
 //! (`fareway_tap_latency_seconds`), its writer's synced writes
-//! (`fareway_ledger_sync_latency_seconds`) and its process CPU time
-//! (`fareway_process_cpu_seconds`).
+//! (`fareway_ledger_sync_latency_seconds`), the stages of a request in its ledger
+//! ([`LEDGER_STAGES`]), its process CPU time (`fareway_process_cpu_seconds`) and its
+//! threads' wait for a core (`fareway_process_run_delay_seconds`).
 
 use anyhow::Context as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -13,6 +14,14 @@ const TAP_LATENCY: &str = "fareway_tap_latency_seconds";
 const SYNC_LATENCY: &str = "fareway_ledger_sync_latency_seconds";
 /// The process CPU gauge.
 const PROCESS_CPU: &str = "fareway_process_cpu_seconds";
+/// The gauge of the process's threads' wait for a core.
+const PROCESS_RUN_DELAY: &str = "fareway_process_run_delay_seconds";
+/// A ledger request's stages, in order: the report's name and the engine's histogram.
+pub const LEDGER_STAGES: [(&str, &str); 3] = [
+    ("queue_wait", "fareway_ledger_queue_wait_seconds"),
+    ("decide_write", "fareway_ledger_decide_write_seconds"),
+    ("sync_wait", "fareway_ledger_sync_wait_seconds"),
+];
 
 /// Cumulative bucket counts: (upper bound in seconds, taps at or under it), in order.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,6 +37,10 @@ pub struct Scrape {
     pub syncs: Option<Buckets>,
     /// CPU seconds of the engine's process so far.
     pub cpu_seconds: Option<f64>,
+    /// Each of [`LEDGER_STAGES`] (all or none).
+    pub stages: Option<Vec<Buckets>>,
+    /// Seconds the engine's threads waited for a core so far.
+    pub run_delay_seconds: Option<f64>,
 }
 
 /// Scrapes the engine's metrics at `addr` (`HOST:PORT` of its metrics listener).
@@ -38,14 +51,25 @@ pub async fn scrape(addr: &str) -> anyhow::Result<Scrape> {
 /// What a scrape holds, from a Prometheus text exposition.
 pub fn parse_scrape(text: &str) -> anyhow::Result<Scrape> {
     let syncs = histogram(text, SYNC_LATENCY)?;
-    let cpu_seconds = text.lines().find_map(|line| {
-        let value = line.strip_prefix(PROCESS_CPU)?.strip_prefix(' ')?;
-        value.trim().parse().ok()
-    });
+    let stages = LEDGER_STAGES
+        .iter()
+        .map(|(_, name)| histogram(text, name))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(Scrape {
         taps: parse(text)?,
         syncs: (!syncs.is_empty()).then_some(Buckets(syncs)),
-        cpu_seconds,
+        cpu_seconds: gauge(text, PROCESS_CPU),
+        stages: (stages.iter().all(|stage| !stage.is_empty()))
+            .then(|| stages.into_iter().map(Buckets).collect()),
+        run_delay_seconds: gauge(text, PROCESS_RUN_DELAY),
+    })
+}
+
+/// The value of gauge `name`, when it is there.
+fn gauge(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
     })
 }
 
@@ -119,6 +143,11 @@ pub struct ServerWindow {
     pub syncs: Option<Window>,
     /// CPU seconds.
     pub cpu_seconds: Option<f64>,
+    /// Each of [`LEDGER_STAGES`].
+    pub stages: Option<Vec<Window>>,
+    /// Seconds the engine's threads waited for a core (never below zero: a thread that
+    /// exited takes its wait with it).
+    pub run_delay_seconds: Option<f64>,
     /// The same, second by second of the run (empty unless sampled).
     pub by_second: Vec<EngineSecond>,
 }
@@ -192,13 +221,26 @@ impl ServerWindow {
             (Some(before), Some(after)) => Some(Window::between(before, after)?),
             _ => None,
         };
+        let stages = match (&before.stages, &after.stages) {
+            (Some(before), Some(after)) => Some(
+                before
+                    .iter()
+                    .zip(after)
+                    .map(|(before, after)| Window::between(before, after))
+                    .collect::<anyhow::Result<Vec<_>>>()?,
+            ),
+            _ => None,
+        };
+        let growth = |before: Option<f64>, after: Option<f64>| {
+            before.zip(after).map(|(before, after)| after - before)
+        };
         Ok(ServerWindow {
             taps: Window::between(&before.taps, &after.taps)?,
             syncs,
-            cpu_seconds: before
-                .cpu_seconds
-                .zip(after.cpu_seconds)
-                .map(|(before, after)| after - before),
+            cpu_seconds: growth(before.cpu_seconds, after.cpu_seconds),
+            stages,
+            run_delay_seconds: growth(before.run_delay_seconds, after.run_delay_seconds)
+                .map(|waited| waited.max(0.0)),
             by_second: Vec::new(),
         })
     }
@@ -305,6 +347,7 @@ mod tests {
         let after = parse_scrape(&with("4.25", 1_008, 1_010)).unwrap();
         let window = ServerWindow::between(&before, &after).unwrap();
         assert_eq!(window.cpu_seconds, Some(2.75));
+        assert_eq!((window.stages, window.run_delay_seconds), (None, None));
         let syncs = window.syncs.unwrap();
         assert_eq!(syncs.count(), 1_000);
         assert_eq!(syncs.quantile_us(0.99), Some(200));
@@ -312,6 +355,39 @@ mod tests {
         // An engine without them: taps only.
         let bare = parse_scrape(AFTER).unwrap();
         assert_eq!((bare.syncs, bare.cpu_seconds), (None, None));
+    }
+
+    #[test]
+    fn the_ledger_stages_and_the_wait_for_a_core_come_from_the_two_scrapes() {
+        let with = |waited: &str, fast: u64, slow: u64| {
+            let mut text = format!("{AFTER}fareway_process_run_delay_seconds {waited}\n");
+            for (_, name) in LEDGER_STAGES {
+                text += &format!(
+                    "{name}_bucket{{le=\"0.0001\"}} {fast}\n\
+                     {name}_bucket{{le=\"0.001\"}} {slow}\n\
+                     {name}_bucket{{le=\"+Inf\"}} {slow}\n"
+                );
+            }
+            text
+        };
+        let before = parse_scrape(&with("0.5", 0, 0)).unwrap();
+        let after = parse_scrape(&with("2.0", 60, 100)).unwrap();
+        let window = ServerWindow::between(&before, &after).unwrap();
+        assert_eq!(window.run_delay_seconds, Some(1.5));
+        let stages = window.stages.unwrap();
+        assert_eq!(stages.len(), 3);
+        for stage in &stages {
+            assert_eq!(stage.count(), 100);
+            assert_eq!(stage.quantile_us(0.5), Some(100));
+            assert_eq!(stage.quantile_us(0.9), Some(1_000));
+        }
+        // A thread that exited took its wait with it: the growth is never below zero.
+        let shrunk = parse_scrape(&with("0.25", 60, 100)).unwrap();
+        let window = ServerWindow::between(&before, &shrunk).unwrap();
+        assert_eq!(window.run_delay_seconds, Some(0.0));
+        // One stage missing: none are reported.
+        let text = with("2.0", 60, 100).replace("fareway_ledger_sync_wait_seconds", "other");
+        assert_eq!(parse_scrape(&text).unwrap().stages, None);
     }
 
     #[test]

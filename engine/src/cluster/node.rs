@@ -165,7 +165,14 @@ fn render_led(
             total
                 .write_time_us_max
                 .fetch_max(stats.write_time_us_max.load(Relaxed), Relaxed);
-            total.write_times.add(&stats.write_times);
+            for (sum, part) in [
+                (&total.write_times, &stats.write_times),
+                (&total.queue_waits, &stats.queue_waits),
+                (&total.decide_writes, &stats.decide_writes),
+                (&total.sync_waits, &stats.sync_waits),
+            ] {
+                sum.add(part);
+            }
         }
         metrics.render(&total)
     })

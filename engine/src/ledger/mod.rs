@@ -336,7 +336,12 @@ impl Ledger {
         request: Request,
     ) -> Result<oneshot::Receiver<Result<Receipt, LedgerError>>, LedgerError> {
         let (reply, answer) = oneshot::channel();
-        self.send(writer::Job::Apply(writer::Submission { request, reply }))?;
+        let enqueued = std::time::Instant::now();
+        self.send(writer::Job::Apply(writer::Submission {
+            request,
+            reply,
+            enqueued,
+        }))?;
         Ok(answer)
     }
 

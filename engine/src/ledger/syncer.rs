@@ -42,12 +42,16 @@ pub struct Written {
     pub answers: Vec<Answer>,
     /// Where each answer goes.
     pub replies: Vec<oneshot::Sender<Answer>>,
+    /// When the write returned.
+    pub written_at: Instant,
 }
 
 impl Written {
     /// Sends each caller its answer; after a failed sync, every receipt becomes that
     /// failure (a request's own refusal stays: it wrote nothing).
-    pub fn answer(self, failure: Option<&LedgerError>) {
+    pub fn answer(self, failure: Option<&LedgerError>, stats: &WriterStats) {
+        let waited_us = self.written_at.elapsed().as_micros() as u64;
+        (stats.sync_waits).record_many(waited_us, self.replies.len() as u64);
         for (reply, answer) in self.replies.into_iter().zip(self.answers) {
             let answer = match (answer, failure) {
                 (Ok(_), Some(failure)) => Err(failure.clone()),
@@ -140,7 +144,7 @@ pub fn run(
         waiting.extend(queue.try_iter().take(SYNC_QUEUE_GROUPS_MAX));
         let synced = sync_groups(sync.as_mut(), &waiting, &durable, &stats);
         for written in waiting.drain(..) {
-            written.answer(synced.as_ref().err());
+            written.answer(synced.as_ref().err(), &stats);
         }
     }
 }

@@ -37,6 +37,8 @@ pub struct Submission {
     pub request: Request,
     /// Where the answer goes.
     pub reply: oneshot::Sender<Result<Receipt, LedgerError>>,
+    /// When it joined the queue.
+    pub enqueued: Instant,
 }
 
 /// The group commit being gathered: its requests in queue order (as the state machine
@@ -44,6 +46,7 @@ pub struct Submission {
 struct Pending {
     requests: Vec<Request>,
     replies: Vec<oneshot::Sender<Answer>>,
+    enqueued: Vec<Instant>,
 }
 
 impl Pending {
@@ -51,12 +54,14 @@ impl Pending {
         Pending {
             requests: Vec::with_capacity(capacity),
             replies: Vec::with_capacity(capacity),
+            enqueued: Vec::with_capacity(capacity),
         }
     }
 
     fn push(&mut self, submission: Submission) {
         self.requests.push(submission.request);
         self.replies.push(submission.reply);
+        self.enqueued.push(submission.enqueued);
     }
 
     fn len(&self) -> usize {
@@ -124,9 +129,14 @@ impl Default for LatencyCounts {
 impl LatencyCounts {
     /// Counts one duration.
     pub fn record(&self, us: u64) {
+        self.record_many(us, 1);
+    }
+
+    /// Counts `times` durations of `us` each (the requests of one group commit).
+    pub fn record_many(&self, us: u64, times: u64) {
         let bucket = self.bounds_us.partition_point(|bound| *bound < us);
-        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.counts[bucket].fetch_add(times, Ordering::Relaxed);
+        self.sum_us.fetch_add(us * times, Ordering::Relaxed);
     }
 
     /// Adds `other`'s counts to these (a node's sum over the shards it leads).
@@ -182,6 +192,14 @@ pub struct WriterStats {
     /// the appends and writes in cluster mode. Its quantiles, beside the taps' in the same
     /// run, say which part of a tap's latency is the disk's.
     pub write_times: LatencyCounts,
+    /// Each request's wait in the queue, until the writer took it into a group commit.
+    pub queue_waits: LatencyCounts,
+    /// Each request's group commit being decided and written (not synced).
+    pub decide_writes: LatencyCounts,
+    /// Each request's wait from its group's write to its answer: the sync, and the end of
+    /// the sync before it when it started during one. With the three before, where a
+    /// request's time in the ledger goes.
+    pub sync_waits: LatencyCounts,
     /// Group commits whose write failed, and syncs that failed. After one, the ledger
     /// refuses every later request until the database is opened again
     /// (`server::run_until_stopped` does that).
@@ -199,18 +217,18 @@ pub enum Answers {
 
 impl Answers {
     /// Hands a written group commit on.
-    fn deliver(&self, written: Written, durable: &Durable) {
+    fn deliver(&self, written: Written, durable: &Durable, stats: &WriterStats) {
         match self {
             Answers::Now => {
                 durable.reached(written.group);
-                written.answer(None);
+                written.answer(None, stats);
             }
             Answers::AfterSync(syncer) => {
                 // Waits while the syncer's queue is full. A syncer that is gone (it
                 // panicked) cannot make the group durable: its callers hear so.
                 if let Err(SendError(written)) = syncer.send(written) {
                     durable.fail(LedgerError::Closed);
-                    written.answer(Some(&LedgerError::Closed));
+                    written.answer(Some(&LedgerError::Closed), stats);
                 }
             }
         }
@@ -302,6 +320,11 @@ fn gather(
 impl Writer {
     /// Commits the pending requests and hands their answers on, emptying `pending`.
     fn commit_and_answer(&mut self, pending: &mut Pending) {
+        let begun = Instant::now();
+        for enqueued in pending.enqueued.drain(..) {
+            let waited = begun.saturating_duration_since(enqueued);
+            self.stats.queue_waits.record(waited.as_micros() as u64);
+        }
         let group = self.durable.begin();
         let (answers, wrote) = match self.durable.failure() {
             // After a failed write or sync the database may hold writes that do not
@@ -325,8 +348,11 @@ impl Writer {
             wrote,
             answers,
             replies: pending.replies.drain(..).collect(),
+            written_at: Instant::now(),
         };
-        self.answers.deliver(written, &self.durable);
+        let decided_us = written.written_at.duration_since(begun).as_micros() as u64;
+        (self.stats.decide_writes).record_many(decided_us, written.replies.len() as u64);
+        self.answers.deliver(written, &self.durable, &self.stats);
     }
 
     /// Applies one group commit and writes it through the durability step; returns one

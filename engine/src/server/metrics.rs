@@ -36,10 +36,52 @@ pub struct Metrics {
     ledger_sync_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     ledger_sync_seconds_max: Gauge<f64, std::sync::atomic::AtomicU64>,
     ledger_sync_latency_seconds: CopiedHistogram,
+    ledger_stages: LedgerStageMetrics,
     process_cpu_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    process_run_delay_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     connections: ConnectionMetrics,
     /// One warning per [`WARNING_INTERVAL`] about taps that failed.
     tap_fault_warnings: WarningLimiter,
+}
+
+/// Where a request's time in the ledger goes, stage by stage (`ledger::WriterStats`).
+#[derive(Debug, Default)]
+struct LedgerStageMetrics {
+    queue_wait: CopiedHistogram,
+    decide_write: CopiedHistogram,
+    sync_wait: CopiedHistogram,
+}
+
+impl LedgerStageMetrics {
+    fn register(registry: &mut Registry) -> LedgerStageMetrics {
+        let stages = LedgerStageMetrics::default();
+        for (name, help, histogram) in [
+            (
+                "ledger_queue_wait_seconds",
+                "Each ledger request's wait in the writer's queue",
+                &stages.queue_wait,
+            ),
+            (
+                "ledger_decide_write_seconds",
+                "Each ledger request's group commit being decided and written, before its sync",
+                &stages.decide_write,
+            ),
+            (
+                "ledger_sync_wait_seconds",
+                "Each ledger request's wait from its group commit's write to its answer (the sync, and the rest of the one before when it started during one)",
+                &stages.sync_wait,
+            ),
+        ] {
+            registry.register(name, help, histogram.clone());
+        }
+        stages
+    }
+
+    fn set(&self, stats: &WriterStats) {
+        self.queue_wait.set(&stats.queue_waits);
+        self.decide_write.set(&stats.decide_writes);
+        self.sync_wait.set(&stats.sync_waits);
+    }
 }
 
 /// The listener's counters (`server::transport`).
@@ -172,6 +214,24 @@ fn process_cpu_seconds() -> Option<f64> {
     Some((user + system) as f64 / 100.0)
 }
 
+/// How long this process's threads have waited, runnable, for a core so far, in
+/// seconds: the machine's share of a tap's latency when its cores are busy. The sum over
+/// `/proc/self/task/*/schedstat` (the second field, nanoseconds; the kernel keeps it with
+/// `schedstats` or delay accounting, as Debian's does); a thread that has exited no longer
+/// counts. `None` where there are no such files.
+fn process_run_delay_seconds() -> Option<f64> {
+    let mut waited_ns: u64 = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        // A thread may end between the listing and the read: it no longer counts.
+        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        let field = stat.split_whitespace().nth(1);
+        waited_ns += field.and_then(|ns| ns.parse::<u64>().ok()).unwrap_or(0);
+    }
+    Some(waited_ns as f64 / 1e9)
+}
+
 impl Metrics {
     /// Every metric, registered.
     pub fn new() -> Metrics {
@@ -249,6 +309,13 @@ impl Metrics {
             "CPU time of the whole process (user and system) since start",
             process_cpu_seconds.clone(),
         );
+        let ledger_stages = LedgerStageMetrics::register(&mut registry);
+        let process_run_delay_seconds = Gauge::default();
+        registry.register(
+            "process_run_delay_seconds",
+            "Time the process's threads waited, runnable, for a core since start (threads still running)",
+            process_run_delay_seconds.clone(),
+        );
         let connections = ConnectionMetrics::register(&mut registry);
         Metrics {
             registry,
@@ -263,7 +330,9 @@ impl Metrics {
             ledger_sync_seconds,
             ledger_sync_seconds_max,
             ledger_sync_latency_seconds,
+            ledger_stages,
             process_cpu_seconds,
+            process_run_delay_seconds,
             connections,
             tap_fault_warnings: WarningLimiter::default(),
         }
@@ -352,8 +421,12 @@ impl Metrics {
         self.ledger_sync_seconds_max
             .set(ledger.write_time_us_max.load(Ordering::Relaxed) as f64 / 1e6);
         self.ledger_sync_latency_seconds.set(&ledger.write_times);
+        self.ledger_stages.set(ledger);
         if let Some(cpu) = process_cpu_seconds() {
             self.process_cpu_seconds.set(cpu);
+        }
+        if let Some(waited) = process_run_delay_seconds() {
+            self.process_run_delay_seconds.set(waited);
         }
         let mut text = String::new();
         if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
@@ -416,7 +489,8 @@ mod tests {
     }
 
     /// The bounds are fine (each at most 18% above the one before, 5 ms among them), and
-    /// the writer's synced writes and the process's CPU time reach `/metrics`.
+    /// the writer's synced writes, the stages of its requests and the process's CPU time
+    /// and wait for a core reach `/metrics`.
     #[test]
     fn sync_times_and_cpu_time_are_rendered_with_fine_buckets() {
         let bounds = latency_bounds_us();
@@ -432,8 +506,17 @@ mod tests {
         for us in [150, 170, 171, 40_000, 9_000_000] {
             stats.write_times.record(us);
         }
+        stats.queue_waits.record_many(40, 3);
+        stats.decide_writes.record(900);
+        stats.sync_waits.record_many(230, 2);
         let text = Metrics::new().render(&stats);
         for line in [
+            "fareway_ledger_queue_wait_seconds_count 3",
+            "fareway_ledger_queue_wait_seconds_sum 0.00012",
+            "fareway_ledger_queue_wait_seconds_bucket{le=\"0.00004\"} 3",
+            "fareway_ledger_decide_write_seconds_bucket{le=\"0.0008\"} 0",
+            "fareway_ledger_decide_write_seconds_bucket{le=\"0.0009\"} 1",
+            "fareway_ledger_sync_wait_seconds_bucket{le=\"0.00023\"} 2",
             "fareway_ledger_sync_latency_seconds_count 5",
             "fareway_ledger_sync_latency_seconds_sum 9.040491",
             "fareway_ledger_sync_latency_seconds_bucket{le=\"0.00015\"} 1",
@@ -444,10 +527,18 @@ mod tests {
         ] {
             assert!(text.lines().any(|got| got == line), "{line} not in\n{text}");
         }
-        let cpu = text
-            .lines()
-            .find_map(|line| line.strip_prefix("fareway_process_cpu_seconds "))
-            .map(|value| value.parse::<f64>().unwrap());
-        assert!(cpu.is_some_and(|seconds| seconds >= 0.0), "{text}");
+        for gauge in [
+            "fareway_process_cpu_seconds ",
+            "fareway_process_run_delay_seconds ",
+        ] {
+            let value = text
+                .lines()
+                .find_map(|line| line.strip_prefix(gauge))
+                .map(|value| value.parse::<f64>().unwrap());
+            assert!(
+                value.is_some_and(|seconds| seconds >= 0.0),
+                "{gauge}: {text}"
+            );
+        }
     }
 }
