@@ -70,12 +70,15 @@ echo "engine: fareway serve (127.0.0.1:$port); load: gate-sim --rate $rate --dur
   --finance-token-file "$out/finance.token" --fares "$root/docs/sample-city.toml" \
   --rate "$rate" --duration "$duration" --streaming --riders 2000 --out "$out/sim" \
   > "$out/sim.log" 2>&1 || { cat "$out/sim.log"; exit 1; }
+# The engine's CPU time so far, user and kernel (fields 14 and 15 of /proc/PID/stat, in
+# ticks): over the whole process, set-up included, so a share, not a per-tap figure.
+read -r user_ticks kernel_ticks < <(sed 's/.*) //' "/proc/$server/stat" | awk '{print $12, $13}')
 kill "$server"; wait "$server" 2>/dev/null || true; server=
 
 echo "bare verify: cargo bench -p fareway-benches --bench token -- bare_ed25519_verify"
 (cd "$root" && cargo bench -q -p fareway-benches --bench token -- bare_ed25519_verify --noplot) > "$out/bench.log" 2>&1
 
-python3 - "$out" <<'PY'
+python3 - "$out" "$user_ticks" "$kernel_ticks" <<'PY'
 import json, re, sys
 out = sys.argv[1]
 report = json.load(open(f"{out}/sim/report.json"))
@@ -110,6 +113,9 @@ stalls = [s for s in report["engine_by_second"] if (s["sync_longest_us"] or 10**
 print(f"seconds with a synced write of 10 ms or more: {len(stalls)} of {len(report['engine_by_second'])}: "
       + ", ".join(f"second {s['second']}: sync <= {s['sync_longest_us']} us, taps' p99 <= {s['tap_p99_us']} us"
                   for s in stalls))
+user, kernel = int(sys.argv[2]), int(sys.argv[3])
+print(f"engine CPU over its whole life: {100 * kernel / max(user + kernel, 1):.0f}% in the kernel "
+      f"(system calls: the sync, loopback TCP, waking threads), {100 * user / max(user + kernel, 1):.0f}% in user space")
 print(f"bare ring verify: {verify_us:.1f} us")
 print(f"CPU per tap / bare verify: {cpu['us_per_tap'] / verify_us:.2f}")
 PY
