@@ -111,6 +111,19 @@ fn submit_in_background(
     answered
 }
 
+/// Reads on a thread of its own; the value arrives on the returned channel.
+fn read_in_background<T: Send + 'static>(
+    ledger: &Arc<Ledger>,
+    read: impl FnOnce(&Ledger) -> T + Send + 'static,
+) -> Receiver<T> {
+    let (answer, answered) = channel();
+    let ledger = Arc::clone(ledger);
+    std::thread::spawn(move || {
+        let _ = answer.send(read(&ledger));
+    });
+    answered
+}
+
 /// Waits (at most 10 s) until the writer's write of `id` is readable.
 fn wait_until_written(ledger: &Ledger, id: u128) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -142,16 +155,27 @@ fn the_writer_decides_the_next_group_while_the_last_one_syncs_and_answers_only_a
     wait_until_written(&ledger, 2);
     still_waiting(&opened);
     still_waiting(&charged);
-    // A balance read now must not show the charge before it is durable.
-    let read = {
-        let (answer, answered) = channel();
-        let ledger = Arc::clone(&ledger);
-        std::thread::spawn(move || {
-            let _ = answer.send(ledger.account(AccountRef::Rider(5)));
-        });
-        answered
-    };
-    still_waiting(&read);
+    // Reads that answer callers must not show the charge before it is durable.
+    let balance = read_in_background(&ledger, |ledger| {
+        ledger
+            .account(AccountRef::Rider(5))
+            .unwrap()
+            .unwrap()
+            .balance
+    });
+    let recorded = read_in_background(&ledger, |ledger| {
+        ledger
+            .transaction(TxId(2))
+            .unwrap()
+            .map(|(sequence, _)| sequence)
+    });
+    let statement = read_in_background(&ledger, |ledger| {
+        let lines = ledger.statement(AccountRef::Rider(5), 0, 10).unwrap();
+        lines.iter().map(|line| line.amount).collect::<Vec<_>>()
+    });
+    still_waiting(&balance);
+    still_waiting(&recorded);
+    still_waiting(&statement);
 
     go.send(true).unwrap();
     assert_eq!(
@@ -159,13 +183,14 @@ fn the_writer_decides_the_next_group_while_the_last_one_syncs_and_answers_only_a
         Outcome::Accepted
     );
     still_waiting(&charged);
-    still_waiting(&read);
+    still_waiting(&balance);
     sync_started.recv().unwrap();
     go.send(true).unwrap();
     let receipt = charged.recv().unwrap().unwrap();
     assert_eq!(receipt.record.rider_balance_after, Some(Amount(-300)));
-    let account = read.recv().unwrap().unwrap().unwrap();
-    assert_eq!(account.balance, Amount(-300));
+    assert_eq!(balance.recv().unwrap(), Amount(-300));
+    assert_eq!(recorded.recv().unwrap(), Some(receipt.sequence));
+    assert_eq!(statement.recv().unwrap(), vec![Amount(-300)]);
     assert_eq!(ledger.stats().write_times.count(), 2);
 }
 
@@ -216,4 +241,46 @@ fn a_failed_sync_fails_its_callers_and_everything_after_until_reopened_and_a_ret
     let report = audit::audit(ledger.view()).unwrap();
     assert!(report.ok(), "{:?}", report.violations);
     assert_eq!(report.transactions, 3);
+}
+
+#[test]
+fn a_gate_bundle_holds_no_deny_listing_before_it_is_durable() {
+    use crate::commands::Commands;
+    use crate::gate::bundle::Bundles;
+    use crate::settlement::key::SettlementKey;
+    use crate::token::IssuerRegistry;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, sync_started, go) = open_held(dir.path());
+    let ledger = Arc::new(ledger);
+    let opened = submit_in_background(&ledger, request(1, open_account(5)));
+    sync_started.recv().unwrap();
+    go.send(true).unwrap();
+    opened.recv().unwrap().unwrap();
+
+    let denied = Command::SetStatus {
+        account_id: 5,
+        status: AccountStatus::Denied,
+    };
+    let denying = submit_in_background(&ledger, request(2, denied));
+    sync_started.recv().unwrap();
+    wait_until_written(&ledger, 2);
+    let bundle = {
+        let commands = Commands::Local(Arc::clone(&ledger));
+        let settings = fareway_gate::bundle::Settings {
+            code_validity_ms: 120_000,
+            clock_skew_ms: 30_000,
+        };
+        let bundles = Bundles::new(SettlementKey::from_seed([9; 32]), settings);
+        let registry = IssuerRegistry::from_toml("provider = []\nissuer_key = []\n").unwrap();
+        read_in_background(&ledger, move |_| {
+            let bundle = bundles.answer(&commands, &registry, 0, &[]).unwrap();
+            (bundle.version, bundle.delta)
+        })
+    };
+    still_waiting(&bundle);
+    go.send(true).unwrap();
+    denying.recv().unwrap().unwrap();
+    // Both transactions are in the version it carries: it waited for the sync.
+    assert_eq!(bundle.recv().unwrap(), (2, false));
 }

@@ -184,7 +184,7 @@ pub struct WriterStats {
     pub queue_depth: AtomicUsize,
     /// Group commits written.
     pub group_commits: AtomicU64,
-    /// Requests answered by the writer (not counting fast-path replays).
+    /// Requests the writer took into group commits (replays too).
     pub requests: AtomicU64,
     /// The longest durable step, in microseconds.
     pub write_time_us_max: AtomicU64,
