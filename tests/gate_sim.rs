@@ -160,7 +160,7 @@ async fn a_short_rush_hour_keeps_every_invariant_unary_and_streaming() {
             "{mode:?}"
         );
         assert!(server["p50"].as_u64().unwrap() <= server["p99"].as_u64().unwrap());
-        // The engine's CPU time and its writer's synced writes over the same window.
+        // The engine's CPU time and its ledger's syncs over the same window.
         assert!(
             json["server_cpu"]["us_per_tap"].as_f64().unwrap() > 0.0,
             "{mode:?}"
@@ -168,7 +168,17 @@ async fn a_short_rush_hour_keeps_every_invariant_unary_and_streaming() {
         let syncs = &json["ledger_sync_us"];
         assert!(syncs["syncs"].as_u64().unwrap() > 0, "{mode:?}");
         assert!(syncs["p50"].as_u64().unwrap() <= syncs["p999"].as_u64().unwrap());
-        // Second by second, the engine's taps beside its synced writes: every second's
+        // Where a ledger request's time went, stage by stage, and the wait for a core.
+        let stages = &json["ledger_stages_us"];
+        for stage in ["queue_wait", "decide_write", "sync_wait"] {
+            let (p50, p99) = (&stages[stage]["p50"], &stages[stage]["p99"]);
+            assert!(
+                p50.as_u64().unwrap() <= p99.as_u64().unwrap(),
+                "{mode:?}: {stages}"
+            );
+        }
+        assert!(stages["run_delay_us_per_tap"].as_f64().unwrap() >= 0.0);
+        // Second by second, the engine's taps beside its syncs: every second's
         // taps are among the window's, and the writer synced in them.
         let seconds = json["engine_by_second"].as_array().unwrap();
         assert!(seconds.len() >= 3, "{mode:?}: {seconds:?}");

@@ -101,7 +101,7 @@ sim = report["latency_us"]
 print(f"simulator latency (due to answer): p50 {sim['p50']} us, p99 {sim['p99']} us, p99.9 {sim['p999']} us")
 print(f"engine latency (bucket bounds): p50 <= {engine['p50']} us, p99 <= {engine['p99']} us, "
       f"p99.9 <= {engine['p999']} us")
-print(f"synced writes: {syncs['syncs']}, p50 <= {syncs['p50']} us, p99 <= {syncs['p99']} us, "
+print(f"syncs of the ledger's log: {syncs['syncs']}, p50 <= {syncs['p50']} us, p99 <= {syncs['p99']} us, "
       f"p99.9 <= {syncs['p999']} us, longest <= {syncs['max']} us")
 stages = report["ledger_stages_us"]
 if stages:

@@ -116,7 +116,7 @@ pub fn render(report: &serde_json::Value, run: &RunResult) -> String {
 }
 
 /// The chart of p50 and p99 latency by second of the run, and where the engine's metrics
-/// were read, its longest synced write in each second (a disk stall beside the taps it
+/// were read, its longest sync of the ledger's log in each second (a disk stall beside the taps it
 /// held up), as SVG.
 fn latency_over_time_chart(run: &RunResult, report: &serde_json::Value) -> String {
     let by_second = latency_by_second(run);

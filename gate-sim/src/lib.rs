@@ -522,7 +522,7 @@ fn quantile_json(window: &server_metrics::Window, q: f64) -> serde_json::Value {
         .map_or(json!("over 5 s"), |us| json!(us))
 }
 
-/// The report's `ledger_sync_us` object: the engine writer's synced writes in the
+/// The report's `ledger_sync_us` object: the engine's syncs of its ledger's log in the
 /// window, or null when the engine does not serve them.
 fn sync_json(window: Option<&server_metrics::ServerWindow>) -> serde_json::Value {
     let Some(syncs) = window.and_then(|window| window.syncs.as_ref()) else {
@@ -530,7 +530,7 @@ fn sync_json(window: Option<&server_metrics::ServerWindow>) -> serde_json::Value
     };
     let quantile = |q: f64| quantile_json(syncs, q);
     json!({
-        "measured": "by the engine (fareway_ledger_sync_latency_seconds, each synced write of a group commit): the upper bound of the bucket holding each quantile",
+        "measured": "by the engine (fareway_ledger_sync_latency_seconds, each sync of the ledger's log, covering every group commit written before it): the upper bound of the bucket holding each quantile",
         "syncs": syncs.count(),
         "p50": quantile(0.5),
         "p99": quantile(0.99),
@@ -540,7 +540,7 @@ fn sync_json(window: Option<&server_metrics::ServerWindow>) -> serde_json::Value
 }
 
 /// The report's `engine_by_second` list: per second of the run, the engine's taps and
-/// their p99 beside its synced writes and the longest of them (null without metrics).
+/// their p99 beside its syncs and the longest of them (null without metrics).
 fn by_second_json(window: Option<&server_metrics::ServerWindow>) -> serde_json::Value {
     let Some(window) = window else {
         return serde_json::Value::Null;
@@ -641,7 +641,7 @@ pub fn summary(report: &serde_json::Value) -> String {
     let (syncs, cpu) = (&report["ledger_sync_us"], &report["server_cpu"]);
     if !syncs.is_null() && !cpu.is_null() {
         text.push_str(&format!(
-            "engine process: {:.0} us of CPU per tap (with the simulator's when they share the process, as in `fareway demo`); {} synced writes, p50 <= {} us, p99 <= {} us, p99.9 <= {} us, longest <= {} us\n",
+            "engine process: {:.0} us of CPU per tap (with the simulator's when they share the process, as in `fareway demo`); {} syncs of the ledger's log, p50 <= {} us, p99 <= {} us, p99.9 <= {} us, longest <= {} us\n",
             cpu["us_per_tap"].as_f64().unwrap_or(0.0),
             syncs["syncs"], syncs["p50"], syncs["p99"], syncs["p999"], syncs["max"]
         ));

@@ -1,6 +1,6 @@
 //! The engine's own view of a run, scraped from its metrics endpoint before and after the
 //! load, so that the report gives figures of this run alone: its tap latency histogram
-//! (`fareway_tap_latency_seconds`), its writer's synced writes
+//! (`fareway_tap_latency_seconds`), its ledger's syncs
 //! (`fareway_ledger_sync_latency_seconds`), the stages of a request in its ledger
 //! ([`LEDGER_STAGES`]), its process CPU time (`fareway_process_cpu_seconds`) and its
 //! threads' wait for a core (`fareway_process_run_delay_seconds`).
@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// The tap latency histogram's name in the Prometheus text the engine serves.
 const TAP_LATENCY: &str = "fareway_tap_latency_seconds";
-/// The synced writes' histogram.
+/// The ledger's syncs' histogram.
 const SYNC_LATENCY: &str = "fareway_ledger_sync_latency_seconds";
 /// The process CPU gauge.
 const PROCESS_CPU: &str = "fareway_process_cpu_seconds";
@@ -133,7 +133,7 @@ fn histogram(text: &str, name: &str) -> anyhow::Result<Vec<(f64, u64)>> {
     Ok(buckets)
 }
 
-/// What the engine did between two scrapes: its taps' latency, its synced writes' times
+/// What the engine did between two scrapes: its taps' latency, its ledger's syncs' times
 /// and the CPU time it took (the last two where it serves them).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerWindow {
@@ -153,7 +153,7 @@ pub struct ServerWindow {
 }
 
 /// One second of the run as the engine saw it: the taps it answered and their p99, and
-/// its synced writes and the longest of them (upper bounds of their buckets), so that a
+/// its ledger's syncs and the longest of them (upper bounds of their buckets), so that a
 /// disk stall shows beside the taps it held up.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineSecond {

@@ -489,7 +489,7 @@ mod tests {
     }
 
     /// The bounds are fine (each at most 18% above the one before, 5 ms among them), and
-    /// the writer's synced writes, the stages of its requests and the process's CPU time
+    /// the ledger's syncs, the stages of its requests and the process's CPU time
     /// and wait for a core reach `/metrics`.
     #[test]
     fn sync_times_and_cpu_time_are_rendered_with_fine_buckets() {
