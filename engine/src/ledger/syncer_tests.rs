@@ -74,6 +74,17 @@ fn open_held(dir: &Path) -> (Ledger, Receiver<()>, Sender<bool>) {
     (ledger, sync_started, go)
 }
 
+/// [`open_held`] with rider 5's account opened and synced (request 1).
+fn open_held_with_rider(dir: &Path) -> (Arc<Ledger>, Receiver<()>, Sender<bool>) {
+    let (ledger, sync_started, go) = open_held(dir);
+    let ledger = Arc::new(ledger);
+    let opened = submit_in_background(&ledger, request(1, open_account(5)));
+    sync_started.recv().unwrap();
+    go.send(true).unwrap();
+    opened.recv().unwrap().unwrap();
+    (ledger, sync_started, go)
+}
+
 fn request(id: u128, command: Command) -> Request {
     Request {
         id: TxId(id),
@@ -103,16 +114,11 @@ fn submit_in_background(
     ledger: &Arc<Ledger>,
     request: Request,
 ) -> Receiver<Result<Receipt, LedgerError>> {
-    let (answer, answered) = channel();
-    let ledger = Arc::clone(ledger);
-    std::thread::spawn(move || {
-        let _ = answer.send(ledger.submit(request));
-    });
-    answered
+    in_background(ledger, move |ledger| ledger.submit(request))
 }
 
-/// Reads on a thread of its own; the value arrives on the returned channel.
-fn read_in_background<T: Send + 'static>(
+/// Runs `read` on a thread of its own; the value arrives on the returned channel.
+fn in_background<T: Send + 'static>(
     ledger: &Arc<Ledger>,
     read: impl FnOnce(&Ledger) -> T + Send + 'static,
 ) -> Receiver<T> {
@@ -156,20 +162,20 @@ fn the_writer_decides_the_next_group_while_the_last_one_syncs_and_answers_only_a
     still_waiting(&opened);
     still_waiting(&charged);
     // Reads that answer callers must not show the charge before it is durable.
-    let balance = read_in_background(&ledger, |ledger| {
+    let balance = in_background(&ledger, |ledger| {
         ledger
             .account(AccountRef::Rider(5))
             .unwrap()
             .unwrap()
             .balance
     });
-    let recorded = read_in_background(&ledger, |ledger| {
+    let recorded = in_background(&ledger, |ledger| {
         ledger
             .transaction(TxId(2))
             .unwrap()
             .map(|(sequence, _)| sequence)
     });
-    let statement = read_in_background(&ledger, |ledger| {
+    let statement = in_background(&ledger, |ledger| {
         let lines = ledger.statement(AccountRef::Rider(5), 0, 10).unwrap();
         lines.iter().map(|line| line.amount).collect::<Vec<_>>()
     });
@@ -198,13 +204,7 @@ fn the_writer_decides_the_next_group_while_the_last_one_syncs_and_answers_only_a
 fn a_failed_sync_fails_its_callers_and_everything_after_until_reopened_and_a_retry_charges_once() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let (ledger, sync_started, go) = open_held(dir.path());
-        let ledger = Arc::new(ledger);
-        let opened = submit_in_background(&ledger, request(1, open_account(5)));
-        sync_started.recv().unwrap();
-        go.send(true).unwrap();
-        opened.recv().unwrap().unwrap();
-
+        let (ledger, sync_started, go) = open_held_with_rider(dir.path());
         let charged = submit_in_background(&ledger, request(2, charge(5, 300)));
         sync_started.recv().unwrap();
         go.send(false).unwrap();
@@ -251,13 +251,7 @@ fn a_gate_bundle_holds_no_deny_listing_before_it_is_durable() {
     use crate::token::IssuerRegistry;
 
     let dir = tempfile::tempdir().unwrap();
-    let (ledger, sync_started, go) = open_held(dir.path());
-    let ledger = Arc::new(ledger);
-    let opened = submit_in_background(&ledger, request(1, open_account(5)));
-    sync_started.recv().unwrap();
-    go.send(true).unwrap();
-    opened.recv().unwrap().unwrap();
-
+    let (ledger, sync_started, go) = open_held_with_rider(dir.path());
     let denied = Command::SetStatus {
         account_id: 5,
         status: AccountStatus::Denied,
@@ -273,7 +267,7 @@ fn a_gate_bundle_holds_no_deny_listing_before_it_is_durable() {
         };
         let bundles = Bundles::new(SettlementKey::from_seed([9; 32]), settings);
         let registry = IssuerRegistry::from_toml("provider = []\nissuer_key = []\n").unwrap();
-        read_in_background(&ledger, move |_| {
+        in_background(&ledger, move |_| {
             let bundle = bundles.answer(&commands, &registry, 0, &[]).unwrap();
             (bundle.version, bundle.delta)
         })
