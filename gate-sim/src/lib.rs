@@ -515,8 +515,12 @@ fn server_latency_json(window: Option<&server_metrics::Window>) -> serde_json::V
 }
 
 /// Quantile `q` of an engine histogram's window as the report writes it: the upper bound
-/// of its bucket in microseconds, or "over 5 s" past the last bound.
+/// of its bucket in microseconds, "over 5 s" past the last bound, or null when the window
+/// is empty.
 fn quantile_json(window: &server_metrics::Window, q: f64) -> serde_json::Value {
+    if window.count() == 0 {
+        return serde_json::Value::Null;
+    }
     window
         .quantile_us(q)
         .map_or(json!("over 5 s"), |us| json!(us))

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use super::LedgerError;
 use super::durability::LogSync;
 use super::model::Receipt;
-use super::writer::{WriterStats, record_write_time};
+use super::writer::{FailOnPanic, WriterStats, fail, record_write_time};
 
 /// Most written group commits waiting for the syncer; past this the writer waits. A
 /// stalled disk thus holds the writer, and then the writer's bounded queue, not memory.
@@ -47,15 +47,15 @@ pub struct Written {
 }
 
 impl Written {
-    /// Sends each caller its answer; after a failed sync, every receipt becomes that
-    /// failure (a request's own refusal stays: it wrote nothing).
+    /// Sends each caller its answer; after a failed sync, every answer becomes that
+    /// failure (a conflict too: the record it conflicts with may not survive).
     pub fn answer(self, failure: Option<&LedgerError>, stats: &WriterStats) {
         let waited_us = self.written_at.elapsed().as_micros() as u64;
         (stats.sync_waits).record_many(waited_us, self.replies.len() as u64);
         for (reply, answer) in self.replies.into_iter().zip(self.answers) {
-            let answer = match (answer, failure) {
-                (Ok(_), Some(failure)) => Err(failure.clone()),
-                (answer, _) => answer,
+            let answer = match failure {
+                Some(failure) => Err(failure.clone()),
+                None => answer,
             };
             // A caller that gave up waiting has dropped its receiver; its transaction is
             // still recorded, and a retry with the same id gets this same receipt.
@@ -138,6 +138,10 @@ pub fn run(
     durable: Arc<Durable>,
     stats: Arc<WriterStats>,
 ) {
+    let _unwinding = FailOnPanic {
+        durable: Arc::clone(&durable),
+        stats: Arc::clone(&stats),
+    };
     let mut waiting = Vec::with_capacity(SYNC_QUEUE_GROUPS_MAX);
     while let Ok(first) = queue.recv() {
         waiting.push(first);
@@ -165,10 +169,9 @@ fn sync_groups(
         let synced = sync.sync();
         record_write_time(stats, started);
         if let Err(err) = synced {
-            stats.write_failures.fetch_add(1, Ordering::Relaxed);
             let groups = waiting.len();
             tracing::error!(cause = %err, groups, "ledger log sync failed");
-            durable.fail(err.clone());
+            fail(durable, stats, err.clone());
             return Err(err);
         }
     }

@@ -1,6 +1,7 @@
 //! Tests of deciding the next group commit while the last one syncs, on a real RocksDB:
 //! the write-ahead log's real sync, held back or failed by a test step around it.
 
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use std::time::{Duration, Instant};
 
@@ -8,6 +9,16 @@ use super::*;
 use crate::clock::UnixMillis;
 
 const T: UnixMillis = UnixMillis(1_800_000_000_000);
+
+/// The longest any step of these tests waits for another.
+const WAIT_MAX: Duration = Duration::from_secs(10);
+
+/// What arrives on `channel` within [`WAIT_MAX`].
+fn within<T>(channel: &Receiver<T>) -> T {
+    channel
+        .recv_timeout(WAIT_MAX)
+        .expect("nothing arrived within 10 s")
+}
 
 /// The local log, whose syncs wait for a go-ahead (and say when they start), or fail.
 struct HeldWal {
@@ -44,7 +55,9 @@ struct HeldSync {
 impl LogSync for HeldSync {
     fn sync(&mut self) -> Result<(), LedgerError> {
         let _ = self.started.send(());
-        match self.go.recv() {
+        // Bounded, so that a failing test never leaves the syncer (and the ledger's drop)
+        // waiting for ever.
+        match self.go.recv_timeout(WAIT_MAX) {
             Ok(true) => self.sync.sync(),
             _ => Err(LedgerError::Unavailable(
                 "test: the disk failed the sync".into(),
@@ -79,9 +92,9 @@ fn open_held_with_rider(dir: &Path) -> (Arc<Ledger>, Receiver<()>, Sender<bool>)
     let (ledger, sync_started, go) = open_held(dir);
     let ledger = Arc::new(ledger);
     let opened = submit_in_background(&ledger, request(1, open_account(5)));
-    sync_started.recv().unwrap();
+    within(&sync_started);
     go.send(true).unwrap();
-    opened.recv().unwrap().unwrap();
+    within(&opened).unwrap();
     (ledger, sync_started, go)
 }
 
@@ -130,16 +143,18 @@ fn in_background<T: Send + 'static>(
     answered
 }
 
-/// Waits (at most 10 s) until the writer's write of `id` is readable.
-fn wait_until_written(ledger: &Ledger, id: u128) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ledger.view().transaction(TxId(id)).unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "transaction {id} was never written"
-        );
+/// Waits (at most [`WAIT_MAX`]) until `done`.
+fn wait_until(done: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT_MAX;
+    while !done() {
+        assert!(Instant::now() < deadline, "not done within 10 s");
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// Waits until the writer's write of `id` is readable.
+fn wait_until_written(ledger: &Ledger, id: u128) {
+    wait_until(|| ledger.view().transaction(TxId(id)).unwrap().is_some());
 }
 
 fn still_waiting<T: std::fmt::Debug>(answered: &Receiver<T>) {
@@ -154,7 +169,7 @@ fn the_writer_decides_the_next_group_while_the_last_one_syncs_and_answers_only_a
     let ledger = Arc::new(ledger);
 
     let opened = submit_in_background(&ledger, request(1, open_account(5)));
-    sync_started.recv().unwrap();
+    within(&sync_started);
     // The account is written, its sync not done: the charge is decided on top of it (it
     // needs the account) while that sync is held.
     let charged = submit_in_background(&ledger, request(2, charge(5, 300)));
@@ -184,19 +199,16 @@ fn the_writer_decides_the_next_group_while_the_last_one_syncs_and_answers_only_a
     still_waiting(&statement);
 
     go.send(true).unwrap();
-    assert_eq!(
-        opened.recv().unwrap().unwrap().record.outcome,
-        Outcome::Accepted
-    );
+    assert_eq!(within(&opened).unwrap().record.outcome, Outcome::Accepted);
     still_waiting(&charged);
     still_waiting(&balance);
-    sync_started.recv().unwrap();
+    within(&sync_started);
     go.send(true).unwrap();
-    let receipt = charged.recv().unwrap().unwrap();
+    let receipt = within(&charged).unwrap();
     assert_eq!(receipt.record.rider_balance_after, Some(Amount(-300)));
-    assert_eq!(balance.recv().unwrap(), Amount(-300));
-    assert_eq!(recorded.recv().unwrap(), Some(receipt.sequence));
-    assert_eq!(statement.recv().unwrap(), vec![Amount(-300)]);
+    assert_eq!(within(&balance), Amount(-300));
+    assert_eq!(within(&recorded), Some(receipt.sequence));
+    assert_eq!(within(&statement), vec![Amount(-300)]);
     assert_eq!(ledger.stats().write_times.count(), 2);
 }
 
@@ -206,15 +218,31 @@ fn a_failed_sync_fails_its_callers_and_everything_after_until_reopened_and_a_ret
     {
         let (ledger, sync_started, go) = open_held_with_rider(dir.path());
         let charged = submit_in_background(&ledger, request(2, charge(5, 300)));
-        sync_started.recv().unwrap();
+        within(&sync_started);
+        wait_until_written(&ledger, 2);
+        // The same id with other content conflicts with a record that may not survive:
+        // its caller must not be told "conflict" for good.
+        let conflicting = submit_in_background(&ledger, request(2, charge(5, 999)));
+        wait_until(|| ledger.stats().requests.load(Ordering::Relaxed) == 3);
+        let waiting_reader = in_background(&ledger, |ledger| {
+            ledger.account(AccountRef::Rider(5)).map(|_| ())
+        });
+        still_waiting(&waiting_reader);
         go.send(false).unwrap();
-        let failed = charged.recv().unwrap().unwrap_err();
+        assert_eq!(
+            within(&waiting_reader).unwrap_err().to_string(),
+            "test: the disk failed the sync"
+        );
+        let failed = within(&charged).unwrap_err();
+        let not_a_conflict = within(&conflicting).unwrap_err();
+        assert_eq!(not_a_conflict.code(), "unavailable");
         assert_eq!(failed.code(), "unavailable");
         assert_eq!(failed.to_string(), "test: the disk failed the sync");
         // Nothing more is decided on top of a write whose outcome is unknown, and a
         // reader is told so rather than left waiting.
         let refused = ledger.submit(request(3, charge(5, 100))).unwrap_err();
         assert_eq!(refused.to_string(), "test: the disk failed the sync");
+        assert!(ledger.view().transaction(TxId(3)).unwrap().is_none());
         assert_eq!(
             ledger
                 .account(AccountRef::Rider(5))
@@ -222,13 +250,7 @@ fn a_failed_sync_fails_its_callers_and_everything_after_until_reopened_and_a_ret
                 .to_string(),
             "test: the disk failed the sync"
         );
-        assert_eq!(
-            ledger
-                .stats()
-                .write_failures
-                .load(std::sync::atomic::Ordering::Relaxed),
-            1
-        );
+        assert_eq!(ledger.stats().write_failures.load(Ordering::Relaxed), 1);
         drop(go);
     }
     // Opened again: the callers retry with the same ids, and each charge lands once.
@@ -257,7 +279,7 @@ fn a_gate_bundle_holds_no_deny_listing_before_it_is_durable() {
         status: AccountStatus::Denied,
     };
     let denying = submit_in_background(&ledger, request(2, denied));
-    sync_started.recv().unwrap();
+    within(&sync_started);
     wait_until_written(&ledger, 2);
     let bundle = {
         let commands = Commands::Local(Arc::clone(&ledger));
@@ -274,7 +296,7 @@ fn a_gate_bundle_holds_no_deny_listing_before_it_is_durable() {
     };
     still_waiting(&bundle);
     go.send(true).unwrap();
-    denying.recv().unwrap().unwrap();
+    within(&denying).unwrap();
     // Both transactions are in the version it carries: it waited for the sync.
-    assert_eq!(bundle.recv().unwrap(), (2, false));
+    assert_eq!(within(&bundle), (2, false));
 }

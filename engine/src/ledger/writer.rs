@@ -227,7 +227,7 @@ impl Answers {
                 // Waits while the syncer's queue is full. A syncer that is gone (it
                 // panicked) cannot make the group durable: its callers hear so.
                 if let Err(SendError(written)) = syncer.send(written) {
-                    durable.fail(LedgerError::Closed);
+                    fail(durable, stats, LedgerError::Closed);
                     written.answer(Some(&LedgerError::Closed), stats);
                 }
             }
@@ -261,6 +261,10 @@ impl std::fmt::Debug for Writer {
 
 /// Runs the writer loop until every sender is gone and the queue is drained.
 pub fn run(mut writer: Writer, queue: Receiver<Job>) {
+    let _unwinding = FailOnPanic {
+        durable: Arc::clone(&writer.durable),
+        stats: Arc::clone(&writer.stats),
+    };
     let mut pending = Pending::with_capacity(writer.group_commit_requests_max);
     while let Ok(first) = queue.recv() {
         let mut next = Some(first);
@@ -272,13 +276,7 @@ pub fn run(mut writer: Writer, queue: Receiver<Job>) {
                     records_max,
                     reply,
                 } => {
-                    let pruned = prune::prune_ids(
-                        &writer.view,
-                        writer.durability.as_mut(),
-                        before,
-                        records_max,
-                    );
-                    let _ = reply.send(pruned);
+                    let _ = reply.send(writer.prune(before, records_max));
                 }
                 Job::Apply(submission) => {
                     pending.push(submission);
@@ -317,7 +315,46 @@ fn gather(
     None
 }
 
+/// Records a failure after which the ledger decides nothing more, and counts it, so that
+/// the server opens the ledger again.
+pub fn fail(durable: &Durable, stats: &WriterStats, cause: LedgerError) {
+    stats.write_failures.fetch_add(1, Ordering::Relaxed);
+    durable.fail(cause);
+}
+
+/// Fails the ledger if its thread panics: readers waiting for a group the thread held
+/// would otherwise wait for ever, and the server would never open the ledger again.
+#[derive(Debug)]
+pub struct FailOnPanic {
+    /// What readers wait on.
+    pub durable: Arc<Durable>,
+    /// Where the failure is counted.
+    pub stats: Arc<WriterStats>,
+}
+
+impl Drop for FailOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            fail(&self.durable, &self.stats, LedgerError::Closed);
+        }
+    }
+}
+
 impl Writer {
+    /// Forgets ids (see [`prune::prune_ids`]); nothing after a failure, and a failed
+    /// write of its own fails the ledger like a group commit's.
+    fn prune(&mut self, before: UnixMillis, records_max: usize) -> Result<u64, LedgerError> {
+        if let Some(failure) = self.durable.failure() {
+            return Err(failure);
+        }
+        let pruned = prune::prune_ids(&self.view, self.durability.as_mut(), before, records_max);
+        if let Err(err @ LedgerError::Storage(_)) = &pruned {
+            tracing::error!(cause = %err, "forgetting old ids failed");
+            fail(&self.durable, &self.stats, err.clone());
+        }
+        pruned
+    }
+
     /// Commits the pending requests and hands their answers on, emptying `pending`.
     fn commit_and_answer(&mut self, pending: &mut Pending) {
         let begun = Instant::now();
@@ -379,18 +416,17 @@ impl Writer {
         let Err(err) = written else {
             return (answers, true);
         };
-        self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
         tracing::error!(cause = %err, requests = requests.len(), "ledger group commit failed");
-        self.durable.fail(err.clone());
+        fail(&self.durable, &self.stats, err.clone());
         let answers = answers
             .into_iter()
             .map(|answer| match answer {
                 // A replay of an id recorded in an earlier group commit is still true
-                // (once that group is durable: the syncer answers in order), and so is
-                // a request's own refusal (a conflict): neither wrote.
+                // (once that group is durable: the syncer answers in order). A conflict
+                // may be with a request of this group, whose record may not survive:
+                // every other answer is the failure, and a retry gets the truth.
                 Ok(receipt) if receipt.sequence < first_new_sequence => Ok(receipt),
-                Ok(_) => Err(err.clone()),
-                Err(own) => Err(own),
+                _ => Err(err.clone()),
             })
             .collect();
         (answers, true)
