@@ -1012,3 +1012,35 @@ async fn a_gate_decides_offline_from_the_engines_signed_bundles() {
         .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied);
 }
+
+/// The sweeper forgets ids past their retention (30 days by default): before that a retry
+/// is a replay; after, the same id is a new request, as `docs/ledger.md` says; the
+/// ledger still audits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_forgets_ids_past_their_retention() {
+    let server = TestServer::start(|config| config.taps.journey_sweep_interval_ms = 20).await;
+    let mut admin = server.admin(Some(ADMIN_TOKEN)).await;
+    open_rider(&mut admin, 1, 1001, 1, 2_000).await;
+    let retry = pb::TopUpRequest {
+        transaction_id: tx(2),
+        account_id: 1001,
+        amount_minor: 2_000,
+    };
+    // Sweeps within the retention forget nothing: the top-up's retry is a replay.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let replayed = admin.top_up(retry.clone()).await.unwrap().into_inner();
+    assert_eq!(replayed.balance_after_minor, Some(2_000));
+    // A day past the retention, a sweep forgets the id: the same request is new.
+    server.clock.set(at(31 * 24 * 60));
+    let mut balance = None;
+    for _ in 0..250 {
+        let answer = admin.top_up(retry.clone()).await.unwrap().into_inner();
+        balance = answer.balance_after_minor;
+        if balance != Some(2_000) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(balance, Some(4_000));
+    server.stop_and_audit().await;
+}

@@ -107,7 +107,7 @@ pub async fn start(
         slots,
         stopped.clone(),
     )));
-    tasks.push(tokio::spawn(server::sweep_journeys(
+    tasks.push(tokio::spawn(server::sweep(
         gate,
         Duration::from_millis(config.taps.journey_sweep_interval_ms),
         stopped,

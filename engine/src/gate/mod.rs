@@ -286,6 +286,29 @@ impl Gatekeeper {
         Ok(())
     }
 
+    /// Forgets the ids of transactions older than the ledger's retention
+    /// (`Ledger::prune_expired_ids`), a writer job of at most
+    /// `ledger::PRUNE_RECORDS_PER_JOB_MAX` records at a time, so that taps go on between
+    /// them, until none is left. Embedded mode only: a cluster's replicas would have to
+    /// forget through the shard's log, which is not built. Returns how many it forgot.
+    pub async fn forget_expired_ids(&self) -> Result<u64, GateError> {
+        let Some(ledger) = self.commands.local().cloned() else {
+            return Ok(0);
+        };
+        let now = self.clock.now();
+        let mut forgotten = 0;
+        loop {
+            let ledger = Arc::clone(&ledger);
+            let pruned = tokio::task::spawn_blocking(move || ledger.prune_expired_ids(now))
+                .await
+                .map_err(|err| LedgerError::Invariant(format!("pruning task failed: {err}")))??;
+            if pruned == 0 {
+                return Ok(forgotten);
+            }
+            forgotten += pruned;
+        }
+    }
+
     /// Closes journeys entered longer ago than the fares file's limit, charging each the
     /// maximum fare, up to [`SWEEP_JOURNEYS_PER_PASS_MAX`] per pass. Idempotent: each
     /// close has a transaction id and a time derived from the journey, so two sweepers, or

@@ -1,6 +1,7 @@
 //! The running engine: `fareway serve` opens the ledger with the fares, loads the issuer
 //! keys, and serves gRPC (gate, admin, settlement, health, reflection) and Prometheus metrics until it
-//! is told to stop; a sweeper closes journeys entered and never exited.
+//! is told to stop; a sweeper closes journeys entered and never exited, and forgets the
+//! ids of transactions past their retention.
 //!
 //! Shutdown is graceful: health turns NOT_SERVING, the listener stops accepting, calls in
 //! flight finish (up to a grace period), the sweeper stops, and the ledger's writer drains
@@ -92,7 +93,7 @@ async fn start_as(
     };
     let metrics_server = serve_metrics(&config, render, stopped.clone()).await?;
     let server = serve_grpc(&config, incoming, routes, &metrics, stopped.clone())?;
-    let sweeper = tokio::spawn(sweep_journeys(
+    let sweeper = tokio::spawn(sweep(
         Arc::clone(&gate),
         Duration::from_millis(config.taps.journey_sweep_interval_ms),
         stopped,
@@ -557,8 +558,9 @@ fn tls_config(tls: &TlsSettings) -> anyhow::Result<tonic::transport::ServerTlsCo
     Ok(config)
 }
 
-/// Every interval, closes journeys entered and never exited, until told to stop.
-pub(crate) async fn sweep_journeys(
+/// Every interval, closes journeys entered and never exited and forgets the ids of
+/// transactions older than the retention, until told to stop.
+pub(crate) async fn sweep(
     gate: Arc<Gatekeeper>,
     interval: Duration,
     mut stopped: watch::Receiver<bool>,
@@ -574,6 +576,11 @@ pub(crate) async fn sweep_journeys(
             Ok(0) => {}
             Ok(closed) => tracing::info!(closed, "closed journeys with no exit"),
             Err(err) => tracing::warn!(cause = %err, "journey sweep failed; it runs again"),
+        }
+        match gate.forget_expired_ids().await {
+            Ok(0) => {}
+            Ok(forgotten) => tracing::info!(forgotten, "forgot ids past their retention"),
+            Err(err) => tracing::warn!(cause = %err, "forgetting old ids failed; it runs again"),
         }
     }
 }
