@@ -299,9 +299,8 @@ impl Gatekeeper {
         let mut forgotten = 0;
         loop {
             let ledger = Arc::clone(&ledger);
-            let pruned = tokio::task::spawn_blocking(move || ledger.prune_expired_ids(now))
-                .await
-                .map_err(|err| LedgerError::Invariant(format!("pruning task failed: {err}")))??;
+            let pruned =
+                on_blocking_thread("pruning", move || ledger.prune_expired_ids(now)).await?;
             if pruned == 0 {
                 return Ok(forgotten);
             }
@@ -326,11 +325,10 @@ impl Gatekeeper {
         let limit_ms = self.fares.incomplete_journey_after_ms;
         let stale_before = self.clock.now().saturating_sub(limit_ms);
         let reader = Arc::clone(&ledger);
-        let stale = tokio::task::spawn_blocking(move || {
+        let stale = on_blocking_thread("sweeper", move || {
             reader.open_journeys_before(stale_before, SWEEP_JOURNEYS_PER_PASS_MAX)
         })
-        .await
-        .map_err(|err| LedgerError::Invariant(format!("sweeper task failed: {err}")))??;
+        .await?;
         let mut closed = 0;
         for (account_id, journey_id, entered_at) in stale {
             let request = Request {
@@ -361,4 +359,15 @@ pub fn close_journey_id(account_id: u64, journey_id: u64) -> TxId {
     let mut id = [0u8; 16];
     id.copy_from_slice(&digest.as_ref()[..16]);
     TxId(u128::from_be_bytes(id))
+}
+
+/// Runs a blocking ledger call off the async worker threads; a task that could not finish
+/// (it panicked) is an invariant broken, named by `what`.
+async fn on_blocking_thread<T: Send + 'static>(
+    what: &'static str,
+    call: impl FnOnce() -> Result<T, LedgerError> + Send + 'static,
+) -> Result<T, LedgerError> {
+    tokio::task::spawn_blocking(call)
+        .await
+        .map_err(|err| LedgerError::Invariant(format!("{what} task failed: {err}")))?
 }
