@@ -366,14 +366,7 @@ impl Writer {
         let (answers, wrote) = match self.durable.failure() {
             // After a failed write or sync the database may hold writes that do not
             // survive a restart: nothing is decided on top of them.
-            Some(failure) => (
-                pending
-                    .requests
-                    .iter()
-                    .map(|_| Err(failure.clone()))
-                    .collect(),
-                false,
-            ),
+            Some(failure) => (every_answer(&pending.requests, &failure), false),
             None => self.commit(&pending.requests),
         };
         self.stats
@@ -397,7 +390,7 @@ impl Writer {
     fn commit(&mut self, requests: &[Request]) -> (Vec<Answer>, bool) {
         let mut group = match GroupCommit::new(&self.view, &self.rules) {
             Ok(group) => group,
-            Err(err) => return (requests.iter().map(|_| Err(err.clone())).collect(), false),
+            Err(err) => return (every_answer(requests, &err), false),
         };
         let answers: Vec<_> = requests
             .iter()
@@ -431,6 +424,11 @@ impl Writer {
             .collect();
         (answers, true)
     }
+}
+
+/// The same error as every request's answer.
+fn every_answer(requests: &[Request], err: &LedgerError) -> Vec<Answer> {
+    requests.iter().map(|_| Err(err.clone())).collect()
 }
 
 /// Counts one durable step's time (a synced write or a sync).
