@@ -182,6 +182,17 @@ async fn a_short_rush_hour_keeps_every_invariant_unary_and_streaming() {
             assert!(bound("p50") <= bound("p99"), "{mode:?}: {stages}");
         }
         assert!(stages["run_delay_us_per_tap"].as_f64().unwrap() >= 0.0);
+        // Means, which add up stage by stage: every tap and every request took some time.
+        assert!(server["mean"].as_f64().unwrap() > 0.0, "{mode:?}: {server}");
+        assert!(stages["decide_write"]["mean"].as_f64().unwrap() > 0.0);
+        // The machine's cores over the window (at least those this process may use): the
+        // simulator's own CPU is part of it.
+        let machine = &json["machine_cpu"];
+        let usable = std::thread::available_parallelism().unwrap().get() as u64;
+        assert!(machine["cores"].as_u64().unwrap() >= usable, "{machine}");
+        let busy = machine["busy_share"].as_f64().unwrap();
+        assert!(busy > 0.0 && busy <= 1.0, "{machine}");
+        assert!(machine["simulator_us_per_tap"].as_f64().unwrap() > 0.0);
         // Second by second, the engine's taps beside its syncs: every second's
         // taps are among the window's, and the writer synced in them.
         let seconds = json["engine_by_second"].as_array().unwrap();

@@ -9,6 +9,7 @@ pub mod check;
 pub mod city;
 pub mod client;
 pub mod html;
+pub mod machine;
 pub mod offline;
 pub mod plan;
 pub mod provision;
@@ -119,7 +120,7 @@ pub async fn simulate(engine: &Engine, config: &SimConfig) -> anyhow::Result<Sim
         started.notify_one();
     }
     let plan = minted.plan;
-    let (played, server_window) = play_window(engine, config, &plan).await?;
+    let (played, server_window, machine) = play_window(engine, config, &plan).await?;
 
     let tally = Tally::of(&plan, &played);
     let (charged_once, statements) = check::charged_exactly_once(&admin, &plan, &played).await?;
@@ -141,7 +142,9 @@ pub async fn simulate(engine: &Engine, config: &SimConfig) -> anyhow::Result<Sim
         elapsed_s: played.elapsed.as_secs_f64(),
         provision_s,
         minting_s: minted.minting_s,
+        window_start: minted.start,
         server_window,
+        machine,
         tally,
         charged_once,
         scan_order,
@@ -236,14 +239,20 @@ async fn wait_for_window(start: UnixMillis, taps: usize) -> anyhow::Result<()> {
 }
 
 /// Plays the plan in the timed window (with a progress bar when asked), and the engine's
-/// own latency histogram over it when its metrics address is known.
+/// own latency histogram over it when its metrics address is known, and the machine's
+/// CPU over it.
 async fn play_window(
     engine: &Engine,
     config: &SimConfig,
     plan: &[PlannedTap],
-) -> anyhow::Result<(run::RunResult, Option<server_metrics::ServerWindow>)> {
+) -> anyhow::Result<(
+    run::RunResult,
+    Option<server_metrics::ServerWindow>,
+    Option<machine::MachineWindow>,
+)> {
     let bar = config.progress.then(|| progress_bar(plan.len()));
     let server_before = scrape_server(engine).await?;
+    let machine_before = machine::sample();
     let (stop_sampling, stopped) = tokio::sync::oneshot::channel();
     let sampler = engine
         .metrics_addr
@@ -268,6 +277,7 @@ async fn play_window(
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
+    let machine_after = machine::sample();
     let _ = stop_sampling.send(());
     let by_second = match sampler {
         Some(sampler) => sampler.await.unwrap_or_default(),
@@ -280,7 +290,10 @@ async fn play_window(
         }),
         _ => None,
     };
-    Ok((played, server_window))
+    let machine = machine_before
+        .zip(machine_after)
+        .and_then(|(before, after)| machine::MachineWindow::between(&before, &after));
+    Ok((played, server_window, machine))
 }
 
 /// A progress bar over the plan's taps.
@@ -369,7 +382,11 @@ struct Measured<'a> {
     elapsed_s: f64,
     provision_s: f64,
     minting_s: f64,
+    /// When the timed window started (the first tap's earliest due time).
+    window_start: UnixMillis,
     server_window: Option<server_metrics::ServerWindow>,
+    /// The machine's CPU over the window (null off Linux).
+    machine: Option<machine::MachineWindow>,
     tally: Tally,
     /// [`check::charged_exactly_once`]'s finding.
     charged_once: serde_json::Value,
@@ -405,6 +422,7 @@ impl Measured<'_> {
             "taps_not_sent": taps_total as u64 - tally.answered,
             "taps_per_second": tally.answered as f64 / elapsed_s.max(1e-9),
             "duration_s": elapsed_s,
+            "window_start_unix_ms": self.window_start.0,
             "mode": format!("{:?}", config.mode).to_lowercase(),
             "offered": config.profile.to_json(),
             "seed": config.seed,
@@ -418,6 +436,7 @@ impl Measured<'_> {
             "server_cpu": cpu_json(self.server_window.as_ref(), tally.answered),
             "ledger_stages_us": stages_json(self.server_window.as_ref(), tally.answered),
             "engine_by_second": by_second_json(self.server_window.as_ref()),
+            "machine_cpu": machine_json(self.machine.as_ref(), tally.answered, elapsed_s),
             "decisions": tally.decisions,
             "link_loss": link_loss_json(self.config, self.offline.as_ref(), tally.answered, elapsed_s),
             "faults": tally.faults.iter().map(|(fault, (injected, expected))| {
@@ -503,13 +522,14 @@ fn server_latency_json(window: Option<&server_metrics::Window>) -> serde_json::V
     window.map_or(serde_json::Value::Null, |window| {
         let quantile = |q: f64| quantile_json(window, q);
         json!({
-            "measured": "by the engine (fareway_tap_latency_seconds, from a tap's arrival to its answer): the upper bound of the bucket holding each quantile",
+            "measured": "by the engine (fareway_tap_latency_seconds, from a tap's arrival to its answer): the upper bound of the bucket holding each quantile, and the exact mean",
             "taps": window.count(),
             "p50": quantile(0.5),
             "p90": quantile(0.9),
             "p99": quantile(0.99),
             "p999": quantile(0.999),
             "within_5ms": window.share_within(0.005),
+            "mean": window.mean_us(),
         })
     })
 }
@@ -578,6 +598,25 @@ fn cpu_json(window: Option<&server_metrics::ServerWindow>, answered: u64) -> ser
     })
 }
 
+/// The report's `machine_cpu` object: how busy every core of the machine was over the
+/// window and the simulator's own share, or null where `/proc` cannot say.
+fn machine_json(
+    window: Option<&machine::MachineWindow>,
+    answered: u64,
+    elapsed_s: f64,
+) -> serde_json::Value {
+    let Some(window) = window else {
+        return serde_json::Value::Null;
+    };
+    json!({
+        "measured": "from /proc/stat (every core's busy ticks, every process) and /proc/self/stat (the simulator's own user and system time) before and after the window",
+        "cores": window.cores,
+        "busy_share": window.busy_share,
+        "simulator_cores": window.simulator_cpu_seconds / elapsed_s.max(1e-9),
+        "simulator_us_per_tap": window.simulator_cpu_seconds * 1e6 / answered.max(1) as f64,
+    })
+}
+
 /// The report's `ledger_stages_us` object: where a request's time in the engine's ledger
 /// went, stage by stage, and the engine's threads' wait for a core per tap answered (the
 /// machine's share when its cores are busy), or null when the engine does not serve them.
@@ -586,13 +625,14 @@ fn stages_json(window: Option<&server_metrics::ServerWindow>, answered: u64) -> 
         return serde_json::Value::Null;
     };
     let mut json = json!({
-        "measured": "by the engine, per ledger request (fareway_ledger_queue_wait_seconds, fareway_ledger_decide_write_seconds, fareway_ledger_sync_wait_seconds): the upper bound of the bucket holding each quantile; run_delay_us_per_tap: the growth of fareway_process_run_delay_seconds (the engine's threads runnable but waiting for a core) over the taps answered",
+        "measured": "by the engine, per ledger request (fareway_ledger_queue_wait_seconds, fareway_ledger_decide_write_seconds, fareway_ledger_sync_wait_seconds): the upper bound of the bucket holding each quantile, and the exact mean; run_delay_us_per_tap: the growth of fareway_process_run_delay_seconds (the engine's threads runnable but waiting for a core) over the taps answered",
     });
     for ((name, _), stage) in server_metrics::LEDGER_STAGES.iter().zip(stages) {
         json[*name] = json!({
             "p50": quantile_json(stage, 0.5),
             "p90": quantile_json(stage, 0.9),
             "p99": quantile_json(stage, 0.99),
+            "mean": stage.mean_us(),
         });
     }
     json["run_delay_us_per_tap"] = window
@@ -656,6 +696,23 @@ pub fn summary(report: &serde_json::Value) -> String {
             "engine ledger, per request (p50 bucket bounds): queue <= {} us, decide and write <= {} us, sync wait <= {} us; threads waited {:.0} us per tap for a core\n",
             stages["queue_wait"]["p50"], stages["decide_write"]["p50"], stages["sync_wait"]["p50"],
             stages["run_delay_us_per_tap"].as_f64().unwrap_or(0.0)
+        ));
+        let mean = |value: &serde_json::Value| value["mean"].as_f64().unwrap_or(0.0);
+        let ledger = ["queue_wait", "decide_write", "sync_wait"].map(|stage| mean(&stages[stage]));
+        text.push_str(&format!(
+            "engine latency, mean {:.0} us: ledger queue {:.0}, decide and write {:.0}, sync wait {:.0}, the rest {:.0} (checks, the signature, waking the tap's task)\n",
+            mean(server), ledger[0], ledger[1], ledger[2],
+            mean(server) - ledger.iter().sum::<f64>()
+        ));
+    }
+    let machine = &report["machine_cpu"];
+    if !machine.is_null() {
+        text.push_str(&format!(
+            "machine: {} cores, {:.0}% busy over the window (every process); the simulator used {:.2} of a core, {:.0} us per tap\n",
+            machine["cores"],
+            machine["busy_share"].as_f64().unwrap_or(0.0) * 100.0,
+            machine["simulator_cores"].as_f64().unwrap_or(0.0),
+            machine["simulator_us_per_tap"].as_f64().unwrap_or(0.0)
         ));
     }
     text.push_str("decisions:");

@@ -23,9 +23,15 @@ pub const LEDGER_STAGES: [(&str, &str); 3] = [
     ("sync_wait", "fareway_ledger_sync_wait_seconds"),
 ];
 
-/// Cumulative bucket counts: (upper bound in seconds, taps at or under it), in order.
+/// One histogram as scraped.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Buckets(pub Vec<(f64, u64)>);
+pub struct Buckets {
+    /// Cumulative counts: (upper bound in seconds, taps at or under it), in order.
+    pub counts: Vec<(f64, u64)>,
+    /// The sum of every value, seconds (the histogram's `_sum`), when the text has it:
+    /// means, unlike quantiles, add up stage by stage.
+    pub sum_seconds: Option<f64>,
+}
 
 /// One scrape: the tap latency histogram, and where the engine serves them, the synced
 /// writes' histogram and the process's CPU seconds.
@@ -57,10 +63,9 @@ pub fn parse_scrape(text: &str) -> anyhow::Result<Scrape> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(Scrape {
         taps: parse(text)?,
-        syncs: (!syncs.is_empty()).then_some(Buckets(syncs)),
+        syncs: (!syncs.counts.is_empty()).then_some(syncs),
         cpu_seconds: gauge(text, PROCESS_CPU),
-        stages: (stages.iter().all(|stage| !stage.is_empty()))
-            .then(|| stages.into_iter().map(Buckets).collect()),
+        stages: (stages.iter().all(|stage| !stage.counts.is_empty())).then_some(stages),
         run_delay_seconds: gauge(text, PROCESS_RUN_DELAY),
     })
 }
@@ -99,14 +104,14 @@ pub async fn metrics_text(addr: &str) -> anyhow::Result<String> {
 pub fn parse(text: &str) -> anyhow::Result<Buckets> {
     let buckets = histogram(text, TAP_LATENCY)?;
     anyhow::ensure!(
-        !buckets.is_empty(),
+        !buckets.counts.is_empty(),
         "no fareway_tap_latency_seconds histogram in the metrics"
     );
-    Ok(Buckets(buckets))
+    Ok(buckets)
 }
 
-/// The cumulative buckets of histogram `name` (empty when there is none).
-fn histogram(text: &str, name: &str) -> anyhow::Result<Vec<(f64, u64)>> {
+/// Histogram `name`'s cumulative buckets (empty when there is none) and its sum.
+fn histogram(text: &str, name: &str) -> anyhow::Result<Buckets> {
     let prefix = format!("{name}_bucket{{le=\"");
     let mut buckets = Vec::new();
     for line in text.lines() {
@@ -130,7 +135,10 @@ fn histogram(text: &str, name: &str) -> anyhow::Result<Vec<(f64, u64)>> {
             .with_context(|| format!("bad bucket count: {line}"))?;
         buckets.push((bound, count));
     }
-    Ok(buckets)
+    Ok(Buckets {
+        counts: buckets,
+        sum_seconds: gauge(text, &format!("{name}_sum")),
+    })
 }
 
 /// What the engine did between two scrapes: its taps' latency, its ledger's syncs' times
@@ -246,28 +254,44 @@ impl ServerWindow {
     }
 }
 
-/// The taps answered between two scrapes, and their latency quantiles.
+/// The taps answered between two scrapes, and their latency quantiles and mean.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Window {
     /// Cumulative counts of the taps between the scrapes.
     pub buckets: Vec<(f64, u64)>,
+    /// Their latencies' sum, seconds, when both scrapes had it.
+    pub sum_seconds: Option<f64>,
 }
 
 impl Window {
     /// The histogram of what happened between `before` and `after`.
     pub fn between(before: &Buckets, after: &Buckets) -> anyhow::Result<Window> {
+        let (was, is) = (&before.counts, &after.counts);
         anyhow::ensure!(
-            before.0.len() == after.0.len()
-                && before.0.iter().zip(&after.0).all(|(a, b)| a.0 == b.0),
+            was.len() == is.len() && was.iter().zip(is).all(|(a, b)| a.0 == b.0),
             "the engine's histogram buckets changed between the scrapes"
         );
-        let buckets = before
-            .0
+        let buckets = was
             .iter()
-            .zip(&after.0)
+            .zip(is)
             .map(|((bound, was), (_, is))| (*bound, is.saturating_sub(*was)))
             .collect();
-        Ok(Window { buckets })
+        let sum_seconds = before
+            .sum_seconds
+            .zip(after.sum_seconds)
+            .map(|(was, is)| (is - was).max(0.0));
+        Ok(Window {
+            buckets,
+            sum_seconds,
+        })
+    }
+
+    /// The mean, in microseconds, when the window has values and their sum.
+    pub fn mean_us(&self) -> Option<f64> {
+        let count = self.count();
+        self.sum_seconds
+            .filter(|_| count > 0)
+            .map(|sum| sum * 1e6 / count as f64)
     }
 
     /// Taps in the window.
@@ -306,12 +330,13 @@ mod tests {
     use super::*;
 
     const BEFORE: &str = "# TYPE fareway_tap_latency_seconds histogram\n\
-        fareway_tap_latency_seconds_sum 1.0\n\
+        fareway_tap_latency_seconds_sum 0.5\n\
         fareway_tap_latency_seconds_count 10\n\
         fareway_tap_latency_seconds_bucket{le=\"0.001\"} 4\n\
         fareway_tap_latency_seconds_bucket{le=\"0.005\"} 9\n\
         fareway_tap_latency_seconds_bucket{le=\"+Inf\"} 10\n";
-    const AFTER: &str = "fareway_tap_latency_seconds_bucket{le=\"0.001\"} 54\n\
+    const AFTER: &str = "fareway_tap_latency_seconds_sum 1.25\n\
+        fareway_tap_latency_seconds_bucket{le=\"0.001\"} 54\n\
         fareway_tap_latency_seconds_bucket{le=\"0.005\"} 157\n\
         fareway_tap_latency_seconds_bucket{le=\"+Inf\"} 160\n\
         fareway_taps_total{decision=\"accepted\",reason=\"none\"} 160\n";
@@ -331,6 +356,13 @@ mod tests {
         assert_eq!(window.quantile_us(0.99), None);
         assert_eq!(window.share_within(0.005), Some(148.0 / 150.0));
         assert_eq!(window.share_within(0.002), None);
+        // The mean from the sums: 0.75 s over 150 taps.
+        assert_eq!(window.sum_seconds, Some(0.75));
+        assert_eq!(window.mean_us(), Some(5_000.0));
+        // A scrape without a sum gives quantiles and no mean.
+        let unsummed = parse(&AFTER.replace("fareway_tap_latency_seconds_sum 1.25\n", "")).unwrap();
+        let window = Window::between(&parse(BEFORE).unwrap(), &unsummed).unwrap();
+        assert_eq!((window.count(), window.mean_us()), (150, None));
     }
 
     #[test]
@@ -362,8 +394,10 @@ mod tests {
         let with = |waited: &str, fast: u64, slow: u64| {
             let mut text = format!("{AFTER}fareway_process_run_delay_seconds {waited}\n");
             for (_, name) in LEDGER_STAGES {
+                let sum = slow as f64 * 0.0005;
                 text += &format!(
-                    "{name}_bucket{{le=\"0.0001\"}} {fast}\n\
+                    "{name}_sum {sum}\n\
+                     {name}_bucket{{le=\"0.0001\"}} {fast}\n\
                      {name}_bucket{{le=\"0.001\"}} {slow}\n\
                      {name}_bucket{{le=\"+Inf\"}} {slow}\n"
                 );
@@ -380,6 +414,8 @@ mod tests {
             assert_eq!(stage.count(), 100);
             assert_eq!(stage.quantile_us(0.5), Some(100));
             assert_eq!(stage.quantile_us(0.9), Some(1_000));
+            // 0.05 s over 100 requests.
+            assert_eq!(stage.mean_us().map(f64::round), Some(500.0));
         }
         // A thread that exited took its wait with it: the growth is never below zero.
         let shrunk = parse_scrape(&with("0.25", 60, 100)).unwrap();
@@ -396,6 +432,7 @@ mod tests {
         let window = Window::between(&before, &before).unwrap();
         assert_eq!(window.count(), 0);
         assert_eq!(window.quantile_us(0.99), None);
+        assert_eq!(window.mean_us(), None);
     }
 
     #[test]
