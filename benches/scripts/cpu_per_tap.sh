@@ -15,11 +15,15 @@
 # check (issue 16: the engine's p50 at most twice the sync's p50 plus a tap's CPU, its p99
 # at most the sync's p99.9 plus 1 ms), with how busy the machine's cores were.
 #
-# TRACE_SYNCS=1 also runs the engine under `strace -f --seccomp-bpf -e trace=fdatasync
-# -ttt -T` (only its fdatasync calls stop it) and takes the ledger-syncer thread's syncs
-# in the timed window: the disk's floor for a tap's latency in this very run, a tap
+# TRACE_SYNCS=1 also records the ledger-syncer thread's fdatasync calls with `perf record
+# -k mono -e syscalls:sys_enter_fdatasync -e syscalls:sys_exit_fdatasync -t TID` (kernel
+# tracepoints on that one thread: strace's stops on each sync doubled the engine's p50 at
+# 8,000 taps/s, and perf attached to every thread took a core of its own) and takes its
+# syncs in the timed window: the disk's floor for a tap's latency in this very run, a tap
 # arriving at a uniformly drawn moment that waits for the sync in flight, then for one
-# whole sync of its own (the next one the disk did), with no CPU spent at all.
+# whole sync of its own (the next one the disk did), with no CPU spent at all. The trace
+# goes to memory (/dev/shm): written to the ledger's disk, its pages made the ledger's own
+# syncs wait.
 #
 # Usage: benches/scripts/cpu_per_tap.sh   (RATE, DURATION and FAREWAY, GATE_SIM to change
 # the offered taps/s, the seconds, and the binaries; build them first with
@@ -35,9 +39,13 @@ gate_sim=${GATE_SIM:-$target/release/gate-sim}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=$(mktemp -d)
 server=
+recorder=
+trace=
 cleanup() {
+  if [[ -n $recorder ]]; then kill -INT "$recorder" 2>/dev/null || true; wait "$recorder" 2>/dev/null || true; fi
   if [[ -n $server ]]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
   rm -rf "$out"
+  if [[ -n $trace ]]; then rm -f "$trace" "$trace.txt"; fi
 }
 trap cleanup EXIT
 
@@ -65,20 +73,21 @@ $tokens
 ${LIMITS:-}
 EOF
 
-if [[ -n ${TRACE_SYNCS:-} ]]; then
-  RUST_LOG=warn strace -f --seccomp-bpf -e trace=fdatasync -ttt -T -o "$out/syncs.trace" \
-    "$fareway" serve --config "$out/server.toml" > "$out/server.log" 2>&1 &
-  server=$!
-  for _ in $(seq 100); do engine=$(pgrep -P "$server" || true); [[ -n $engine ]] && break; sleep 0.1; done
-else
-  RUST_LOG=warn "$fareway" serve --config "$out/server.toml" > "$out/server.log" 2>&1 &
-  server=$!
-  engine=$server
-fi
+RUST_LOG=warn "$fareway" serve --config "$out/server.toml" > "$out/server.log" 2>&1 &
+server=$!
 for _ in $(seq 100); do
   if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $port), 0.1)" 2>/dev/null; then break; fi
   sleep 0.1
 done
+syncer=$(grep -l '^ledger-syncer$' /proc/"$server"/task/*/comm 2>/dev/null | awk -F/ '{print $5}' || true)
+# The syncer thread alone, once the engine listens (attached to every thread, perf took a
+# core of its own).
+if [[ -n ${TRACE_SYNCS:-} ]]; then
+  trace=$(mktemp /dev/shm/fareway-syncs.XXXXXX)
+  perf record -q -k mono -e syscalls:sys_enter_fdatasync -e syscalls:sys_exit_fdatasync \
+    -t "$syncer" -o "$trace" > "$out/perf.log" 2>&1 &
+  recorder=$!
+fi
 
 echo "engine: fareway serve (127.0.0.1:$port); load: gate-sim --rate $rate --duration $duration --streaming --riders 2000"
 "$gate_sim" --server "http://127.0.0.1:$port" --metrics "127.0.0.1:$metrics_port" \
@@ -88,16 +97,19 @@ echo "engine: fareway serve (127.0.0.1:$port); load: gate-sim --rate $rate --dur
   > "$out/sim.log" 2>&1 || { cat "$out/sim.log"; exit 1; }
 # The engine's CPU time so far, user and kernel (fields 14 and 15 of /proc/PID/stat, in
 # ticks): over the whole process, set-up included, so a share, not a per-tap figure.
-read -r user_ticks kernel_ticks < <(sed 's/.*) //' "/proc/$engine/stat" | awk '{print $12, $13}')
-syncer=$(grep -l '^ledger-syncer$' /proc/"$engine"/task/*/comm 2>/dev/null | awk -F/ '{print $5}' || true)
-kill "$engine"; wait "$server" 2>/dev/null || true; server=
+read -r user_ticks kernel_ticks < <(sed 's/.*) //' "/proc/$server/stat" | awk '{print $12, $13}')
+if [[ -n $recorder ]]; then
+  kill -INT "$recorder"; wait "$recorder" 2>/dev/null || true; recorder=
+  perf script -i "$trace" -F tid,time,event > "$trace.txt" 2>> "$out/perf.log"
+fi
+kill "$server"; wait "$server" 2>/dev/null || true; server=
 
 echo "bare verify: cargo bench -p fareway-benches --bench token -- bare_ed25519_verify"
 (cd "$root" && cargo bench -q -p fareway-benches --bench token -- bare_ed25519_verify --noplot) > "$out/bench.log" 2>&1
 
-python3 - "$out" "$user_ticks" "$kernel_ticks" "$syncer" <<'PY'
-import bisect, json, os, random, re, sys
-out, syncer = sys.argv[1], sys.argv[4]
+python3 - "$out" "$user_ticks" "$kernel_ticks" "$syncer" "$trace" <<'PY'
+import bisect, json, random, re, sys, time
+out, syncer, trace = sys.argv[1], sys.argv[4], sys.argv[5]
 report = json.load(open(f"{out}/sim/report.json"))
 bench = open(f"{out}/bench.log").read()
 # criterion: "time:   [61.2 µs 61.8 µs 62.5 µs]": the middle figure is the estimate.
@@ -147,26 +159,29 @@ print(f"latency body (issue 16): engine p50 <= {engine['p50']} us against 2 x sy
       f"{syncs['p999'] + 1000} us (bucket bounds)")
 
 def traced_syncs(path, thread, start_s, end_s):
-    """The thread's fdatasync calls starting in [start_s, end_s): (start, seconds)."""
-    starts, syncs = {}, []
+    """The thread's fdatasync calls starting in [start_s, end_s) on the monotonic clock, from
+    `perf script -F tid,time,event` lines ("TID SECONDS: syscalls:sys_enter_fdatasync:"):
+    (start, seconds)."""
+    began, syncs = None, []
     for line in open(path):
-        fields = line.split(None, 2)
+        fields = line.split()
         if len(fields) < 3 or fields[0] != thread:
             continue
-        at, call = float(fields[1]), fields[2]
-        if call.startswith("fdatasync("):
-            starts[thread] = at
-        took = re.search(r"<([0-9.]+)>$", call.strip())
-        if took and thread in starts:
-            began = starts.pop(thread)
+        at = float(fields[1].rstrip(":"))
+        if fields[2].startswith("syscalls:sys_enter_fdatasync"):
+            began = at
+        elif fields[2].startswith("syscalls:sys_exit_fdatasync") and began is not None:
             if start_s <= began < end_s:
-                syncs.append((began, float(took.group(1))))
+                syncs.append((began, at - began))
+            began = None
     return sorted(syncs)
 
-trace = f"{out}/syncs.trace"
-if os.path.exists(trace) and syncer:
-    start_s = report["window_start_unix_ms"] / 1000
+if trace and syncer:
+    # perf's clock is the monotonic one; the report's window start is wall-clock time.
+    wall_minus_mono = time.clock_gettime(time.CLOCK_REALTIME) - time.clock_gettime(time.CLOCK_MONOTONIC)
+    start_s = report["window_start_unix_ms"] / 1000 - wall_minus_mono
     end_s = start_s + report["duration_s"]
+    trace += ".txt"
     traced = traced_syncs(trace, syncer, start_s, end_s)
     if not traced:
         sys.exit(f"no fdatasync of thread {syncer} in the window in {trace}")
@@ -184,7 +199,7 @@ if os.path.exists(trace) and syncer:
         floors.append(in_flight + after)
     floors.sort()
     busy = sum(durations) / (end_s - start_s)
-    print(f"the syncer's fdatasync in the window (strace -T): {len(traced)}, p50 {1e6 * pick(durations, 0.5):.0f} us, "
+    print(f"the syncer's fdatasync in the window (perf's tracepoints): {len(traced)}, p50 {1e6 * pick(durations, 0.5):.0f} us, "
           f"p99 {1e6 * pick(durations, 0.99):.0f} us, p99.9 {1e6 * pick(durations, 0.999):.0f} us, "
           f"longest {1e6 * durations[-1]:.0f} us; the disk synced {100 * busy:.0f}% of the window")
     print(f"the disk's floor for a tap in this run (the sync in flight, then a whole one; no CPU): "

@@ -59,10 +59,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         logs.display()
     );
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime =
+        fareway::server::runtime("fareway-demo").context("cannot start the async runtime")?;
     let nats = LocalNats::start(NODES, &temp.path().join("nats"))?;
     let cluster = ClusterConfig {
         nats_urls: nats.urls(),

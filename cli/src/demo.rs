@@ -120,10 +120,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     print_plan(&args, &data_dir);
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = server::runtime("fareway-demo").context("cannot start the async runtime")?;
     let (mut report, public_key) = runtime.block_on(run_engine(config, tokens, &sim))?;
 
     // The engine has stopped: audit its data directory.

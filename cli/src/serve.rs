@@ -35,11 +35,7 @@ pub fn run(args: ServeArgs, log_json: bool) -> anyhow::Result<ExitCode> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("fareway-server")
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = server::runtime("fareway-server").context("cannot start the async runtime")?;
     if let Some(cluster) = config.cluster.clone() {
         return runtime.block_on(serve_cluster_node(config, cluster));
     }
