@@ -185,6 +185,16 @@ async fn a_short_rush_hour_keeps_every_invariant_unary_and_streaming() {
         // Means, which add up stage by stage: every tap and every request took some time.
         assert!(server["mean"].as_f64().unwrap() > 0.0, "{mode:?}: {server}");
         assert!(stages["decide_write"]["mean"].as_f64().unwrap() > 0.0);
+        // A tap's time outside the ledger (its checks, its signature): every tap spends
+        // some. With the link lost, the ledger also served the offline gates' uploads in
+        // the window: their requests are not the taps', and no figure is made.
+        let outside = &stages["outside_ledger_us_per_tap"];
+        if mode == Mode::Streaming {
+            assert_eq!(outside, &serde_json::Value::Null, "{stages}");
+        } else {
+            let outside = outside.as_f64().unwrap();
+            assert!(outside > 0.0 && outside < server["mean"].as_f64().unwrap());
+        }
         // The machine's cores over the window (at least those this process may use): the
         // simulator's own CPU is part of it.
         let machine = &json["machine_cpu"];
@@ -192,6 +202,8 @@ async fn a_short_rush_hour_keeps_every_invariant_unary_and_streaming() {
         assert!(machine["cores"].as_u64().unwrap() >= usable, "{machine}");
         let busy = machine["busy_share"].as_f64().unwrap();
         assert!(busy > 0.0 && busy <= 1.0, "{machine}");
+        let steal = machine["steal_share"].as_f64().unwrap();
+        assert!((0.0..=1.0 - busy).contains(&steal), "{machine}");
         assert!(machine["simulator_us_per_tap"].as_f64().unwrap() > 0.0);
         // Second by second, the engine's taps beside its syncs: every second's
         // taps are among the window's, and the writer synced in them.

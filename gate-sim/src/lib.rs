@@ -609,9 +609,10 @@ fn machine_json(
         return serde_json::Value::Null;
     };
     json!({
-        "measured": "from /proc/stat (every core's busy ticks, every process) and /proc/self/stat (the simulator's own user and system time) before and after the window",
+        "measured": "from /proc/stat (every core's busy ticks, every process; steal_share: the ticks a virtual core wanted and the hypervisor gave elsewhere) and /proc/self/stat (the simulator's own user and system time) before and after the window",
         "cores": window.cores,
         "busy_share": window.busy_share,
+        "steal_share": window.steal_share,
         "simulator_cores": window.simulator_cpu_seconds / elapsed_s.max(1e-9),
         "simulator_us_per_tap": window.simulator_cpu_seconds * 1e6 / answered.max(1) as f64,
     })
@@ -625,7 +626,7 @@ fn stages_json(window: Option<&server_metrics::ServerWindow>, answered: u64) -> 
         return serde_json::Value::Null;
     };
     let mut json = json!({
-        "measured": "by the engine, per ledger request (fareway_ledger_queue_wait_seconds, fareway_ledger_decide_write_seconds, fareway_ledger_sync_wait_seconds): the upper bound of the bucket holding each quantile, and the exact mean; run_delay_us_per_tap: the growth of fareway_process_run_delay_seconds (the engine's threads runnable but waiting for a core) over the taps answered",
+        "measured": "by the engine, per ledger request (fareway_ledger_queue_wait_seconds, fareway_ledger_decide_write_seconds, fareway_ledger_sync_wait_seconds): the upper bound of the bucket holding each quantile, and the exact mean per request; outside_ledger_us_per_tap: the sum of the engine's tap latencies less every ledger stage's sum, over the taps the engine answered, or null when a stage counted more requests than taps (the ledger also served an offline gate's upload or top-ups) (a tap's mean time outside the ledger: its checks, its signature, its task waking for its answer; a tap refused before the ledger counts whole); run_delay_us_per_tap: the growth of fareway_process_run_delay_seconds (the engine's threads runnable but waiting for a core) over the taps answered",
     });
     for ((name, _), stage) in server_metrics::LEDGER_STAGES.iter().zip(stages) {
         json[*name] = json!({
@@ -635,6 +636,8 @@ fn stages_json(window: Option<&server_metrics::ServerWindow>, answered: u64) -> 
             "mean": stage.mean_us(),
         });
     }
+    json["outside_ledger_us_per_tap"] =
+        json!(window.and_then(server_metrics::ServerWindow::outside_ledger_us_per_tap));
     json["run_delay_us_per_tap"] = window
         .and_then(|window| window.run_delay_seconds)
         .map_or(json!(null), |waited| {
@@ -697,20 +700,25 @@ pub fn summary(report: &serde_json::Value) -> String {
             stages["queue_wait"]["p50"], stages["decide_write"]["p50"], stages["sync_wait"]["p50"],
             stages["run_delay_us_per_tap"].as_f64().unwrap_or(0.0)
         ));
-        let mean = |value: &serde_json::Value| value["mean"].as_f64().unwrap_or(0.0);
+        let mean = |value: &serde_json::Value| value["mean"].as_f64();
         let ledger = ["queue_wait", "decide_write", "sync_wait"].map(|stage| mean(&stages[stage]));
-        text.push_str(&format!(
-            "engine latency, mean {:.0} us: ledger queue {:.0}, decide and write {:.0}, sync wait {:.0}, the rest {:.0} (checks, the signature, waking the tap's task)\n",
-            mean(server), ledger[0], ledger[1], ledger[2],
-            mean(server) - ledger.iter().sum::<f64>()
-        ));
+        if let (Some(tap), [Some(queue), Some(decide), Some(sync)], Some(outside)) = (
+            mean(server),
+            ledger,
+            stages["outside_ledger_us_per_tap"].as_f64(),
+        ) {
+            text.push_str(&format!(
+                "engine latency, mean {tap:.0} us; per ledger request: queue {queue:.0}, decide and write {decide:.0}, sync wait {sync:.0}; outside the ledger, per tap: {outside:.0} (checks, the signature, waking the tap's task)\n"
+            ));
+        }
     }
     let machine = &report["machine_cpu"];
     if !machine.is_null() {
         text.push_str(&format!(
-            "machine: {} cores, {:.0}% busy over the window (every process); the simulator used {:.2} of a core, {:.0} us per tap\n",
+            "machine: {} cores, {:.0}% busy over the window (every process), {:.0}% taken by the hypervisor; the simulator used {:.2} of a core, {:.0} us per tap\n",
             machine["cores"],
             machine["busy_share"].as_f64().unwrap_or(0.0) * 100.0,
+            machine["steal_share"].as_f64().unwrap_or(0.0) * 100.0,
             machine["simulator_cores"].as_f64().unwrap_or(0.0),
             machine["simulator_us_per_tap"].as_f64().unwrap_or(0.0)
         ));

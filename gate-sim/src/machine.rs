@@ -13,8 +13,11 @@ const TICKS_PER_SECOND: f64 = 100.0;
 pub struct CpuSample {
     /// Cores counted (`cpuN` lines).
     cores: usize,
-    /// Ticks every core spent on anything but idling or waiting for I/O, summed.
+    /// Ticks every core spent on anything but idling, waiting for I/O, or waiting for the
+    /// hypervisor (steal), summed.
     busy_ticks: u64,
+    /// Ticks a virtual core wanted to run while the hypervisor ran something else.
+    steal_ticks: u64,
     /// Every tick of every core.
     total_ticks: u64,
     /// This process's user and system ticks, every thread.
@@ -29,6 +32,9 @@ pub struct MachineWindow {
     /// The share of all cores' time spent busy, 0 to 1 (every process: the engine, the
     /// simulator and anything else running).
     pub busy_share: f64,
+    /// The share of all cores' time taken by the hypervisor from a virtual machine that
+    /// wanted it, 0 to 1.
+    pub steal_share: f64,
     /// The simulator's own CPU time in the window, seconds.
     pub simulator_cpu_seconds: f64,
 }
@@ -65,7 +71,8 @@ pub fn parse(machine: &str, own: &str) -> Option<CpuSample> {
     let own_system: u64 = fields.next()?.parse().ok()?;
     Some(CpuSample {
         cores,
-        busy_ticks: user + nice + system + irq + softirq + steal,
+        busy_ticks: user + nice + system + irq + softirq,
+        steal_ticks: steal,
         total_ticks: user + nice + system + idle + iowait + irq + softirq + steal,
         own_ticks: own_user + own_system,
     })
@@ -76,10 +83,12 @@ impl MachineWindow {
     pub fn between(before: &CpuSample, after: &CpuSample) -> Option<MachineWindow> {
         let total = after.total_ticks.checked_sub(before.total_ticks)?;
         let busy = after.busy_ticks.checked_sub(before.busy_ticks)?;
+        let steal = after.steal_ticks.checked_sub(before.steal_ticks)?;
         let own = after.own_ticks.saturating_sub(before.own_ticks);
         (total > 0).then(|| MachineWindow {
             cores: after.cores,
             busy_share: busy as f64 / total as f64,
+            steal_share: steal as f64 / total as f64,
             simulator_cpu_seconds: own as f64 / TICKS_PER_SECOND,
         })
     }
@@ -94,9 +103,9 @@ mod tests {
     const OWN_BEFORE: &str = "4242 (gate sim) S 1 2 3 4 5 6 7 8 9 10 300 40 0 0 20 0 9";
     const OWN_AFTER: &str = "4242 (gate sim) S 1 2 3 4 5 6 7 8 9 10 450 90 0 0 20 0 9";
 
-    fn machine(user: u64, idle: u64, iowait: u64) -> String {
+    fn machine(user: u64, idle: u64, iowait: u64, steal: u64) -> String {
         format!(
-            "cpu  {user} 10 200 {idle} {iowait} 5 15 20 7 0\n\
+            "cpu  {user} 10 200 {idle} {iowait} 5 15 {steal} 7 0\n\
              cpu0 0 0 0 0 0 0 0 0 0 0\n\
              cpu1 0 0 0 0 0 0 0 0 0 0\n\
              intr 123\n"
@@ -105,21 +114,21 @@ mod tests {
 
     #[test]
     fn the_busy_share_counts_every_core_and_the_simulators_own_time_apart() {
-        let before = parse(&machine(1_000, 5_000, 100), OWN_BEFORE).unwrap();
-        let after = parse(&machine(1_300, 5_100, 200), OWN_AFTER).unwrap();
+        let before = parse(&machine(1_000, 5_000, 100, 20), OWN_BEFORE).unwrap();
+        let after = parse(&machine(1_300, 5_100, 150, 70), OWN_AFTER).unwrap();
         let window = MachineWindow::between(&before, &after).unwrap();
         assert_eq!(window.cores, 2);
-        // 500 ticks passed: 300 busy (user), 100 idle, 100 waiting for I/O.
-        assert_eq!(window.busy_share, 0.6);
+        // 500 ticks passed: 300 busy (user), 100 idle, 50 waiting for I/O, 50 stolen.
+        assert_eq!((window.busy_share, window.steal_share), (0.6, 0.1));
         // utime 300 -> 450 and stime 40 -> 90: 200 ticks.
         assert_eq!(window.simulator_cpu_seconds, 2.0);
     }
 
     #[test]
     fn no_tick_or_an_unreadable_text_gives_nothing() {
-        let sample = parse(&machine(1_000, 5_000, 100), OWN_BEFORE).unwrap();
+        let sample = parse(&machine(1_000, 5_000, 100, 20), OWN_BEFORE).unwrap();
         assert_eq!(MachineWindow::between(&sample, &sample), None);
         assert_eq!(parse("cpu  1 2 3\n", OWN_BEFORE), None);
-        assert_eq!(parse(&machine(1, 2, 3), "4242 (gate sim) S 1"), None);
+        assert_eq!(parse(&machine(1, 2, 3, 4), "4242 (gate sim) S 1"), None);
     }
 }
