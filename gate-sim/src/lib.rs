@@ -626,7 +626,7 @@ fn stages_json(window: Option<&server_metrics::ServerWindow>, answered: u64) -> 
         return serde_json::Value::Null;
     };
     let mut json = json!({
-        "measured": "by the engine, per ledger request (fareway_ledger_queue_wait_seconds, fareway_ledger_decide_write_seconds, fareway_ledger_sync_wait_seconds): the upper bound of the bucket holding each quantile, and the exact mean per request; outside_ledger_us_per_tap: the sum of the engine's tap latencies less every ledger stage's sum, over the taps the engine answered, or null when a stage counted more requests than taps (the ledger also served an offline gate's upload or top-ups) (a tap's mean time outside the ledger: its checks, its signature, its task waking for its answer; a tap refused before the ledger counts whole); run_delay_us_per_tap: the growth of fareway_process_run_delay_seconds (the engine's threads runnable but waiting for a core) over the taps answered",
+        "measured": "by the engine, per ledger request (fareway_ledger_queue_wait_seconds, fareway_ledger_decide_write_seconds, fareway_ledger_sync_wait_seconds): the upper bound of the bucket holding each quantile, and the exact mean per request; outside_ledger_us_per_tap: the sum of the engine's tap latencies less every ledger stage's sum, over the taps the engine answered, or null when a stage counted more requests than taps (the ledger also served an offline gate's upload or top-ups); a tap refused with a gRPC status after the ledger (an id conflict) has stages but no latency, and makes it slightly low (a tap's mean time outside the ledger: its checks, its signature, its task waking for its answer; a tap refused before the ledger counts whole); run_delay_us_per_tap: the growth of fareway_process_run_delay_seconds (the engine's threads runnable but waiting for a core) over the taps answered",
     });
     for ((name, _), stage) in server_metrics::LEDGER_STAGES.iter().zip(stages) {
         json[*name] = json!({
@@ -702,13 +702,13 @@ pub fn summary(report: &serde_json::Value) -> String {
         ));
         let mean = |value: &serde_json::Value| value["mean"].as_f64();
         let ledger = ["queue_wait", "decide_write", "sync_wait"].map(|stage| mean(&stages[stage]));
-        if let (Some(tap), [Some(queue), Some(decide), Some(sync)], Some(outside)) = (
-            mean(server),
-            ledger,
-            stages["outside_ledger_us_per_tap"].as_f64(),
-        ) {
+        if let (Some(tap), [Some(queue), Some(decide), Some(sync)]) = (mean(server), ledger) {
+            let outside = stages["outside_ledger_us_per_tap"].as_f64().map_or_else(
+                || "not known (the ledger also served requests that are not taps)".to_string(),
+                |outside| format!("{outside:.0}"),
+            );
             text.push_str(&format!(
-                "engine latency, mean {tap:.0} us; per ledger request: queue {queue:.0}, decide and write {decide:.0}, sync wait {sync:.0}; outside the ledger, per tap: {outside:.0} (checks, the signature, waking the tap's task)\n"
+                "engine latency, mean {tap:.0} us; per ledger request: queue {queue:.0}, decide and write {decide:.0}, sync wait {sync:.0}; outside the ledger, per tap: {outside} (checks, the signature, waking the tap's task)\n"
             ));
         }
     }

@@ -258,7 +258,9 @@ impl ServerWindow {
     /// refused before the ledger has no stages, and counts whole). `None` without the
     /// sums or taps, or when a stage counted more requests than there were taps: the
     /// ledger then also served requests that are not online taps (an offline gate's
-    /// upload, top-ups), and its stages' time is not the taps'.
+    /// upload, top-ups), and its stages' time is not the taps'. Approximate when taps
+    /// are refused with a gRPC status after the ledger (an id conflict): their stages
+    /// count, their latency does not.
     pub fn outside_ledger_us_per_tap(&self) -> Option<f64> {
         let taps = self.taps.count();
         let mut outside_s = self.taps.sum_seconds?;
