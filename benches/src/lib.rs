@@ -47,9 +47,17 @@ pub const CALLERS: u64 = 512;
 /// Rider accounts in a benchmark ledger.
 pub const RIDERS: u64 = 10_000;
 
-/// A ledger in a temporary directory with [`RIDERS`] riders of ample credit.
+/// A ledger in a temporary directory with [`RIDERS`] riders of ample credit, no fares.
 /// `BENCH_KEEP_DIR=1` keeps the directory: its RocksDB LOG shows flushes and stalls.
 pub fn ledger_with_riders(sync_writes: bool) -> (tempfile::TempDir, Ledger) {
+    ledger_with_riders_under(sync_writes, fareway::ledger::Rules::default())
+}
+
+/// [`ledger_with_riders`] under `rules` (the sample city's fares, for taps).
+pub fn ledger_with_riders_under(
+    sync_writes: bool,
+    rules: fareway::ledger::Rules,
+) -> (tempfile::TempDir, Ledger) {
     let dir = tempfile::Builder::new()
         .disable_cleanup(std::env::var_os("BENCH_KEEP_DIR").is_some())
         .tempdir()
@@ -59,7 +67,8 @@ pub fn ledger_with_riders(sync_writes: bool) -> (tempfile::TempDir, Ledger) {
         sync_writes,
         ..LedgerConfig::default()
     };
-    let ledger = Ledger::open(dir.path(), config).unwrap_or_else(|err| unreachable!("{err}"));
+    let ledger = Ledger::open_with_rules(dir.path(), config, rules)
+        .unwrap_or_else(|err| unreachable!("{err}"));
     for account_id in 0..RIDERS {
         let open = Command::OpenAccount {
             account_id,
@@ -167,15 +176,20 @@ pub fn made_once_then_measured(
     assert!(status.success(), "the measurement failed");
 }
 
+/// The sample city's fares (`docs/sample-city.toml`) and the default code retry window.
+pub fn sample_city_rules() -> fareway::ledger::Rules {
+    let fares = fareway::fares::FareTable::from_toml(include_str!("../../docs/sample-city.toml"))
+        .unwrap_or_else(|err| panic!("{err}"));
+    fareway::ledger::Rules {
+        fares: Some(std::sync::Arc::new(fares)),
+        code_retry_window_ms: fareway::ledger::CODE_RETRY_WINDOW_MS_DEFAULT,
+    }
+}
+
 /// The ledger of a large bench's set-up in `dir`: the sample city's fares, written
 /// without syncs (a crash would lose it; the set-up is not what is measured).
 pub fn unsynced_sample_city_ledger(dir: &std::path::Path) -> Ledger {
-    let fares = fareway::fares::FareTable::from_toml(include_str!("../../docs/sample-city.toml"))
-        .unwrap_or_else(|err| panic!("{err}"));
-    let rules = fareway::ledger::Rules {
-        fares: Some(std::sync::Arc::new(fares)),
-        code_retry_window_ms: fareway::ledger::CODE_RETRY_WINDOW_MS_DEFAULT,
-    };
+    let rules = sample_city_rules();
     let config = LedgerConfig {
         sync_writes: false,
         ..LedgerConfig::default()
