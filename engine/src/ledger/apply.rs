@@ -25,7 +25,7 @@ use super::model::{
 };
 use super::store::{
     CF_ACCOUNTS, CF_CODES, CF_DENY, CF_DENY_JOURNAL, CF_IDS, CF_LOG, CF_META, CF_OPEN_JOURNEYS,
-    CF_POSTINGS, CF_PROVIDER_ENTRIES, CF_REFUNDS, CF_RIDER_STEPS, CF_TRAVEL,
+    CF_POSTINGS, CF_PROVIDER_ENTRIES, CF_REFUNDS, CF_RIDER_STEPS,
 };
 use super::travel::{self, Priced, RecordedStep, Step, StepKind};
 use super::view::LedgerView;
@@ -40,7 +40,6 @@ struct Handles<'a> {
     refunds: &'a ColumnFamily,
     provider_entries: &'a ColumnFamily,
     meta: &'a ColumnFamily,
-    travel: &'a ColumnFamily,
     open_journeys: &'a ColumnFamily,
     codes: &'a ColumnFamily,
     deny: &'a ColumnFamily,
@@ -54,12 +53,13 @@ pub struct GroupCommit<'a> {
     rules: &'a Rules,
     cfs: Handles<'a>,
     accounts: HashMap<AccountRef, Account>,
+    /// Accounts to write: changed, or a rider's travel state changed (stored with it).
     dirty_accounts: HashSet<AccountRef>,
     ids: HashMap<TxId, u64>,
     records: HashMap<u64, Record>,
     refunded: HashMap<TxId, u64>,
+    /// Riders' travel states read or changed, by rider: read with the rider's account.
     travel: HashMap<u64, Travel>,
-    dirty_travel: HashSet<u64>,
     codes: HashMap<CodeFingerprint, CodeUse>,
     /// Riders' steps written by this group commit, by (rider, time, sequence).
     steps: BTreeMap<(u64, u64, u64), RecordedStep>,
@@ -108,7 +108,6 @@ impl<'a> GroupCommit<'a> {
             refunds: view.cf(CF_REFUNDS)?,
             provider_entries: view.cf(CF_PROVIDER_ENTRIES)?,
             meta: view.cf(CF_META)?,
-            travel: view.cf(CF_TRAVEL)?,
             open_journeys: view.cf(CF_OPEN_JOURNEYS)?,
             codes: view.cf(CF_CODES)?,
             deny: view.cf(CF_DENY)?,
@@ -125,7 +124,6 @@ impl<'a> GroupCommit<'a> {
             records: HashMap::new(),
             refunded: HashMap::new(),
             travel: HashMap::new(),
-            dirty_travel: HashSet::new(),
             codes: HashMap::new(),
             steps: BTreeMap::new(),
             refused_before: HashMap::new(),
@@ -149,22 +147,17 @@ impl<'a> GroupCommit<'a> {
     /// The atomic write that records the group commit, ending with the new next sequence.
     pub fn into_write(mut self) -> WriteBatch {
         for account_ref in &self.dirty_accounts {
-            if let Some(account) = self.accounts.get(account_ref) {
-                self.write.put_cf(
-                    self.cfs.accounts,
-                    codec::account_key(*account_ref),
-                    codec::encode_account(account),
-                );
-            }
-        }
-        for account_id in &self.dirty_travel {
-            if let Some(travel) = self.travel.get(account_id) {
-                self.write.put_cf(
-                    self.cfs.travel,
-                    codec::rider_key(*account_id),
-                    codec::encode_travel(travel),
-                );
-            }
+            let Some(account) = self.accounts.get(account_ref) else {
+                continue;
+            };
+            let value = match account_ref {
+                AccountRef::Rider(id) => {
+                    codec::encode_rider(account, &self.travel.get(id).copied().unwrap_or_default())
+                }
+                _ => codec::encode_account(account),
+            };
+            self.write
+                .put_cf(self.cfs.accounts, codec::account_key(*account_ref), value);
         }
         self.journal_deny_changes();
         self.write.put_cf(
@@ -403,7 +396,7 @@ impl<'a> GroupCommit<'a> {
     fn write_travel(&mut self, effects: &Effects) {
         if let Some((account_id, travel)) = effects.travel {
             self.travel.insert(account_id, travel);
-            self.dirty_travel.insert(account_id);
+            self.dirty_accounts.insert(AccountRef::Rider(account_id));
         }
         if let Some((entered_at, account_id)) = effects.closed_journey {
             self.write.delete_cf(
@@ -966,18 +959,14 @@ impl<'a> GroupCommit<'a> {
         })))
     }
 
-    /// A rider's travel state: this group commit's, else the stored one.
+    /// A rider's travel state: this group commit's, else the one stored with the rider's
+    /// account (none for a rider without an account).
     fn stored_travel(&mut self, account_id: u64) -> Result<Travel, LedgerError> {
-        if let Some(travel) = self.travel.get(&account_id) {
-            return Ok(*travel);
+        if !self.travel.contains_key(&account_id) {
+            // Reading the account reads its travel state too.
+            self.account(AccountRef::Rider(account_id))?;
         }
-        match self
-            .view
-            .get_pinned_cf(self.cfs.travel, codec::rider_key(account_id))?
-        {
-            Some(bytes) => codec::decode_travel(&bytes),
-            None => Ok(Travel::default()),
-        }
+        Ok(self.travel.get(&account_id).copied().unwrap_or_default())
     }
 
     /// Whether the rider's steps are recorded up to their latest: not so for a rider
@@ -1168,16 +1157,22 @@ impl<'a> GroupCommit<'a> {
         }
     }
 
+    /// An account: this group commit's, else the stored one. A rider's stored travel state
+    /// comes with it (one key).
     fn account(&mut self, account: AccountRef) -> Result<Option<Account>, LedgerError> {
         if let Some(found) = self.accounts.get(&account) {
             return Ok(Some(*found));
         }
-        let found = self.view.account(account)?;
+        let found = match account {
+            AccountRef::Rider(id) => self.view.rider(id)?.map(|(found, travel)| {
+                self.travel.entry(id).or_insert(travel);
+                self.refused_before.insert(id, found.refused_at_gates());
+                found
+            }),
+            _ => self.view.account(account)?,
+        };
         if let Some(found) = found {
             self.accounts.insert(account, found);
-            if let AccountRef::Rider(id) = account {
-                self.refused_before.insert(id, found.refused_at_gates());
-            }
         }
         Ok(found)
     }

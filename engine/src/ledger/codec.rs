@@ -101,21 +101,52 @@ pub fn decode_account_key(key: &[u8]) -> Result<AccountRef, LedgerError> {
     }
 }
 
-/// An account's value.
+/// An account's value (value version 1): status, provider, credit limit, balance.
 pub fn encode_account(account: &Account) -> Vec<u8> {
     let mut writer = Writer::default();
     writer.u8(VALUE_VERSION);
+    write_account_fields(&mut writer, account);
+    writer.0
+}
+
+/// The value version of a rider's account that carries the rider's travel state after its
+/// fields (storage format 7).
+const ACCOUNT_VERSION_WITH_TRAVEL: u8 = 2;
+
+/// A rider's account value with the rider's travel state: one key read and written per
+/// tap rather than two. A rider who has not travelled is written as a plain account
+/// (value version 1), so that one state has one encoding: replicas compare their bytes.
+pub fn encode_rider(account: &Account, travel: &Travel) -> Vec<u8> {
+    if *travel == Travel::default() {
+        return encode_account(account);
+    }
+    let mut writer = Writer::default();
+    writer.u8(ACCOUNT_VERSION_WITH_TRAVEL);
+    write_account_fields(&mut writer, account);
+    writer.bytes(&encode_travel(travel));
+    writer.0
+}
+
+fn write_account_fields(writer: &mut Writer, account: &Account) {
     writer.u8(status_code(account.status));
     writer.u16(account.provider_id);
     writer.i64(account.credit_limit.0);
     writer.i64(account.balance.0);
-    writer.0
 }
 
-/// Reads an account's value.
+/// Reads an account's value (a rider's travel state, if it holds one, is skipped).
 pub fn decode_account(bytes: &[u8]) -> Result<Account, LedgerError> {
+    Ok(decode_rider(bytes)?.0)
+}
+
+/// Reads a rider's account value: the account, and the rider's travel state (the
+/// default, no travel yet, for a plain account value).
+pub fn decode_rider(bytes: &[u8]) -> Result<(Account, Travel), LedgerError> {
     let mut reader = Reader::new(bytes, "account");
-    reader.version()?;
+    let version = reader.u8()?;
+    if version != VALUE_VERSION && version != ACCOUNT_VERSION_WITH_TRAVEL {
+        return Err(corrupt("account", "unknown value version"));
+    }
     let status = status_from(reader.u8()?).ok_or_else(|| corrupt("account", "unknown status"))?;
     let account = Account {
         status,
@@ -123,8 +154,11 @@ pub fn decode_account(bytes: &[u8]) -> Result<Account, LedgerError> {
         credit_limit: Amount(reader.i64()?),
         balance: Amount(reader.i64()?),
     };
-    reader.end()?;
-    Ok(account)
+    if version == VALUE_VERSION {
+        reader.end()?;
+        return Ok((account, Travel::default()));
+    }
+    Ok((account, decode_travel(reader.rest())?))
 }
 
 /// The key of a posting: the account's key, then the sequence.
@@ -662,9 +696,14 @@ fn read_journey(reader: &mut Reader<'_>) -> Result<Option<Journey>, LedgerError>
     })
 }
 
-/// The key of a rider's travel state (and of anything else keyed by rider).
+/// The key of anything keyed by rider (`deny`, and `travel` before storage format 7).
 pub fn rider_key(account_id: u64) -> [u8; 8] {
     account_id.to_be_bytes()
+}
+
+/// The rider a rider key names.
+pub fn decode_rider_key(key: &[u8]) -> Result<u64, LedgerError> {
+    decode_sequence(key, "rider key")
 }
 
 /// The value version of a travel state that ends with the latest step's time.
@@ -1217,6 +1256,10 @@ impl<'a> Reader<'a> {
     fn u128(&mut self) -> Result<u128, LedgerError> {
         Ok(u128::from_be_bytes(self.array()?))
     }
+    /// Everything not read yet.
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.bytes)
+    }
     fn end(&self) -> Result<(), LedgerError> {
         if self.bytes.is_empty() {
             Ok(())
@@ -1545,6 +1588,51 @@ mod tests {
         for travel in [Travel::default(), travel] {
             assert_eq!(decode_travel(&encode_travel(&travel)).unwrap(), travel);
         }
+    }
+
+    /// A rider's account value carries the travel state after the account's 20 bytes
+    /// (value version 2); a rider who has not travelled is a plain account (version 1),
+    /// so that one state has one encoding, and every account reader reads both.
+    #[test]
+    fn a_rider_value_holds_the_account_then_the_travel_state() {
+        let account = Account {
+            status: AccountStatus::Denied,
+            provider_id: 3,
+            credit_limit: Amount(500),
+            balance: Amount(-120),
+        };
+        let travel = Travel {
+            open_journey: Some(OpenJourney {
+                id: 9,
+                station: 100,
+                entered_at: UnixMillis(6),
+                concessions: 0,
+            }),
+            latest_step_at: UnixMillis(6),
+            ..Travel::default()
+        };
+        let plain = encode_account(&account);
+        assert_eq!(encode_rider(&account, &Travel::default()), plain);
+        assert_eq!(decode_rider(&plain).unwrap(), (account, Travel::default()));
+        let with_travel = encode_rider(&account, &travel);
+        let mut expected = vec![2u8];
+        expected.extend_from_slice(&plain[1..]);
+        expected.extend(encode_travel(&travel));
+        assert_eq!(with_travel, expected);
+        assert_eq!(decode_rider(&with_travel).unwrap(), (account, travel));
+        assert_eq!(decode_account(&with_travel).unwrap(), account);
+        for len in 0..with_travel.len() {
+            assert!(matches!(
+                decode_rider(&with_travel[..len]),
+                Err(LedgerError::Corrupt { .. })
+            ));
+        }
+        let mut unknown = with_travel;
+        unknown[0] = 3;
+        assert!(matches!(
+            decode_rider(&unknown),
+            Err(LedgerError::Corrupt { .. })
+        ));
     }
 
     /// The bytes of a version 1 or 2 travel state: day 20,000, 1,200 charged, last trip at

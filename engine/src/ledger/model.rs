@@ -102,8 +102,8 @@ pub struct Journey {
 }
 
 /// A rider's travel state: the open journey, if any, and what the caps, tiers, transfer
-/// discount and hopper need (`fares::RiderTotals`). Stored per rider, changed only by
-/// taps and journey closes.
+/// discount and hopper need (`fares::RiderTotals`). Stored in the rider's account value
+/// (`codec::encode_rider`), changed only by taps and journey closes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Travel {
     /// What the rider paid in the current service day, week and month.

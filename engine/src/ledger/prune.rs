@@ -24,7 +24,7 @@ use super::LedgerError;
 use super::codec::{self, META_DENY_JOURNAL_FROM, META_IDS_PRUNED_BELOW};
 use super::durability::Durability;
 use super::model::{Command, Outcome};
-use super::store::{CF_DENY_JOURNAL, CF_IDS, CF_LOG, CF_META, CF_RIDER_STEPS, CF_TRAVEL};
+use super::store::{CF_DENY_JOURNAL, CF_IDS, CF_LOG, CF_META, CF_RIDER_STEPS};
 use super::view::LedgerView;
 
 /// The first log sequence whose id has not been pruned.
@@ -131,11 +131,9 @@ fn forget_deny_changes_below(
 /// state before its day, with the week's and month's totals, even for a rider who had
 /// not travelled for longer than the retention.
 fn is_newest_step(view: &LedgerView, rider: u64, time: UnixMillis) -> Result<bool, LedgerError> {
-    let travel = view.get_pinned_cf(view.cf(CF_TRAVEL)?, codec::rider_key(rider))?;
-    Ok(match travel {
-        Some(bytes) => codec::decode_travel(&bytes)?.latest_step_at == time,
-        None => false,
-    })
+    Ok(view
+        .rider(rider)?
+        .is_some_and(|(_, travel)| travel.latest_step_at == time))
 }
 
 /// The rider whose step a record is, when it is one: an accepted tap or journey close.

@@ -29,7 +29,10 @@ pub const CF_REFUNDS: &str = "refunds";
 pub const CF_PROVIDER_ENTRIES: &str = "provider_entries";
 /// Metadata: named keys (the `META_*` constants in [`super::codec`]).
 pub const CF_META: &str = "meta";
-/// Travel state: rider account id (8) → the rider's open journey and today's totals.
+/// Travel states before storage format 7: rider account id (8) → the rider's open journey
+/// and totals. Since format 7 a rider's travel state is stored in the rider's account
+/// value (one key read and written a tap, not two): the upgrade moves every entry there
+/// and leaves this family empty. It is kept so that a directory of any format opens.
 pub const CF_TRAVEL: &str = "travel";
 /// Open journeys by age, for the sweeper: entry time (8) + rider (8) → journey id (8).
 pub const CF_OPEN_JOURNEYS: &str = "open_journeys";
@@ -76,16 +79,18 @@ pub const COLUMN_FAMILIES: [&str; 14] = [
 /// the `deny` and `deny_journal` column families. Version 5 added `rider_steps`, offline
 /// taps and fare corrections in records, and the latest step's time in travel states.
 /// Version 6 added the rider's week and month totals to travel states and rider steps
-/// (value version 3; older values are still read).
-pub const FORMAT_VERSION: u32 = 6;
+/// (value version 3; older values are still read). Version 7 stores a rider's travel state
+/// in the rider's account value (account value version 2), `travel` left empty.
+pub const FORMAT_VERSION: u32 = 7;
 
 /// Older formats this build upgrades in place on open: they differ only by missing column
 /// families, which the open creates; `deny` is then filled from the accounts (before
 /// version 4). Riders' steps before the upgrade are not in `rider_steps`: a late tap
 /// re-prices its day from the steps recorded since. A version 5 directory only needs its
 /// version rewritten: its travel states and steps are read as they are, their week and
-/// month totals starting at zero.
-pub const FORMAT_VERSIONS_UPGRADED: [u32; 4] = [2, 3, 4, 5];
+/// month totals starting at zero. Before version 7, travel states are moved into their
+/// riders' accounts.
+pub const FORMAT_VERSIONS_UPGRADED: [u32; 5] = [2, 3, 4, 5, 6];
 
 /// Memory the ledger's RocksDB may use for caching, and how it is split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,6 +302,9 @@ fn check_format_version(db: &DB, shown: &str) -> Result<(), LedgerError> {
                 codec::encode_sequence(next),
             );
         }
+        if from < 7 {
+            move_travel_into_accounts(db, &mut write)?;
+        }
         write.put_cf(meta, META_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
         db.write_opt(write, &synced)?;
         tracing::info!(path = %shown, from, to = FORMAT_VERSION, "ledger data directory upgraded");
@@ -322,6 +330,34 @@ fn fill_deny(db: &DB, write: &mut rocksdb::WriteBatch) -> Result<(), LedgerError
         {
             write.put_cf(deny, codec::rider_key(id), []);
         }
+    }
+    Ok(())
+}
+
+/// Moves every rider's travel state from `travel` into the rider's account value (storage
+/// format 7), in the upgrade's one write: a crash before it leaves the old format whole.
+fn move_travel_into_accounts(db: &DB, write: &mut rocksdb::WriteBatch) -> Result<(), LedgerError> {
+    let handle = |name| {
+        db.cf_handle(name)
+            .ok_or(LedgerError::MissingColumnFamily(name))
+    };
+    let (accounts, travel) = (handle(CF_ACCOUNTS)?, handle(CF_TRAVEL)?);
+    for entry in db.iterator_cf(travel, rocksdb::IteratorMode::Start) {
+        let (key, value) = entry?;
+        let rider = codec::decode_rider_key(&key)?;
+        let account_key = codec::account_key(super::model::AccountRef::Rider(rider));
+        let account = db
+            .get_pinned_cf(accounts, account_key)?
+            .ok_or(LedgerError::Corrupt {
+                what: "travel state",
+                problem: "its rider has no account",
+            })?;
+        let rider_value = codec::encode_rider(
+            &codec::decode_account(&account)?,
+            &codec::decode_travel(&value)?,
+        );
+        write.put_cf(accounts, account_key, rider_value);
+        write.delete_cf(travel, key);
     }
     Ok(())
 }

@@ -449,9 +449,10 @@ fn a_ledger_without_fares_refuses_taps_as_a_fault() {
     assert!(matches!(ledger.submit(request), Err(LedgerError::NoFares)));
 }
 
-/// A storage format 5 directory is upgraded to 6 on open, and a rider's travel state
-/// written by format 5 (value version 2: the day's total only) keeps counting towards the
-/// daily cap.
+/// A storage format 5 directory is upgraded to 7 on open: a rider's travel state written
+/// by format 5 (value version 2: the day's total only) moves into the rider's account
+/// value, `travel` is left empty, and the day's total keeps counting towards the daily
+/// cap.
 #[test]
 fn a_format_5_ledger_is_upgraded_and_its_day_totals_still_cap_the_day() {
     let dir = tempfile::tempdir().unwrap();
@@ -506,9 +507,57 @@ fn a_format_5_ledger_is_upgraded_and_its_day_totals_still_cap_the_day() {
         .get_pinned_cf(meta, codec::META_FORMAT_VERSION)
         .unwrap()
         .unwrap();
-    assert_eq!(&version[..], &6u32.to_be_bytes());
+    assert_eq!(&version[..], &7u32.to_be_bytes());
+    let travel_cf = ledger.view().cf(store::CF_TRAVEL).unwrap();
+    let left = ledger
+        .view()
+        .iterator_cf(travel_cf, rocksdb::IteratorMode::Start)
+        .count();
+    assert_eq!(left, 0);
+    let (_, travel) = ledger.view().rider(RIDER).unwrap().unwrap();
+    assert_eq!(travel.totals.charged_today, Amount(1_400));
+    assert_eq!(travel.latest_step_at, T);
     submit(&ledger, 10, at(300), tap(entry(101), 7, 10));
     let exited = submit(&ledger, 11, at(340), tap(exit(104), 8, 11));
     assert_eq!(exited.record.rider_charge(), Amount(100));
+    assert_audit_ok(&ledger);
+}
+
+/// A tap reads and writes its rider as one key (storage format 7): the travel state is in
+/// the rider's account value, `travel` stays empty, and the account's balance and the
+/// open journey come back from the same value after a reopen.
+#[test]
+fn a_riders_travel_state_is_stored_in_the_riders_account() {
+    let (dir, ledger) = setup(5_000, 0);
+    let (_, before) = ledger.view().rider(RIDER).unwrap().unwrap();
+    assert_eq!(before, Travel::default());
+    let entered = submit(&ledger, 10, T, tap(entry(101), 7, 10));
+    drop(ledger);
+    let ledger = open_at(dir.path());
+    let (account, travel) = ledger.view().rider(RIDER).unwrap().unwrap();
+    assert_eq!(account.balance, Amount(5_000));
+    let open = travel.open_journey.unwrap();
+    assert_eq!(
+        (open.id, open.station, open.entered_at),
+        (entered.sequence, 101, T)
+    );
+    assert_eq!(travel.latest_step_at, T);
+    let key = codec::account_key(AccountRef::Rider(RIDER));
+    let accounts = ledger.view().cf(store::CF_ACCOUNTS).unwrap();
+    let value = ledger.view().get_pinned_cf(accounts, key).unwrap().unwrap();
+    assert_eq!(value[0], 2);
+    assert_eq!(&value[..], &codec::encode_rider(&account, &travel)[..]);
+    let travel_cf = ledger.view().cf(store::CF_TRAVEL).unwrap();
+    let stored = ledger
+        .view()
+        .iterator_cf(travel_cf, rocksdb::IteratorMode::Start)
+        .count();
+    assert_eq!(stored, 0);
+    let exited = submit(&ledger, 11, at(20), tap(exit(104), 8, 11));
+    assert_eq!(exited.record.rider_charge(), Amount(700));
+    let (account, travel) = ledger.view().rider(RIDER).unwrap().unwrap();
+    assert_eq!(account.balance, Amount(4_300));
+    assert_eq!(travel.open_journey, None);
+    assert_eq!(travel.totals.charged_today, Amount(700));
     assert_audit_ok(&ledger);
 }

@@ -15,7 +15,7 @@ use rocksdb::{
 
 use super::LedgerError;
 use super::codec;
-use super::model::{Account, AccountRef, Record, TxId};
+use super::model::{Account, AccountRef, Record, Travel, TxId};
 use super::store::{
     self, CF_ACCOUNTS, CF_DENY, CF_DENY_JOURNAL, CF_IDS, CF_LOG, CF_META, CF_SETTLEMENT,
     StoreConfig,
@@ -162,6 +162,15 @@ impl LedgerView {
     pub fn account(&self, account: AccountRef) -> Result<Option<Account>, LedgerError> {
         match self.get_pinned_cf(self.cf(CF_ACCOUNTS)?, codec::account_key(account))? {
             Some(bytes) => Ok(Some(codec::decode_account(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A rider's account and travel state (stored together), if the account exists.
+    pub fn rider(&self, account_id: u64) -> Result<Option<(Account, Travel)>, LedgerError> {
+        let key = codec::account_key(AccountRef::Rider(account_id));
+        match self.get_pinned_cf(self.cf(CF_ACCOUNTS)?, key)? {
+            Some(bytes) => Ok(Some(codec::decode_rider(&bytes)?)),
             None => Ok(None),
         }
     }
