@@ -19,7 +19,7 @@ use super::model::{AccountRef, Command, Outcome, Record, rider_of_postings, sett
 use super::prune;
 use super::store::{
     CF_ACCOUNTS, CF_DENY, CF_DENY_JOURNAL, CF_IDS, CF_LOG, CF_META, CF_POSTINGS,
-    CF_PROVIDER_ENTRIES, CF_REFUNDS,
+    CF_PROVIDER_ENTRIES, CF_REFUNDS, CF_TRAVEL,
 };
 use super::view::LedgerView;
 
@@ -403,6 +403,14 @@ fn audit_index_sizes(
         report.violation(format!(
             "{} refunds but {refund_entries} refund entries",
             counts.refunds
+        ));
+    }
+    // Since storage format 7 travel states live in their riders' accounts: one left here
+    // would be read by nothing, and its rider's state would be the account's.
+    let travel_entries = count(db, snapshot, CF_TRAVEL)?;
+    if travel_entries != 0 {
+        report.violation(format!(
+            "{travel_entries} travel states outside their riders' accounts (the `travel` column family is empty since storage format 7)"
         ));
     }
     Ok(())

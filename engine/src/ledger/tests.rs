@@ -518,6 +518,33 @@ fn an_open_that_must_not_create_refuses_a_directory_without_a_ledger() {
     );
 }
 
+/// A travel state left in `travel` (storage format 7 keeps them in the riders' accounts)
+/// is named by the audit: nothing would read it.
+#[test]
+fn the_audit_names_a_travel_state_outside_its_riders_account() {
+    let (dir, ledger) = open();
+    open_rider(&ledger, 1, 5, 1_000);
+    drop(ledger);
+    {
+        let db = store::open(dir.path(), &StoreConfig::default()).unwrap();
+        let travel = db.cf_handle(store::CF_TRAVEL).unwrap();
+        let state = codec::encode_travel(&Travel {
+            latest_step_at: UnixMillis(1),
+            ..Travel::default()
+        });
+        db.put_cf(travel, codec::rider_key(5), state).unwrap();
+    }
+    let view = LedgerView::open(dir.path(), &StoreConfig::default()).unwrap();
+    let report = audit::audit(&view).unwrap();
+    assert_eq!(
+        report.violations,
+        vec![
+            "1 travel states outside their riders' accounts (the `travel` column family is empty since storage format 7)"
+                .to_string()
+        ]
+    );
+}
+
 #[test]
 fn the_audit_names_a_balance_that_disagrees_with_its_postings() {
     let (dir, ledger) = open();
