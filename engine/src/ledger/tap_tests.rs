@@ -449,6 +449,15 @@ fn a_ledger_without_fares_refuses_taps_as_a_fault() {
     assert!(matches!(ledger.submit(request), Err(LedgerError::NoFares)));
 }
 
+/// Entries in `travel`, which storage format 7 leaves empty.
+fn travel_entries(ledger: &Ledger) -> usize {
+    let travel = ledger.view().cf(store::CF_TRAVEL).unwrap();
+    ledger
+        .view()
+        .iterator_cf(travel, rocksdb::IteratorMode::Start)
+        .count()
+}
+
 /// A storage format 5 directory is upgraded to 7 on open: a rider's travel state written
 /// by format 5 (value version 2: the day's total only) moves into the rider's account
 /// value, `travel` is left empty, and the day's total keeps counting towards the daily
@@ -508,12 +517,7 @@ fn a_format_5_ledger_is_upgraded_and_its_day_totals_still_cap_the_day() {
         .unwrap()
         .unwrap();
     assert_eq!(&version[..], &7u32.to_be_bytes());
-    let travel_cf = ledger.view().cf(store::CF_TRAVEL).unwrap();
-    let left = ledger
-        .view()
-        .iterator_cf(travel_cf, rocksdb::IteratorMode::Start)
-        .count();
-    assert_eq!(left, 0);
+    assert_eq!(travel_entries(&ledger), 0);
     let (_, travel) = ledger.view().rider(RIDER).unwrap().unwrap();
     assert_eq!(travel.totals.charged_today, Amount(1_400));
     assert_eq!(travel.latest_step_at, T);
@@ -547,12 +551,7 @@ fn a_riders_travel_state_is_stored_in_the_riders_account() {
     let value = ledger.view().get_pinned_cf(accounts, key).unwrap().unwrap();
     assert_eq!(value[0], 2);
     assert_eq!(&value[..], &codec::encode_rider(&account, &travel)[..]);
-    let travel_cf = ledger.view().cf(store::CF_TRAVEL).unwrap();
-    let stored = ledger
-        .view()
-        .iterator_cf(travel_cf, rocksdb::IteratorMode::Start)
-        .count();
-    assert_eq!(stored, 0);
+    assert_eq!(travel_entries(&ledger), 0);
     let exited = submit(&ledger, 11, at(20), tap(exit(104), 8, 11));
     assert_eq!(exited.record.rider_charge(), Amount(700));
     let (account, travel) = ledger.view().rider(RIDER).unwrap().unwrap();
