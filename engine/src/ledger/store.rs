@@ -302,12 +302,14 @@ fn check_format_version(db: &DB, shown: &str) -> Result<(), LedgerError> {
                 codec::encode_sequence(next),
             );
         }
-        if from < 7 {
-            move_travel_into_accounts(db, &mut write)?;
-        }
+        let travel_states_moved = if from < 7 {
+            move_travel_into_accounts(db, &mut write)?
+        } else {
+            0
+        };
         write.put_cf(meta, META_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
         db.write_opt(write, &synced)?;
-        tracing::info!(path = %shown, from, to = FORMAT_VERSION, "ledger data directory upgraded");
+        tracing::info!(path = %shown, from, to = FORMAT_VERSION, travel_states_moved, "ledger data directory upgraded");
     } else if found != Some(FORMAT_VERSION) {
         return Err(unsupported_format(shown, Some(&bytes)));
     }
@@ -336,12 +338,14 @@ fn fill_deny(db: &DB, write: &mut rocksdb::WriteBatch) -> Result<(), LedgerError
 
 /// Moves every rider's travel state from `travel` into the rider's account value (storage
 /// format 7), in the upgrade's one write: a crash before it leaves the old format whole.
-fn move_travel_into_accounts(db: &DB, write: &mut rocksdb::WriteBatch) -> Result<(), LedgerError> {
+/// Returns how many it moved.
+fn move_travel_into_accounts(db: &DB, write: &mut rocksdb::WriteBatch) -> Result<u64, LedgerError> {
     let handle = |name| {
         db.cf_handle(name)
             .ok_or(LedgerError::MissingColumnFamily(name))
     };
     let (accounts, travel) = (handle(CF_ACCOUNTS)?, handle(CF_TRAVEL)?);
+    let mut moved = 0;
     for entry in db.iterator_cf(travel, rocksdb::IteratorMode::Start) {
         let (key, value) = entry?;
         let rider = codec::decode_rider_key(&key)?;
@@ -358,8 +362,9 @@ fn move_travel_into_accounts(db: &DB, write: &mut rocksdb::WriteBatch) -> Result
         );
         write.put_cf(accounts, account_key, rider_value);
         write.delete_cf(travel, key);
+        moved += 1;
     }
-    Ok(())
+    Ok(moved)
 }
 
 /// Writes a brand-new ledger's format version and first sequence. Only a new ledger lacks
