@@ -12,19 +12,13 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
+use fareway_benches::{asked_for_list, env_u64};
 
 fn main() {
-    if std::env::args().any(|arg| arg == "--list") {
-        // `cargo bench -- --list` asks every bench for its list: this one has no cases.
+    if asked_for_list() {
         return;
     }
-    let (secs, gap_us) = (env_or("SECS", 15), env_or("GAP_US", 600));
+    let (secs, gap_us) = (env_u64("SECS", 15), env_u64("GAP_US", 600));
     let (sender, receiver) = mpsc::sync_channel::<Instant>(1);
     let parked = thread::spawn(move || {
         let mut waits_ns = Vec::new();

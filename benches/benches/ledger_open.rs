@@ -10,17 +10,13 @@ use std::time::Instant;
 
 use fareway::ledger::{AccountRef, Command, Ledger, LedgerConfig, Request, StoreConfig, TxId};
 use fareway::money::Amount;
-use fareway_benches::{NOW, proc_status_kib};
+use fareway_benches::{NOW, asked_for_list, env_u64, proc_status_kib};
 
 fn main() {
-    if std::env::args().any(|arg| arg == "--list") {
-        // `cargo bench -- --list` and `cargo test --benches` ask every bench for its list.
+    if asked_for_list() {
         return;
     }
-    let accounts: u64 = std::env::var("ACCOUNTS")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(10_000_000);
+    let accounts = env_u64("ACCOUNTS", 10_000_000);
     let temp = tempfile::tempdir().unwrap_or_else(|err| unreachable!("{err}"));
     let dir = std::env::var("LEDGER_DIR")
         .map(PathBuf::from)

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use fareway::clock::UnixMillis;
 use fareway::ledger::{Outcome, Request, TapKind};
 use fareway_benches::{
-    CALLERS, NOW, RIDERS, charge, ledger_with_riders, ledger_with_riders_under, sample_city_rules,
-    tap,
+    CALLERS, NOW, RIDERS, asked_for_list, charge, env_u64, ledger_with_riders,
+    ledger_with_riders_under, sample_city_rules, tap,
 };
 
 /// Riders each caller of KIND=taps takes through their trips, by turns.
@@ -42,17 +42,13 @@ fn trip_tap(id: u64, caller: u64, k: u64) -> Request {
 }
 
 fn main() {
-    if std::env::args().any(|arg| arg == "--list") {
-        // `cargo bench -- --list` asks every bench for its list: this one has no cases.
+    if asked_for_list() {
         return;
     }
     let sync = std::env::var("SYNC")
         .map(|value| value != "0")
         .unwrap_or(true);
-    let secs: u64 = std::env::var("SECS")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(40);
+    let secs = env_u64("SECS", 40);
     let taps = std::env::var("KIND").is_ok_and(|kind| kind == "taps");
     let (_dir, ledger) = if taps {
         ledger_with_riders_under(sync, sample_city_rules())

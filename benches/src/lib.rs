@@ -44,6 +44,21 @@ pub fn device(issuer: &Issuer, account_id: u64) -> Device {
 /// tasks, not threads.
 pub const CALLERS: u64 = 512;
 
+/// A number from the environment variable `name`, or `default` when it is unset or not a
+/// number: how the benches that are not criterion's take their sizes and durations.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Whether cargo only asks for the bench's list of cases (`cargo bench -- --list`,
+/// `cargo test --benches`): a bench that is not criterion's has none, and returns.
+pub fn asked_for_list() -> bool {
+    std::env::args().any(|arg| arg == "--list")
+}
+
 /// Rider accounts in a benchmark ledger.
 pub const RIDERS: u64 = 10_000;
 
@@ -149,14 +164,10 @@ pub fn made_once_then_measured(
     make: impl FnOnce(&std::path::Path, u64),
     measure: impl FnOnce(&std::path::Path, u64, &std::path::Path),
 ) {
-    if std::env::args().any(|arg| arg == "--list") {
-        // `cargo bench -- --list` and `cargo test --benches` ask every bench for its list.
+    if asked_for_list() {
         return;
     }
-    let taps: u64 = std::env::var("TAPS")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(taps_default);
+    let taps = env_u64("TAPS", taps_default);
     let temp = tempfile::tempdir().unwrap_or_else(|err| panic!("{err}"));
     let dir = std::env::var(dir_var)
         .map(std::path::PathBuf::from)
