@@ -560,3 +560,48 @@ fn a_riders_travel_state_is_stored_in_the_riders_account() {
     assert_eq!(travel.totals.charged_today, Amount(700));
     assert_audit_ok(&ledger);
 }
+
+/// A format 6 directory whose `travel` holds the state of a rider with no account cannot
+/// be upgraded (there is no account to move it into): the open is refused as corruption,
+/// naming it, and the directory is left as it was, still format 6.
+#[test]
+fn an_upgrade_refuses_a_travel_state_whose_rider_has_no_account() {
+    let (dir, ledger) = setup(5_000, 0);
+    drop(ledger);
+    {
+        let db = store::open(dir.path(), &store::StoreConfig::default()).unwrap();
+        let travel = db.cf_handle(store::CF_TRAVEL).unwrap();
+        let state = codec::encode_travel(&Travel {
+            latest_step_at: T,
+            ..Travel::default()
+        });
+        db.put_cf(travel, codec::rider_key(RIDER + 1), state)
+            .unwrap();
+        let meta = db.cf_handle(store::CF_META).unwrap();
+        db.put_cf(meta, codec::META_FORMAT_VERSION, 6u32.to_be_bytes())
+            .unwrap();
+    }
+    let refused = Ledger::open_with_rules(dir.path(), LedgerConfig::default(), sample_rules());
+    assert!(
+        matches!(
+            refused,
+            Err(LedgerError::Corrupt {
+                what: "travel state",
+                problem: "its rider has no account"
+            })
+        ),
+        "{refused:?}"
+    );
+    let db = rocksdb::DB::open_cf(
+        &rocksdb::Options::default(),
+        dir.path(),
+        store::COLUMN_FAMILIES,
+    )
+    .unwrap();
+    let meta = db.cf_handle(store::CF_META).unwrap();
+    let version = db
+        .get_cf(meta, codec::META_FORMAT_VERSION)
+        .unwrap()
+        .unwrap();
+    assert_eq!(version, 6u32.to_be_bytes());
+}
