@@ -28,7 +28,10 @@
 # Usage: benches/scripts/cpu_per_tap.sh   (RATE, DURATION and FAREWAY, GATE_SIM to change
 # the offered taps/s, the seconds, and the binaries; build them first with
 # `cargo build --release -p fareway-cli -p gate-sim`; LIMITS adds lines to the server's
-# `[limits]`, e.g. LIMITS='write_buffers_mib = 16', docs/configuration.md)
+# `[limits]`, e.g. LIMITS='write_buffers_mib = 16', docs/configuration.md; LEDGER_CPUS=0
+# gives the engine's ledger threads CPU 0 of their own (`[cpus] ledger = [0]`) and runs the
+# simulator on the CPUs left, beside the engine's gRPC workers, as gates on their own
+# machines would leave the ledger's CPUs alone)
 set -euo pipefail
 
 rate=${RATE:-3000}
@@ -72,6 +75,13 @@ $tokens
 [limits]
 ${LIMITS:-}
 EOF
+# The simulator runs wherever the engine's other threads may.
+sim_cpus=()
+if [[ -n ${LEDGER_CPUS:-} ]]; then
+  printf '[cpus]\nledger = [%s]\n' "$LEDGER_CPUS" >> "$out/server.toml"
+  others=$(python3 -c "import os, sys; print(','.join(str(c) for c in sorted(os.sched_getaffinity(0) - {int(c) for c in sys.argv[1].split(',')})))" "$LEDGER_CPUS")
+  sim_cpus=(taskset -c "$others")
+fi
 
 RUST_LOG=warn "$fareway" serve --config "$out/server.toml" > "$out/server.log" 2>&1 &
 server=$!
@@ -90,8 +100,8 @@ if [[ -n ${TRACE_SYNCS:-} ]]; then
   recorder=$!
 fi
 
-echo "engine: fareway serve (127.0.0.1:$port); load: gate-sim --rate $rate --duration $duration --streaming --riders 2000"
-"$gate_sim" --server "http://127.0.0.1:$port" --metrics "127.0.0.1:$metrics_port" \
+echo "engine: fareway serve (127.0.0.1:$port${LEDGER_CPUS:+, the ledger on CPUs $LEDGER_CPUS}); load: ${sim_cpus[*]:+${sim_cpus[*]} }gate-sim --rate $rate --duration $duration --streaming --riders 2000"
+"${sim_cpus[@]}" "$gate_sim" --server "http://127.0.0.1:$port" --metrics "127.0.0.1:$metrics_port" \
   --gate-token-file "$out/gate.token" --admin-token-file "$out/admin.token" \
   --finance-token-file "$out/finance.token" --fares "$root/docs/sample-city.toml" \
   --rate "$rate" --duration "$duration" --streaming --riders 2000 --out "$out/sim" \

@@ -35,6 +35,7 @@ pub fn run(args: ServeArgs, log_json: bool) -> anyhow::Result<ExitCode> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
+    config.claim_ledger_cpus()?;
     let runtime = server::runtime("fareway-server").context("cannot start the async runtime")?;
     if let Some(cluster) = config.cluster.clone() {
         return runtime.block_on(serve_cluster_node(config, cluster));

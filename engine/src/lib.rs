@@ -13,6 +13,7 @@ pub use fareway_gate::{clock, fares, files, hex, money, token};
 
 pub mod cluster;
 pub mod commands;
+pub mod cpus;
 pub mod fares_replay;
 pub mod gate;
 pub mod grpc;

@@ -83,6 +83,11 @@ impl ServerProcess {
         })
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends it a signal by name (`STOP`, `CONT`).
     pub fn signal(&self, name: &str) {
         signal(self.child.id(), name);

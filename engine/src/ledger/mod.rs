@@ -31,6 +31,7 @@ use rocksdb::{Direction, IteratorMode};
 use tokio::sync::oneshot;
 
 use crate::clock::UnixMillis;
+use crate::cpus::CpuPlan;
 use crate::fares::FareTable;
 use crate::money::Amount;
 
@@ -183,6 +184,8 @@ pub struct LedgerConfig {
     /// How long a transaction id is remembered (see [`prune`]). Longer than any gate
     /// stays offline and retries.
     pub id_retention_ms: u64,
+    /// CPUs of the writer's and the syncer's own (see [`crate::cpus`]); `None`, anywhere.
+    pub cpus: Option<CpuPlan>,
 }
 
 impl Default for LedgerConfig {
@@ -193,6 +196,7 @@ impl Default for LedgerConfig {
             queue_depth_max: 16_384,
             group_commit_requests_max: 2_048,
             id_retention_ms: 30 * 86_400_000,
+            cpus: None,
         }
     }
 }
@@ -284,7 +288,7 @@ impl Ledger {
                 let (written, to_sync) =
                     std::sync::mpsc::sync_channel(syncer::SYNC_QUEUE_GROUPS_MAX);
                 let (durable, stats) = (Arc::clone(&durable), Arc::clone(&stats));
-                let thread = spawn("ledger-syncer", move || {
+                let thread = spawn("ledger-syncer", config.cpus, move || {
                     syncer::run(sync, to_sync, durable, stats)
                 })?;
                 (writer::Answers::AfterSync(written), Some(thread))
@@ -299,7 +303,9 @@ impl Ledger {
             group_commit_requests_max: config.group_commit_requests_max,
             stats: Arc::clone(&stats),
         };
-        let writer = spawn("ledger-writer", move || writer::run(writer, receiver))?;
+        let writer = spawn("ledger-writer", config.cpus, move || {
+            writer::run(writer, receiver)
+        })?;
         Ok(Ledger {
             view,
             queue: Some(queue),
@@ -479,11 +485,20 @@ impl Drop for Ledger {
     }
 }
 
-/// Starts a thread of the ledger.
-fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, LedgerError> {
+/// Starts a thread of the ledger, on the ledger's own CPUs when it has some.
+fn spawn(
+    name: &str,
+    cpus: Option<CpuPlan>,
+    body: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, LedgerError> {
     std::thread::Builder::new()
         .name(name.into())
-        .spawn(body)
+        .spawn(move || {
+            if let Some(plan) = cpus {
+                plan.move_this_thread_to_ledger();
+            }
+            body()
+        })
         .map_err(|err| LedgerError::Invariant(format!("cannot start the {name} thread: {err}")))
 }
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::cpus::{CpuPlan, CpuPlanError};
 use crate::gate::ScanTimeLimits;
 use crate::ledger::{CODE_RETRY_WINDOW_MS_DEFAULT, LedgerConfig};
 use crate::token::VerifierConfig;
@@ -99,6 +100,22 @@ pub struct ServerConfig {
     /// Cluster mode (`docs/cluster.md`): present, the node holds shards replicated
     /// through NATS JetStream, and `data_dir` holds one replica per shard.
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// Which CPUs the engine's threads run on.
+    pub cpus: CpuSettings,
+}
+
+/// Which CPUs the engine's threads run on (see [`crate::cpus`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CpuSettings {
+    /// CPUs of the ledger's writer and syncer alone, numbered as the system numbers them
+    /// (`[1]`); every other thread of the engine runs on the CPUs left. Empty (the
+    /// default): every thread anywhere.
+    pub ledger: Vec<usize>,
+    /// The plan `ledger` makes on this machine, once [`ServerConfig::claim_ledger_cpus`]
+    /// has made it.
+    #[serde(skip)]
+    pub plan: Option<CpuPlan>,
 }
 
 /// Limits on work in flight. Excess is refused at once with `RESOURCE_EXHAUSTED`.
@@ -302,6 +319,7 @@ impl Default for ServerConfig {
             tls: None,
             token: Vec::new(),
             cluster: None,
+            cpus: CpuSettings::default(),
         }
     }
 }
@@ -596,12 +614,25 @@ impl ServerConfig {
         }
     }
 
+    /// Makes the plan of `[cpus]` on this machine, and moves the calling thread, and so
+    /// every thread it starts from now on, off the ledger's CPUs. Call it before the
+    /// process starts any other thread (the runtime, the ledger): a thread started before
+    /// stays where it was.
+    pub fn claim_ledger_cpus(&mut self) -> Result<(), CpuPlanError> {
+        self.cpus.plan = CpuPlan::new(&self.cpus.ledger)?;
+        match &self.cpus.plan {
+            Some(plan) => plan.keep_this_thread_off_ledger(),
+            None => Ok(()),
+        }
+    }
+
     /// The ledger's settings.
     pub fn ledger_config(&self) -> LedgerConfig {
         let mut config = LedgerConfig {
             queue_depth_max: self.limits.ledger_queue_depth_max,
             group_commit_requests_max: self.limits.ledger_group_commit_requests_max,
             id_retention_ms: self.taps.id_retention_ms,
+            cpus: self.cpus.plan,
             ..LedgerConfig::default()
         };
         config.store.block_cache_bytes = self.limits.block_cache_mib << 20;
@@ -752,6 +783,37 @@ mod tests {
         // The old name of the group commit limit is still read.
         let old_name = ServerConfig::from_toml("[limits]\nledger_batch_size_max = 64").unwrap();
         assert_eq!(old_name.limits.ledger_group_commit_requests_max, 64);
+    }
+
+    #[test]
+    fn the_ledger_cpus_reach_the_ledger_once_claimed() {
+        let config = ServerConfig::from_toml("[cpus]\nledger = [0]").unwrap();
+        assert_eq!(config.cpus.ledger, vec![0]);
+        // Read, not yet planned: a plan is made on the machine, by the process that runs.
+        assert_eq!(config.ledger_config().cpus, None);
+        let misspelt = ServerConfig::from_toml("[cpus]\nledgers = [0]").unwrap_err();
+        assert!(
+            misspelt.to_string().contains("unknown field `ledgers`"),
+            "{misspelt}"
+        );
+
+        // Claimed on a thread of its own: claiming moves the calling thread.
+        let claimed = std::thread::spawn(move || {
+            let mut config = config;
+            config
+                .claim_ledger_cpus()
+                .map(|()| config.ledger_config().cpus)
+        })
+        .join()
+        .unwrap();
+        if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
+            let refused = claimed.unwrap_err().to_string();
+            assert!(refused.contains("leave at least one"), "{refused}");
+            return;
+        }
+        let plan = claimed.unwrap().expect("a plan for the ledger");
+        assert_eq!(plan.ledger.is_set(0), Ok(true));
+        assert_eq!(plan.others.is_set(0), Ok(false));
     }
 
     #[test]
