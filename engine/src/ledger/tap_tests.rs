@@ -449,6 +449,12 @@ fn a_ledger_without_fares_refuses_taps_as_a_fault() {
     assert!(matches!(ledger.submit(request), Err(LedgerError::NoFares)));
 }
 
+/// The data directory at `dir` opened as bare RocksDB, every column family, no format
+/// check or upgrade: to write an older format's bytes, or read what an open left behind.
+fn raw_db(dir: &std::path::Path) -> rocksdb::DB {
+    rocksdb::DB::open_cf(&rocksdb::Options::default(), dir, store::COLUMN_FAMILIES).unwrap()
+}
+
 /// Entries in `travel`, which storage format 7 leaves empty.
 fn travel_entries(ledger: &Ledger) -> usize {
     let travel = ledger.view().cf(store::CF_TRAVEL).unwrap();
@@ -496,12 +502,7 @@ fn a_format_5_ledger_is_upgraded_and_its_day_totals_still_cap_the_day() {
         travel.extend(T.0.to_be_bytes());
         travel.push(0);
         travel.extend(T.0.to_be_bytes());
-        let db = rocksdb::DB::open_cf(
-            &rocksdb::Options::default(),
-            dir.path(),
-            store::COLUMN_FAMILIES,
-        )
-        .unwrap();
+        let db = raw_db(dir.path());
         let travel_cf = db.cf_handle(store::CF_TRAVEL).unwrap();
         db.put_cf(travel_cf, codec::rider_key(RIDER), travel)
             .unwrap();
@@ -592,12 +593,7 @@ fn an_upgrade_refuses_a_travel_state_whose_rider_has_no_account() {
         ),
         "{refused:?}"
     );
-    let db = rocksdb::DB::open_cf(
-        &rocksdb::Options::default(),
-        dir.path(),
-        store::COLUMN_FAMILIES,
-    )
-    .unwrap();
+    let db = raw_db(dir.path());
     let meta = db.cf_handle(store::CF_META).unwrap();
     let version = db
         .get_cf(meta, codec::META_FORMAT_VERSION)
