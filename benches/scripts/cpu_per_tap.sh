@@ -11,6 +11,10 @@
 #      core.
 #   2. `cargo bench -p fareway-benches --bench token -- bare_ed25519_verify`: one `ring`
 #      verify of a 64-byte message, right after.
+#   3. The engine's context switches (every thread's, from /proc) while the simulator ran,
+#      per tap, and what one costs on this machine: `perf bench sched pipe` (two threads
+#      waking each other through a pipe) across two cores and on one, right after. On a
+#      virtual machine a wake-up across cores can cost many times one on the same core.
 # Prints both, and their ratio (issue 16's goal: at most 1.5), and the latency body's
 # check (issue 16: the engine's p50 at most twice the sync's p50 plus a tap's CPU, its p99
 # at most the sync's p99.9 plus 1 ms), with how busy the machine's cores were.
@@ -100,12 +104,19 @@ if [[ -n ${TRACE_SYNCS:-} ]]; then
   recorder=$!
 fi
 
+# Every thread's context switches so far, voluntary (it waited) and involuntary (preempted).
+context_switches() {
+  cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ {v += $2} /^nonvoluntary_ctxt_switches/ {n += $2} END {print v + 0, n + 0}'
+}
+read -r voluntary_before involuntary_before < <(context_switches "$server")
+
 echo "engine: fareway serve (127.0.0.1:$port${LEDGER_CPUS:+, the ledger on CPUs $LEDGER_CPUS}); load: ${sim_cpus[*]:+${sim_cpus[*]} }gate-sim --rate $rate --duration $duration --streaming --riders 2000"
 "${sim_cpus[@]}" "$gate_sim" --server "http://127.0.0.1:$port" --metrics "127.0.0.1:$metrics_port" \
   --gate-token-file "$out/gate.token" --admin-token-file "$out/admin.token" \
   --finance-token-file "$out/finance.token" --fares "$root/docs/sample-city.toml" \
   --rate "$rate" --duration "$duration" --streaming --riders 2000 --out "$out/sim" \
   > "$out/sim.log" 2>&1 || { cat "$out/sim.log"; exit 1; }
+read -r voluntary_after involuntary_after < <(context_switches "$server")
 # The trace's clock is the monotonic one, the report's window start the wall clock's.
 wall_minus_mono=$(python3 -c 'import time; print(time.clock_gettime(time.CLOCK_REALTIME) - time.clock_gettime(time.CLOCK_MONOTONIC))')
 # The engine's CPU time so far, user and kernel (fields 14 and 15 of /proc/PID/stat, in
@@ -122,10 +133,20 @@ kill "$server"; wait "$server" 2>/dev/null || true; server=
 
 echo "bare verify: cargo bench -p fareway-benches --bench token -- bare_ed25519_verify"
 (cd "$root" && cargo bench -q -p fareway-benches --bench token -- bare_ed25519_verify --noplot) > "$out/bench.log" 2>&1
+# The machine's wake-up: "usecs/op" is one round trip, two wake-ups.
+wake_across= wake_same=
+if command -v perf > /dev/null; then
+  first_cpu=$(python3 -c 'import os; print(min(os.sched_getaffinity(0)))')
+  wake_across=$(perf bench sched pipe -l 100000 2>/dev/null | awk '/usecs\/op/ {print $1 / 2}')
+  wake_same=$(taskset -c "$first_cpu" perf bench sched pipe -l 100000 2>/dev/null | awk '/usecs\/op/ {print $1 / 2}')
+fi
 
-python3 - "$out" "$user_ticks" "$kernel_ticks" "$syncer" "$trace" "$wall_minus_mono" <<'PY'
+python3 - "$out" "$user_ticks" "$kernel_ticks" "$syncer" "$trace" "$wall_minus_mono" \
+  "$((voluntary_after - voluntary_before))" "$((involuntary_after - involuntary_before))" \
+  "$wake_across" "$wake_same" <<'PY'
 import bisect, json, math, random, re, sys
 out, syncer, trace, wall_minus_mono = sys.argv[1], sys.argv[4], sys.argv[5], float(sys.argv[6])
+voluntary, involuntary, wake_across, wake_same = int(sys.argv[7]), int(sys.argv[8]), sys.argv[9], sys.argv[10]
 report = json.load(open(f"{out}/sim/report.json"))
 bench = open(f"{out}/bench.log").read()
 # criterion: "time:   [61.2 µs 61.8 µs 62.5 µs]": the middle figure is the estimate.
@@ -161,6 +182,11 @@ print(f"seconds with a synced write of 10 ms or more: {len(stalls)} of {len(repo
 user, kernel = int(sys.argv[2]), int(sys.argv[3])
 print(f"engine CPU over its whole life: {100 * kernel / max(user + kernel, 1):.0f}% in the kernel "
       f"(system calls: the sync, loopback TCP, waking threads), {100 * user / max(user + kernel, 1):.0f}% in user space")
+taps = max(report["taps_answered"], 1)
+print(f"engine context switches while the simulator ran: {voluntary / taps:.2f} a tap waiting, "
+      f"{involuntary / taps:.2f} a tap preempted; the machine's wake-up (perf bench sched pipe): "
+      + (f"{float(wake_across):.1f} us across cores, {float(wake_same):.1f} us on one core"
+         if wake_across and wake_same else "not measured (no perf: apt-get install linux-perf)"))
 machine = report["machine_cpu"]
 if machine:
     print(f"machine: {machine['cores']} cores {100 * machine['busy_share']:.0f}% busy over the window "
