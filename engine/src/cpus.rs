@@ -119,6 +119,13 @@ fn cpus_in(set: &CpuSet) -> impl Iterator<Item = usize> + '_ {
     (0..CpuSet::count()).filter(|&cpu| set.is_set(cpu).unwrap_or(false))
 }
 
+/// The CPUs the calling thread may run on now, lowest first (for tests that must name
+/// one of them).
+#[cfg(test)]
+pub(crate) fn this_thread_cpu_list() -> Vec<usize> {
+    cpus_in(&this_thread_cpus().expect("the thread's CPUs")).collect()
+}
+
 /// `set` as a list for messages: "0, 1".
 fn describe(set: &CpuSet) -> String {
     let cpus: Vec<String> = cpus_in(set).map(|cpu| cpu.to_string()).collect();
@@ -158,9 +165,7 @@ mod tests {
 
     #[test]
     fn every_cpu_for_the_ledger_is_refused() {
-        let first = cpus_in(&this_thread_cpus().expect("our CPUs"))
-            .next()
-            .expect("a thread runs on some CPU");
+        let first = this_thread_cpu_list()[0];
         let message = on_own_thread(move || {
             let mut only = CpuSet::new();
             only.set(first).expect("a CPU in range");
@@ -180,7 +185,7 @@ mod tests {
 
     #[test]
     fn threads_started_after_the_plan_run_where_it_says() {
-        let ours: Vec<usize> = cpus_in(&this_thread_cpus().expect("our CPUs")).collect();
+        let ours = this_thread_cpu_list();
         let [first, ..] = ours[..] else {
             unreachable!("a thread runs on some CPU")
         };

@@ -787,10 +787,7 @@ mod tests {
 
     #[test]
     fn the_ledger_cpus_reach_the_ledger_once_claimed() {
-        let ours = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
-        let first = (0..nix::sched::CpuSet::count())
-            .find(|&cpu| ours.is_set(cpu).unwrap())
-            .unwrap();
+        let first = crate::cpus::this_thread_cpu_list()[0];
         let config = ServerConfig::from_toml(&format!("[cpus]\nledger = [{first}]")).unwrap();
         assert_eq!(config.cpus.ledger, vec![first]);
         // Read, not yet planned: a plan is made on the machine, by the process that runs.
